@@ -1,0 +1,74 @@
+//! Orchestrator settings, with defaults suited to a service.
+
+use std::time::Duration;
+
+use crate::id::WorkerId;
+
+/// How an [`Orchestrator`](crate::Orchestrator) runs its workers.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The name recorded as the owner of this orchestrator's leases.
+    pub worker_id: WorkerId,
+    /// How many sagas this orchestrator drives at once.
+    pub concurrency: usize,
+    /// How long a claim lasts without a heartbeat; heartbeats renew it every third of this.
+    /// After a crash, the sagas this worker held resume elsewhere once it lapses.
+    pub lease_ttl: Duration,
+    /// How often an idle worker looks for due sagas when nothing wakes it.
+    pub poll_interval: Duration,
+    /// Largest serialized saga input or step output accepted.
+    pub max_payload_bytes: usize,
+    /// How long [`Orchestrator::shutdown`](crate::Orchestrator::shutdown) lets running steps finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            worker_id: WorkerId::generate(),
+            concurrency: 16,
+            lease_ttl: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            max_payload_bytes: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Sets how many sagas run at once (at least 1).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Sets the lease duration.
+    pub fn lease_ttl(mut self, lease_ttl: Duration) -> Self {
+        self.lease_ttl = lease_ttl;
+        self
+    }
+
+    /// Sets the idle poll interval.
+    pub fn poll_interval(mut self, poll_interval: Duration) -> Self {
+        self.poll_interval = poll_interval;
+        self
+    }
+
+    /// Sets the worker name.
+    pub fn worker_id(mut self, worker_id: WorkerId) -> Self {
+        self.worker_id = worker_id;
+        self
+    }
+
+    /// Sets the payload limit in bytes.
+    pub fn max_payload_bytes(mut self, limit: usize) -> Self {
+        self.max_payload_bytes = limit;
+        self
+    }
+
+    /// Sets the shutdown grace period.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+}

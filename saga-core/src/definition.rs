@@ -1,0 +1,330 @@
+//! Saga definitions: the ordered steps of a saga type, each with its action, its compensation
+//! (or an explicit `irreversible` mark), its retry policies and timeouts.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::context::StepContext;
+use crate::error::{Error, Result};
+use crate::id::{SagaType, StepName};
+use crate::retry::RetryPolicy;
+use crate::saga::Saga;
+use crate::step::StepError;
+
+/// Timeout of a step phase unless set: 30 s.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) type ActionFn<S> = Arc<
+    dyn Fn(Arc<S>, StepContext<<S as Saga>::Input>) -> BoxFuture<'static, Result<Value, StepError>>
+        + Send
+        + Sync,
+>;
+
+pub(crate) type CompensationFn<S> = Arc<
+    dyn Fn(
+            Arc<S>,
+            StepContext<<S as Saga>::Input>,
+            Value,
+        ) -> BoxFuture<'static, std::result::Result<(), StepError>>
+        + Send
+        + Sync,
+>;
+
+/// The static description of one step: what workers need to plan, with no code attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepSpec {
+    /// Its name, unique in the saga.
+    pub name: StepName,
+    /// Whether it has a compensation (`false`: declared irreversible).
+    pub compensable: bool,
+    /// Retry policy of its action.
+    pub retry: RetryPolicy,
+    /// Timeout of one attempt of its action.
+    pub timeout: Duration,
+    /// Retry policy of its compensation.
+    pub compensation_retry: RetryPolicy,
+    /// Timeout of one attempt of its compensation.
+    pub compensation_timeout: Duration,
+}
+
+/// One step of a typed saga definition: built by [`Step::new`], finished by
+/// [`Step::compensate`] or [`Step::irreversible`].
+pub struct Step<S: Saga> {
+    spec: StepSpec,
+    irreversible: bool,
+    action: ActionFn<S>,
+    compensation: Option<CompensationFn<S>>,
+}
+
+/// A step while it is being declared, typed by its output `O` so that its compensation receives
+/// that output.
+pub struct StepBuilder<S: Saga, O> {
+    step: Step<S>,
+    _output: std::marker::PhantomData<fn() -> O>,
+}
+
+impl<S: Saga> Step<S> {
+    /// Declares a step named `name` whose action is `action`. Its output (any serde type) is
+    /// stored when it completes, passed to later steps (see [`StepContext::output`]) and to its own
+    /// compensation.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use saga_core::{Saga, SagaDefinition, Step, StepContext, StepError};
+    /// struct Greeter;
+    /// impl Saga for Greeter {
+    ///     type Input = String;
+    ///     fn definition() -> SagaDefinition<Self> {
+    ///         SagaDefinition::new("greet", 1).step(
+    ///             Step::new("say_hello", |_: Arc<Greeter>, ctx: StepContext<String>| async move {
+    ///                 Ok::<_, StepError>(format!("hello {}", ctx.input()))
+    ///             })
+    ///             .irreversible(),
+    ///         )
+    ///     }
+    /// }
+    /// ```
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new<O, F, Fut>(name: &str, action: F) -> StepBuilder<S, O>
+    where
+        O: Serialize + DeserializeOwned + Send + 'static,
+        F: Fn(Arc<S>, StepContext<S::Input>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<O, StepError>> + Send + 'static,
+    {
+        let step_name = name.to_owned();
+        let action: ActionFn<S> = Arc::new(move |saga, ctx| {
+            let future = action(saga, ctx);
+            let step_name = step_name.clone();
+            Box::pin(async move {
+                let output = future.await?;
+                serde_json::to_value(&output).map_err(|err| {
+                    StepError::permanent(format!(
+                        "output of step `{step_name}` does not serialize: {err}"
+                    ))
+                })
+            })
+        });
+        StepBuilder {
+            step: Step {
+                spec: StepSpec {
+                    name: StepName::new(name),
+                    compensable: false,
+                    retry: RetryPolicy::default(),
+                    timeout: DEFAULT_TIMEOUT,
+                    compensation_retry: RetryPolicy::default(),
+                    compensation_timeout: DEFAULT_TIMEOUT,
+                },
+                irreversible: false,
+                action,
+                compensation: None,
+            },
+            _output: std::marker::PhantomData,
+        }
+    }
+
+    /// The static description of this step.
+    pub fn spec(&self) -> &StepSpec {
+        &self.spec
+    }
+}
+
+impl<S: Saga, O> StepBuilder<S, O>
+where
+    O: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// Sets the compensation: it undoes the action and receives the action's output.
+    pub fn compensate<F, Fut>(mut self, compensation: F) -> Self
+    where
+        F: Fn(Arc<S>, StepContext<S::Input>, O) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), StepError>> + Send + 'static,
+    {
+        let step_name = self.step.spec.name.clone();
+        self.step.compensation =
+            Some(Arc::new(
+                move |saga, ctx, output: Value| match serde_json::from_value::<O>(output) {
+                    Ok(output) => Box::pin(compensation(saga, ctx, output)),
+                    Err(err) => {
+                        let message = format!(
+                        "stored output of step `{step_name}` does not match its output type: {err}"
+                    );
+                        Box::pin(async move { Err(StepError::permanent(message)) })
+                    }
+                },
+            ));
+        self.step.spec.compensable = true;
+        self
+    }
+
+    /// Declares the step irreversible: it has no compensation, on purpose. A step with neither a
+    /// compensation nor this mark is refused at registration, so a forgotten compensation is
+    /// never silent.
+    pub fn irreversible(mut self) -> Self {
+        self.step.irreversible = true;
+        self
+    }
+
+    /// Sets the retry policy of the action.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.step.spec.retry = policy;
+        self
+    }
+
+    /// Sets the timeout of one attempt of the action.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.step.spec.timeout = timeout;
+        self
+    }
+
+    /// Sets the retry policy of the compensation.
+    pub fn compensation_retry(mut self, policy: RetryPolicy) -> Self {
+        self.step.spec.compensation_retry = policy;
+        self
+    }
+
+    /// Sets the timeout of one attempt of the compensation.
+    pub fn compensation_timeout(mut self, timeout: Duration) -> Self {
+        self.step.spec.compensation_timeout = timeout;
+        self
+    }
+}
+
+impl<S: Saga, O> From<StepBuilder<S, O>> for Step<S> {
+    fn from(builder: StepBuilder<S, O>) -> Self {
+        builder.step
+    }
+}
+
+/// The ordered steps of a saga type at one version: what [`Saga::definition`] returns.
+pub struct SagaDefinition<S: Saga> {
+    name: SagaType,
+    version: u32,
+    steps: Vec<Step<S>>,
+    fingerprint_extra: Vec<String>,
+}
+
+impl<S: Saga> SagaDefinition<S> {
+    /// An empty definition of saga type `name` at `version`.
+    pub fn new(name: &str, version: u32) -> Self {
+        Self {
+            name: SagaType::new(name),
+            version,
+            steps: Vec::new(),
+            fingerprint_extra: Vec::new(),
+        }
+    }
+
+    /// Appends a step; steps run in the order they are added.
+    pub fn step(mut self, step: impl Into<Step<S>>) -> Self {
+        self.steps.push(step.into());
+        self
+    }
+
+    /// Adds text to the fingerprint (the derive adds input and output type names).
+    pub fn fingerprint_part(mut self, part: impl Into<String>) -> Self {
+        self.fingerprint_extra.push(part.into());
+        self
+    }
+
+    /// The saga type.
+    pub fn name(&self) -> &SagaType {
+        &self.name
+    }
+
+    /// The version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The static description of every step, in order.
+    pub fn specs(&self) -> Vec<StepSpec> {
+        self.steps.iter().map(|step| step.spec.clone()).collect()
+    }
+
+    /// Fingerprint of the step graph: step names, order, and which steps are compensable. A saga
+    /// records it at start; resuming it on a definition with another fingerprint parks it.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.name.as_str().as_bytes());
+        for step in &self.steps {
+            hasher.update(b"\x1f");
+            hasher.update(step.spec.name.as_str().as_bytes());
+            hasher.update(if step.spec.compensable { b"+c" } else { b"-c" });
+        }
+        for part in &self.fingerprint_extra {
+            hasher.update(b"\x1e");
+            hasher.update(part.as_bytes());
+        }
+        let digest = hasher.finalize();
+        digest
+            .iter()
+            .take(8)
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
+    /// Checks the definition: at least one step, unique non-empty names, every step either
+    /// compensable or declared irreversible, positive timeouts, at least one attempt.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDefinition`] naming the first problem and how to fix it.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason: String| Error::InvalidDefinition {
+            saga: self.name.clone(),
+            reason,
+        };
+        if self.name.as_str().trim().is_empty() {
+            return Err(invalid("the saga name is empty; give it a name".into()));
+        }
+        if self.steps.is_empty() {
+            return Err(invalid("it has no steps; add at least one step".into()));
+        }
+        let mut seen = HashSet::new();
+        for step in &self.steps {
+            let name = step.spec.name.as_str();
+            if name.trim().is_empty() || name.contains(':') {
+                return Err(invalid(format!(
+                    "step name `{name}` is empty or contains `:`; use a plain identifier"
+                )));
+            }
+            if !seen.insert(name) {
+                return Err(invalid(format!(
+                    "step name `{name}` is used twice; give each step its own name"
+                )));
+            }
+            if step.compensation.is_none() && !step.irreversible {
+                return Err(invalid(format!(
+                    "step `{name}` has no compensation; add `.compensate(..)` or declare it `.irreversible()`"
+                )));
+            }
+            if step.spec.timeout.is_zero() || step.spec.compensation_timeout.is_zero() {
+                return Err(invalid(format!(
+                    "step `{name}` has a zero timeout; give each attempt some time"
+                )));
+            }
+            if step.spec.retry.max_attempts == 0 || step.spec.compensation_retry.max_attempts == 0 {
+                return Err(invalid(format!(
+                    "step `{name}` allows zero attempts; max_attempts counts the first attempt and must be at least 1"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn action(&self, index: usize) -> Option<&ActionFn<S>> {
+        self.steps.get(index).map(|step| &step.action)
+    }
+
+    pub(crate) fn compensation(&self, index: usize) -> Option<&CompensationFn<S>> {
+        self.steps
+            .get(index)
+            .and_then(|step| step.compensation.as_ref())
+    }
+}

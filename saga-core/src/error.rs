@@ -1,0 +1,111 @@
+//! The crate's error type: what went wrong, and what to do next.
+
+use std::time::Duration;
+
+use crate::id::{IdempotencyKey, InterventionId, SagaId, SagaType};
+
+/// A boxed error from a store driver or another lower layer.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors of the orchestrator and of every store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Starting or resuming a saga type that no orchestrator registered.
+    #[error("saga type `{0}` is not registered; register it before starting or resuming")]
+    UnknownSagaType(SagaType),
+
+    /// A saga definition is malformed (no steps, duplicate names, missing compensation...).
+    #[error("saga definition `{saga}` is invalid: {reason}")]
+    InvalidDefinition {
+        /// The saga type.
+        saga: SagaType,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+
+    /// The start key already started a saga with a different input.
+    #[error("idempotency key `{key}` already started saga {existing} with a different input; use a new key for a new request")]
+    Conflict {
+        /// The start key.
+        key: IdempotencyKey,
+        /// The saga it started first.
+        existing: SagaId,
+    },
+
+    /// A saga id that no store record has.
+    #[error("saga {0} does not exist; check the id (list sagas to find it)")]
+    SagaNotFound(SagaId),
+
+    /// An intervention id that no store record has.
+    #[error("intervention {0} does not exist; check the id (list interventions to find it)")]
+    InterventionNotFound(InterventionId),
+
+    /// The intervention was already settled by someone else.
+    #[error("intervention {0} is already settled; nothing to do")]
+    InterventionSettled(InterventionId),
+
+    /// The worker lost its lease on the saga; it stopped writing.
+    #[error("saga {0}: lease taken over by another worker; this worker stopped writing")]
+    LeaseLost(SagaId),
+
+    /// A serialized input or output is larger than the configured limit.
+    #[error("{what} is {size} bytes, over the limit of {limit} bytes; keep payloads small (store references, not blobs) or raise the limit")]
+    PayloadTooLarge {
+        /// What was too large (for example `input of saga type checkout`).
+        what: String,
+        /// Its size in bytes.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// A value could not be serialized or deserialized.
+    #[error("{what} could not be (de)serialized: {source}")]
+    Serialization {
+        /// What was being converted.
+        what: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A stored record could not be read back.
+    #[error(
+        "stored record for saga {saga} is unreadable: {reason}; the saga is parked for an operator"
+    )]
+    CorruptRecord {
+        /// The saga whose data is unreadable.
+        saga: SagaId,
+        /// What was unreadable.
+        reason: String,
+    },
+
+    /// The store could not be reached or did not answer in time.
+    #[error("store unavailable ({0}); safe to retry, since every write is keyed and fenced")]
+    StoreUnavailable(#[source] BoxError),
+
+    /// The store failed in a way that retrying will not fix.
+    #[error("store error: {0}")]
+    Store(#[source] BoxError),
+
+    /// The store URL or options are wrong.
+    #[error("store configuration is invalid: {0}")]
+    Configuration(String),
+
+    /// Waiting for a saga took longer than the caller allowed.
+    #[error("saga {saga} did not settle within {waited:?}; it keeps running, wait again or inspect its history")]
+    WaitTimeout {
+        /// The saga waited for.
+        saga: SagaId,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+
+    /// The orchestrator is shutting down and accepts no new work.
+    #[error("orchestrator is shutting down; start sagas on a running orchestrator")]
+    ShuttingDown,
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

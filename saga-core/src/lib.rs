@@ -1,0 +1,101 @@
+//! # saga-core
+//!
+//! The heart of a durable saga orchestrator: a multi-step operation that touches the outside
+//! world (reserve stock, charge a card, send a receipt) runs each step at most once per
+//! idempotency key, never half-finishes silently, and survives a crash.
+//!
+//! - Each step phase is recorded `in_progress` before it runs and `completed` (with its output)
+//!   after; a completed step never runs again.
+//! - Each step phase gets a key derived only from (saga id, step name, phase) — the same on
+//!   every attempt and after every restart — to pass downstream.
+//! - When a step fails for good, the completed steps are compensated in reverse order; a
+//!   compensation that fails for good parks the saga in `needs_intervention` with one item in
+//!   the manual-intervention queue.
+//! - Workers hold sagas with fenced leases; a crashed worker's sagas resume elsewhere when its
+//!   lease expires.
+//!
+//! ## Quickstart (on the in-memory store)
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use saga_core::{
+//!     Config, MemoryStore, Orchestrator, ResultExt, Saga, SagaDefinition, SagaStatus, Step,
+//!     StepContext, StepError,
+//! };
+//!
+//! struct Checkout;
+//!
+//! async fn reserve(_: Arc<Checkout>, ctx: StepContext<u32>) -> Result<String, StepError> {
+//!     Ok(format!("reservation-for-{}-{}", ctx.input(), ctx.key()))
+//! }
+//! async fn release(_: Arc<Checkout>, _: StepContext<u32>, _reservation: String) -> Result<(), StepError> {
+//!     Ok(())
+//! }
+//! async fn charge(_: Arc<Checkout>, ctx: StepContext<u32>) -> Result<u64, StepError> {
+//!     let cents = u64::from(*ctx.input()) * 100;
+//!     if cents > 10_000 { return Err(StepError::permanent("card declined")); }
+//!     "42".parse::<u64>().transient().map(|id| id + cents)
+//! }
+//!
+//! impl Saga for Checkout {
+//!     type Input = u32;
+//!     fn definition() -> SagaDefinition<Self> {
+//!         SagaDefinition::new("checkout", 1)
+//!             .step(Step::new("reserve_stock", reserve).compensate(release))
+//!             .step(Step::new("charge_card", charge).irreversible())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), saga_core::Error> {
+//! let orchestrator = Orchestrator::new(Arc::new(MemoryStore::new()), Config::default());
+//! orchestrator.register(Checkout)?;
+//! orchestrator.run();
+//!
+//! let ok = orchestrator.start::<Checkout>(&3).await?;
+//! let declined = orchestrator.start::<Checkout>(&500).await?;
+//! let wait = Duration::from_secs(10);
+//! assert_eq!(orchestrator.wait(ok, wait).await?.status, SagaStatus::Completed);
+//! assert_eq!(orchestrator.wait(declined, wait).await?.status, SagaStatus::Compensated);
+//! orchestrator.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod clock;
+mod config;
+mod context;
+mod definition;
+mod error;
+mod history;
+mod id;
+mod orchestrator;
+pub mod plan;
+mod retry;
+mod saga;
+mod status;
+mod step;
+pub mod store;
+mod worker;
+
+pub use clock::{after, now, Timestamp};
+pub use config::Config;
+pub use context::StepContext;
+pub use definition::{SagaDefinition, Step, StepBuilder, StepSpec, DEFAULT_TIMEOUT};
+pub use error::{BoxError, Error, Result};
+pub use history::History;
+pub use id::{
+    Attempt, FencingToken, IdempotencyKey, InterventionId, SagaId, SagaType, StepIndex, StepName,
+    WorkerId,
+};
+pub use orchestrator::Orchestrator;
+pub use retry::RetryPolicy;
+pub use saga::Saga;
+pub use status::{Phase, SagaStatus, StepStatus, UnknownStatus};
+pub use step::{FailureKind, ResultExt, StepError};
+pub use store::memory::MemoryStore;
+pub use store::{
+    Change, Created, Event, EventKind, Intervention, InterventionKind, InterventionStatus, Lease,
+    NewIntervention, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, StepRecord, Store,
+};

@@ -1,0 +1,340 @@
+//! The Orchestrator: register saga types, start sagas, run workers, wait, read history.
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::history::History;
+use crate::id::{IdempotencyKey, SagaId, SagaType};
+use crate::saga::{ErasedSaga, Registered, Saga};
+use crate::store::{Created, Intervention, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, Store};
+use crate::worker;
+
+/// Runs sagas on a [`Store`]: embed one per process; any number may share one database.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use saga_core::{Config, MemoryStore, Orchestrator};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), saga_core::Error> {
+/// let orchestrator = Orchestrator::new(Arc::new(MemoryStore::new()), Config::default());
+/// orchestrator.run();
+/// orchestrator.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: Config,
+    registry: RwLock<Registry>,
+    /// Wakes the dispatcher: a saga was started or became due.
+    pub(crate) wake: Arc<Notify>,
+    /// Wakes waiters: a drive ended.
+    pub(crate) progress: Notify,
+    pub(crate) shutdown: watch::Sender<bool>,
+    dispatcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Registry {
+    by_type: HashMap<TypeId, Arc<dyn ErasedSaga>>,
+    by_version: HashMap<(SagaType, u32), Arc<dyn ErasedSaga>>,
+}
+
+impl Inner {
+    /// The definition a stored saga runs on, if this process registered it.
+    pub(crate) fn definition(&self, saga_type: &SagaType, version: u32) -> Lookup {
+        let Ok(registry) = self.registry.read() else {
+            return Lookup::Missing(Vec::new());
+        };
+        match registry.by_version.get(&(saga_type.clone(), version)) {
+            Some(definition) => Lookup::Found(Arc::clone(definition)),
+            None => {
+                let mut versions: Vec<u32> = registry
+                    .by_version
+                    .keys()
+                    .filter(|(name, _)| name == saga_type)
+                    .map(|(_, version)| *version)
+                    .collect();
+                versions.sort_unstable();
+                Lookup::Missing(versions)
+            }
+        }
+    }
+}
+
+pub(crate) enum Lookup {
+    Found(Arc<dyn ErasedSaga>),
+    /// Not registered; the versions of that type that are.
+    Missing(Vec<u32>),
+}
+
+impl Orchestrator {
+    /// An orchestrator over `store`. Register saga types, then call [`Orchestrator::run`].
+    pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                registry: RwLock::new(Registry::default()),
+                wake: Arc::new(Notify::new()),
+                progress: Notify::new(),
+                shutdown,
+                dispatcher: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Registers a saga type. `saga` is shared by all its step functions (put clients of
+    /// downstream services in it). Several versions of one saga type may be registered at once,
+    /// so that sagas started on an older version finish on it; new sagas start on the version
+    /// of `S`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDefinition`] when the definition is malformed.
+    pub fn register<S: Saga>(&self, saga: S) -> Result<()> {
+        let definition = S::definition();
+        definition.validate()?;
+        let key = (definition.name().clone(), definition.version());
+        let registered: Arc<dyn ErasedSaga> = Arc::new(Registered::new(Arc::new(saga), definition));
+        let mut registry = self
+            .inner
+            .registry
+            .write()
+            .map_err(|_| Error::Store("saga registry lock poisoned".into()))?;
+        registry
+            .by_type
+            .insert(TypeId::of::<S>(), Arc::clone(&registered));
+        registry.by_version.insert(key, registered);
+        Ok(())
+    }
+
+    fn registered<S: Saga>(&self) -> Result<Arc<dyn ErasedSaga>> {
+        let registry = self
+            .inner
+            .registry
+            .read()
+            .map_err(|_| Error::Store("saga registry lock poisoned".into()))?;
+        registry
+            .by_type
+            .get(&TypeId::of::<S>())
+            .cloned()
+            .ok_or_else(|| Error::UnknownSagaType(S::definition().name().clone()))
+    }
+
+    /// Starts a saga of type `S` with no start key: every call starts a new saga.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSagaType`], [`Error::PayloadTooLarge`], [`Error::Serialization`], store errors.
+    pub async fn start<S: Saga>(&self, input: &S::Input) -> Result<SagaId> {
+        self.create::<S>(input, None).await.map(Created::id)
+    }
+
+    /// Starts a saga of type `S` once per `key`: a repeated call with the same key and input
+    /// returns the existing saga ([`Created::Existing`]).
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when `key` already started a saga with a different input; otherwise
+    /// as [`Orchestrator::start`].
+    pub async fn start_with_key<S: Saga>(
+        &self,
+        key: IdempotencyKey,
+        input: &S::Input,
+    ) -> Result<Created> {
+        self.create::<S>(input, Some(key)).await
+    }
+
+    async fn create<S: Saga>(
+        &self,
+        input: &S::Input,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Created> {
+        let definition = self.registered::<S>()?;
+        let text = serde_json::to_string(input).map_err(|source| Error::Serialization {
+            what: format!("input of saga type `{}`", definition.saga_type()),
+            source,
+        })?;
+        let limit = self.inner.config.max_payload_bytes;
+        if text.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                what: format!("input of saga type `{}`", definition.saga_type()),
+                size: text.len(),
+                limit,
+            });
+        }
+        let input: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| Error::Serialization {
+                what: format!("input of saga type `{}`", definition.saga_type()),
+                source,
+            })?;
+        let created = self
+            .inner
+            .store
+            .create(NewSaga {
+                id: SagaId::new(),
+                saga_type: definition.saga_type().clone(),
+                version: definition.version(),
+                fingerprint: definition.fingerprint().to_owned(),
+                input_hash: input_hash(definition.saga_type(), &input),
+                input,
+                idempotency_key: key,
+                trace_context: None,
+            })
+            .await?;
+        if let Created::New(id) = created {
+            tracing::debug!(saga.id = %id, saga.r#type = %definition.saga_type(), "saga started");
+            self.inner.wake.notify_one();
+        }
+        Ok(created)
+    }
+
+    /// Starts the workers in the background (on the current tokio runtime): they claim due
+    /// sagas, including those whose lease expired after a crash, and drive them. Calling it
+    /// again while they run does nothing.
+    pub fn run(&self) {
+        let Ok(mut dispatcher) = self.inner.dispatcher.lock() else {
+            return;
+        };
+        if dispatcher
+            .as_ref()
+            .is_some_and(|handle| !handle.is_finished())
+        {
+            return;
+        }
+        self.inner.shutdown.send_replace(false);
+        *dispatcher = Some(tokio::spawn(worker::dispatch(Arc::clone(&self.inner))));
+    }
+
+    /// Stops claiming, lets running steps finish (up to the configured grace period), records
+    /// their results and releases every lease so that other workers continue at once.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let handle = self
+            .inner
+            .dispatcher
+            .lock()
+            .ok()
+            .and_then(|mut dispatcher| dispatcher.take());
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+
+    /// Stops every worker at once, mid-step, without writing anything: what a crash does.
+    /// Leases stay held until they expire; then any orchestrator on the store resumes the
+    /// sagas. For tests of crash recovery.
+    pub fn kill(&self) {
+        if let Some(handle) = self
+            .inner
+            .dispatcher
+            .lock()
+            .ok()
+            .and_then(|mut dispatcher| dispatcher.take())
+        {
+            handle.abort();
+        }
+    }
+
+    /// Waits until the saga is settled (completed, compensated, cancelled or needs
+    /// intervention), for at most `timeout`, and returns its record.
+    ///
+    /// # Errors
+    /// [`Error::SagaNotFound`], [`Error::WaitTimeout`], store errors.
+    pub async fn wait(&self, id: SagaId, timeout: Duration) -> Result<SagaRecord> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let progress = self.inner.progress.notified();
+            let snapshot = self.snapshot(id).await?;
+            if snapshot.record.status.is_settled() {
+                return Ok(snapshot.record);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::WaitTimeout {
+                    saga: id,
+                    waited: timeout,
+                });
+            }
+            let pause = self.inner.config.poll_interval.min(deadline - now);
+            tokio::select! {
+                () = progress => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// One saga with its step records.
+    ///
+    /// # Errors
+    /// [`Error::SagaNotFound`], store errors.
+    pub async fn snapshot(&self, id: SagaId) -> Result<SagaSnapshot> {
+        self.inner
+            .store
+            .load(id)
+            .await?
+            .ok_or(Error::SagaNotFound(id))
+    }
+
+    /// The full history of one saga.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn history(&self, id: SagaId) -> Result<History> {
+        Ok(History {
+            events: self.inner.store.history(id).await?,
+        })
+    }
+
+    /// Sagas matching `filter`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaRecord>> {
+        self.inner.store.list(filter).await
+    }
+
+    /// Manual-intervention items; only open ones when `open_only`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn interventions(&self, open_only: bool) -> Result<Vec<Intervention>> {
+        self.inner.store.interventions(open_only).await
+    }
+
+    /// The store this orchestrator runs on.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// This orchestrator's settings.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+}
+
+/// Hash of (saga type, input) that tells a repeated start from a conflicting one. serde_json
+/// maps keep their keys sorted, so equal inputs hash equally.
+fn input_hash(saga_type: &SagaType, input: &serde_json::Value) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(saga_type.as_str().as_bytes());
+    hasher.update(b"\x1f");
+    hasher.update(input.to_string().as_bytes());
+    hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}

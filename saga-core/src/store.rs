@@ -1,0 +1,583 @@
+//! The Store trait: every durable write of the data path, fenced by the worker's lease.
+//!
+//! A backend persists sagas, their steps, an append-only event history and the
+//! manual-intervention queue. Workers change a saga only through [`Store::apply`], which checks
+//! the lease's fencing token and applies a batch of [`Change`]s atomically, appending one history
+//! event per change.
+
+pub mod memory;
+mod snapshot;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clock::Timestamp;
+use crate::error::Result;
+use crate::id::{
+    Attempt, FencingToken, IdempotencyKey, InterventionId, SagaId, SagaType, StepIndex, StepName,
+    WorkerId,
+};
+use crate::status::{Phase, SagaStatus, StepStatus};
+use crate::step::StepError;
+
+pub use snapshot::SagaSnapshot;
+
+/// A saga to create: what [`Store::create`] persists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSaga {
+    /// Its fresh id.
+    pub id: SagaId,
+    /// Its registered type.
+    pub saga_type: SagaType,
+    /// The definition version it starts on.
+    pub version: u32,
+    /// Fingerprint of the definition's step graph, checked again on every resume.
+    pub fingerprint: String,
+    /// The serialized input.
+    pub input: Value,
+    /// Hash of (type, input), to tell a repeated start from a conflicting one.
+    pub input_hash: String,
+    /// The caller's start key, if any.
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// W3C trace context of the caller, if any.
+    pub trace_context: Option<String>,
+}
+
+/// What [`Store::create`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// A new saga was stored.
+    New(SagaId),
+    /// The start key had already started this saga, with the same input.
+    Existing(SagaId),
+}
+
+impl Created {
+    /// The saga id, new or existing.
+    pub fn id(self) -> SagaId {
+        match self {
+            Created::New(id) | Created::Existing(id) => id,
+        }
+    }
+}
+
+/// One saga as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SagaRecord {
+    /// Its id.
+    pub id: SagaId,
+    /// Its type.
+    pub saga_type: SagaType,
+    /// The definition version it started on.
+    pub version: u32,
+    /// Fingerprint of the definition it started on.
+    pub fingerprint: String,
+    /// Where it is.
+    pub status: SagaStatus,
+    /// Why it is there, for compensating, parked and cancelled sagas.
+    pub status_reason: Option<String>,
+    /// The serialized input.
+    pub input: Value,
+    /// Hash of (type, input).
+    pub input_hash: String,
+    /// The caller's start key, if any.
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// When a worker should next look at it; `None` when no worker needs to.
+    pub next_run_at: Option<Timestamp>,
+    /// The worker holding its lease, if any.
+    pub lease_owner: Option<WorkerId>,
+    /// When that lease expires.
+    pub lease_expires_at: Option<Timestamp>,
+    /// Grows by one at every claim.
+    pub fencing_token: FencingToken,
+    /// W3C trace context captured at start.
+    pub trace_context: Option<String>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// One phase (action or compensation) of one step of one saga, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    /// Position of the step in the definition.
+    pub index: StepIndex,
+    /// Action or compensation.
+    pub phase: Phase,
+    /// The step's name.
+    pub name: StepName,
+    /// Where it is.
+    pub status: StepStatus,
+    /// The latest attempt started.
+    pub attempt: Attempt,
+    /// The stable key given to every attempt.
+    pub idempotency_key: IdempotencyKey,
+    /// The output of a completed action.
+    pub output: Option<Value>,
+    /// The latest failure.
+    pub last_error: Option<String>,
+    /// When a pending retry is due.
+    pub next_attempt_at: Option<Timestamp>,
+    /// When the latest attempt started.
+    pub started_at: Option<Timestamp>,
+    /// When the latest attempt ended.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// A worker's claim on one saga: only the holder of the current fencing token may write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The saga claimed.
+    pub saga: SagaId,
+    /// The worker holding it.
+    pub owner: WorkerId,
+    /// The token every write carries.
+    pub token: FencingToken,
+    /// When it lapses unless renewed by a heartbeat.
+    pub expires_at: Timestamp,
+}
+
+/// A durable change to one saga, made by the lease holder through [`Store::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Record a step phase as `in_progress` with its attempt number, before its function runs.
+    BeginStep {
+        /// The step.
+        index: StepIndex,
+        /// Its name.
+        name: StepName,
+        /// Action or compensation.
+        phase: Phase,
+        /// The attempt about to run.
+        attempt: Attempt,
+        /// The stable key of this step phase.
+        key: IdempotencyKey,
+    },
+    /// Record a step phase as `completed`, with its output.
+    CompleteStep {
+        /// The step.
+        index: StepIndex,
+        /// Its name.
+        name: StepName,
+        /// Action or compensation.
+        phase: Phase,
+        /// The attempt that succeeded.
+        attempt: Attempt,
+        /// The serialized output (actions), or `None` (compensations).
+        output: Option<Value>,
+    },
+    /// Record a failed attempt: back to `pending` until `retry_at`, or `failed` for good.
+    FailStep {
+        /// The step.
+        index: StepIndex,
+        /// Its name.
+        name: StepName,
+        /// Action or compensation.
+        phase: Phase,
+        /// The attempt that failed.
+        attempt: Attempt,
+        /// Why.
+        error: StepError,
+        /// When the next attempt is due; `None` when no attempt follows.
+        retry_at: Option<Timestamp>,
+    },
+    /// Move the saga to another status.
+    SetStatus {
+        /// The new status.
+        status: SagaStatus,
+        /// Why, in words an operator understands.
+        reason: Option<String>,
+    },
+    /// Park the saga in `needs_intervention` and open one item in the manual-intervention queue.
+    Escalate(NewIntervention),
+    /// Give the lease back; the saga is due again at `next_run_at` (`None`: not until an operator acts).
+    Release {
+        /// When a worker should look at the saga again.
+        next_run_at: Option<Timestamp>,
+    },
+}
+
+/// Why a saga needs a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterventionKind {
+    /// A compensation failed for good.
+    CompensationFailed,
+    /// The saga cannot be resumed: unknown type, changed definition, unreadable data.
+    Unresumable,
+}
+
+impl InterventionKind {
+    /// The persisted form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InterventionKind::CompensationFailed => "compensation_failed",
+            InterventionKind::Unresumable => "unresumable",
+        }
+    }
+
+    /// Parses the persisted form.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "compensation_failed" => Some(InterventionKind::CompensationFailed),
+            "unresumable" => Some(InterventionKind::Unresumable),
+            _ => None,
+        }
+    }
+}
+
+/// A manual-intervention item to open: everything a person needs to decide.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewIntervention {
+    /// Its id, chosen by the worker so that a repeated write opens it only once.
+    pub id: InterventionId,
+    /// Why the saga needs a person.
+    pub kind: InterventionKind,
+    /// The step concerned, if any.
+    pub step: Option<(StepIndex, StepName)>,
+    /// The phase concerned, if any.
+    pub phase: Option<Phase>,
+    /// The idempotency key of the failed step phase, if any.
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// The saga input, when readable.
+    pub input: Option<Value>,
+    /// The output of the step's action, when there is one.
+    pub output: Option<Value>,
+    /// What failed.
+    pub error: String,
+}
+
+/// Whether an intervention item still waits for a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterventionStatus {
+    /// Waiting for a person.
+    Open,
+    /// Settled by a person.
+    Resolved,
+}
+
+impl InterventionStatus {
+    /// The persisted form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InterventionStatus::Open => "open",
+            InterventionStatus::Resolved => "resolved",
+        }
+    }
+
+    /// Parses the persisted form.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "open" => Some(InterventionStatus::Open),
+            "resolved" => Some(InterventionStatus::Resolved),
+            _ => None,
+        }
+    }
+}
+
+/// A manual-intervention item as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intervention {
+    /// The saga concerned.
+    pub saga_id: SagaId,
+    /// What was opened.
+    pub item: NewIntervention,
+    /// Open or resolved.
+    pub status: InterventionStatus,
+    /// When it was opened.
+    pub opened_at: Timestamp,
+    /// When it was settled.
+    pub resolved_at: Option<Timestamp>,
+    /// Who settled it.
+    pub resolved_by: Option<String>,
+    /// How it was settled (retry, resolve, cancel).
+    pub resolution: Option<String>,
+    /// Why, in the operator's words.
+    pub resolution_reason: Option<String>,
+}
+
+/// What an event in a saga's history records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The saga was created.
+    SagaStarted,
+    /// A step phase was recorded `in_progress`.
+    StepStarted,
+    /// A step phase completed.
+    StepCompleted,
+    /// A step phase failed and will be retried.
+    RetryScheduled,
+    /// A step phase failed for good.
+    StepFailed,
+    /// The saga changed status.
+    StatusChanged,
+    /// An intervention item was opened.
+    InterventionOpened,
+    /// A worker took over a lease that had expired.
+    LeaseTakenOver,
+}
+
+impl EventKind {
+    const ALL: [EventKind; 8] = [
+        EventKind::SagaStarted,
+        EventKind::StepStarted,
+        EventKind::StepCompleted,
+        EventKind::RetryScheduled,
+        EventKind::StepFailed,
+        EventKind::StatusChanged,
+        EventKind::InterventionOpened,
+        EventKind::LeaseTakenOver,
+    ];
+
+    /// The persisted form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::SagaStarted => "saga_started",
+            EventKind::StepStarted => "step_started",
+            EventKind::StepCompleted => "step_completed",
+            EventKind::RetryScheduled => "retry_scheduled",
+            EventKind::StepFailed => "step_failed",
+            EventKind::StatusChanged => "status_changed",
+            EventKind::InterventionOpened => "intervention_opened",
+            EventKind::LeaseTakenOver => "lease_taken_over",
+        }
+    }
+
+    /// Parses the persisted form.
+    pub fn parse(text: &str) -> Option<Self> {
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+    }
+}
+
+/// One entry of a saga's append-only history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Order of the event within the store (increasing).
+    pub seq: i64,
+    /// The saga.
+    pub saga_id: SagaId,
+    /// When it happened.
+    pub at: Timestamp,
+    /// What happened.
+    pub kind: EventKind,
+    /// The step concerned, if any.
+    pub step: Option<StepName>,
+    /// The phase concerned, if any.
+    pub phase: Option<Phase>,
+    /// The attempt concerned, if any.
+    pub attempt: Option<Attempt>,
+    /// Details: a status, an error, a worker name.
+    pub detail: Option<String>,
+}
+
+/// The event a change appends, without its sequence number, saga and time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventData {
+    /// What happened.
+    pub kind: EventKind,
+    /// The step concerned, if any.
+    pub step: Option<StepName>,
+    /// The phase concerned, if any.
+    pub phase: Option<Phase>,
+    /// The attempt concerned, if any.
+    pub attempt: Option<Attempt>,
+    /// Details.
+    pub detail: Option<String>,
+}
+
+impl Change {
+    /// The history event this change appends (`None` for a lease release).
+    pub fn event(&self) -> Option<EventData> {
+        let step_event = |kind, name: &StepName, phase, attempt, detail| EventData {
+            kind,
+            step: Some(name.clone()),
+            phase: Some(phase),
+            attempt: Some(attempt),
+            detail,
+        };
+        match self {
+            Change::BeginStep {
+                name,
+                phase,
+                attempt,
+                ..
+            } => Some(step_event(
+                EventKind::StepStarted,
+                name,
+                *phase,
+                *attempt,
+                None,
+            )),
+            Change::CompleteStep {
+                name,
+                phase,
+                attempt,
+                ..
+            } => Some(step_event(
+                EventKind::StepCompleted,
+                name,
+                *phase,
+                *attempt,
+                None,
+            )),
+            Change::FailStep {
+                name,
+                phase,
+                attempt,
+                error,
+                retry_at,
+                ..
+            } => {
+                let kind = if retry_at.is_some() {
+                    EventKind::RetryScheduled
+                } else {
+                    EventKind::StepFailed
+                };
+                Some(step_event(
+                    kind,
+                    name,
+                    *phase,
+                    *attempt,
+                    Some(error.to_string()),
+                ))
+            }
+            Change::SetStatus { status, reason } => Some(EventData {
+                kind: EventKind::StatusChanged,
+                step: None,
+                phase: None,
+                attempt: None,
+                detail: Some(match reason {
+                    Some(reason) => format!("{status}: {reason}"),
+                    None => status.to_string(),
+                }),
+            }),
+            Change::Escalate(item) => Some(EventData {
+                kind: EventKind::InterventionOpened,
+                step: item.step.as_ref().map(|(_, name)| name.clone()),
+                phase: item.phase,
+                attempt: None,
+                detail: Some(format!("{}: {}", item.kind.as_str(), item.error)),
+            }),
+            Change::Release { .. } => None,
+        }
+    }
+}
+
+/// Which sagas [`Store::list`] returns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SagaFilter {
+    /// Only sagas in this status.
+    pub status: Option<SagaStatus>,
+    /// Only sagas of this type.
+    pub saga_type: Option<SagaType>,
+    /// Only the saga started with this key.
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// Only sagas created before this time.
+    pub created_before: Option<Timestamp>,
+    /// Paging: only sagas whose id sorts after this one.
+    pub after: Option<SagaId>,
+    /// At most this many (default 100).
+    pub limit: Option<u32>,
+}
+
+impl SagaFilter {
+    /// The page size, 100 unless set.
+    pub fn limit_or_default(&self) -> u32 {
+        self.limit.unwrap_or(100)
+    }
+
+    /// Whether a record passes the filter (paging aside).
+    pub fn matches(&self, record: &SagaRecord) -> bool {
+        self.status.is_none_or(|status| record.status == status)
+            && self
+                .saga_type
+                .as_ref()
+                .is_none_or(|saga_type| &record.saga_type == saga_type)
+            && self
+                .idempotency_key
+                .as_ref()
+                .is_none_or(|key| record.idempotency_key.as_ref() == Some(key))
+            && self
+                .created_before
+                .is_none_or(|before| record.created_at < before)
+            && self.after.is_none_or(|after| record.id > after)
+    }
+}
+
+/// Durable storage of sagas. Object-safe, so a backend can be chosen at run time from a URL.
+///
+/// Every backend passes the conformance suite in `saga-store` (feature `conformance`).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new saga in `running`, due now, and appends its `saga_started` event; or, when its
+    /// start key exists with the same input hash, returns the existing saga.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`](crate::Error::Conflict) when the key exists with another input hash;
+    /// store errors.
+    async fn create(&self, saga: NewSaga) -> Result<Created>;
+
+    /// Claims up to `limit` active sagas that are due at `now` and not leased (or whose lease
+    /// expired), for `owner`, until `now + lease_for`. Each claim increments the saga's fencing
+    /// token; taking over an expired lease appends a `lease_taken_over` event.
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn claim(
+        &self,
+        owner: &WorkerId,
+        now: Timestamp,
+        lease_for: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<Lease>>;
+
+    /// Extends a lease to `expires_at`.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the token is no longer current.
+    async fn heartbeat(&self, lease: &Lease, expires_at: Timestamp) -> Result<Lease>;
+
+    /// Applies `changes` atomically if `lease` still holds the saga's current fencing token,
+    /// appending one history event per change (in order).
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the token is stale (nothing is written);
+    /// store errors (nothing is written).
+    async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()>;
+
+    /// Reads one saga with its step records, or `None` if it does not exist.
+    ///
+    /// # Errors
+    /// [`Error::CorruptRecord`](crate::Error::CorruptRecord) when stored data is unreadable; store errors.
+    async fn load(&self, id: SagaId) -> Result<Option<SagaSnapshot>>;
+
+    /// Lists sagas matching `filter`, in id order (creation order).
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaRecord>>;
+
+    /// Counts sagas per status.
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn count_by_status(&self) -> Result<Vec<(SagaStatus, u64)>>;
+
+    /// The full history of one saga, oldest first.
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn history(&self, id: SagaId) -> Result<Vec<Event>>;
+
+    /// Intervention items, oldest first; only open ones when `open_only`.
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn interventions(&self, open_only: bool) -> Result<Vec<Intervention>>;
+}

@@ -1,0 +1,288 @@
+//! MemoryStore: a real backend kept in process memory. It passes the same conformance suite as
+//! SQLite and Postgres; use it in unit tests and single-process tools that need no durability.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::clock::{self, Timestamp};
+use crate::error::{Error, Result};
+use crate::id::{FencingToken, IdempotencyKey, InterventionId, SagaId, WorkerId};
+use crate::status::SagaStatus;
+
+use super::{
+    Change, Created, Event, EventData, EventKind, Intervention, InterventionStatus, Lease, NewSaga,
+    SagaFilter, SagaRecord, SagaSnapshot, Store,
+};
+
+/// An in-memory [`Store`]. Cloning is not supported; share it behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sagas: BTreeMap<SagaId, SagaSnapshot>,
+    keys: HashMap<IdempotencyKey, SagaId>,
+    events: Vec<Event>,
+    interventions: BTreeMap<InterventionId, Intervention>,
+}
+
+impl State {
+    fn push_event(&mut self, saga_id: SagaId, at: Timestamp, data: EventData) {
+        let seq = i64::try_from(self.events.len()).unwrap_or(i64::MAX) + 1;
+        self.events.push(Event {
+            seq,
+            saga_id,
+            at,
+            kind: data.kind,
+            step: data.step,
+            phase: data.phase,
+            attempt: data.attempt,
+            detail: data.detail,
+        });
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, State>> {
+        self.state.lock().map_err(|_| {
+            Error::Store("memory store lock poisoned by a panic in another thread".into())
+        })
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create(&self, saga: NewSaga) -> Result<Created> {
+        let mut state = self.state()?;
+        if let Some(key) = &saga.idempotency_key {
+            if let Some(existing) = state.keys.get(key).copied() {
+                let same = state
+                    .sagas
+                    .get(&existing)
+                    .is_some_and(|found| found.record.input_hash == saga.input_hash);
+                return if same {
+                    Ok(Created::Existing(existing))
+                } else {
+                    Err(Error::Conflict {
+                        key: key.clone(),
+                        existing,
+                    })
+                };
+            }
+        }
+        let now = clock::now();
+        if let Some(key) = &saga.idempotency_key {
+            state.keys.insert(key.clone(), saga.id);
+        }
+        let detail = format!("{} v{}", saga.saga_type, saga.version);
+        state.sagas.insert(
+            saga.id,
+            SagaSnapshot {
+                record: SagaRecord {
+                    id: saga.id,
+                    saga_type: saga.saga_type,
+                    version: saga.version,
+                    fingerprint: saga.fingerprint,
+                    status: SagaStatus::Running,
+                    status_reason: None,
+                    input: saga.input,
+                    input_hash: saga.input_hash,
+                    idempotency_key: saga.idempotency_key,
+                    next_run_at: Some(now),
+                    lease_owner: None,
+                    lease_expires_at: None,
+                    fencing_token: FencingToken(0),
+                    trace_context: saga.trace_context,
+                    created_at: now,
+                    updated_at: now,
+                },
+                steps: Vec::new(),
+            },
+        );
+        state.push_event(
+            saga.id,
+            now,
+            EventData {
+                kind: EventKind::SagaStarted,
+                step: None,
+                phase: None,
+                attempt: None,
+                detail: Some(detail),
+            },
+        );
+        Ok(Created::New(saga.id))
+    }
+
+    async fn claim(
+        &self,
+        owner: &WorkerId,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<Lease>> {
+        let mut state = self.state()?;
+        let mut due: Vec<(Timestamp, SagaId)> = state
+            .sagas
+            .values()
+            .filter(|snap| {
+                let record = &snap.record;
+                record.status.is_active()
+                    && record.next_run_at.is_some_and(|at| at <= now)
+                    && record.lease_expires_at.is_none_or(|expiry| expiry < now)
+            })
+            .filter_map(|snap| snap.record.next_run_at.map(|at| (at, snap.record.id)))
+            .collect();
+        due.sort();
+        due.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let expires_at = clock::after(now, lease_for);
+        let mut leases = Vec::with_capacity(due.len());
+        for (_, id) in due {
+            let Some(snap) = state.sagas.get_mut(&id) else {
+                continue;
+            };
+            let previous = snap.record.lease_owner.replace(owner.clone());
+            snap.record.lease_expires_at = Some(expires_at);
+            snap.record.fencing_token = FencingToken(snap.record.fencing_token.0 + 1);
+            let token = snap.record.fencing_token;
+            if let Some(previous) = previous {
+                state.push_event(
+                    id,
+                    now,
+                    EventData {
+                        kind: EventKind::LeaseTakenOver,
+                        step: None,
+                        phase: None,
+                        attempt: None,
+                        detail: Some(format!("{owner} took over from {previous}")),
+                    },
+                );
+            }
+            leases.push(Lease {
+                saga: id,
+                owner: owner.clone(),
+                token,
+                expires_at,
+            });
+        }
+        Ok(leases)
+    }
+
+    async fn heartbeat(&self, lease: &Lease, expires_at: Timestamp) -> Result<Lease> {
+        let mut state = self.state()?;
+        let snap = state
+            .sagas
+            .get_mut(&lease.saga)
+            .ok_or(Error::SagaNotFound(lease.saga))?;
+        if !holds(&snap.record, lease) {
+            return Err(Error::LeaseLost(lease.saga));
+        }
+        snap.record.lease_expires_at = Some(expires_at);
+        Ok(Lease {
+            expires_at,
+            ..lease.clone()
+        })
+    }
+
+    async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
+        let mut state = self.state()?;
+        let now = clock::now();
+        let snap = state
+            .sagas
+            .get(&lease.saga)
+            .ok_or(Error::SagaNotFound(lease.saga))?;
+        if !holds(&snap.record, lease) {
+            return Err(Error::LeaseLost(lease.saga));
+        }
+        let mut updated = snap.clone();
+        updated.apply_all(changes, now)?;
+        let input = updated.record.input.clone();
+        state.sagas.insert(lease.saga, updated);
+        for change in changes {
+            if let Change::Escalate(item) = change {
+                state
+                    .interventions
+                    .entry(item.id)
+                    .or_insert_with(|| Intervention {
+                        saga_id: lease.saga,
+                        item: crate::store::NewIntervention {
+                            input: item.input.clone().or_else(|| Some(input.clone())),
+                            ..item.clone()
+                        },
+                        status: InterventionStatus::Open,
+                        opened_at: now,
+                        resolved_at: None,
+                        resolved_by: None,
+                        resolution: None,
+                        resolution_reason: None,
+                    });
+            }
+            if let Some(event) = change.event() {
+                state.push_event(lease.saga, now, event);
+            }
+        }
+        Ok(())
+    }
+
+    async fn load(&self, id: SagaId) -> Result<Option<SagaSnapshot>> {
+        Ok(self.state()?.sagas.get(&id).cloned())
+    }
+
+    async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaRecord>> {
+        let limit = usize::try_from(filter.limit_or_default()).unwrap_or(usize::MAX);
+        Ok(self
+            .state()?
+            .sagas
+            .values()
+            .map(|snap| &snap.record)
+            .filter(|record| filter.matches(record))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(SagaStatus, u64)>> {
+        let state = self.state()?;
+        let mut counts: BTreeMap<&'static str, (SagaStatus, u64)> = BTreeMap::new();
+        for snap in state.sagas.values() {
+            let entry = counts
+                .entry(snap.record.status.as_str())
+                .or_insert((snap.record.status, 0));
+            entry.1 += 1;
+        }
+        Ok(counts.into_values().collect())
+    }
+
+    async fn history(&self, id: SagaId) -> Result<Vec<Event>> {
+        Ok(self
+            .state()?
+            .events
+            .iter()
+            .filter(|event| event.saga_id == id)
+            .cloned()
+            .collect())
+    }
+
+    async fn interventions(&self, open_only: bool) -> Result<Vec<Intervention>> {
+        Ok(self
+            .state()?
+            .interventions
+            .values()
+            .filter(|item| !open_only || item.status == InterventionStatus::Open)
+            .cloned()
+            .collect())
+    }
+}
+
+fn holds(record: &SagaRecord, lease: &Lease) -> bool {
+    record.fencing_token == lease.token && record.lease_owner.as_ref() == Some(&lease.owner)
+}

@@ -1,0 +1,151 @@
+//! A saga with its step records, and how a [`Change`] moves it: shared by the memory store and
+//! by workers keeping their local copy in step with what they wrote.
+
+use crate::clock::Timestamp;
+use crate::error::{Error, Result};
+use crate::id::{IdempotencyKey, StepIndex};
+use crate::status::{Phase, SagaStatus, StepStatus};
+
+use super::{Change, SagaRecord, StepRecord};
+
+/// One saga and all its step records, as read in one go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SagaSnapshot {
+    /// The saga.
+    pub record: SagaRecord,
+    /// Its step phases that ever started, ordered by (index, phase).
+    pub steps: Vec<StepRecord>,
+}
+
+impl SagaSnapshot {
+    /// The record of one step phase, if it ever started.
+    pub fn step(&self, index: StepIndex, phase: Phase) -> Option<&StepRecord> {
+        self.steps
+            .iter()
+            .find(|step| step.index == index && step.phase == phase)
+    }
+
+    fn step_mut(&mut self, index: StepIndex, phase: Phase) -> Result<&mut StepRecord> {
+        let saga = self.record.id;
+        self.steps
+            .iter_mut()
+            .find(|step| step.index == index && step.phase == phase)
+            .ok_or_else(|| Error::CorruptRecord {
+                saga,
+                reason: format!("step {index} ({phase}) was never started"),
+            })
+    }
+
+    /// Applies one change at time `now`, as a store does.
+    ///
+    /// # Errors
+    /// [`Error::Store`] for an illegal transition (restarting a completed step, finishing a step
+    /// that never started); nothing is changed then.
+    pub fn apply(&mut self, change: &Change, now: Timestamp) -> Result<()> {
+        match change {
+            Change::BeginStep {
+                index,
+                name,
+                phase,
+                attempt,
+                key,
+            } => {
+                if let Some(step) = self
+                    .steps
+                    .iter_mut()
+                    .find(|step| step.index == *index && step.phase == *phase)
+                {
+                    if step.status == StepStatus::Completed {
+                        return Err(Error::Store(
+                            format!(
+                                "saga {}: step {name} ({phase}) is completed and never runs again",
+                                self.record.id
+                            )
+                            .into(),
+                        ));
+                    }
+                    step.status = StepStatus::InProgress;
+                    step.attempt = *attempt;
+                    step.next_attempt_at = None;
+                    step.started_at = Some(now);
+                    step.finished_at = None;
+                } else {
+                    self.steps.push(StepRecord {
+                        index: *index,
+                        phase: *phase,
+                        name: name.clone(),
+                        status: StepStatus::InProgress,
+                        attempt: *attempt,
+                        idempotency_key: key.clone(),
+                        output: None,
+                        last_error: None,
+                        next_attempt_at: None,
+                        started_at: Some(now),
+                        finished_at: None,
+                    });
+                    self.steps.sort_by_key(|step| (step.index, step.phase));
+                }
+            }
+            Change::CompleteStep {
+                index,
+                phase,
+                output,
+                ..
+            } => {
+                let step = self.step_mut(*index, *phase)?;
+                step.status = StepStatus::Completed;
+                step.output = output.clone();
+                step.finished_at = Some(now);
+                step.next_attempt_at = None;
+            }
+            Change::FailStep {
+                index,
+                phase,
+                error,
+                retry_at,
+                ..
+            } => {
+                let step = self.step_mut(*index, *phase)?;
+                step.status = if retry_at.is_some() {
+                    StepStatus::Pending
+                } else {
+                    StepStatus::Failed
+                };
+                step.last_error = Some(error.to_string());
+                step.next_attempt_at = *retry_at;
+                step.finished_at = Some(now);
+            }
+            Change::SetStatus { status, reason } => {
+                self.record.status = *status;
+                self.record.status_reason = reason.clone();
+            }
+            Change::Escalate(item) => {
+                self.record.status = SagaStatus::NeedsIntervention;
+                self.record.status_reason = Some(item.error.clone());
+            }
+            Change::Release { next_run_at } => {
+                self.record.lease_owner = None;
+                self.record.lease_expires_at = None;
+                self.record.next_run_at = *next_run_at;
+            }
+        }
+        self.record.updated_at = now;
+        Ok(())
+    }
+
+    /// Applies changes in order; on error, the snapshot may be partly changed (callers that
+    /// need all-or-nothing apply to a clone).
+    ///
+    /// # Errors
+    /// As [`SagaSnapshot::apply`].
+    pub fn apply_all(&mut self, changes: &[Change], now: Timestamp) -> Result<()> {
+        changes
+            .iter()
+            .try_for_each(|change| self.apply(change, now))
+    }
+
+    /// The stable key of one step phase of this saga.
+    pub fn key_for(&self, name: &crate::id::StepName, phase: Phase) -> IdempotencyKey {
+        IdempotencyKey::for_step(self.record.id, name, phase)
+    }
+}

@@ -1,0 +1,452 @@
+//! Workers: claim -> plan -> persist intent -> execute -> persist result, until the saga waits,
+//! finishes or escalates.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::id::{Attempt, IdempotencyKey, StepIndex, StepName};
+use crate::orchestrator::{Inner, Lookup};
+use crate::plan::{self, Action};
+use crate::saga::{DecodedInput, ErasedSaga, RawContext};
+use crate::status::{Phase, StepStatus};
+use crate::step::StepError;
+use crate::store::{Change, Lease, SagaSnapshot};
+
+/// The claim loop: keeps up to `concurrency` sagas in flight until shutdown.
+pub(crate) async fn dispatch(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut drives = JoinSet::new();
+    let mut failures: u32 = 0;
+    loop {
+        while drives.try_join_next().is_some() {}
+        if *shutdown.borrow() {
+            break;
+        }
+        let free = inner.config.concurrency.saturating_sub(drives.len());
+        if free == 0 {
+            tokio::select! {
+                _ = drives.join_next() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let limit = u32::try_from(free).unwrap_or(u32::MAX);
+        let claimed = inner
+            .store
+            .claim(
+                &inner.config.worker_id,
+                clock::now(),
+                inner.config.lease_ttl,
+                limit,
+            )
+            .await;
+        match claimed {
+            Ok(leases) => {
+                failures = 0;
+                let claimed_any = !leases.is_empty();
+                for lease in leases {
+                    drives.spawn(drive(Arc::clone(&inner), lease));
+                }
+                if claimed_any {
+                    continue;
+                }
+                tokio::select! {
+                    () = inner.wake.notified() => {}
+                    () = tokio::time::sleep(inner.config.poll_interval) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Err(err) => {
+                failures = failures.saturating_add(1);
+                let pause = inner
+                    .config
+                    .poll_interval
+                    .saturating_mul(1 << failures.min(4))
+                    .min(Duration::from_secs(5));
+                tracing::warn!(error = %err, retry_in = ?pause, "claiming sagas failed");
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+    let drain = async { while drives.join_next().await.is_some() {} };
+    if tokio::time::timeout(inner.config.shutdown_grace, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "shutdown grace period over; abandoning running steps (their leases will expire)"
+        );
+        drives.abort_all();
+    }
+}
+
+/// Drives one claimed saga, renewing the lease alongside; stops writing if the lease is lost.
+async fn drive(inner: Arc<Inner>, lease: Lease) {
+    let span = tracing::info_span!("saga", saga.id = %lease.saga, fencing_token = lease.token.0);
+    let outcome = async {
+        tokio::select! {
+            result = drive_saga(&inner, &lease) => result,
+            lost = keep_lease(&inner, &lease) => Err(lost),
+        }
+    }
+    .instrument(span)
+    .await;
+    match outcome {
+        Ok(()) => {}
+        Err(Error::LeaseLost(saga)) => {
+            tracing::warn!(saga.id = %saga, "lease lost; another worker continues this saga");
+        }
+        Err(err) => {
+            tracing::error!(saga.id = %lease.saga, error = %err, "driving saga failed; it resumes when its lease expires");
+        }
+    }
+    inner.progress.notify_waiters();
+}
+
+/// Renews the lease every third of its duration; returns only when the lease is lost.
+async fn keep_lease(inner: &Inner, lease: &Lease) -> Error {
+    let every = inner.config.lease_ttl / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let expires_at = clock::after(clock::now(), inner.config.lease_ttl);
+        match inner.store.heartbeat(lease, expires_at).await {
+            Ok(_) => {}
+            Err(err @ Error::LeaseLost(_)) => return err,
+            Err(err) => tracing::warn!(error = %err, "lease heartbeat failed; retrying"),
+        }
+    }
+}
+
+async fn drive_saga(inner: &Inner, lease: &Lease) -> Result<()> {
+    let snapshot = match inner.store.load(lease.saga).await {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => return Ok(()),
+        Err(Error::CorruptRecord { reason, .. }) => {
+            return park(
+                inner,
+                lease,
+                None,
+                format!("stored data is unreadable: {reason}"),
+            )
+            .await;
+        }
+        Err(err) => return Err(err),
+    };
+    let record = &snapshot.record;
+    let definition = match inner.definition(&record.saga_type, record.version) {
+        Lookup::Found(definition) => definition,
+        Lookup::Missing(versions) => {
+            let reason = if versions.is_empty() {
+                format!(
+                    "saga type `{}` is not registered in this process; register it and re-drive the saga",
+                    record.saga_type
+                )
+            } else {
+                format!(
+                    "saga type `{}` version {} is not registered (registered: {versions:?}); keep registering the version sagas started on until they finish, then re-drive the saga",
+                    record.saga_type, record.version
+                )
+            };
+            return park(inner, lease, Some(&snapshot), reason).await;
+        }
+    };
+    if definition.fingerprint() != record.fingerprint {
+        let reason = format!(
+            "definition of `{}` v{} changed since the saga started (fingerprint {} is now {}): steps were added, removed, renamed or reordered without a version bump; register the old steps under version {} and give the new ones a new version, then re-drive the saga",
+            record.saga_type,
+            record.version,
+            record.fingerprint,
+            definition.fingerprint(),
+            record.version
+        );
+        return park(inner, lease, Some(&snapshot), reason).await;
+    }
+    let input = match definition.decode_input(&record.input) {
+        Ok(input) => input,
+        Err(reason) => return park(inner, lease, Some(&snapshot), reason).await,
+    };
+    Driver {
+        inner,
+        lease,
+        definition,
+        input,
+        snapshot,
+        pending: Vec::new(),
+    }
+    .run()
+    .await
+}
+
+async fn park(
+    inner: &Inner,
+    lease: &Lease,
+    snapshot: Option<&SagaSnapshot>,
+    reason: String,
+) -> Result<()> {
+    tracing::warn!(saga.id = %lease.saga, reason = %reason, "saga parked for an operator");
+    write(inner, lease, &plan::park(snapshot, reason)).await
+}
+
+/// The state of one drive: the local copy of the saga and the changes not yet written.
+struct Driver<'a> {
+    inner: &'a Inner,
+    lease: &'a Lease,
+    definition: Arc<dyn ErasedSaga>,
+    input: DecodedInput,
+    snapshot: SagaSnapshot,
+    /// Changes recorded locally but not yet written: folded into the next write, which always
+    /// comes before the next step runs.
+    pending: Vec<Change>,
+}
+
+impl Driver<'_> {
+    async fn run(mut self) -> Result<()> {
+        loop {
+            let now = clock::now();
+            match plan::next_action(&self.snapshot, self.definition.specs(), now) {
+                Action::Run {
+                    index,
+                    phase,
+                    attempt,
+                } => {
+                    if *self.inner.shutdown.borrow() {
+                        self.record(vec![Change::Release {
+                            next_run_at: Some(now),
+                        }])?;
+                        return self.flush().await;
+                    }
+                    self.run_step(index, phase, attempt).await?;
+                }
+                Action::Record(changes) => self.record(changes)?,
+                Action::WaitUntil(at) => {
+                    self.record(vec![Change::Release {
+                        next_run_at: Some(at),
+                    }])?;
+                    self.flush().await?;
+                    self.wake_at(at);
+                    return Ok(());
+                }
+                Action::Finish(status) => {
+                    self.record(vec![
+                        Change::SetStatus {
+                            status,
+                            reason: None,
+                        },
+                        Change::Release { next_run_at: None },
+                    ])?;
+                    return self.flush().await;
+                }
+                Action::Idle => {
+                    self.record(vec![Change::Release { next_run_at: None }])?;
+                    return self.flush().await;
+                }
+            }
+        }
+    }
+
+    async fn run_step(&mut self, index: StepIndex, phase: Phase, attempt: Attempt) -> Result<()> {
+        let position = usize::try_from(index.0).unwrap_or(usize::MAX);
+        let Some(spec) = self.definition.specs().get(position).cloned() else {
+            return Err(Error::CorruptRecord {
+                saga: self.lease.saga,
+                reason: format!("plan chose step {index}, which the definition lacks"),
+            });
+        };
+        let key = IdempotencyKey::for_step(self.lease.saga, &spec.name, phase);
+        self.record(vec![Change::BeginStep {
+            index,
+            name: spec.name.clone(),
+            phase,
+            attempt,
+            key: key.clone(),
+        }])?;
+        // Durable before acting: `in_progress` (and whatever came before it) is written first.
+        self.flush().await?;
+
+        let span = tracing::info_span!(
+            "step",
+            step.name = %spec.name,
+            step.phase = %phase,
+            attempt = attempt.0,
+            idempotency_key = %key,
+        );
+        let outcome = self
+            .execute(
+                position,
+                &spec.name,
+                phase,
+                attempt,
+                key,
+                plan::timeout_for(&spec, phase),
+            )
+            .instrument(span)
+            .await;
+        let outcome = self.check_output(&spec.name, outcome);
+        if let Err(error) = &outcome {
+            tracing::info!(step.name = %spec.name, step.phase = %phase, attempt = attempt.0, error = %error, "step attempt failed");
+        }
+        let changes = plan::on_outcome(
+            &self.snapshot,
+            &spec,
+            plan::Attempted {
+                index,
+                phase,
+                attempt,
+            },
+            outcome,
+            clock::now(),
+            rand::random::<f64>(),
+        );
+        self.record(changes)
+    }
+
+    async fn execute(
+        &self,
+        position: usize,
+        name: &StepName,
+        phase: Phase,
+        attempt: Attempt,
+        key: IdempotencyKey,
+        timeout: Duration,
+    ) -> std::result::Result<Option<Value>, StepError> {
+        let index = StepIndex(u32::try_from(position).unwrap_or(u32::MAX));
+        let ctx = RawContext {
+            saga_id: self.lease.saga,
+            step: name.clone(),
+            phase,
+            attempt,
+            key,
+            input: self.input.clone(),
+            outputs: Arc::new(self.completed_outputs()),
+            deadline: clock::after(clock::now(), timeout),
+        };
+        let action_output = match phase {
+            Phase::Action => None,
+            Phase::Compensation => self
+                .snapshot
+                .step(index, Phase::Action)
+                .and_then(|step| step.output.clone()),
+        };
+        let future = self.definition.run(position, ctx, action_output);
+        match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
+            Err(_) => Err(StepError::transient(format!(
+                "attempt timed out after {timeout:?}"
+            ))),
+            Ok(Err(panic)) => Err(StepError::permanent(format!(
+                "step panicked: {}",
+                panic_message(panic.as_ref())
+            ))),
+            Ok(Ok(Ok(value))) => Ok(match phase {
+                Phase::Action => Some(value),
+                Phase::Compensation => None,
+            }),
+            Ok(Ok(Err(error))) => Err(error),
+        }
+    }
+
+    /// Refuses an output over the payload limit, as a permanent failure of the step.
+    fn check_output(
+        &self,
+        name: &StepName,
+        outcome: std::result::Result<Option<Value>, StepError>,
+    ) -> std::result::Result<Option<Value>, StepError> {
+        let limit = self.inner.config.max_payload_bytes;
+        match outcome {
+            Ok(Some(value)) => {
+                let size = value.to_string().len();
+                if size > limit {
+                    Err(StepError::permanent(format!(
+                        "output of step `{name}` is {size} bytes, over the limit of {limit} bytes; return a reference instead of the data"
+                    )))
+                } else {
+                    Ok(Some(value))
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn completed_outputs(&self) -> BTreeMap<StepName, Value> {
+        self.snapshot
+            .steps
+            .iter()
+            .filter(|step| step.phase == Phase::Action && step.status == StepStatus::Completed)
+            .filter_map(|step| {
+                step.output
+                    .clone()
+                    .map(|output| (step.name.clone(), output))
+            })
+            .collect()
+    }
+
+    /// Applies changes to the local copy and queues them for the next write.
+    fn record(&mut self, changes: Vec<Change>) -> Result<()> {
+        self.snapshot.apply_all(&changes, clock::now())?;
+        self.pending.extend(changes);
+        Ok(())
+    }
+
+    /// Writes the queued changes in one fenced, atomic store call.
+    async fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        write(self.inner, self.lease, &self.pending).await?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Wakes this process's dispatcher when a released saga becomes due, so that short retry
+    /// delays do not wait for the next poll.
+    fn wake_at(&self, at: clock::Timestamp) {
+        let delay = (at - clock::now()).to_std().unwrap_or(Duration::ZERO);
+        if delay > Duration::from_secs(60) {
+            return;
+        }
+        let inner_wake = Arc::clone(&self.inner.wake);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            inner_wake.notify_one();
+        });
+    }
+}
+
+/// One fenced write, retried while the store is unavailable: every write is keyed and fenced,
+/// so repeating one that did commit changes nothing a second time.
+async fn write(inner: &Inner, lease: &Lease, changes: &[Change]) -> Result<()> {
+    let mut pause = Duration::from_millis(50);
+    let mut tries = 0;
+    loop {
+        match inner.store.apply(lease, changes).await {
+            Err(Error::StoreUnavailable(err)) if tries < 6 => {
+                tries += 1;
+                tracing::warn!(error = %err, retry_in = ?pause, "store unavailable; retrying write");
+                tokio::time::sleep(pause).await;
+                pause = pause.saturating_mul(2);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a non-text panic payload".to_owned()
+    }
+}
