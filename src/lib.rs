@@ -1,1 +1,76 @@
-//! x
+//! # saga
+//!
+//! A durable saga orchestrator for Rust services. A saga is a multi-step operation that touches
+//! the outside world — reserve stock, charge a card, send a receipt — and must never do a step
+//! twice, never half-finish silently, and survive a crash:
+//!
+//! - every step phase is recorded `in_progress` before it runs and `completed` after, so a
+//!   completed step never runs again, across crashes, restarts and concurrent workers;
+//! - every step phase gets a stable idempotency key, derived only from (saga id, step name,
+//!   phase), to pass downstream;
+//! - a step that fails for good triggers compensation of the completed steps, in reverse order;
+//! - a compensation that fails for good parks the saga for a person, in the manual-intervention
+//!   queue; nothing retries forever and nothing is dropped.
+//!
+//! This crate is the facade: it re-exports [`saga_core`] and the backends of [`saga_store`].
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `sqlite` | yes | [`SqliteStore`], the embedded backend (one file, no server) |
+//!
+//! ## Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use saga::{Orchestrator, Config, Saga, SagaDefinition, SagaStatus, Step, StepContext, StepError};
+//!
+//! struct Greet;
+//! async fn hello(_: Arc<Greet>, ctx: StepContext<String>) -> Result<String, StepError> {
+//!     Ok(format!("hello {} (key {})", ctx.input(), ctx.key()))
+//! }
+//! impl Saga for Greet {
+//!     type Input = String;
+//!     fn definition() -> SagaDefinition<Self> {
+//!         SagaDefinition::new("greet", 1).step(Step::new("say_hello", hello).irreversible())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), saga::Error> {
+//! let store = saga::connect("sqlite::memory:").await?;
+//! let orchestrator = Orchestrator::new(store, Config::default());
+//! orchestrator.register(Greet)?;
+//! orchestrator.run();
+//! let id = orchestrator.start::<Greet>(&"world".to_owned()).await?;
+//! let record = orchestrator.wait(id, Duration::from_secs(10)).await?;
+//! assert_eq!(record.status, SagaStatus::Completed);
+//! orchestrator.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::Arc;
+
+pub use saga_core::*;
+#[cfg(feature = "sqlite")]
+pub use saga_store::{SqliteOptions, SqliteStore};
+
+/// Opens the store named by `url`: `sqlite://path.db` or `sqlite::memory:` (feature `sqlite`),
+/// or `memory:` for the in-memory store. Migrations are applied on connect.
+///
+/// # Errors
+/// [`Error::Configuration`] for an unsupported or malformed URL; store errors when the database
+/// cannot be opened.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    if url == "memory:" {
+        return Ok(Arc::new(MemoryStore::new()));
+    }
+    #[cfg(feature = "sqlite")]
+    if url.starts_with("sqlite:") {
+        return Ok(Arc::new(SqliteStore::connect(url).await?));
+    }
+    Err(Error::Configuration(format!(
+        "unsupported store URL `{url}`; use sqlite://path/to/file.db, sqlite::memory: or memory:"
+    )))
+}

@@ -205,7 +205,6 @@ impl Store for MemoryStore {
         }
         let mut updated = snap.clone();
         updated.apply_all(changes, now)?;
-        let input = updated.record.input.clone();
         state.sagas.insert(lease.saga, updated);
         for change in changes {
             if let Change::Escalate(item) = change {
@@ -214,10 +213,7 @@ impl Store for MemoryStore {
                     .entry(item.id)
                     .or_insert_with(|| Intervention {
                         saga_id: lease.saga,
-                        item: crate::store::NewIntervention {
-                            input: item.input.clone().or_else(|| Some(input.clone())),
-                            ..item.clone()
-                        },
+                        item: item.clone(),
                         status: InterventionStatus::Open,
                         opened_at: now,
                         resolved_at: None,

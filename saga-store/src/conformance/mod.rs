@@ -1,0 +1,80 @@
+//! The store conformance suite: one async function per guarantee, generic over the backend.
+//! Every backend (memory, SQLite, Postgres) runs all of it through [`conformance_suite!`](crate::conformance_suite).
+//!
+//! - [`store`]: the Store contract itself (claims, leases and fencing, dedup on start,
+//!   transitions, history, interventions).
+//! - [`scenarios`]: the orchestrator's guarantees end to end on that backend (compensation order,
+//!   retries, escalation, crash and resume, parking of unresumable sagas).
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod scenarios;
+pub mod store;
+
+/// Generates one `#[tokio::test]` per conformance function in a module named `$backend`.
+/// `$make` is an async expression (evaluated once per test) that yields a fresh, empty store.
+///
+/// ```ignore
+/// saga_store::conformance_suite!(memory, async { saga_core::MemoryStore::new() });
+/// ```
+#[macro_export]
+macro_rules! conformance_suite {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__conformance_tests!($make;
+                // Store contract
+                create_then_load_round_trips,
+                start_key_dedup_returns_existing_or_conflicts,
+                claim_takes_each_due_saga_once,
+                claim_respects_limit_and_next_run_at,
+                expired_lease_is_taken_over_and_stale_writes_are_fenced,
+                apply_is_all_or_nothing,
+                completed_step_never_restarts,
+                step_transitions_persist,
+                escalation_opens_one_intervention_and_parks,
+                settled_sagas_are_never_claimed,
+                history_records_each_change_in_order,
+                list_filters_and_pages,
+                count_by_status_counts;
+                // Orchestrator scenarios
+                saga_completes_with_full_history,
+                permanent_failure_compensates_in_reverse_order,
+                transient_failures_retry_with_backoff_up_to_max_attempts,
+                permanent_error_skips_retries,
+                failed_compensation_opens_exactly_one_intervention,
+                crash_mid_step_resumes_with_same_key_and_never_reruns_completed_steps,
+                start_with_key_dedups_and_conflicts,
+                changed_definition_parks_saga,
+                unknown_saga_type_parks_saga,
+                undecodable_input_parks_saga,
+                panicking_step_fails_permanently_and_worker_survives,
+                hanging_step_times_out_and_is_retried,
+                oversized_payloads_are_refused,
+                graceful_shutdown_releases_leases,
+            );
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    ($make:expr; $($store_test:ident),* ; $($scenario:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $store_test() {
+                let store = $make.await;
+                $crate::conformance::store::$store_test(::std::sync::Arc::new(store)).await;
+            }
+        )*
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                let store = $make.await;
+                $crate::conformance::scenarios::$scenario(::std::sync::Arc::new(store)).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,760 @@
+//! The orchestrator's guarantees, end to end, on the backend under test.
+//!
+//! Every scenario runs a `probe` saga (reserve_stock, charge_card, send_receipt — the receipt is
+//! irreversible) whose steps follow a script of outcomes and record every call in a ledger that
+//! honours idempotency keys, the way a well-built downstream API does.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use saga_core::{
+    Config, Error, IdempotencyKey, InterventionKind, Orchestrator, Phase, RetryPolicy, Saga,
+    SagaDefinition, SagaId, SagaStatus, Step, StepContext, StepError, StepStatus, Store,
+};
+use serde::{Deserialize, Serialize};
+
+/// What a scripted step does on one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applies its effect and succeeds.
+    Ok,
+    /// Fails with a transient error, without effect.
+    Transient,
+    /// Fails with a permanent error, without effect.
+    Permanent,
+    /// Panics.
+    Panic,
+    /// Never returns.
+    Hang,
+    /// Applies its effect, then never returns: a crash between the effect and its checkpoint.
+    ApplyThenHang,
+    /// Applies its effect after a pause, then succeeds.
+    Slow(Duration),
+}
+
+/// One call of a step function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// The step.
+    pub step: String,
+    /// Action or compensation.
+    pub phase: Phase,
+    /// The attempt number the worker gave.
+    pub attempt: u32,
+    /// The idempotency key the worker gave.
+    pub key: String,
+}
+
+/// The downstream's record of one idempotency key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Effect {
+    /// Calls made with the key.
+    pub calls: u32,
+    /// Effects applied for the key (a downstream that honours keys applies at most one).
+    pub applied: u32,
+}
+
+/// Scripted outcomes and the record of every call.
+#[derive(Debug, Default)]
+pub struct Script {
+    plan: Mutex<HashMap<(String, Phase), VecDeque<Outcome>>>,
+    calls: Mutex<Vec<Call>>,
+    ledger: Mutex<HashMap<String, Effect>>,
+}
+
+impl Script {
+    /// A script in which every call succeeds.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Queues outcomes for the next calls of one step phase (then calls succeed).
+    pub fn plan(&self, step: &str, phase: Phase, outcomes: &[Outcome]) {
+        self.plan
+            .lock()
+            .unwrap()
+            .entry((step.to_owned(), phase))
+            .or_default()
+            .extend(outcomes.iter().copied());
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// The calls of one step phase.
+    pub fn calls_of(&self, step: &str, phase: Phase) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|call| call.step == step && call.phase == phase)
+            .collect()
+    }
+
+    /// The downstream's record for one key.
+    pub fn effect(&self, key: &IdempotencyKey) -> Effect {
+        self.ledger
+            .lock()
+            .unwrap()
+            .get(key.as_str())
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn apply(&self, key: &IdempotencyKey) {
+        let mut ledger = self.ledger.lock().unwrap();
+        let effect = ledger.entry(key.as_str().to_owned()).or_default();
+        effect.applied = 1;
+    }
+
+    async fn perform<I>(&self, ctx: &StepContext<I>) -> Result<(), StepError> {
+        let outcome = self
+            .plan
+            .lock()
+            .unwrap()
+            .get_mut(&(ctx.step().as_str().to_owned(), ctx.phase()))
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(Outcome::Ok);
+        self.calls.lock().unwrap().push(Call {
+            step: ctx.step().as_str().to_owned(),
+            phase: ctx.phase(),
+            attempt: ctx.attempt().0,
+            key: ctx.key().as_str().to_owned(),
+        });
+        self.ledger
+            .lock()
+            .unwrap()
+            .entry(ctx.key().as_str().to_owned())
+            .or_default()
+            .calls += 1;
+        match outcome {
+            Outcome::Ok => {
+                self.apply(ctx.key());
+                Ok(())
+            }
+            Outcome::Transient => Err(StepError::transient("simulated 503")),
+            Outcome::Permanent => Err(StepError::permanent("simulated permanent failure")),
+            Outcome::Panic => panic!("simulated bug"),
+            Outcome::Hang => futures_pending().await,
+            Outcome::ApplyThenHang => {
+                self.apply(ctx.key());
+                futures_pending().await
+            }
+            Outcome::Slow(pause) => {
+                tokio::time::sleep(pause).await;
+                self.apply(ctx.key());
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn futures_pending() -> Result<(), StepError> {
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Input of the probe saga.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeInput {
+    /// An order number.
+    pub order: u64,
+    /// Free text, to make inputs large.
+    pub note: String,
+    /// When non-zero, actions return an output of this many bytes.
+    pub output_bytes: usize,
+}
+
+/// Input of order `order`, small.
+pub fn input(order: u64) -> ProbeInput {
+    ProbeInput {
+        order,
+        note: String::new(),
+        output_bytes: 0,
+    }
+}
+
+/// The probe saga: three steps driven by a [`Script`].
+pub struct Probe(pub Arc<Script>);
+
+async fn act(probe: Arc<Probe>, ctx: StepContext<ProbeInput>) -> Result<String, StepError> {
+    probe.0.perform(&ctx).await?;
+    if ctx.input().output_bytes > 0 {
+        return Ok("x".repeat(ctx.input().output_bytes));
+    }
+    Ok(format!("{}-done", ctx.step()))
+}
+
+async fn undo(probe: Arc<Probe>, ctx: StepContext<ProbeInput>, output: String) -> Result<(), StepError> {
+    if output != format!("{}-done", ctx.step()) {
+        return Err(StepError::permanent(format!(
+            "compensation got output `{output}`, not its action's"
+        )));
+    }
+    probe.0.perform(&ctx).await
+}
+
+const STEP_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn probe_retry() -> RetryPolicy {
+    RetryPolicy::exponential(3, Duration::from_millis(20)).with_max_delay(Duration::from_millis(100))
+}
+
+fn probe_compensation_retry() -> RetryPolicy {
+    RetryPolicy::exponential(2, Duration::from_millis(20)).with_max_delay(Duration::from_millis(100))
+}
+
+impl Saga for Probe {
+    type Input = ProbeInput;
+
+    fn definition() -> SagaDefinition<Self> {
+        let step = |name: &str| {
+            Step::new(name, act)
+                .retry(probe_retry())
+                .timeout(STEP_TIMEOUT)
+                .compensation_retry(probe_compensation_retry())
+                .compensation_timeout(STEP_TIMEOUT)
+        };
+        SagaDefinition::new("probe", 1)
+            .step(step("reserve_stock").compensate(undo))
+            .step(step("charge_card").compensate(undo))
+            .step(step("send_receipt").irreversible())
+    }
+}
+
+/// `probe` v1 with its steps renamed without a version bump: a changed definition.
+pub struct RenamedProbe(pub Arc<Script>);
+
+impl Saga for RenamedProbe {
+    type Input = ProbeInput;
+
+    fn definition() -> SagaDefinition<Self> {
+        async fn act2(p: Arc<RenamedProbe>, ctx: StepContext<ProbeInput>) -> Result<String, StepError> {
+            p.0.perform(&ctx).await.map(|()| "done".to_owned())
+        }
+        SagaDefinition::new("probe", 1)
+            .step(Step::new("reserve_inventory", act2).irreversible())
+            .step(Step::new("charge_card", act2).irreversible())
+    }
+}
+
+/// `probe` v1 with the same steps but another input type: stored inputs do not decode.
+pub struct NumberProbe(pub Arc<Script>);
+
+impl Saga for NumberProbe {
+    type Input = u64;
+
+    fn definition() -> SagaDefinition<Self> {
+        async fn act3(p: Arc<NumberProbe>, ctx: StepContext<u64>) -> Result<String, StepError> {
+            p.0.perform(&ctx).await.map(|()| "done".to_owned())
+        }
+        async fn undo3(p: Arc<NumberProbe>, ctx: StepContext<u64>, _: String) -> Result<(), StepError> {
+            p.0.perform(&ctx).await
+        }
+        SagaDefinition::new("probe", 1)
+            .step(Step::new("reserve_stock", act3).compensate(undo3))
+            .step(Step::new("charge_card", act3).compensate(undo3))
+            .step(Step::new("send_receipt", act3).irreversible())
+    }
+}
+
+/// An orchestrator for tests: short poll interval and lease.
+pub fn orchestrator<S: Store>(store: &Arc<S>, lease_ttl: Duration) -> Orchestrator {
+    let store: Arc<dyn Store> = store.clone();
+    Orchestrator::new(
+        store,
+        Config::default()
+            .concurrency(4)
+            .lease_ttl(lease_ttl)
+            .poll_interval(Duration::from_millis(20))
+            .shutdown_grace(Duration::from_secs(10)),
+    )
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn key(id: SagaId, step: &str, phase: Phase) -> IdempotencyKey {
+    IdempotencyKey::for_step(id, &saga_core::StepName::new(step), phase)
+}
+
+async fn run_one<S: Store>(store: &Arc<S>, script: &Arc<Script>, order: u64) -> (Orchestrator, SagaId) {
+    let orchestrator = orchestrator(store, Duration::from_secs(5));
+    orchestrator.register(Probe(script.clone())).unwrap();
+    orchestrator.run();
+    let id = orchestrator.start::<Probe>(&input(order)).await.unwrap();
+    orchestrator.wait(id, WAIT).await.unwrap();
+    (orchestrator, id)
+}
+
+pub async fn saga_completes_with_full_history<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    let (orchestrator, id) = run_one(&store, &script, 1).await;
+    let snapshot = orchestrator.snapshot(id).await.unwrap();
+    assert_eq!(snapshot.record.status, SagaStatus::Completed);
+    assert_eq!(snapshot.record.lease_owner, None, "a finished saga holds no lease");
+    assert_eq!(snapshot.record.next_run_at, None, "a finished saga is never due");
+    assert_eq!(snapshot.steps.len(), 3);
+    for step in &snapshot.steps {
+        assert_eq!(step.status, StepStatus::Completed);
+        assert_eq!(step.idempotency_key, key(id, step.name.as_str(), Phase::Action));
+        assert_eq!(
+            step.output,
+            Some(serde_json::json!(format!("{}-done", step.name)))
+        );
+    }
+    let history = orchestrator.history(id).await.unwrap();
+    assert_eq!(
+        history.render(),
+        "saga started  probe v1
+reserve_stock  action  started  attempt=1
+reserve_stock  action  completed  attempt=1
+charge_card  action  started  attempt=1
+charge_card  action  completed  attempt=1
+send_receipt  action  started  attempt=1
+send_receipt  action  completed  attempt=1
+saga completed
+"
+    );
+    orchestrator.shutdown().await;
+}
+
+pub async fn permanent_failure_compensates_in_reverse_order<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    script.plan("send_receipt", Phase::Action, &[Outcome::Permanent]);
+    let (orchestrator, id) = run_one(&store, &script, 2).await;
+    assert_eq!(
+        orchestrator.snapshot(id).await.unwrap().record.status,
+        SagaStatus::Compensated
+    );
+    let order: Vec<(String, Phase)> = script
+        .calls()
+        .into_iter()
+        .map(|call| (call.step, call.phase))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("reserve_stock".to_owned(), Phase::Action),
+            ("charge_card".to_owned(), Phase::Action),
+            ("send_receipt".to_owned(), Phase::Action),
+            ("charge_card".to_owned(), Phase::Compensation),
+            ("reserve_stock".to_owned(), Phase::Compensation),
+        ],
+        "compensations run in reverse order of the completed steps"
+    );
+    assert_eq!(
+        orchestrator.history(id).await.unwrap().render(),
+        "saga started  probe v1
+reserve_stock  action  started  attempt=1
+reserve_stock  action  completed  attempt=1
+charge_card  action  started  attempt=1
+charge_card  action  completed  attempt=1
+send_receipt  action  started  attempt=1
+send_receipt  action  failed  attempt=1  permanent: simulated permanent failure
+saga compensating: step `send_receipt` failed: permanent: simulated permanent failure
+charge_card  compensation  started  attempt=1
+charge_card  compensation  completed  attempt=1
+reserve_stock  compensation  started  attempt=1
+reserve_stock  compensation  completed  attempt=1
+saga compensated
+"
+    );
+    orchestrator.shutdown().await;
+}
+
+pub async fn transient_failures_retry_with_backoff_up_to_max_attempts<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    // Saga 1: two transient failures, then success on the third and last allowed attempt.
+    script.plan(
+        "charge_card",
+        Phase::Action,
+        &[Outcome::Transient, Outcome::Transient],
+    );
+    let (orchestrator, recovered) = run_one(&store, &script, 3).await;
+    assert_eq!(
+        orchestrator.snapshot(recovered).await.unwrap().record.status,
+        SagaStatus::Completed
+    );
+    let calls = script.calls_of("charge_card", Phase::Action);
+    assert_eq!(
+        calls.iter().map(|call| call.attempt).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(
+        calls.iter().all(|call| call.key == calls[0].key),
+        "every attempt gets the same key"
+    );
+    let history = orchestrator.history(recovered).await.unwrap();
+    let retries: Vec<_> = history
+        .events
+        .iter()
+        .filter(|event| event.kind == saga_core::EventKind::RetryScheduled)
+        .collect();
+    assert_eq!(retries.len(), 2, "{}", history.render());
+    // Each retry started no earlier than the failure that scheduled it.
+    let starts: Vec<_> = history
+        .events
+        .iter()
+        .filter(|e| e.kind == saga_core::EventKind::StepStarted && e.step.as_ref().is_some_and(|s| s.as_str() == "charge_card"))
+        .map(|e| e.at)
+        .collect();
+    for (retry, next_start) in retries.iter().zip(starts.iter().skip(1)) {
+        assert!(next_start >= &retry.at);
+    }
+
+    // Saga 2: transient failures on every attempt: gives up after max_attempts (3) and compensates.
+    script.plan(
+        "charge_card",
+        Phase::Action,
+        &[Outcome::Transient, Outcome::Transient, Outcome::Transient, Outcome::Ok],
+    );
+    let exhausted = orchestrator.start::<Probe>(&input(4)).await.unwrap();
+    let record = orchestrator.wait(exhausted, WAIT).await.unwrap();
+    assert_eq!(record.status, SagaStatus::Compensated);
+    let attempts = script
+        .calls_of("charge_card", Phase::Action)
+        .into_iter()
+        .filter(|call| call.key == key(exhausted, "charge_card", Phase::Action).as_str())
+        .count();
+    assert_eq!(attempts, 3, "max_attempts counts every attempt");
+    let rendered = orchestrator.history(exhausted).await.unwrap().render();
+    assert!(
+        rendered.contains("charge_card  action  failed  attempt=3  transient: simulated 503; gave up after 3 attempt(s)"),
+        "{rendered}"
+    );
+    orchestrator.shutdown().await;
+}
+
+pub async fn permanent_error_skips_retries<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    script.plan("charge_card", Phase::Action, &[Outcome::Permanent]);
+    let (orchestrator, id) = run_one(&store, &script, 5).await;
+    assert_eq!(
+        orchestrator.snapshot(id).await.unwrap().record.status,
+        SagaStatus::Compensated
+    );
+    assert_eq!(script.calls_of("charge_card", Phase::Action).len(), 1);
+    assert_eq!(script.calls_of("send_receipt", Phase::Action).len(), 0);
+    assert_eq!(script.calls_of("reserve_stock", Phase::Compensation).len(), 1);
+    assert_eq!(
+        script.calls_of("charge_card", Phase::Compensation).len(),
+        0,
+        "a step whose action failed is not compensated"
+    );
+    orchestrator.shutdown().await;
+}
+
+pub async fn failed_compensation_opens_exactly_one_intervention<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    script.plan("send_receipt", Phase::Action, &[Outcome::Permanent]);
+    script.plan(
+        "charge_card",
+        Phase::Compensation,
+        &[Outcome::Transient, Outcome::Transient],
+    );
+    let (orchestrator, id) = run_one(&store, &script, 6).await;
+    let snapshot = orchestrator.snapshot(id).await.unwrap();
+    assert_eq!(snapshot.record.status, SagaStatus::NeedsIntervention);
+    assert_eq!(snapshot.record.next_run_at, None, "a parked saga is not rescheduled");
+    assert_eq!(
+        script.calls_of("charge_card", Phase::Compensation).len(),
+        2,
+        "compensation retried per its policy (2 attempts)"
+    );
+    assert_eq!(
+        script.calls_of("reserve_stock", Phase::Compensation).len(),
+        0,
+        "compensation stops at the failed step"
+    );
+    let items: Vec<_> = orchestrator
+        .interventions(true)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|item| item.saga_id == id)
+        .collect();
+    assert_eq!(items.len(), 1, "exactly one intervention item");
+    let item = &items[0].item;
+    assert_eq!(item.kind, InterventionKind::CompensationFailed);
+    assert_eq!(
+        item.step.as_ref().map(|(_, name)| name.as_str()),
+        Some("charge_card")
+    );
+    assert_eq!(item.phase, Some(Phase::Compensation));
+    assert_eq!(
+        item.idempotency_key,
+        Some(key(id, "charge_card", Phase::Compensation))
+    );
+    assert_eq!(item.output, Some(serde_json::json!("charge_card-done")));
+    assert_eq!(item.input, Some(serde_json::to_value(input(6)).unwrap()));
+    assert!(item.error.contains("simulated 503"), "{}", item.error);
+    orchestrator.shutdown().await;
+}
+
+pub async fn crash_mid_step_resumes_with_same_key_and_never_reruns_completed_steps<S: Store>(
+    store: Arc<S>,
+) {
+    let script = Script::new();
+    script.plan("charge_card", Phase::Action, &[Outcome::ApplyThenHang]);
+    let first = orchestrator(&store, Duration::from_millis(600));
+    first.register(Probe(script.clone())).unwrap();
+    first.run();
+    let id = first.start::<Probe>(&input(7)).await.unwrap();
+    wait_until("charge_card runs", || {
+        !script.calls_of("charge_card", Phase::Action).is_empty()
+    })
+    .await;
+    first.kill(); // the process dies after the charge, before `completed` is written
+
+    let stuck = store.load(id).await.unwrap().unwrap();
+    let charge = stuck
+        .step(saga_core::StepIndex(1), Phase::Action)
+        .expect("charge_card was recorded before it ran");
+    assert_eq!(charge.status, StepStatus::InProgress, "durable before acting");
+
+    let second = orchestrator(&store, Duration::from_millis(600));
+    second.register(Probe(script.clone())).unwrap();
+    second.run();
+    let record = second.wait(id, WAIT).await.unwrap();
+    assert_eq!(record.status, SagaStatus::Completed);
+
+    assert_eq!(
+        script.calls_of("reserve_stock", Phase::Action).len(),
+        1,
+        "a completed step never runs again"
+    );
+    let charges = script.calls_of("charge_card", Phase::Action);
+    assert_eq!(
+        charges.iter().map(|call| call.attempt).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(charges.iter().all(|call| call.key == charges[0].key));
+    let effect = script.effect(&key(id, "charge_card", Phase::Action));
+    assert_eq!(effect, super::scenarios::Effect { calls: 2, applied: 1 });
+    let rendered = second.history(id).await.unwrap().render();
+    assert!(rendered.contains("lease taken over"), "{rendered}");
+    second.shutdown().await;
+}
+
+pub async fn start_with_key_dedups_and_conflicts<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    let orchestrator = orchestrator(&store, Duration::from_secs(5));
+    orchestrator.register(Probe(script.clone())).unwrap();
+    let key = IdempotencyKey::new("order-8");
+    let first = orchestrator
+        .start_with_key::<Probe>(key.clone(), &input(8))
+        .await
+        .unwrap();
+    assert!(matches!(first, saga_core::Created::New(_)));
+    let again = orchestrator
+        .start_with_key::<Probe>(key.clone(), &input(8))
+        .await
+        .unwrap();
+    assert_eq!(again, saga_core::Created::Existing(first.id()));
+    match orchestrator
+        .start_with_key::<Probe>(key.clone(), &input(9))
+        .await
+    {
+        Err(Error::Conflict { existing, .. }) => assert_eq!(existing, first.id()),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    orchestrator.run();
+    orchestrator.wait(first.id(), WAIT).await.unwrap();
+    assert_eq!(script.calls_of("reserve_stock", Phase::Action).len(), 1);
+    let all = orchestrator
+        .list(&saga_core::SagaFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1, "one key, one saga");
+    orchestrator.shutdown().await;
+}
+
+async fn start_unrun<S: Store>(store: &Arc<S>, script: &Arc<Script>) -> SagaId {
+    let starter = orchestrator(store, Duration::from_secs(5));
+    starter.register(Probe(script.clone())).unwrap();
+    starter.start::<Probe>(&input(10)).await.unwrap()
+}
+
+async fn assert_parked<S: Store>(store: &Arc<S>, orchestrator: &Orchestrator, id: SagaId, reason: &str) {
+    let record = orchestrator.wait(id, WAIT).await.unwrap();
+    assert_eq!(record.status, SagaStatus::NeedsIntervention);
+    assert_eq!(record.next_run_at, None, "a parked saga is not rescheduled");
+    let reason_text = record.status_reason.unwrap_or_default();
+    assert!(reason_text.contains(reason), "reason `{reason_text}` lacks `{reason}`");
+    let items: Vec<_> = store
+        .interventions(true)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|item| item.saga_id == id)
+        .collect();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].item.kind, InterventionKind::Unresumable);
+    let claimed = store
+        .claim(
+            &saga_core::WorkerId::new("probe"),
+            saga_core::after(saga_core::now(), Duration::from_secs(3600)),
+            Duration::from_secs(1),
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(claimed.is_empty(), "a parked saga is never claimed again");
+}
+
+pub async fn changed_definition_parks_saga<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    let id = start_unrun(&store, &script).await;
+    let changed = orchestrator(&store, Duration::from_secs(5));
+    changed.register(RenamedProbe(script.clone())).unwrap();
+    changed.run();
+    assert_parked(&store, &changed, id, "fingerprint").await;
+    assert!(script.calls().is_empty(), "no step ran on the wrong definition");
+    changed.shutdown().await;
+}
+
+pub async fn unknown_saga_type_parks_saga<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    let id = start_unrun(&store, &script).await;
+    let empty = orchestrator(&store, Duration::from_secs(5));
+    empty.run();
+    assert_parked(&store, &empty, id, "is not registered").await;
+    empty.shutdown().await;
+}
+
+pub async fn undecodable_input_parks_saga<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    let id = start_unrun(&store, &script).await;
+    let other = orchestrator(&store, Duration::from_secs(5));
+    other.register(NumberProbe(script.clone())).unwrap();
+    other.run();
+    assert_parked(&store, &other, id, "does not decode").await;
+    assert!(script.calls().is_empty());
+    other.shutdown().await;
+}
+
+pub async fn panicking_step_fails_permanently_and_worker_survives<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    script.plan("charge_card", Phase::Action, &[Outcome::Panic]);
+    let (orchestrator, id) = run_one(&store, &script, 11).await;
+    assert_eq!(
+        orchestrator.snapshot(id).await.unwrap().record.status,
+        SagaStatus::Compensated
+    );
+    let rendered = orchestrator.history(id).await.unwrap().render();
+    assert!(
+        rendered.contains("permanent: step panicked: simulated bug"),
+        "{rendered}"
+    );
+    let next = orchestrator.start::<Probe>(&input(12)).await.unwrap();
+    assert_eq!(
+        orchestrator.wait(next, WAIT).await.unwrap().status,
+        SagaStatus::Completed,
+        "the worker survived the panic"
+    );
+    orchestrator.shutdown().await;
+}
+
+pub async fn hanging_step_times_out_and_is_retried<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    script.plan("charge_card", Phase::Action, &[Outcome::Hang]);
+    let (orchestrator, id) = run_one(&store, &script, 13).await;
+    assert_eq!(
+        orchestrator.snapshot(id).await.unwrap().record.status,
+        SagaStatus::Completed
+    );
+    assert_eq!(script.calls_of("charge_card", Phase::Action).len(), 2);
+    let rendered = orchestrator.history(id).await.unwrap().render();
+    assert!(
+        rendered.contains("charge_card  action  retry  attempt=1  transient: attempt timed out after 1s"),
+        "{rendered}"
+    );
+    orchestrator.shutdown().await;
+}
+
+pub async fn oversized_payloads_are_refused<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let orchestrator = Orchestrator::new(
+        dyn_store,
+        Config::default()
+            .max_payload_bytes(1024)
+            .poll_interval(Duration::from_millis(20)),
+    );
+    orchestrator.register(Probe(script.clone())).unwrap();
+    orchestrator.run();
+    let big = ProbeInput {
+        note: "x".repeat(2000),
+        ..input(14)
+    };
+    match orchestrator.start::<Probe>(&big).await {
+        Err(Error::PayloadTooLarge { size, limit, .. }) => {
+            assert!(size > 2000);
+            assert_eq!(limit, 1024);
+        }
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    assert!(store.list(&Default::default()).await.unwrap().is_empty(), "nothing stored");
+
+    let big_output = ProbeInput {
+        output_bytes: 4096,
+        ..input(15)
+    };
+    let id = orchestrator.start::<Probe>(&big_output).await.unwrap();
+    let record = orchestrator.wait(id, WAIT).await.unwrap();
+    assert_eq!(record.status, SagaStatus::Compensated);
+    let rendered = orchestrator.history(id).await.unwrap().render();
+    assert!(rendered.contains("over the limit of 1024 bytes"), "{rendered}");
+    orchestrator.shutdown().await;
+}
+
+pub async fn graceful_shutdown_releases_leases<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    script.plan(
+        "charge_card",
+        Phase::Action,
+        &[Outcome::Slow(Duration::from_millis(300))],
+    );
+    let first = orchestrator(&store, Duration::from_secs(60));
+    first.register(Probe(script.clone())).unwrap();
+    first.run();
+    let id = first.start::<Probe>(&input(16)).await.unwrap();
+    wait_until("charge_card starts", || {
+        !script.calls_of("charge_card", Phase::Action).is_empty()
+    })
+    .await;
+    first.shutdown().await;
+
+    let snapshot = store.load(id).await.unwrap().unwrap();
+    assert_eq!(
+        snapshot
+            .step(saga_core::StepIndex(1), Phase::Action)
+            .map(|step| step.status),
+        Some(StepStatus::Completed),
+        "the running step finished and its result was recorded"
+    );
+    assert_eq!(snapshot.record.status, SagaStatus::Running);
+    assert_eq!(snapshot.record.lease_owner, None, "the lease was released");
+    assert!(snapshot.record.next_run_at.is_some(), "the saga is due at once");
+
+    // Another worker continues at once, without waiting for the 60 s lease to expire.
+    let second = orchestrator(&store, Duration::from_secs(60));
+    second.register(Probe(script.clone())).unwrap();
+    second.run();
+    let record = second.wait(id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(record.status, SagaStatus::Completed);
+    assert_eq!(script.calls_of("charge_card", Phase::Action).len(), 1);
+    second.shutdown().await;
+}

@@ -1,0 +1,569 @@
+//! SqliteStore: the embedded default backend. One file, no server; several processes may share
+//! it (WAL mode, write transactions taken with `BEGIN IMMEDIATE`, a busy timeout).
+
+mod rows;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use saga_core::{
+    Change, Created, Error, Event, Intervention, Lease, NewSaga, Result, SagaFilter, SagaId,
+    SagaRecord, SagaSnapshot, SagaStatus, Store, Timestamp, WorkerId,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::error::{classify, is_unique_violation, migration};
+use rows::millis;
+
+/// Settings of a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Most connections in the pool (1 for an in-memory database).
+    pub max_connections: u32,
+    /// How long a write waits for another writer before failing as unavailable.
+    pub busy_timeout: Duration,
+    /// `true` (default): every commit is flushed to disk (`synchronous = FULL`); `false` keeps
+    /// commits safe across process crashes but not power loss (`synchronous = NORMAL`), and is faster.
+    pub durable: bool,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            busy_timeout: Duration::from_secs(30),
+            durable: true,
+        }
+    }
+}
+
+/// A [`Store`] on a SQLite database file (or `sqlite::memory:`).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` (`sqlite://saga.db`,
+    /// `sqlite::memory:`) and applies the schema migrations.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a malformed URL or a failed migration;
+    /// [`Error::StoreUnavailable`] when the file cannot be opened.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, SqliteOptions::default()).await
+    }
+
+    /// As [`SqliteStore::connect`], with settings.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::connect`].
+    pub async fn connect_with(url: &str, options: SqliteOptions) -> Result<Self> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|err| {
+                Error::Configuration(format!(
+                    "`{url}` is not a SQLite URL ({err}); use sqlite://path/to/file.db or sqlite::memory:"
+                ))
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if options.durable {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .busy_timeout(options.busy_timeout)
+            .foreign_keys(true);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if in_memory { 1 } else { options.max_connections.max(1) })
+            .min_connections(if in_memory { 1 } else { 0 })
+            .idle_timeout(if in_memory { None } else { Some(Duration::from_secs(600)) })
+            .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(1800)) })
+            .acquire_timeout(options.busy_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(classify)?;
+        crate::migrate::sqlite_migrator()
+            .run(&pool)
+            .await
+            .map_err(migration)?;
+        Ok(Self { pool })
+    }
+
+    /// The connection pool, for applications that keep their own tables in the same file.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)
+    }
+}
+
+async fn insert_event(
+    tx: &mut Transaction<'static, Sqlite>,
+    saga: SagaId,
+    at: Timestamp,
+    event: saga_core::store::EventData,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(saga.to_string())
+    .bind(millis(at))
+    .bind(event.kind.as_str())
+    .bind(event.step.as_ref().map(|step| step.as_str().to_owned()))
+    .bind(event.phase.map(|phase| phase.as_str()))
+    .bind(event.attempt.map(|attempt| i64::from(attempt.0)))
+    .bind(event.detail)
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+fn json_text(value: &serde_json::Value) -> String {
+    value.to_string()
+}
+
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create(&self, saga: NewSaga) -> Result<Created> {
+        let mut tx = self.write_tx().await?;
+        if let Some(key) = &saga.idempotency_key {
+            let existing = sqlx::query(
+                "SELECT id, input_hash FROM saga_instances WHERE idempotency_key = ?",
+            )
+            .bind(key.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(classify)?;
+            if let Some(row) = existing {
+                let id = rows::saga_id(&row, "id")?;
+                let hash: String = row.try_get("input_hash").map_err(classify)?;
+                tx.rollback().await.map_err(classify)?;
+                return if hash == saga.input_hash {
+                    Ok(Created::Existing(id))
+                } else {
+                    Err(Error::Conflict {
+                        key: key.clone(),
+                        existing: id,
+                    })
+                };
+            }
+        }
+        let now = saga_core::now();
+        let inserted = sqlx::query(
+            "INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input,
+                 input_hash, idempotency_key, next_run_at, fencing_token, trace_context,
+                 created_at, updated_at)
+             VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, 0, ?, ?, ?)",
+        )
+        .bind(saga.id.to_string())
+        .bind(saga.saga_type.as_str())
+        .bind(i64::from(saga.version))
+        .bind(&saga.fingerprint)
+        .bind(json_text(&saga.input))
+        .bind(&saga.input_hash)
+        .bind(saga.idempotency_key.as_ref().map(|key| key.as_str().to_owned()))
+        .bind(millis(now))
+        .bind(&saga.trace_context)
+        .bind(millis(now))
+        .bind(millis(now))
+        .execute(&mut *tx)
+        .await;
+        if let Err(err) = inserted {
+            if is_unique_violation(&err) {
+                return Err(Error::Store(
+                    format!("saga id {} already exists; start again with a fresh id", saga.id)
+                        .into(),
+                ));
+            }
+            return Err(classify(err));
+        }
+        insert_event(
+            &mut tx,
+            saga.id,
+            now,
+            saga_core::store::EventData {
+                kind: saga_core::EventKind::SagaStarted,
+                step: None,
+                phase: None,
+                attempt: None,
+                detail: Some(format!("{} v{}", saga.saga_type, saga.version)),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(Created::New(saga.id))
+    }
+
+    async fn claim(
+        &self,
+        owner: &WorkerId,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<Lease>> {
+        let expires_at = saga_core::after(now, lease_for);
+        let mut tx = self.write_tx().await?;
+        let claimed = sqlx::query(
+            "UPDATE saga_instances
+                SET lease_previous_owner = lease_owner,
+                    lease_owner = ?1,
+                    lease_expires_at = ?2,
+                    fencing_token = fencing_token + 1
+              WHERE id IN (
+                    SELECT id FROM saga_instances
+                     WHERE status IN ('running', 'compensating')
+                       AND next_run_at <= ?3
+                       AND (lease_expires_at IS NULL OR lease_expires_at < ?3)
+                     ORDER BY next_run_at
+                     LIMIT ?4)
+          RETURNING id, fencing_token, lease_previous_owner",
+        )
+        .bind(owner.as_str())
+        .bind(millis(expires_at))
+        .bind(millis(now))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let mut leases = Vec::with_capacity(claimed.len());
+        for row in &claimed {
+            let saga = rows::saga_id(row, "id")?;
+            let token: i64 = row.try_get("fencing_token").map_err(classify)?;
+            let previous: Option<String> =
+                row.try_get("lease_previous_owner").map_err(classify)?;
+            if let Some(previous) = previous {
+                insert_event(
+                    &mut tx,
+                    saga,
+                    now,
+                    saga_core::store::EventData {
+                        kind: saga_core::EventKind::LeaseTakenOver,
+                        step: None,
+                        phase: None,
+                        attempt: None,
+                        detail: Some(format!("{owner} took over from {previous}")),
+                    },
+                )
+                .await?;
+            }
+            leases.push(Lease {
+                saga,
+                owner: owner.clone(),
+                token: saga_core::FencingToken(token),
+                expires_at,
+            });
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(leases)
+    }
+
+    async fn heartbeat(&self, lease: &Lease, expires_at: Timestamp) -> Result<Lease> {
+        let updated = sqlx::query(
+            "UPDATE saga_instances SET lease_expires_at = ?
+              WHERE id = ? AND lease_owner = ? AND fencing_token = ?",
+        )
+        .bind(millis(expires_at))
+        .bind(lease.saga.to_string())
+        .bind(lease.owner.as_str())
+        .bind(lease.token.0)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::LeaseLost(lease.saga));
+        }
+        Ok(Lease {
+            expires_at,
+            ..lease.clone()
+        })
+    }
+
+    async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
+        let now = saga_core::now();
+        let saga = lease.saga.to_string();
+        let mut tx = self.write_tx().await?;
+        let fenced = sqlx::query(
+            "UPDATE saga_instances SET updated_at = ?
+              WHERE id = ? AND lease_owner = ? AND fencing_token = ?",
+        )
+        .bind(millis(now))
+        .bind(&saga)
+        .bind(lease.owner.as_str())
+        .bind(lease.token.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        if fenced.rows_affected() == 0 {
+            return Err(Error::LeaseLost(lease.saga));
+        }
+        for change in changes {
+            apply_change(&mut tx, lease.saga, &saga, change, now).await?;
+            if let Some(event) = change.event() {
+                insert_event(&mut tx, lease.saga, now, event).await?;
+            }
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(())
+    }
+
+    async fn load(&self, id: SagaId) -> Result<Option<SagaSnapshot>> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let Some(row) = sqlx::query("SELECT * FROM saga_instances WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(classify)?
+        else {
+            return Ok(None);
+        };
+        let record = rows::saga_record(&row)?;
+        let steps = sqlx::query(
+            "SELECT * FROM saga_steps WHERE saga_id = ? ORDER BY step_index, phase",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|row| rows::step_record(row, id))
+        .collect::<Result<Vec<_>>>()?;
+        tx.commit().await.map_err(classify)?;
+        Ok(Some(SagaSnapshot { record, steps }))
+    }
+
+    async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaRecord>> {
+        sqlx::query(
+            "SELECT * FROM saga_instances
+              WHERE (?1 IS NULL OR status = ?1)
+                AND (?2 IS NULL OR saga_type = ?2)
+                AND (?3 IS NULL OR idempotency_key = ?3)
+                AND (?4 IS NULL OR created_at < ?4)
+                AND (?5 IS NULL OR id > ?5)
+              ORDER BY id
+              LIMIT ?6",
+        )
+        .bind(filter.status.map(SagaStatus::as_str))
+        .bind(filter.saga_type.as_ref().map(|t| t.as_str().to_owned()))
+        .bind(filter.idempotency_key.as_ref().map(|k| k.as_str().to_owned()))
+        .bind(filter.created_before.map(millis))
+        .bind(filter.after.map(|id| id.to_string()))
+        .bind(i64::from(filter.limit_or_default()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(rows::saga_record)
+        .collect()
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(SagaStatus, u64)>> {
+        sqlx::query("SELECT status, COUNT(*) AS n FROM saga_instances GROUP BY status ORDER BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|row| {
+                let status: String = row.try_get("status").map_err(classify)?;
+                let count: i64 = row.try_get("n").map_err(classify)?;
+                let status = status.parse::<SagaStatus>().map_err(|err| {
+                    Error::Store(format!("saga_instances.status: {err}").into())
+                })?;
+                Ok((status, u64::try_from(count).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    async fn history(&self, id: SagaId) -> Result<Vec<Event>> {
+        sqlx::query("SELECT * FROM saga_events WHERE saga_id = ? ORDER BY seq")
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(rows::event)
+            .collect()
+    }
+
+    async fn interventions(&self, open_only: bool) -> Result<Vec<Intervention>> {
+        sqlx::query(
+            "SELECT * FROM saga_interventions
+              WHERE (?1 = 0 OR status = 'open')
+              ORDER BY opened_at, id",
+        )
+        .bind(i64::from(open_only))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(rows::intervention)
+        .collect()
+    }
+}
+
+async fn apply_change(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: SagaId,
+    saga: &str,
+    change: &Change,
+    now: Timestamp,
+) -> Result<()> {
+    let illegal = |what: String| Error::Store(format!("saga {id}: {what}").into());
+    match change {
+        Change::BeginStep {
+            index,
+            name,
+            phase,
+            attempt,
+            key,
+        } => {
+            let done = sqlx::query(
+                "INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempt,
+                     idempotency_key, started_at)
+                 VALUES (?, ?, ?, ?, 'in_progress', ?, ?, ?)
+                 ON CONFLICT (saga_id, step_index, phase) DO UPDATE
+                    SET status = 'in_progress', attempt = excluded.attempt,
+                        next_attempt_at = NULL, started_at = excluded.started_at,
+                        finished_at = NULL
+                  WHERE saga_steps.status <> 'completed'",
+            )
+            .bind(saga)
+            .bind(i64::from(index.0))
+            .bind(phase.as_str())
+            .bind(name.as_str())
+            .bind(i64::from(attempt.0))
+            .bind(key.as_str())
+            .bind(millis(now))
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+            if done.rows_affected() == 0 {
+                return Err(illegal(format!(
+                    "step {name} ({phase}) is completed and never runs again"
+                )));
+            }
+        }
+        Change::CompleteStep {
+            index,
+            name,
+            phase,
+            output,
+            ..
+        } => {
+            let done = sqlx::query(
+                "UPDATE saga_steps SET status = 'completed', output = ?, finished_at = ?,
+                        next_attempt_at = NULL
+                  WHERE saga_id = ? AND step_index = ? AND phase = ?",
+            )
+            .bind(output.as_ref().map(json_text))
+            .bind(millis(now))
+            .bind(saga)
+            .bind(i64::from(index.0))
+            .bind(phase.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+            if done.rows_affected() == 0 {
+                return Err(illegal(format!("step {name} ({phase}) was never started")));
+            }
+        }
+        Change::FailStep {
+            index,
+            name,
+            phase,
+            error,
+            retry_at,
+            ..
+        } => {
+            let status = if retry_at.is_some() {
+                "pending"
+            } else {
+                "failed"
+            };
+            let done = sqlx::query(
+                "UPDATE saga_steps SET status = ?, last_error = ?, next_attempt_at = ?,
+                        finished_at = ?
+                  WHERE saga_id = ? AND step_index = ? AND phase = ?",
+            )
+            .bind(status)
+            .bind(error.to_string())
+            .bind(retry_at.map(millis))
+            .bind(millis(now))
+            .bind(saga)
+            .bind(i64::from(index.0))
+            .bind(phase.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+            if done.rows_affected() == 0 {
+                return Err(illegal(format!("step {name} ({phase}) was never started")));
+            }
+        }
+        Change::SetStatus { status, reason } => {
+            sqlx::query("UPDATE saga_instances SET status = ?, status_reason = ? WHERE id = ?")
+                .bind(status.as_str())
+                .bind(reason)
+                .bind(saga)
+                .execute(&mut **tx)
+                .await
+                .map_err(classify)?;
+        }
+        Change::Escalate(item) => {
+            sqlx::query(
+                "UPDATE saga_instances SET status = 'needs_intervention', status_reason = ?
+                  WHERE id = ?",
+            )
+            .bind(&item.error)
+            .bind(saga)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+            sqlx::query(
+                "INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
+                     idempotency_key, input, output, error, status, opened_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(item.id.to_string())
+            .bind(saga)
+            .bind(item.kind.as_str())
+            .bind(item.step.as_ref().map(|(index, _)| i64::from(index.0)))
+            .bind(item.step.as_ref().map(|(_, name)| name.as_str().to_owned()))
+            .bind(item.phase.map(|phase| phase.as_str()))
+            .bind(item.idempotency_key.as_ref().map(|key| key.as_str().to_owned()))
+            .bind(item.input.as_ref().map(json_text))
+            .bind(item.output.as_ref().map(json_text))
+            .bind(&item.error)
+            .bind(millis(now))
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+        }
+        Change::Release { next_run_at } => {
+            sqlx::query(
+                "UPDATE saga_instances SET lease_owner = NULL, lease_expires_at = NULL,
+                        next_run_at = ?
+                  WHERE id = ?",
+            )
+            .bind(next_run_at.map(millis))
+            .bind(saga)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+        }
+    }
+    Ok(())
+}
