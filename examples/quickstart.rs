@@ -91,12 +91,18 @@ impl Downstream {
                 return Err(StepError::permanent("mailbox does not exist"));
             }
             ("reserve_stock", Phase::Compensation) if fixed("stuck") < 0.15 => {
-                return Err(StepError::permanent("warehouse rejected the release: reservation locked"));
+                return Err(StepError::permanent(
+                    "warehouse rejected the release: reservation locked",
+                ));
             }
             _ => {}
         }
         // Transient failure before the effect: a 503.
-        let unavailable = if phase == Phase::Compensation { 0.30 } else { 0.15 };
+        let unavailable = if phase == Phase::Compensation {
+            0.30
+        } else {
+            0.15
+        };
         if roll("unavailable") < unavailable {
             return Err(StepError::transient("503 service unavailable"));
         }
@@ -145,7 +151,10 @@ struct Checkout {
     downstream: Downstream,
 }
 
-async fn reserve_stock(saga: Arc<Checkout>, ctx: StepContext<Order>) -> Result<Reservation, StepError> {
+async fn reserve_stock(
+    saga: Arc<Checkout>,
+    ctx: StepContext<Order>,
+) -> Result<Reservation, StepError> {
     let reservation_id = saga.downstream.call(&ctx).await?;
     Ok(Reservation { reservation_id })
 }
@@ -163,7 +172,11 @@ async fn charge_card(saga: Arc<Checkout>, ctx: StepContext<Order>) -> Result<Pay
     Ok(Payment { charge_id })
 }
 
-async fn refund(saga: Arc<Checkout>, ctx: StepContext<Order>, _payment: Payment) -> Result<(), StepError> {
+async fn refund(
+    saga: Arc<Checkout>,
+    ctx: StepContext<Order>,
+    _payment: Payment,
+) -> Result<(), StepError> {
     saga.downstream.call(&ctx).await.map(|_| ())
 }
 
@@ -269,8 +282,10 @@ async fn run(args: Args) -> Result<(), Error> {
     );
     let bar = ProgressBar::new(args.sagas);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} sagas settled {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} sagas settled {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut fresh = 0u64;
     for order_no in 1..=args.sagas {
@@ -288,7 +303,10 @@ async fn run(args: Args) -> Result<(), Error> {
             fresh += 1;
         }
     }
-    bar.set_message(format!("({fresh} new, {} already started)", args.sagas - fresh));
+    bar.set_message(format!(
+        "({fresh} new, {} already started)",
+        args.sagas - fresh
+    ));
 
     loop {
         let counts = store.count_by_status().await?;
@@ -358,11 +376,12 @@ async fn report(store: &SqliteStore, pool: &SqlitePool) -> Result<(), Error> {
     };
     let charged_twice = twice("charge_card").await.map_err(db)?;
     let emailed_twice = twice("send_receipt").await.map_err(db)?;
-    let absorbed: i64 = sqlx::query("SELECT COALESCE(SUM(calls - applied), 0) AS n FROM demo_effects")
-        .fetch_one(pool)
-        .await
-        .and_then(|row| row.try_get("n"))
-        .map_err(db)?;
+    let absorbed: i64 =
+        sqlx::query("SELECT COALESCE(SUM(calls - applied), 0) AS n FROM demo_effects")
+            .fetch_one(pool)
+            .await
+            .and_then(|row| row.try_get("n"))
+            .map_err(db)?;
     println!(
         "\n  repeated calls absorbed by idempotency keys: {absorbed}\n  orders charged twice: {charged_twice}\n  orders emailed twice: {emailed_twice}"
     );

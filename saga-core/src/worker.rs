@@ -117,7 +117,7 @@ async fn drive(inner: Arc<Inner>, lease: Lease) {
 
 /// Renews the lease every third of its duration; returns only when the lease is lost.
 async fn keep_lease(inner: &Inner, lease: &Lease) -> Error {
-    let every = inner.config.lease_ttl / 3;
+    let every = (inner.config.lease_ttl / 3).max(Duration::from_millis(10));
     loop {
         tokio::time::sleep(every).await;
         let expires_at = clock::after(clock::now(), inner.config.lease_ttl);

@@ -36,6 +36,6 @@ mod migrate;
 mod sqlite;
 
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteOptions, SqliteStore};
-#[cfg(feature = "sqlite")]
 pub use migrate::sqlite_migrator;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteOptions, SqliteStore};

@@ -14,7 +14,7 @@ pub mod store;
 /// Generates one `#[tokio::test]` per conformance function in a module named `$backend`.
 /// `$make` is an async expression (evaluated once per test) that yields a fresh, empty store.
 ///
-/// ```ignore
+/// ```
 /// saga_store::conformance_suite!(memory, async { saga_core::MemoryStore::new() });
 /// ```
 #[macro_export]

@@ -186,7 +186,11 @@ async fn act(probe: Arc<Probe>, ctx: StepContext<ProbeInput>) -> Result<String, 
     Ok(format!("{}-done", ctx.step()))
 }
 
-async fn undo(probe: Arc<Probe>, ctx: StepContext<ProbeInput>, output: String) -> Result<(), StepError> {
+async fn undo(
+    probe: Arc<Probe>,
+    ctx: StepContext<ProbeInput>,
+    output: String,
+) -> Result<(), StepError> {
     if output != format!("{}-done", ctx.step()) {
         return Err(StepError::permanent(format!(
             "compensation got output `{output}`, not its action's"
@@ -198,11 +202,13 @@ async fn undo(probe: Arc<Probe>, ctx: StepContext<ProbeInput>, output: String) -
 const STEP_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn probe_retry() -> RetryPolicy {
-    RetryPolicy::exponential(3, Duration::from_millis(20)).with_max_delay(Duration::from_millis(100))
+    RetryPolicy::exponential(3, Duration::from_millis(20))
+        .with_max_delay(Duration::from_millis(100))
 }
 
 fn probe_compensation_retry() -> RetryPolicy {
-    RetryPolicy::exponential(2, Duration::from_millis(20)).with_max_delay(Duration::from_millis(100))
+    RetryPolicy::exponential(2, Duration::from_millis(20))
+        .with_max_delay(Duration::from_millis(100))
 }
 
 impl Saga for Probe {
@@ -230,7 +236,10 @@ impl Saga for RenamedProbe {
     type Input = ProbeInput;
 
     fn definition() -> SagaDefinition<Self> {
-        async fn act2(p: Arc<RenamedProbe>, ctx: StepContext<ProbeInput>) -> Result<String, StepError> {
+        async fn act2(
+            p: Arc<RenamedProbe>,
+            ctx: StepContext<ProbeInput>,
+        ) -> Result<String, StepError> {
             p.0.perform(&ctx).await.map(|()| "done".to_owned())
         }
         SagaDefinition::new("probe", 1)
@@ -249,7 +258,11 @@ impl Saga for NumberProbe {
         async fn act3(p: Arc<NumberProbe>, ctx: StepContext<u64>) -> Result<String, StepError> {
             p.0.perform(&ctx).await.map(|()| "done".to_owned())
         }
-        async fn undo3(p: Arc<NumberProbe>, ctx: StepContext<u64>, _: String) -> Result<(), StepError> {
+        async fn undo3(
+            p: Arc<NumberProbe>,
+            ctx: StepContext<u64>,
+            _: String,
+        ) -> Result<(), StepError> {
             p.0.perform(&ctx).await
         }
         SagaDefinition::new("probe", 1)
@@ -289,7 +302,11 @@ fn key(id: SagaId, step: &str, phase: Phase) -> IdempotencyKey {
     IdempotencyKey::for_step(id, &saga_core::StepName::new(step), phase)
 }
 
-async fn run_one<S: Store>(store: &Arc<S>, script: &Arc<Script>, order: u64) -> (Orchestrator, SagaId) {
+async fn run_one<S: Store>(
+    store: &Arc<S>,
+    script: &Arc<Script>,
+    order: u64,
+) -> (Orchestrator, SagaId) {
     let orchestrator = orchestrator(store, Duration::from_secs(5));
     orchestrator.register(Probe(script.clone())).unwrap();
     orchestrator.run();
@@ -303,12 +320,21 @@ pub async fn saga_completes_with_full_history<S: Store>(store: Arc<S>) {
     let (orchestrator, id) = run_one(&store, &script, 1).await;
     let snapshot = orchestrator.snapshot(id).await.unwrap();
     assert_eq!(snapshot.record.status, SagaStatus::Completed);
-    assert_eq!(snapshot.record.lease_owner, None, "a finished saga holds no lease");
-    assert_eq!(snapshot.record.next_run_at, None, "a finished saga is never due");
+    assert_eq!(
+        snapshot.record.lease_owner, None,
+        "a finished saga holds no lease"
+    );
+    assert_eq!(
+        snapshot.record.next_run_at, None,
+        "a finished saga is never due"
+    );
     assert_eq!(snapshot.steps.len(), 3);
     for step in &snapshot.steps {
         assert_eq!(step.status, StepStatus::Completed);
-        assert_eq!(step.idempotency_key, key(id, step.name.as_str(), Phase::Action));
+        assert_eq!(
+            step.idempotency_key,
+            key(id, step.name.as_str(), Phase::Action)
+        );
         assert_eq!(
             step.output,
             Some(serde_json::json!(format!("{}-done", step.name)))
@@ -384,7 +410,12 @@ pub async fn transient_failures_retry_with_backoff_up_to_max_attempts<S: Store>(
     );
     let (orchestrator, recovered) = run_one(&store, &script, 3).await;
     assert_eq!(
-        orchestrator.snapshot(recovered).await.unwrap().record.status,
+        orchestrator
+            .snapshot(recovered)
+            .await
+            .unwrap()
+            .record
+            .status,
         SagaStatus::Completed
     );
     let calls = script.calls_of("charge_card", Phase::Action);
@@ -407,7 +438,10 @@ pub async fn transient_failures_retry_with_backoff_up_to_max_attempts<S: Store>(
     let starts: Vec<_> = history
         .events
         .iter()
-        .filter(|e| e.kind == saga_core::EventKind::StepStarted && e.step.as_ref().is_some_and(|s| s.as_str() == "charge_card"))
+        .filter(|e| {
+            e.kind == saga_core::EventKind::StepStarted
+                && e.step.as_ref().is_some_and(|s| s.as_str() == "charge_card")
+        })
         .map(|e| e.at)
         .collect();
     for (retry, next_start) in retries.iter().zip(starts.iter().skip(1)) {
@@ -418,7 +452,12 @@ pub async fn transient_failures_retry_with_backoff_up_to_max_attempts<S: Store>(
     script.plan(
         "charge_card",
         Phase::Action,
-        &[Outcome::Transient, Outcome::Transient, Outcome::Transient, Outcome::Ok],
+        &[
+            Outcome::Transient,
+            Outcome::Transient,
+            Outcome::Transient,
+            Outcome::Ok,
+        ],
     );
     let exhausted = orchestrator.start::<Probe>(&input(4)).await.unwrap();
     let record = orchestrator.wait(exhausted, WAIT).await.unwrap();
@@ -447,7 +486,10 @@ pub async fn permanent_error_skips_retries<S: Store>(store: Arc<S>) {
     );
     assert_eq!(script.calls_of("charge_card", Phase::Action).len(), 1);
     assert_eq!(script.calls_of("send_receipt", Phase::Action).len(), 0);
-    assert_eq!(script.calls_of("reserve_stock", Phase::Compensation).len(), 1);
+    assert_eq!(
+        script.calls_of("reserve_stock", Phase::Compensation).len(),
+        1
+    );
     assert_eq!(
         script.calls_of("charge_card", Phase::Compensation).len(),
         0,
@@ -467,7 +509,10 @@ pub async fn failed_compensation_opens_exactly_one_intervention<S: Store>(store:
     let (orchestrator, id) = run_one(&store, &script, 6).await;
     let snapshot = orchestrator.snapshot(id).await.unwrap();
     assert_eq!(snapshot.record.status, SagaStatus::NeedsIntervention);
-    assert_eq!(snapshot.record.next_run_at, None, "a parked saga is not rescheduled");
+    assert_eq!(
+        snapshot.record.next_run_at, None,
+        "a parked saga is not rescheduled"
+    );
     assert_eq!(
         script.calls_of("charge_card", Phase::Compensation).len(),
         2,
@@ -522,7 +567,11 @@ pub async fn crash_mid_step_resumes_with_same_key_and_never_reruns_completed_ste
     let charge = stuck
         .step(saga_core::StepIndex(1), Phase::Action)
         .expect("charge_card was recorded before it ran");
-    assert_eq!(charge.status, StepStatus::InProgress, "durable before acting");
+    assert_eq!(
+        charge.status,
+        StepStatus::InProgress,
+        "durable before acting"
+    );
 
     let second = orchestrator(&store, Duration::from_millis(600));
     second.register(Probe(script.clone())).unwrap();
@@ -542,7 +591,13 @@ pub async fn crash_mid_step_resumes_with_same_key_and_never_reruns_completed_ste
     );
     assert!(charges.iter().all(|call| call.key == charges[0].key));
     let effect = script.effect(&key(id, "charge_card", Phase::Action));
-    assert_eq!(effect, super::scenarios::Effect { calls: 2, applied: 1 });
+    assert_eq!(
+        effect,
+        super::scenarios::Effect {
+            calls: 2,
+            applied: 1
+        }
+    );
     let rendered = second.history(id).await.unwrap().render();
     assert!(rendered.contains("lease taken over"), "{rendered}");
     second.shutdown().await;
@@ -587,12 +642,20 @@ async fn start_unrun<S: Store>(store: &Arc<S>, script: &Arc<Script>) -> SagaId {
     starter.start::<Probe>(&input(10)).await.unwrap()
 }
 
-async fn assert_parked<S: Store>(store: &Arc<S>, orchestrator: &Orchestrator, id: SagaId, reason: &str) {
+async fn assert_parked<S: Store>(
+    store: &Arc<S>,
+    orchestrator: &Orchestrator,
+    id: SagaId,
+    reason: &str,
+) {
     let record = orchestrator.wait(id, WAIT).await.unwrap();
     assert_eq!(record.status, SagaStatus::NeedsIntervention);
     assert_eq!(record.next_run_at, None, "a parked saga is not rescheduled");
     let reason_text = record.status_reason.unwrap_or_default();
-    assert!(reason_text.contains(reason), "reason `{reason_text}` lacks `{reason}`");
+    assert!(
+        reason_text.contains(reason),
+        "reason `{reason_text}` lacks `{reason}`"
+    );
     let items: Vec<_> = store
         .interventions(true)
         .await
@@ -621,7 +684,10 @@ pub async fn changed_definition_parks_saga<S: Store>(store: Arc<S>) {
     changed.register(RenamedProbe(script.clone())).unwrap();
     changed.run();
     assert_parked(&store, &changed, id, "fingerprint").await;
-    assert!(script.calls().is_empty(), "no step ran on the wrong definition");
+    assert!(
+        script.calls().is_empty(),
+        "no step ran on the wrong definition"
+    );
     changed.shutdown().await;
 }
 
@@ -678,7 +744,9 @@ pub async fn hanging_step_times_out_and_is_retried<S: Store>(store: Arc<S>) {
     assert_eq!(script.calls_of("charge_card", Phase::Action).len(), 2);
     let rendered = orchestrator.history(id).await.unwrap().render();
     assert!(
-        rendered.contains("charge_card  action  retry  attempt=1  transient: attempt timed out after 1s"),
+        rendered.contains(
+            "charge_card  action  retry  attempt=1  transient: attempt timed out after 1s"
+        ),
         "{rendered}"
     );
     orchestrator.shutdown().await;
@@ -706,7 +774,10 @@ pub async fn oversized_payloads_are_refused<S: Store>(store: Arc<S>) {
         }
         other => panic!("expected PayloadTooLarge, got {other:?}"),
     }
-    assert!(store.list(&Default::default()).await.unwrap().is_empty(), "nothing stored");
+    assert!(
+        store.list(&Default::default()).await.unwrap().is_empty(),
+        "nothing stored"
+    );
 
     let big_output = ProbeInput {
         output_bytes: 4096,
@@ -716,7 +787,10 @@ pub async fn oversized_payloads_are_refused<S: Store>(store: Arc<S>) {
     let record = orchestrator.wait(id, WAIT).await.unwrap();
     assert_eq!(record.status, SagaStatus::Compensated);
     let rendered = orchestrator.history(id).await.unwrap().render();
-    assert!(rendered.contains("over the limit of 1024 bytes"), "{rendered}");
+    assert!(
+        rendered.contains("over the limit of 1024 bytes"),
+        "{rendered}"
+    );
     orchestrator.shutdown().await;
 }
 
@@ -747,7 +821,10 @@ pub async fn graceful_shutdown_releases_leases<S: Store>(store: Arc<S>) {
     );
     assert_eq!(snapshot.record.status, SagaStatus::Running);
     assert_eq!(snapshot.record.lease_owner, None, "the lease was released");
-    assert!(snapshot.record.next_run_at.is_some(), "the saga is due at once");
+    assert!(
+        snapshot.record.next_run_at.is_some(),
+        "the saga is due at once"
+    );
 
     // Another worker continues at once, without waiting for the 60 s lease to expire.
     let second = orchestrator(&store, Duration::from_secs(60));

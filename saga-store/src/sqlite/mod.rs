@@ -80,10 +80,22 @@ impl SqliteStore {
             .foreign_keys(true);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let pool = SqlitePoolOptions::new()
-            .max_connections(if in_memory { 1 } else { options.max_connections.max(1) })
+            .max_connections(if in_memory {
+                1
+            } else {
+                options.max_connections.max(1)
+            })
             .min_connections(if in_memory { 1 } else { 0 })
-            .idle_timeout(if in_memory { None } else { Some(Duration::from_secs(600)) })
-            .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(1800)) })
+            .idle_timeout(if in_memory {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if in_memory {
+                None
+            } else {
+                Some(Duration::from_secs(1800))
+            })
             .acquire_timeout(options.busy_timeout)
             .connect_with(connect)
             .await
@@ -135,19 +147,17 @@ fn json_text(value: &serde_json::Value) -> String {
     value.to_string()
 }
 
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
         let mut tx = self.write_tx().await?;
         if let Some(key) = &saga.idempotency_key {
-            let existing = sqlx::query(
-                "SELECT id, input_hash FROM saga_instances WHERE idempotency_key = ?",
-            )
-            .bind(key.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(classify)?;
+            let existing =
+                sqlx::query("SELECT id, input_hash FROM saga_instances WHERE idempotency_key = ?")
+                    .bind(key.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(classify)?;
             if let Some(row) = existing {
                 let id = rows::saga_id(&row, "id")?;
                 let hash: String = row.try_get("input_hash").map_err(classify)?;
@@ -175,7 +185,11 @@ impl Store for SqliteStore {
         .bind(&saga.fingerprint)
         .bind(json_text(&saga.input))
         .bind(&saga.input_hash)
-        .bind(saga.idempotency_key.as_ref().map(|key| key.as_str().to_owned()))
+        .bind(
+            saga.idempotency_key
+                .as_ref()
+                .map(|key| key.as_str().to_owned()),
+        )
         .bind(millis(now))
         .bind(&saga.trace_context)
         .bind(millis(now))
@@ -185,8 +199,11 @@ impl Store for SqliteStore {
         if let Err(err) = inserted {
             if is_unique_violation(&err) {
                 return Err(Error::Store(
-                    format!("saga id {} already exists; start again with a fresh id", saga.id)
-                        .into(),
+                    format!(
+                        "saga id {} already exists; start again with a fresh id",
+                        saga.id
+                    )
+                    .into(),
                 ));
             }
             return Err(classify(err));
@@ -243,8 +260,7 @@ impl Store for SqliteStore {
         for row in &claimed {
             let saga = rows::saga_id(row, "id")?;
             let token: i64 = row.try_get("fencing_token").map_err(classify)?;
-            let previous: Option<String> =
-                row.try_get("lease_previous_owner").map_err(classify)?;
+            let previous: Option<String> = row.try_get("lease_previous_owner").map_err(classify)?;
             if let Some(previous) = previous {
                 insert_event(
                     &mut tx,
@@ -331,16 +347,15 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let record = rows::saga_record(&row)?;
-        let steps = sqlx::query(
-            "SELECT * FROM saga_steps WHERE saga_id = ? ORDER BY step_index, phase",
-        )
-        .bind(id.to_string())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(classify)?
-        .iter()
-        .map(|row| rows::step_record(row, id))
-        .collect::<Result<Vec<_>>>()?;
+        let steps =
+            sqlx::query("SELECT * FROM saga_steps WHERE saga_id = ? ORDER BY step_index, phase")
+                .bind(id.to_string())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(classify)?
+                .iter()
+                .map(|row| rows::step_record(row, id))
+                .collect::<Result<Vec<_>>>()?;
         tx.commit().await.map_err(classify)?;
         Ok(Some(SagaSnapshot { record, steps }))
     }
@@ -358,7 +373,12 @@ impl Store for SqliteStore {
         )
         .bind(filter.status.map(SagaStatus::as_str))
         .bind(filter.saga_type.as_ref().map(|t| t.as_str().to_owned()))
-        .bind(filter.idempotency_key.as_ref().map(|k| k.as_str().to_owned()))
+        .bind(
+            filter
+                .idempotency_key
+                .as_ref()
+                .map(|k| k.as_str().to_owned()),
+        )
         .bind(filter.created_before.map(millis))
         .bind(filter.after.map(|id| id.to_string()))
         .bind(i64::from(filter.limit_or_default()))
@@ -371,20 +391,22 @@ impl Store for SqliteStore {
     }
 
     async fn count_by_status(&self) -> Result<Vec<(SagaStatus, u64)>> {
-        sqlx::query("SELECT status, COUNT(*) AS n FROM saga_instances GROUP BY status ORDER BY status")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(classify)?
-            .iter()
-            .map(|row| {
-                let status: String = row.try_get("status").map_err(classify)?;
-                let count: i64 = row.try_get("n").map_err(classify)?;
-                let status = status.parse::<SagaStatus>().map_err(|err| {
-                    Error::Store(format!("saga_instances.status: {err}").into())
-                })?;
-                Ok((status, u64::try_from(count).unwrap_or(0)))
-            })
-            .collect()
+        sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM saga_instances GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|row| {
+            let status: String = row.try_get("status").map_err(classify)?;
+            let count: i64 = row.try_get("n").map_err(classify)?;
+            let status = status
+                .parse::<SagaStatus>()
+                .map_err(|err| Error::Store(format!("saga_instances.status: {err}").into()))?;
+            Ok((status, u64::try_from(count).unwrap_or(0)))
+        })
+        .collect()
     }
 
     async fn history(&self, id: SagaId) -> Result<Vec<Event>> {
@@ -543,7 +565,11 @@ async fn apply_change(
             .bind(item.step.as_ref().map(|(index, _)| i64::from(index.0)))
             .bind(item.step.as_ref().map(|(_, name)| name.as_str().to_owned()))
             .bind(item.phase.map(|phase| phase.as_str()))
-            .bind(item.idempotency_key.as_ref().map(|key| key.as_str().to_owned()))
+            .bind(
+                item.idempotency_key
+                    .as_ref()
+                    .map(|key| key.as_str().to_owned()),
+            )
             .bind(item.input.as_ref().map(json_text))
             .bind(item.output.as_ref().map(json_text))
             .bind(&item.error)

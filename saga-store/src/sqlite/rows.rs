@@ -2,9 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use saga_core::{
-    Attempt, Error, Event, EventKind, FencingToken, IdempotencyKey, Intervention,
-    InterventionId, InterventionKind, InterventionStatus, NewIntervention, Phase, SagaId,
-    SagaRecord, SagaType, StepIndex, StepName, StepRecord, Timestamp, WorkerId,
+    Attempt, Error, Event, EventKind, FencingToken, IdempotencyKey, Intervention, InterventionId,
+    InterventionKind, InterventionStatus, NewIntervention, Phase, SagaId, SagaRecord, SagaType,
+    StepIndex, StepName, StepRecord, Timestamp, WorkerId,
 };
 use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
@@ -73,7 +73,8 @@ impl<'r> Reader<'r> {
 
     pub(super) fn json(&self, column: &str) -> Result<Value, Error> {
         let text = self.text(column)?;
-        serde_json::from_str(&text).map_err(|err| self.corrupt(column, format!("malformed JSON: {err}")))
+        serde_json::from_str(&text)
+            .map_err(|err| self.corrupt(column, format!("malformed JSON: {err}")))
     }
 
     pub(super) fn opt_json(&self, column: &str) -> Result<Option<Value>, Error> {

@@ -1,0 +1,1205 @@
+//! The Store contract: claims, leases and fencing, dedup on start, step transitions, history, interventions, listing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_core::{
+    after, now, Attempt, Change, Created, Error, EventKind, IdempotencyKey, InterventionId,
+    InterventionKind, InterventionStatus, Lease, NewIntervention, NewSaga, Phase, SagaFilter,
+    SagaId, SagaStatus, SagaType, StepError, StepIndex, StepName, StepStatus, Store, Timestamp,
+    WorkerId,
+};
+use serde_json::{json, Value};
+
+const LEASE: Duration = Duration::from_secs(30);
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A saga to create: a fresh id, the given type, input and start key, and a hash derived from the
+/// input (so the same input gives the same hash).
+fn new_saga(saga_type: &str, key: Option<&str>, input: Value) -> NewSaga {
+    NewSaga {
+        id: SagaId::new(),
+        saga_type: SagaType::new(saga_type),
+        version: 3,
+        fingerprint: format!("fp-{saga_type}-v3"),
+        input_hash: format!("hash:{saga_type}:{input}"),
+        input,
+        idempotency_key: key.map(IdempotencyKey::new),
+        trace_context: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+    }
+}
+
+/// Creates a saga that must be new, and returns its id.
+async fn create<S: Store>(store: &S, saga: NewSaga) -> SagaId {
+    let id = saga.id;
+    let created = store
+        .create(saga)
+        .await
+        .expect("create of a fresh saga failed");
+    assert_eq!(
+        created,
+        Created::New(id),
+        "create of a saga with a fresh id (and unused key) must return Created::New with that id"
+    );
+    id
+}
+
+/// Creates `n` sagas of type `order` without start keys.
+async fn create_many<S: Store>(store: &S, n: usize) -> Vec<SagaId> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(create(store, new_saga("order", None, json!({ "n": i }))).await);
+    }
+    ids
+}
+
+/// Claims at `at` for `worker`, expecting exactly one due saga, and returns its lease.
+async fn claim_one<S: Store>(store: &S, worker: &str, at: Timestamp, lease_for: Duration) -> Lease {
+    let leases = store
+        .claim(&WorkerId::new(worker), at, lease_for, 10)
+        .await
+        .expect("claim failed");
+    assert_eq!(
+        leases.len(),
+        1,
+        "{worker} claiming at {at} expected exactly one due saga, got {leases:?}"
+    );
+    leases.into_iter().next().unwrap()
+}
+
+/// Claims every due saga at `at` for one worker, expecting exactly `ids`; returns the leases by saga.
+async fn claim_all<S: Store>(store: &S, ids: &[SagaId], at: Timestamp) -> HashMap<SagaId, Lease> {
+    let leases = store
+        .claim(&WorkerId::new("worker-all"), at, LEASE, 100)
+        .await
+        .expect("claim failed");
+    let by_saga: HashMap<SagaId, Lease> = leases.into_iter().map(|l| (l.saga, l)).collect();
+    let claimed: HashSet<SagaId> = by_saga.keys().copied().collect();
+    let expected: HashSet<SagaId> = ids.iter().copied().collect();
+    assert_eq!(
+        claimed, expected,
+        "claiming with a high limit must claim exactly the due, unleased sagas"
+    );
+    by_saga
+}
+
+async fn apply_ok<S: Store>(store: &S, lease: &Lease, changes: &[Change]) {
+    store.apply(lease, changes).await.unwrap_or_else(|err| {
+        panic!("apply by the lease holder must succeed, got {err}: {changes:?}")
+    });
+}
+
+fn name(index: u32) -> StepName {
+    StepName::new(format!("step_{index}"))
+}
+
+fn begin(saga: SagaId, index: u32, phase: Phase, attempt: u32) -> Change {
+    let name = name(index);
+    Change::BeginStep {
+        index: StepIndex(index),
+        key: IdempotencyKey::for_step(saga, &name, phase),
+        name,
+        phase,
+        attempt: Attempt(attempt),
+    }
+}
+
+fn complete(index: u32, phase: Phase, attempt: u32, output: Option<Value>) -> Change {
+    Change::CompleteStep {
+        index: StepIndex(index),
+        name: name(index),
+        phase,
+        attempt: Attempt(attempt),
+        output,
+    }
+}
+
+fn fail(
+    index: u32,
+    phase: Phase,
+    attempt: u32,
+    error: StepError,
+    retry_at: Option<Timestamp>,
+) -> Change {
+    Change::FailStep {
+        index: StepIndex(index),
+        name: name(index),
+        phase,
+        attempt: Attempt(attempt),
+        error,
+        retry_at,
+    }
+}
+
+fn set_status(status: SagaStatus) -> Change {
+    Change::SetStatus {
+        status,
+        reason: Some(format!("moved to {status} by the conformance suite")),
+    }
+}
+
+fn release(next_run_at: Option<Timestamp>) -> Change {
+    Change::Release { next_run_at }
+}
+
+fn intervention(saga: SagaId) -> NewIntervention {
+    let step = StepName::new("charge_card");
+    NewIntervention {
+        id: InterventionId::new(),
+        kind: InterventionKind::CompensationFailed,
+        idempotency_key: Some(IdempotencyKey::for_step(saga, &step, Phase::Compensation)),
+        step: Some((StepIndex(1), step)),
+        phase: Some(Phase::Compensation),
+        input: Some(json!({ "order": 7, "items": ["a", "b"] })),
+        output: Some(json!({ "charge_id": "ch_123", "cents": 4200 })),
+        error: "permanent: refund refused, card closed".to_owned(),
+    }
+}
+
+async fn snapshot<S: Store>(store: &S, id: SagaId) -> saga_core::SagaSnapshot {
+    store
+        .load(id)
+        .await
+        .expect("load failed")
+        .unwrap_or_else(|| panic!("saga {id} was created but load returned None"))
+}
+
+async fn history_len<S: Store>(store: &S, id: SagaId) -> usize {
+    store.history(id).await.expect("history failed").len()
+}
+
+pub async fn create_then_load_round_trips<S: Store>(store: Arc<S>) {
+    let before = now();
+    let input = json!({ "sku": "A-1", "qty": 3, "gift": true, "tags": ["x", "y"], "note": null });
+    let saga = new_saga("order", Some("order-42"), input.clone());
+    let id = create(&*store, saga.clone()).await;
+    let after_create = now();
+
+    let snap = snapshot(&*store, id).await;
+    let record = &snap.record;
+    assert_eq!(record.id, id, "load returned another saga");
+    assert_eq!(
+        record.status,
+        SagaStatus::Running,
+        "a new saga starts in running"
+    );
+    assert_eq!(
+        record.status_reason, None,
+        "a new saga has no status reason"
+    );
+    assert_eq!(
+        record.saga_type, saga.saga_type,
+        "saga type must round-trip"
+    );
+    assert_eq!(record.version, saga.version, "version must round-trip");
+    assert_eq!(
+        record.fingerprint, saga.fingerprint,
+        "fingerprint must round-trip"
+    );
+    assert_eq!(record.input, input, "input JSON must round-trip exactly");
+    assert_eq!(
+        record.input_hash, saga.input_hash,
+        "input hash must round-trip"
+    );
+    assert_eq!(
+        record.idempotency_key, saga.idempotency_key,
+        "start key must round-trip"
+    );
+    assert_eq!(
+        record.trace_context, saga.trace_context,
+        "trace context must round-trip"
+    );
+    assert!(
+        record.next_run_at.is_some_and(|at| at <= after_create),
+        "a new saga must be due now, got next_run_at {:?}",
+        record.next_run_at
+    );
+    assert_eq!(record.lease_owner, None, "a new saga is not leased");
+    assert_eq!(
+        record.lease_expires_at, None,
+        "a new saga has no lease expiry"
+    );
+    assert!(
+        record.created_at >= before && record.created_at <= after_create,
+        "created_at {} must lie between {before} and {after_create}",
+        record.created_at
+    );
+    assert!(
+        snap.steps.is_empty(),
+        "a new saga has no step records, got {:?}",
+        snap.steps
+    );
+
+    let history = store.history(id).await.expect("history failed");
+    assert_eq!(
+        history.len(),
+        1,
+        "a new saga has exactly one event, got {history:?}"
+    );
+    assert_eq!(
+        history[0].kind,
+        EventKind::SagaStarted,
+        "the first event is saga_started"
+    );
+    assert_eq!(
+        history[0].saga_id, id,
+        "the saga_started event belongs to the saga"
+    );
+
+    assert!(
+        store
+            .load(SagaId::new())
+            .await
+            .expect("load failed")
+            .is_none(),
+        "loading an unknown saga id must return None"
+    );
+}
+
+pub async fn start_key_dedup_returns_existing_or_conflicts<S: Store>(store: Arc<S>) {
+    let input = json!({ "order": 1 });
+    let first = create(&*store, new_saga("order", Some("key-1"), input.clone())).await;
+
+    let repeat = new_saga("order", Some("key-1"), input.clone());
+    let created = store.create(repeat).await.expect("repeated start failed");
+    assert_eq!(
+        created,
+        Created::Existing(first),
+        "same start key and same input hash must return the existing saga"
+    );
+
+    let mut conflicting = new_saga("order", Some("key-1"), json!({ "order": 2 }));
+    conflicting.input_hash = "another-hash".to_owned();
+    match store.create(conflicting).await {
+        Err(Error::Conflict { key, existing }) => {
+            assert_eq!(
+                existing, first,
+                "the conflict must name the saga the key started first"
+            );
+            assert_eq!(
+                key,
+                IdempotencyKey::new("key-1"),
+                "the conflict must name the start key"
+            );
+        }
+        other => {
+            panic!("same start key with another input hash must be Error::Conflict, got {other:?}")
+        }
+    }
+
+    let all = store
+        .list(&SagaFilter::default())
+        .await
+        .expect("list failed");
+    let ids: Vec<SagaId> = all.iter().map(|r| r.id).collect();
+    assert_eq!(
+        ids,
+        vec![first],
+        "dedup and conflict must not store a second saga"
+    );
+    assert_eq!(
+        history_len(&*store, first).await,
+        1,
+        "dedup must not append events"
+    );
+}
+
+pub async fn claim_takes_each_due_saga_once<S: Store>(store: Arc<S>) {
+    let ids = create_many(&*store, 3).await;
+    let t = now();
+    let worker_a = WorkerId::new("worker-a");
+    let leases = store
+        .claim(&worker_a, t, LEASE, 10)
+        .await
+        .expect("claim failed");
+    assert_eq!(
+        leases.len(),
+        3,
+        "worker A must claim all 3 due sagas, got {leases:?}"
+    );
+    let claimed: HashSet<SagaId> = leases.iter().map(|l| l.saga).collect();
+    assert_eq!(
+        claimed,
+        ids.iter().copied().collect::<HashSet<_>>(),
+        "each due saga must be claimed exactly once"
+    );
+    for lease in &leases {
+        assert!(
+            lease.token.0 >= 1,
+            "a claim must increment the fencing token, got {}",
+            lease.token
+        );
+        assert_eq!(
+            lease.owner, worker_a,
+            "the lease must name the claiming worker"
+        );
+        assert_eq!(
+            lease.expires_at,
+            after(t, LEASE),
+            "the lease must expire at now + lease_for"
+        );
+        let record = snapshot(&*store, lease.saga).await.record;
+        assert_eq!(
+            record.lease_owner.as_ref(),
+            Some(&worker_a),
+            "load must show the lease owner"
+        );
+        assert_eq!(
+            record.fencing_token, lease.token,
+            "load must show the lease's token"
+        );
+        assert_eq!(
+            record.lease_expires_at,
+            Some(lease.expires_at),
+            "load must show the lease expiry"
+        );
+    }
+
+    let other = store
+        .claim(&WorkerId::new("worker-b"), t, LEASE, 10)
+        .await
+        .expect("claim failed");
+    assert!(
+        other.is_empty(),
+        "sagas under a live lease must not be claimed again, got {other:?}"
+    );
+}
+
+pub async fn claim_respects_limit_and_next_run_at<S: Store>(store: Arc<S>) {
+    let ids = create_many(&*store, 3).await;
+    let t = now();
+    let leases = store
+        .claim(&WorkerId::new("worker-a"), t, LEASE, 2)
+        .await
+        .expect("claim failed");
+    assert_eq!(
+        leases.len(),
+        2,
+        "a claim with limit 2 must take 2 of 3 due sagas, got {leases:?}"
+    );
+    let deferred = leases[0].saga;
+    let held = leases[1].saga;
+    let third = *ids
+        .iter()
+        .find(|id| **id != deferred && **id != held)
+        .expect("the limited claim returned an unknown saga");
+
+    let due_again = after(t, Duration::from_secs(10));
+    apply_ok(&*store, &leases[0], &[release(Some(due_again))]).await;
+    let record = snapshot(&*store, deferred).await.record;
+    assert_eq!(
+        record.next_run_at,
+        Some(due_again),
+        "release must persist next_run_at"
+    );
+    assert_eq!(
+        record.lease_owner, None,
+        "release must clear the lease owner"
+    );
+    assert_eq!(
+        record.lease_expires_at, None,
+        "release must clear the lease expiry"
+    );
+
+    let worker_b = WorkerId::new("worker-b");
+    let now_claim = store
+        .claim(&worker_b, t, LEASE, 10)
+        .await
+        .expect("claim failed");
+    let now_ids: Vec<SagaId> = now_claim.iter().map(|l| l.saga).collect();
+    assert_eq!(
+        now_ids,
+        vec![third],
+        "at now only the unclaimed saga is due: not the one released until now+10s, not the one still leased"
+    );
+
+    let later = store
+        .claim(
+            &worker_b,
+            after(t, Duration::from_secs(11)),
+            Duration::from_secs(1),
+            10,
+        )
+        .await
+        .expect("claim failed");
+    let later_ids: Vec<SagaId> = later.iter().map(|l| l.saga).collect();
+    assert_eq!(
+        later_ids,
+        vec![deferred],
+        "at now+11s the saga released until now+10s is due again (the others are still leased)"
+    );
+}
+
+pub async fn expired_lease_is_taken_over_and_stale_writes_are_fenced<S: Store>(store: Arc<S>) {
+    let id = create(&*store, new_saga("order", None, json!({ "n": 1 }))).await;
+    let t = now();
+    let lease_a = claim_one(&*store, "worker-a", t, Duration::from_secs(1)).await;
+    assert_eq!(lease_a.saga, id);
+
+    let lease_b = claim_one(&*store, "worker-b", after(t, Duration::from_secs(2)), LEASE).await;
+    assert_eq!(
+        lease_b.saga, id,
+        "worker B must take over the expired lease"
+    );
+    assert!(
+        lease_b.token > lease_a.token,
+        "a takeover must carry a higher fencing token ({} !> {})",
+        lease_b.token,
+        lease_a.token
+    );
+    let history = store.history(id).await.expect("history failed");
+    assert!(
+        history.iter().any(|e| e.kind == EventKind::LeaseTakenOver),
+        "taking over an expired lease must append lease_taken_over, got {history:?}"
+    );
+    let events_before = history.len();
+
+    match store
+        .apply(&lease_a, &[begin(id, 0, Phase::Action, 1)])
+        .await
+    {
+        Err(Error::LeaseLost(saga)) => assert_eq!(saga, id, "LeaseLost must name the saga"),
+        other => {
+            panic!("a write with a stale fencing token must fail with LeaseLost, got {other:?}")
+        }
+    }
+    let snap = snapshot(&*store, id).await;
+    assert!(
+        snap.steps.is_empty(),
+        "a fenced write must write nothing, got {:?}",
+        snap.steps
+    );
+    assert_eq!(
+        snap.record.lease_owner,
+        Some(WorkerId::new("worker-b")),
+        "B must still hold the lease"
+    );
+    assert_eq!(
+        snap.record.fencing_token, lease_b.token,
+        "the stale write must not touch the token"
+    );
+    assert_eq!(
+        history_len(&*store, id).await,
+        events_before,
+        "a fenced write must append no events"
+    );
+
+    let extend_to = after(t, Duration::from_secs(60));
+    match store.heartbeat(&lease_a, extend_to).await {
+        Err(Error::LeaseLost(_)) => {}
+        other => panic!("a heartbeat with a stale token must fail with LeaseLost, got {other:?}"),
+    }
+    let renewed = store
+        .heartbeat(&lease_b, extend_to)
+        .await
+        .expect("the current holder's heartbeat must succeed");
+    assert_eq!(
+        renewed.expires_at, extend_to,
+        "heartbeat must return the extended lease"
+    );
+    assert_eq!(
+        renewed.token, lease_b.token,
+        "heartbeat must keep the token"
+    );
+    assert_eq!(
+        snapshot(&*store, id).await.record.lease_expires_at,
+        Some(extend_to),
+        "heartbeat must persist the new expiry"
+    );
+    apply_ok(&*store, &renewed, &[begin(id, 0, Phase::Action, 1)]).await;
+    assert_eq!(
+        snapshot(&*store, id).await.steps.len(),
+        1,
+        "the current holder's write must land"
+    );
+}
+
+pub async fn apply_is_all_or_nothing<S: Store>(store: Arc<S>) {
+    let id = create(&*store, new_saga("order", None, json!({ "n": 1 }))).await;
+    let lease = claim_one(&*store, "worker-a", now(), LEASE).await;
+    let events_before = history_len(&*store, id).await;
+
+    let batch = [
+        begin(id, 0, Phase::Action, 1),
+        set_status(SagaStatus::Compensating),
+        complete(1, Phase::Action, 1, Some(json!("never started"))),
+    ];
+    match store.apply(&lease, &batch).await {
+        Ok(()) => panic!("completing a step that never started must fail the whole batch"),
+        Err(Error::LeaseLost(_)) => {
+            panic!("the lease is current; the batch must fail for its content, not LeaseLost")
+        }
+        Err(_) => {}
+    }
+    let snap = snapshot(&*store, id).await;
+    assert!(
+        snap.steps.is_empty(),
+        "a failed batch must write no step, got {:?}",
+        snap.steps
+    );
+    assert_eq!(
+        snap.record.status,
+        SagaStatus::Running,
+        "a failed batch must not change the status"
+    );
+    assert_eq!(
+        history_len(&*store, id).await,
+        events_before,
+        "a failed batch must append no events"
+    );
+
+    apply_ok(&*store, &lease, &[begin(id, 0, Phase::Action, 1)]).await;
+    assert_eq!(
+        snapshot(&*store, id).await.steps.len(),
+        1,
+        "the lease must remain usable after a failed batch"
+    );
+}
+
+pub async fn completed_step_never_restarts<S: Store>(store: Arc<S>) {
+    let id = create(&*store, new_saga("order", None, json!({ "n": 1 }))).await;
+    let lease = claim_one(&*store, "worker-a", now(), LEASE).await;
+    let output = json!({ "reservation": "r-1" });
+    apply_ok(
+        &*store,
+        &lease,
+        &[
+            begin(id, 0, Phase::Action, 1),
+            complete(0, Phase::Action, 1, Some(output.clone())),
+        ],
+    )
+    .await;
+    let events_before = history_len(&*store, id).await;
+
+    let restart = store.apply(&lease, &[begin(id, 0, Phase::Action, 2)]).await;
+    assert!(
+        restart.is_err(),
+        "beginning a completed step again must fail, got {restart:?}"
+    );
+
+    let snap = snapshot(&*store, id).await;
+    let step = snap
+        .step(StepIndex(0), Phase::Action)
+        .expect("the completed step must still be recorded");
+    assert_eq!(
+        step.status,
+        StepStatus::Completed,
+        "a completed step stays completed"
+    );
+    assert_eq!(
+        step.output.as_ref(),
+        Some(&output),
+        "a completed step keeps its output"
+    );
+    assert_eq!(
+        step.attempt,
+        Attempt(1),
+        "a refused restart must not bump the attempt"
+    );
+    assert_eq!(
+        history_len(&*store, id).await,
+        events_before,
+        "a refused restart appends no events"
+    );
+}
+
+pub async fn step_transitions_persist<S: Store>(store: Arc<S>) {
+    let id = create(&*store, new_saga("order", None, json!({ "n": 1 }))).await;
+    let lease = claim_one(&*store, "worker-a", now(), LEASE).await;
+    let action_key = IdempotencyKey::for_step(id, &name(0), Phase::Action);
+
+    apply_ok(&*store, &lease, &[begin(id, 0, Phase::Action, 1)]).await;
+    let snap = snapshot(&*store, id).await;
+    let step = snap
+        .step(StepIndex(0), Phase::Action)
+        .expect("begun step must be recorded");
+    assert_eq!(
+        step.status,
+        StepStatus::InProgress,
+        "BeginStep records in_progress"
+    );
+    assert_eq!(step.attempt, Attempt(1), "BeginStep records the attempt");
+    assert_eq!(step.name, name(0), "BeginStep records the step name");
+    assert_eq!(
+        step.idempotency_key, action_key,
+        "BeginStep records the step key"
+    );
+    assert!(step.started_at.is_some(), "BeginStep records started_at");
+
+    let retry_at = after(now(), Duration::from_secs(30));
+    apply_ok(
+        &*store,
+        &lease,
+        &[fail(
+            0,
+            Phase::Action,
+            1,
+            StepError::transient("upstream 503"),
+            Some(retry_at),
+        )],
+    )
+    .await;
+    let snap = snapshot(&*store, id).await;
+    let step = snap
+        .step(StepIndex(0), Phase::Action)
+        .expect("step must be recorded");
+    assert_eq!(
+        step.status,
+        StepStatus::Pending,
+        "a failure with retry_at goes back to pending"
+    );
+    assert_eq!(
+        step.next_attempt_at,
+        Some(retry_at),
+        "the retry time must persist exactly (ms precision)"
+    );
+    assert!(
+        step.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("503")),
+        "the failure must be recorded in last_error, got {:?}",
+        step.last_error
+    );
+    assert!(
+        step.finished_at.is_some(),
+        "a failed attempt records finished_at"
+    );
+
+    apply_ok(&*store, &lease, &[begin(id, 0, Phase::Action, 2)]).await;
+    let snap = snapshot(&*store, id).await;
+    let step = snap
+        .step(StepIndex(0), Phase::Action)
+        .expect("step must be recorded");
+    assert_eq!(
+        step.status,
+        StepStatus::InProgress,
+        "a retry goes back to in_progress"
+    );
+    assert_eq!(
+        step.attempt,
+        Attempt(2),
+        "a retry records the new attempt number"
+    );
+    assert_eq!(
+        step.next_attempt_at, None,
+        "a started retry is no longer scheduled"
+    );
+    assert_eq!(
+        step.idempotency_key, action_key,
+        "the key stays the same on every attempt"
+    );
+
+    let output = json!({ "reservation": "r-9", "lines": [1, 2, 3] });
+    apply_ok(
+        &*store,
+        &lease,
+        &[complete(0, Phase::Action, 2, Some(output.clone()))],
+    )
+    .await;
+    let snap = snapshot(&*store, id).await;
+    let step = snap
+        .step(StepIndex(0), Phase::Action)
+        .expect("step must be recorded");
+    assert_eq!(
+        step.status,
+        StepStatus::Completed,
+        "CompleteStep records completed"
+    );
+    assert_eq!(
+        step.output.as_ref(),
+        Some(&output),
+        "the output must round-trip exactly"
+    );
+    assert!(
+        step.finished_at.is_some(),
+        "CompleteStep records finished_at"
+    );
+
+    apply_ok(&*store, &lease, &[begin(id, 0, Phase::Compensation, 1)]).await;
+    let snap = snapshot(&*store, id).await;
+    assert_eq!(
+        snap.steps.len(),
+        2,
+        "the compensation phase is a separate record, got {:?}",
+        snap.steps
+    );
+    let comp = snap
+        .step(StepIndex(0), Phase::Compensation)
+        .expect("the compensation phase must be recorded");
+    assert_eq!(
+        comp.status,
+        StepStatus::InProgress,
+        "the compensation begins in_progress"
+    );
+    assert_eq!(
+        comp.idempotency_key,
+        IdempotencyKey::for_step(id, &name(0), Phase::Compensation),
+        "the compensation has its own key"
+    );
+    let action = snap
+        .step(StepIndex(0), Phase::Action)
+        .expect("action must be recorded");
+    assert_eq!(
+        action.status,
+        StepStatus::Completed,
+        "beginning the compensation leaves the action completed"
+    );
+    assert_eq!(
+        action.output.as_ref(),
+        Some(&output),
+        "beginning the compensation keeps the action output"
+    );
+
+    apply_ok(
+        &*store,
+        &lease,
+        &[fail(
+            0,
+            Phase::Compensation,
+            1,
+            StepError::permanent("refund refused"),
+            None,
+        )],
+    )
+    .await;
+    let snap = snapshot(&*store, id).await;
+    let comp = snap
+        .step(StepIndex(0), Phase::Compensation)
+        .expect("the compensation phase must be recorded");
+    assert_eq!(
+        comp.status,
+        StepStatus::Failed,
+        "a failure without retry_at is failed for good"
+    );
+    assert_eq!(
+        comp.next_attempt_at, None,
+        "a failed-for-good step has no next attempt"
+    );
+    assert!(
+        comp.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("refund refused")),
+        "the failure must be recorded in last_error, got {:?}",
+        comp.last_error
+    );
+}
+
+pub async fn escalation_opens_one_intervention_and_parks<S: Store>(store: Arc<S>) {
+    let id = create(&*store, new_saga("order", None, json!({ "n": 1 }))).await;
+    let lease = claim_one(&*store, "worker-a", now(), LEASE).await;
+    let item = intervention(id);
+    let before = now();
+    apply_ok(&*store, &lease, &[Change::Escalate(item.clone())]).await;
+    apply_ok(&*store, &lease, &[Change::Escalate(item.clone())]).await;
+    apply_ok(&*store, &lease, &[release(None)]).await;
+    let after_apply = now();
+
+    let record = snapshot(&*store, id).await.record;
+    assert_eq!(
+        record.status,
+        SagaStatus::NeedsIntervention,
+        "escalation parks the saga"
+    );
+    assert_eq!(
+        record.lease_owner, None,
+        "release after escalation clears the lease"
+    );
+    assert_eq!(record.next_run_at, None, "a parked saga is not scheduled");
+
+    let open = store
+        .interventions(true)
+        .await
+        .expect("interventions failed");
+    assert_eq!(
+        open.len(),
+        1,
+        "escalating twice with the same intervention id must open exactly one item, got {open:?}"
+    );
+    let found = &open[0];
+    assert_eq!(found.saga_id, id, "the item names the saga");
+    assert_eq!(found.item, item, "every field of the item must round-trip");
+    assert_eq!(found.status, InterventionStatus::Open, "a new item is open");
+    assert!(
+        found.opened_at >= before && found.opened_at <= after_apply,
+        "opened_at {} must lie between {before} and {after_apply}",
+        found.opened_at
+    );
+    assert_eq!(found.resolved_at, None, "an open item is not resolved");
+    assert_eq!(found.resolved_by, None, "an open item has no resolver");
+    assert_eq!(found.resolution, None, "an open item has no resolution");
+    assert_eq!(
+        found.resolution_reason, None,
+        "an open item has no resolution reason"
+    );
+    assert_eq!(
+        store
+            .interventions(false)
+            .await
+            .expect("interventions failed")
+            .len(),
+        1,
+        "all items: still exactly one"
+    );
+
+    let later = store
+        .claim(&WorkerId::new("worker-b"), after(now(), DAY), LEASE, 10)
+        .await
+        .expect("claim failed");
+    assert!(
+        later.is_empty(),
+        "a saga in needs_intervention must never be claimed, got {later:?}"
+    );
+}
+
+pub async fn settled_sagas_are_never_claimed<S: Store>(store: Arc<S>) {
+    let ids = create_many(&*store, 4).await;
+    let t = now();
+    let leases = claim_all(&*store, &ids, t).await;
+    // A completed saga released with no next run, and settled sagas released as if due now: the
+    // status alone must keep every one of them away from workers.
+    let plans: [(&[SagaStatus], Option<Timestamp>); 4] = [
+        (&[SagaStatus::Completed], None),
+        (
+            &[SagaStatus::Compensating, SagaStatus::Compensated],
+            Some(t),
+        ),
+        (&[SagaStatus::Cancelled], Some(t)),
+        (&[SagaStatus::NeedsIntervention], Some(t)),
+    ];
+    for (id, (statuses, next)) in ids.iter().zip(plans) {
+        let mut changes: Vec<Change> = statuses.iter().map(|s| set_status(*s)).collect();
+        changes.push(release(next));
+        apply_ok(&*store, &leases[id], &changes).await;
+        let record = snapshot(&*store, *id).await.record;
+        assert_eq!(
+            record.status,
+            *statuses.last().unwrap(),
+            "SetStatus must persist"
+        );
+        assert_eq!(record.next_run_at, next, "Release must persist next_run_at");
+    }
+
+    for at in [t, after(t, Duration::from_secs(60)), after(t, DAY)] {
+        let claimed = store
+            .claim(&WorkerId::new("worker-b"), at, LEASE, 10)
+            .await
+            .expect("claim failed");
+        assert!(
+            claimed.is_empty(),
+            "sagas that are completed, compensated, cancelled or need intervention must never be claimed (at {at}), got {claimed:?}"
+        );
+    }
+}
+
+pub async fn history_records_each_change_in_order<S: Store>(store: Arc<S>) {
+    let id = create(&*store, new_saga("order", None, json!({ "n": 1 }))).await;
+    let lease = claim_one(&*store, "worker-a", now(), LEASE).await;
+    // Another saga's events must not show up in this one's history.
+    let other = create(&*store, new_saga("refund", None, json!({ "n": 2 }))).await;
+
+    apply_ok(
+        &*store,
+        &lease,
+        &[
+            begin(id, 0, Phase::Action, 1),
+            complete(0, Phase::Action, 1, Some(json!("ok"))),
+            set_status(SagaStatus::Completed),
+            release(None),
+        ],
+    )
+    .await;
+
+    let history = store.history(id).await.expect("history failed");
+    let kinds: Vec<EventKind> = history.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            EventKind::SagaStarted,
+            EventKind::StepStarted,
+            EventKind::StepCompleted,
+            EventKind::StatusChanged
+        ],
+        "history must hold one event per change, in order (release appends nothing)"
+    );
+    assert!(
+        history.windows(2).all(|w| w[0].seq < w[1].seq),
+        "event seq must increase: {history:?}"
+    );
+    assert!(
+        history.iter().all(|e| e.saga_id == id),
+        "history must hold only this saga's events"
+    );
+    let started = &history[1];
+    assert_eq!(started.step, Some(name(0)), "step_started names the step");
+    assert_eq!(
+        started.phase,
+        Some(Phase::Action),
+        "step_started names the phase"
+    );
+    assert_eq!(
+        started.attempt,
+        Some(Attempt(1)),
+        "step_started names the attempt"
+    );
+    assert!(
+        history[3]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("completed")),
+        "status_changed names the new status, got {:?}",
+        history[3].detail
+    );
+    assert_eq!(
+        history_len(&*store, other).await,
+        1,
+        "the other saga only has its saga_started"
+    );
+}
+
+pub async fn list_filters_and_pages<S: Store>(store: Arc<S>) {
+    let specs = [
+        ("order", Some("o-1")),
+        ("refund", Some("r-1")),
+        ("order", None),
+        ("refund", None),
+        ("order", Some("o-3")),
+    ];
+    let mut ids = Vec::new();
+    for (i, (saga_type, key)) in specs.iter().enumerate() {
+        ids.push(create(&*store, new_saga(saga_type, *key, json!({ "i": i }))).await);
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+
+    let done = ids[2];
+    let t = now();
+    let leases = claim_all(&*store, &ids, t).await;
+    for (id, lease) in &leases {
+        if *id == done {
+            apply_ok(
+                &*store,
+                lease,
+                &[set_status(SagaStatus::Completed), release(None)],
+            )
+            .await;
+        } else {
+            apply_ok(&*store, lease, &[release(Some(t))]).await;
+        }
+    }
+
+    let list = |filter: SagaFilter| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .list(&filter)
+                .await
+                .expect("list failed")
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<SagaId>>()
+        }
+    };
+    let sorted_of = |mut v: Vec<SagaId>| {
+        v.sort();
+        v
+    };
+
+    assert_eq!(
+        list(SagaFilter::default()).await,
+        sorted,
+        "no filter: every saga, in id order"
+    );
+    assert_eq!(
+        list(SagaFilter {
+            status: Some(SagaStatus::Completed),
+            ..SagaFilter::default()
+        })
+        .await,
+        vec![done],
+        "status filter: only the completed saga"
+    );
+    assert_eq!(
+        list(SagaFilter {
+            status: Some(SagaStatus::Running),
+            ..SagaFilter::default()
+        })
+        .await,
+        sorted
+            .iter()
+            .copied()
+            .filter(|id| *id != done)
+            .collect::<Vec<_>>(),
+        "status filter: the running sagas, in id order"
+    );
+    assert_eq!(
+        list(SagaFilter {
+            saga_type: Some(SagaType::new("refund")),
+            ..SagaFilter::default()
+        })
+        .await,
+        sorted_of(vec![ids[1], ids[3]]),
+        "type filter: only the refunds, in id order"
+    );
+    assert_eq!(
+        list(SagaFilter {
+            saga_type: Some(SagaType::new("order")),
+            status: Some(SagaStatus::Running),
+            ..SagaFilter::default()
+        })
+        .await,
+        sorted_of(vec![ids[0], ids[4]]),
+        "type and status filters combine"
+    );
+    assert_eq!(
+        list(SagaFilter {
+            idempotency_key: Some(IdempotencyKey::new("o-3")),
+            ..SagaFilter::default()
+        })
+        .await,
+        vec![ids[4]],
+        "key filter: only the saga started with that key"
+    );
+    assert!(
+        list(SagaFilter {
+            idempotency_key: Some(IdempotencyKey::new("nope")),
+            ..SagaFilter::default()
+        })
+        .await
+        .is_empty(),
+        "key filter with an unused key: nothing"
+    );
+
+    let records = store
+        .list(&SagaFilter::default())
+        .await
+        .expect("list failed");
+    let first_created = records
+        .iter()
+        .map(|r| r.created_at)
+        .min()
+        .expect("5 sagas listed");
+    let last_created = records
+        .iter()
+        .map(|r| r.created_at)
+        .max()
+        .expect("5 sagas listed");
+    assert!(
+        list(SagaFilter {
+            created_before: Some(first_created),
+            ..SagaFilter::default()
+        })
+        .await
+        .is_empty(),
+        "created_before is exclusive: nothing was created before the first saga"
+    );
+    assert_eq!(
+        list(SagaFilter {
+            created_before: Some(after(last_created, Duration::from_millis(1))),
+            ..SagaFilter::default()
+        })
+        .await,
+        sorted,
+        "created_before after the last creation: every saga"
+    );
+
+    let mut pages: Vec<Vec<SagaId>> = Vec::new();
+    let mut cursor: Option<SagaId> = None;
+    loop {
+        let page = list(SagaFilter {
+            limit: Some(2),
+            after: cursor,
+            ..SagaFilter::default()
+        })
+        .await;
+        assert!(
+            page.len() <= 2,
+            "a page must hold at most `limit` sagas, got {page:?}"
+        );
+        if page.is_empty() {
+            break;
+        }
+        cursor = page.last().copied();
+        pages.push(page);
+        assert!(
+            pages.len() <= 5,
+            "paging must terminate, got pages {pages:?}"
+        );
+    }
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![2, 2, 1], "5 sagas in pages of 2");
+    let joined: Vec<SagaId> = pages.concat();
+    assert_eq!(
+        joined, sorted,
+        "pages must follow id order without overlap or gap"
+    );
+}
+
+pub async fn count_by_status_counts<S: Store>(store: Arc<S>) {
+    let counts = |store: Arc<S>| async move {
+        let raw = store
+            .count_by_status()
+            .await
+            .expect("count_by_status failed");
+        let mut map: HashMap<SagaStatus, u64> = HashMap::new();
+        for (status, n) in &raw {
+            assert!(
+                map.insert(*status, *n).is_none(),
+                "count_by_status listed {status} twice: {raw:?}"
+            );
+        }
+        map.retain(|_, n| *n > 0);
+        map
+    };
+    assert!(
+        counts(Arc::clone(&store)).await.is_empty(),
+        "an empty store counts nothing"
+    );
+
+    let ids = create_many(&*store, 5).await;
+    assert_eq!(
+        counts(Arc::clone(&store)).await,
+        HashMap::from([(SagaStatus::Running, 5)]),
+        "5 new sagas are all running"
+    );
+
+    let t = now();
+    let leases = claim_all(&*store, &ids, t).await;
+    apply_ok(
+        &*store,
+        &leases[&ids[0]],
+        &[set_status(SagaStatus::Completed), release(None)],
+    )
+    .await;
+    apply_ok(
+        &*store,
+        &leases[&ids[1]],
+        &[set_status(SagaStatus::Compensating), release(Some(t))],
+    )
+    .await;
+    apply_ok(
+        &*store,
+        &leases[&ids[2]],
+        &[Change::Escalate(intervention(ids[2])), release(None)],
+    )
+    .await;
+    apply_ok(&*store, &leases[&ids[3]], &[release(Some(t))]).await;
+    apply_ok(
+        &*store,
+        &leases[&ids[4]],
+        &[set_status(SagaStatus::Cancelled), release(None)],
+    )
+    .await;
+
+    assert_eq!(
+        counts(Arc::clone(&store)).await,
+        HashMap::from([
+            (SagaStatus::Running, 1),
+            (SagaStatus::Completed, 1),
+            (SagaStatus::Compensating, 1),
+            (SagaStatus::NeedsIntervention, 1),
+            (SagaStatus::Cancelled, 1),
+        ]),
+        "counts must follow every status change"
+    );
+}

@@ -1,0 +1,195 @@
+//! Kills a real quickstart demo process with SIGKILL part-way through a run on a SQLite file,
+//! runs it again, and checks that every saga settled and no completed step ran twice.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::sqlite::SqlitePoolOptions;
+use sqlx::{Row, SqlitePool};
+
+const SAGAS: i64 = 400;
+
+/// The quickstart binary, built by `cargo test` alongside the tests (or built here if missing).
+fn quickstart() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let path = profile_dir.join("examples").join("quickstart");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(["build", "--example", "quickstart"])
+            .status()
+            .expect("run cargo build --example quickstart");
+        assert!(status.success(), "building the quickstart example failed");
+    }
+    path
+}
+
+fn demo(db: &str) -> Command {
+    let mut command = Command::new(quickstart());
+    command.args([
+        "--db",
+        db,
+        "--sagas",
+        &SAGAS.to_string(),
+        "--seed",
+        "7",
+        "--workers",
+        "8",
+    ]);
+    command
+}
+
+async fn count(pool: &SqlitePool, sql: &str) -> i64 {
+    sqlx::query(sql)
+        .fetch_one(pool)
+        .await
+        .and_then(|row| row.try_get::<i64, _>(0))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_killed_mid_run_resumes_and_never_repeats_a_completed_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("demo.db").display());
+
+    let mut child = demo(&db)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the demo");
+
+    // Wait until the run is well under way, then kill it without warning.
+    let pool = loop {
+        if let Ok(pool) = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("{db}?mode=ro"))
+            .await
+        {
+            break pool;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let settled = count(
+            &pool,
+            "SELECT COUNT(*) FROM saga_instances WHERE status NOT IN ('running', 'compensating')",
+        )
+        .await;
+        if settled >= 60 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the demo made no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the demo exited before it could be killed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().expect("SIGKILL the demo");
+    child.wait().unwrap();
+
+    let active_at_kill = count(
+        &pool,
+        "SELECT COUNT(*) FROM saga_instances WHERE status IN ('running', 'compensating')",
+    )
+    .await;
+    let started_at_kill = count(&pool, "SELECT COUNT(*) FROM saga_instances").await;
+    assert!(
+        active_at_kill > 0 || started_at_kill < SAGAS,
+        "the kill must interrupt work in flight"
+    );
+    pool.close().await;
+
+    // Run it again: it finishes what the killed run left, and starts nothing twice.
+    let output = demo(&db).output().expect("rerun the demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "rerun failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("orders charged twice: 0"), "{stdout}");
+    assert!(stdout.contains("orders emailed twice: 0"), "{stdout}");
+
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&pool, "SELECT COUNT(*) FROM saga_instances").await,
+        SAGAS,
+        "one saga per order key"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) FROM saga_instances WHERE status IN ('running', 'compensating')"
+        )
+        .await,
+        0,
+        "every saga settled"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) FROM saga_instances s
+              WHERE s.status = 'needs_intervention'
+                AND (SELECT COUNT(*) FROM saga_interventions i
+                      WHERE i.saga_id = s.id AND i.status = 'open') <> 1"
+        )
+        .await,
+        0,
+        "each parked saga has exactly one open intervention"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) FROM saga_events started
+               JOIN saga_events done
+                 ON done.saga_id = started.saga_id AND done.step = started.step
+                AND done.phase = started.phase
+              WHERE done.kind = 'step_completed' AND started.kind = 'step_started'
+                AND started.seq > done.seq"
+        )
+        .await,
+        0,
+        "no step phase started again after it completed"
+    );
+    assert_eq!(
+        count(&pool, "SELECT COUNT(*) FROM demo_effects WHERE applied > 1").await,
+        0,
+        "no effect applied twice"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) FROM saga_steps s
+              WHERE s.status = 'completed'
+                AND NOT EXISTS (SELECT 1 FROM demo_effects e
+                                 WHERE e.idempotency_key = s.idempotency_key AND e.applied = 1)"
+        )
+        .await,
+        0,
+        "every completed step's effect is in the downstream ledger exactly once"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) FROM (SELECT order_no FROM demo_effects
+                                    WHERE step = 'charge_card' AND phase = 'action'
+                                    GROUP BY order_no HAVING SUM(applied) > 1)"
+        )
+        .await,
+        0,
+        "no order charged twice"
+    );
+}
