@@ -208,6 +208,7 @@ pub struct SagaDefinition<S: Saga> {
     version: u32,
     steps: Vec<Step<S>>,
     fingerprint_extra: Vec<String>,
+    fingerprint_fixed: Option<String>,
 }
 
 impl<S: Saga> SagaDefinition<S> {
@@ -218,6 +219,7 @@ impl<S: Saga> SagaDefinition<S> {
             version,
             steps: Vec::new(),
             fingerprint_extra: Vec::new(),
+            fingerprint_fixed: None,
         }
     }
 
@@ -230,6 +232,13 @@ impl<S: Saga> SagaDefinition<S> {
     /// Adds text to the fingerprint (the derive adds input and output type names).
     pub fn fingerprint_part(mut self, part: impl Into<String>) -> Self {
         self.fingerprint_extra.push(part.into());
+        self
+    }
+
+    /// Sets the fingerprint outright (`#[derive(Saga)]` computes it at compile time from the
+    /// declaration: step names, order, compensations, input and output type names).
+    pub fn with_fingerprint(mut self, fingerprint: impl Into<String>) -> Self {
+        self.fingerprint_fixed = Some(fingerprint.into());
         self
     }
 
@@ -251,6 +260,9 @@ impl<S: Saga> SagaDefinition<S> {
     /// Fingerprint of the step graph: step names, order, and which steps are compensable. A saga
     /// records it at start; resuming it on a definition with another fingerprint parks it.
     pub fn fingerprint(&self) -> String {
+        if let Some(fixed) = &self.fingerprint_fixed {
+            return fixed.clone();
+        }
         let mut hasher = Sha256::new();
         hasher.update(self.name.as_str().as_bytes());
         for step in &self.steps {

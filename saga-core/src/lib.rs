@@ -99,3 +99,16 @@ pub use store::{
     Change, Created, Event, EventKind, Intervention, InterventionKind, InterventionStatus, Lease,
     NewIntervention, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, StepRecord, Store,
 };
+
+/// What `#[derive(Saga)]` expands to refers to these paths (through the facade's re-export), so
+/// that users depend on one crate only. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::definition::{SagaDefinition, Step, DEFAULT_TIMEOUT};
+    pub use crate::retry::RetryPolicy;
+    pub use crate::saga::Saga;
+    pub use crate::context::StepContext;
+    pub use crate::step::StepError;
+    pub use std::sync::Arc;
+    pub use std::time::Duration;
+}
