@@ -104,10 +104,10 @@ pub use store::{
 /// that users depend on one crate only. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::context::StepContext;
     pub use crate::definition::{SagaDefinition, Step, DEFAULT_TIMEOUT};
     pub use crate::retry::RetryPolicy;
     pub use crate::saga::Saga;
-    pub use crate::context::StepContext;
     pub use crate::step::StepError;
     pub use std::sync::Arc;
     pub use std::time::Duration;

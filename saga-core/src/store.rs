@@ -580,4 +580,11 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Store errors.
     async fn interventions(&self, open_only: bool) -> Result<Vec<Intervention>>;
+
+    /// Waits until the store signals that work may be due (a saga was started or released by
+    /// any process), or until `max` has passed. Backends without notifications just sleep, so
+    /// idle workers poll every `max`.
+    async fn wait_for_work(&self, max: std::time::Duration) {
+        tokio::time::sleep(max).await;
+    }
 }

@@ -61,7 +61,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                 }
                 tokio::select! {
                     () = inner.wake.notified() => {}
-                    () = tokio::time::sleep(inner.config.poll_interval) => {}
+                    () = inner.store.wait_for_work(inner.config.poll_interval) => {}
                     _ = shutdown.changed() => {}
                 }
             }

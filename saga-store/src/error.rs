@@ -11,17 +11,30 @@ pub(crate) fn classify(err: sqlx::Error) -> Error {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Tls(_) => Error::StoreUnavailable(Box::new(err)),
-        sqlx::Error::Database(db) if is_busy(db.code().as_deref()) => {
+        sqlx::Error::Database(db) if is_transient(db.code().as_deref()) => {
             Error::StoreUnavailable(Box::new(err))
         }
         _ => Error::Store(Box::new(err)),
     }
 }
 
-/// SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-fn is_busy(code: Option<&str>) -> bool {
-    code.and_then(|code| code.parse::<i64>().ok())
-        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+/// Codes that mean "try again": SQLite's BUSY (5) and LOCKED (6) with their extended codes;
+/// Postgres SQLSTATEs for lost connections (08...), shutdowns (57P01-57P03), too many
+/// connections (53300), serialization failures (40001) and deadlocks (40P01).
+fn is_transient(code: Option<&str>) -> bool {
+    let Some(code) = code else {
+        return false;
+    };
+    if let Ok(number) = code.parse::<i64>() {
+        if code.len() != 5 {
+            return matches!(number & 0xff, 5 | 6);
+        }
+    }
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+        )
 }
 
 /// True when the error is a unique-constraint violation.

@@ -21,21 +21,31 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `sqlite` (default) | [`SqliteStore`] |
-//! | `conformance` | [`conformance`]: the suite every backend must pass |
+//! | `sqlite` (default) | `SqliteStore` |
+//! | `postgres` | `PgStore`: the production backend |
+//! | `conformance` | `conformance`: the suite every backend must pass |
+//! | `testing` | `testing::TestPg`: a real, throwaway Postgres database per test |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod error;
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod migrate;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
 
+#[cfg(feature = "postgres")]
+pub use migrate::postgres_migrator;
 #[cfg(feature = "sqlite")]
 pub use migrate::sqlite_migrator;
+#[cfg(feature = "postgres")]
+pub use postgres::{validate_schema, PgOptions, PgStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore};

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 /// The SQLite schema migrations, in version order.
+#[cfg(feature = "sqlite")]
 const SQLITE: &[(i64, &str, &str)] = &[(
     1,
     "init",
@@ -30,7 +31,23 @@ fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
     }
 }
 
+/// The Postgres schema migrations, in version order.
+#[cfg(feature = "postgres")]
+const POSTGRES: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../migrations/postgres/0001_init.sql"),
+)];
+
 /// The migrator of the SQLite schema (applied by [`SqliteStore::connect`](crate::SqliteStore::connect)).
+#[cfg(feature = "sqlite")]
 pub fn sqlite_migrator() -> Migrator {
     migrator(SQLITE)
+}
+
+/// The migrator of the Postgres schema (applied by [`PgStore::connect`](crate::PgStore::connect)
+/// in the store's schema, under sqlx's advisory lock, so concurrent start-ups are safe).
+#[cfg(feature = "postgres")]
+pub fn postgres_migrator() -> Migrator {
+    migrator(POSTGRES)
 }

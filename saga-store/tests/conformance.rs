@@ -8,3 +8,11 @@ saga_store::conformance_suite!(sqlite, async {
         .await
         .expect("open sqlite")
 });
+saga_store::conformance_suite!(postgres, async {
+    let url = saga_store::testing::TestPg::fresh_database()
+        .await
+        .expect("a test database");
+    saga_store::PgStore::connect(&url)
+        .await
+        .expect("connect to the test database")
+});

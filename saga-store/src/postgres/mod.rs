@@ -1,0 +1,654 @@
+//! PgStore: the production backend. Many workers in many processes share one database: claims
+//! use `FOR UPDATE SKIP LOCKED`, every write is fenced by the lease's token, and LISTEN/NOTIFY
+//! wakes idle workers when a saga is started or released.
+
+mod notify;
+mod rows;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use saga_core::store::EventData;
+use saga_core::{
+    Change, Created, Error, Event, FencingToken, Intervention, Lease, NewSaga, Result, SagaFilter,
+    SagaId, SagaRecord, SagaSnapshot, SagaStatus, Store, Timestamp, WorkerId,
+};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, Executor, PgConnection, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::error::{classify, migration};
+use notify::Wakeup;
+
+/// Settings of a [`PgStore`].
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Schema holding the saga tables (default `saga`); created if missing. Must match
+    /// `[a-z_][a-z0-9_]*` (at most 63 characters).
+    pub schema: String,
+    /// Most connections in the pool (default 10).
+    pub max_connections: u32,
+    /// How long to wait for a pooled connection before the store counts as unavailable.
+    pub acquire_timeout: Duration,
+    /// Whether to LISTEN for wake-ups from other processes (default true); without it, idle
+    /// workers only poll.
+    pub listen: bool,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            schema: "saga".to_owned(),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+            listen: true,
+        }
+    }
+}
+
+/// A [`Store`] on PostgreSQL (15 or newer).
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    channel: String,
+    wakeup: Arc<Wakeup>,
+}
+
+/// Checks a schema name against `[a-z_][a-z0-9_]{0,62}`: it is spliced into SQL (names cannot
+/// be bind parameters), so anything else is refused.
+///
+/// # Errors
+/// [`Error::Configuration`] naming the bad schema and the rule.
+pub fn validate_schema(schema: &str) -> Result<&str> {
+    let mut chars = schema.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if first_ok && rest_ok && schema.len() <= 63 {
+        Ok(schema)
+    } else {
+        Err(Error::Configuration(format!(
+            "schema name {schema:?} is not allowed; use lowercase letters, digits and underscores, starting with a letter or underscore, at most 63 characters"
+        )))
+    }
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://user:pass@host/db`), creates the schema
+    /// `saga` if missing, applies the migrations (safe when several processes start at once) and
+    /// starts listening for wake-ups.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a malformed URL, a bad schema name or a failed migration;
+    /// [`Error::StoreUnavailable`] when the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, PgOptions::default()).await
+    }
+
+    /// As [`PgStore::connect`], with settings.
+    ///
+    /// # Errors
+    /// As [`PgStore::connect`].
+    pub async fn connect_with(url: &str, options: PgOptions) -> Result<Self> {
+        let schema = validate_schema(&options.schema)?.to_owned();
+        let connect = PgConnectOptions::from_str(url).map_err(|err| {
+            Error::Configuration(format!(
+                "`{}` is not a Postgres URL ({err}); use postgres://user:password@host:5432/database",
+                redact(url)
+            ))
+        })?;
+        create_schema(&connect, &schema).await?;
+        let search_path = format!("SET search_path TO \"{schema}\", public");
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _| {
+                let search_path = search_path.clone();
+                Box::pin(async move {
+                    conn.execute(search_path.as_str()).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(connect)
+            .await
+            .map_err(classify)?;
+        crate::migrate::postgres_migrator()
+            .run(&pool)
+            .await
+            .map_err(migration)?;
+        let channel = format!("{schema}_wake");
+        let wakeup = Arc::new(if options.listen {
+            Wakeup::listen(&pool, &channel).await?
+        } else {
+            Wakeup::none()
+        });
+        Ok(Self {
+            pool,
+            channel,
+            wakeup,
+        })
+    }
+
+    /// The connection pool (its connections have the saga schema first on the search path).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// The URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn create_schema(connect: &PgConnectOptions, schema: &str) -> Result<()> {
+    let mut conn = PgConnection::connect_with(connect)
+        .await
+        .map_err(classify)?;
+    let created = conn
+        .execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+        .await;
+    let _ = conn.close().await;
+    match created {
+        Ok(_) => Ok(()),
+        // Two processes creating it at once: the loser sees a duplicate; the schema exists.
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("23505") | Some("42P06")) =>
+        {
+            Ok(())
+        }
+        Err(err) => Err(classify(err)),
+    }
+}
+
+async fn insert_events(
+    tx: &mut Transaction<'static, Postgres>,
+    saga: Uuid,
+    at: Timestamp,
+    events: Vec<EventData>,
+) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut kinds = Vec::with_capacity(events.len());
+    let mut steps = Vec::with_capacity(events.len());
+    let mut phases = Vec::with_capacity(events.len());
+    let mut attempts = Vec::with_capacity(events.len());
+    let mut details = Vec::with_capacity(events.len());
+    for event in events {
+        kinds.push(event.kind.as_str().to_owned());
+        steps.push(event.step.map(|step| step.as_str().to_owned()));
+        phases.push(event.phase.map(|phase| phase.as_str().to_owned()));
+        attempts.push(event.attempt.map(|attempt| attempt_i32(attempt.0)));
+        details.push(event.detail);
+    }
+    sqlx::query(
+        "INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
+         SELECT $1, $2, kind, step, phase, attempt, detail
+           FROM UNNEST($3::text[], $4::text[], $5::text[], $6::int[], $7::text[])
+                WITH ORDINALITY AS e(kind, step, phase, attempt, detail, n)
+          ORDER BY n",
+    )
+    .bind(saga)
+    .bind(at)
+    .bind(kinds)
+    .bind(steps)
+    .bind(phases)
+    .bind(attempts)
+    .bind(details)
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+fn attempt_i32(attempt: u32) -> i32 {
+    i32::try_from(attempt).unwrap_or(i32::MAX)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create(&self, saga: NewSaga) -> Result<Created> {
+        let now = saga_core::now();
+        let detail = format!("{} v{}", saga.saga_type, saga.version);
+        let inserted = sqlx::query(
+            "WITH inserted AS (
+                 INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input,
+                     input_hash, idempotency_key, next_run_at, fencing_token, trace_context,
+                     created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8, 0, $9, $8, $8)
+                 ON CONFLICT (idempotency_key) DO NOTHING
+                 RETURNING id),
+             started AS (
+                 INSERT INTO saga_events (saga_id, at, kind, detail)
+                 SELECT id, $8, 'saga_started', $10 FROM inserted
+                 RETURNING saga_id)
+             SELECT saga_id, pg_notify($11, '')::text AS woke FROM started",
+        )
+        .bind(saga.id.as_uuid())
+        .bind(saga.saga_type.as_str())
+        .bind(i32::try_from(saga.version).unwrap_or(i32::MAX))
+        .bind(&saga.fingerprint)
+        .bind(&saga.input)
+        .bind(&saga.input_hash)
+        .bind(saga.idempotency_key.as_ref().map(|key| key.as_str()))
+        .bind(now)
+        .bind(&saga.trace_context)
+        .bind(detail)
+        .bind(&self.channel)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        if inserted.is_some() {
+            return Ok(Created::New(saga.id));
+        }
+        let Some(key) = &saga.idempotency_key else {
+            return Err(Error::Store(
+                format!(
+                    "saga id {} already exists; start again with a fresh id",
+                    saga.id
+                )
+                .into(),
+            ));
+        };
+        let existing =
+            sqlx::query("SELECT id, input_hash FROM saga_instances WHERE idempotency_key = $1")
+                .bind(key.as_str())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(classify)?;
+        let id = SagaId::from_uuid(existing.try_get("id").map_err(classify)?);
+        let hash: String = existing.try_get("input_hash").map_err(classify)?;
+        if hash == saga.input_hash {
+            Ok(Created::Existing(id))
+        } else {
+            Err(Error::Conflict {
+                key: key.clone(),
+                existing: id,
+            })
+        }
+    }
+
+    async fn claim(
+        &self,
+        owner: &WorkerId,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<Lease>> {
+        let expires_at = saga_core::after(now, lease_for);
+        let rows = sqlx::query(
+            "WITH due AS (
+                 SELECT id FROM saga_instances
+                  WHERE status IN ('running', 'compensating')
+                    AND next_run_at <= $3
+                    AND (lease_expires_at IS NULL OR lease_expires_at < $3)
+                  ORDER BY next_run_at
+                  LIMIT $4
+                  FOR UPDATE SKIP LOCKED),
+             claimed AS (
+                 UPDATE saga_instances s
+                    SET lease_previous_owner = s.lease_owner,
+                        lease_owner = $1,
+                        lease_expires_at = $2,
+                        fencing_token = s.fencing_token + 1
+                   FROM due
+                  WHERE s.id = due.id
+              RETURNING s.id, s.fencing_token, s.lease_previous_owner),
+             taken_over AS (
+                 INSERT INTO saga_events (saga_id, at, kind, detail)
+                 SELECT id, $3, 'lease_taken_over', $1 || ' took over from ' || lease_previous_owner
+                   FROM claimed WHERE lease_previous_owner IS NOT NULL)
+             SELECT id, fencing_token FROM claimed",
+        )
+        .bind(owner.as_str())
+        .bind(expires_at)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                Ok(Lease {
+                    saga: SagaId::from_uuid(row.try_get("id").map_err(classify)?),
+                    owner: owner.clone(),
+                    token: FencingToken(row.try_get("fencing_token").map_err(classify)?),
+                    expires_at,
+                })
+            })
+            .collect()
+    }
+
+    async fn heartbeat(&self, lease: &Lease, expires_at: Timestamp) -> Result<Lease> {
+        let updated = sqlx::query(
+            "UPDATE saga_instances SET lease_expires_at = $1
+              WHERE id = $2 AND lease_owner = $3 AND fencing_token = $4",
+        )
+        .bind(expires_at)
+        .bind(lease.saga.as_uuid())
+        .bind(lease.owner.as_str())
+        .bind(lease.token.0)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::LeaseLost(lease.saga));
+        }
+        Ok(Lease {
+            expires_at,
+            ..lease.clone()
+        })
+    }
+
+    async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
+        let now = saga_core::now();
+        let saga = lease.saga.as_uuid();
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let fenced = sqlx::query(
+            "UPDATE saga_instances SET updated_at = $1
+              WHERE id = $2 AND lease_owner = $3 AND fencing_token = $4",
+        )
+        .bind(now)
+        .bind(saga)
+        .bind(lease.owner.as_str())
+        .bind(lease.token.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        if fenced.rows_affected() == 0 {
+            return Err(Error::LeaseLost(lease.saga));
+        }
+        let mut wake = false;
+        for change in changes {
+            apply_change(&mut tx, lease.saga, change, now).await?;
+            if let Change::Release {
+                next_run_at: Some(at),
+            } = change
+            {
+                wake |= *at <= now;
+            }
+        }
+        insert_events(
+            &mut tx,
+            saga,
+            now,
+            changes.iter().filter_map(Change::event).collect(),
+        )
+        .await?;
+        if wake {
+            sqlx::query("SELECT pg_notify($1, '')::text")
+                .bind(&self.channel)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(())
+    }
+
+    async fn load(&self, id: SagaId) -> Result<Option<SagaSnapshot>> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(classify)?;
+        let Some(row) = sqlx::query("SELECT * FROM saga_instances WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(classify)?
+        else {
+            return Ok(None);
+        };
+        let record = rows::saga_record(&row)?;
+        let steps =
+            sqlx::query("SELECT * FROM saga_steps WHERE saga_id = $1 ORDER BY step_index, phase")
+                .bind(id.as_uuid())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(classify)?
+                .iter()
+                .map(|row| rows::step_record(row, id))
+                .collect::<Result<Vec<_>>>()?;
+        tx.commit().await.map_err(classify)?;
+        Ok(Some(SagaSnapshot { record, steps }))
+    }
+
+    async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaRecord>> {
+        sqlx::query(
+            "SELECT * FROM saga_instances
+              WHERE ($1::text IS NULL OR status = $1)
+                AND ($2::text IS NULL OR saga_type = $2)
+                AND ($3::text IS NULL OR idempotency_key = $3)
+                AND ($4::timestamptz IS NULL OR created_at < $4)
+                AND ($5::uuid IS NULL OR id > $5)
+              ORDER BY id
+              LIMIT $6",
+        )
+        .bind(filter.status.map(SagaStatus::as_str))
+        .bind(filter.saga_type.as_ref().map(|t| t.as_str()))
+        .bind(filter.idempotency_key.as_ref().map(|k| k.as_str()))
+        .bind(filter.created_before)
+        .bind(filter.after.map(|id| id.as_uuid()))
+        .bind(i64::from(filter.limit_or_default()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(rows::saga_record)
+        .collect()
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(SagaStatus, u64)>> {
+        sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM saga_instances GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|row| {
+            let status: String = row.try_get("status").map_err(classify)?;
+            let count: i64 = row.try_get("n").map_err(classify)?;
+            let status = status
+                .parse::<SagaStatus>()
+                .map_err(|err| Error::Store(format!("saga_instances.status: {err}").into()))?;
+            Ok((status, u64::try_from(count).unwrap_or(0)))
+        })
+        .collect()
+    }
+
+    async fn history(&self, id: SagaId) -> Result<Vec<Event>> {
+        sqlx::query("SELECT * FROM saga_events WHERE saga_id = $1 ORDER BY seq")
+            .bind(id.as_uuid())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(rows::event)
+            .collect()
+    }
+
+    async fn interventions(&self, open_only: bool) -> Result<Vec<Intervention>> {
+        sqlx::query(
+            "SELECT * FROM saga_interventions
+              WHERE (NOT $1 OR status = 'open')
+              ORDER BY opened_at, id",
+        )
+        .bind(open_only)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(rows::intervention)
+        .collect()
+    }
+
+    async fn wait_for_work(&self, max: Duration) {
+        self.wakeup.wait(max).await;
+    }
+}
+
+async fn apply_change(
+    tx: &mut Transaction<'static, Postgres>,
+    id: SagaId,
+    change: &Change,
+    now: Timestamp,
+) -> Result<()> {
+    let saga = id.as_uuid();
+    let illegal = |what: String| Error::Store(format!("saga {id}: {what}").into());
+    match change {
+        Change::BeginStep {
+            index,
+            name,
+            phase,
+            attempt,
+            key,
+        } => {
+            let done = sqlx::query(
+                "INSERT INTO saga_steps AS s (saga_id, step_index, phase, name, status, attempt,
+                     idempotency_key, started_at)
+                 VALUES ($1, $2, $3, $4, 'in_progress', $5, $6, $7)
+                 ON CONFLICT (saga_id, step_index, phase) DO UPDATE
+                    SET status = 'in_progress', attempt = EXCLUDED.attempt,
+                        next_attempt_at = NULL, started_at = EXCLUDED.started_at,
+                        finished_at = NULL
+                  WHERE s.status <> 'completed'",
+            )
+            .bind(saga)
+            .bind(attempt_i32(index.0))
+            .bind(phase.as_str())
+            .bind(name.as_str())
+            .bind(attempt_i32(attempt.0))
+            .bind(key.as_str())
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+            if done.rows_affected() == 0 {
+                return Err(illegal(format!(
+                    "step {name} ({phase}) is completed and never runs again"
+                )));
+            }
+        }
+        Change::CompleteStep {
+            index,
+            name,
+            phase,
+            output,
+            ..
+        } => {
+            let done = sqlx::query(
+                "UPDATE saga_steps SET status = 'completed', output = $1, finished_at = $2,
+                        next_attempt_at = NULL
+                  WHERE saga_id = $3 AND step_index = $4 AND phase = $5",
+            )
+            .bind(output)
+            .bind(now)
+            .bind(saga)
+            .bind(attempt_i32(index.0))
+            .bind(phase.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+            if done.rows_affected() == 0 {
+                return Err(illegal(format!("step {name} ({phase}) was never started")));
+            }
+        }
+        Change::FailStep {
+            index,
+            name,
+            phase,
+            error,
+            retry_at,
+            ..
+        } => {
+            let status = if retry_at.is_some() {
+                "pending"
+            } else {
+                "failed"
+            };
+            let done = sqlx::query(
+                "UPDATE saga_steps SET status = $1, last_error = $2, next_attempt_at = $3,
+                        finished_at = $4
+                  WHERE saga_id = $5 AND step_index = $6 AND phase = $7",
+            )
+            .bind(status)
+            .bind(error.to_string())
+            .bind(retry_at)
+            .bind(now)
+            .bind(saga)
+            .bind(attempt_i32(index.0))
+            .bind(phase.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+            if done.rows_affected() == 0 {
+                return Err(illegal(format!("step {name} ({phase}) was never started")));
+            }
+        }
+        Change::SetStatus { status, reason } => {
+            sqlx::query("UPDATE saga_instances SET status = $1, status_reason = $2 WHERE id = $3")
+                .bind(status.as_str())
+                .bind(reason)
+                .bind(saga)
+                .execute(&mut **tx)
+                .await
+                .map_err(classify)?;
+        }
+        Change::Escalate(item) => {
+            sqlx::query(
+                "WITH parked AS (
+                     UPDATE saga_instances SET status = 'needs_intervention', status_reason = $10
+                      WHERE id = $2)
+                 INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
+                     idempotency_key, input, output, error, status, opened_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'open', $11)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(item.id.as_uuid())
+            .bind(saga)
+            .bind(item.kind.as_str())
+            .bind(item.step.as_ref().map(|(index, _)| attempt_i32(index.0)))
+            .bind(item.step.as_ref().map(|(_, name)| name.as_str()))
+            .bind(item.phase.map(|phase| phase.as_str()))
+            .bind(item.idempotency_key.as_ref().map(|key| key.as_str()))
+            .bind(&item.input)
+            .bind(&item.output)
+            .bind(&item.error)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+        }
+        Change::Release { next_run_at } => {
+            sqlx::query(
+                "UPDATE saga_instances SET lease_owner = NULL, lease_expires_at = NULL,
+                        next_run_at = $1
+                  WHERE id = $2",
+            )
+            .bind(next_run_at)
+            .bind(saga)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! Test support: real databases for tests, never mocks.
+
+mod pg;
+
+pub use pg::TestPg;

@@ -1,0 +1,253 @@
+//! TestPg: a real, isolated PostgreSQL database per test.
+//!
+//! `DATABASE_URL` when set; else a throwaway cluster started from the local PostgreSQL binaries
+//! (`initdb` + `postgres` in a temp dir on a free loopback port, as the `postgres` OS user when
+//! running as root, since the server refuses root). One cluster per test process, a fresh
+//! database per test. A supervisor shell stops the server and deletes its directory as soon as
+//! the test process exits, however it exits (success, failure, panic or SIGKILL).
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use saga_core::Error;
+use sqlx::{Connection, Executor, PgConnection};
+
+/// Where the test databases live.
+#[derive(Debug, Clone)]
+pub struct TestPg {
+    /// URL of the server's maintenance database (`postgres`), used to create test databases.
+    admin_url: String,
+}
+
+static SERVER: OnceLock<Result<TestPg, String>> = OnceLock::new();
+
+impl TestPg {
+    /// The server for this test process: `DATABASE_URL`, or a cluster started on first use.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when no PostgreSQL binaries are found or the cluster fails to
+    /// start, with what to install or set.
+    pub fn server() -> Result<TestPg, Error> {
+        SERVER
+            .get_or_init(|| match std::env::var("DATABASE_URL") {
+                Ok(url) if !url.is_empty() => Ok(TestPg { admin_url: url }),
+                _ => start_cluster().map(|admin_url| TestPg { admin_url }),
+            })
+            .clone()
+            .map_err(Error::Configuration)
+    }
+
+    /// A fresh, empty database on the test server; returns its URL.
+    ///
+    /// # Errors
+    /// As [`TestPg::server`], or when the database cannot be created.
+    pub async fn fresh_database() -> Result<String, Error> {
+        let server = tokio::task::spawn_blocking(TestPg::server)
+            .await
+            .map_err(|err| Error::Configuration(format!("starting the test cluster: {err}")))??;
+        let name = format!("saga_test_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = connect_when_ready(&server.admin_url).await?;
+        conn.execute(format!("CREATE DATABASE \"{name}\"").as_str())
+            .await
+            .map_err(|err| Error::Configuration(format!("CREATE DATABASE {name}: {err}")))?;
+        let _ = conn.close().await;
+        Ok(with_database(&server.admin_url, &name))
+    }
+
+    /// URL of the server's maintenance database.
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+}
+
+/// Replaces the database name (the URL's path) with `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+async fn connect_when_ready(url: &str) -> Result<PgConnection, Error> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match PgConnection::connect(url).await {
+            Ok(conn) => return Ok(conn),
+            Err(err) if Instant::now() < deadline => {
+                tracing::debug!(error = %err, "test server not ready yet");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => {
+                return Err(Error::Configuration(format!(
+                    "the test PostgreSQL server at {url} did not accept connections: {err}"
+                )))
+            }
+        }
+    }
+}
+
+/// Finds a PostgreSQL binary on PATH or under /usr/lib/postgresql/<version>/bin.
+fn binary(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.or_else(|| {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path().join("bin").join(name)))
+            .filter(|candidate| candidate.is_file())
+            .collect();
+        versions.sort();
+        versions.pop()
+    })
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|err| format!("no free loopback port: {err}"))
+}
+
+/// (uid, gid) to run the server as: the `postgres` user when this process is root.
+fn server_user() -> Result<Option<(u32, u32)>, String> {
+    let uid = std::fs::metadata("/proc/self")
+        .map(|meta| meta.uid())
+        .map_err(|err| format!("cannot tell the current user: {err}"))?;
+    if uid != 0 {
+        return Ok(None);
+    }
+    let id = |flag: &str| -> Result<u32, String> {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .map_err(|err| format!("running `id`: {err}"))?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| {
+                "running as root, and there is no `postgres` user to run the test server as (PostgreSQL refuses to run as root); install PostgreSQL (apt-get install postgresql) or set DATABASE_URL".to_owned()
+            })
+    };
+    Ok(Some((id("-u")?, id("-g")?)))
+}
+
+fn start_cluster() -> Result<String, String> {
+    let missing = "PostgreSQL binaries (initdb, postgres) not found on PATH or in /usr/lib/postgresql/*/bin; install PostgreSQL 15 (apt-get install postgresql) or set DATABASE_URL";
+    let initdb = binary("initdb").ok_or(missing)?;
+    let postgres = binary("postgres").ok_or(missing)?;
+    let user = server_user()?;
+    let dir = std::env::temp_dir().join(format!(
+        "saga-testpg-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|err| format!("creating {}: {err}", dir.display()))?;
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+            .map_err(|err| format!("handing {} to the postgres user: {err}", dir.display()))?;
+    }
+    let data = dir.join("data");
+    let as_server_user = |command: &mut Command| {
+        if let Some((uid, gid)) = user {
+            command.uid(uid).gid(gid);
+        }
+    };
+
+    let mut init = Command::new(&initdb);
+    init.arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    as_server_user(&mut init);
+    let out = init
+        .output()
+        .map_err(|err| format!("running {}: {err}", initdb.display()))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+
+    let port = free_port()?;
+    supervise(&postgres, &dir, &data, port, as_server_user)?;
+    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+}
+
+/// Starts the server under a shell that stops it and removes `dir` once this process is gone.
+fn supervise(
+    postgres: &Path,
+    dir: &Path,
+    data: &Path,
+    port: u16,
+    as_server_user: impl Fn(&mut Command),
+) -> Result<(), String> {
+    let script = r#"
+        "$1" -D "$2" -p "$3" -k "$4" -c listen_addresses=127.0.0.1 \
+             -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+             -c max_connections=400 -c shared_buffers=64MB >"$4/server.log" 2>&1 &
+        server=$!
+        while [ -d "/proc/$5" ] && kill -0 "$server" 2>/dev/null; do sleep 0.3; done
+        kill -INT "$server" 2>/dev/null
+        wait "$server"
+        rm -rf "$4"
+    "#;
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(postgres)
+        .arg(data)
+        .arg(port.to_string())
+        .arg(dir)
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    as_server_user(&mut command);
+    command
+        .spawn()
+        .map(drop)
+        .map_err(|err| format!("starting postgres: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn database_name_is_replaced_in_any_url_shape() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/postgres", "t1"),
+            "postgres://u:p@h:5432/t1"
+        );
+        assert_eq!(
+            with_database("postgres://h:5432?sslmode=disable", "t1"),
+            "postgres://h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://h/db?x=1", "t2"),
+            "postgres://h/t2?x=1"
+        );
+    }
+}
