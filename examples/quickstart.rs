@@ -17,10 +17,10 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use saga::{
     Config, Error, IdempotencyKey, Orchestrator, Phase, RetryPolicy, Saga, SagaDefinition,
-    SagaStatus, SqliteStore, Step, StepContext, StepError, Store,
+    SqliteStore, Step, StepContext, StepError, Store,
 };
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
+use sqlx::{PgPool, Row, SqlitePool};
 
 /// Runs the checkout saga for N orders against flaky simulated services.
 #[derive(Debug, Parser)]
@@ -65,9 +65,101 @@ struct Receipt {
     message_id: String,
 }
 
+/// The `demo_effects` table, in the store's own database.
+#[derive(Clone)]
+enum Effects {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+const EFFECTS_TABLE: &str = "CREATE TABLE IF NOT EXISTS demo_effects (
+    idempotency_key TEXT PRIMARY KEY NOT NULL,
+    saga_id         TEXT NOT NULL,
+    order_no        BIGINT NOT NULL,
+    step            TEXT NOT NULL,
+    phase           TEXT NOT NULL,
+    calls           BIGINT NOT NULL,
+    applied         BIGINT NOT NULL
+)";
+
+const RECORD: &str =
+    "INSERT INTO demo_effects (idempotency_key, saga_id, order_no, step, phase, calls, applied)
+     VALUES ($1, $2, $3, $4, $5, 1, 1)
+     ON CONFLICT (idempotency_key) DO UPDATE SET calls = demo_effects.calls + 1";
+
+/// On Postgres the table lives in `public`, beside (not inside) the saga schema.
+fn in_public(sql: &str) -> String {
+    sql.replace("demo_effects", "public.demo_effects")
+}
+
+impl Effects {
+    async fn create_table(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Effects::Sqlite(pool) => sqlx::query(EFFECTS_TABLE).execute(pool).await.map(drop),
+            Effects::Postgres(pool) => sqlx::query(&in_public(EFFECTS_TABLE))
+                .execute(pool)
+                .await
+                .map(drop),
+        }
+    }
+
+    async fn record(&self, ctx: &StepContext<Order>) -> Result<(), sqlx::Error> {
+        let order_no = i64::try_from(ctx.input().order_no).unwrap_or(i64::MAX);
+        let saga_id = ctx.saga_id().to_string();
+        match self {
+            Effects::Sqlite(pool) => sqlx::query(RECORD)
+                .bind(ctx.key().as_str())
+                .bind(saga_id)
+                .bind(order_no)
+                .bind(ctx.step().as_str())
+                .bind(ctx.phase().as_str())
+                .execute(pool)
+                .await
+                .map(drop),
+            Effects::Postgres(pool) => sqlx::query(&in_public(RECORD))
+                .bind(ctx.key().as_str())
+                .bind(saga_id)
+                .bind(order_no)
+                .bind(ctx.step().as_str())
+                .bind(ctx.phase().as_str())
+                .execute(pool)
+                .await
+                .map(drop),
+        }
+    }
+
+    /// Runs a query returning rows of (text..., bigint...) columns, as strings.
+    async fn rows(&self, sql: &str, columns: &[&str]) -> Result<Vec<Vec<String>>, sqlx::Error> {
+        fn cell<R: Row>(row: &R, column: &str) -> String
+        where
+            for<'a> &'a str: sqlx::ColumnIndex<R>,
+            for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+            for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        {
+            row.try_get::<String, _>(column)
+                .or_else(|_| row.try_get::<i64, _>(column).map(|n| n.to_string()))
+                .unwrap_or_default()
+        }
+        Ok(match self {
+            Effects::Sqlite(pool) => sqlx::query(sql)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| columns.iter().map(|c| cell(row, c)).collect())
+                .collect(),
+            Effects::Postgres(pool) => sqlx::query(&in_public(sql))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| columns.iter().map(|c| cell(row, c)).collect())
+                .collect(),
+        })
+    }
+}
+
 /// The simulated downstream services: inventory, payments, mail.
 struct Downstream {
-    pool: SqlitePool,
+    effects: Effects,
     seed: u64,
 }
 
@@ -116,20 +208,10 @@ impl Downstream {
     }
 
     async fn record(&self, ctx: &StepContext<Order>) -> Result<(), StepError> {
-        sqlx::query(
-            "INSERT INTO demo_effects (idempotency_key, saga_id, order_no, step, phase, calls, applied)
-             VALUES (?, ?, ?, ?, ?, 1, 1)
-             ON CONFLICT (idempotency_key) DO UPDATE SET calls = calls + 1",
-        )
-        .bind(ctx.key().as_str())
-        .bind(ctx.saga_id().to_string())
-        .bind(i64::try_from(ctx.input().order_no).unwrap_or(i64::MAX))
-        .bind(ctx.step().as_str())
-        .bind(ctx.phase().as_str())
-        .execute(&self.pool)
-        .await
-        .map(|_| ())
-        .map_err(|err| StepError::transient(format!("downstream storage: {err}")))
+        self.effects
+            .record(ctx)
+            .await
+            .map_err(|err| StepError::transient(format!("downstream storage: {err}")))
     }
 }
 
@@ -237,32 +319,27 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Error> {
-    if !args.db.starts_with("sqlite:") {
+    let (store, effects): (Arc<dyn Store>, Effects) = if args.db.starts_with("sqlite:") {
+        let store = SqliteStore::connect(&args.db).await?;
+        let effects = Effects::Sqlite(store.pool().clone());
+        (Arc::new(store), effects)
+    } else if args.db.starts_with("postgres://") || args.db.starts_with("postgresql://") {
+        let store = saga_store::PgStore::connect(&args.db).await?;
+        let effects = Effects::Postgres(store.pool().clone());
+        (Arc::new(store), effects)
+    } else {
         return Err(Error::Configuration(format!(
-            "`{}`: this demo runs on SQLite (sqlite://path.db); the Postgres backend is not built yet",
+            "`{}` is not a store URL; use sqlite://path.db or postgres://user:password@host/database",
             args.db
         )));
-    }
-    let store = Arc::new(SqliteStore::connect(&args.db).await?);
-    let pool = store.pool().clone();
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS demo_effects (
-             idempotency_key TEXT PRIMARY KEY NOT NULL,
-             saga_id         TEXT NOT NULL,
-             order_no        INTEGER NOT NULL,
-             step            TEXT NOT NULL,
-             phase           TEXT NOT NULL,
-             calls           INTEGER NOT NULL,
-             applied         INTEGER NOT NULL
-         )",
-    )
-    .execute(&pool)
-    .await
-    .map_err(|err| Error::Store(Box::new(err)))?;
+    };
+    effects
+        .create_table()
+        .await
+        .map_err(|err| Error::Store(Box::new(err)))?;
 
-    let dyn_store: Arc<dyn Store> = store.clone();
     let orchestrator = Orchestrator::new(
-        dyn_store,
+        Arc::clone(&store),
         Config::default()
             .concurrency(args.workers)
             .lease_ttl(Duration::from_secs(5))
@@ -270,7 +347,7 @@ async fn run(args: Args) -> Result<(), Error> {
     );
     orchestrator.register(Checkout {
         downstream: Downstream {
-            pool: pool.clone(),
+            effects: effects.clone(),
             seed: args.seed,
         },
     })?;
@@ -325,11 +402,10 @@ async fn run(args: Args) -> Result<(), Error> {
     }
     bar.finish();
     orchestrator.shutdown().await;
-    report(store.as_ref(), &pool).await
+    report(store.as_ref(), &effects).await
 }
 
-async fn report(store: &SqliteStore, pool: &SqlitePool) -> Result<(), Error> {
-    use sqlx::Row;
+async fn report(store: &dyn Store, effects: &Effects) -> Result<(), Error> {
     let db = |err: sqlx::Error| Error::Store(Box::new(err));
 
     println!("\nSagas by status");
@@ -342,45 +418,49 @@ async fn report(store: &SqliteStore, pool: &SqlitePool) -> Result<(), Error> {
         "  {:<14} {:<13} {:>6} {:>7} {:>8} {:>16}",
         "step", "phase", "keys", "calls", "applied", "max applied/key"
     );
-    let rows = sqlx::query(
-        "SELECT step, phase, COUNT(*) AS keys, SUM(calls) AS calls, SUM(applied) AS applied,
-                MAX(applied) AS max_applied
-           FROM demo_effects GROUP BY step, phase ORDER BY phase, MIN(rowid)",
+    let rows = effects
+        .rows(
+            "SELECT step, phase, COUNT(*) AS keys, SUM(calls) AS calls, SUM(applied) AS applied,
+                    MAX(applied) AS max_applied,
+                    CASE step WHEN 'reserve_stock' THEN 1 WHEN 'charge_card' THEN 2 ELSE 3 END AS rank
+               FROM demo_effects GROUP BY step, phase
+              ORDER BY phase, rank",
+            &["step", "phase", "keys", "calls", "applied", "max_applied"],
+        )
+        .await
+        .map_err(db)?;
+    for row in &rows {
+        if let [step, phase, keys, calls, applied, max_applied] = row.as_slice() {
+            println!(
+                "  {step:<14} {phase:<13} {keys:>6} {calls:>7} {applied:>8} {max_applied:>16}"
+            );
+        }
+    }
+    let single = |sql: &'static str| async move {
+        effects.rows(sql, &["n"]).await.map(|rows| {
+            rows.first()
+                .and_then(|row| row.first())
+                .cloned()
+                .unwrap_or_else(|| "0".to_owned())
+        })
+    };
+    let charged_twice = single(
+        "SELECT COUNT(*) AS n FROM (
+             SELECT order_no FROM demo_effects WHERE step = 'charge_card' AND phase = 'action'
+              GROUP BY order_no HAVING SUM(applied) > 1) AS twice",
     )
-    .fetch_all(pool)
     .await
     .map_err(db)?;
-    for row in &rows {
-        let text = |name: &str| row.try_get::<String, _>(name).unwrap_or_default();
-        let int = |name: &str| row.try_get::<i64, _>(name).unwrap_or_default();
-        println!(
-            "  {:<14} {:<13} {:>6} {:>7} {:>8} {:>16}",
-            text("step"),
-            text("phase"),
-            int("keys"),
-            int("calls"),
-            int("applied"),
-            int("max_applied")
-        );
-    }
-    let twice = |step: &'static str| async move {
-        sqlx::query(
-            "SELECT COUNT(*) AS n FROM (
-                 SELECT order_no FROM demo_effects WHERE step = ? AND phase = 'action'
-                  GROUP BY order_no HAVING SUM(applied) > 1)",
-        )
-        .bind(step)
-        .fetch_one(pool)
-        .await
-        .and_then(|row| row.try_get::<i64, _>("n"))
-    };
-    let charged_twice = twice("charge_card").await.map_err(db)?;
-    let emailed_twice = twice("send_receipt").await.map_err(db)?;
-    let absorbed: i64 =
-        sqlx::query("SELECT COALESCE(SUM(calls - applied), 0) AS n FROM demo_effects")
-            .fetch_one(pool)
+    let emailed_twice = single(
+        "SELECT COUNT(*) AS n FROM (
+             SELECT order_no FROM demo_effects WHERE step = 'send_receipt' AND phase = 'action'
+              GROUP BY order_no HAVING SUM(applied) > 1) AS twice",
+    )
+    .await
+    .map_err(db)?;
+    let absorbed =
+        single("SELECT CAST(COALESCE(SUM(calls - applied), 0) AS BIGINT) AS n FROM demo_effects")
             .await
-            .and_then(|row| row.try_get("n"))
             .map_err(db)?;
     println!(
         "\n  repeated calls absorbed by idempotency keys: {absorbed}\n  orders charged twice: {charged_twice}\n  orders emailed twice: {emailed_twice}"
@@ -401,14 +481,6 @@ async fn report(store: &SqliteStore, pool: &SqlitePool) -> Result<(), Error> {
     }
     if open.len() > 20 {
         println!("  ... and {} more", open.len() - 20);
-    }
-    let stuck = store
-        .count_by_status()
-        .await?
-        .iter()
-        .any(|(status, n)| *n > 0 && !status.is_settled() && *status != SagaStatus::Running);
-    if stuck {
-        eprintln!("warning: some sagas are still compensating");
     }
     Ok(())
 }

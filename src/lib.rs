@@ -17,6 +17,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `sqlite` | yes | [`SqliteStore`], the embedded backend (one file, no server) |
+//! | `postgres` | no | `PgStore`, the production backend: many workers in many processes |
 //!
 //! ## Example
 //!
@@ -53,11 +54,14 @@
 use std::sync::Arc;
 
 pub use saga_core::*;
+#[cfg(feature = "postgres")]
+pub use saga_store::{PgOptions, PgStore};
 #[cfg(feature = "sqlite")]
 pub use saga_store::{SqliteOptions, SqliteStore};
 
 /// Opens the store named by `url`: `sqlite://path.db` or `sqlite::memory:` (feature `sqlite`),
-/// or `memory:` for the in-memory store. Migrations are applied on connect.
+/// `postgres://user:password@host/database` (feature `postgres`), or `memory:` for the
+/// in-memory store. Migrations are applied on connect.
 ///
 /// # Errors
 /// [`Error::Configuration`] for an unsupported or malformed URL; store errors when the database
@@ -70,7 +74,17 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         return Ok(Arc::new(SqliteStore::connect(url).await?));
     }
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PgStore::connect(url).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(Error::Configuration(
+            "this build has no Postgres backend; enable the `postgres` feature of `saga`".into(),
+        ));
+    }
     Err(Error::Configuration(format!(
-        "unsupported store URL `{url}`; use sqlite://path/to/file.db, sqlite::memory: or memory:"
+        "unsupported store URL `{}`; use sqlite://path/to/file.db, sqlite::memory:, postgres://user:password@host/database or memory:",
+        url.split('@').next_back().unwrap_or(url)
     )))
 }
