@@ -11,9 +11,13 @@ use crate::clock::Timestamp;
 use crate::id::{Attempt, IdempotencyKey, SagaId, StepName};
 use crate::status::Phase;
 use crate::step::StepError;
+use crate::store::StepTransaction;
+
+/// The store transaction lent to a transactional step (see [`StepContext::transaction`]).
+pub type TransactionSlot = Arc<tokio::sync::Mutex<Box<dyn StepTransaction>>>;
 
 /// The context of one attempt of one step phase.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StepContext<I> {
     pub(crate) saga_id: SagaId,
     pub(crate) step: StepName,
@@ -23,6 +27,22 @@ pub struct StepContext<I> {
     pub(crate) input: Arc<I>,
     pub(crate) outputs: Arc<BTreeMap<StepName, Value>>,
     pub(crate) deadline: Timestamp,
+    pub(crate) transaction: Option<TransactionSlot>,
+}
+
+impl<I: std::fmt::Debug> std::fmt::Debug for StepContext<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepContext")
+            .field("saga_id", &self.saga_id)
+            .field("step", &self.step)
+            .field("phase", &self.phase)
+            .field("attempt", &self.attempt)
+            .field("key", &self.key)
+            .field("input", &self.input)
+            .field("deadline", &self.deadline)
+            .field("transactional", &self.transaction.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<I> StepContext<I> {
@@ -60,6 +80,13 @@ impl<I> StepContext<I> {
     /// When this attempt times out; pass it downstream as a deadline.
     pub fn deadline(&self) -> Timestamp {
         self.deadline
+    }
+
+    /// The store transaction of a transactional step: writes made in it commit together with the
+    /// step's `completed` record. `None` for other steps. Backends offer typed access (with
+    /// Postgres: `saga_store::pg_transaction(&ctx)`).
+    pub fn transaction(&self) -> Option<&TransactionSlot> {
+        self.transaction.as_ref()
     }
 
     /// The output of an earlier, completed step, decoded as `T`.

@@ -53,6 +53,9 @@ pub struct StepSpec {
     pub compensation_retry: RetryPolicy,
     /// Timeout of one attempt of its compensation.
     pub compensation_timeout: Duration,
+    /// Whether its functions run inside a store transaction that also records their completion
+    /// (see [`StepBuilder::transactional`]).
+    pub transactional: bool,
 }
 
 /// One step of a typed saga definition: built by [`Step::new`], finished by
@@ -121,6 +124,7 @@ impl<S: Saga> Step<S> {
                     timeout: DEFAULT_TIMEOUT,
                     compensation_retry: RetryPolicy::default(),
                     compensation_timeout: DEFAULT_TIMEOUT,
+                    transactional: false,
                 },
                 irreversible: false,
                 action,
@@ -168,6 +172,17 @@ where
     /// never silent.
     pub fn irreversible(mut self) -> Self {
         self.step.irreversible = true;
+        self
+    }
+
+    /// Runs the step's action and compensation inside a store transaction: the step reaches it
+    /// through its context (with Postgres, `saga_store::pg_transaction(&ctx)`), makes its own
+    /// writes in it, and the worker commits those writes together with the step's `completed`
+    /// record — both or neither. A failed or interrupted attempt rolls them back, so effects
+    /// local to the database happen exactly once. On a store without such transactions the
+    /// attempt fails permanently with a message saying so.
+    pub fn transactional(mut self) -> Self {
+        self.step.spec.transactional = true;
         self
     }
 

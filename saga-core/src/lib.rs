@@ -81,7 +81,7 @@ mod worker;
 
 pub use clock::{after, now, Timestamp};
 pub use config::Config;
-pub use context::StepContext;
+pub use context::{StepContext, TransactionSlot};
 pub use definition::{SagaDefinition, Step, StepBuilder, StepSpec, DEFAULT_TIMEOUT};
 pub use error::{BoxError, Error, Result};
 pub use history::History;
@@ -97,7 +97,8 @@ pub use step::{FailureKind, ResultExt, StepError};
 pub use store::memory::MemoryStore;
 pub use store::{
     Change, Created, Event, EventKind, Intervention, InterventionKind, InterventionStatus, Lease,
-    NewIntervention, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, StepRecord, Store,
+    NewIntervention, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, StepRecord, StepTransaction,
+    Store,
 };
 
 /// What `#[derive(Saga)]` expands to refers to these paths (through the facade's re-export), so

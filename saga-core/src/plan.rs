@@ -323,6 +323,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             compensation_retry: RetryPolicy::exponential(2, Duration::from_millis(100)),
             compensation_timeout: Duration::from_secs(1),
+            transactional: false,
         }
     }
 

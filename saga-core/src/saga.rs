@@ -40,6 +40,7 @@ pub(crate) struct RawContext {
     pub(crate) input: DecodedInput,
     pub(crate) outputs: Arc<BTreeMap<StepName, Value>>,
     pub(crate) deadline: Timestamp,
+    pub(crate) transaction: Option<crate::context::TransactionSlot>,
 }
 
 /// A saga input decoded once per drive, shared by every step it runs.
@@ -135,6 +136,7 @@ impl<S: Saga> ErasedSaga for Registered<S> {
             input,
             outputs: raw.outputs,
             deadline: raw.deadline,
+            transaction: raw.transaction,
         };
         let saga = Arc::clone(&self.saga);
         match phase {

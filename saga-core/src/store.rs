@@ -8,6 +8,8 @@
 pub mod memory;
 mod snapshot;
 
+use std::any::Any;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -469,6 +471,16 @@ impl Change {
     }
 }
 
+/// A store transaction lent to a transactional step (see
+/// [`StepBuilder::transactional`](crate::StepBuilder::transactional)). The backend defines the
+/// concrete type; steps reach it through a backend helper that downcasts it.
+pub trait StepTransaction: Send + 'static {
+    /// The concrete transaction, for downcasting.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// The concrete transaction, owned, for downcasting.
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
+
 /// Which sagas [`Store::list`] returns.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SagaFilter {
@@ -580,6 +592,32 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Store errors.
     async fn interventions(&self, open_only: bool) -> Result<Vec<Intervention>>;
+
+    /// Opens a transaction for a transactional step, or `None` when this backend has none.
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn begin_step_transaction(
+        &self,
+        _lease: &Lease,
+    ) -> Result<Option<Box<dyn StepTransaction>>> {
+        Ok(None)
+    }
+
+    /// Applies `changes` (fenced by `lease`, as [`Store::apply`]) inside `transaction`, then
+    /// commits it: the step's own writes and its recorded outcome commit together or not at all.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) (nothing is committed); store errors.
+    async fn commit_step_transaction(
+        &self,
+        transaction: Box<dyn StepTransaction>,
+        lease: &Lease,
+        changes: &[Change],
+    ) -> Result<()> {
+        drop(transaction);
+        self.apply(lease, changes).await
+    }
 
     /// Waits until the store signals that work may be due (a saga was started or released by
     /// any process), or until `max` has passed. Backends without notifications just sleep, so

@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::clock;
+use crate::definition::StepSpec;
 use crate::error::{Error, Result};
 use crate::id::{Attempt, IdempotencyKey, StepIndex, StepName};
 use crate::orchestrator::{Inner, Lookup};
@@ -282,18 +283,49 @@ impl Driver<'_> {
             attempt = attempt.0,
             idempotency_key = %key,
         );
-        let outcome = self
-            .execute(
-                position,
-                &spec.name,
-                phase,
-                attempt,
+        let transaction = if spec.transactional {
+            self.inner
+                .store
+                .begin_step_transaction(self.lease)
+                .await?
+                .map(|tx| Arc::new(tokio::sync::Mutex::new(tx)))
+        } else {
+            None
+        };
+        let outcome = if spec.transactional && transaction.is_none() {
+            Err(StepError::permanent(format!(
+                "step `{}` is transactional, but this store lends no transactions; run it on Postgres or drop `.transactional()`",
+                spec.name
+            )))
+        } else {
+            self.execute(
+                &spec,
+                plan::Attempted {
+                    index,
+                    phase,
+                    attempt,
+                },
                 key,
-                plan::timeout_for(&spec, phase),
+                transaction.clone(),
             )
             .instrument(span)
-            .await;
-        let outcome = self.check_output(&spec.name, outcome);
+            .await
+        };
+        let mut outcome = self.check_output(&spec.name, outcome);
+        // The step's own writes commit with its outcome, or are rolled back with it.
+        let transaction = match (transaction, outcome.is_ok()) {
+            (Some(slot), true) => match Arc::try_unwrap(slot) {
+                Ok(mutex) => Some(mutex.into_inner()),
+                Err(_) => {
+                    outcome = Err(StepError::transient(format!(
+                        "step `{}` kept its transaction after returning; its writes were rolled back",
+                        spec.name
+                    )));
+                    None
+                }
+            },
+            _ => None,
+        };
         if let Err(error) = &outcome {
             tracing::info!(step.name = %spec.name, step.phase = %phase, attempt = attempt.0, error = %error, "step attempt failed");
         }
@@ -309,19 +341,33 @@ impl Driver<'_> {
             clock::now(),
             rand::random::<f64>(),
         );
-        self.record(changes)
+        match transaction {
+            Some(transaction) => {
+                self.snapshot.apply_all(&changes, clock::now())?;
+                self.inner
+                    .store
+                    .commit_step_transaction(transaction, self.lease, &changes)
+                    .await
+            }
+            None => self.record(changes),
+        }
     }
 
     async fn execute(
         &self,
-        position: usize,
-        name: &StepName,
-        phase: Phase,
-        attempt: Attempt,
+        spec: &StepSpec,
+        attempted: plan::Attempted,
         key: IdempotencyKey,
-        timeout: Duration,
+        transaction: Option<crate::context::TransactionSlot>,
     ) -> std::result::Result<Option<Value>, StepError> {
-        let index = StepIndex(u32::try_from(position).unwrap_or(u32::MAX));
+        let plan::Attempted {
+            index,
+            phase,
+            attempt,
+        } = attempted;
+        let name = &spec.name;
+        let position = usize::try_from(index.0).unwrap_or(usize::MAX);
+        let timeout = plan::timeout_for(spec, phase);
         let ctx = RawContext {
             saga_id: self.lease.saga,
             step: name.clone(),
@@ -331,6 +377,7 @@ impl Driver<'_> {
             input: self.input.clone(),
             outputs: Arc::new(self.completed_outputs()),
             deadline: clock::after(clock::now(), timeout),
+            transaction,
         };
         let action_output = match phase {
             Phase::Action => None,

@@ -46,6 +46,6 @@ pub use migrate::postgres_migrator;
 #[cfg(feature = "sqlite")]
 pub use migrate::sqlite_migrator;
 #[cfg(feature = "postgres")]
-pub use postgres::{validate_schema, PgOptions, PgStore};
+pub use postgres::{pg_transaction, validate_schema, PgOptions, PgStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore};

@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use saga_core::store::EventData;
 use saga_core::{
     Change, Created, Error, Event, FencingToken, Intervention, Lease, NewSaga, Result, SagaFilter,
-    SagaId, SagaRecord, SagaSnapshot, SagaStatus, Store, Timestamp, WorkerId,
+    SagaId, SagaRecord, SagaSnapshot, SagaStatus, StepContext, StepError, StepTransaction, Store,
+    Timestamp, WorkerId,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, Postgres, Row, Transaction};
@@ -46,6 +47,60 @@ impl Default for PgOptions {
             listen: true,
         }
     }
+}
+
+/// The transaction a transactional step runs in, on Postgres.
+struct PgStepTransaction(Transaction<'static, Postgres>);
+
+impl StepTransaction for PgStepTransaction {
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
+}
+
+/// The Postgres connection of a transactional step's transaction: writes made through it commit
+/// together with the step's `completed` record, or not at all.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use saga_core::{StepContext, StepError, ResultExt};
+/// # struct Shop;
+/// async fn record_order(_: Arc<Shop>, ctx: StepContext<u64>) -> Result<(), StepError> {
+///     let mut tx = saga_store::pg_transaction(&ctx).await?;
+///     sqlx::query("INSERT INTO orders (id) VALUES ($1)")
+///         .bind(*ctx.input() as i64)
+///         .execute(&mut *tx)
+///         .await
+///         .transient()?;
+///     Ok(())
+/// }
+/// ```
+///
+/// # Errors
+/// A permanent [`StepError`] when the step was not declared `.transactional()` or the store is
+/// not a [`PgStore`].
+pub async fn pg_transaction<I>(
+    ctx: &StepContext<I>,
+) -> std::result::Result<tokio::sync::MappedMutexGuard<'_, PgConnection>, StepError> {
+    let slot = ctx.transaction().ok_or_else(|| {
+        StepError::permanent(format!(
+            "step `{}` has no transaction; declare it `.transactional()` and run it on PgStore",
+            ctx.step()
+        ))
+    })?;
+    let guard = slot.lock().await;
+    tokio::sync::MutexGuard::try_map(guard, |tx| {
+        tx.as_any_mut()
+            .downcast_mut::<PgStepTransaction>()
+            .map(|tx| &mut *tx.0)
+    })
+    .map_err(|_| {
+        StepError::permanent("the step's transaction is not a Postgres transaction; use PgStore")
+    })
 }
 
 /// A [`Store`] on PostgreSQL (15 or newer).
@@ -358,49 +413,30 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
-        let now = saga_core::now();
-        let saga = lease.saga.as_uuid();
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let fenced = sqlx::query(
-            "UPDATE saga_instances SET updated_at = $1
-              WHERE id = $2 AND lease_owner = $3 AND fencing_token = $4",
-        )
-        .bind(now)
-        .bind(saga)
-        .bind(lease.owner.as_str())
-        .bind(lease.token.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        if fenced.rows_affected() == 0 {
-            return Err(Error::LeaseLost(lease.saga));
+        let tx = self.pool.begin().await.map_err(classify)?;
+        self.apply_in(tx, lease, changes).await
+    }
+
+    async fn begin_step_transaction(
+        &self,
+        _lease: &Lease,
+    ) -> Result<Option<Box<dyn StepTransaction>>> {
+        let tx = self.pool.begin().await.map_err(classify)?;
+        Ok(Some(Box::new(PgStepTransaction(tx))))
+    }
+
+    async fn commit_step_transaction(
+        &self,
+        transaction: Box<dyn StepTransaction>,
+        lease: &Lease,
+        changes: &[Change],
+    ) -> Result<()> {
+        match transaction.into_any().downcast::<PgStepTransaction>() {
+            Ok(tx) => self.apply_in(tx.0, lease, changes).await,
+            Err(_) => Err(Error::Store(
+                "a step transaction from another store was handed to PgStore".into(),
+            )),
         }
-        let mut wake = false;
-        for change in changes {
-            apply_change(&mut tx, lease.saga, change, now).await?;
-            if let Change::Release {
-                next_run_at: Some(at),
-            } = change
-            {
-                wake |= *at <= now;
-            }
-        }
-        insert_events(
-            &mut tx,
-            saga,
-            now,
-            changes.iter().filter_map(Change::event).collect(),
-        )
-        .await?;
-        if wake {
-            sqlx::query("SELECT pg_notify($1, '')::text")
-                .bind(&self.channel)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-        }
-        tx.commit().await.map_err(classify)?;
-        Ok(())
     }
 
     async fn load(&self, id: SagaId) -> Result<Option<SagaSnapshot>> {
@@ -502,6 +538,59 @@ impl Store for PgStore {
 
     async fn wait_for_work(&self, max: Duration) {
         self.wakeup.wait(max).await;
+    }
+}
+
+impl PgStore {
+    /// Fences, applies `changes` and their events, and commits, all in `tx`.
+    async fn apply_in(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        lease: &Lease,
+        changes: &[Change],
+    ) -> Result<()> {
+        let now = saga_core::now();
+        let saga = lease.saga.as_uuid();
+        let fenced = sqlx::query(
+            "UPDATE saga_instances SET updated_at = $1
+              WHERE id = $2 AND lease_owner = $3 AND fencing_token = $4",
+        )
+        .bind(now)
+        .bind(saga)
+        .bind(lease.owner.as_str())
+        .bind(lease.token.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        if fenced.rows_affected() == 0 {
+            return Err(Error::LeaseLost(lease.saga));
+        }
+        let mut wake = false;
+        for change in changes {
+            apply_change(&mut tx, lease.saga, change, now).await?;
+            if let Change::Release {
+                next_run_at: Some(at),
+            } = change
+            {
+                wake |= *at <= now;
+            }
+        }
+        insert_events(
+            &mut tx,
+            saga,
+            now,
+            changes.iter().filter_map(Change::event).collect(),
+        )
+        .await?;
+        if wake {
+            sqlx::query("SELECT pg_notify($1, '')::text")
+                .bind(&self.channel)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(())
     }
 }
 

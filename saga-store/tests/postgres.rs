@@ -1,0 +1,311 @@
+//! Postgres-only behaviour: transactional steps, the schema option, concurrent start-up.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_core::{
+    Config, Error, MemoryStore, Orchestrator, ResultExt, Saga, SagaDefinition, SagaStatus, Step,
+    StepContext, StepError, Store,
+};
+use saga_store::testing::TestPg;
+use saga_store::{pg_transaction, PgOptions, PgStore};
+use sqlx::Row;
+
+/// What the `book` step does after writing its booking in the step's transaction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Succeed,
+    FailPermanently,
+    HangOnFirstCall,
+}
+
+struct Booking {
+    then: Then,
+    calls: AtomicU32,
+}
+
+async fn book(saga: Arc<Booking>, ctx: StepContext<i64>) -> Result<i64, StepError> {
+    let call = saga.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    {
+        let mut tx = pg_transaction(&ctx).await?;
+        sqlx::query("INSERT INTO public.bookings (order_id, saga_id) VALUES ($1, $2)")
+            .bind(*ctx.input())
+            .bind(ctx.saga_id().to_string())
+            .execute(&mut *tx)
+            .await
+            .transient()?;
+    }
+    match saga.then {
+        Then::Succeed => Ok(*ctx.input()),
+        Then::FailPermanently => Err(StepError::permanent("payment provider said no")),
+        Then::HangOnFirstCall if call == 1 => {
+            std::future::pending::<()>().await;
+            Ok(0)
+        }
+        Then::HangOnFirstCall => Ok(*ctx.input()),
+    }
+}
+
+async fn confirm(_: Arc<Booking>, _: StepContext<i64>) -> Result<(), StepError> {
+    Ok(())
+}
+
+impl Saga for Booking {
+    type Input = i64;
+
+    fn definition() -> SagaDefinition<Self> {
+        SagaDefinition::new("booking", 1)
+            .step(Step::new("book", book).transactional().irreversible())
+            .step(Step::new("confirm", confirm).irreversible())
+    }
+}
+
+async fn store() -> (Arc<PgStore>, String) {
+    let url = TestPg::fresh_database().await.unwrap();
+    let store = PgStore::connect(&url).await.unwrap();
+    sqlx::query("CREATE TABLE public.bookings (order_id bigint PRIMARY KEY, saga_id text)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    (Arc::new(store), url)
+}
+
+fn orchestrator(store: Arc<dyn Store>, lease: Duration) -> Orchestrator {
+    Orchestrator::new(
+        store,
+        Config::default()
+            .lease_ttl(lease)
+            .poll_interval(Duration::from_millis(20)),
+    )
+}
+
+async fn bookings(store: &PgStore) -> i64 {
+    sqlx::query("SELECT COUNT(*) FROM public.bookings")
+        .fetch_one(store.pool())
+        .await
+        .and_then(|row| row.try_get(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_step_writes_commit_with_its_completion() {
+    let (store, _) = store().await;
+    let orchestrator = orchestrator(store.clone(), Duration::from_secs(5));
+    orchestrator
+        .register(Booking {
+            then: Then::Succeed,
+            calls: AtomicU32::new(0),
+        })
+        .unwrap();
+    orchestrator.run();
+    let id = orchestrator.start::<Booking>(&7).await.unwrap();
+    let record = orchestrator
+        .wait(id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(record.status, SagaStatus::Completed);
+    assert_eq!(bookings(&store).await, 1);
+    orchestrator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_step_writes_roll_back_when_the_step_fails() {
+    let (store, _) = store().await;
+    let orchestrator = orchestrator(store.clone(), Duration::from_secs(5));
+    orchestrator
+        .register(Booking {
+            then: Then::FailPermanently,
+            calls: AtomicU32::new(0),
+        })
+        .unwrap();
+    orchestrator.run();
+    let id = orchestrator.start::<Booking>(&8).await.unwrap();
+    let record = orchestrator
+        .wait(id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(record.status, SagaStatus::Compensated);
+    assert_eq!(
+        bookings(&store).await,
+        0,
+        "the failed step's write was rolled back"
+    );
+    orchestrator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_step_interrupted_by_a_crash_commits_exactly_once() {
+    let (store, _) = store().await;
+    let first = orchestrator(store.clone(), Duration::from_millis(600));
+    first
+        .register(Booking {
+            then: Then::HangOnFirstCall,
+            calls: AtomicU32::new(0),
+        })
+        .unwrap();
+    first.run();
+    let id = first.start::<Booking>(&9).await.unwrap();
+    // The first attempt wrote its booking in the step's transaction, then hangs: crash now.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let snapshot = store.load(id).await.unwrap().unwrap();
+        if !snapshot.steps.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.kill();
+    assert_eq!(
+        bookings(&store).await,
+        0,
+        "nothing committed before completion"
+    );
+
+    let second = orchestrator(store.clone(), Duration::from_millis(600));
+    second
+        .register(Booking {
+            then: Then::HangOnFirstCall,
+            calls: AtomicU32::new(1), // this process's first call is the saga's second attempt
+        })
+        .unwrap();
+    second.run();
+    let record = second.wait(id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(record.status, SagaStatus::Completed);
+    assert_eq!(bookings(&store).await, 1, "the booking exists exactly once");
+    let book = store
+        .load(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .steps
+        .into_iter()
+        .find(|step| step.name.as_str() == "book")
+        .unwrap();
+    assert_eq!(book.attempt.0, 2, "the interrupted attempt was retried");
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_step_on_a_store_without_transactions_fails_clearly() {
+    let orchestrator = orchestrator(Arc::new(MemoryStore::new()), Duration::from_secs(5));
+    orchestrator
+        .register(Booking {
+            then: Then::Succeed,
+            calls: AtomicU32::new(0),
+        })
+        .unwrap();
+    orchestrator.run();
+    let id = orchestrator.start::<Booking>(&10).await.unwrap();
+    let record = orchestrator
+        .wait(id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(record.status, SagaStatus::Compensated);
+    let history = orchestrator.history(id).await.unwrap().render();
+    assert!(
+        history.contains("lends no transactions; run it on Postgres"),
+        "{history}"
+    );
+    orchestrator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_schema_names_are_a_configuration_error() {
+    let url = TestPg::fresh_database().await.unwrap();
+    for schema in [
+        "saga\"; DROP TABLE x; --",
+        "Saga",
+        "1saga",
+        "",
+        "sa ga",
+        &"s".repeat(64),
+    ] {
+        let options = PgOptions {
+            schema: schema.to_owned(),
+            ..PgOptions::default()
+        };
+        match PgStore::connect_with(&url, options).await {
+            Err(Error::Configuration(message)) => {
+                assert!(message.contains("is not allowed"), "{message}")
+            }
+            other => panic!("schema {schema:?} was accepted: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_in_different_schemas_of_one_database_are_isolated() {
+    let url = TestPg::fresh_database().await.unwrap();
+    let tenant = |schema: &str| PgOptions {
+        schema: schema.to_owned(),
+        ..PgOptions::default()
+    };
+    let a = Arc::new(
+        PgStore::connect_with(&url, tenant("tenant_a"))
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        PgStore::connect_with(&url, tenant("tenant_b"))
+            .await
+            .unwrap(),
+    );
+    let orchestrator = orchestrator(a.clone(), Duration::from_secs(5));
+    orchestrator
+        .register(Booking {
+            then: Then::Succeed,
+            calls: AtomicU32::new(0),
+        })
+        .unwrap();
+    orchestrator.start::<Booking>(&11).await.unwrap();
+    assert_eq!(a.list(&Default::default()).await.unwrap().len(), 1);
+    assert!(b.list(&Default::default()).await.unwrap().is_empty());
+    let tables: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'tenant_a'",
+    )
+    .fetch_one(a.pool())
+    .await
+    .and_then(|row| row.try_get(0))
+    .unwrap();
+    assert!(tables >= 4, "the saga tables live in the configured schema");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_processes_starting_at_once_migrate_safely() {
+    let url = TestPg::fresh_database().await.unwrap();
+    let connects = (0..6).map(|_| {
+        let url = url.clone();
+        async move { PgStore::connect(&url).await }
+    });
+    let stores = futures_join_all(connects).await;
+    for store in &stores {
+        assert!(store.is_ok(), "{:?}", store.as_ref().err());
+    }
+    let store = stores.into_iter().next().unwrap().unwrap();
+    let migrations: i64 = sqlx::query("SELECT COUNT(*) FROM saga._sqlx_migrations")
+        .fetch_one(store.pool())
+        .await
+        .and_then(|row| row.try_get(0))
+        .unwrap();
+    assert_eq!(migrations, 1, "each migration applied once");
+}
+
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(handle.await.unwrap());
+    }
+    outputs
+}
