@@ -38,6 +38,7 @@ fn is_transient(code: Option<&str>) -> bool {
 }
 
 /// True when the error is a unique-constraint violation.
+#[cfg(feature = "sqlite")]
 pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }

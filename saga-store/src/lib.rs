@@ -48,4 +48,4 @@ pub use migrate::sqlite_migrator;
 #[cfg(feature = "postgres")]
 pub use postgres::{pg_transaction, validate_schema, PgOptions, PgStore};
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{sqlite_transaction, SqliteOptions, SqliteStore};

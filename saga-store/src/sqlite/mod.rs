@@ -9,15 +9,56 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saga_core::{
     Change, Created, Error, Event, Intervention, Lease, NewSaga, Result, SagaFilter, SagaId,
-    SagaRecord, SagaSnapshot, SagaStatus, Store, Timestamp, WorkerId,
+    SagaRecord, SagaSnapshot, SagaStatus, StepContext, StepError, StepTransaction, Store,
+    Timestamp, WorkerId,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 
 use crate::error::{classify, is_unique_violation, migration};
 use rows::millis;
+
+/// The transaction a transactional step runs in, on SQLite (a write transaction: other writers
+/// wait for it, so keep transactional steps short).
+struct SqliteStepTransaction(Transaction<'static, Sqlite>);
+
+impl StepTransaction for SqliteStepTransaction {
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
+}
+
+/// The SQLite connection of a transactional step's transaction: writes made through it commit
+/// together with the step's `completed` record, or not at all.
+///
+/// # Errors
+/// A permanent [`StepError`] when the step was not declared `.transactional()` or the store is
+/// not a [`SqliteStore`].
+pub async fn sqlite_transaction<I>(
+    ctx: &StepContext<I>,
+) -> std::result::Result<tokio::sync::MappedMutexGuard<'_, SqliteConnection>, StepError> {
+    let slot = ctx.transaction().ok_or_else(|| {
+        StepError::permanent(format!(
+            "step `{}` has no transaction; declare it `.transactional()`",
+            ctx.step()
+        ))
+    })?;
+    let guard = slot.lock().await;
+    tokio::sync::MutexGuard::try_map(guard, |tx| {
+        tx.as_any_mut()
+            .downcast_mut::<SqliteStepTransaction>()
+            .map(|tx| &mut *tx.0)
+    })
+    .map_err(|_| {
+        StepError::permanent("the step's transaction is not a SQLite transaction; use SqliteStore")
+    })
+}
 
 /// Settings of a [`SqliteStore`].
 #[derive(Debug, Clone)]
@@ -309,31 +350,30 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
-        let now = saga_core::now();
-        let saga = lease.saga.to_string();
-        let mut tx = self.write_tx().await?;
-        let fenced = sqlx::query(
-            "UPDATE saga_instances SET updated_at = ?
-              WHERE id = ? AND lease_owner = ? AND fencing_token = ?",
-        )
-        .bind(millis(now))
-        .bind(&saga)
-        .bind(lease.owner.as_str())
-        .bind(lease.token.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        if fenced.rows_affected() == 0 {
-            return Err(Error::LeaseLost(lease.saga));
+        let tx = self.write_tx().await?;
+        apply_in(tx, lease, changes).await
+    }
+
+    async fn begin_step_transaction(
+        &self,
+        _lease: &Lease,
+    ) -> Result<Option<Box<dyn StepTransaction>>> {
+        let tx = self.write_tx().await?;
+        Ok(Some(Box::new(SqliteStepTransaction(tx))))
+    }
+
+    async fn commit_step_transaction(
+        &self,
+        transaction: Box<dyn StepTransaction>,
+        lease: &Lease,
+        changes: &[Change],
+    ) -> Result<()> {
+        match transaction.into_any().downcast::<SqliteStepTransaction>() {
+            Ok(tx) => apply_in(tx.0, lease, changes).await,
+            Err(_) => Err(Error::Store(
+                "a step transaction from another store was handed to SqliteStore".into(),
+            )),
         }
-        for change in changes {
-            apply_change(&mut tx, lease.saga, &saga, change, now).await?;
-            if let Some(event) = change.event() {
-                insert_event(&mut tx, lease.saga, now, event).await?;
-            }
-        }
-        tx.commit().await.map_err(classify)?;
-        Ok(())
     }
 
     async fn load(&self, id: SagaId) -> Result<Option<SagaSnapshot>> {
@@ -434,6 +474,38 @@ impl Store for SqliteStore {
         .map(rows::intervention)
         .collect()
     }
+}
+
+/// Fences, applies `changes` and their events, and commits, all in `tx`.
+async fn apply_in(
+    mut tx: Transaction<'static, Sqlite>,
+    lease: &Lease,
+    changes: &[Change],
+) -> Result<()> {
+    let now = saga_core::now();
+    let saga = lease.saga.to_string();
+    let fenced = sqlx::query(
+        "UPDATE saga_instances SET updated_at = ?
+          WHERE id = ? AND lease_owner = ? AND fencing_token = ?",
+    )
+    .bind(millis(now))
+    .bind(&saga)
+    .bind(lease.owner.as_str())
+    .bind(lease.token.0)
+    .execute(&mut *tx)
+    .await
+    .map_err(classify)?;
+    if fenced.rows_affected() == 0 {
+        return Err(Error::LeaseLost(lease.saga));
+    }
+    for change in changes {
+        apply_change(&mut tx, lease.saga, &saga, change, now).await?;
+        if let Some(event) = change.event() {
+            insert_event(&mut tx, lease.saga, now, event).await?;
+        }
+    }
+    tx.commit().await.map_err(classify)?;
+    Ok(())
 }
 
 async fn apply_change(
