@@ -2,4 +2,4 @@
 
 mod pg;
 
-pub use pg::TestPg;
+pub use pg::{TestCluster, TestPg};

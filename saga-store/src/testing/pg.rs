@@ -64,6 +64,77 @@ impl TestPg {
     }
 }
 
+/// A cluster of its own, for tests that stop and restart the server.
+#[derive(Debug)]
+pub struct TestCluster {
+    url: String,
+    dir: PathBuf,
+}
+
+impl TestCluster {
+    /// Starts a new cluster from the local PostgreSQL binaries (`DATABASE_URL` is not used: a
+    /// shared server cannot be restarted by a test).
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when no PostgreSQL binaries are found or the cluster fails to start.
+    pub async fn start() -> Result<TestCluster, Error> {
+        let (admin_url, dir) = tokio::task::spawn_blocking(start_cluster_in)
+            .await
+            .map_err(|err| Error::Configuration(format!("starting a test cluster: {err}")))?
+            .map_err(Error::Configuration)?;
+        let mut conn = connect_when_ready(&admin_url).await?;
+        conn.execute("CREATE DATABASE saga_test")
+            .await
+            .map_err(|err| Error::Configuration(format!("CREATE DATABASE saga_test: {err}")))?;
+        let _ = conn.close().await;
+        Ok(TestCluster {
+            url: with_database(&admin_url, "saga_test"),
+            dir,
+        })
+    }
+
+    /// URL of the cluster's test database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops the server the way a crash does (`pg_ctl stop -m immediate`: no checkpoint, every
+    /// connection dropped) and starts it again on the same port; returns once it accepts
+    /// connections.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the server cannot be found or does not come back.
+    pub async fn restart_immediately(&self) -> Result<(), Error> {
+        let pid_file = self.dir.join("data").join("postmaster.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.lines().next().map(str::to_owned))
+            .ok_or_else(|| {
+                Error::Configuration(format!("no server pid in {}", pid_file.display()))
+            })?;
+        std::fs::write(self.dir.join("restart"), b"")
+            .map_err(|err| Error::Configuration(format!("marking the restart: {err}")))?;
+        let status = Command::new("kill")
+            .args(["-QUIT", pid.trim()])
+            .status()
+            .map_err(|err| Error::Configuration(format!("kill -QUIT {pid}: {err}")))?;
+        if !status.success() {
+            return Err(Error::Configuration(format!("kill -QUIT {pid} failed")));
+        }
+        // Wait for the old server to go and a new one to accept connections.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.dir.join("restart").exists() {
+            if Instant::now() > deadline {
+                return Err(Error::Configuration("the server did not restart".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let conn = connect_when_ready(&self.url).await?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+}
+
 /// Replaces the database name (the URL's path) with `name`.
 fn with_database(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
@@ -148,6 +219,11 @@ fn server_user() -> Result<Option<(u32, u32)>, String> {
 }
 
 fn start_cluster() -> Result<String, String> {
+    start_cluster_in().map(|(url, _)| url)
+}
+
+/// Starts a cluster; returns its URL and directory.
+fn start_cluster_in() -> Result<(String, PathBuf), String> {
     let missing = "PostgreSQL binaries (initdb, postgres) not found on PATH or in /usr/lib/postgresql/*/bin; install PostgreSQL 15 (apt-get install postgresql) or set DATABASE_URL";
     let initdb = binary("initdb").ok_or(missing)?;
     let postgres = binary("postgres").ok_or(missing)?;
@@ -189,7 +265,10 @@ fn start_cluster() -> Result<String, String> {
 
     let port = free_port()?;
     supervise(&postgres, &dir, &data, port, as_server_user)?;
-    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+    Ok((
+        format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        dir,
+    ))
 }
 
 /// Starts the server under a shell that stops it and removes `dir` once this process is gone.
@@ -200,14 +279,20 @@ fn supervise(
     port: u16,
     as_server_user: impl Fn(&mut Command),
 ) -> Result<(), String> {
+    // Runs the server; restarts it when it exits with a `restart` marker in the directory
+    // (see `TestCluster::restart_immediately`); a watcher stops it when the test process is
+    // gone; then the directory is removed.
     let script = r#"
-        "$1" -D "$2" -p "$3" -k "$4" -c listen_addresses=127.0.0.1 \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-             -c max_connections=400 -c shared_buffers=64MB >"$4/server.log" 2>&1 &
-        server=$!
-        while [ -d "/proc/$5" ] && kill -0 "$server" 2>/dev/null; do sleep 0.3; done
-        kill -INT "$server" 2>/dev/null
-        wait "$server"
+        ( while [ -d "/proc/$5" ]; do sleep 0.3; done
+          kill -INT "$(head -n 1 "$2/postmaster.pid" 2>/dev/null)" 2>/dev/null ) &
+        while :; do
+            "$1" -D "$2" -p "$3" -k "$4" -c listen_addresses=127.0.0.1 \
+                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+                 -c max_connections=400 -c shared_buffers=64MB >>"$4/server.log" 2>&1 &
+            wait $!
+            if [ -e "$4/restart" ] && [ -d "/proc/$5" ]; then rm -f "$4/restart"; continue; fi
+            break
+        done
         rm -rf "$4"
     "#;
     let mut command = Command::new("sh");
