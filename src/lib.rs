@@ -18,6 +18,7 @@
 //! |---|---|---|
 //! | `sqlite` | yes | [`SqliteStore`], the embedded backend (one file, no server) |
 //! | `postgres` | no | `PgStore`, the production backend: many workers in many processes |
+//! | `derive` | yes | `#[derive(Saga)]`: declare a saga's name, version, input and steps as attributes |
 //!
 //! ## Example
 //!
@@ -54,6 +55,10 @@
 use std::sync::Arc;
 
 pub use saga_core::*;
+/// `#[derive(Saga)]`: implements the [`Saga`](trait@Saga) trait from `#[saga(...)]` and
+/// `#[step(...)]` attributes.
+#[cfg(feature = "derive")]
+pub use saga_macros::Saga;
 #[cfg(feature = "postgres")]
 pub use saga_store::{PgOptions, PgStore};
 #[cfg(feature = "sqlite")]

@@ -1,0 +1,353 @@
+//! How a service embeds the orchestrator: an HTTP API (axum) that starts checkout sagas and
+//! reports on them, with workers driving sagas in the same process.
+//!
+//! - `POST /orders` with an `Idempotency-Key` header and a JSON order starts a checkout saga:
+//!   `201` with the new saga; the same key and body again returns the existing saga (`200`); the
+//!   same key with another body is `409` with a message.
+//! - `GET /orders/{id}` returns the saga's status, steps and history.
+//! - SIGTERM (or Ctrl-C) stops accepting requests, lets running steps finish and releases
+//!   leases, so another instance continues at once.
+//!
+//! The last step, `record_order`, is transactional: it inserts the order into the `orders` table
+//! inside the store's transaction, so the row and the step's `completed` record commit together.
+//!
+//! Run two instances on one database; both serve requests and drive sagas:
+//!
+//! ```text
+//! cargo run --example service -- --db postgres://localhost/shop --listen 127.0.0.1:3001 &
+//! cargo run --example service -- --db postgres://localhost/shop --listen 127.0.0.1:3002 &
+//! curl -X POST localhost:3001/orders -H 'Idempotency-Key: order-1' \
+//!      -H 'Content-Type: application/json' \
+//!      -d '{"customer":"ada@example.com","sku":"SKU-1","quantity":1,"amount_cents":1200}'
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Parser;
+use saga::{
+    Config, Created, Error, IdempotencyKey, Orchestrator, ResultExt, RetryPolicy, Saga,
+    SagaDefinition, SagaId, SqliteStore, Step, StepContext, StepError, Store, WorkerId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// An HTTP service that starts and reports checkout sagas.
+#[derive(Debug, Parser)]
+#[command(name = "service")]
+struct Args {
+    /// Store URL (sqlite://file.db or postgres://...).
+    #[arg(long, default_value = "sqlite://saga-service.db")]
+    db: String,
+    /// Address to listen on (loopback only in examples).
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Name of this instance, recorded as its workers' lease owner.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Order {
+    customer: String,
+    sku: String,
+    quantity: u32,
+    amount_cents: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+struct Checkout {
+    backend: Backend,
+    instance: String,
+}
+
+async fn reserve_stock(_: Arc<Checkout>, ctx: StepContext<Order>) -> Result<String, StepError> {
+    if ctx.input().quantity == 0 {
+        return Err(StepError::permanent("quantity must be at least 1"));
+    }
+    Ok(format!("reservation-{}", ctx.key()))
+}
+
+async fn release_stock(
+    _: Arc<Checkout>,
+    _: StepContext<Order>,
+    _reservation: String,
+) -> Result<(), StepError> {
+    Ok(())
+}
+
+async fn charge_card(_: Arc<Checkout>, ctx: StepContext<Order>) -> Result<String, StepError> {
+    if ctx.input().amount_cents > 100_000 {
+        return Err(StepError::permanent("card declined: over the limit"));
+    }
+    Ok(format!("charge-{}", ctx.key()))
+}
+
+async fn refund(_: Arc<Checkout>, _: StepContext<Order>, _charge: String) -> Result<(), StepError> {
+    Ok(())
+}
+
+/// Inserts the order row in the step's transaction: it commits with the step's completion.
+async fn record_order(saga: Arc<Checkout>, ctx: StepContext<Order>) -> Result<(), StepError> {
+    const INSERT: &str = "INSERT INTO orders (saga_id, customer, sku, recorded_by)
+                          VALUES ($1, $2, $3, $4)";
+    let order = ctx.input();
+    let saga_id = ctx.saga_id().to_string();
+    match saga.backend {
+        Backend::Postgres => {
+            let mut tx = saga_store::pg_transaction(&ctx).await?;
+            sqlx::query(&INSERT.replace("orders", "public.orders"))
+                .bind(&saga_id)
+                .bind(&order.customer)
+                .bind(&order.sku)
+                .bind(&saga.instance)
+                .execute(&mut *tx)
+                .await
+                .transient()?;
+        }
+        Backend::Sqlite => {
+            let mut tx = saga_store::sqlite_transaction(&ctx).await?;
+            sqlx::query(INSERT)
+                .bind(&saga_id)
+                .bind(&order.customer)
+                .bind(&order.sku)
+                .bind(&saga.instance)
+                .execute(&mut *tx)
+                .await
+                .transient()?;
+        }
+    }
+    Ok(())
+}
+
+impl Saga for Checkout {
+    type Input = Order;
+
+    fn definition() -> SagaDefinition<Self> {
+        let retry = RetryPolicy::exponential(5, Duration::from_millis(100));
+        SagaDefinition::new("checkout", 1)
+            .step(
+                Step::new("reserve_stock", reserve_stock)
+                    .compensate(release_stock)
+                    .retry(retry),
+            )
+            .step(
+                Step::new("charge_card", charge_card)
+                    .compensate(refund)
+                    .retry(retry),
+            )
+            .step(
+                Step::new("record_order", record_order)
+                    .transactional()
+                    .irreversible()
+                    .retry(retry),
+            )
+    }
+}
+
+#[derive(Clone)]
+struct App {
+    orchestrator: Orchestrator,
+}
+
+type Reply = (StatusCode, Json<Value>);
+
+fn error_reply(err: &Error) -> Reply {
+    let status = match err {
+        Error::Conflict { .. } => StatusCode::CONFLICT,
+        Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::SagaNotFound(_) => StatusCode::NOT_FOUND,
+        Error::StoreUnavailable(_) | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, Json(json!({ "error": err.to_string() })))
+}
+
+async fn create_order(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Json<Order>, axum::extract::rejection::JsonRejection>,
+) -> Reply {
+    let Some(key) = headers
+        .get("idempotency-key")
+        .and_then(|value| value.to_str().ok())
+        .filter(|key| !key.trim().is_empty() && key.len() <= 200)
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(
+                json!({ "error": "missing Idempotency-Key header: send a unique key per order (at most 200 characters), and the same key when you retry" }),
+            ),
+        );
+    };
+    let Json(order) = match body {
+        Ok(order) => order,
+        Err(rejection) => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "error": format!("the body is not an order: {rejection}") })),
+            )
+        }
+    };
+    match app
+        .orchestrator
+        .start_with_key::<Checkout>(IdempotencyKey::new(key), &order)
+        .await
+    {
+        Ok(Created::New(id)) => (
+            StatusCode::CREATED,
+            Json(json!({ "id": id, "status": "running" })),
+        ),
+        Ok(Created::Existing(id)) => match app.orchestrator.snapshot(id).await {
+            Ok(snapshot) => (
+                StatusCode::OK,
+                Json(json!({ "id": id, "status": snapshot.record.status })),
+            ),
+            Err(err) => error_reply(&err),
+        },
+        Err(err) => error_reply(&err),
+    }
+}
+
+async fn show_order(State(app): State<App>, Path(id): Path<String>) -> Reply {
+    let Ok(id) = id.parse::<SagaId>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": format!("`{id}` is not a saga id (a UUID)") })),
+        );
+    };
+    let snapshot = match app.orchestrator.snapshot(id).await {
+        Ok(snapshot) => snapshot,
+        Err(err) => return error_reply(&err),
+    };
+    let history = match app.orchestrator.history(id).await {
+        Ok(history) => history,
+        Err(err) => return error_reply(&err),
+    };
+    let steps: Vec<Value> = snapshot
+        .steps
+        .iter()
+        .map(|step| {
+            json!({
+                "step": step.name.as_str(),
+                "phase": step.phase,
+                "status": step.status,
+                "attempt": step.attempt.0,
+                "idempotency_key": step.idempotency_key.as_str(),
+                "last_error": step.last_error,
+            })
+        })
+        .collect();
+    (
+        StatusCode::OK,
+        Json(json!({
+            "id": id,
+            "status": snapshot.record.status,
+            "reason": snapshot.record.status_reason,
+            "steps": steps,
+            "history": history.render().lines().collect::<Vec<_>>(),
+        })),
+    )
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    const ORDERS: &str = "CREATE TABLE IF NOT EXISTS orders (
+        saga_id TEXT PRIMARY KEY, customer TEXT NOT NULL, sku TEXT NOT NULL,
+        recorded_by TEXT NOT NULL)";
+    let db_error = |err: sqlx::Error| Error::Store(Box::new(err));
+    let (store, backend): (Arc<dyn Store>, Backend) = if args.db.starts_with("sqlite:") {
+        let store = SqliteStore::connect(&args.db).await?;
+        sqlx::query(ORDERS)
+            .execute(store.pool())
+            .await
+            .map_err(db_error)?;
+        (Arc::new(store), Backend::Sqlite)
+    } else if args.db.starts_with("postgres://") || args.db.starts_with("postgresql://") {
+        let store = saga_store::PgStore::connect(&args.db).await?;
+        sqlx::query(&ORDERS.replace("orders", "public.orders"))
+            .execute(store.pool())
+            .await
+            .map_err(db_error)?;
+        (Arc::new(store), Backend::Postgres)
+    } else {
+        return Err(Error::Configuration(format!(
+            "`{}` is not a store URL; use sqlite://file.db or postgres://user:password@host/database",
+            args.db
+        )));
+    };
+    let instance = args
+        .name
+        .unwrap_or_else(|| WorkerId::generate().as_str().to_owned());
+    let orchestrator = Orchestrator::new(
+        store,
+        Config::default()
+            .worker_id(WorkerId::new(instance.clone()))
+            .shutdown_grace(Duration::from_secs(20)),
+    );
+    orchestrator.register(Checkout { backend, instance })?;
+    orchestrator.run();
+
+    let app = Router::new()
+        .route("/orders", post(create_order))
+        .route("/orders/{id}", get(show_order))
+        .with_state(App {
+            orchestrator: orchestrator.clone(),
+        });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|err| Error::Configuration(format!("cannot listen on {}: {err}", args.listen)))?;
+    eprintln!("listening on http://{}", args.listen);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|err| Error::Configuration(format!("HTTP server failed: {err}")))?;
+    // Requests have drained: let running steps finish and release every lease.
+    orchestrator.shutdown().await;
+    eprintln!("stopped");
+    Ok(())
+}

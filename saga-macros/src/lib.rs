@@ -1,0 +1,151 @@
+//! # saga-macros
+//!
+//! `#[derive(Saga)]` for the `saga` orchestrator: declare a saga's name, version, input type and
+//! ordered steps as attributes, and get the `Saga` implementation a person would write with the
+//! builder, checked at compile time. Use it through the facade (`use saga::Saga;`, feature
+//! `derive`, on by default) rather than depending on this crate directly.
+
+mod duration;
+mod expand;
+mod fingerprint;
+mod parse;
+mod validate;
+
+use proc_macro::TokenStream;
+
+/// Implements `Saga` from a declaration: `#[saga(...)]` names the saga, and one `#[step(...)]`
+/// per step lists the steps in the order they run.
+///
+/// The value of the deriving type (a struct, a tuple or unit struct, or an enum) is the one
+/// registered with the orchestrator; every step function receives it as `Arc<Self>`, so it is the
+/// place for clients of downstream services.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use saga::{Config, MemoryStore, Orchestrator, Saga, SagaStatus, StepContext, StepError};
+/// # use saga_macros::Saga; // with the `saga` facade, `use saga::Saga` brings the derive too
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Order { sku: String, cents: u64 }
+///
+/// #[derive(Saga)]
+/// #[saga(name = "checkout", version = 1, input = Order)]
+/// #[step(reserve_stock, compensate = release_stock)]
+/// #[step(charge_card, compensate = refund, retry(max_attempts = 5, base = "200ms", max_delay = "5s"), timeout = "10s")]
+/// #[step(send_receipt, irreversible)]
+/// struct Checkout {
+///     card_limit_cents: u64,
+/// }
+///
+/// async fn reserve_stock(_: Arc<Checkout>, ctx: StepContext<Order>) -> Result<String, StepError> {
+///     Ok(format!("reservation-{}", ctx.input().sku))
+/// }
+/// async fn release_stock(_: Arc<Checkout>, _: StepContext<Order>, reservation: String) -> Result<(), StepError> {
+///     assert!(reservation.starts_with("reservation-"));
+///     Ok(())
+/// }
+/// async fn charge_card(saga: Arc<Checkout>, ctx: StepContext<Order>) -> Result<u64, StepError> {
+///     if ctx.input().cents > saga.card_limit_cents {
+///         return Err(StepError::permanent("card declined"));
+///     }
+///     Ok(ctx.input().cents)
+/// }
+/// async fn refund(_: Arc<Checkout>, _: StepContext<Order>, _charged_cents: u64) -> Result<(), StepError> {
+///     Ok(())
+/// }
+/// async fn send_receipt(_: Arc<Checkout>, ctx: StepContext<Order>) -> Result<(), StepError> {
+///     let charged: u64 = ctx.output("charge_card")?; // the output of an earlier step
+///     assert_eq!(charged, ctx.input().cents);
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), saga::Error> {
+/// let definition = Checkout::definition();
+/// assert_eq!(definition.name().as_str(), "checkout");
+/// assert_eq!(definition.specs()[1].timeout, Duration::from_secs(10));
+///
+/// let orchestrator = Orchestrator::new(Arc::new(MemoryStore::new()), Config::default());
+/// orchestrator.register(Checkout { card_limit_cents: 10_000 })?;
+/// orchestrator.run();
+/// let ok = orchestrator.start::<Checkout>(&Order { sku: "mug".into(), cents: 1_200 }).await?;
+/// let declined = orchestrator.start::<Checkout>(&Order { sku: "car".into(), cents: 90_000 }).await?;
+/// let wait = Duration::from_secs(10);
+/// assert_eq!(orchestrator.wait(ok, wait).await?.status, SagaStatus::Completed);
+/// assert_eq!(orchestrator.wait(declined, wait).await?.status, SagaStatus::Compensated);
+/// orchestrator.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # `#[saga(...)]`
+///
+/// | key | required | meaning |
+/// |---|---|---|
+/// | `name = "checkout"` | yes | the saga type name, stored with every saga |
+/// | `version = 1` | yes | the definition version; bump it when the steps change (see below) |
+/// | `input = Order` | yes | the input type: `Serialize + DeserializeOwned + Send + Sync + 'static` |
+/// | `crate = path` | no | the path of the `saga` crate if it was renamed, e.g. `crate = ::my_saga` (default `::saga`) |
+///
+/// # `#[step(...)]`
+///
+/// The first item is the step name, an identifier unique in the saga. The others:
+///
+/// | option | meaning |
+/// |---|---|
+/// | `action = path` | the action; default: the function named like the step |
+/// | `compensate = path` | the compensation, which undoes the action |
+/// | `irreversible` | the step has no compensation, on purpose |
+/// | `retry(max_attempts = 5, base = "200ms", max_delay = "5s")` | retry policy of the action; give at least one key, the others keep their defaults |
+/// | `timeout = "10s"` | timeout of one attempt of the action |
+/// | `compensation_retry(...)` | retry policy of the compensation, same keys as `retry` |
+/// | `compensation_timeout = "10s"` | timeout of one attempt of the compensation |
+///
+/// Every step has exactly one of `compensate` and `irreversible`, so a forgotten compensation is
+/// a compile error rather than a silent gap; an `irreversible` step takes no `compensation_*`
+/// options. Unset options keep the builder's defaults
+/// (`RetryPolicy::default()`: 3 attempts, 100 ms base, 30 s cap; timeouts of 30 s).
+/// `max_attempts` counts the first attempt and is at least 1. Durations are string literals of a
+/// whole number and a unit, `ms`, `s`, `m` or `h`, checked at compile time.
+///
+/// The functions have these shapes, where `S` is the deriving type, `I` the input type and `O`
+/// the action's output (`Serialize + DeserializeOwned + Send + 'static`; stored when the step
+/// completes, handed to its compensation and readable by later steps through
+/// `StepContext::output`):
+///
+/// ```text
+/// async fn action(saga: Arc<S>, ctx: StepContext<I>) -> Result<O, StepError>
+/// async fn compensation(saga: Arc<S>, ctx: StepContext<I>, output: O) -> Result<(), StepError>
+/// ```
+///
+/// Paths may name functions in other modules (`payments::refund`), associated functions
+/// (`Self::refund`) or generic functions (`post::<C>`). Generic types work: the impl carries the
+/// type's generics and where clause.
+///
+/// # Versions and the fingerprint
+///
+/// The derive computes a fingerprint of the step graph at compile time: the saga name, the input
+/// type as written, and per step its name, order, whether it is compensable and its action's path
+/// as written. Each saga records the fingerprint it started with; a saga whose definition changed
+/// without a version bump is parked with a readable reason rather than run against other steps.
+/// Read it with `Checkout::definition().fingerprint()`. Retry policies and timeouts are not part
+/// of it: changing them is safe for sagas in flight.
+///
+/// # Errors
+///
+/// Every mistake in a declaration is reported in one build, on the offending token, with how to
+/// fix it: a missing `#[saga(...)]` key, an unknown option, an invalid duration, `max_attempts =
+/// 0`, a saga with no steps, two steps with one name, a step with both or neither of `compensate`
+/// and `irreversible`. A missing function or one with the wrong signature is reported by the
+/// compiler on the function's name in `#[step(...)]`.
+#[proc_macro_derive(Saga, attributes(saga, step))]
+pub fn derive_saga(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    expand::derive(&input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
