@@ -16,8 +16,8 @@ use std::time::Duration;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use saga::{
-    Config, Error, IdempotencyKey, Orchestrator, Phase, RetryPolicy, Saga, SagaDefinition,
-    SqliteStore, Step, StepContext, StepError, Store,
+    Config, Error, IdempotencyKey, Orchestrator, Phase, Saga, SqliteStore, StepContext, StepError,
+    Store,
 };
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row, SqlitePool};
@@ -228,7 +228,21 @@ fn unit(seed: u64, order: u64, step: &str, phase: Phase, attempt: u32, what: &st
     (hash >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The checkout saga.
+/// The checkout saga. `send_receipt` is irreversible: an email cannot be unsent.
+#[derive(Saga)]
+#[saga(name = "checkout", version = 1, input = Order)]
+#[step(reserve_stock, compensate = release_stock, timeout = "5s",
+       retry(max_attempts = 5, base = "20ms", max_delay = "500ms"),
+       compensation_retry(max_attempts = 3, base = "20ms", max_delay = "500ms"))]
+#[step(charge_card, compensate = refund, timeout = "5s",
+       retry(max_attempts = 5, base = "20ms", max_delay = "500ms"),
+       compensation_retry(max_attempts = 3, base = "20ms", max_delay = "500ms"))]
+#[step(
+    send_receipt,
+    irreversible,
+    timeout = "5s",
+    retry(max_attempts = 5, base = "20ms", max_delay = "500ms")
+)]
 struct Checkout {
     downstream: Downstream,
 }
@@ -265,38 +279,6 @@ async fn refund(
 async fn send_receipt(saga: Arc<Checkout>, ctx: StepContext<Order>) -> Result<Receipt, StepError> {
     let message_id = saga.downstream.call(&ctx).await?;
     Ok(Receipt { message_id })
-}
-
-impl Saga for Checkout {
-    type Input = Order;
-
-    fn definition() -> SagaDefinition<Self> {
-        let retry = RetryPolicy::exponential(5, Duration::from_millis(20))
-            .with_max_delay(Duration::from_millis(500));
-        let compensation_retry = RetryPolicy::exponential(3, Duration::from_millis(20))
-            .with_max_delay(Duration::from_millis(500));
-        SagaDefinition::new("checkout", 1)
-            .step(
-                Step::new("reserve_stock", reserve_stock)
-                    .compensate(release_stock)
-                    .retry(retry)
-                    .compensation_retry(compensation_retry)
-                    .timeout(Duration::from_secs(5)),
-            )
-            .step(
-                Step::new("charge_card", charge_card)
-                    .compensate(refund)
-                    .retry(retry)
-                    .compensation_retry(compensation_retry)
-                    .timeout(Duration::from_secs(5)),
-            )
-            .step(
-                Step::new("send_receipt", send_receipt)
-                    .irreversible()
-                    .retry(retry)
-                    .timeout(Duration::from_secs(5)),
-            )
-    }
 }
 
 #[tokio::main]

@@ -31,8 +31,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
 use saga::{
-    Config, Created, Error, IdempotencyKey, Orchestrator, ResultExt, RetryPolicy, Saga,
-    SagaDefinition, SagaId, SqliteStore, Step, StepContext, StepError, Store, WorkerId,
+    Config, Created, Error, IdempotencyKey, Orchestrator, ResultExt, Saga, SagaId, SqliteStore,
+    StepContext, StepError, Store, WorkerId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -66,6 +66,17 @@ enum Backend {
     Postgres,
 }
 
+/// The checkout saga; `record_order` writes the order row in the step's transaction.
+#[derive(Saga)]
+#[saga(name = "checkout", version = 1, input = Order)]
+#[step(reserve_stock, compensate = release_stock, retry(max_attempts = 5, base = "100ms"))]
+#[step(charge_card, compensate = refund, retry(max_attempts = 5, base = "100ms"))]
+#[step(
+    record_order,
+    irreversible,
+    transactional,
+    retry(max_attempts = 5, base = "100ms")
+)]
 struct Checkout {
     backend: Backend,
     instance: String,
@@ -128,31 +139,6 @@ async fn record_order(saga: Arc<Checkout>, ctx: StepContext<Order>) -> Result<()
         }
     }
     Ok(())
-}
-
-impl Saga for Checkout {
-    type Input = Order;
-
-    fn definition() -> SagaDefinition<Self> {
-        let retry = RetryPolicy::exponential(5, Duration::from_millis(100));
-        SagaDefinition::new("checkout", 1)
-            .step(
-                Step::new("reserve_stock", reserve_stock)
-                    .compensate(release_stock)
-                    .retry(retry),
-            )
-            .step(
-                Step::new("charge_card", charge_card)
-                    .compensate(refund)
-                    .retry(retry),
-            )
-            .step(
-                Step::new("record_order", record_order)
-                    .transactional()
-                    .irreversible()
-                    .retry(retry),
-            )
-    }
 }
 
 #[derive(Clone)]

@@ -66,6 +66,9 @@ fn expand_step(step: &StepModel, private: &TokenStream) -> TokenStream {
         }
         Compensation::Irreversible => chain = quote!(#chain.irreversible()),
     }
+    if step.transactional {
+        chain = quote!(#chain.transactional());
+    }
     if let Some(policy) = &step.retry {
         let policy = retry_policy(policy, private);
         chain = quote!(#chain.retry(#policy));

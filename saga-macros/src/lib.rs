@@ -100,6 +100,7 @@ use proc_macro::TokenStream;
 /// | `action = path` | the action; default: the function named like the step |
 /// | `compensate = path` | the compensation, which undoes the action |
 /// | `irreversible` | the step has no compensation, on purpose |
+/// | `transactional` | the step runs in the store's transaction, committed with its completion (see `StepBuilder::transactional`) |
 /// | `retry(max_attempts = 5, base = "200ms", max_delay = "5s")` | retry policy of the action; give at least one key, the others keep their defaults |
 /// | `timeout = "10s"` | timeout of one attempt of the action |
 /// | `compensation_retry(...)` | retry policy of the compensation, same keys as `retry` |

@@ -17,7 +17,7 @@ use crate::duration;
 pub(crate) const SAGA_OPTIONS: &str = "name, version, input, crate";
 /// The options of `#[step(...)]`, for error messages.
 pub(crate) const STEP_OPTIONS: &str =
-    "action, compensate, irreversible, retry, timeout, compensation_retry, compensation_timeout";
+    "action, compensate, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout";
 /// The options of `retry(...)` and `compensation_retry(...)`, for error messages.
 pub(crate) const RETRY_OPTIONS: &str = "max_attempts, base, max_delay";
 
@@ -83,6 +83,8 @@ pub(crate) struct StepInput {
     pub(crate) compensate: Option<ExprPath>,
     /// The `irreversible` flag.
     pub(crate) irreversible: Option<Span>,
+    /// The `transactional` flag.
+    pub(crate) transactional: Option<Span>,
     /// `retry(...)`.
     pub(crate) retry: Option<RetryInput>,
     /// `timeout = "..."`.
@@ -252,6 +254,7 @@ fn step_name(meta: &ParseNestedMeta<'_>) -> syn::Result<StepInput> {
         action: None,
         compensate: None,
         irreversible: None,
+        transactional: None,
         retry: None,
         timeout: None,
         compensation_retry: None,
@@ -287,6 +290,15 @@ fn step_option(
             skip_value(meta)?;
         }
         set_once(&mut step.irreversible, path.span(), path, &place, errors);
+    } else if path.is_ident("transactional") {
+        if !(meta.input.is_empty() || meta.input.peek(Token![,])) {
+            errors.push(syn::Error::new_spanned(
+                path,
+                "`transactional` is a flag and takes no value; write just `transactional`",
+            ));
+            skip_value(meta)?;
+        }
+        set_once(&mut step.transactional, path.span(), path, &place, errors);
     } else if path.is_ident("retry") || path.is_ident("compensation_retry") {
         let key = path_text(path);
         match retry_input(meta, &key, errors)? {
@@ -589,7 +601,7 @@ mod tests {
             errors,
             [
                 "unknown saga option `versio`; expected one of: name, version, input, crate",
-                "unknown step option `retries`; expected one of: action, compensate, irreversible, retry, timeout, compensation_retry, compensation_timeout",
+                "unknown step option `retries`; expected one of: action, compensate, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout",
                 "unknown option `attempts` in `retry(...)`; expected one of: max_attempts, base, max_delay",
             ]
         );

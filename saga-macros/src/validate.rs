@@ -36,6 +36,8 @@ pub(crate) struct StepModel {
     pub(crate) action: ExprPath,
     /// Its compensation, or the explicit `irreversible` mark.
     pub(crate) compensation: Compensation,
+    /// The `transactional` flag: the step runs in the store's transaction.
+    pub(crate) transactional: bool,
     /// `retry(...)`, if given.
     pub(crate) retry: Option<RetryInput>,
     /// `timeout = "..."`, if given.
@@ -202,6 +204,7 @@ fn step_model(step: StepInput, name_text: String, errors: &mut Errors) -> Option
         name: step.name,
         action,
         compensation,
+        transactional: step.transactional.is_some(),
         retry: step.retry,
         timeout: step.timeout,
         compensation_retry: step.compensation_retry,

@@ -53,6 +53,7 @@ macro_rules! conformance_suite {
                 hanging_step_times_out_and_is_retried,
                 oversized_payloads_are_refused,
                 graceful_shutdown_releases_leases,
+                derived_and_hand_written_sagas_record_identical_histories,
             );
         }
     };

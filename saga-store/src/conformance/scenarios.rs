@@ -175,9 +175,6 @@ pub fn input(order: u64) -> ProbeInput {
     }
 }
 
-/// The probe saga: three steps driven by a [`Script`].
-pub struct Probe(pub Arc<Script>);
-
 async fn act(probe: Arc<Probe>, ctx: StepContext<ProbeInput>) -> Result<String, StepError> {
     probe.0.perform(&ctx).await?;
     if ctx.input().output_bytes > 0 {
@@ -199,6 +196,40 @@ async fn undo(
     probe.0.perform(&ctx).await
 }
 
+/// The probe saga: three steps driven by a [`Script`], declared with `#[derive(Saga)]`.
+#[derive(saga_macros::Saga)]
+#[saga(name = "probe", version = 1, input = ProbeInput, crate = ::saga_core)]
+#[step(reserve_stock, action = act, compensate = undo,
+       retry(max_attempts = 3, base = "20ms", max_delay = "100ms"), timeout = "1s",
+       compensation_retry(max_attempts = 2, base = "20ms", max_delay = "100ms"),
+       compensation_timeout = "1s")]
+#[step(charge_card, action = act, compensate = undo,
+       retry(max_attempts = 3, base = "20ms", max_delay = "100ms"), timeout = "1s",
+       compensation_retry(max_attempts = 2, base = "20ms", max_delay = "100ms"),
+       compensation_timeout = "1s")]
+#[step(send_receipt, action = act, irreversible,
+       retry(max_attempts = 3, base = "20ms", max_delay = "100ms"), timeout = "1s")]
+pub struct Probe(pub Arc<Script>);
+
+/// The same saga as [`Probe`], written by hand with the builder: the derive must produce a
+/// saga that behaves exactly like it.
+pub struct HandProbe(pub Arc<Script>);
+
+async fn hand_act(
+    probe: Arc<HandProbe>,
+    ctx: StepContext<ProbeInput>,
+) -> Result<String, StepError> {
+    act(Arc::new(Probe(probe.0.clone())), ctx).await
+}
+
+async fn hand_undo(
+    probe: Arc<HandProbe>,
+    ctx: StepContext<ProbeInput>,
+    output: String,
+) -> Result<(), StepError> {
+    undo(Arc::new(Probe(probe.0.clone())), ctx, output).await
+}
+
 const STEP_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn probe_retry() -> RetryPolicy {
@@ -211,20 +242,28 @@ fn probe_compensation_retry() -> RetryPolicy {
         .with_max_delay(Duration::from_millis(100))
 }
 
-impl Saga for Probe {
+impl Saga for HandProbe {
     type Input = ProbeInput;
 
     fn definition() -> SagaDefinition<Self> {
         let step = |name: &str| {
-            Step::new(name, act)
+            Step::new(name, hand_act)
                 .retry(probe_retry())
                 .timeout(STEP_TIMEOUT)
-                .compensation_retry(probe_compensation_retry())
-                .compensation_timeout(STEP_TIMEOUT)
         };
         SagaDefinition::new("probe", 1)
-            .step(step("reserve_stock").compensate(undo))
-            .step(step("charge_card").compensate(undo))
+            .step(
+                step("reserve_stock")
+                    .compensate(hand_undo)
+                    .compensation_retry(probe_compensation_retry())
+                    .compensation_timeout(STEP_TIMEOUT),
+            )
+            .step(
+                step("charge_card")
+                    .compensate(hand_undo)
+                    .compensation_retry(probe_compensation_retry())
+                    .compensation_timeout(STEP_TIMEOUT),
+            )
             .step(step("send_receipt").irreversible())
     }
 }
@@ -266,6 +305,7 @@ impl Saga for NumberProbe {
             p.0.perform(&ctx).await
         }
         SagaDefinition::new("probe", 1)
+            .with_fingerprint(Probe::definition().fingerprint())
             .step(Step::new("reserve_stock", act3).compensate(undo3))
             .step(Step::new("charge_card", act3).compensate(undo3))
             .step(Step::new("send_receipt", act3).irreversible())
@@ -834,4 +874,53 @@ pub async fn graceful_shutdown_releases_leases<S: Store>(store: Arc<S>) {
     assert_eq!(record.status, SagaStatus::Completed);
     assert_eq!(script.calls_of("charge_card", Phase::Action).len(), 1);
     second.shutdown().await;
+}
+
+pub async fn derived_and_hand_written_sagas_record_identical_histories<S: Store>(store: Arc<S>) {
+    let plan = |script: &Script| {
+        script.plan(
+            "send_receipt",
+            Phase::Action,
+            &[Outcome::Transient, Outcome::Permanent],
+        );
+        script.plan("charge_card", Phase::Compensation, &[Outcome::Transient]);
+    };
+    let specs = |specs: Vec<saga_core::StepSpec>| specs;
+    assert_eq!(
+        specs(Probe::definition().specs()),
+        specs(HandProbe::definition().specs()),
+        "the derive declares the same steps, policies and timeouts"
+    );
+
+    let hand_script = Script::new();
+    plan(&hand_script);
+    let hand = orchestrator(&store, Duration::from_secs(5));
+    hand.register(HandProbe(hand_script.clone())).unwrap();
+    hand.run();
+    let hand_id = hand.start::<HandProbe>(&input(20)).await.unwrap();
+    let hand_record = hand.wait(hand_id, WAIT).await.unwrap();
+    let hand_history = hand.history(hand_id).await.unwrap().render();
+    hand.shutdown().await;
+
+    let derived_script = Script::new();
+    plan(&derived_script);
+    let derived = orchestrator(&store, Duration::from_secs(5));
+    derived.register(Probe(derived_script.clone())).unwrap();
+    derived.run();
+    let derived_id = derived.start::<Probe>(&input(21)).await.unwrap();
+    let derived_record = derived.wait(derived_id, WAIT).await.unwrap();
+    let derived_history = derived.history(derived_id).await.unwrap().render();
+    derived.shutdown().await;
+
+    assert_eq!(hand_record.status, SagaStatus::Compensated);
+    assert_eq!(derived_record.status, hand_record.status);
+    assert_eq!(derived_history, hand_history);
+    let calls = |script: &Script| {
+        script
+            .calls()
+            .into_iter()
+            .map(|call| (call.step, call.phase, call.attempt))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(calls(&derived_script), calls(&hand_script));
 }
