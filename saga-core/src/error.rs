@@ -102,6 +102,19 @@ pub enum Error {
         waited: Duration,
     },
 
+    /// An operator asked to cancel the saga: no further forward step may begin.
+    #[error("saga {saga}: cancelled by an operator ({reason}); no further step begins, completed steps are compensated")]
+    CancelRequested {
+        /// The saga.
+        saga: SagaId,
+        /// Who asked, and why.
+        reason: String,
+    },
+
+    /// An operator action that does not apply to the saga or item in its current state.
+    #[error("{0}")]
+    InvalidAction(String),
+
     /// The orchestrator is shutting down and accepts no new work.
     #[error("orchestrator is shutting down; start sagas on a running orchestrator")]
     ShuttingDown,

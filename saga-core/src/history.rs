@@ -42,6 +42,7 @@ impl History {
                 EventKind::StatusChanged => format!("saga {detail}"),
                 EventKind::InterventionOpened => format!("intervention opened  {detail}"),
                 EventKind::LeaseTakenOver => "lease taken over".to_owned(),
+                EventKind::OperatorAction => format!("operator {detail}"),
             };
             let _ = writeln!(out, "{}", line.trim_end());
         }

@@ -63,6 +63,7 @@
 //! # }
 //! ```
 
+mod admin;
 mod clock;
 mod config;
 mod context;
@@ -79,6 +80,7 @@ mod step;
 pub mod store;
 mod worker;
 
+pub use admin::{Admin, BatchResult};
 pub use clock::{after, now, Timestamp};
 pub use config::Config;
 pub use context::{StepContext, TransactionSlot};
@@ -89,16 +91,16 @@ pub use id::{
     Attempt, FencingToken, IdempotencyKey, InterventionId, SagaId, SagaType, StepIndex, StepName,
     WorkerId,
 };
-pub use orchestrator::Orchestrator;
+pub use orchestrator::{LifecycleEvent, Orchestrator};
 pub use retry::RetryPolicy;
 pub use saga::Saga;
 pub use status::{Phase, SagaStatus, StepStatus, UnknownStatus};
 pub use step::{FailureKind, ResultExt, StepError};
 pub use store::memory::MemoryStore;
 pub use store::{
-    Change, Created, Event, EventKind, Intervention, InterventionKind, InterventionStatus, Lease,
-    NewIntervention, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, StepRecord, StepTransaction,
-    Store,
+    CancelOutcome, Change, Created, Event, EventKind, Intervention, InterventionKind,
+    InterventionStatus, Lease, NewIntervention, NewSaga, SagaFilter, SagaRecord, SagaSnapshot,
+    SettleAction, Settlement, StepRecord, StepTransaction, Store,
 };
 
 /// What `#[derive(Saga)]` expands to refers to these paths (through the facade's re-export), so

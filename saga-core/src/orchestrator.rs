@@ -12,8 +12,11 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::history::History;
-use crate::id::{IdempotencyKey, SagaId, SagaType};
+use crate::id::{Attempt, IdempotencyKey, SagaId, SagaType, StepName};
 use crate::saga::{ErasedSaga, Registered, Saga};
+use crate::status::Phase;
+use crate::step::StepError;
+use crate::store::{Change, InterventionKind, NewIntervention};
 use crate::store::{Created, Intervention, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, Store};
 use crate::worker;
 
@@ -45,6 +48,45 @@ pub(crate) struct Inner {
     pub(crate) progress: Notify,
     pub(crate) shutdown: watch::Sender<bool>,
     dispatcher: Mutex<Option<JoinHandle<()>>>,
+    hooks: RwLock<Vec<Hook>>,
+}
+
+/// A subscriber to lifecycle events.
+type Hook = Arc<dyn Fn(&LifecycleEvent) + Send + Sync>;
+
+/// Something a person may need to hear about, delivered once per event by the worker that
+/// recorded it (not once per worker or per retry).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum LifecycleEvent {
+    /// A compensation failed for good: the saga waits in the manual-intervention queue.
+    Escalated {
+        /// The saga.
+        saga: SagaId,
+        /// The item opened.
+        item: NewIntervention,
+    },
+    /// The saga cannot be resumed (unknown type, changed definition, unreadable data) and was
+    /// parked for an operator.
+    Parked {
+        /// The saga.
+        saga: SagaId,
+        /// The item opened, with the reason.
+        item: NewIntervention,
+    },
+    /// A step phase used up its attempts on transient failures.
+    RetriesExhausted {
+        /// The saga.
+        saga: SagaId,
+        /// The step.
+        step: StepName,
+        /// Action or compensation.
+        phase: Phase,
+        /// The last attempt.
+        attempt: Attempt,
+        /// The last failure.
+        error: StepError,
+    },
 }
 
 #[derive(Default)]
@@ -54,6 +96,51 @@ struct Registry {
 }
 
 impl Inner {
+    /// Tells the subscribers about what `changes`, just written for `saga`, mean to a person.
+    pub(crate) fn notify_lifecycle(&self, saga: SagaId, changes: &[Change]) {
+        let Ok(hooks) = self.hooks.read() else {
+            return;
+        };
+        if hooks.is_empty() {
+            return;
+        }
+        for change in changes {
+            let event = match change {
+                Change::Escalate(item) if item.kind == InterventionKind::Unresumable => {
+                    LifecycleEvent::Parked {
+                        saga,
+                        item: item.clone(),
+                    }
+                }
+                Change::Escalate(item) => LifecycleEvent::Escalated {
+                    saga,
+                    item: item.clone(),
+                },
+                Change::FailStep {
+                    name,
+                    phase,
+                    attempt,
+                    error,
+                    retry_at: None,
+                    ..
+                } if !error.is_permanent() => LifecycleEvent::RetriesExhausted {
+                    saga,
+                    step: name.clone(),
+                    phase: *phase,
+                    attempt: *attempt,
+                    error: error.clone(),
+                },
+                _ => continue,
+            };
+            for hook in hooks.iter() {
+                let call = std::panic::AssertUnwindSafe(|| hook(&event));
+                if std::panic::catch_unwind(call).is_err() {
+                    tracing::error!(saga.id = %saga, "a lifecycle hook panicked; the worker carries on");
+                }
+            }
+        }
+    }
+
     /// The definition a stored saga runs on, if this process registered it.
     pub(crate) fn definition(&self, saga_type: &SagaType, version: u32) -> Lookup {
         let Ok(registry) = self.registry.read() else {
@@ -94,6 +181,7 @@ impl Orchestrator {
                 progress: Notify::new(),
                 shutdown,
                 dispatcher: Mutex::new(None),
+                hooks: RwLock::new(Vec::new()),
             }),
         }
     }
@@ -199,6 +287,21 @@ impl Orchestrator {
             self.inner.wake.notify_one();
         }
         Ok(created)
+    }
+
+    /// Subscribes `hook` to lifecycle events (escalations, parked sagas, exhausted retries), for
+    /// example to page a person. Each event reaches the hooks of the orchestrator whose worker
+    /// recorded it, once. Hooks run on the worker: keep them quick (spawn for I/O). A panicking
+    /// hook is logged and ignored.
+    pub fn on_lifecycle(&self, hook: impl Fn(&LifecycleEvent) + Send + Sync + 'static) {
+        if let Ok(mut hooks) = self.inner.hooks.write() {
+            hooks.push(Arc::new(hook));
+        }
+    }
+
+    /// The operator handle over this orchestrator's store.
+    pub fn admin(&self) -> crate::admin::Admin {
+        crate::admin::Admin::new(Arc::clone(&self.inner.store))
     }
 
     /// Starts the workers in the background (on the current tokio runtime): they claim due

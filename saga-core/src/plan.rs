@@ -354,6 +354,7 @@ mod tests {
                 lease_expires_at: None,
                 fencing_token: FencingToken(1),
                 trace_context: None,
+                cancel_requested: None,
                 created_at: now,
                 updated_at: now,
             },

@@ -95,6 +95,8 @@ pub struct SagaRecord {
     pub fencing_token: FencingToken,
     /// W3C trace context captured at start.
     pub trace_context: Option<String>,
+    /// A pending operator request to cancel ("by alice: reason"), until the saga acts on it.
+    pub cancel_requested: Option<String>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -321,10 +323,12 @@ pub enum EventKind {
     InterventionOpened,
     /// A worker took over a lease that had expired.
     LeaseTakenOver,
+    /// An operator settled an intervention item or asked to cancel the saga.
+    OperatorAction,
 }
 
 impl EventKind {
-    const ALL: [EventKind; 8] = [
+    const ALL: [EventKind; 9] = [
         EventKind::SagaStarted,
         EventKind::StepStarted,
         EventKind::StepCompleted,
@@ -333,6 +337,7 @@ impl EventKind {
         EventKind::StatusChanged,
         EventKind::InterventionOpened,
         EventKind::LeaseTakenOver,
+        EventKind::OperatorAction,
     ];
 
     /// The persisted form.
@@ -346,6 +351,7 @@ impl EventKind {
             EventKind::StatusChanged => "status_changed",
             EventKind::InterventionOpened => "intervention_opened",
             EventKind::LeaseTakenOver => "lease_taken_over",
+            EventKind::OperatorAction => "operator_action",
         }
     }
 
@@ -471,6 +477,144 @@ impl Change {
     }
 }
 
+/// What an operator does with an open intervention item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SettleAction {
+    /// Run the failed compensation once more with the same idempotency key, then continue
+    /// compensating; for a parked (unresumable) saga, re-drive it once the code is fixed.
+    Retry,
+    /// The operator undid the step by hand: mark the compensation done and continue.
+    Resolve,
+    /// Stop the saga where it is (`cancelled`).
+    Cancel,
+}
+
+impl SettleAction {
+    /// The persisted form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettleAction::Retry => "retry",
+            SettleAction::Resolve => "resolve",
+            SettleAction::Cancel => "cancel",
+        }
+    }
+}
+
+/// An operator's decision on one intervention item, as [`Store::settle`] applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The item.
+    pub intervention: InterventionId,
+    /// What to do.
+    pub action: SettleAction,
+    /// Who decided (recorded in the history).
+    pub by: String,
+    /// Why (required; recorded in the history).
+    pub reason: String,
+}
+
+/// What [`Store::request_cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// No worker held the saga: it moved to `compensating` at once.
+    Compensating,
+    /// A worker holds the saga: it begins no further step and compensates.
+    Requested,
+    /// The saga was already compensating: nothing to do.
+    AlreadyCompensating,
+}
+
+/// The status a settlement moves the saga to (shared by every backend).
+///
+/// # Errors
+/// [`Error::InvalidAction`](crate::Error::InvalidAction) for a settlement that does not apply.
+pub fn settled_status(
+    item: &Intervention,
+    snapshot: &SagaSnapshot,
+    action: SettleAction,
+) -> Result<SagaStatus> {
+    if snapshot.record.status != SagaStatus::NeedsIntervention {
+        return Err(crate::Error::InvalidAction(format!(
+            "saga {} is {}, not waiting for an operator; nothing to settle",
+            snapshot.record.id, snapshot.record.status
+        )));
+    }
+    match (action, item.item.kind) {
+        (SettleAction::Cancel, _) => Ok(SagaStatus::Cancelled),
+        (SettleAction::Retry | SettleAction::Resolve, InterventionKind::CompensationFailed) => {
+            Ok(SagaStatus::Compensating)
+        }
+        (SettleAction::Retry, InterventionKind::Unresumable) => Ok(resume_status(snapshot)),
+        (SettleAction::Resolve, InterventionKind::Unresumable) => {
+            Err(crate::Error::InvalidAction(format!(
+                "intervention {} parked saga {} because it cannot be resumed; there is no step to mark done: fix the code and `retry` to re-drive it, or `cancel` it",
+                item.item.id, snapshot.record.id
+            )))
+        }
+    }
+}
+
+/// The status a re-driven saga resumes in: `compensating` if it had begun compensating (a
+/// failed action or any compensation record), else `running`.
+pub fn resume_status(snapshot: &SagaSnapshot) -> SagaStatus {
+    let compensating = snapshot.steps.iter().any(|step| {
+        step.phase == crate::status::Phase::Compensation
+            || step.status == crate::status::StepStatus::Failed
+    });
+    if compensating {
+        SagaStatus::Compensating
+    } else {
+        SagaStatus::Running
+    }
+}
+
+/// The history text of a settlement: `retry by alice: reason`.
+pub fn settlement_detail(settlement: &Settlement) -> String {
+    format!(
+        "{} by {}: {}",
+        settlement.action.as_str(),
+        settlement.by,
+        settlement.reason
+    )
+}
+
+/// The `operator_action` event with this detail.
+pub fn operator_event(detail: String) -> EventData {
+    EventData {
+        kind: EventKind::OperatorAction,
+        step: None,
+        phase: None,
+        attempt: None,
+        detail: Some(detail),
+    }
+}
+
+/// The error for cancelling a saga that is not running.
+pub fn cannot_cancel(id: SagaId, status: SagaStatus) -> crate::Error {
+    match status {
+        SagaStatus::NeedsIntervention => crate::Error::InvalidAction(format!(
+            "saga {id} waits for an operator; settle its intervention item with `cancel` instead"
+        )),
+        other => crate::Error::InvalidAction(format!(
+            "saga {id} is already {other}; only running sagas can be cancelled"
+        )),
+    }
+}
+
+/// Whether a batch of changes begins a forward step (refused once a cancel is requested).
+pub fn begins_forward_step(changes: &[Change]) -> bool {
+    changes.iter().any(|change| {
+        matches!(
+            change,
+            Change::BeginStep {
+                phase: crate::status::Phase::Action,
+                ..
+            }
+        )
+    })
+}
+
 /// A store transaction lent to a transactional step (see
 /// [`StepBuilder::transactional`](crate::StepBuilder::transactional)). The backend defines the
 /// concrete type; steps reach it through a backend helper that downcasts it.
@@ -556,11 +700,13 @@ pub trait Store: Send + Sync + 'static {
     async fn heartbeat(&self, lease: &Lease, expires_at: Timestamp) -> Result<Lease>;
 
     /// Applies `changes` atomically if `lease` still holds the saga's current fencing token,
-    /// appending one history event per change (in order).
+    /// appending one history event per change (in order). A `SetStatus` away from `running`
+    /// clears a pending cancel request.
     ///
     /// # Errors
-    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the token is stale (nothing is written);
-    /// store errors (nothing is written).
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the token is stale;
+    /// [`Error::CancelRequested`](crate::Error::CancelRequested) when an operator asked to cancel
+    /// the saga and `changes` would begin a forward step; store errors. Nothing is written then.
     async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()>;
 
     /// Reads one saga with its step records, or `None` if it does not exist.
@@ -592,6 +738,53 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Store errors.
     async fn interventions(&self, open_only: bool) -> Result<Vec<Intervention>>;
+
+    /// One intervention item, or `None` if it does not exist.
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn intervention(&self, id: InterventionId) -> Result<Option<Intervention>>;
+
+    /// Settles an open intervention item, atomically: closes it (who, when, how, why), moves the
+    /// saga per the action, makes it due now, and appends an `operator_action` event. Of
+    /// concurrent settlements of one item, exactly one wins.
+    ///
+    /// - retry, compensation failed: the failed compensation goes back to `pending` (its next
+    ///   attempt reuses its key) and the saga to `compensating`;
+    /// - retry, unresumable: the saga goes back to `running` (or `compensating` if it was);
+    /// - resolve, compensation failed: the compensation is marked `completed` by hand and the
+    ///   saga goes back to `compensating`;
+    /// - cancel: the saga becomes `cancelled` and is never due again.
+    ///
+    /// # Errors
+    /// [`Error::InterventionNotFound`](crate::Error::InterventionNotFound),
+    /// [`Error::InterventionSettled`](crate::Error::InterventionSettled) (someone settled it first),
+    /// [`Error::InvalidAction`](crate::Error::InvalidAction) (resolve on an unresumable saga);
+    /// store errors.
+    async fn settle(&self, settlement: &Settlement) -> Result<SagaStatus>;
+
+    /// Asks a `running` saga to stop and compensate what completed. Without a live lease it moves
+    /// to `compensating` at once; otherwise the request is recorded, and the holder's next write
+    /// that begins a forward step fails with [`Error::CancelRequested`](crate::Error::CancelRequested).
+    ///
+    /// # Errors
+    /// [`Error::SagaNotFound`](crate::Error::SagaNotFound); [`Error::InvalidAction`](crate::Error::InvalidAction)
+    /// when the saga is settled; store errors.
+    async fn request_cancel(
+        &self,
+        id: SagaId,
+        by: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<CancelOutcome>;
+
+    /// Deletes up to `limit` finished sagas (completed, compensated, cancelled) last changed
+    /// before `before`, with their steps, events and (settled) intervention items. Running
+    /// sagas and sagas waiting for an operator are never pruned. Returns how many were deleted.
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64>;
 
     /// Opens a transaction for a transactional step, or `None` when this backend has none.
     ///

@@ -274,7 +274,13 @@ impl Driver<'_> {
             key: key.clone(),
         }])?;
         // Durable before acting: `in_progress` (and whatever came before it) is written first.
-        self.flush().await?;
+        match self.flush().await {
+            Ok(()) => {}
+            Err(Error::CancelRequested { reason, .. }) if phase == Phase::Action => {
+                return self.honour_cancel(reason).await;
+            }
+            Err(err) => return Err(err),
+        }
 
         let span = tracing::info_span!(
             "step",
@@ -445,6 +451,35 @@ impl Driver<'_> {
         Ok(())
     }
 
+    /// An operator asked to cancel: the step about to begin never runs; what was queued before
+    /// it is written with the move to `compensating`, and planning continues from there.
+    async fn honour_cancel(&mut self, reason: String) -> Result<()> {
+        let mut changes = std::mem::take(&mut self.pending);
+        changes.retain(|change| {
+            !matches!(
+                change,
+                Change::BeginStep {
+                    phase: Phase::Action,
+                    ..
+                }
+            )
+        });
+        changes.push(Change::SetStatus {
+            status: crate::status::SagaStatus::Compensating,
+            reason: Some(reason),
+        });
+        let mut snapshot = self
+            .inner
+            .store
+            .load(self.lease.saga)
+            .await?
+            .ok_or(Error::SagaNotFound(self.lease.saga))?;
+        snapshot.apply_all(&changes, clock::now())?;
+        write(self.inner, self.lease, &changes).await?;
+        self.snapshot = snapshot;
+        Ok(())
+    }
+
     /// Writes the queued changes in one fenced, atomic store call.
     async fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
@@ -482,6 +517,10 @@ async fn write(inner: &Inner, lease: &Lease, changes: &[Change]) -> Result<()> {
                 tracing::warn!(error = %err, retry_in = ?pause, "store unavailable; retrying write");
                 tokio::time::sleep(pause).await;
                 pause = pause.saturating_mul(2);
+            }
+            Ok(()) => {
+                inner.notify_lifecycle(lease.saga, changes);
+                return Ok(());
             }
             other => return other,
         }

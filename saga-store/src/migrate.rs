@@ -6,11 +6,18 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 /// The SQLite schema migrations, in version order.
 #[cfg(feature = "sqlite")]
-const SQLITE: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+const SQLITE: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "operator",
+        include_str!("../migrations/sqlite/0002_operator.sql"),
+    ),
+];
 
 fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
     let migrations = files
@@ -33,11 +40,18 @@ fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
 
 /// The Postgres schema migrations, in version order.
 #[cfg(feature = "postgres")]
-const POSTGRES: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+const POSTGRES: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "operator",
+        include_str!("../migrations/postgres/0002_operator.sql"),
+    ),
+];
 
 /// The migrator of the SQLite schema (applied by [`SqliteStore::connect`](crate::SqliteStore::connect)).
 #[cfg(feature = "sqlite")]

@@ -10,11 +10,13 @@ use async_trait::async_trait;
 use crate::clock::{self, Timestamp};
 use crate::error::{Error, Result};
 use crate::id::{FencingToken, IdempotencyKey, InterventionId, SagaId, WorkerId};
-use crate::status::SagaStatus;
+use crate::status::{Phase, SagaStatus, StepStatus};
 
 use super::{
-    Change, Created, Event, EventData, EventKind, Intervention, InterventionStatus, Lease, NewSaga,
-    SagaFilter, SagaRecord, SagaSnapshot, Store,
+    begins_forward_step, cannot_cancel, operator_event, settled_status, settlement_detail,
+    CancelOutcome, Change, Created, Event, EventData, EventKind, Intervention, InterventionKind,
+    InterventionStatus, Lease, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, SettleAction,
+    Settlement, Store,
 };
 
 /// An in-memory [`Store`]. Cloning is not supported; share it behind an `Arc`.
@@ -103,6 +105,7 @@ impl Store for MemoryStore {
                     lease_expires_at: None,
                     fencing_token: FencingToken(0),
                     trace_context: saga.trace_context,
+                    cancel_requested: None,
                     created_at: now,
                     updated_at: now,
                 },
@@ -203,6 +206,14 @@ impl Store for MemoryStore {
         if !holds(&snap.record, lease) {
             return Err(Error::LeaseLost(lease.saga));
         }
+        if let Some(reason) = &snap.record.cancel_requested {
+            if begins_forward_step(changes) {
+                return Err(Error::CancelRequested {
+                    saga: lease.saga,
+                    reason: reason.clone(),
+                });
+            }
+        }
         let mut updated = snap.clone();
         updated.apply_all(changes, now)?;
         state.sagas.insert(lease.saga, updated);
@@ -266,6 +277,119 @@ impl Store for MemoryStore {
             .filter(|event| event.saga_id == id)
             .cloned()
             .collect())
+    }
+
+    async fn intervention(&self, id: InterventionId) -> Result<Option<Intervention>> {
+        Ok(self.state()?.interventions.get(&id).cloned())
+    }
+
+    async fn settle(&self, settlement: &Settlement) -> Result<SagaStatus> {
+        let mut state = self.state()?;
+        let now = clock::now();
+        let item = state
+            .interventions
+            .get(&settlement.intervention)
+            .cloned()
+            .ok_or(Error::InterventionNotFound(settlement.intervention))?;
+        if item.status != InterventionStatus::Open {
+            return Err(Error::InterventionSettled(settlement.intervention));
+        }
+        let snap = state
+            .sagas
+            .get_mut(&item.saga_id)
+            .ok_or(Error::SagaNotFound(item.saga_id))?;
+        let status = settled_status(&item, snap, settlement.action)?;
+        if let (SettleAction::Retry | SettleAction::Resolve, Some((index, _))) =
+            (settlement.action, &item.item.step)
+        {
+            if item.item.kind == InterventionKind::CompensationFailed {
+                if let Some(step) = snap
+                    .steps
+                    .iter_mut()
+                    .find(|step| step.index == *index && step.phase == Phase::Compensation)
+                {
+                    if settlement.action == SettleAction::Retry {
+                        step.status = StepStatus::Pending;
+                        step.next_attempt_at = None;
+                    } else {
+                        step.status = StepStatus::Completed;
+                        step.finished_at = Some(now);
+                    }
+                }
+            }
+        }
+        let detail = settlement_detail(settlement);
+        snap.record.status = status;
+        snap.record.status_reason = Some(detail.clone());
+        snap.record.next_run_at = (!status.is_terminal()).then_some(now);
+        snap.record.updated_at = now;
+        if let Some(open) = state.interventions.get_mut(&settlement.intervention) {
+            open.status = InterventionStatus::Resolved;
+            open.resolved_at = Some(now);
+            open.resolved_by = Some(settlement.by.clone());
+            open.resolution = Some(settlement.action.as_str().to_owned());
+            open.resolution_reason = Some(settlement.reason.clone());
+        }
+        state.push_event(item.saga_id, now, operator_event(detail));
+        Ok(status)
+    }
+
+    async fn request_cancel(
+        &self,
+        id: SagaId,
+        by: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<CancelOutcome> {
+        let mut state = self.state()?;
+        let snap = state.sagas.get_mut(&id).ok_or(Error::SagaNotFound(id))?;
+        let request = format!("cancel requested by {by}: {reason}");
+        let outcome = match snap.record.status {
+            SagaStatus::Compensating => return Ok(CancelOutcome::AlreadyCompensating),
+            SagaStatus::Running => {
+                let leased = snap.record.lease_owner.is_some()
+                    && snap.record.lease_expires_at.is_some_and(|at| at >= now);
+                if leased {
+                    snap.record.cancel_requested = Some(request.clone());
+                    CancelOutcome::Requested
+                } else {
+                    snap.record.status = SagaStatus::Compensating;
+                    snap.record.status_reason = Some(request.clone());
+                    snap.record.cancel_requested = None;
+                    snap.record.next_run_at = Some(now);
+                    CancelOutcome::Compensating
+                }
+            }
+            other => return Err(cannot_cancel(id, other)),
+        };
+        snap.record.updated_at = now;
+        state.push_event(id, now, operator_event(request));
+        Ok(outcome)
+    }
+
+    async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {
+        let mut state = self.state()?;
+        let doomed: Vec<SagaId> = state
+            .sagas
+            .values()
+            .filter(|snap| snap.record.status.is_terminal() && snap.record.updated_at < before)
+            .map(|snap| snap.record.id)
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect();
+        for id in &doomed {
+            if let Some(snap) = state.sagas.remove(id) {
+                if let Some(key) = snap.record.idempotency_key {
+                    state.keys.remove(&key);
+                }
+            }
+        }
+        state
+            .events
+            .retain(|event| !doomed.contains(&event.saga_id));
+        state
+            .interventions
+            .retain(|_, item| !doomed.contains(&item.saga_id));
+        Ok(u64::try_from(doomed.len()).unwrap_or(u64::MAX))
     }
 
     async fn interventions(&self, open_only: bool) -> Result<Vec<Intervention>> {

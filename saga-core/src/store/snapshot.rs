@@ -118,10 +118,14 @@ impl SagaSnapshot {
             Change::SetStatus { status, reason } => {
                 self.record.status = *status;
                 self.record.status_reason = reason.clone();
+                if *status != SagaStatus::Running {
+                    self.record.cancel_requested = None;
+                }
             }
             Change::Escalate(item) => {
                 self.record.status = SagaStatus::NeedsIntervention;
                 self.record.status_reason = Some(item.error.clone());
+                self.record.cancel_requested = None;
             }
             Change::Release { next_run_at } => {
                 self.record.lease_owner = None;

@@ -54,6 +54,15 @@ macro_rules! conformance_suite {
                 oversized_payloads_are_refused,
                 graceful_shutdown_releases_leases,
                 derived_and_hand_written_sagas_record_identical_histories,
+                operator_retry_reruns_the_failed_compensation_with_the_same_key,
+                operator_resolve_marks_the_compensation_done_and_continues,
+                operator_cancel_stops_the_saga_where_it_is,
+                settling_repeatedly_or_concurrently_lets_exactly_one_win,
+                batch_retry_honours_its_bound_and_reports_each_item,
+                cancelling_a_running_saga_compensates_what_completed,
+                parked_saga_is_redriven_once_the_code_is_fixed,
+                lifecycle_hooks_fire_once_per_event,
+                prune_removes_only_old_finished_sagas,
             );
         }
     };

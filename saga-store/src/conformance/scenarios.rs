@@ -924,3 +924,382 @@ pub async fn derived_and_hand_written_sagas_record_identical_histories<S: Store>
     };
     assert_eq!(calls(&derived_script), calls(&hand_script));
 }
+
+/// Runs one probe saga whose receipt fails for good and whose `charge_card` compensation fails
+/// twice: it ends in `needs_intervention`. Returns the orchestrator (running), saga and item.
+async fn escalated<S: Store>(
+    store: &Arc<S>,
+    script: &Arc<Script>,
+    order: u64,
+) -> (Orchestrator, SagaId, saga_core::InterventionId) {
+    script.plan("send_receipt", Phase::Action, &[Outcome::Permanent]);
+    script.plan(
+        "charge_card",
+        Phase::Compensation,
+        &[Outcome::Transient, Outcome::Transient],
+    );
+    let (orchestrator, id) = run_one(store, script, order).await;
+    assert_eq!(
+        orchestrator.snapshot(id).await.unwrap().record.status,
+        SagaStatus::NeedsIntervention
+    );
+    let item = open_item(store, id).await;
+    (orchestrator, id, item)
+}
+
+async fn open_item<S: Store>(store: &Arc<S>, id: SagaId) -> saga_core::InterventionId {
+    let items: Vec<_> = store
+        .interventions(true)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|item| item.saga_id == id)
+        .collect();
+    assert_eq!(items.len(), 1, "one open item for saga {id}");
+    items[0].item.id
+}
+
+pub async fn operator_retry_reruns_the_failed_compensation_with_the_same_key<S: Store>(
+    store: Arc<S>,
+) {
+    let script = Script::new();
+    let (orchestrator, id, item) = escalated(&store, &script, 30).await;
+    let admin = orchestrator.admin();
+    let status = admin
+        .retry(item, "alice", "payment gateway is back")
+        .await
+        .unwrap();
+    assert_eq!(status, SagaStatus::Compensating);
+    let record = orchestrator.wait(id, WAIT).await.unwrap();
+    assert_eq!(record.status, SagaStatus::Compensated);
+    let refunds = script.calls_of("charge_card", Phase::Compensation);
+    assert_eq!(
+        refunds.iter().map(|call| call.attempt).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "the operator's retry is one more attempt"
+    );
+    assert!(
+        refunds.iter().all(|call| call.key == refunds[0].key),
+        "same key"
+    );
+    assert_eq!(
+        script.calls_of("reserve_stock", Phase::Compensation).len(),
+        1
+    );
+    let settled = admin.intervention(item).await.unwrap();
+    assert_eq!(settled.status, saga_core::InterventionStatus::Resolved);
+    assert_eq!(settled.resolved_by.as_deref(), Some("alice"));
+    assert_eq!(settled.resolution.as_deref(), Some("retry"));
+    assert_eq!(
+        settled.resolution_reason.as_deref(),
+        Some("payment gateway is back")
+    );
+    assert!(settled.resolved_at.is_some());
+    let rendered = admin.history(id).await.unwrap().render();
+    assert!(
+        rendered.contains("operator retry by alice: payment gateway is back"),
+        "{rendered}"
+    );
+    assert!(rendered.ends_with("saga compensated\n"), "{rendered}");
+    orchestrator.shutdown().await;
+}
+
+pub async fn operator_resolve_marks_the_compensation_done_and_continues<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    let (orchestrator, id, item) = escalated(&store, &script, 31).await;
+    let admin = orchestrator.admin();
+    admin
+        .resolve(item, "bob", "refunded by hand in the gateway console")
+        .await
+        .unwrap();
+    let record = orchestrator.wait(id, WAIT).await.unwrap();
+    assert_eq!(record.status, SagaStatus::Compensated);
+    assert_eq!(
+        script.calls_of("charge_card", Phase::Compensation).len(),
+        2,
+        "a resolved compensation does not run again"
+    );
+    assert_eq!(
+        script.calls_of("reserve_stock", Phase::Compensation).len(),
+        1
+    );
+    let refund = admin
+        .show(id)
+        .await
+        .unwrap()
+        .step(saga_core::StepIndex(1), Phase::Compensation)
+        .map(|step| step.status);
+    assert_eq!(refund, Some(StepStatus::Completed));
+    orchestrator.shutdown().await;
+}
+
+pub async fn operator_cancel_stops_the_saga_where_it_is<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    let (orchestrator, id, item) = escalated(&store, &script, 32).await;
+    let admin = orchestrator.admin();
+    let calls_before = script.calls().len();
+    let status = admin
+        .cancel(item, "carol", "customer refunded off-platform")
+        .await
+        .unwrap();
+    assert_eq!(status, SagaStatus::Cancelled);
+    let record = admin.show(id).await.unwrap().record;
+    assert_eq!(record.status, SagaStatus::Cancelled);
+    assert_eq!(record.next_run_at, None, "a cancelled saga is never due");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        script.calls().len(),
+        calls_before,
+        "nothing ran after the cancel"
+    );
+    assert_eq!(
+        admin
+            .intervention(item)
+            .await
+            .unwrap()
+            .resolution
+            .as_deref(),
+        Some("cancel")
+    );
+    orchestrator.shutdown().await;
+}
+
+pub async fn settling_repeatedly_or_concurrently_lets_exactly_one_win<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    let (orchestrator, _, item) = escalated(&store, &script, 33).await;
+    orchestrator.shutdown().await;
+    let admin = orchestrator.admin();
+    let attempts: Vec<_> = (0..6)
+        .map(|n| {
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                if n % 2 == 0 {
+                    admin.retry(item, "op", "try again").await
+                } else {
+                    admin.cancel(item, "op", "give up").await
+                }
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(Error::InterventionSettled(settled)) => assert_eq!(settled, item),
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(wins, 1, "exactly one settlement wins");
+    assert!(matches!(
+        admin.retry(item, "op", "again").await,
+        Err(Error::InterventionSettled(_))
+    ));
+    let unknown = saga_core::InterventionId::new();
+    assert!(matches!(
+        admin.retry(unknown, "op", "why").await,
+        Err(Error::InterventionNotFound(found)) if found == unknown
+    ));
+    assert!(matches!(
+        admin.retry(item, "op", "  ").await,
+        Err(Error::InvalidAction(_))
+    ));
+}
+
+pub async fn batch_retry_honours_its_bound_and_reports_each_item<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    for order in 40..43 {
+        let (orchestrator, _, _) = escalated(&store, &script, order).await;
+        orchestrator.shutdown().await;
+    }
+    let admin = saga_core::Admin::new(store.clone());
+    assert_eq!(admin.interventions(true).await.unwrap().len(), 3);
+    let results = admin.retry_batch(2, "dave", "bulk retry").await.unwrap();
+    assert_eq!(results.len(), 2, "at most the bound");
+    for result in &results {
+        assert!(
+            matches!(result.outcome, Ok(SagaStatus::Compensating)),
+            "{result:?}"
+        );
+    }
+    assert_eq!(admin.interventions(true).await.unwrap().len(), 1);
+}
+
+pub async fn cancelling_a_running_saga_compensates_what_completed<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    script.plan(
+        "charge_card",
+        Phase::Action,
+        &[Outcome::Slow(Duration::from_millis(300))],
+    );
+    let orchestrator = orchestrator(&store, Duration::from_secs(10));
+    orchestrator.register(Probe(script.clone())).unwrap();
+    orchestrator.run();
+    let admin = orchestrator.admin();
+    let id = orchestrator.start::<Probe>(&input(50)).await.unwrap();
+    wait_until("charge_card starts", || {
+        !script.calls_of("charge_card", Phase::Action).is_empty()
+    })
+    .await;
+    let outcome = admin
+        .cancel_saga(id, "erin", "customer called to cancel")
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        saga_core::CancelOutcome::Requested,
+        "a worker holds it"
+    );
+    let record = orchestrator.wait(id, WAIT).await.unwrap();
+    assert_eq!(record.status, SagaStatus::Compensated);
+    assert!(
+        script.calls_of("send_receipt", Phase::Action).is_empty(),
+        "no step begins after the cancel"
+    );
+    assert_eq!(script.calls_of("charge_card", Phase::Compensation).len(), 1);
+    assert_eq!(
+        script.calls_of("reserve_stock", Phase::Compensation).len(),
+        1
+    );
+    let rendered = admin.history(id).await.unwrap().render();
+    assert!(
+        rendered.contains("saga compensating: cancel requested by erin: customer called to cancel"),
+        "{rendered}"
+    );
+
+    // Not leased (no worker has it yet): compensating at once; nothing ran, nothing to undo.
+    orchestrator.shutdown().await;
+    let idle = orchestrator.start::<Probe>(&input(51)).await.unwrap();
+    assert_eq!(
+        admin
+            .cancel_saga(idle, "erin", "duplicate order")
+            .await
+            .unwrap(),
+        saga_core::CancelOutcome::Compensating
+    );
+    assert_eq!(
+        admin.cancel_saga(idle, "erin", "again").await.unwrap(),
+        saga_core::CancelOutcome::AlreadyCompensating
+    );
+    assert!(matches!(
+        admin.cancel_saga(id, "erin", "too late").await,
+        Err(Error::InvalidAction(_))
+    ));
+    let resumed = self::orchestrator(&store, Duration::from_secs(10));
+    resumed.register(Probe(script.clone())).unwrap();
+    resumed.run();
+    assert_eq!(
+        resumed.wait(idle, WAIT).await.unwrap().status,
+        SagaStatus::Compensated
+    );
+    resumed.shutdown().await;
+}
+
+pub async fn parked_saga_is_redriven_once_the_code_is_fixed<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    let id = start_unrun(&store, &script).await;
+    let broken = orchestrator(&store, Duration::from_secs(5));
+    broken.run();
+    assert_eq!(
+        broken.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::NeedsIntervention
+    );
+    broken.shutdown().await;
+    let admin = saga_core::Admin::new(store.clone());
+    let item = open_item(&store, id).await;
+    assert!(
+        matches!(
+            admin.resolve(item, "ops", "fixed").await,
+            Err(Error::InvalidAction(_))
+        ),
+        "nothing to mark done on a parked saga"
+    );
+    assert_eq!(
+        admin.retry(item, "ops", "deployed the fix").await.unwrap(),
+        SagaStatus::Running
+    );
+    let fixed = orchestrator(&store, Duration::from_secs(5));
+    fixed.register(Probe(script.clone())).unwrap();
+    fixed.run();
+    assert_eq!(
+        fixed.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::Completed
+    );
+    fixed.shutdown().await;
+}
+
+pub async fn lifecycle_hooks_fire_once_per_event<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    script.plan("send_receipt", Phase::Action, &[Outcome::Permanent]);
+    script.plan(
+        "charge_card",
+        Phase::Compensation,
+        &[Outcome::Transient, Outcome::Transient],
+    );
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let orchestrator = orchestrator(&store, Duration::from_secs(5));
+    orchestrator.register(Probe(script.clone())).unwrap();
+    let seen = events.clone();
+    orchestrator.on_lifecycle(move |event| seen.lock().unwrap().push(event.clone()));
+    orchestrator.on_lifecycle(|_| panic!("a broken hook must not take the worker down"));
+    orchestrator.run();
+    let id = orchestrator.start::<Probe>(&input(60)).await.unwrap();
+    orchestrator.wait(id, WAIT).await.unwrap();
+    let events = events.lock().unwrap().clone();
+    let escalated = events
+        .iter()
+        .filter(|event| matches!(event, saga_core::LifecycleEvent::Escalated { saga, .. } if *saga == id))
+        .count();
+    let exhausted: Vec<_> = events
+        .iter()
+        .filter_map(|event| match event {
+            saga_core::LifecycleEvent::RetriesExhausted {
+                step,
+                phase,
+                attempt,
+                ..
+            } => Some((step.as_str().to_owned(), *phase, attempt.0)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(escalated, 1, "{events:?}");
+    assert_eq!(
+        exhausted,
+        vec![("charge_card".to_owned(), Phase::Compensation, 2)],
+        "{events:?}"
+    );
+    orchestrator.shutdown().await;
+}
+
+pub async fn prune_removes_only_old_finished_sagas<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    let (orchestrator, done) = run_one(&store, &script, 70).await;
+    orchestrator.shutdown().await;
+    let (orchestrator, parked, item) = escalated(&store, &script, 71).await;
+    orchestrator.shutdown().await;
+    let waiting = orchestrator.start::<Probe>(&input(72)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let admin = saga_core::Admin::new(store.clone());
+    assert_eq!(
+        admin.prune(Duration::from_secs(3600), 100).await.unwrap(),
+        0,
+        "nothing that old"
+    );
+    assert_eq!(admin.prune(Duration::ZERO, 100).await.unwrap(), 1);
+    assert!(matches!(
+        admin.show(done).await,
+        Err(Error::SagaNotFound(_))
+    ));
+    assert!(store.history(done).await.unwrap().is_empty());
+    assert_eq!(
+        admin.show(parked).await.unwrap().record.status,
+        SagaStatus::NeedsIntervention
+    );
+    assert_eq!(
+        admin.intervention(item).await.unwrap().status,
+        saga_core::InterventionStatus::Open
+    );
+    assert_eq!(
+        admin.show(waiting).await.unwrap().record.status,
+        SagaStatus::Running
+    );
+}

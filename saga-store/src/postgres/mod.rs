@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use saga_core::store::EventData;
+use saga_core::store::{cannot_cancel, operator_event, settled_status, settlement_detail};
 use saga_core::{
-    Change, Created, Error, Event, FencingToken, Intervention, Lease, NewSaga, Result, SagaFilter,
-    SagaId, SagaRecord, SagaSnapshot, SagaStatus, StepContext, StepError, StepTransaction, Store,
+    CancelOutcome, Change, Created, Error, Event, FencingToken, Intervention, InterventionId,
+    InterventionKind, Lease, NewSaga, Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot,
+    SagaStatus, SettleAction, Settlement, StepContext, StepError, StepTransaction, Store,
     Timestamp, WorkerId,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -444,26 +446,177 @@ impl Store for PgStore {
         tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await
             .map_err(classify)?;
-        let Some(row) = sqlx::query("SELECT * FROM saga_instances WHERE id = $1")
+        let snapshot = load_with(&mut tx, id, false).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(snapshot)
+    }
+
+    async fn intervention(&self, id: InterventionId) -> Result<Option<Intervention>> {
+        sqlx::query("SELECT * FROM saga_interventions WHERE id = $1")
             .bind(id.as_uuid())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&self.pool)
             .await
             .map_err(classify)?
-        else {
-            return Ok(None);
+            .as_ref()
+            .map(rows::intervention)
+            .transpose()
+    }
+
+    async fn settle(&self, settlement: &Settlement) -> Result<SagaStatus> {
+        let now = saga_core::now();
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        // Closing the item first is the gate: of concurrent settlements, one updates the row,
+        // the others find it resolved once the winner commits.
+        let claimed = sqlx::query(
+            "UPDATE saga_interventions SET status = 'resolved', resolved_at = $1,
+                    resolved_by = $2, resolution = $3, resolution_reason = $4
+              WHERE id = $5 AND status = 'open'
+          RETURNING *",
+        )
+        .bind(now)
+        .bind(&settlement.by)
+        .bind(settlement.action.as_str())
+        .bind(&settlement.reason)
+        .bind(settlement.intervention.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let Some(row) = claimed else {
+            drop(tx);
+            return match self.intervention(settlement.intervention).await? {
+                Some(_) => Err(Error::InterventionSettled(settlement.intervention)),
+                None => Err(Error::InterventionNotFound(settlement.intervention)),
+            };
         };
-        let record = rows::saga_record(&row)?;
-        let steps =
-            sqlx::query("SELECT * FROM saga_steps WHERE saga_id = $1 ORDER BY step_index, phase")
-                .bind(id.as_uuid())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?
-                .iter()
-                .map(|row| rows::step_record(row, id))
-                .collect::<Result<Vec<_>>>()?;
+        let item = rows::intervention(&row)?;
+        let snapshot = load_with(&mut tx, item.saga_id, true)
+            .await?
+            .ok_or(Error::SagaNotFound(item.saga_id))?;
+        let status = settled_status(&item, &snapshot, settlement.action)?;
+        if let (
+            SettleAction::Retry | SettleAction::Resolve,
+            Some((index, _)),
+            InterventionKind::CompensationFailed,
+        ) = (settlement.action, &item.item.step, item.item.kind)
+        {
+            let step_status = if settlement.action == SettleAction::Retry {
+                "pending"
+            } else {
+                "completed"
+            };
+            sqlx::query(
+                "UPDATE saga_steps SET status = $1, next_attempt_at = NULL, finished_at = $2
+                  WHERE saga_id = $3 AND step_index = $4 AND phase = 'compensation'",
+            )
+            .bind(step_status)
+            .bind(now)
+            .bind(item.saga_id.as_uuid())
+            .bind(attempt_i32(index.0))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
+        let detail = settlement_detail(settlement);
+        sqlx::query(
+            "UPDATE saga_instances SET status = $1, status_reason = $2, next_run_at = $3,
+                    cancel_requested = NULL, updated_at = $4
+              WHERE id = $5",
+        )
+        .bind(status.as_str())
+        .bind(&detail)
+        .bind((!status.is_terminal()).then_some(now))
+        .bind(now)
+        .bind(item.saga_id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        insert_events(
+            &mut tx,
+            item.saga_id.as_uuid(),
+            now,
+            vec![operator_event(detail)],
+        )
+        .await?;
+        if !status.is_terminal() {
+            self.notify_in(&mut tx).await?;
+        }
         tx.commit().await.map_err(classify)?;
-        Ok(Some(SagaSnapshot { record, steps }))
+        Ok(status)
+    }
+
+    async fn request_cancel(
+        &self,
+        id: SagaId,
+        by: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<CancelOutcome> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let snapshot = load_with(&mut tx, id, true)
+            .await?
+            .ok_or(Error::SagaNotFound(id))?;
+        let record = &snapshot.record;
+        let request = format!("cancel requested by {by}: {reason}");
+        let outcome = match record.status {
+            SagaStatus::Compensating => return Ok(CancelOutcome::AlreadyCompensating),
+            SagaStatus::Running => {
+                let leased = record.lease_owner.is_some()
+                    && record.lease_expires_at.is_some_and(|at| at >= now);
+                if leased {
+                    sqlx::query(
+                        "UPDATE saga_instances SET cancel_requested = $1, updated_at = $2
+                          WHERE id = $3",
+                    )
+                    .bind(&request)
+                    .bind(now)
+                    .bind(id.as_uuid())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    CancelOutcome::Requested
+                } else {
+                    sqlx::query(
+                        "UPDATE saga_instances SET status = 'compensating', status_reason = $1,
+                                cancel_requested = NULL, next_run_at = $2, updated_at = $2
+                          WHERE id = $3",
+                    )
+                    .bind(&request)
+                    .bind(now)
+                    .bind(id.as_uuid())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    self.notify_in(&mut tx).await?;
+                    CancelOutcome::Compensating
+                }
+            }
+            other => return Err(cannot_cancel(id, other)),
+        };
+        insert_events(&mut tx, id.as_uuid(), now, vec![operator_event(request)]).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(outcome)
+    }
+
+    async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {
+        let row = sqlx::query(
+            "WITH doomed AS (
+                 SELECT id FROM saga_instances
+                  WHERE status IN ('completed', 'compensated', 'cancelled') AND updated_at < $1
+                  ORDER BY updated_at
+                  LIMIT $2
+                  FOR UPDATE SKIP LOCKED),
+             events AS (DELETE FROM saga_events WHERE saga_id IN (SELECT id FROM doomed)),
+             items AS (DELETE FROM saga_interventions WHERE saga_id IN (SELECT id FROM doomed)),
+             gone AS (DELETE FROM saga_instances WHERE id IN (SELECT id FROM doomed) RETURNING id)
+             SELECT COUNT(*) AS n FROM gone",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
+        let deleted: i64 = row.try_get("n").map_err(classify)?;
+        Ok(u64::try_from(deleted).unwrap_or(0))
     }
 
     async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaRecord>> {
@@ -541,7 +694,50 @@ impl Store for PgStore {
     }
 }
 
+/// Reads one saga and its steps inside the caller's transaction (locking the saga's row for
+/// update when `lock`).
+async fn load_with(
+    tx: &mut Transaction<'static, Postgres>,
+    id: SagaId,
+    lock: bool,
+) -> Result<Option<SagaSnapshot>> {
+    let query = if lock {
+        "SELECT * FROM saga_instances WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT * FROM saga_instances WHERE id = $1"
+    };
+    let Some(row) = sqlx::query(query)
+        .bind(id.as_uuid())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(classify)?
+    else {
+        return Ok(None);
+    };
+    let record = rows::saga_record(&row)?;
+    let steps =
+        sqlx::query("SELECT * FROM saga_steps WHERE saga_id = $1 ORDER BY step_index, phase")
+            .bind(id.as_uuid())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|row| rows::step_record(row, id))
+            .collect::<Result<Vec<_>>>()?;
+    Ok(Some(SagaSnapshot { record, steps }))
+}
+
 impl PgStore {
+    /// Wakes idle workers of every process when the transaction commits.
+    async fn notify_in(&self, tx: &mut Transaction<'static, Postgres>) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, '')::text")
+            .bind(&self.channel)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
     /// Fences, applies `changes` and their events, and commits, all in `tx`.
     async fn apply_in(
         &self,
@@ -553,17 +749,27 @@ impl PgStore {
         let saga = lease.saga.as_uuid();
         let fenced = sqlx::query(
             "UPDATE saga_instances SET updated_at = $1
-              WHERE id = $2 AND lease_owner = $3 AND fencing_token = $4",
+              WHERE id = $2 AND lease_owner = $3 AND fencing_token = $4
+          RETURNING cancel_requested",
         )
         .bind(now)
         .bind(saga)
         .bind(lease.owner.as_str())
         .bind(lease.token.0)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(classify)?;
-        if fenced.rows_affected() == 0 {
+        let Some(fenced) = fenced else {
             return Err(Error::LeaseLost(lease.saga));
+        };
+        let cancel: Option<String> = fenced.try_get("cancel_requested").map_err(classify)?;
+        if let Some(reason) = cancel {
+            if saga_core::store::begins_forward_step(changes) {
+                return Err(Error::CancelRequested {
+                    saga: lease.saga,
+                    reason,
+                });
+            }
         }
         let mut wake = false;
         for change in changes {
@@ -693,18 +899,23 @@ async fn apply_change(
             }
         }
         Change::SetStatus { status, reason } => {
-            sqlx::query("UPDATE saga_instances SET status = $1, status_reason = $2 WHERE id = $3")
-                .bind(status.as_str())
-                .bind(reason)
-                .bind(saga)
-                .execute(&mut **tx)
-                .await
-                .map_err(classify)?;
+            sqlx::query(
+                "UPDATE saga_instances SET status = $1, status_reason = $2,
+                        cancel_requested = CASE WHEN $1 = 'running' THEN cancel_requested END
+                  WHERE id = $3",
+            )
+            .bind(status.as_str())
+            .bind(reason)
+            .bind(saga)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
         }
         Change::Escalate(item) => {
             sqlx::query(
                 "WITH parked AS (
-                     UPDATE saga_instances SET status = 'needs_intervention', status_reason = $10
+                     UPDATE saga_instances SET status = 'needs_intervention', status_reason = $10,
+                            cancel_requested = NULL
                       WHERE id = $2)
                  INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
                      idempotency_key, input, output, error, status, opened_at)

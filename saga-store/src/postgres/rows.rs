@@ -94,6 +94,7 @@ pub(super) fn saga_record(row: &PgRow) -> Result<SagaRecord, Error> {
         lease_expires_at: r.get::<Option<Timestamp>>("lease_expires_at")?,
         fencing_token: FencingToken(r.get::<i64>("fencing_token")?),
         trace_context: r.get("trace_context")?,
+        cancel_requested: r.get("cancel_requested")?,
         created_at: r.get::<Timestamp>("created_at")?,
         updated_at: r.get::<Timestamp>("updated_at")?,
     })

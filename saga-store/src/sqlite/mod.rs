@@ -7,9 +7,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use saga_core::store::{cannot_cancel, operator_event, settled_status, settlement_detail};
 use saga_core::{
-    Change, Created, Error, Event, Intervention, Lease, NewSaga, Result, SagaFilter, SagaId,
-    SagaRecord, SagaSnapshot, SagaStatus, StepContext, StepError, StepTransaction, Store,
+    CancelOutcome, Change, Created, Error, Event, Intervention, InterventionId, InterventionKind,
+    InterventionStatus, Lease, NewSaga, Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot,
+    SagaStatus, SettleAction, Settlement, StepContext, StepError, StepTransaction, Store,
     Timestamp, WorkerId,
 };
 use sqlx::sqlite::{
@@ -378,26 +380,173 @@ impl Store for SqliteStore {
 
     async fn load(&self, id: SagaId) -> Result<Option<SagaSnapshot>> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        let Some(row) = sqlx::query("SELECT * FROM saga_instances WHERE id = ?")
+        let snapshot = load_with(&mut tx, id).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(snapshot)
+    }
+
+    async fn intervention(&self, id: InterventionId) -> Result<Option<Intervention>> {
+        sqlx::query("SELECT * FROM saga_interventions WHERE id = ?")
             .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?
+            .as_ref()
+            .map(rows::intervention)
+            .transpose()
+    }
+
+    async fn settle(&self, settlement: &Settlement) -> Result<SagaStatus> {
+        let now = saga_core::now();
+        let mut tx = self.write_tx().await?;
+        let item = sqlx::query("SELECT * FROM saga_interventions WHERE id = ?")
+            .bind(settlement.intervention.to_string())
             .fetch_optional(&mut *tx)
             .await
             .map_err(classify)?
-        else {
-            return Ok(None);
-        };
-        let record = rows::saga_record(&row)?;
-        let steps =
-            sqlx::query("SELECT * FROM saga_steps WHERE saga_id = ? ORDER BY step_index, phase")
-                .bind(id.to_string())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(classify)?
-                .iter()
-                .map(|row| rows::step_record(row, id))
-                .collect::<Result<Vec<_>>>()?;
+            .as_ref()
+            .map(rows::intervention)
+            .transpose()?
+            .ok_or(Error::InterventionNotFound(settlement.intervention))?;
+        if item.status != InterventionStatus::Open {
+            return Err(Error::InterventionSettled(settlement.intervention));
+        }
+        let snapshot = load_with(&mut tx, item.saga_id)
+            .await?
+            .ok_or(Error::SagaNotFound(item.saga_id))?;
+        let status = settled_status(&item, &snapshot, settlement.action)?;
+        let saga = item.saga_id.to_string();
+        if let (
+            SettleAction::Retry | SettleAction::Resolve,
+            Some((index, _)),
+            InterventionKind::CompensationFailed,
+        ) = (settlement.action, &item.item.step, item.item.kind)
+        {
+            let step_status = if settlement.action == SettleAction::Retry {
+                "pending"
+            } else {
+                "completed"
+            };
+            sqlx::query(
+                "UPDATE saga_steps SET status = ?, next_attempt_at = NULL, finished_at = ?
+                  WHERE saga_id = ? AND step_index = ? AND phase = 'compensation'",
+            )
+            .bind(step_status)
+            .bind(millis(now))
+            .bind(&saga)
+            .bind(i64::from(index.0))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
+        let detail = settlement_detail(settlement);
+        sqlx::query(
+            "UPDATE saga_instances SET status = ?, status_reason = ?, next_run_at = ?,
+                    cancel_requested = NULL, updated_at = ?
+              WHERE id = ?",
+        )
+        .bind(status.as_str())
+        .bind(&detail)
+        .bind((!status.is_terminal()).then_some(millis(now)))
+        .bind(millis(now))
+        .bind(&saga)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        sqlx::query(
+            "UPDATE saga_interventions SET status = 'resolved', resolved_at = ?, resolved_by = ?,
+                    resolution = ?, resolution_reason = ?
+              WHERE id = ? AND status = 'open'",
+        )
+        .bind(millis(now))
+        .bind(&settlement.by)
+        .bind(settlement.action.as_str())
+        .bind(&settlement.reason)
+        .bind(settlement.intervention.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        insert_event(&mut tx, item.saga_id, now, operator_event(detail)).await?;
         tx.commit().await.map_err(classify)?;
-        Ok(Some(SagaSnapshot { record, steps }))
+        Ok(status)
+    }
+
+    async fn request_cancel(
+        &self,
+        id: SagaId,
+        by: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<CancelOutcome> {
+        let mut tx = self.write_tx().await?;
+        let snapshot = load_with(&mut tx, id)
+            .await?
+            .ok_or(Error::SagaNotFound(id))?;
+        let record = &snapshot.record;
+        let request = format!("cancel requested by {by}: {reason}");
+        let outcome = match record.status {
+            SagaStatus::Compensating => return Ok(CancelOutcome::AlreadyCompensating),
+            SagaStatus::Running => {
+                let leased = record.lease_owner.is_some()
+                    && record.lease_expires_at.is_some_and(|at| at >= now);
+                if leased {
+                    sqlx::query(
+                        "UPDATE saga_instances SET cancel_requested = ?, updated_at = ? WHERE id = ?",
+                    )
+                    .bind(&request)
+                    .bind(millis(now))
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    CancelOutcome::Requested
+                } else {
+                    sqlx::query(
+                        "UPDATE saga_instances SET status = 'compensating', status_reason = ?,
+                                cancel_requested = NULL, next_run_at = ?, updated_at = ?
+                          WHERE id = ?",
+                    )
+                    .bind(&request)
+                    .bind(millis(now))
+                    .bind(millis(now))
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    CancelOutcome::Compensating
+                }
+            }
+            other => return Err(cannot_cancel(id, other)),
+        };
+        insert_event(&mut tx, id, now, operator_event(request)).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(outcome)
+    }
+
+    async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {
+        let mut tx = self.write_tx().await?;
+        let doomed = "SELECT id FROM saga_instances
+                       WHERE status IN ('completed', 'compensated', 'cancelled') AND updated_at < ?
+                       ORDER BY updated_at LIMIT ?";
+        for table in ["saga_events", "saga_interventions"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE saga_id IN ({doomed})"))
+                .bind(millis(before))
+                .bind(i64::from(limit))
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+        }
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM saga_instances WHERE id IN ({doomed})"
+        ))
+        .bind(millis(before))
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        tx.commit().await.map_err(classify)?;
+        Ok(deleted)
     }
 
     async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaRecord>> {
@@ -476,6 +625,29 @@ impl Store for SqliteStore {
     }
 }
 
+/// Reads one saga and its steps on `conn` (inside the caller's transaction).
+async fn load_with(conn: &mut SqliteConnection, id: SagaId) -> Result<Option<SagaSnapshot>> {
+    let Some(row) = sqlx::query("SELECT * FROM saga_instances WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(classify)?
+    else {
+        return Ok(None);
+    };
+    let record = rows::saga_record(&row)?;
+    let steps =
+        sqlx::query("SELECT * FROM saga_steps WHERE saga_id = ? ORDER BY step_index, phase")
+            .bind(id.to_string())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|row| rows::step_record(row, id))
+            .collect::<Result<Vec<_>>>()?;
+    Ok(Some(SagaSnapshot { record, steps }))
+}
+
 /// Fences, applies `changes` and their events, and commits, all in `tx`.
 async fn apply_in(
     mut tx: Transaction<'static, Sqlite>,
@@ -486,17 +658,27 @@ async fn apply_in(
     let saga = lease.saga.to_string();
     let fenced = sqlx::query(
         "UPDATE saga_instances SET updated_at = ?
-          WHERE id = ? AND lease_owner = ? AND fencing_token = ?",
+          WHERE id = ? AND lease_owner = ? AND fencing_token = ?
+      RETURNING cancel_requested",
     )
     .bind(millis(now))
     .bind(&saga)
     .bind(lease.owner.as_str())
     .bind(lease.token.0)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(classify)?;
-    if fenced.rows_affected() == 0 {
+    let Some(fenced) = fenced else {
         return Err(Error::LeaseLost(lease.saga));
+    };
+    let cancel: Option<String> = fenced.try_get("cancel_requested").map_err(classify)?;
+    if let Some(reason) = cancel {
+        if saga_core::store::begins_forward_step(changes) {
+            return Err(Error::CancelRequested {
+                saga: lease.saga,
+                reason,
+            });
+        }
     }
     for change in changes {
         apply_change(&mut tx, lease.saga, &saga, change, now).await?;
@@ -607,17 +789,22 @@ async fn apply_change(
             }
         }
         Change::SetStatus { status, reason } => {
-            sqlx::query("UPDATE saga_instances SET status = ?, status_reason = ? WHERE id = ?")
-                .bind(status.as_str())
-                .bind(reason)
-                .bind(saga)
-                .execute(&mut **tx)
-                .await
-                .map_err(classify)?;
+            sqlx::query(
+                "UPDATE saga_instances SET status = ?1, status_reason = ?2,
+                        cancel_requested = CASE WHEN ?1 = 'running' THEN cancel_requested END
+                  WHERE id = ?3",
+            )
+            .bind(status.as_str())
+            .bind(reason)
+            .bind(saga)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
         }
         Change::Escalate(item) => {
             sqlx::query(
-                "UPDATE saga_instances SET status = 'needs_intervention', status_reason = ?
+                "UPDATE saga_instances SET status = 'needs_intervention', status_reason = ?,
+                        cancel_requested = NULL
                   WHERE id = ?",
             )
             .bind(&item.error)

@@ -132,6 +132,7 @@ pub(super) fn saga_record(row: &SqliteRow) -> Result<SagaRecord, Error> {
         lease_expires_at: r.opt_time("lease_expires_at")?,
         fencing_token: FencingToken(r.int("fencing_token")?),
         trace_context: r.opt_text("trace_context")?,
+        cancel_requested: r.opt_text("cancel_requested")?,
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
     })
