@@ -1,0 +1,412 @@
+//! `saga`: the operator CLI. Finds and reads sagas and works the manual-intervention queue on any
+//! store, by URL (`--db` or `SAGA_DATABASE_URL`).
+//!
+//! Exit codes scripts can rely on: 0 done; 2 bad input (arguments, ids, durations, store URL);
+//! 3 no such saga or item; 4 refused (already settled, not applicable now); 5 store unavailable;
+//! 1 anything else.
+
+mod output;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use saga::{Admin, Error, InterventionId, SagaFilter, SagaId, SagaStatus, SagaType};
+
+use output::Output;
+
+/// Operate sagas: list them, read their history, settle the manual-intervention queue.
+#[derive(Debug, Parser)]
+#[command(name = "saga", version)]
+struct Cli {
+    /// Store URL: sqlite://path.db or postgres://user:password@host/database.
+    #[arg(long, env = "SAGA_DATABASE_URL", global = true, hide_env_values = true)]
+    db: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List or cancel sagas.
+    #[command(subcommand)]
+    Sagas(SagasCommand),
+    /// Show one saga with its steps.
+    Show {
+        /// The saga id.
+        id: String,
+    },
+    /// Show one saga's full history.
+    History {
+        /// The saga id.
+        id: String,
+    },
+    /// Work the manual-intervention queue.
+    #[command(subcommand)]
+    Interventions(InterventionsCommand),
+    /// Delete finished sagas (completed, compensated, cancelled) older than an age; never
+    /// running sagas nor open interventions.
+    Prune {
+        /// Age of the last change, e.g. 30d, 12h, 15m, 90s.
+        #[arg(long)]
+        older_than: String,
+        /// Delete at most this many.
+        #[arg(long, default_value_t = 10_000)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SagasCommand {
+    /// List sagas, oldest first.
+    List {
+        /// Only this status (running, compensating, completed, compensated, needs_intervention, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this saga type.
+        #[arg(long = "type")]
+        saga_type: Option<String>,
+        /// Only the saga started with this idempotency key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only sagas created more than this long ago, e.g. 1h.
+        #[arg(long)]
+        older_than: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Start after this saga id (the last id of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Cancel a running saga: no further step begins, completed steps are compensated.
+    Cancel {
+        /// The saga id.
+        id: String,
+        /// Why (required; recorded in the history).
+        #[arg(long)]
+        reason: String,
+        /// Who is acting (default: $SAGA_OPERATOR, else $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InterventionsCommand {
+    /// List intervention items (open ones unless --all).
+    List {
+        /// Include settled items.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one item: step, key, input, output, error.
+    Show {
+        /// The item id.
+        id: String,
+    },
+    /// Run the failed compensation again with the same key and continue compensating (or
+    /// re-drive a parked saga once its code is fixed).
+    Retry {
+        /// The item id (or --all).
+        id: Option<String>,
+        /// Retry every open item, at most --max of them.
+        #[arg(long, conflicts_with = "id", requires = "max")]
+        all: bool,
+        /// The bound of --all.
+        #[arg(long)]
+        max: Option<usize>,
+        /// Why (required; recorded in the history).
+        #[arg(long)]
+        reason: String,
+        /// Who is acting (default: $SAGA_OPERATOR, else $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// The step was undone by hand: mark the compensation done and continue compensating.
+    Resolve {
+        /// The item id.
+        id: String,
+        /// Why (required; recorded in the history).
+        #[arg(long)]
+        reason: String,
+        /// Who is acting (default: $SAGA_OPERATOR, else $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Stop the saga where it is (cancelled) and close the item.
+    Cancel {
+        /// The item id.
+        id: String,
+        /// Why (required; recorded in the history).
+        #[arg(long)]
+        reason: String,
+        /// Who is acting (default: $SAGA_OPERATOR, else $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        let code = match &err {
+            Error::SagaNotFound(_) | Error::InterventionNotFound(_) => 3,
+            Error::InterventionSettled(_) | Error::InvalidAction(_) | Error::Conflict { .. } => 4,
+            Error::StoreUnavailable(_) => 5,
+            Error::Configuration(_) => 2,
+            _ => 1,
+        };
+        Failure {
+            code,
+            message: err.to_string(),
+        }
+    }
+}
+
+fn bad_input(message: String) -> Failure {
+    Failure { code: 2, message }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    let Some(url) = cli.db.as_deref() else {
+        return Err(bad_input(
+            "no store given; pass --db sqlite://path.db (or postgres://...) or set SAGA_DATABASE_URL"
+                .into(),
+        ));
+    };
+    if url.starts_with("sqlite:") {
+        let path = url
+            .trim_start_matches("sqlite://")
+            .trim_start_matches("sqlite:");
+        let path = path.split('?').next().unwrap_or(path);
+        if !path.is_empty() && path != ":memory:" && !std::path::Path::new(path).exists() {
+            return Err(bad_input(format!(
+                "no SQLite database at `{path}`; check the path (the CLI never creates one)"
+            )));
+        }
+    }
+    let admin = Admin::new(saga::connect(url).await?);
+    let out = Output::new(cli.json);
+    match cli.command {
+        Command::Sagas(SagasCommand::List {
+            status,
+            saga_type,
+            key,
+            older_than,
+            limit,
+            after,
+        }) => {
+            let filter = SagaFilter {
+                status: status.as_deref().map(parse_status).transpose()?,
+                saga_type: saga_type.map(SagaType::new),
+                idempotency_key: key.map(saga::IdempotencyKey::new),
+                after: after.as_deref().map(parse_saga_id).transpose()?,
+                limit: Some(limit),
+                created_before: None,
+            };
+            let sagas = match older_than {
+                Some(age) => admin.list_older_than(parse_age(&age)?, &filter).await?,
+                None => admin.list(&filter).await?,
+            };
+            out.sagas(&sagas);
+        }
+        Command::Sagas(SagasCommand::Cancel { id, reason, by }) => {
+            let id = parse_saga_id(&id)?;
+            let outcome = admin
+                .cancel_saga(id, &operator(by)?, required_reason(&reason)?)
+                .await?;
+            out.cancelled(id, outcome);
+        }
+        Command::Show { id } => out.saga(&admin.show(parse_saga_id(&id)?).await?),
+        Command::History { id } => {
+            let id = parse_saga_id(&id)?;
+            out.history(id, &admin.history(id).await?);
+        }
+        Command::Interventions(command) => return interventions(&admin, &out, command).await,
+        Command::Prune { older_than, limit } => {
+            let deleted = admin.prune(parse_age(&older_than)?, limit).await?;
+            out.pruned(deleted);
+        }
+    }
+    Ok(0)
+}
+
+async fn interventions(
+    admin: &Admin,
+    out: &Output,
+    command: InterventionsCommand,
+) -> Result<u8, Failure> {
+    match command {
+        InterventionsCommand::List { all } => out.interventions(&admin.interventions(!all).await?),
+        InterventionsCommand::Show { id } => {
+            out.intervention(&admin.intervention(parse_item_id(&id)?).await?)
+        }
+        InterventionsCommand::Retry {
+            id: Some(id),
+            reason,
+            by,
+            ..
+        } => {
+            let id = parse_item_id(&id)?;
+            let status = admin
+                .retry(id, &operator(by)?, required_reason(&reason)?)
+                .await?;
+            out.settled(id, "retry", status);
+        }
+        InterventionsCommand::Retry {
+            id: None,
+            all: true,
+            max: Some(max),
+            reason,
+            by,
+        } => {
+            let results = admin
+                .retry_batch(max, &operator(by)?, required_reason(&reason)?)
+                .await?;
+            out.batch(&results);
+            if results.iter().any(|result| result.outcome.is_err()) {
+                return Ok(4);
+            }
+        }
+        InterventionsCommand::Retry { .. } => {
+            return Err(bad_input(
+                "say which item to retry: an item id, or --all --max N".into(),
+            ))
+        }
+        InterventionsCommand::Resolve { id, reason, by } => {
+            let id = parse_item_id(&id)?;
+            let status = admin
+                .resolve(id, &operator(by)?, required_reason(&reason)?)
+                .await?;
+            out.settled(id, "resolve", status);
+        }
+        InterventionsCommand::Cancel { id, reason, by } => {
+            let id = parse_item_id(&id)?;
+            let status = admin
+                .cancel(id, &operator(by)?, required_reason(&reason)?)
+                .await?;
+            out.settled(id, "cancel", status);
+        }
+    }
+    Ok(0)
+}
+
+/// The reason an action needs: recorded in the saga's history, so it may not be blank.
+fn required_reason(text: &str) -> Result<&str, Failure> {
+    if text.trim().is_empty() {
+        Err(bad_input(
+            "give a reason with --reason; it is recorded in the saga's history for whoever looks next".into(),
+        ))
+    } else {
+        Ok(text)
+    }
+}
+
+fn operator(by: Option<String>) -> Result<String, Failure> {
+    by.or_else(|| std::env::var("SAGA_OPERATOR").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|name| !name.trim().is_empty())
+        .ok_or_else(|| {
+            bad_input("say who is acting: --by NAME (or set SAGA_OPERATOR); it is recorded in the saga's history".into())
+        })
+}
+
+fn parse_saga_id(text: &str) -> Result<SagaId, Failure> {
+    text.parse().map_err(|_| {
+        bad_input(format!(
+            "`{text}` is not a saga id (a UUID); `saga sagas list` shows them"
+        ))
+    })
+}
+
+fn parse_item_id(text: &str) -> Result<InterventionId, Failure> {
+    text.parse().map_err(|_| {
+        bad_input(format!(
+            "`{text}` is not an intervention id (a UUID); `saga interventions list` shows them"
+        ))
+    })
+}
+
+fn parse_status(text: &str) -> Result<SagaStatus, Failure> {
+    text.parse().map_err(|_| {
+        bad_input(format!(
+            "`{text}` is not a saga status; use one of: running, compensating, completed, compensated, needs_intervention, cancelled"
+        ))
+    })
+}
+
+/// `30d`, `12h`, `15m`, `90s`, `0s`.
+fn parse_age(text: &str) -> Result<Duration, Failure> {
+    let invalid = || {
+        bad_input(format!(
+            "`{text}` is not an age; write a number and a unit: 90s, 15m, 12h, 30d"
+        ))
+    };
+    let unit_at = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(unit_at);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_age;
+    use std::time::Duration;
+
+    #[test]
+    fn ages_parse_with_units_and_refuse_the_rest() {
+        assert_eq!(parse_age("90s").ok(), Some(Duration::from_secs(90)));
+        assert_eq!(parse_age("15m").ok(), Some(Duration::from_secs(900)));
+        assert_eq!(
+            parse_age("30d").ok(),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(parse_age("0s").ok(), Some(Duration::ZERO));
+        for bad in ["", "10", "m", "1.5h", "10y", "-1s", "99999999999999999999d"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! What the CLI prints: aligned tables for people, JSON (`--json`) for scripts.
+
+use saga::{
+    BatchResult, CancelOutcome, History, Intervention, InterventionId, SagaId, SagaRecord,
+    SagaSnapshot, SagaStatus, Timestamp,
+};
+use serde_json::{json, Value};
+
+/// Prints results as tables or JSON.
+pub(crate) struct Output {
+    json: bool,
+}
+
+fn time(at: Timestamp) -> String {
+    at.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+}
+
+fn opt_time(at: Option<Timestamp>) -> String {
+    at.map_or_else(|| "-".to_owned(), time)
+}
+
+/// At most `max` characters of `text`, with an ellipsis when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// Rows padded into columns; the last column is not padded.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|title| title.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut text = String::new();
+        for (n, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if n == last {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        text.trim_end().to_owned()
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn saga_json(record: &SagaRecord) -> Value {
+    json!({
+        "id": record.id,
+        "type": record.saga_type.as_str(),
+        "version": record.version,
+        "status": record.status,
+        "reason": record.status_reason,
+        "idempotency_key": record.idempotency_key.as_ref().map(|key| key.as_str()),
+        "input": record.input,
+        "next_run_at": record.next_run_at.map(time),
+        "lease_owner": record.lease_owner.as_ref().map(|owner| owner.as_str()),
+        "lease_expires_at": record.lease_expires_at.map(time),
+        "cancel_requested": record.cancel_requested,
+        "created_at": time(record.created_at),
+        "updated_at": time(record.updated_at),
+    })
+}
+
+fn item_json(item: &Intervention) -> Value {
+    json!({
+        "id": item.item.id,
+        "saga_id": item.saga_id,
+        "kind": item.item.kind.as_str(),
+        "step": item.item.step.as_ref().map(|(_, name)| name.as_str()),
+        "phase": item.item.phase,
+        "idempotency_key": item.item.idempotency_key.as_ref().map(|key| key.as_str()),
+        "input": item.item.input,
+        "output": item.item.output,
+        "error": item.item.error,
+        "status": item.status.as_str(),
+        "opened_at": time(item.opened_at),
+        "resolved_at": item.resolved_at.map(time),
+        "resolved_by": item.resolved_by,
+        "resolution": item.resolution,
+        "resolution_reason": item.resolution_reason,
+    })
+}
+
+impl Output {
+    pub(crate) fn new(json: bool) -> Self {
+        Self { json }
+    }
+
+    fn print_json(&self, value: &Value) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+        );
+    }
+
+    pub(crate) fn sagas(&self, sagas: &[SagaRecord]) {
+        if self.json {
+            return self.print_json(&Value::Array(sagas.iter().map(saga_json).collect()));
+        }
+        let rows: Vec<Vec<String>> = sagas
+            .iter()
+            .map(|record| {
+                vec![
+                    record.id.to_string(),
+                    record.saga_type.to_string(),
+                    record.version.to_string(),
+                    record.status.to_string(),
+                    time(record.created_at),
+                    record
+                        .idempotency_key
+                        .as_ref()
+                        .map_or("-".to_owned(), |key| key.to_string()),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table(&["ID", "TYPE", "V", "STATUS", "CREATED", "KEY"], &rows)
+        );
+        println!(
+            "({} saga{})",
+            sagas.len(),
+            if sagas.len() == 1 { "" } else { "s" }
+        );
+    }
+
+    pub(crate) fn saga(&self, snapshot: &SagaSnapshot) {
+        let record = &snapshot.record;
+        if self.json {
+            let mut value = saga_json(record);
+            value["steps"] = Value::Array(
+                snapshot
+                    .steps
+                    .iter()
+                    .map(|step| {
+                        json!({
+                            "index": step.index.0,
+                            "step": step.name.as_str(),
+                            "phase": step.phase,
+                            "status": step.status,
+                            "attempt": step.attempt.0,
+                            "idempotency_key": step.idempotency_key.as_str(),
+                            "output": step.output,
+                            "last_error": step.last_error,
+                            "next_attempt_at": step.next_attempt_at.map(time),
+                            "started_at": step.started_at.map(time),
+                            "finished_at": step.finished_at.map(time),
+                        })
+                    })
+                    .collect(),
+            );
+            return self.print_json(&value);
+        }
+        let lease = match (&record.lease_owner, record.lease_expires_at) {
+            (Some(owner), Some(until)) => format!("{owner} until {}", time(until)),
+            _ => "none".to_owned(),
+        };
+        let fields = [
+            ("saga", record.id.to_string()),
+            ("type", format!("{} v{}", record.saga_type, record.version)),
+            ("status", record.status.to_string()),
+            (
+                "reason",
+                record.status_reason.clone().unwrap_or_else(|| "-".into()),
+            ),
+            (
+                "key",
+                record
+                    .idempotency_key
+                    .as_ref()
+                    .map_or("-".to_owned(), |key| key.to_string()),
+            ),
+            ("input", clip(&record.input.to_string(), 100)),
+            ("created", time(record.created_at)),
+            ("updated", time(record.updated_at)),
+            ("next run", opt_time(record.next_run_at)),
+            ("lease", lease),
+        ];
+        for (name, value) in fields {
+            println!("{name:<9} {value}");
+        }
+        if let Some(request) = &record.cancel_requested {
+            println!("{:<9} {request}", "cancel");
+        }
+        println!();
+        let rows: Vec<Vec<String>> = snapshot
+            .steps
+            .iter()
+            .map(|step| {
+                vec![
+                    step.name.to_string(),
+                    step.phase.to_string(),
+                    step.status.to_string(),
+                    step.attempt.to_string(),
+                    step.output
+                        .as_ref()
+                        .map_or("-".to_owned(), |output| clip(&output.to_string(), 40)),
+                    step.last_error.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table(
+                &["STEP", "PHASE", "STATUS", "ATTEMPT", "OUTPUT", "LAST ERROR"],
+                &rows
+            )
+        );
+    }
+
+    pub(crate) fn history(&self, id: SagaId, history: &History) {
+        if self.json {
+            let events: Vec<Value> = history
+                .events
+                .iter()
+                .map(|event| {
+                    json!({
+                        "seq": event.seq,
+                        "at": time(event.at),
+                        "kind": event.kind.as_str(),
+                        "step": event.step.as_ref().map(|step| step.as_str()),
+                        "phase": event.phase,
+                        "attempt": event.attempt.map(|attempt| attempt.0),
+                        "detail": event.detail,
+                    })
+                })
+                .collect();
+            return self.print_json(&json!({ "saga": id, "events": events }));
+        }
+        let rendered = history.render();
+        for (event, line) in history.events.iter().zip(rendered.lines()) {
+            println!("{}  {line}", time(event.at));
+        }
+    }
+
+    pub(crate) fn interventions(&self, items: &[Intervention]) {
+        if self.json {
+            return self.print_json(&Value::Array(items.iter().map(item_json).collect()));
+        }
+        let rows: Vec<Vec<String>> = items
+            .iter()
+            .map(|item| {
+                vec![
+                    item.item.id.to_string(),
+                    item.saga_id.to_string(),
+                    item.item.kind.as_str().to_owned(),
+                    item.item
+                        .step
+                        .as_ref()
+                        .map_or("-".to_owned(), |(_, name)| name.to_string()),
+                    item.status.as_str().to_owned(),
+                    time(item.opened_at),
+                    clip(&item.item.error, 80),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table(
+                &["ID", "SAGA", "KIND", "STEP", "STATUS", "OPENED", "ERROR"],
+                &rows
+            )
+        );
+        println!(
+            "({} item{})",
+            items.len(),
+            if items.len() == 1 { "" } else { "s" }
+        );
+    }
+
+    pub(crate) fn intervention(&self, item: &Intervention) {
+        if self.json {
+            return self.print_json(&item_json(item));
+        }
+        let pretty = |value: &Option<Value>| {
+            value.as_ref().map_or("-".to_owned(), |value| {
+                serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+            })
+        };
+        let fields = [
+            ("item", item.item.id.to_string()),
+            ("saga", item.saga_id.to_string()),
+            ("kind", item.item.kind.as_str().to_owned()),
+            ("status", item.status.as_str().to_owned()),
+            (
+                "step",
+                match (&item.item.step, item.item.phase) {
+                    (Some((_, name)), Some(phase)) => format!("{name} ({phase})"),
+                    (Some((_, name)), None) => name.to_string(),
+                    _ => "-".to_owned(),
+                },
+            ),
+            (
+                "key",
+                item.item
+                    .idempotency_key
+                    .as_ref()
+                    .map_or("-".to_owned(), |key| key.to_string()),
+            ),
+            ("error", item.item.error.clone()),
+            ("opened", time(item.opened_at)),
+            ("settled", opt_time(item.resolved_at)),
+            ("by", item.resolved_by.clone().unwrap_or_else(|| "-".into())),
+            ("how", item.resolution.clone().unwrap_or_else(|| "-".into())),
+            (
+                "why",
+                item.resolution_reason.clone().unwrap_or_else(|| "-".into()),
+            ),
+            ("input", pretty(&item.item.input)),
+            ("output", pretty(&item.item.output)),
+        ];
+        for (name, value) in fields {
+            println!("{name:<8} {value}");
+        }
+    }
+
+    pub(crate) fn settled(&self, id: InterventionId, action: &str, status: SagaStatus) {
+        if self.json {
+            return self.print_json(
+                &json!({ "intervention": id, "action": action, "saga_status": status }),
+            );
+        }
+        println!("intervention {id}: {action} recorded; the saga is now {status}");
+    }
+
+    pub(crate) fn batch(&self, results: &[BatchResult]) {
+        if self.json {
+            let items: Vec<Value> = results
+                .iter()
+                .map(|result| match &result.outcome {
+                    Ok(status) => json!({ "intervention": result.intervention, "saga": result.saga, "saga_status": status }),
+                    Err(err) => json!({ "intervention": result.intervention, "saga": result.saga, "error": err.to_string() }),
+                })
+                .collect();
+            return self.print_json(&Value::Array(items));
+        }
+        for result in results {
+            match &result.outcome {
+                Ok(status) => println!(
+                    "intervention {}: retry recorded; saga {} is now {status}",
+                    result.intervention, result.saga
+                ),
+                Err(err) => println!("intervention {}: refused: {err}", result.intervention),
+            }
+        }
+        let refused = results
+            .iter()
+            .filter(|result| result.outcome.is_err())
+            .count();
+        println!("({} retried, {refused} refused)", results.len() - refused);
+    }
+
+    pub(crate) fn cancelled(&self, id: SagaId, outcome: CancelOutcome) {
+        let text = match outcome {
+            CancelOutcome::Compensating => "compensating now",
+            CancelOutcome::Requested => {
+                "cancel requested; the worker holding it begins no further step and compensates"
+            }
+            CancelOutcome::AlreadyCompensating => "already compensating; nothing to do",
+        };
+        if self.json {
+            return self.print_json(&json!({ "saga": id, "outcome": text }));
+        }
+        println!("saga {id}: {text}");
+    }
+
+    pub(crate) fn pruned(&self, deleted: u64) {
+        if self.json {
+            return self.print_json(&json!({ "pruned": deleted }));
+        }
+        println!(
+            "pruned {deleted} finished saga{}",
+            if deleted == 1 { "" } else { "s" }
+        );
+    }
+}
