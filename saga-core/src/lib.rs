@@ -69,6 +69,7 @@ mod config;
 mod context;
 mod definition;
 mod error;
+pub mod faults;
 mod history;
 mod id;
 mod orchestrator;

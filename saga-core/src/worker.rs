@@ -281,6 +281,7 @@ impl Driver<'_> {
             }
             Err(err) => return Err(err),
         }
+        crate::faults::hit(crate::faults::FaultPoint::AfterBeginStep);
 
         let span = tracing::info_span!(
             "step",
@@ -317,6 +318,10 @@ impl Driver<'_> {
             .instrument(span)
             .await
         };
+        crate::faults::hit(match phase {
+            Phase::Action => crate::faults::FaultPoint::AfterAction,
+            Phase::Compensation => crate::faults::FaultPoint::MidCompensation,
+        });
         let mut outcome = self.check_output(&spec.name, outcome);
         // The step's own writes commit with its outcome, or are rolled back with it.
         let transaction = match (transaction, outcome.is_ok()) {
