@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::id::WorkerId;
+use crate::telemetry::Telemetry;
 
 /// How an [`Orchestrator`](crate::Orchestrator) runs its workers.
 #[derive(Debug, Clone)]
@@ -20,6 +21,10 @@ pub struct Config {
     pub max_payload_bytes: usize,
     /// How long [`Orchestrator::shutdown`](crate::Orchestrator::shutdown) lets running steps finish.
     pub shutdown_grace: Duration,
+    /// What may be logged (inputs and outputs only when asked, redacted).
+    pub telemetry: Telemetry,
+    /// How often gauges (the open intervention count) are sampled.
+    pub metrics_interval: Duration,
 }
 
 impl Default for Config {
@@ -31,6 +36,8 @@ impl Default for Config {
             poll_interval: Duration::from_millis(500),
             max_payload_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            telemetry: Telemetry::default(),
+            metrics_interval: Duration::from_secs(10),
         }
     }
 }
@@ -63,6 +70,18 @@ impl Config {
     /// Sets the payload limit in bytes.
     pub fn max_payload_bytes(mut self, limit: usize) -> Self {
         self.max_payload_bytes = limit;
+        self
+    }
+
+    /// Sets what may be logged.
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
+    /// Sets how often gauges are sampled.
+    pub fn metrics_interval(mut self, interval: Duration) -> Self {
+        self.metrics_interval = interval;
         self
     }
 

@@ -79,6 +79,7 @@ mod saga;
 mod status;
 mod step;
 pub mod store;
+pub mod telemetry;
 mod worker;
 
 pub use admin::{Admin, BatchResult};

@@ -18,6 +18,7 @@ use crate::status::Phase;
 use crate::step::StepError;
 use crate::store::{Change, InterventionKind, NewIntervention};
 use crate::store::{Created, Intervention, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, Store};
+use crate::telemetry::TraceContext;
 use crate::worker;
 
 /// Runs sagas on a [`Store`]: embed one per process; any number may share one database.
@@ -95,9 +96,55 @@ struct Registry {
     by_version: HashMap<(SagaType, u32), Arc<dyn ErasedSaga>>,
 }
 
+/// Counts finishes, escalations and retries in `changes`.
+fn record_metrics(saga_type: &str, changes: &[Change]) {
+    use crate::telemetry::names;
+    for change in changes {
+        match change {
+            Change::SetStatus { status, .. } if status.is_terminal() => {
+                metrics::counter!(
+                    names::FINISHED,
+                    "saga_type" => saga_type.to_owned(),
+                    "status" => status.as_str()
+                )
+                .increment(1);
+            }
+            Change::Escalate(item) => {
+                metrics::counter!(
+                    names::ESCALATED,
+                    "saga_type" => saga_type.to_owned(),
+                    "kind" => item.kind.as_str()
+                )
+                .increment(1);
+            }
+            Change::FailStep {
+                name,
+                phase,
+                error,
+                retry_at,
+                ..
+            } => {
+                let labels = [
+                    ("saga_type", saga_type.to_owned()),
+                    ("step", name.as_str().to_owned()),
+                    ("phase", phase.as_str().to_owned()),
+                ];
+                if retry_at.is_some() {
+                    metrics::counter!(names::STEP_RETRIES, &labels).increment(1);
+                } else if !error.is_permanent() {
+                    metrics::counter!(names::STEP_EXHAUSTED, &labels).increment(1);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Inner {
-    /// Tells the subscribers about what `changes`, just written for `saga`, mean to a person.
-    pub(crate) fn notify_lifecycle(&self, saga: SagaId, changes: &[Change]) {
+    /// Tells the metrics and the subscribers what `changes`, just written for a saga of type
+    /// `saga_type`, mean.
+    pub(crate) fn notify_lifecycle(&self, saga: SagaId, saga_type: &str, changes: &[Change]) {
+        record_metrics(saga_type, changes);
         let Ok(hooks) = self.hooks.read() else {
             return;
         };
@@ -228,7 +275,9 @@ impl Orchestrator {
     /// # Errors
     /// [`Error::UnknownSagaType`], [`Error::PayloadTooLarge`], [`Error::Serialization`], store errors.
     pub async fn start<S: Saga>(&self, input: &S::Input) -> Result<SagaId> {
-        self.create::<S>(input, None).await.map(Created::id)
+        self.create::<S>(input, None, TraceContext::current_or_new())
+            .await
+            .map(Created::id)
     }
 
     /// Starts a saga of type `S` once per `key`: a repeated call with the same key and input
@@ -242,13 +291,30 @@ impl Orchestrator {
         key: IdempotencyKey,
         input: &S::Input,
     ) -> Result<Created> {
-        self.create::<S>(input, Some(key)).await
+        self.create::<S>(input, Some(key), TraceContext::current_or_new())
+            .await
+    }
+
+    /// Starts a saga of type `S` in the caller's trace (for example the `traceparent` header of
+    /// the request that starts it): every step attempt, on any worker and after any restart,
+    /// continues that trace. With a `key`, as [`Orchestrator::start_with_key`].
+    ///
+    /// # Errors
+    /// As [`Orchestrator::start_with_key`].
+    pub async fn start_traced<S: Saga>(
+        &self,
+        key: Option<IdempotencyKey>,
+        input: &S::Input,
+        trace: TraceContext,
+    ) -> Result<Created> {
+        self.create::<S>(input, key, trace).await
     }
 
     async fn create<S: Saga>(
         &self,
         input: &S::Input,
         key: Option<IdempotencyKey>,
+        trace: TraceContext,
     ) -> Result<Created> {
         let definition = self.registered::<S>()?;
         let text = serde_json::to_string(input).map_err(|source| Error::Serialization {
@@ -279,12 +345,21 @@ impl Orchestrator {
                 input_hash: input_hash(definition.saga_type(), &input),
                 input,
                 idempotency_key: key,
-                trace_context: None,
+                trace_context: Some(trace.to_string()),
             })
             .await?;
-        if let Created::New(id) = created {
-            tracing::debug!(saga.id = %id, saga.r#type = %definition.saga_type(), "saga started");
-            self.inner.wake.notify_one();
+        let saga_type = definition.saga_type().as_str().to_owned();
+        match created {
+            Created::New(id) => {
+                tracing::debug!(saga.id = %id, saga.r#type = %saga_type, trace_id = trace.trace_id(), "saga started");
+                metrics::counter!(crate::telemetry::names::STARTED, "saga_type" => saga_type)
+                    .increment(1);
+                self.inner.wake.notify_one();
+            }
+            Created::Existing(_) => {
+                metrics::counter!(crate::telemetry::names::START_DEDUP, "saga_type" => saga_type)
+                    .increment(1);
+            }
         }
         Ok(created)
     }

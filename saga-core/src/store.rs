@@ -141,6 +141,8 @@ pub struct Lease {
     pub token: FencingToken,
     /// When it lapses unless renewed by a heartbeat.
     pub expires_at: Timestamp,
+    /// The worker whose expired lease this claim took over, if any.
+    pub taken_over_from: Option<WorkerId>,
 }
 
 /// A durable change to one saga, made by the lease holder through [`Store::apply`].
@@ -785,6 +787,14 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Store errors.
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64>;
+
+    /// How many intervention items are open (the manual-intervention queue's depth).
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn count_open_interventions(&self) -> Result<u64> {
+        Ok(u64::try_from(self.interventions(true).await?.len()).unwrap_or(u64::MAX))
+    }
 
     /// Opens a transaction for a transactional step, or `None` when this backend has none.
     ///

@@ -21,12 +21,16 @@ use crate::saga::{DecodedInput, ErasedSaga, RawContext};
 use crate::status::{Phase, StepStatus};
 use crate::step::StepError;
 use crate::store::{Change, Lease, SagaSnapshot};
+use crate::telemetry::{names, TraceContext};
 
 /// The claim loop: keeps up to `concurrency` sagas in flight until shutdown.
 pub(crate) async fn dispatch(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut drives = JoinSet::new();
     let mut failures: u32 = 0;
+    let mut last_sample = std::time::Instant::now()
+        .checked_sub(inner.config.metrics_interval)
+        .unwrap_or_else(std::time::Instant::now);
     loop {
         while drives.try_join_next().is_some() {}
         if *shutdown.borrow() {
@@ -41,6 +45,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
             continue;
         }
         let limit = u32::try_from(free).unwrap_or(u32::MAX);
+        let claim_started = std::time::Instant::now();
         let claimed = inner
             .store
             .claim(
@@ -50,9 +55,17 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                 limit,
             )
             .await;
+        metrics::histogram!(names::CLAIM_DURATION).record(claim_started.elapsed().as_secs_f64());
+        if last_sample.elapsed() >= inner.config.metrics_interval {
+            last_sample = std::time::Instant::now();
+            if let Ok(open) = inner.store.count_open_interventions().await {
+                metrics::gauge!(names::INTERVENTIONS_OPEN).set(open as f64);
+            }
+        }
         match claimed {
             Ok(leases) => {
                 failures = 0;
+                metrics::counter!(names::CLAIMED).increment(leases.len() as u64);
                 let claimed_any = !leases.is_empty();
                 for lease in leases {
                     drives.spawn(drive(Arc::clone(&inner), lease));
@@ -95,15 +108,14 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
 
 /// Drives one claimed saga, renewing the lease alongside; stops writing if the lease is lost.
 async fn drive(inner: Arc<Inner>, lease: Lease) {
-    let span = tracing::info_span!("saga", saga.id = %lease.saga, fencing_token = lease.token.0);
-    let outcome = async {
-        tokio::select! {
-            result = drive_saga(&inner, &lease) => result,
-            lost = keep_lease(&inner, &lease) => Err(lost),
-        }
+    if let Some(previous) = &lease.taken_over_from {
+        metrics::counter!(names::TAKEOVERS).increment(1);
+        tracing::info!(saga.id = %lease.saga, previous_owner = %previous, "took over an expired lease");
     }
-    .instrument(span)
-    .await;
+    let outcome = tokio::select! {
+        result = drive_saga(&inner, &lease) => result,
+        lost = keep_lease(&inner, &lease) => Err(lost),
+    };
     match outcome {
         Ok(()) => {}
         Err(Error::LeaseLost(saga)) => {
@@ -145,6 +157,40 @@ async fn drive_saga(inner: &Inner, lease: &Lease) -> Result<()> {
         }
         Err(err) => return Err(err),
     };
+    let span = saga_span(inner, lease, &snapshot.record);
+    async move { resume(inner, lease, snapshot).await }
+        .instrument(span)
+        .await
+}
+
+/// The span of one drive of one saga, in the trace the saga started in.
+fn saga_span(inner: &Inner, lease: &Lease, record: &crate::store::SagaRecord) -> tracing::Span {
+    let trace = record
+        .trace_context
+        .as_deref()
+        .and_then(TraceContext::parse);
+    let span = tracing::info_span!(
+        "saga",
+        saga.id = %record.id,
+        saga.r#type = %record.saga_type,
+        trace_id = trace.as_ref().map(|t| t.trace_id().to_owned()).unwrap_or_default(),
+        traceparent = trace.as_ref().map(ToString::to_string).unwrap_or_default(),
+        fencing_token = lease.token.0,
+        status = %record.status,
+        input = tracing::field::Empty,
+    );
+    if let Some(input) = inner.config.telemetry.loggable(&record.input) {
+        span.record("input", input);
+    }
+    #[cfg(feature = "opentelemetry")]
+    if let Some(trace) = &trace {
+        crate::telemetry::otel::set_parent(&span, trace);
+    }
+    span
+}
+
+/// Checks that this process can run the saga, then drives it.
+async fn resume(inner: &Inner, lease: &Lease, snapshot: SagaSnapshot) -> Result<()> {
     let record = &snapshot.record;
     let definition = match inner.definition(&record.saga_type, record.version) {
         Lookup::Found(definition) => definition,
@@ -178,7 +224,14 @@ async fn drive_saga(inner: &Inner, lease: &Lease) -> Result<()> {
         Ok(input) => input,
         Err(reason) => return park(inner, lease, Some(&snapshot), reason).await,
     };
+    let trace_id = record
+        .trace_context
+        .as_deref()
+        .and_then(TraceContext::parse)
+        .map(|trace| trace.trace_id().to_owned())
+        .unwrap_or_default();
     Driver {
+        trace_id,
         inner,
         lease,
         definition,
@@ -197,11 +250,14 @@ async fn park(
     reason: String,
 ) -> Result<()> {
     tracing::warn!(saga.id = %lease.saga, reason = %reason, "saga parked for an operator");
-    write(inner, lease, &plan::park(snapshot, reason)).await
+    let saga_type = snapshot.map_or("unknown", |snapshot| snapshot.record.saga_type.as_str());
+    write(inner, lease, saga_type, &plan::park(snapshot, reason)).await
 }
 
 /// The state of one drive: the local copy of the saga and the changes not yet written.
 struct Driver<'a> {
+    /// The trace id of the saga, recorded on every step span.
+    trace_id: String,
     inner: &'a Inner,
     lease: &'a Lease,
     definition: Arc<dyn ErasedSaga>,
@@ -289,7 +345,12 @@ impl Driver<'_> {
             step.phase = %phase,
             attempt = attempt.0,
             idempotency_key = %key,
+            trace_id = self.trace_id.as_str(),
+            outcome = tracing::field::Empty,
+            error = tracing::field::Empty,
+            output = tracing::field::Empty,
         );
+        let started = std::time::Instant::now();
         let transaction = if spec.transactional {
             self.inner
                 .store
@@ -315,7 +376,7 @@ impl Driver<'_> {
                 key,
                 transaction.clone(),
             )
-            .instrument(span)
+            .instrument(span.clone())
             .await
         };
         crate::faults::hit(match phase {
@@ -337,9 +398,7 @@ impl Driver<'_> {
             },
             _ => None,
         };
-        if let Err(error) = &outcome {
-            tracing::info!(step.name = %spec.name, step.phase = %phase, attempt = attempt.0, error = %error, "step attempt failed");
-        }
+        self.observe(&span, &spec, phase, &outcome, started.elapsed());
         let changes = plan::on_outcome(
             &self.snapshot,
             &spec,
@@ -456,6 +515,47 @@ impl Driver<'_> {
         Ok(())
     }
 
+    /// Records the outcome of one attempt on its span and in the metrics.
+    fn observe(
+        &self,
+        span: &tracing::Span,
+        spec: &StepSpec,
+        phase: Phase,
+        outcome: &std::result::Result<Option<Value>, StepError>,
+        took: Duration,
+    ) {
+        let labels = [
+            ("saga_type", self.definition.saga_type().as_str().to_owned()),
+            ("step", spec.name.as_str().to_owned()),
+            ("phase", phase.as_str().to_owned()),
+        ];
+        metrics::histogram!(names::STEP_DURATION, &labels).record(took.as_secs_f64());
+        let result = match outcome {
+            Ok(output) => {
+                if let Some(output) = output
+                    .as_ref()
+                    .and_then(|output| self.inner.config.telemetry.loggable(output))
+                {
+                    span.record("output", output);
+                }
+                "ok"
+            }
+            Err(error) => {
+                span.record("error", error.to_string());
+                let _entered = span.enter();
+                tracing::info!(error = %error, "step attempt failed");
+                error.kind().as_str()
+            }
+        };
+        span.record("outcome", result);
+        let [saga_type, step, phase] = labels;
+        metrics::counter!(
+            names::STEP_ATTEMPTS,
+            &[saga_type, step, phase, ("outcome", result.to_owned())]
+        )
+        .increment(1);
+    }
+
     /// An operator asked to cancel: the step about to begin never runs; what was queued before
     /// it is written with the move to `compensating`, and planning continues from there.
     async fn honour_cancel(&mut self, reason: String) -> Result<()> {
@@ -480,7 +580,13 @@ impl Driver<'_> {
             .await?
             .ok_or(Error::SagaNotFound(self.lease.saga))?;
         snapshot.apply_all(&changes, clock::now())?;
-        write(self.inner, self.lease, &changes).await?;
+        write(
+            self.inner,
+            self.lease,
+            self.definition.saga_type().as_str(),
+            &changes,
+        )
+        .await?;
         self.snapshot = snapshot;
         Ok(())
     }
@@ -490,7 +596,13 @@ impl Driver<'_> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        write(self.inner, self.lease, &self.pending).await?;
+        write(
+            self.inner,
+            self.lease,
+            self.definition.saga_type().as_str(),
+            &self.pending,
+        )
+        .await?;
         self.pending.clear();
         Ok(())
     }
@@ -512,7 +624,7 @@ impl Driver<'_> {
 
 /// One fenced write, retried while the store is unavailable: every write is keyed and fenced,
 /// so repeating one that did commit changes nothing a second time.
-async fn write(inner: &Inner, lease: &Lease, changes: &[Change]) -> Result<()> {
+async fn write(inner: &Inner, lease: &Lease, saga_type: &str, changes: &[Change]) -> Result<()> {
     let mut pause = Duration::from_millis(50);
     let mut tries = 0;
     loop {
@@ -524,7 +636,7 @@ async fn write(inner: &Inner, lease: &Lease, changes: &[Change]) -> Result<()> {
                 pause = pause.saturating_mul(2);
             }
             Ok(()) => {
-                inner.notify_lifecycle(lease.saga, changes);
+                inner.notify_lifecycle(lease.saga, saga_type, changes);
                 return Ok(());
             }
             other => return other,

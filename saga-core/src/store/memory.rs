@@ -157,7 +157,7 @@ impl Store for MemoryStore {
             snap.record.lease_expires_at = Some(expires_at);
             snap.record.fencing_token = FencingToken(snap.record.fencing_token.0 + 1);
             let token = snap.record.fencing_token;
-            if let Some(previous) = previous {
+            if let Some(previous) = previous.clone() {
                 state.push_event(
                     id,
                     now,
@@ -175,6 +175,7 @@ impl Store for MemoryStore {
                 owner: owner.clone(),
                 token,
                 expires_at,
+                taken_over_from: previous,
             });
         }
         Ok(leases)

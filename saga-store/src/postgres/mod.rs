@@ -372,7 +372,7 @@ impl Store for PgStore {
                  INSERT INTO saga_events (saga_id, at, kind, detail)
                  SELECT id, $3, 'lease_taken_over', $1 || ' took over from ' || lease_previous_owner
                    FROM claimed WHERE lease_previous_owner IS NOT NULL)
-             SELECT id, fencing_token FROM claimed",
+             SELECT id, fencing_token, lease_previous_owner FROM claimed",
         )
         .bind(owner.as_str())
         .bind(expires_at)
@@ -383,11 +383,14 @@ impl Store for PgStore {
         .map_err(classify)?;
         rows.iter()
             .map(|row| {
+                let previous: Option<String> =
+                    row.try_get("lease_previous_owner").map_err(classify)?;
                 Ok(Lease {
                     saga: SagaId::from_uuid(row.try_get("id").map_err(classify)?),
                     owner: owner.clone(),
                     token: FencingToken(row.try_get("fencing_token").map_err(classify)?),
                     expires_at,
+                    taken_over_from: previous.map(WorkerId::new),
                 })
             })
             .collect()
@@ -449,6 +452,15 @@ impl Store for PgStore {
         let snapshot = load_with(&mut tx, id, false).await?;
         tx.commit().await.map_err(classify)?;
         Ok(snapshot)
+    }
+
+    async fn count_open_interventions(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM saga_interventions WHERE status = 'open'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        let count: i64 = row.try_get("n").map_err(classify)?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn intervention(&self, id: InterventionId) -> Result<Option<Intervention>> {

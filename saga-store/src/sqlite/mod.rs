@@ -304,7 +304,7 @@ impl Store for SqliteStore {
             let saga = rows::saga_id(row, "id")?;
             let token: i64 = row.try_get("fencing_token").map_err(classify)?;
             let previous: Option<String> = row.try_get("lease_previous_owner").map_err(classify)?;
-            if let Some(previous) = previous {
+            if let Some(previous) = previous.clone() {
                 insert_event(
                     &mut tx,
                     saga,
@@ -324,6 +324,7 @@ impl Store for SqliteStore {
                 owner: owner.clone(),
                 token: saga_core::FencingToken(token),
                 expires_at,
+                taken_over_from: previous.map(WorkerId::new),
             });
         }
         tx.commit().await.map_err(classify)?;
@@ -383,6 +384,15 @@ impl Store for SqliteStore {
         let snapshot = load_with(&mut tx, id).await?;
         tx.commit().await.map_err(classify)?;
         Ok(snapshot)
+    }
+
+    async fn count_open_interventions(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM saga_interventions WHERE status = 'open'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        let count: i64 = row.try_get("n").map_err(classify)?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn intervention(&self, id: InterventionId) -> Result<Option<Intervention>> {
