@@ -18,6 +18,7 @@
 //! |---|---|---|
 //! | `sqlite` | yes | [`SqliteStore`], the embedded backend (one file, no server) |
 //! | `postgres` | no | `PgStore`, the production backend: many workers in many processes |
+//! | `opentelemetry` | no | `init_otlp`: export spans over OTLP/gRPC; each saga's spans continue the trace it started in |
 //! | `derive` | yes | `#[derive(Saga)]`: declare a saga's name, version, input and steps as attributes |
 //!
 //! ## Example
@@ -54,6 +55,11 @@
 
 use std::sync::Arc;
 
+#[cfg(feature = "opentelemetry")]
+mod otlp;
+
+#[cfg(feature = "opentelemetry")]
+pub use otlp::{init_otlp, OtlpGuard};
 pub use saga_core::*;
 /// `#[derive(Saga)]`: implements the [`Saga`](trait@Saga) trait from `#[saga(...)]` and
 /// `#[step(...)]` attributes.

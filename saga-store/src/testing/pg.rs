@@ -1,6 +1,7 @@
 //! TestPg: a real, isolated PostgreSQL database per test.
 //!
-//! `DATABASE_URL` when set; else a throwaway cluster started from the local PostgreSQL binaries
+//! `DATABASE_URL` when set; else, with the `testcontainers` feature and a Docker daemon that
+//! answers, a `postgres:15` container; else a throwaway cluster started from the local PostgreSQL binaries
 //! (`initdb` + `postgres` in a temp dir on a free loopback port, as the `postgres` OS user when
 //! running as root, since the server refuses root). One cluster per test process, a fresh
 //! database per test. A supervisor shell stops the server and deletes its directory as soon as
@@ -35,7 +36,9 @@ impl TestPg {
         SERVER
             .get_or_init(|| match std::env::var("DATABASE_URL") {
                 Ok(url) if !url.is_empty() => Ok(TestPg { admin_url: url }),
-                _ => start_cluster().map(|admin_url| TestPg { admin_url }),
+                _ => start_container()
+                    .or_else(|_| start_cluster())
+                    .map(|admin_url| TestPg { admin_url }),
             })
             .clone()
             .map_err(Error::Configuration)
@@ -168,6 +171,50 @@ async fn connect_when_ready(url: &str) -> Result<PgConnection, Error> {
             }
         }
     }
+}
+
+/// A `postgres:15` container, when the `testcontainers` feature is on and a Docker daemon
+/// answers. A watcher removes the container once this process is gone.
+#[cfg(feature = "testcontainers")]
+fn start_container() -> Result<String, String> {
+    use testcontainers_modules::postgres::Postgres;
+    use testcontainers_modules::testcontainers::runners::SyncRunner;
+    use testcontainers_modules::testcontainers::ImageExt;
+
+    let daemon =
+        std::env::var_os("DOCKER_HOST").is_some() || Path::new("/var/run/docker.sock").exists();
+    if !daemon {
+        return Err("no Docker daemon".to_owned());
+    }
+    let container = Postgres::default()
+        .with_tag("15-alpine")
+        .start()
+        .map_err(|err| format!("starting a postgres container: {err}"))?;
+    let port = container
+        .get_host_port_ipv4(5432)
+        .map_err(|err| format!("the container's port: {err}"))?;
+    let id = container.id().to_owned();
+    // Keep it for the whole process; remove it when the process is gone, however it ends.
+    std::mem::forget(container);
+    let script =
+        r#"while [ -d "/proc/$1" ]; do sleep 0.5; done; docker rm -f "$2" >/dev/null 2>&1"#;
+    Command::new("sh")
+        .args(["-c", script, "sh", &std::process::id().to_string(), &id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|err| format!("starting the container watcher: {err}"))?;
+    Ok(format!(
+        "postgres://postgres:postgres@127.0.0.1:{port}/postgres"
+    ))
+}
+
+/// Without the `testcontainers` feature: no container.
+#[cfg(not(feature = "testcontainers"))]
+fn start_container() -> Result<String, String> {
+    Err("built without the testcontainers feature".to_owned())
 }
 
 /// Finds a PostgreSQL binary on PATH or under /usr/lib/postgresql/<version>/bin.
