@@ -695,6 +695,27 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Lease>>;
 
+    /// As [`Store::claim`], also reading each claimed saga with its steps when the backend can do
+    /// it in the same round trip (saving a read per claim). A `None` snapshot means "not read:
+    /// load it"; an `Err` means the stored record is unreadable.
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn claim_loaded(
+        &self,
+        owner: &WorkerId,
+        now: Timestamp,
+        lease_for: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>> {
+        Ok(self
+            .claim(owner, now, lease_for, limit)
+            .await?
+            .into_iter()
+            .map(|lease| (lease, None))
+            .collect())
+    }
+
     /// Extends a lease to `expires_at`.
     ///
     /// # Errors

@@ -48,7 +48,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
         let claim_started = std::time::Instant::now();
         let claimed = inner
             .store
-            .claim(
+            .claim_loaded(
                 &inner.config.worker_id,
                 clock::now(),
                 inner.config.lease_ttl,
@@ -67,8 +67,8 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                 failures = 0;
                 metrics::counter!(names::CLAIMED).increment(leases.len() as u64);
                 let claimed_any = !leases.is_empty();
-                for lease in leases {
-                    drives.spawn(drive(Arc::clone(&inner), lease));
+                for (lease, snapshot) in leases {
+                    drives.spawn(drive(Arc::clone(&inner), lease, snapshot));
                 }
                 if claimed_any {
                     continue;
@@ -107,13 +107,13 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
 }
 
 /// Drives one claimed saga, renewing the lease alongside; stops writing if the lease is lost.
-async fn drive(inner: Arc<Inner>, lease: Lease) {
+async fn drive(inner: Arc<Inner>, lease: Lease, snapshot: Option<Result<SagaSnapshot>>) {
     if let Some(previous) = &lease.taken_over_from {
         metrics::counter!(names::TAKEOVERS).increment(1);
         tracing::info!(saga.id = %lease.saga, previous_owner = %previous, "took over an expired lease");
     }
     let outcome = tokio::select! {
-        result = drive_saga(&inner, &lease) => result,
+        result = drive_saga(&inner, &lease, snapshot) => result,
         lost = keep_lease(&inner, &lease) => Err(lost),
     };
     match outcome {
@@ -142,8 +142,16 @@ async fn keep_lease(inner: &Inner, lease: &Lease) -> Error {
     }
 }
 
-async fn drive_saga(inner: &Inner, lease: &Lease) -> Result<()> {
-    let snapshot = match inner.store.load(lease.saga).await {
+async fn drive_saga(
+    inner: &Inner,
+    lease: &Lease,
+    claimed: Option<Result<SagaSnapshot>>,
+) -> Result<()> {
+    let loaded = match claimed {
+        Some(snapshot) => snapshot.map(Some),
+        None => inner.store.load(lease.saga).await,
+    };
+    let snapshot = match loaded {
         Ok(Some(snapshot)) => snapshot,
         Ok(None) => return Ok(()),
         Err(Error::CorruptRecord { reason, .. }) => {

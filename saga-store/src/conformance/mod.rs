@@ -37,7 +37,8 @@ macro_rules! conformance_suite {
                 settled_sagas_are_never_claimed,
                 history_records_each_change_in_order,
                 list_filters_and_pages,
-                count_by_status_counts;
+                count_by_status_counts,
+                claim_loaded_returns_what_load_would;
                 // Orchestrator scenarios
                 saga_completes_with_full_history,
                 permanent_failure_compensates_in_reverse_order,

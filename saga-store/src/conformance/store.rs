@@ -1203,3 +1203,35 @@ pub async fn count_by_status_counts<S: Store>(store: Arc<S>) {
         "counts must follow every status change"
     );
 }
+
+pub async fn claim_loaded_returns_what_load_would<S: Store>(store: Arc<S>) {
+    let id = create(&*store, new_saga("loaded", None, json!({"n": 1}))).await;
+    let now = saga_core::now();
+    let lease = claim_one(&*store, "a", now, Duration::from_secs(60)).await;
+    apply_ok(
+        &*store,
+        &lease,
+        &[
+            begin(id, 0, Phase::Action, 1),
+            complete(0, Phase::Action, 1, Some(json!("out"))),
+            release(Some(now)),
+        ],
+    )
+    .await;
+    let later = saga_core::after(now, Duration::from_secs(1));
+    let claimed = store
+        .claim_loaded(&WorkerId::new("b"), later, Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "the saga is due again");
+    let (lease_b, loaded) = claimed.into_iter().next().unwrap();
+    assert_eq!(lease_b.saga, id);
+    assert!(lease_b.token > lease.token, "a new claim, a new token");
+    if let Some(loaded) = loaded {
+        let loaded = loaded.expect("a readable record");
+        let stored = snapshot(&*store, id).await;
+        assert_eq!(loaded, stored, "claim_loaded's snapshot is the stored saga");
+        assert_eq!(loaded.steps.len(), 1);
+        assert_eq!(loaded.record.lease_owner, Some(WorkerId::new("b")));
+    }
+}

@@ -396,6 +396,90 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn claim_loaded(
+        &self,
+        owner: &WorkerId,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>> {
+        let expires_at = saga_core::after(now, lease_for);
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let sagas = sqlx::query(
+            "WITH due AS (
+                 SELECT id FROM saga_instances
+                  WHERE status IN ('running', 'compensating')
+                    AND next_run_at <= $3
+                    AND (lease_expires_at IS NULL OR lease_expires_at < $3)
+                  ORDER BY next_run_at
+                  LIMIT $4
+                  FOR UPDATE SKIP LOCKED),
+             claimed AS (
+                 UPDATE saga_instances s
+                    SET lease_previous_owner = s.lease_owner,
+                        lease_owner = $1,
+                        lease_expires_at = $2,
+                        fencing_token = s.fencing_token + 1
+                   FROM due
+                  WHERE s.id = due.id
+              RETURNING s.*),
+             taken_over AS (
+                 INSERT INTO saga_events (saga_id, at, kind, detail)
+                 SELECT id, $3, 'lease_taken_over', $1 || ' took over from ' || lease_previous_owner
+                   FROM claimed WHERE lease_previous_owner IS NOT NULL)
+             SELECT * FROM claimed",
+        )
+        .bind(owner.as_str())
+        .bind(expires_at)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let ids: Vec<Uuid> = sagas
+            .iter()
+            .map(|row| row.try_get::<Uuid, _>("id").map_err(classify))
+            .collect::<Result<_>>()?;
+        let step_rows = if ids.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query(
+                "SELECT * FROM saga_steps WHERE saga_id = ANY($1)
+                  ORDER BY saga_id, step_index, phase",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?
+        };
+        tx.commit().await.map_err(classify)?;
+        let mut claimed = Vec::with_capacity(sagas.len());
+        for row in &sagas {
+            let id = SagaId::from_uuid(row.try_get("id").map_err(classify)?);
+            let previous: Option<String> = row.try_get("lease_previous_owner").map_err(classify)?;
+            let lease = Lease {
+                saga: id,
+                owner: owner.clone(),
+                token: FencingToken(row.try_get("fencing_token").map_err(classify)?),
+                expires_at,
+                taken_over_from: previous.map(WorkerId::new),
+            };
+            let snapshot = rows::saga_record(row).and_then(|record| {
+                let steps = step_rows
+                    .iter()
+                    .filter(|step| {
+                        step.try_get::<Uuid, _>("saga_id")
+                            .is_ok_and(|saga| saga == id.as_uuid())
+                    })
+                    .map(|step| rows::step_record(step, id))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(SagaSnapshot { record, steps })
+            });
+            claimed.push((lease, Some(snapshot)));
+        }
+        Ok(claimed)
+    }
+
     async fn heartbeat(&self, lease: &Lease, expires_at: Timestamp) -> Result<Lease> {
         let updated = sqlx::query(
             "UPDATE saga_instances SET lease_expires_at = $1
