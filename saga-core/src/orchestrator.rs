@@ -6,20 +6,24 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::clock::{self, Timestamp};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::history::History;
 use crate::id::{Attempt, IdempotencyKey, SagaId, SagaType, StepName};
+use crate::id::{FencingToken, WorkerId};
 use crate::saga::{ErasedSaga, Registered, Saga};
 use crate::status::Phase;
+use crate::status::SagaStatus;
 use crate::step::StepError;
-use crate::store::{Change, InterventionKind, NewIntervention};
+use crate::store::{Change, InterventionKind, Lease, NewIntervention};
 use crate::store::{Created, Intervention, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, Store};
 use crate::telemetry::TraceContext;
 use crate::worker;
+use crate::worker::Direct;
 
 /// Runs sagas on a [`Store`]: embed one per process; any number may share one database.
 ///
@@ -49,6 +53,10 @@ pub(crate) struct Inner {
     pub(crate) progress: Notify,
     pub(crate) shutdown: watch::Sender<bool>,
     dispatcher: Mutex<Option<JoinHandle<()>>>,
+    /// One per saga in flight in this process (`Config::concurrency`).
+    pub(crate) slots: Arc<Semaphore>,
+    /// Hands sagas started here to the running dispatcher.
+    direct: Mutex<Option<mpsc::UnboundedSender<Direct>>>,
     hooks: RwLock<Vec<Hook>>,
 }
 
@@ -222,13 +230,15 @@ impl Orchestrator {
         Self {
             inner: Arc::new(Inner {
                 store,
-                config,
+                config: config.clone(),
                 registry: RwLock::new(Registry::default()),
                 wake: Arc::new(Notify::new()),
                 progress: Notify::new(),
                 shutdown,
                 dispatcher: Mutex::new(None),
                 hooks: RwLock::new(Vec::new()),
+                slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+                direct: Mutex::new(None),
             }),
         }
     }
@@ -334,27 +344,64 @@ impl Orchestrator {
                 what: format!("input of saga type `{}`", definition.saga_type()),
                 source,
             })?;
-        let created = self
-            .inner
-            .store
-            .create(NewSaga {
-                id: SagaId::new(),
-                saga_type: definition.saga_type().clone(),
-                version: definition.version(),
-                fingerprint: definition.fingerprint().to_owned(),
-                input_hash: input_hash(definition.saga_type(), &input),
-                input,
-                idempotency_key: key,
-                trace_context: Some(trace.to_string()),
-            })
-            .await?;
+        let direct = self.direct_slot();
+        let lease = direct.as_ref().map(|_| {
+            (
+                self.inner.config.worker_id.clone(),
+                clock::after(clock::now(), self.inner.config.lease_ttl),
+            )
+        });
+        let new = NewSaga {
+            id: SagaId::new(),
+            saga_type: definition.saga_type().clone(),
+            version: definition.version(),
+            fingerprint: definition.fingerprint().to_owned(),
+            input_hash: input_hash(definition.saga_type(), &input),
+            input,
+            idempotency_key: key,
+            trace_context: Some(trace.to_string()),
+            lease: lease.clone(),
+        };
+        let snapshot = lease
+            .as_ref()
+            .map(|(owner, until)| direct_snapshot(&new, owner, *until));
+        let created = self.inner.store.create(new).await?;
         let saga_type = definition.saga_type().as_str().to_owned();
         match created {
             Created::New(id) => {
                 tracing::debug!(saga.id = %id, saga.r#type = %saga_type, trace_id = trace.trace_id(), "saga started");
                 metrics::counter!(crate::telemetry::names::STARTED, "saga_type" => saga_type)
                     .increment(1);
-                self.inner.wake.notify_one();
+                match (direct, snapshot) {
+                    (Some((sender, slot)), Some(snapshot)) => {
+                        let lease = Lease {
+                            saga: id,
+                            owner: self.inner.config.worker_id.clone(),
+                            token: snapshot.record.fencing_token,
+                            expires_at: snapshot.record.lease_expires_at.unwrap_or_else(clock::now),
+                            taken_over_from: None,
+                        };
+                        if let Err(unsent) = sender.send(Direct {
+                            lease,
+                            snapshot,
+                            slot,
+                        }) {
+                            // The dispatcher stopped meanwhile: hand the saga back now rather
+                            // than when the lease expires.
+                            let work = unsent.0;
+                            self.inner
+                                .store
+                                .apply(
+                                    &work.lease,
+                                    &[Change::Release {
+                                        next_run_at: Some(clock::now()),
+                                    }],
+                                )
+                                .await?;
+                        }
+                    }
+                    _ => self.inner.wake.notify_one(),
+                }
             }
             Created::Existing(_) => {
                 metrics::counter!(crate::telemetry::names::START_DEDUP, "saga_type" => saga_type)
@@ -393,12 +440,20 @@ impl Orchestrator {
             return;
         }
         self.inner.shutdown.send_replace(false);
-        *dispatcher = Some(tokio::spawn(worker::dispatch(Arc::clone(&self.inner))));
+        let (direct, receiver) = mpsc::unbounded_channel();
+        if let Ok(mut sender) = self.inner.direct.lock() {
+            *sender = Some(direct);
+        }
+        *dispatcher = Some(tokio::spawn(worker::dispatch(
+            Arc::clone(&self.inner),
+            receiver,
+        )));
     }
 
     /// Stops claiming, lets running steps finish (up to the configured grace period), records
     /// their results and releases every lease so that other workers continue at once.
     pub async fn shutdown(&self) {
+        self.stop_direct();
         self.inner.shutdown.send_replace(true);
         let handle = self
             .inner
@@ -415,6 +470,7 @@ impl Orchestrator {
     /// Leases stay held until they expire; then any orchestrator on the store resumes the
     /// sagas. For tests of crash recovery.
     pub fn kill(&self) {
+        self.stop_direct();
         if let Some(handle) = self
             .inner
             .dispatcher
@@ -424,6 +480,22 @@ impl Orchestrator {
         {
             handle.abort();
         }
+    }
+
+    fn stop_direct(&self) {
+        if let Ok(mut sender) = self.inner.direct.lock() {
+            sender.take();
+        }
+    }
+
+    /// Where a saga started now can be driven at once: the dispatcher's channel and a free slot.
+    fn direct_slot(&self) -> Option<(mpsc::UnboundedSender<Direct>, OwnedSemaphorePermit)> {
+        let sender = self.inner.direct.lock().ok()?.clone()?;
+        if sender.is_closed() || *self.inner.shutdown.borrow() {
+            return None;
+        }
+        let slot = Arc::clone(&self.inner.slots).try_acquire_owned().ok()?;
+        Some((sender, slot))
     }
 
     /// Waits until the saga is settled (completed, compensated, cancelled or needs
@@ -500,6 +572,33 @@ impl Orchestrator {
     /// This orchestrator's settings.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+}
+
+/// The saga as just created leased to this worker, for driving it without reading it back.
+fn direct_snapshot(saga: &NewSaga, owner: &WorkerId, until: Timestamp) -> SagaSnapshot {
+    let now = clock::now();
+    SagaSnapshot {
+        record: SagaRecord {
+            id: saga.id,
+            saga_type: saga.saga_type.clone(),
+            version: saga.version,
+            fingerprint: saga.fingerprint.clone(),
+            status: SagaStatus::Running,
+            status_reason: None,
+            input: saga.input.clone(),
+            input_hash: saga.input_hash.clone(),
+            idempotency_key: saga.idempotency_key.clone(),
+            next_run_at: Some(now),
+            lease_owner: Some(owner.clone()),
+            lease_expires_at: Some(until),
+            fencing_token: FencingToken(1),
+            trace_context: saga.trace_context.clone(),
+            cancel_requested: None,
+            created_at: now,
+            updated_at: now,
+        },
+        steps: Vec::new(),
     }
 }
 

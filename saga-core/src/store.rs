@@ -44,6 +44,10 @@ pub struct NewSaga {
     pub idempotency_key: Option<IdempotencyKey>,
     /// W3C trace context of the caller, if any.
     pub trace_context: Option<String>,
+    /// Create it already leased to this worker until this time (fencing token 1), so that the
+    /// starting process drives it at once, without a claim. Ignored when the key already
+    /// started a saga.
+    pub lease: Option<(WorkerId, Timestamp)>,
 }
 
 /// What [`Store::create`] did.
@@ -673,8 +677,9 @@ impl SagaFilter {
 /// Every backend passes the conformance suite in `saga-store` (feature `conformance`).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Stores a new saga in `running`, due now, and appends its `saga_started` event; or, when its
-    /// start key exists with the same input hash, returns the existing saga.
+    /// Stores a new saga in `running`, due now (leased to `saga.lease`'s worker with fencing
+    /// token 1 when given), and appends its `saga_started` event; or, when its start key exists
+    /// with the same input hash, returns the existing saga.
     ///
     /// # Errors
     /// [`Error::Conflict`](crate::Error::Conflict) when the key exists with another input hash;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use serde_json::Value;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -24,22 +25,43 @@ use crate::store::{Change, Lease, SagaSnapshot};
 use crate::telemetry::{names, TraceContext};
 
 /// The claim loop: keeps up to `concurrency` sagas in flight until shutdown.
-pub(crate) async fn dispatch(inner: Arc<Inner>) {
+/// A saga started in this process, created already leased to it: driven at once, unclaimed.
+pub(crate) struct Direct {
+    pub(crate) lease: Lease,
+    pub(crate) snapshot: SagaSnapshot,
+    pub(crate) slot: OwnedSemaphorePermit,
+}
+
+/// The claim loop: keeps up to `concurrency` sagas in flight (one slot each) until shutdown,
+/// driving sagas started in this process at once and claiming due ones from the store.
+pub(crate) async fn dispatch(inner: Arc<Inner>, mut direct: mpsc::UnboundedReceiver<Direct>) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut drives = JoinSet::new();
     let mut failures: u32 = 0;
     let mut last_sample = std::time::Instant::now()
         .checked_sub(inner.config.metrics_interval)
         .unwrap_or_else(std::time::Instant::now);
+    let start = |drives: &mut JoinSet<()>, work: Direct| {
+        drives.spawn(drive(
+            Arc::clone(&inner),
+            work.lease,
+            Some(Ok(work.snapshot)),
+            Some(work.slot),
+        ));
+    };
     loop {
         while drives.try_join_next().is_some() {}
+        while let Ok(work) = direct.try_recv() {
+            start(&mut drives, work);
+        }
         if *shutdown.borrow() {
             break;
         }
-        let free = inner.config.concurrency.saturating_sub(drives.len());
+        let free = inner.slots.available_permits();
         if free == 0 {
             tokio::select! {
                 _ = drives.join_next() => {}
+                Some(work) = direct.recv() => start(&mut drives, work),
                 _ = shutdown.changed() => {}
             }
             continue;
@@ -68,7 +90,10 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                 metrics::counter!(names::CLAIMED).increment(leases.len() as u64);
                 let claimed_any = !leases.is_empty();
                 for (lease, snapshot) in leases {
-                    drives.spawn(drive(Arc::clone(&inner), lease, snapshot));
+                    // A saga started here may have taken the slot meanwhile; the claimed one is
+                    // driven all the same (it is ours now), briefly above the limit.
+                    let slot = Arc::clone(&inner.slots).try_acquire_owned().ok();
+                    drives.spawn(drive(Arc::clone(&inner), lease, snapshot, slot));
                 }
                 if claimed_any {
                     continue;
@@ -76,6 +101,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                 tokio::select! {
                     () = inner.wake.notified() => {}
                     () = inner.store.wait_for_work(inner.config.poll_interval) => {}
+                    Some(work) = direct.recv() => start(&mut drives, work),
                     _ = shutdown.changed() => {}
                 }
             }
@@ -89,10 +115,16 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                 tracing::warn!(error = %err, retry_in = ?pause, "claiming sagas failed");
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
+                    Some(work) = direct.recv() => start(&mut drives, work),
                     _ = shutdown.changed() => {}
                 }
             }
         }
+    }
+    // Sagas started here during shutdown: their drives see the shutdown and release them.
+    direct.close();
+    while let Ok(work) = direct.try_recv() {
+        start(&mut drives, work);
     }
     let drain = async { while drives.join_next().await.is_some() {} };
     if tokio::time::timeout(inner.config.shutdown_grace, drain)
@@ -107,7 +139,13 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
 }
 
 /// Drives one claimed saga, renewing the lease alongside; stops writing if the lease is lost.
-async fn drive(inner: Arc<Inner>, lease: Lease, snapshot: Option<Result<SagaSnapshot>>) {
+async fn drive(
+    inner: Arc<Inner>,
+    lease: Lease,
+    snapshot: Option<Result<SagaSnapshot>>,
+    slot: Option<OwnedSemaphorePermit>,
+) {
+    let _slot = slot;
     if let Some(previous) = &lease.taken_over_from {
         metrics::counter!(names::TAKEOVERS).increment(1);
         tracing::info!(saga.id = %lease.saga, previous_owner = %previous, "took over an expired lease");

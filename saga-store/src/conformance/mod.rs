@@ -38,7 +38,8 @@ macro_rules! conformance_suite {
                 history_records_each_change_in_order,
                 list_filters_and_pages,
                 count_by_status_counts,
-                claim_loaded_returns_what_load_would;
+                claim_loaded_returns_what_load_would,
+                a_saga_created_leased_belongs_to_its_starter_until_the_lease_expires;
                 // Orchestrator scenarios
                 saga_completes_with_full_history,
                 permanent_failure_compensates_in_reverse_order,

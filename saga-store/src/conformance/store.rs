@@ -27,6 +27,7 @@ fn new_saga(saga_type: &str, key: Option<&str>, input: Value) -> NewSaga {
         input,
         idempotency_key: key.map(IdempotencyKey::new),
         trace_context: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+        lease: None,
     }
 }
 
@@ -1234,4 +1235,45 @@ pub async fn claim_loaded_returns_what_load_would<S: Store>(store: Arc<S>) {
         assert_eq!(loaded.steps.len(), 1);
         assert_eq!(loaded.record.lease_owner, Some(WorkerId::new("b")));
     }
+}
+
+pub async fn a_saga_created_leased_belongs_to_its_starter_until_the_lease_expires<S: Store>(
+    store: Arc<S>,
+) {
+    let now = saga_core::now();
+    let until = saga_core::after(now, Duration::from_secs(30));
+    let starter = WorkerId::new("starter");
+    let id = create(
+        &*store,
+        NewSaga {
+            lease: Some((starter.clone(), until)),
+            ..new_saga("direct", None, json!({}))
+        },
+    )
+    .await;
+    let record = snapshot(&*store, id).await.record;
+    assert_eq!(record.lease_owner, Some(starter.clone()));
+    assert_eq!(record.lease_expires_at, Some(until));
+    assert_eq!(record.fencing_token.0, 1);
+    let others = store
+        .claim(&WorkerId::new("other"), now, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert!(others.is_empty(), "leased to its starter");
+    let lease = Lease {
+        saga: id,
+        owner: starter,
+        token: record.fencing_token,
+        expires_at: until,
+        taken_over_from: None,
+    };
+    apply_ok(&*store, &lease, &[begin(id, 0, Phase::Action, 1)]).await;
+    // The starter died: the lease expires and another worker takes over with a newer token.
+    let later = saga_core::after(until, Duration::from_secs(1));
+    let taken = claim_one(&*store, "other", later, Duration::from_secs(30)).await;
+    assert!(taken.token.0 > 1);
+    assert!(matches!(
+        store.apply(&lease, &[release(None)]).await,
+        Err(Error::LeaseLost(_))
+    ));
 }

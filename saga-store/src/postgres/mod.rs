@@ -288,8 +288,9 @@ impl Store for PgStore {
             "WITH inserted AS (
                  INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input,
                      input_hash, idempotency_key, next_run_at, fencing_token, trace_context,
-                     created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8, 0, $9, $8, $8)
+                     created_at, updated_at, lease_owner, lease_expires_at)
+                 VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8,
+                         CASE WHEN $12::text IS NULL THEN 0 ELSE 1 END, $9, $8, $8, $12, $13)
                  ON CONFLICT (idempotency_key) DO NOTHING
                  RETURNING id),
              started AS (
@@ -309,6 +310,8 @@ impl Store for PgStore {
         .bind(&saga.trace_context)
         .bind(detail)
         .bind(&self.channel)
+        .bind(saga.lease.as_ref().map(|(owner, _)| owner.as_str()))
+        .bind(saga.lease.as_ref().map(|(_, until)| *until))
         .fetch_optional(&self.pool)
         .await
         .map_err(classify)?;

@@ -219,8 +219,8 @@ impl Store for SqliteStore {
         let inserted = sqlx::query(
             "INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input,
                  input_hash, idempotency_key, next_run_at, fencing_token, trace_context,
-                 created_at, updated_at)
-             VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, 0, ?, ?, ?)",
+                 created_at, updated_at, lease_owner, lease_expires_at)
+             VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(saga.id.to_string())
         .bind(saga.saga_type.as_str())
@@ -234,9 +234,16 @@ impl Store for SqliteStore {
                 .map(|key| key.as_str().to_owned()),
         )
         .bind(millis(now))
+        .bind(i64::from(saga.lease.is_some()))
         .bind(&saga.trace_context)
         .bind(millis(now))
         .bind(millis(now))
+        .bind(
+            saga.lease
+                .as_ref()
+                .map(|(owner, _)| owner.as_str().to_owned()),
+        )
+        .bind(saga.lease.as_ref().map(|(_, until)| millis(*until)))
         .execute(&mut *tx)
         .await;
         if let Err(err) = inserted {

@@ -81,7 +81,7 @@ impl TestCluster {
     /// # Errors
     /// [`Error::Configuration`] when no PostgreSQL binaries are found or the cluster fails to start.
     pub async fn start() -> Result<TestCluster, Error> {
-        let (admin_url, dir) = tokio::task::spawn_blocking(start_cluster_in)
+        let (admin_url, dir) = tokio::task::spawn_blocking(|| start_cluster_in(true))
             .await
             .map_err(|err| Error::Configuration(format!("starting a test cluster: {err}")))?
             .map_err(Error::Configuration)?;
@@ -266,11 +266,14 @@ fn server_user() -> Result<Option<(u32, u32)>, String> {
 }
 
 fn start_cluster() -> Result<String, String> {
-    start_cluster_in().map(|(url, _)| url)
+    start_cluster_in(false).map(|(url, _)| url)
 }
 
-/// Starts a cluster; returns its URL and directory.
-fn start_cluster_in() -> Result<(String, PathBuf), String> {
+/// Starts a cluster; returns its URL and directory. `restartable` clusters acknowledge a commit
+/// only once its WAL is written (`synchronous_commit=on`): an immediate stop loses WAL that sat
+/// in the server's buffers, so without it a restart could forget commits already acknowledged,
+/// which no real durable setup does. (`fsync=off` stays: an immediate stop keeps the OS cache.)
+fn start_cluster_in(restartable: bool) -> Result<(String, PathBuf), String> {
     let missing = "PostgreSQL binaries (initdb, postgres) not found on PATH or in /usr/lib/postgresql/*/bin; install PostgreSQL 15 (apt-get install postgresql) or set DATABASE_URL";
     let initdb = binary("initdb").ok_or(missing)?;
     let postgres = binary("postgres").ok_or(missing)?;
@@ -311,7 +314,15 @@ fn start_cluster_in() -> Result<(String, PathBuf), String> {
     }
 
     let port = free_port()?;
-    supervise(&postgres, &dir, &data, port, as_server_user)?;
+    let synchronous_commit = if restartable { "on" } else { "off" };
+    supervise(
+        &postgres,
+        &dir,
+        &data,
+        port,
+        synchronous_commit,
+        as_server_user,
+    )?;
     Ok((
         format!("postgres://postgres@127.0.0.1:{port}/postgres"),
         dir,
@@ -324,6 +335,7 @@ fn supervise(
     dir: &Path,
     data: &Path,
     port: u16,
+    synchronous_commit: &str,
     as_server_user: impl Fn(&mut Command),
 ) -> Result<(), String> {
     // Runs the server; restarts it when it exits with a `restart` marker in the directory
@@ -334,7 +346,7 @@ fn supervise(
           kill -INT "$(head -n 1 "$2/postmaster.pid" 2>/dev/null)" 2>/dev/null ) &
         while :; do
             "$1" -D "$2" -p "$3" -k "$4" -c listen_addresses=127.0.0.1 \
-                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+                 -c fsync=off -c synchronous_commit="$6" -c full_page_writes=off \
                  -c max_connections=400 -c shared_buffers=64MB >>"$4/server.log" 2>&1 &
             wait $!
             if [ -e "$4/restart" ] && [ -d "/proc/$5" ]; then rm -f "$4/restart"; continue; fi
@@ -352,6 +364,7 @@ fn supervise(
         .arg(port.to_string())
         .arg(dir)
         .arg(std::process::id().to_string())
+        .arg(synchronous_commit)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
