@@ -6,6 +6,18 @@ use saga::{
 };
 use serde_json::{json, Value};
 
+/// Writes a line to stdout; a closed pipe (`saga ... | head`) ends the output quietly instead
+/// of panicking the way `println!` does.
+macro_rules! emit {
+    () => {
+        emit!("")
+    };
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Prints results as tables or JSON.
 pub(crate) struct Output {
     json: bool,
@@ -102,7 +114,7 @@ impl Output {
     }
 
     fn print_json(&self, value: &Value) {
-        println!(
+        emit!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
         );
@@ -128,11 +140,11 @@ impl Output {
                 ]
             })
             .collect();
-        println!(
+        emit!(
             "{}",
             table(&["ID", "TYPE", "V", "STATUS", "CREATED", "KEY"], &rows)
         );
-        println!(
+        emit!(
             "({} saga{})",
             sagas.len(),
             if sagas.len() == 1 { "" } else { "s" }
@@ -192,12 +204,12 @@ impl Output {
             ("lease", lease),
         ];
         for (name, value) in fields {
-            println!("{name:<9} {value}");
+            emit!("{name:<9} {value}");
         }
         if let Some(request) = &record.cancel_requested {
-            println!("{:<9} {request}", "cancel");
+            emit!("{:<9} {request}", "cancel");
         }
-        println!();
+        emit!();
         let rows: Vec<Vec<String>> = snapshot
             .steps
             .iter()
@@ -214,7 +226,7 @@ impl Output {
                 ]
             })
             .collect();
-        println!(
+        emit!(
             "{}",
             table(
                 &["STEP", "PHASE", "STATUS", "ATTEMPT", "OUTPUT", "LAST ERROR"],
@@ -244,7 +256,7 @@ impl Output {
         }
         let rendered = history.render();
         for (event, line) in history.events.iter().zip(rendered.lines()) {
-            println!("{}  {line}", time(event.at));
+            emit!("{}  {line}", time(event.at));
         }
     }
 
@@ -269,14 +281,14 @@ impl Output {
                 ]
             })
             .collect();
-        println!(
+        emit!(
             "{}",
             table(
                 &["ID", "SAGA", "KIND", "STEP", "STATUS", "OPENED", "ERROR"],
                 &rows
             )
         );
-        println!(
+        emit!(
             "({} item{})",
             items.len(),
             if items.len() == 1 { "" } else { "s" }
@@ -325,7 +337,7 @@ impl Output {
             ("output", pretty(&item.item.output)),
         ];
         for (name, value) in fields {
-            println!("{name:<8} {value}");
+            emit!("{name:<8} {value}");
         }
     }
 
@@ -335,7 +347,7 @@ impl Output {
                 &json!({ "intervention": id, "action": action, "saga_status": status }),
             );
         }
-        println!("intervention {id}: {action} recorded; the saga is now {status}");
+        emit!("intervention {id}: {action} recorded; the saga is now {status}");
     }
 
     pub(crate) fn batch(&self, results: &[BatchResult]) {
@@ -351,18 +363,18 @@ impl Output {
         }
         for result in results {
             match &result.outcome {
-                Ok(status) => println!(
+                Ok(status) => emit!(
                     "intervention {}: retry recorded; saga {} is now {status}",
                     result.intervention, result.saga
                 ),
-                Err(err) => println!("intervention {}: refused: {err}", result.intervention),
+                Err(err) => emit!("intervention {}: refused: {err}", result.intervention),
             }
         }
         let refused = results
             .iter()
             .filter(|result| result.outcome.is_err())
             .count();
-        println!("({} retried, {refused} refused)", results.len() - refused);
+        emit!("({} retried, {refused} refused)", results.len() - refused);
     }
 
     pub(crate) fn cancelled(&self, id: SagaId, outcome: CancelOutcome) {
@@ -376,14 +388,14 @@ impl Output {
         if self.json {
             return self.print_json(&json!({ "saga": id, "outcome": text }));
         }
-        println!("saga {id}: {text}");
+        emit!("saga {id}: {text}");
     }
 
     pub(crate) fn pruned(&self, deleted: u64) {
         if self.json {
             return self.print_json(&json!({ "pruned": deleted }));
         }
-        println!(
+        emit!(
             "pruned {deleted} finished saga{}",
             if deleted == 1 { "" } else { "s" }
         );
