@@ -25,6 +25,8 @@ pub struct Config {
     pub telemetry: Telemetry,
     /// How often gauges (the open intervention count) are sampled.
     pub metrics_interval: Duration,
+    /// Most sagas claimed in one store call.
+    pub claim_batch: usize,
 }
 
 impl Default for Config {
@@ -38,6 +40,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             telemetry: Telemetry::default(),
             metrics_interval: Duration::from_secs(10),
+            claim_batch: 64,
         }
     }
 }
@@ -76,6 +79,12 @@ impl Config {
     /// Sets what may be logged.
     pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
         self.telemetry = telemetry;
+        self
+    }
+
+    /// Sets the most sagas claimed in one store call (at least 1).
+    pub fn claim_batch(mut self, batch: usize) -> Self {
+        self.claim_batch = batch.max(1);
         self
     }
 

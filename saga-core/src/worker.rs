@@ -59,14 +59,18 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut direct: mpsc::UnboundedRecei
         }
         let free = inner.slots.available_permits();
         if free == 0 {
+            // Every slot is taken: by running drives, or by sagas started here on their way
+            // through the channel (then there may be no drive to wait for yet).
             tokio::select! {
-                _ = drives.join_next() => {}
+                _ = drives.join_next(), if !drives.is_empty() => {}
                 Some(work) = direct.recv() => start(&mut drives, work),
                 _ = shutdown.changed() => {}
             }
             continue;
         }
-        let limit = u32::try_from(free).unwrap_or(u32::MAX);
+        // Claim in bounded batches: a large `concurrency` fills up over a few claims instead of
+        // one huge transaction.
+        let limit = u32::try_from(free.min(inner.config.claim_batch.max(1))).unwrap_or(u32::MAX);
         let claim_started = std::time::Instant::now();
         let claimed = inner
             .store
@@ -680,6 +684,15 @@ async fn write(inner: &Inner, lease: &Lease, saga_type: &str, changes: &[Change]
                 tracing::warn!(error = %err, retry_in = ?pause, "store unavailable; retrying write");
                 tokio::time::sleep(pause).await;
                 pause = pause.saturating_mul(2);
+                // The write may have committed with only its answer lost: if the saga shows it
+                // already, writing it again would repeat its history (or, after a release, look
+                // like a lost lease).
+                if let Ok(Some(stored)) = inner.store.load(lease.saga).await {
+                    if stored.reflects(lease, changes) {
+                        inner.notify_lifecycle(lease.saga, saga_type, changes);
+                        return Ok(());
+                    }
+                }
             }
             Ok(()) => {
                 inner.notify_lifecycle(lease.saga, saga_type, changes);

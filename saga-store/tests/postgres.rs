@@ -12,7 +12,7 @@ use saga_core::{
 };
 use saga_store::testing::TestPg;
 use saga_store::{pg_transaction, PgOptions, PgStore};
-use sqlx::Row;
+use sqlx::{Connection, Row};
 
 /// What the `book` step does after writing its booking in the step's transaction.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -310,4 +310,156 @@ where
         outputs.push(handle.await.unwrap());
     }
     outputs
+}
+
+/// A store call dropped mid-flight (a drive cancelled because its lease was lost, a caller's
+/// timeout) must not leave its pooled connection inside a transaction. With sqlx 0.8, a future
+/// dropped while `Pool::begin`'s BEGIN was in flight did exactly that (sqlx#4393): nothing ended
+/// the transaction, the pool handed the connection to the next caller, and whatever it wrote
+/// (a step's own downstream statement, a claim) ran inside that transaction and vanished when
+/// it was later rolled back. The crash suite found it as a step recorded `completed` whose
+/// effect was missing from the ledger. Here a proxy holds back the server's answer to BEGIN, so
+/// the call is dropped exactly in that window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_call_dropped_during_begin_leaves_no_connection_inside_a_transaction() {
+    let (_, url) = store().await;
+    let proxy = HoldingProxy::start(&url);
+    let store = Arc::new(
+        PgStore::connect_with(
+            &proxy.url,
+            PgOptions {
+                max_connections: 2,
+                ..PgOptions::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let mut observer = sqlx::PgConnection::connect(&url).await.unwrap();
+    let begun = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()
+        AND pid <> pg_backend_pid() AND state = 'idle in transaction' AND query = 'BEGIN'";
+    let open = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()
+        AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'";
+
+    proxy.hold_next_begin();
+    let call = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.load(saga_core::SagaId::new()).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while scalar(&mut observer, begun).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never ran BEGIN"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The server ran BEGIN and its answer is held back: drop the call now, then let it through.
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    proxy.release();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while scalar(&mut observer, open).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a store call dropped during BEGIN left a pooled connection inside a transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Statements through the pool afterwards (a step's own writes) are committed, not swallowed.
+    for order in 0..8 {
+        sqlx::query("INSERT INTO public.bookings (order_id, saga_id) VALUES ($1, 'probe')")
+            .bind(order)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        scalar(&mut observer, "SELECT COUNT(*) FROM public.bookings").await,
+        8
+    );
+}
+
+async fn scalar(conn: &mut sqlx::PgConnection, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(conn).await.unwrap()
+}
+
+/// A TCP proxy in front of the test server that can hold back the server's answers on the
+/// connection that sends the next `BEGIN`, from that BEGIN on, until released.
+struct HoldingProxy {
+    url: String,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    /// Id of the connection whose answers are held (0: none).
+    held: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl HoldingProxy {
+    fn start(url: &str) -> HoldingProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+
+        let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+        let upstream = format!("{}:{}", options.get_host(), options.get_port());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicU64::new(0));
+        let (accept_armed, accept_held) = (Arc::clone(&armed), Arc::clone(&held));
+        std::thread::spawn(move || {
+            for (id, client) in (1u64..).zip(listener.incoming()) {
+                let (Ok(client), Ok(server)) = (client, std::net::TcpStream::connect(&upstream))
+                else {
+                    return;
+                };
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (armed, held) = (Arc::clone(&accept_armed), Arc::clone(&accept_held));
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 8192];
+                    while let Ok(n @ 1..) = from_client.read(&mut buffer) {
+                        let chunk = &buffer[..n];
+                        if chunk.windows(6).any(|w| w == b"BEGIN\0")
+                            && armed.swap(false, Ordering::SeqCst)
+                        {
+                            held.store(id, Ordering::SeqCst);
+                        }
+                        if to_server.write_all(chunk).is_err() {
+                            break;
+                        }
+                    }
+                });
+                let (mut from_server, mut to_client) = (server, client);
+                let held = Arc::clone(&accept_held);
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 8192];
+                    while let Ok(n @ 1..) = from_server.read(&mut buffer) {
+                        while held.load(Ordering::SeqCst) == id {
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        if to_client.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        HoldingProxy {
+            url: format!(
+                "postgres://{}@127.0.0.1:{port}/{}?sslmode=disable",
+                options.get_username(),
+                options.get_database().unwrap_or("postgres")
+            ),
+            armed,
+            held,
+        }
+    }
+
+    fn hold_next_begin(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    fn release(&self) {
+        self.held.store(0, Ordering::SeqCst);
+    }
 }

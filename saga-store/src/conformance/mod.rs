@@ -65,6 +65,7 @@ macro_rules! conformance_suite {
                 parked_saga_is_redriven_once_the_code_is_fixed,
                 lifecycle_hooks_fire_once_per_event,
                 prune_removes_only_old_finished_sagas,
+                ambiguous_commits_are_recorded_and_announced_once,
             );
         }
     };

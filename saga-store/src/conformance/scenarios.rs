@@ -1244,6 +1244,14 @@ pub async fn lifecycle_hooks_fire_once_per_event<S: Store>(store: Arc<S>) {
     orchestrator.run();
     let id = orchestrator.start::<Probe>(&input(60)).await.unwrap();
     orchestrator.wait(id, WAIT).await.unwrap();
+    // The hooks run right after the write that a waiter may already have seen.
+    wait_until("the escalation reaches the hooks", || {
+        events.lock().unwrap().iter().any(
+            |event| matches!(event, saga_core::LifecycleEvent::Escalated { saga, .. } if *saga == id),
+        )
+    })
+    .await;
+    orchestrator.shutdown().await;
     let events = events.lock().unwrap().clone();
     let escalated = events
         .iter()
@@ -1267,7 +1275,6 @@ pub async fn lifecycle_hooks_fire_once_per_event<S: Store>(store: Arc<S>) {
         vec![("charge_card".to_owned(), Phase::Compensation, 2)],
         "{events:?}"
     );
-    orchestrator.shutdown().await;
 }
 
 pub async fn prune_removes_only_old_finished_sagas<S: Store>(store: Arc<S>) {
@@ -1302,4 +1309,146 @@ pub async fn prune_removes_only_old_finished_sagas<S: Store>(store: Arc<S>) {
         admin.show(waiting).await.unwrap().record.status,
         SagaStatus::Running
     );
+}
+
+/// A store whose writes commit, but whose answer to the first try of each batch is lost: the
+/// worker sees `StoreUnavailable` for a write that took effect (an ambiguous commit).
+pub struct LosesFirstAnswers<S> {
+    inner: Arc<S>,
+    seen: Mutex<Vec<Vec<saga_core::Change>>>,
+}
+
+#[async_trait::async_trait]
+impl<S: Store> Store for LosesFirstAnswers<S> {
+    async fn create(&self, saga: saga_core::NewSaga) -> saga_core::Result<saga_core::Created> {
+        self.inner.create(saga).await
+    }
+    async fn claim(
+        &self,
+        owner: &saga_core::WorkerId,
+        now: saga_core::Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> saga_core::Result<Vec<saga_core::Lease>> {
+        self.inner.claim(owner, now, lease_for, limit).await
+    }
+    async fn heartbeat(
+        &self,
+        lease: &saga_core::Lease,
+        expires_at: saga_core::Timestamp,
+    ) -> saga_core::Result<saga_core::Lease> {
+        self.inner.heartbeat(lease, expires_at).await
+    }
+    async fn apply(
+        &self,
+        lease: &saga_core::Lease,
+        changes: &[saga_core::Change],
+    ) -> saga_core::Result<()> {
+        self.inner.apply(lease, changes).await?;
+        let mut seen = self.seen.lock().unwrap();
+        if seen.iter().any(|batch| batch.as_slice() == changes) {
+            return Ok(());
+        }
+        seen.push(changes.to_vec());
+        Err(Error::StoreUnavailable(
+            "the answer to a committed write was lost".into(),
+        ))
+    }
+    async fn load(&self, id: SagaId) -> saga_core::Result<Option<saga_core::SagaSnapshot>> {
+        self.inner.load(id).await
+    }
+    async fn list(
+        &self,
+        filter: &saga_core::SagaFilter,
+    ) -> saga_core::Result<Vec<saga_core::SagaRecord>> {
+        self.inner.list(filter).await
+    }
+    async fn count_by_status(&self) -> saga_core::Result<Vec<(SagaStatus, u64)>> {
+        self.inner.count_by_status().await
+    }
+    async fn history(&self, id: SagaId) -> saga_core::Result<Vec<saga_core::Event>> {
+        self.inner.history(id).await
+    }
+    async fn interventions(
+        &self,
+        open_only: bool,
+    ) -> saga_core::Result<Vec<saga_core::Intervention>> {
+        self.inner.interventions(open_only).await
+    }
+    async fn intervention(
+        &self,
+        id: saga_core::InterventionId,
+    ) -> saga_core::Result<Option<saga_core::Intervention>> {
+        self.inner.intervention(id).await
+    }
+    async fn settle(&self, settlement: &saga_core::Settlement) -> saga_core::Result<SagaStatus> {
+        self.inner.settle(settlement).await
+    }
+    async fn request_cancel(
+        &self,
+        id: SagaId,
+        by: &str,
+        reason: &str,
+        now: saga_core::Timestamp,
+    ) -> saga_core::Result<saga_core::CancelOutcome> {
+        self.inner.request_cancel(id, by, reason, now).await
+    }
+    async fn prune(&self, before: saga_core::Timestamp, limit: u32) -> saga_core::Result<u64> {
+        self.inner.prune(before, limit).await
+    }
+}
+
+/// Found by the crash suite (ambiguous commits): a write that committed but whose answer was
+/// lost was written again, so its transitions appeared twice in the history; and when it gave
+/// the lease back, the repeat was refused as a lost lease, so its lifecycle event (an
+/// escalation) reached no hook. The worker now sees that the saga already shows the write.
+pub async fn ambiguous_commits_are_recorded_and_announced_once<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    script.plan("charge_card", Phase::Action, &[Outcome::Transient]);
+    script.plan("send_receipt", Phase::Action, &[Outcome::Permanent]);
+    script.plan("charge_card", Phase::Compensation, &[Outcome::Permanent]);
+    let store = Arc::new(LosesFirstAnswers {
+        inner: store,
+        seen: Mutex::new(Vec::new()),
+    });
+    let escalations = Arc::new(Mutex::new(0));
+    let orchestrator = orchestrator(&store, Duration::from_secs(5));
+    orchestrator.register(Probe(script.clone())).unwrap();
+    let seen = escalations.clone();
+    orchestrator.on_lifecycle(move |event| {
+        if matches!(event, saga_core::LifecycleEvent::Escalated { .. }) {
+            *seen.lock().unwrap() += 1;
+        }
+    });
+    orchestrator.run();
+    let id = orchestrator.start::<Probe>(&input(80)).await.unwrap();
+    let record = orchestrator.wait(id, WAIT).await.unwrap();
+    assert_eq!(record.status, SagaStatus::NeedsIntervention);
+    let history = orchestrator.history(id).await.unwrap().render();
+    let mut lines: Vec<&str> = history.lines().collect();
+    let all = lines.len();
+    lines.sort_unstable();
+    lines.dedup();
+    assert_eq!(
+        lines.len(),
+        all,
+        "each transition recorded once:\n{history}"
+    );
+    assert_eq!(
+        script.calls_of("charge_card", Phase::Action).len(),
+        2,
+        "one retry, after the transient failure"
+    );
+    // The worker learns that its write committed only after its retry pause.
+    wait_until("the escalation is announced", || {
+        *escalations.lock().unwrap() > 0
+    })
+    .await;
+    orchestrator.shutdown().await;
+    assert_eq!(
+        *escalations.lock().unwrap(),
+        1,
+        "the escalation is announced once"
+    );
+    assert_eq!(orchestrator.interventions(true).await.unwrap().len(), 1);
 }

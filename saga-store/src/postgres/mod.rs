@@ -279,6 +279,22 @@ fn attempt_i32(attempt: u32) -> i32 {
     i32::try_from(attempt).unwrap_or(i32::MAX)
 }
 
+/// Opens a transaction in a task of its own, so that it is cancel-safe.
+///
+/// sqlx 0.8's `Pool::begin` is not, on Postgres (sqlx#4393): a caller dropped while its BEGIN is
+/// in flight — a drive cancelled because its lease was lost, a caller's timeout — leaves the
+/// pooled connection inside a transaction that nothing ends, and the next borrower's statements
+/// (a claim, a step's own writes) silently run in it and are lost when it rolls back. Run to
+/// completion in a task, the BEGIN is always answered; a transaction nobody takes any more is
+/// dropped there and rolled back as usual.
+async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin().await })
+        .await
+        .map_err(|err| Error::Store(Box::new(err)))?
+        .map_err(classify)
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
@@ -297,7 +313,9 @@ impl Store for PgStore {
                  INSERT INTO saga_events (saga_id, at, kind, detail)
                  SELECT id, $8, 'saga_started', $10 FROM inserted
                  RETURNING saga_id)
-             SELECT saga_id, pg_notify($11, '')::text AS woke FROM started",
+             SELECT saga_id,
+                    CASE WHEN $12::text IS NULL THEN pg_notify($11, '')::text END AS woke
+               FROM started",
         )
         .bind(saga.id.as_uuid())
         .bind(saga.saga_type.as_str())
@@ -407,7 +425,7 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>> {
         let expires_at = saga_core::after(now, lease_for);
-        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let mut tx = begin(&self.pool).await?;
         let sagas = sqlx::query(
             "WITH due AS (
                  SELECT id FROM saga_instances
@@ -505,7 +523,7 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
-        let tx = self.pool.begin().await.map_err(classify)?;
+        let tx = begin(&self.pool).await?;
         self.apply_in(tx, lease, changes).await
     }
 
@@ -513,7 +531,7 @@ impl Store for PgStore {
         &self,
         _lease: &Lease,
     ) -> Result<Option<Box<dyn StepTransaction>>> {
-        let tx = self.pool.begin().await.map_err(classify)?;
+        let tx = begin(&self.pool).await?;
         Ok(Some(Box::new(PgStepTransaction(tx))))
     }
 
@@ -532,7 +550,7 @@ impl Store for PgStore {
     }
 
     async fn load(&self, id: SagaId) -> Result<Option<SagaSnapshot>> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let mut tx = begin(&self.pool).await?;
         tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await
             .map_err(classify)?;
@@ -563,7 +581,7 @@ impl Store for PgStore {
 
     async fn settle(&self, settlement: &Settlement) -> Result<SagaStatus> {
         let now = saga_core::now();
-        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let mut tx = begin(&self.pool).await?;
         // Closing the item first is the gate: of concurrent settlements, one updates the row,
         // the others find it resolved once the winner commits.
         let claimed = sqlx::query(
@@ -650,7 +668,7 @@ impl Store for PgStore {
         reason: &str,
         now: Timestamp,
     ) -> Result<CancelOutcome> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let mut tx = begin(&self.pool).await?;
         let snapshot = load_with(&mut tx, id, true)
             .await?
             .ok_or(Error::SagaNotFound(id))?;
