@@ -365,7 +365,8 @@ impl Output {
             match &result.outcome {
                 Ok(status) => emit!(
                     "intervention {}: retry recorded; saga {} is now {status}",
-                    result.intervention, result.saga
+                    result.intervention,
+                    result.saga
                 ),
                 Err(err) => emit!("intervention {}: refused: {err}", result.intervention),
             }

@@ -1,0 +1,105 @@
+//! The database's limit for one durable step transition: pgbench running a custom script that
+//! inserts a unique key and updates a status in one transaction, at the same concurrency.
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+use sqlx::{Connection, Executor, PgConnection};
+
+use crate::pgutil::{self, err, Meter, Res};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct PgbenchArgs {
+    #[arg(long)]
+    pub admin_url: String,
+    /// The pgbench binary.
+    #[arg(long, default_value = "pgbench")]
+    pub pgbench: String,
+    #[arg(long, default_value_t = 16)]
+    pub inflight: usize,
+    /// Seconds.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+}
+
+/// One step transition: the step's row with its unique idempotency key, and the saga's status,
+/// in one transaction. `:client_id` gives each client a saga row of its own, as each saga in
+/// flight has.
+pub const SCRIPT: &str = "\
+BEGIN;
+INSERT INTO bench_steps (idempotency_key, saga_id, status) VALUES (gen_random_uuid()::text, :client_id, 'completed');
+UPDATE bench_sagas SET status = 'running', updated_at = now() WHERE id = :client_id;
+COMMIT;
+";
+
+pub async fn run(args: PgbenchArgs) -> Res<Value> {
+    let name = format!("bench_pgbench_c{}", args.inflight);
+    let url = pgutil::fresh_database(&args.admin_url, &name).await?;
+    let mut conn = PgConnection::connect(&url).await.map_err(err("connect"))?;
+    conn.execute(
+        "CREATE TABLE bench_steps (idempotency_key text PRIMARY KEY, saga_id int NOT NULL,
+             status text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+         CREATE TABLE bench_sagas (id int PRIMARY KEY, status text NOT NULL,
+             updated_at timestamptz NOT NULL);
+         INSERT INTO bench_sagas SELECT g, 'running', now() FROM generate_series(0, 1000) g;",
+    )
+    .await
+    .map_err(err("creating the pgbench tables"))?;
+    let _ = conn.close().await;
+    let script = std::env::temp_dir().join(format!("saga-bench-step-{}.sql", std::process::id()));
+    std::fs::write(&script, SCRIPT).map_err(err("writing the pgbench script"))?;
+
+    let meter = Meter::start(&url).await?;
+    let threads = args.inflight.clamp(1, 2);
+    let output = tokio::task::spawn_blocking({
+        let pgbench = args.pgbench.clone();
+        let script = script.clone();
+        let url = url.clone();
+        let (c, j, t) = (args.inflight, threads, args.duration);
+        move || {
+            Command::new(pgbench)
+                .args(["-n", "-M", "prepared", "-c", &c.to_string(), "-j", &j.to_string()])
+                .args(["-T", &t.to_string(), "-f"])
+                .arg(&script)
+                .arg(&url)
+                .output()
+        }
+    })
+    .await
+    .map_err(err("pgbench task"))?
+    .map_err(err("running pgbench"))?;
+    let _ = std::fs::remove_file(&script);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    if !output.status.success() {
+        return Err(format!(
+            "pgbench failed: {}\n{stdout}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let (commits, wal) = meter.finish().await?;
+    let field = |prefix: &str| -> Option<f64> {
+        stdout.lines().find_map(|line| {
+            line.trim()
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.trim().split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+    };
+    let tps = field("tps =").ok_or_else(|| format!("no tps in pgbench output:\n{stdout}"))?;
+    let processed = field("number of transactions actually processed:").unwrap_or(f64::NAN);
+    Ok(json!({
+        "engine": "pgbench",
+        "backend": "pg",
+        "workload": "step",
+        "inflight": args.inflight,
+        "threads": threads,
+        "transactions": processed,
+        "elapsed_s": args.duration,
+        "tps": tps,
+        "transitions_per_s": tps,
+        "latency_avg_ms": field("latency average ="),
+        "commits_per_tx": commits as f64 / processed,
+        "wal_bytes_per_tx": wal as f64 / processed,
+        "script": SCRIPT,
+    }))
+}

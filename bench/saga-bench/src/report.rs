@@ -1,0 +1,367 @@
+//! The results table and the machine-readable `name=value` lines, from the JSON lines that the
+//! runs wrote.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::pgutil::{err, Res};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// The JSON lines file the runs appended to.
+    #[arg(long)]
+    pub results: String,
+}
+
+fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64).filter(|x| x.is_finite())
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn fmt(x: Option<f64>, decimals: usize) -> String {
+    match x {
+        Some(x) => format!("{x:.decimals$}"),
+        None => "-".to_owned(),
+    }
+}
+
+/// The value for a name=value line: a number, or `unavailable`.
+fn kv(x: Option<f64>, decimals: usize) -> String {
+    match x {
+        Some(x) => format!("{x:.decimals$}"),
+        None => "unavailable".to_owned(),
+    }
+}
+
+pub fn report(args: ReportArgs) -> Res<()> {
+    let content = std::fs::read_to_string(&args.results).map_err(err("reading results"))?;
+    let rows: Vec<Value> = content
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let meta = rows.iter().find(|r| r.get("meta").is_some()).cloned();
+    let find = |engine: &str, workload: &str, backend: &str, inflight: u64| -> Option<&Value> {
+        rows.iter().rev().find(|r| {
+            text(r, "engine") == engine
+                && text(r, "workload") == workload
+                && (backend.is_empty() || text(r, "backend") == backend)
+                && r.get("inflight").and_then(Value::as_u64) == Some(inflight)
+                && r.get("unavailable").is_none()
+        })
+    };
+    let unavailable: BTreeMap<String, String> = rows
+        .iter()
+        .filter_map(|r| {
+            r.get("unavailable")
+                .map(|why| (text(r, "engine").to_owned(), why.as_str().unwrap_or("").to_owned()))
+        })
+        .collect();
+    let levels: Vec<u64> = {
+        let mut l: Vec<u64> = rows
+            .iter()
+            .filter(|r| matches!(text(r, "workload"), "w1" | "w2" | "step"))
+            .filter_map(|r| r.get("inflight").and_then(Value::as_u64))
+            .collect();
+        l.sort_unstable();
+        l.dedup();
+        l
+    };
+
+    let mut out = String::new();
+    let mut kvs: Vec<(String, String)> = Vec::new();
+    if let Some(meta) = &meta {
+        let m = &meta["meta"];
+        let _ = writeln!(
+            out,
+            "saga benchmark ({} run) — {} — nproc {}, {} MB RAM, {}",
+            text(m, "mode"),
+            text(m, "date"),
+            m.get("nproc").and_then(Value::as_u64).unwrap_or(0),
+            m.get("mem_mb").and_then(Value::as_u64).unwrap_or(0),
+            text(m, "cpu"),
+        );
+        let _ = writeln!(out, "server: {}", text(m, "server"));
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "W1: 5 no-op steps succeed; W2: step 4 fails for good, steps 3..1 compensate; closed loop: N clients each start a saga and wait for it (N sagas in flight)"
+    );
+    let header = format!(
+        "{:<9} {:<7} {:<5} {:>4} {:>9} {:>10} {:>8} {:>8} {:>9} {:>8} {:>10} {:>7}",
+        "engine", "store", "load", "N", "sagas/s", "steps/s", "p50 ms", "p99 ms", "step+ ms", "commits", "WAL B", "RSS MB"
+    );
+    let _ = writeln!(out, "{header}");
+    let _ = writeln!(out, "{}", "-".repeat(header.len()));
+    let workload_rows: [(&str, &str, &str); 7] = [
+        ("saga", "w1", "pg"),
+        ("saga", "w2", "pg"),
+        ("saga", "w1", "sqlite"),
+        ("underway", "w1", ""),
+        ("underway", "w2", ""),
+        ("dbos", "w1", ""),
+        ("dbos", "w2", ""),
+    ];
+    for (engine, workload, backend) in workload_rows {
+        for &n in &levels {
+            let Some(r) = find(engine, workload, backend, n) else {
+                continue;
+            };
+            let store = if backend.is_empty() { text(r, "backend") } else { backend };
+            let _ = writeln!(
+                out,
+                "{:<9} {:<7} {:<5} {:>4} {:>9} {:>10} {:>8} {:>8} {:>9} {:>8} {:>10} {:>7}",
+                engine,
+                store,
+                workload.to_uppercase(),
+                n,
+                fmt(num(r, "sagas_per_s"), 1),
+                fmt(num(r, "transitions_per_s"), 1),
+                fmt(num(r, "p50_ms"), 2),
+                fmt(num(r, "p99_ms"), 2),
+                fmt(num(r, "step_p50_ms"), 3),
+                fmt(num(r, "commits_per_saga"), 2),
+                fmt(num(r, "wal_bytes_per_saga"), 0),
+                fmt(num(r, "rss_mb"), 1),
+            );
+            let prefix = if engine == "saga" {
+                format!("saga_{workload}_{store}_c{n}")
+            } else {
+                format!("{engine}_{workload}_c{n}")
+            };
+            for (key, name, d) in [
+                ("sagas_per_s", "sagas_per_s", 1),
+                ("transitions_per_s", "transitions_per_s", 1),
+                ("p50_ms", "p50_ms", 3),
+                ("p99_ms", "p99_ms", 3),
+                ("step_p50_ms", "step_added_p50_ms", 3),
+                ("step_p99_ms", "step_added_p99_ms", 3),
+                ("commits_per_saga", "commits_per_saga", 2),
+                ("wal_bytes_per_saga", "wal_bytes_per_saga", 0),
+                ("rss_mb", "rss_mb", 1),
+            ] {
+                if let Some(x) = num(r, key) {
+                    kvs.push((format!("{prefix}_{name}"), kv(Some(x), d)));
+                }
+            }
+        }
+    }
+    for &n in &levels {
+        if let Some(r) = find("pgbench", "step", "", n) {
+            let _ = writeln!(
+                out,
+                "{:<9} {:<7} {:<5} {:>4} {:>9} {:>10} {:>8} {:>8} {:>9} {:>8} {:>10} {:>7}",
+                "pgbench",
+                "pg",
+                "step",
+                n,
+                "-",
+                fmt(num(r, "tps"), 1),
+                fmt(num(r, "latency_avg_ms"), 2),
+                "-",
+                "-",
+                fmt(num(r, "commits_per_tx"), 2),
+                fmt(num(r, "wal_bytes_per_tx"), 0),
+                "-",
+            );
+            kvs.push((format!("pgbench_c{n}_tps"), kv(num(r, "tps"), 1)));
+            kvs.push((format!("pgbench_c{n}_latency_avg_ms"), kv(num(r, "latency_avg_ms"), 3)));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  steps/s: step functions run per second (W1: 5 per saga; W2: 4 actions + 3 compensations); pgbench: one transaction = one step transition (insert a unique key + update a status)\n  p50/p99: saga latency, start -> settled (pgbench: average transaction latency); step+: p50 time from one step's entry to the next one's (what the orchestrator adds per step)\n  commits: pg_stat_database.xact_commit delta per saga, in a database used only by that run; WAL B: pg_current_wal_lsn() delta per saga; RSS: peak RSS (VmHWM) of the worker process"
+    );
+    for (engine, why) in &unavailable {
+        let _ = writeln!(out, "  {engine}: unavailable — {why}");
+    }
+
+    // Where the commits come from.
+    if let Some(r) = find("saga", "w1", "pg", 16) {
+        if let Some(calls) = r.get("store_calls_per_saga") {
+            let _ = writeln!(
+                out,
+                "  store calls per W1 saga at 16 in flight: create {} / claim {} (sagas per claim {}) / load {} / apply {} / heartbeat {} / other {}",
+                fmt(num(calls, "create"), 2),
+                fmt(num(calls, "claim"), 2),
+                fmt(num(calls, "claimed").zip(num(calls, "claim")).map(|(a, b)| a / b), 1),
+                fmt(num(calls, "load"), 2),
+                fmt(num(calls, "apply"), 2),
+                fmt(num(calls, "heartbeat"), 2),
+                fmt(num(calls, "other"), 2),
+            );
+        }
+    }
+
+    // W3 and RSS.
+    let w3: Vec<&Value> = rows.iter().filter(|r| text(r, "workload") == "w3").collect();
+    if !w3.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "W3: sagas started, worker SIGKILLed once 30% are settled, new process started"
+        );
+        let header = format!(
+            "{:>4} {:>7} {:>9} {:>11} {:>12} {:>10} {:>11} {:>10} {:>7}",
+            "N", "sagas", "lease s", "leased@kill", "lease left s", "drain s", "recovery s", "completed", "RSS MB"
+        );
+        let _ = writeln!(out, "{header}");
+        let _ = writeln!(out, "{}", "-".repeat(header.len()));
+        for r in &w3 {
+            if let Some(why) = r.get("error") {
+                let _ = writeln!(out, "{:>4} failed: {}", r.get("inflight").and_then(Value::as_u64).unwrap_or(0), why);
+                continue;
+            }
+            let n = r.get("inflight").and_then(Value::as_u64).unwrap_or(0);
+            let lease = num(r, "lease_ttl_s").unwrap_or(f64::NAN);
+            let _ = writeln!(
+                out,
+                "{:>4} {:>7} {:>9} {:>11} {:>12} {:>10} {:>11} {:>10} {:>7}",
+                n,
+                fmt(num(r, "sagas"), 0),
+                fmt(Some(lease), 1),
+                fmt(num(r, "leased_at_kill"), 0),
+                fmt(num(r, "lease_left_at_kill_s"), 1),
+                fmt(num(r, "drain_s"), 2),
+                fmt(num(r, "recovery_s"), 2),
+                fmt(num(r, "completed"), 0),
+                fmt(num(r, "rss_mb"), 1),
+            );
+            let mut suffix = if (lease - 30.0).abs() < 1e-9 {
+                String::new()
+            } else {
+                format!("_lease{}ms", (lease * 1000.0).round())
+            };
+            if let Some(sagas) = num(r, "sagas").filter(|s| *s != 10_000.0) {
+                suffix.push_str(&format!("_{sagas:.0}sagas"));
+            }
+            kvs.push((format!("w3_c{n}{suffix}_recovery_s"), kv(num(r, "recovery_s"), 2)));
+            kvs.push((format!("w3_c{n}{suffix}_drain_s"), kv(num(r, "drain_s"), 2)));
+            kvs.push((format!("w3_c{n}{suffix}_rss_mb"), kv(num(r, "rss_mb"), 1)));
+        }
+        let _ = writeln!(
+            out,
+            "  drain: until every saga not held by the killed process's leases is settled; recovery: until all are settled (the killed process's leases must expire first)"
+        );
+    }
+    let rss = rows.iter().rev().find(|r| text(r, "workload") == "rss10k");
+    if let Some(r) = rss {
+        let partial = r.get("partial").and_then(Value::as_bool).unwrap_or(false);
+        let _ = writeln!(
+            out,
+            "\nRSS with {} sagas in flight at once (concurrency {}, pool {}): peak {} MB (before the run {} MB), {} {} s{}",
+            fmt(num(r, "sagas"), 0),
+            fmt(num(r, "inflight"), 0),
+            fmt(num(r, "pool"), 0),
+            fmt(num(r, "rss_mb"), 1),
+            fmt(num(r, "rss_before_run_mb"), 1),
+            if partial { "observed for" } else { "all settled in" },
+            fmt(num(r, "run_s"), 1),
+            if partial { format!(" ({} settled by then; quick run)", fmt(num(r, "settled"), 0)) } else { String::new() },
+        );
+        kvs.push(("rss10k_mb".into(), kv(num(r, "rss_mb"), 1)));
+        kvs.push(("rss10k_run_s".into(), kv(num(r, "run_s"), 2)));
+        kvs.push(("rss10k_partial".into(), if partial { "1".into() } else { "0".into() }));
+    }
+
+    // Ratios and targets.
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Ratios and targets");
+    let saga = |w: &str, n: u64, key: &str| find("saga", w, "pg", n).and_then(|r| num(r, key));
+    let mut ratio_lines = Vec::new();
+    for &n in &levels {
+        let limit = find("pgbench", "step", "", n).and_then(|r| num(r, "tps"));
+        let r = saga("w1", n, "transitions_per_s").zip(limit).map(|(a, b)| a / b);
+        ratio_lines.push((format!("ratio_vs_pgbench_c{n}"), r));
+        for peer in ["dbos", "underway"] {
+            for w in ["w1", "w2"] {
+                let p = find(peer, w, "", n).and_then(|r| num(r, "sagas_per_s"));
+                let r = saga(w, n, "sagas_per_s").zip(p).map(|(a, b)| a / b);
+                ratio_lines.push((format!("ratio_vs_{peer}_{w}_c{n}"), r));
+            }
+        }
+    }
+    let get = |name: &str| ratio_lines.iter().find(|(k, _)| k == name).and_then(|(_, v)| *v);
+    let headline = [
+        ("ratio_vs_pgbench", get("ratio_vs_pgbench_c16")),
+        ("ratio_vs_dbos", get("ratio_vs_dbos_w1_c16")),
+        ("ratio_vs_dbos_w2", get("ratio_vs_dbos_w2_c16")),
+        ("ratio_vs_underway", get("ratio_vs_underway_w1_c16")),
+        ("ratio_vs_underway_w2", get("ratio_vs_underway_w2_c16")),
+    ];
+    for (name, value) in &headline {
+        let _ = writeln!(out, "  {name:<22} {}", fmt(*value, 3));
+    }
+    let _ = writeln!(
+        out,
+        "  (pgbench: W1 step transitions/s / pgbench tps; peers: sagas/s / peer's sagas/s; all at 16 in flight)"
+    );
+
+    let mut targets: Vec<(&str, String, Option<bool>)> = Vec::new();
+    let r = get("ratio_vs_pgbench_c16");
+    targets.push(("W1 steps/s >= 0.6 x pgbench (16 in flight)", fmt(r, 3), r.map(|r| r >= 0.6)));
+    for (name, key) in [
+        ("W1 sagas/s >= 10 x DBOS (16)", "ratio_vs_dbos_w1_c16"),
+        ("W2 sagas/s >= 10 x DBOS (16)", "ratio_vs_dbos_w2_c16"),
+        ("W1 sagas/s >= 10 x underway (16)", "ratio_vs_underway_w1_c16"),
+        ("W2 sagas/s >= 10 x underway (16)", "ratio_vs_underway_w2_c16"),
+    ] {
+        let r = get(key);
+        targets.push((name, fmt(r, 2), r.map(|r| r >= 10.0)));
+    }
+    let commits: Vec<f64> = levels.iter().filter_map(|&n| saga("w1", n, "commits_per_saga")).collect();
+    let worst = commits.iter().copied().reduce(f64::max);
+    targets.push((
+        "W1 commits per saga <= 5 + 2 (worst N)",
+        fmt(worst, 2),
+        worst.map(|c| c <= 7.0),
+    ));
+    let step = saga("w1", 1, "step_p50_ms");
+    targets.push(("added latency per step p50 <= 1 ms (1 in flight)", fmt(step, 3), step.map(|s| s <= 1.0)));
+    let w3_default: Vec<f64> = w3
+        .iter()
+        .filter(|r| num(r, "lease_ttl_s").is_some_and(|l| (l - 30.0).abs() < 1e-9))
+        .filter(|r| num(r, "sagas") == Some(10_000.0))
+        .filter_map(|r| num(r, "recovery_s"))
+        .collect();
+    let w3_worst = w3_default.iter().copied().reduce(f64::max);
+    targets.push((
+        "W3: 10,000 all settled <= 10 s after restart (default lease, worst N)",
+        fmt(w3_worst, 2),
+        w3_worst.map(|s| s <= 10.0),
+    ));
+    let rss_mb = rss.and_then(|r| num(r, "rss_mb"));
+    targets.push(("peak RSS < 100 MB with 10,000 in flight", fmt(rss_mb, 1), rss_mb.map(|m| m < 100.0)));
+    for (name, value, met) in &targets {
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "unknown",
+        };
+        let _ = writeln!(out, "  {name:<62} {value:>10}  {verdict}");
+    }
+    let met = targets.iter().filter(|t| t.2 == Some(true)).count();
+    let missed = targets.iter().filter(|t| t.2 == Some(false)).count();
+
+    print!("{out}");
+    println!();
+    for (k, v) in &kvs {
+        println!("{k}={v}");
+    }
+    for (k, v) in &ratio_lines {
+        println!("{k}={}", kv(*v, 3));
+    }
+    for (k, v) in &headline {
+        println!("{k}={}", kv(*v, 3));
+    }
+    println!("targets_met={met}");
+    println!("targets_missed={missed}");
+    println!("targets_unknown={}", targets.len() - met - missed);
+    Ok(())
+}
