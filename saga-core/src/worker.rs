@@ -49,6 +49,12 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut direct: mpsc::UnboundedRecei
             Some(work.slot),
         ));
     };
+    // Claim when something may be due: at start, after a claim that found work, when woken
+    // (a saga was started or released, here or — on Postgres — in any process), when a slot
+    // frees up, and at least every poll interval. Sagas started here arrive on `direct` and
+    // cost no claim.
+    let mut claim_now = true;
+    let mut next_poll = tokio::time::Instant::now();
     loop {
         while drives.try_join_next().is_some() {}
         while let Ok(work) = direct.try_recv() {
@@ -62,67 +68,70 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut direct: mpsc::UnboundedRecei
             // Every slot is taken: by running drives, or by sagas started here on their way
             // through the channel (then there may be no drive to wait for yet).
             tokio::select! {
-                _ = drives.join_next(), if !drives.is_empty() => {}
+                _ = drives.join_next(), if !drives.is_empty() => claim_now = true,
                 Some(work) = direct.recv() => start(&mut drives, work),
                 _ = shutdown.changed() => {}
             }
             continue;
         }
-        // Claim in bounded batches: a large `concurrency` fills up over a few claims instead of
-        // one huge transaction.
-        let limit = u32::try_from(free.min(inner.config.claim_batch.max(1))).unwrap_or(u32::MAX);
-        let claim_started = std::time::Instant::now();
-        let claimed = inner
-            .store
-            .claim_loaded(
-                &inner.config.worker_id,
-                clock::now(),
-                inner.config.lease_ttl,
-                limit,
-            )
-            .await;
-        metrics::histogram!(names::CLAIM_DURATION).record(claim_started.elapsed().as_secs_f64());
-        if last_sample.elapsed() >= inner.config.metrics_interval {
-            last_sample = std::time::Instant::now();
-            if let Ok(open) = inner.store.count_open_interventions().await {
-                metrics::gauge!(names::INTERVENTIONS_OPEN).set(open as f64);
+        if claim_now || tokio::time::Instant::now() >= next_poll {
+            claim_now = false;
+            next_poll = tokio::time::Instant::now() + inner.config.poll_interval;
+            // Claim in bounded batches: a large `concurrency` fills up over a few claims
+            // instead of one huge transaction.
+            let limit =
+                u32::try_from(free.min(inner.config.claim_batch.max(1))).unwrap_or(u32::MAX);
+            let claim_started = std::time::Instant::now();
+            let claimed = inner
+                .store
+                .claim_loaded(
+                    &inner.config.worker_id,
+                    clock::now(),
+                    inner.config.lease_ttl,
+                    limit,
+                )
+                .await;
+            metrics::histogram!(names::CLAIM_DURATION)
+                .record(claim_started.elapsed().as_secs_f64());
+            if last_sample.elapsed() >= inner.config.metrics_interval {
+                last_sample = std::time::Instant::now();
+                if let Ok(open) = inner.store.count_open_interventions().await {
+                    metrics::gauge!(names::INTERVENTIONS_OPEN).set(open as f64);
+                }
+            }
+            match claimed {
+                Ok(leases) => {
+                    failures = 0;
+                    metrics::counter!(names::CLAIMED).increment(leases.len() as u64);
+                    if !leases.is_empty() {
+                        for (lease, snapshot) in leases {
+                            // A saga started here may have taken the slot meanwhile; the claimed
+                            // one is driven all the same (it is ours now), briefly above the limit.
+                            let slot = Arc::clone(&inner.slots).try_acquire_owned().ok();
+                            drives.spawn(drive(Arc::clone(&inner), lease, snapshot, slot));
+                        }
+                        claim_now = true;
+                        continue;
+                    }
+                }
+                Err(err) => {
+                    failures = failures.saturating_add(1);
+                    let pause = inner
+                        .config
+                        .poll_interval
+                        .saturating_mul(1 << failures.min(4))
+                        .min(Duration::from_secs(5));
+                    tracing::warn!(error = %err, retry_in = ?pause, "claiming sagas failed");
+                    next_poll = tokio::time::Instant::now() + pause;
+                }
             }
         }
-        match claimed {
-            Ok(leases) => {
-                failures = 0;
-                metrics::counter!(names::CLAIMED).increment(leases.len() as u64);
-                let claimed_any = !leases.is_empty();
-                for (lease, snapshot) in leases {
-                    // A saga started here may have taken the slot meanwhile; the claimed one is
-                    // driven all the same (it is ours now), briefly above the limit.
-                    let slot = Arc::clone(&inner.slots).try_acquire_owned().ok();
-                    drives.spawn(drive(Arc::clone(&inner), lease, snapshot, slot));
-                }
-                if claimed_any {
-                    continue;
-                }
-                tokio::select! {
-                    () = inner.wake.notified() => {}
-                    () = inner.store.wait_for_work(inner.config.poll_interval) => {}
-                    Some(work) = direct.recv() => start(&mut drives, work),
-                    _ = shutdown.changed() => {}
-                }
-            }
-            Err(err) => {
-                failures = failures.saturating_add(1);
-                let pause = inner
-                    .config
-                    .poll_interval
-                    .saturating_mul(1 << failures.min(4))
-                    .min(Duration::from_secs(5));
-                tracing::warn!(error = %err, retry_in = ?pause, "claiming sagas failed");
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    Some(work) = direct.recv() => start(&mut drives, work),
-                    _ = shutdown.changed() => {}
-                }
-            }
+        let until_poll = next_poll.saturating_duration_since(tokio::time::Instant::now());
+        tokio::select! {
+            () = inner.wake.notified() => claim_now = true,
+            () = inner.store.wait_for_work(until_poll) => claim_now = failures == 0,
+            Some(work) = direct.recv() => start(&mut drives, work),
+            _ = shutdown.changed() => {}
         }
     }
     // Sagas started here during shutdown: their drives see the shutdown and release them.
