@@ -1,0 +1,222 @@
+//! Ambiguous commits, injected at the store boundary: a decorator over the real store whose
+//! `apply` commits and then, now and then, reports `StoreUnavailable` — the caller cannot tell
+//! whether its write took effect, as when a connection drops between COMMIT and its answer.
+//!
+//! `Store` is an `async_trait` trait; its methods are written here in the desugared form that
+//! macro produces (a boxed future), which forwards to the wrapped store.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use saga::{
+    CancelOutcome, Change, Created, Error, Event, Intervention, InterventionId, Lease, NewSaga,
+    Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus, Settlement, Store, Timestamp,
+    WorkerId,
+};
+
+use crate::rng::Rng;
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which writes the decorator may answer with an error after they committed, and the label it
+/// reports them under: a saga's final transition (to a settled status, with its lease given
+/// back), another status change or lease release, or a step completion.
+fn target(changes: &[Change]) -> Option<&'static str> {
+    let settles = changes.iter().any(|change| match change {
+        Change::SetStatus { status, .. } => status.is_settled(),
+        Change::Escalate(_) => true,
+        _ => false,
+    });
+    if settles {
+        return Some("final");
+    }
+    if changes
+        .iter()
+        .any(|change| matches!(change, Change::SetStatus { .. } | Change::Release { .. }))
+    {
+        return Some("transition");
+    }
+    changes
+        .iter()
+        .any(|change| matches!(change, Change::CompleteStep { .. }))
+        .then_some("completion")
+}
+
+/// A store whose targeted writes commit and then, with probability `odds`, report an error.
+pub(crate) struct AmbiguousStore {
+    inner: Arc<dyn Store>,
+    odds: f64,
+    rng: Mutex<Rng>,
+}
+
+impl AmbiguousStore {
+    pub(crate) fn new(inner: Arc<dyn Store>, odds: f64, seed: u64) -> Self {
+        Self {
+            inner,
+            odds,
+            rng: Mutex::new(Rng::new(seed)),
+        }
+    }
+
+    fn draw(&self) -> bool {
+        self.rng
+            .lock()
+            .map(|mut rng| rng.chance(self.odds))
+            .unwrap_or(false)
+    }
+}
+
+impl Store for AmbiguousStore {
+    fn create<'s, 'a>(&'s self, saga: NewSaga) -> Boxed<'a, Result<Created>>
+    where
+        's: 'a,
+        Self: 'a,
+    {
+        self.inner.create(saga)
+    }
+
+    fn claim<'s, 'o, 'a>(
+        &'s self,
+        owner: &'o WorkerId,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Boxed<'a, Result<Vec<Lease>>>
+    where
+        's: 'a,
+        'o: 'a,
+        Self: 'a,
+    {
+        self.inner.claim(owner, now, lease_for, limit)
+    }
+
+    fn heartbeat<'s, 'l, 'a>(
+        &'s self,
+        lease: &'l Lease,
+        expires_at: Timestamp,
+    ) -> Boxed<'a, Result<Lease>>
+    where
+        's: 'a,
+        'l: 'a,
+        Self: 'a,
+    {
+        self.inner.heartbeat(lease, expires_at)
+    }
+
+    fn apply<'s, 'l, 'c, 'a>(
+        &'s self,
+        lease: &'l Lease,
+        changes: &'c [Change],
+    ) -> Boxed<'a, Result<()>>
+    where
+        's: 'a,
+        'l: 'a,
+        'c: 'a,
+        Self: 'a,
+    {
+        Box::pin(async move {
+            self.inner.apply(lease, changes).await?;
+            match target(changes) {
+                Some(what) if self.draw() => {
+                    eprintln!("CRASH-HARNESS ambiguous {what}");
+                    Err(Error::StoreUnavailable(
+                        format!("injected: the {what} committed, but its answer was lost").into(),
+                    ))
+                }
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn load<'s, 'a>(&'s self, id: SagaId) -> Boxed<'a, Result<Option<SagaSnapshot>>>
+    where
+        's: 'a,
+        Self: 'a,
+    {
+        self.inner.load(id)
+    }
+
+    fn list<'s, 'f, 'a>(&'s self, filter: &'f SagaFilter) -> Boxed<'a, Result<Vec<SagaRecord>>>
+    where
+        's: 'a,
+        'f: 'a,
+        Self: 'a,
+    {
+        self.inner.list(filter)
+    }
+
+    fn count_by_status<'s, 'a>(&'s self) -> Boxed<'a, Result<Vec<(SagaStatus, u64)>>>
+    where
+        's: 'a,
+        Self: 'a,
+    {
+        self.inner.count_by_status()
+    }
+
+    fn history<'s, 'a>(&'s self, id: SagaId) -> Boxed<'a, Result<Vec<Event>>>
+    where
+        's: 'a,
+        Self: 'a,
+    {
+        self.inner.history(id)
+    }
+
+    fn interventions<'s, 'a>(&'s self, open_only: bool) -> Boxed<'a, Result<Vec<Intervention>>>
+    where
+        's: 'a,
+        Self: 'a,
+    {
+        self.inner.interventions(open_only)
+    }
+
+    fn intervention<'s, 'a>(&'s self, id: InterventionId) -> Boxed<'a, Result<Option<Intervention>>>
+    where
+        's: 'a,
+        Self: 'a,
+    {
+        self.inner.intervention(id)
+    }
+
+    fn settle<'s, 'x, 'a>(&'s self, settlement: &'x Settlement) -> Boxed<'a, Result<SagaStatus>>
+    where
+        's: 'a,
+        'x: 'a,
+        Self: 'a,
+    {
+        self.inner.settle(settlement)
+    }
+
+    fn request_cancel<'s, 'b, 'r, 'a>(
+        &'s self,
+        id: SagaId,
+        by: &'b str,
+        reason: &'r str,
+        now: Timestamp,
+    ) -> Boxed<'a, Result<CancelOutcome>>
+    where
+        's: 'a,
+        'b: 'a,
+        'r: 'a,
+        Self: 'a,
+    {
+        self.inner.request_cancel(id, by, reason, now)
+    }
+
+    fn prune<'s, 'a>(&'s self, before: Timestamp, limit: u32) -> Boxed<'a, Result<u64>>
+    where
+        's: 'a,
+        Self: 'a,
+    {
+        self.inner.prune(before, limit)
+    }
+
+    fn wait_for_work<'s, 'a>(&'s self, max: Duration) -> Boxed<'a, ()>
+    where
+        's: 'a,
+        Self: 'a,
+    {
+        self.inner.wait_for_work(max)
+    }
+}

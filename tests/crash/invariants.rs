@@ -1,0 +1,307 @@
+//! The invariants checked after every scenario, against the saga tables and the ledger, and
+//! the summary figures printed with them.
+
+use std::fmt;
+
+use sqlx::{PgPool, Row};
+
+/// Compensable steps of the types the suite runs: (saga type, step).
+const COMPENSABLE: &str =
+    "(VALUES ('crash_five', 's1'), ('crash_five', 's2'), ('crash_five', 's3'),
+    ('crash_five', 's4'), ('big_output', 's1'), ('panicky', 's1'), ('hangs', 's1'))
+    AS compensable(saga_type, step)";
+
+/// The error of a step phase given up because its attempts ran out on interruptions (worker
+/// deaths): the library cannot know whether the last attempt took effect, marks the step
+/// failed and does not compensate it (only completed steps are compensated).
+const UNKNOWN_OUTCOME: &str = "'%was interrupted%and no attempts are left%'";
+
+/// Each invariant: a name and a query selecting the saga (as text) of each violation.
+const CHECKS: &[(&str, &str)] = &[
+    (
+        "every saga is settled",
+        "SELECT id::text FROM saga.saga_instances WHERE status IN ('running', 'compensating')",
+    ),
+    (
+        "a saga needing intervention has exactly one open item; other sagas have none",
+        "SELECT id::text FROM (
+             SELECT s.id, s.status, COUNT(i.id) FILTER (WHERE i.status = 'open') AS open
+               FROM saga.saga_instances s LEFT JOIN saga.saga_interventions i ON i.saga_id = s.id
+              GROUP BY s.id, s.status) per_saga
+          WHERE (status = 'needs_intervention') <> (open = 1) OR open > 1",
+    ),
+    (
+        "the ledger applied each key's effect exactly once",
+        "SELECT saga_id FROM public.ledger_effects WHERE applied <> 1",
+    ),
+    (
+        "every effect carries the stable key of its (saga, step, phase)",
+        "SELECT saga_id FROM public.ledger_effects
+          WHERE key <> saga_id || ':' || step || ':' || phase",
+    ),
+    (
+        "no step phase started again after it completed (saga_events)",
+        "SELECT started.saga_id::text FROM saga.saga_events started
+           JOIN saga.saga_events done
+             ON done.saga_id = started.saga_id AND done.step = started.step
+            AND done.phase = started.phase
+          WHERE done.kind = 'step_completed' AND started.kind = 'step_started'
+            AND started.seq > done.seq",
+    ),
+    (
+        "no call was made with an attempt after the one that completed (ledger_calls)",
+        "SELECT c.saga_id FROM public.ledger_calls c
+           JOIN saga.saga_steps st ON st.idempotency_key = c.key
+          WHERE st.status = 'completed' AND c.attempt > st.attempt",
+    ),
+    (
+        "every completed step phase has its effect in the ledger",
+        "SELECT st.saga_id::text FROM saga.saga_steps st
+          WHERE st.status = 'completed'
+            AND NOT EXISTS (SELECT 1 FROM public.ledger_effects e WHERE e.key = st.idempotency_key)",
+    ),
+    (
+        "every effect in the ledger belongs to a completed step phase (none leaked), except \
+         steps given up after interrupted attempts, whose outcome is unknown by design",
+        "SELECT e.saga_id FROM public.ledger_effects e
+          WHERE NOT EXISTS (SELECT 1 FROM saga.saga_steps st
+                             WHERE st.idempotency_key = e.key
+                               AND (st.status = 'completed' OR (st.status = 'failed'
+                                    AND st.last_error LIKE UNKNOWN_OUTCOME)))",
+    ),
+    (
+        "compensations ran only for steps whose action completed",
+        "SELECT e.saga_id FROM public.ledger_effects e
+          WHERE e.phase = 'compensation'
+            AND NOT EXISTS (SELECT 1 FROM saga.saga_steps a
+                             WHERE a.saga_id::text = e.saga_id AND a.name = e.step
+                               AND a.phase = 'action' AND a.status = 'completed')",
+    ),
+    (
+        "each refund names the receipt of the action it undoes",
+        "SELECT c.saga_id FROM public.ledger_effects c
+           JOIN public.ledger_effects a
+             ON a.saga_id = c.saga_id AND a.step = c.step AND a.phase = 'action'
+          WHERE c.phase = 'compensation' AND c.refund_of IS DISTINCT FROM a.receipt",
+    ),
+    (
+        "actions took effect in step order",
+        "SELECT saga_id FROM (
+             SELECT saga_id, step_index,
+                    LAG(step_index) OVER (PARTITION BY saga_id ORDER BY seq) AS before
+               FROM public.ledger_effects WHERE phase = 'action') ordered
+          WHERE step_index <= before",
+    ),
+    (
+        "compensations took effect in reverse step order",
+        "SELECT saga_id FROM (
+             SELECT saga_id, step_index,
+                    LAG(step_index) OVER (PARTITION BY saga_id ORDER BY seq) AS before
+               FROM public.ledger_effects WHERE phase = 'compensation') ordered
+          WHERE step_index >= before",
+    ),
+    (
+        "compensations took effect after every action of their saga",
+        "SELECT c.saga_id FROM public.ledger_effects c
+           JOIN public.ledger_effects a ON a.saga_id = c.saga_id AND a.phase = 'action'
+          WHERE c.phase = 'compensation' AND c.seq < a.seq",
+    ),
+    (
+        "a compensated saga compensated every completed compensable step",
+        "SELECT s.id::text FROM saga.saga_instances s
+           JOIN saga.saga_steps a ON a.saga_id = s.id AND a.phase = 'action' AND a.status = 'completed'
+           JOIN COMPENSABLE ON compensable.saga_type = s.saga_type AND compensable.step = a.name
+          WHERE s.status = 'compensated'
+            AND NOT EXISTS (SELECT 1 FROM saga.saga_steps c
+                             WHERE c.saga_id = s.id AND c.step_index = a.step_index
+                               AND c.phase = 'compensation' AND c.status = 'completed')",
+    ),
+    (
+        "a completed saga completed every action and compensated nothing",
+        "SELECT s.id::text FROM saga.saga_instances s
+          WHERE s.status = 'completed'
+            AND EXISTS (SELECT 1 FROM saga.saga_steps st
+                         WHERE st.saga_id = s.id
+                           AND (st.phase = 'compensation' OR st.status <> 'completed'))",
+    ),
+    (
+        "each crash_five saga ended as its plan says (completed / compensated / needs_intervention)",
+        "SELECT id::text FROM saga.saga_instances
+          WHERE saga_type = 'crash_five' AND jsonb_typeof(input) = 'object' AND input ? 'fail_at'
+            AND NOT EXISTS (SELECT 1 FROM saga.saga_steps st
+                             WHERE st.saga_id = saga_instances.id AND st.status = 'failed'
+                               AND st.last_error LIKE UNKNOWN_OUTCOME)
+            AND status <> CASE WHEN input->'fail_at' = 'null'::jsonb THEN 'completed'
+                               WHEN input->'comp_fail_at' = 'null'::jsonb THEN 'compensated'
+                               ELSE 'needs_intervention' END",
+    ),
+];
+
+/// Figures of one scenario run.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Summary {
+    pub(crate) sagas: i64,
+    pub(crate) by_status: Vec<(String, i64)>,
+    pub(crate) kills: u64,
+    pub(crate) takeovers: i64,
+    pub(crate) retries: i64,
+    pub(crate) repeats_absorbed: i64,
+    pub(crate) duplicates: i64,
+    pub(crate) open_items: i64,
+    pub(crate) unknown_outcomes: i64,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let statuses = self
+            .by_status
+            .iter()
+            .map(|(status, n)| format!("{status} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        write!(
+            f,
+            "sagas {} ({statuses}); workers killed {}; takeovers {}; retries {}; repeated calls absorbed by keys {}; open items {}; duplicates found {}",
+            self.sagas,
+            self.kills,
+            self.takeovers,
+            self.retries,
+            self.repeats_absorbed,
+            self.open_items,
+            self.duplicates
+        )?;
+        if self.unknown_outcomes > 0 {
+            write!(
+                f,
+                "; steps given up after interrupted attempts (outcome unknown, not compensated) {}",
+                self.unknown_outcomes
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// One saga's steps, history and ledger entries, for a failure report.
+async fn describe(pool: &PgPool, saga: &str) -> String {
+    let lines = |sql: &'static str| async move {
+        sqlx::query_scalar::<_, String>(sql)
+            .bind(saga)
+            .fetch_all(pool)
+            .await
+            .unwrap_or_else(|err| vec![format!("({err})")])
+            .join("\n      ")
+    };
+    format!(
+        "    saga: {}\n    steps:\n      {}\n    history:\n      {}\n    ledger calls:\n      {}",
+        lines("SELECT saga_type || ' ' || status || ' ' || COALESCE(status_reason, '') || ' input ' || input::text
+                 FROM saga.saga_instances WHERE id::text = $1").await,
+        lines("SELECT step_index || ' ' || name || ' ' || phase || ' ' || status || ' attempt ' || attempt
+                      || ' ' || COALESCE(last_error, '') || ' output ' || COALESCE(output::text, '-')
+                 FROM saga.saga_steps WHERE saga_id::text = $1 ORDER BY step_index, phase").await,
+        lines("SELECT seq || ' ' || kind || ' ' || COALESCE(step, '') || ' ' || COALESCE(phase, '')
+                      || ' ' || COALESCE(attempt::text, '') || ' ' || COALESCE(detail, '')
+                 FROM saga.saga_events WHERE saga_id::text = $1 ORDER BY seq").await,
+        lines("SELECT id || ' ' || key || ' attempt ' || attempt || ' by ' || worker
+                 FROM public.ledger_calls WHERE saga_id = $1 ORDER BY id").await,
+    )
+}
+
+async fn scalar(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query(sql)
+        .fetch_one(pool)
+        .await
+        .and_then(|row| row.try_get::<Option<i64>, _>(0))
+        .unwrap_or_else(|err| panic!("{sql}: {err}"))
+        .unwrap_or(0)
+}
+
+/// Checks every invariant; `started` is how many sagas the scenario started. Returns the
+/// summary, or panics naming each violated invariant.
+pub(crate) async fn check(pool: &PgPool, started: i64, kills: u64) -> Summary {
+    let mut violations = Vec::new();
+    let sagas = scalar(pool, "SELECT COUNT(*) FROM saga.saga_instances").await;
+    if sagas != started {
+        violations.push(format!(
+            "no saga was lost or added: {started} started, {sagas} stored"
+        ));
+    }
+    for (name, sql) in CHECKS {
+        let sql = sql
+            .replace("COMPENSABLE", COMPENSABLE)
+            .replace("UNKNOWN_OUTCOME", UNKNOWN_OUTCOME);
+        let count = scalar(pool, &format!("SELECT COUNT(*) FROM ({sql}) violations")).await;
+        if count != 0 {
+            let example: String = sqlx::query_scalar(&format!("{sql} LIMIT 1"))
+                .fetch_one(pool)
+                .await
+                .unwrap_or_default();
+            violations.push(format!(
+                "{name}: {count} violation(s), for example saga {example}:\n{}",
+                describe(pool, &example).await
+            ));
+        }
+    }
+    let by_status = sqlx::query(
+        "SELECT status, COUNT(*) FROM saga.saga_instances GROUP BY status ORDER BY status",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("count by status")
+    .iter()
+    .map(|row| (row.get::<String, _>(0), row.get::<i64, _>(1)))
+    .collect();
+    let duplicates = scalar(
+        pool,
+        "SELECT (SELECT COUNT(*) FROM public.ledger_effects WHERE applied > 1)
+              + (SELECT COUNT(*) FROM public.ledger_calls c
+                   JOIN saga.saga_steps st ON st.idempotency_key = c.key
+                  WHERE st.status = 'completed' AND c.attempt > st.attempt)
+              + (SELECT COUNT(*) FROM saga.saga_events started
+                   JOIN saga.saga_events done
+                     ON done.saga_id = started.saga_id AND done.step = started.step
+                    AND done.phase = started.phase
+                  WHERE done.kind = 'step_completed' AND started.kind = 'step_started'
+                    AND started.seq > done.seq)",
+    )
+    .await;
+    let summary = Summary {
+        sagas,
+        by_status,
+        kills,
+        takeovers: scalar(
+            pool,
+            "SELECT COUNT(*) FROM saga.saga_events WHERE kind = 'lease_taken_over'",
+        )
+        .await,
+        retries: scalar(
+            pool,
+            "SELECT COUNT(*) FROM saga.saga_events WHERE kind = 'step_started' AND attempt > 1",
+        )
+        .await,
+        repeats_absorbed: scalar(
+            pool,
+            "SELECT COALESCE(SUM(calls - 1), 0)::bigint FROM public.ledger_effects",
+        )
+        .await,
+        duplicates,
+        open_items: scalar(
+            pool,
+            "SELECT COUNT(*) FROM saga.saga_interventions WHERE status = 'open'",
+        )
+        .await,
+        unknown_outcomes: scalar(
+            pool,
+            &format!(
+                "SELECT COUNT(*) FROM saga.saga_steps
+                  WHERE status = 'failed' AND last_error LIKE {UNKNOWN_OUTCOME}"
+            ),
+        )
+        .await,
+    };
+    assert!(
+        violations.is_empty(),
+        "invariants violated:\n  {}\nsummary: {summary}",
+        violations.join("\n  ")
+    );
+    summary
+}

@@ -1,0 +1,400 @@
+//! The saga types the scenarios run. Every action and compensation that has an effect goes
+//! through the ledger with its idempotency key; failures are planned from the input, so a
+//! saga's fate is a function of the scenario's seed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga::{Orchestrator, RetryPolicy, Saga, SagaDefinition, Step, StepContext, StepError};
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::Ledger;
+use crate::rng::Rng;
+
+/// Steps of `crash_five`: `s1`..`s4` compensable, `s5` irreversible.
+pub(crate) const STEPS: u32 = 5;
+
+/// What a `crash_five` saga will meet, decided by the scenario's seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Plan {
+    /// The saga's number in the scenario.
+    pub(crate) n: u64,
+    /// The step (1-based) whose action fails permanently, before its effect.
+    pub(crate) fail_at: Option<u32>,
+    /// The step whose compensation fails permanently (the saga then needs an operator).
+    pub(crate) comp_fail_at: Option<u32>,
+    /// Bit `i`: step `i` answers 503 (before the effect) on its first attempt.
+    pub(crate) flaky: u8,
+    /// Bit `i`: the response of step `i`'s first attempt is lost after the effect took place.
+    pub(crate) lost: u8,
+    /// How long each step works, so that kills land mid-step.
+    pub(crate) work_ms: u32,
+}
+
+impl Plan {
+    /// A plan for saga `n`: `fail` of the sagas fail (a step declined), a quarter of those
+    /// with a compensation that fails too; some first attempts fail or lose their response.
+    pub(crate) fn random(n: u64, rng: &mut Rng, fail: f64, work_ms: (u64, u64)) -> Plan {
+        let fail_at = rng
+            .chance(fail)
+            .then(|| u32::try_from(rng.between(1, u64::from(STEPS))).unwrap_or(1));
+        let comp_fail_at = match fail_at {
+            Some(at) if at >= 2 && rng.chance(0.25) => {
+                Some(u32::try_from(rng.between(1, u64::from(at - 1).min(4))).unwrap_or(1))
+            }
+            _ => None,
+        };
+        let mut bits = |odds: f64| {
+            (1..=STEPS).fold(0u8, |bits, step| {
+                if rng.chance(odds) {
+                    bits | (1 << step)
+                } else {
+                    bits
+                }
+            })
+        };
+        let flaky = bits(0.08);
+        let lost = bits(0.08);
+        Plan {
+            n,
+            fail_at,
+            comp_fail_at,
+            flaky,
+            lost,
+            work_ms: u32::try_from(rng.between(work_ms.0, work_ms.1)).unwrap_or(0),
+        }
+    }
+
+    fn first_attempt_fails<I>(bits: u8, step: u32, ctx: &StepContext<I>) -> bool {
+        bits & (1 << step) != 0 && ctx.attempt().0 == 1
+    }
+}
+
+/// The receipt a downstream returns; handed to the step's compensation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Receipt {
+    pub(crate) receipt: String,
+}
+
+/// Generous retries: attempts interrupted by kills count, and must not exhaust the policy.
+fn retry() -> RetryPolicy {
+    RetryPolicy::exponential(12, Duration::from_millis(20))
+        .with_max_delay(Duration::from_millis(400))
+}
+
+async fn work(ms: u32) {
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+    }
+}
+
+/// Five steps against the ledger, with planned failures.
+pub(crate) struct Crash(pub Ledger);
+
+async fn crash_action(
+    saga: Arc<Crash>,
+    ctx: StepContext<Plan>,
+    step: u32,
+) -> Result<Receipt, StepError> {
+    let plan = ctx.input().clone();
+    work(plan.work_ms).await;
+    if plan.fail_at == Some(step) {
+        return Err(StepError::permanent(format!(
+            "s{step} declined (planned for saga {})",
+            plan.n
+        )));
+    }
+    if Plan::first_attempt_fails(plan.flaky, step, &ctx) {
+        return Err(StepError::transient(
+            "503 from the downstream, before any effect",
+        ));
+    }
+    let receipt = saga.0.call(&ctx, step, None).await?;
+    if Plan::first_attempt_fails(plan.lost, step, &ctx) {
+        return Err(StepError::transient(
+            "response lost after the downstream applied the effect",
+        ));
+    }
+    Ok(Receipt { receipt })
+}
+
+async fn crash_compensation(
+    saga: Arc<Crash>,
+    ctx: StepContext<Plan>,
+    step: u32,
+    receipt: Receipt,
+) -> Result<(), StepError> {
+    let plan = ctx.input().clone();
+    work(plan.work_ms / 2).await;
+    if plan.comp_fail_at == Some(step) {
+        return Err(StepError::permanent(format!(
+            "refund of s{step} rejected (planned for saga {})",
+            plan.n
+        )));
+    }
+    if Plan::first_attempt_fails(plan.flaky, step, &ctx) {
+        return Err(StepError::transient(
+            "503 from the downstream, before any effect",
+        ));
+    }
+    saga.0.call(&ctx, step, Some(&receipt.receipt)).await?;
+    if Plan::first_attempt_fails(plan.lost, step, &ctx) {
+        return Err(StepError::transient(
+            "response lost after the downstream applied the refund",
+        ));
+    }
+    Ok(())
+}
+
+impl Saga for Crash {
+    type Input = Plan;
+
+    fn definition() -> SagaDefinition<Self> {
+        (1..=STEPS).fold(SagaDefinition::new("crash_five", 1), |definition, step| {
+            let builder = Step::new(&format!("s{step}"), move |saga, ctx| {
+                crash_action(saga, ctx, step)
+            })
+            .retry(retry())
+            .timeout(Duration::from_secs(20));
+            if step < STEPS {
+                definition.step(
+                    builder
+                        .compensate(move |saga, ctx, receipt| {
+                            crash_compensation(saga, ctx, step, receipt)
+                        })
+                        .compensation_retry(retry())
+                        .compensation_timeout(Duration::from_secs(20)),
+                )
+            } else {
+                definition.step(builder.irreversible())
+            }
+        })
+    }
+}
+
+/// One irreversible step; registered only by the process that starts it, so workers meet an
+/// unknown saga type.
+pub(crate) struct Ghost(pub Ledger);
+
+impl Saga for Ghost {
+    type Input = u64;
+
+    fn definition() -> SagaDefinition<Self> {
+        SagaDefinition::new("ghost", 1).step(
+            Step::new(
+                "haunt",
+                |saga: Arc<Ghost>, ctx: StepContext<u64>| async move {
+                    saga.0.call(&ctx, 1, None).await
+                },
+            )
+            .irreversible(),
+        )
+    }
+}
+
+/// How a definition changed between the version the saga started on and the one the workers
+/// run, without a version bump.
+pub(crate) const REMOVED: u8 = 0;
+pub(crate) const REORDERED: u8 = 1;
+pub(crate) const RENAMED: u8 = 2;
+
+/// Three steps `a`, `b`, `c` (`OLD`), or the same name and version with a step removed,
+/// reordered or renamed (`!OLD`).
+pub(crate) struct Evolving<const CHANGE: u8, const OLD: bool>(pub Ledger);
+
+impl<const CHANGE: u8, const OLD: bool> Saga for Evolving<CHANGE, OLD> {
+    type Input = u64;
+
+    fn definition() -> SagaDefinition<Self> {
+        let name = match CHANGE {
+            REMOVED => "evolving_removed",
+            REORDERED => "evolving_reordered",
+            _ => "evolving_renamed",
+        };
+        let steps: &[&str] = match (OLD, CHANGE) {
+            (true, _) => &["a", "b", "c"],
+            (false, REMOVED) => &["a", "c"],
+            (false, REORDERED) => &["a", "c", "b"],
+            (false, _) => &["a", "b", "c_renamed"],
+        };
+        steps
+            .iter()
+            .zip(1u32..)
+            .fold(SagaDefinition::new(name, 1), |definition, (step, index)| {
+                definition.step(
+                    Step::new(
+                        step,
+                        move |saga: Arc<Self>, ctx: StepContext<u64>| async move {
+                            saga.0.call(&ctx, index, None).await
+                        },
+                    )
+                    .irreversible(),
+                )
+            })
+    }
+}
+
+async fn ledger_step<S: HasLedger, I>(
+    saga: Arc<S>,
+    ctx: StepContext<I>,
+) -> Result<Receipt, StepError> {
+    let receipt = saga.ledger().call(&ctx, 1, None).await?;
+    Ok(Receipt { receipt })
+}
+
+async fn ledger_refund<S: HasLedger, I>(
+    saga: Arc<S>,
+    ctx: StepContext<I>,
+    receipt: Receipt,
+) -> Result<(), StepError> {
+    saga.ledger().call(&ctx, 1, Some(&receipt.receipt)).await?;
+    Ok(())
+}
+
+pub(crate) trait HasLedger {
+    fn ledger(&self) -> &Ledger;
+}
+
+/// `s1` (compensable), then `s2` returning an output over the payload limit.
+pub(crate) struct BigOutput(pub Ledger);
+
+impl HasLedger for BigOutput {
+    fn ledger(&self) -> &Ledger {
+        &self.0
+    }
+}
+
+impl Saga for BigOutput {
+    type Input = u64;
+
+    fn definition() -> SagaDefinition<Self> {
+        SagaDefinition::new("big_output", 1)
+            .step(Step::new("s1", ledger_step::<Self, u64>).compensate(ledger_refund::<Self, u64>))
+            .step(
+                Step::new("s2", |_: Arc<Self>, _: StepContext<u64>| async move {
+                    Ok::<_, StepError>("x".repeat(2 * 1024 * 1024))
+                })
+                .irreversible(),
+            )
+    }
+}
+
+/// `s1` (compensable), then `s2`, which panics.
+pub(crate) struct Panicky(pub Ledger);
+
+impl HasLedger for Panicky {
+    fn ledger(&self) -> &Ledger {
+        &self.0
+    }
+}
+
+async fn panics(_: Arc<Panicky>, ctx: StepContext<u64>) -> Result<(), StepError> {
+    if *ctx.input() < u64::MAX {
+        panic!("poison input {}: index out of bounds", ctx.input());
+    }
+    Ok(())
+}
+
+impl Saga for Panicky {
+    type Input = u64;
+
+    fn definition() -> SagaDefinition<Self> {
+        SagaDefinition::new("panicky", 1)
+            .step(Step::new("s1", ledger_step::<Self, u64>).compensate(ledger_refund::<Self, u64>))
+            .step(Step::new("s2", panics).irreversible())
+    }
+}
+
+/// `s1`, whose compensation hangs past its timeout, then `s2`, which fails for good.
+pub(crate) struct Hangs(pub Ledger);
+
+impl HasLedger for Hangs {
+    fn ledger(&self) -> &Ledger {
+        &self.0
+    }
+}
+
+impl Saga for Hangs {
+    type Input = u64;
+
+    fn definition() -> SagaDefinition<Self> {
+        SagaDefinition::new("hangs", 1)
+            .step(
+                Step::new("s1", ledger_step::<Self, u64>)
+                    .compensate(|_: Arc<Self>, _: StepContext<u64>, _: Receipt| async move {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        Ok::<_, StepError>(())
+                    })
+                    .compensation_timeout(Duration::from_millis(300))
+                    .compensation_retry(RetryPolicy::exponential(2, Duration::from_millis(50))),
+            )
+            .step(
+                Step::new("s2", |_: Arc<Self>, _: StepContext<u64>| async move {
+                    Err::<(), _>(StepError::permanent("s2 declined"))
+                })
+                .irreversible(),
+            )
+    }
+}
+
+/// One step, with an input that can be made as large as one likes.
+pub(crate) struct Bulky(pub Ledger);
+
+impl Saga for Bulky {
+    type Input = String;
+
+    fn definition() -> SagaDefinition<Self> {
+        SagaDefinition::new("bulky", 1).step(
+            Step::new(
+                "store",
+                |saga: Arc<Bulky>, ctx: StepContext<String>| async move {
+                    saga.0.call(&ctx, 1, None).await
+                },
+            )
+            .irreversible(),
+        )
+    }
+}
+
+/// Which saga types a process registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Registry {
+    /// `crash_five` only.
+    Standard,
+    /// What the poison scenario's workers run: the types they know, with the changed
+    /// definitions (and no `ghost`).
+    PoisonWorker,
+    /// What the poison scenario's starter registers: every type, with the original definitions.
+    PoisonStarter,
+}
+
+pub(crate) fn register(
+    orchestrator: &Orchestrator,
+    registry: Registry,
+    ledger: &Ledger,
+) -> saga::Result<()> {
+    orchestrator.register(Crash(ledger.clone()))?;
+    match registry {
+        Registry::Standard => {}
+        Registry::PoisonWorker => {
+            orchestrator.register(Evolving::<REMOVED, false>(ledger.clone()))?;
+            orchestrator.register(Evolving::<REORDERED, false>(ledger.clone()))?;
+            orchestrator.register(Evolving::<RENAMED, false>(ledger.clone()))?;
+            orchestrator.register(BigOutput(ledger.clone()))?;
+            orchestrator.register(Panicky(ledger.clone()))?;
+            orchestrator.register(Hangs(ledger.clone()))?;
+            orchestrator.register(Bulky(ledger.clone()))?;
+        }
+        Registry::PoisonStarter => {
+            orchestrator.register(Ghost(ledger.clone()))?;
+            orchestrator.register(Evolving::<REMOVED, true>(ledger.clone()))?;
+            orchestrator.register(Evolving::<REORDERED, true>(ledger.clone()))?;
+            orchestrator.register(Evolving::<RENAMED, true>(ledger.clone()))?;
+            orchestrator.register(BigOutput(ledger.clone()))?;
+            orchestrator.register(Panicky(ledger.clone()))?;
+            orchestrator.register(Hangs(ledger.clone()))?;
+            orchestrator.register(Bulky(ledger.clone()))?;
+        }
+    }
+    Ok(())
+}
