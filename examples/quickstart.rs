@@ -96,10 +96,17 @@ impl Effects {
     async fn create_table(&self) -> Result<(), sqlx::Error> {
         match self {
             Effects::Sqlite(pool) => sqlx::query(EFFECTS_TABLE).execute(pool).await.map(drop),
-            Effects::Postgres(pool) => sqlx::query(&in_public(EFFECTS_TABLE))
-                .execute(pool)
-                .await
-                .map(drop),
+            Effects::Postgres(pool) => {
+                // Demos starting together must not race on CREATE TABLE IF NOT EXISTS.
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('saga-demo-effects'))::text")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&in_public(EFFECTS_TABLE))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            }
         }
     }
 

@@ -295,10 +295,18 @@ async fn run(args: Args) -> Result<(), Error> {
         (Arc::new(store), Backend::Sqlite)
     } else if args.db.starts_with("postgres://") || args.db.starts_with("postgresql://") {
         let store = saga_store::PgStore::connect(&args.db).await?;
-        sqlx::query(&ORDERS.replace("orders", "public.orders"))
-            .execute(store.pool())
+        // Instances starting together must not race on CREATE TABLE IF NOT EXISTS (Postgres
+        // can fail one of them with a duplicate-key error): take a lock for it.
+        let mut tx = store.pool().begin().await.map_err(db_error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('saga-service-orders'))::text")
+            .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+        sqlx::query(&ORDERS.replace("orders", "public.orders"))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
         (Arc::new(store), Backend::Postgres)
     } else {
         return Err(Error::Configuration(format!(

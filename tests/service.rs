@@ -94,10 +94,13 @@ async fn wait_ready(port: u16, child: &mut Child) {
         .await
         .is_err()
     {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the service exited at start-up"
-        );
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            panic!("the service exited at start-up ({status}): {stderr}");
+        }
         assert!(
             Instant::now() < deadline,
             "the service did not start listening"
@@ -126,7 +129,7 @@ async fn two_instances_share_one_database_and_shut_down_gracefully() {
                 .args(["--db", &url, "--listen", &format!("127.0.0.1:{port}")])
                 .args(["--name", &format!("instance-{}", n + 1)])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .expect("start the service")
         })
