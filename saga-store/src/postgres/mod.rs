@@ -371,49 +371,12 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<Lease>> {
         let expires_at = saga_core::after(now, lease_for);
-        let rows = sqlx::query(
-            "WITH due AS (
-                 SELECT id FROM saga_instances
-                  WHERE status IN ('running', 'compensating')
-                    AND next_run_at <= $3
-                    AND (lease_expires_at IS NULL OR lease_expires_at < $3)
-                  ORDER BY next_run_at
-                  LIMIT $4
-                  FOR UPDATE SKIP LOCKED),
-             claimed AS (
-                 UPDATE saga_instances s
-                    SET lease_previous_owner = s.lease_owner,
-                        lease_owner = $1,
-                        lease_expires_at = $2,
-                        fencing_token = s.fencing_token + 1
-                   FROM due
-                  WHERE s.id = due.id
-              RETURNING s.id, s.fencing_token, s.lease_previous_owner),
-             taken_over AS (
-                 INSERT INTO saga_events (saga_id, at, kind, detail)
-                 SELECT id, $3, 'lease_taken_over', $1 || ' took over from ' || lease_previous_owner
-                   FROM claimed WHERE lease_previous_owner IS NOT NULL)
-             SELECT id, fencing_token, lease_previous_owner FROM claimed",
-        )
-        .bind(owner.as_str())
-        .bind(expires_at)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
+        let rows = claim_query(owner, expires_at, now, limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
         rows.iter()
-            .map(|row| {
-                let previous: Option<String> =
-                    row.try_get("lease_previous_owner").map_err(classify)?;
-                Ok(Lease {
-                    saga: SagaId::from_uuid(row.try_get("id").map_err(classify)?),
-                    owner: owner.clone(),
-                    token: FencingToken(row.try_get("fencing_token").map_err(classify)?),
-                    expires_at,
-                    taken_over_from: previous.map(WorkerId::new),
-                })
-            })
+            .map(|row| claimed_lease(row, owner, expires_at))
             .collect()
     }
 
@@ -426,37 +389,10 @@ impl Store for PgStore {
     ) -> Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>> {
         let expires_at = saga_core::after(now, lease_for);
         let mut tx = begin(&self.pool).await?;
-        let sagas = sqlx::query(
-            "WITH due AS (
-                 SELECT id FROM saga_instances
-                  WHERE status IN ('running', 'compensating')
-                    AND next_run_at <= $3
-                    AND (lease_expires_at IS NULL OR lease_expires_at < $3)
-                  ORDER BY next_run_at
-                  LIMIT $4
-                  FOR UPDATE SKIP LOCKED),
-             claimed AS (
-                 UPDATE saga_instances s
-                    SET lease_previous_owner = s.lease_owner,
-                        lease_owner = $1,
-                        lease_expires_at = $2,
-                        fencing_token = s.fencing_token + 1
-                   FROM due
-                  WHERE s.id = due.id
-              RETURNING s.*),
-             taken_over AS (
-                 INSERT INTO saga_events (saga_id, at, kind, detail)
-                 SELECT id, $3, 'lease_taken_over', $1 || ' took over from ' || lease_previous_owner
-                   FROM claimed WHERE lease_previous_owner IS NOT NULL)
-             SELECT * FROM claimed",
-        )
-        .bind(owner.as_str())
-        .bind(expires_at)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(classify)?;
+        let sagas = claim_query(owner, expires_at, now, limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?;
         let ids: Vec<Uuid> = sagas
             .iter()
             .map(|row| row.try_get::<Uuid, _>("id").map_err(classify))
@@ -476,15 +412,8 @@ impl Store for PgStore {
         tx.commit().await.map_err(classify)?;
         let mut claimed = Vec::with_capacity(sagas.len());
         for row in &sagas {
-            let id = SagaId::from_uuid(row.try_get("id").map_err(classify)?);
-            let previous: Option<String> = row.try_get("lease_previous_owner").map_err(classify)?;
-            let lease = Lease {
-                saga: id,
-                owner: owner.clone(),
-                token: FencingToken(row.try_get("fencing_token").map_err(classify)?),
-                expires_at,
-                taken_over_from: previous.map(WorkerId::new),
-            };
+            let lease = claimed_lease(row, owner, expires_at)?;
+            let id = lease.saga;
             let snapshot = rows::saga_record(row).and_then(|record| {
                 let steps = step_rows
                     .iter()
@@ -809,6 +738,60 @@ impl Store for PgStore {
     async fn wait_for_work(&self, max: Duration) {
         self.wakeup.wait(max).await;
     }
+}
+
+/// Claims up to `limit` due sagas for `owner` in one statement: skips rows other workers hold,
+/// bumps each fencing token, records takeovers of expired leases, returns the claimed rows.
+fn claim_query(
+    owner: &WorkerId,
+    expires_at: Timestamp,
+    now: Timestamp,
+    limit: u32,
+) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(
+        "WITH due AS (
+             SELECT id FROM saga_instances
+              WHERE status IN ('running', 'compensating')
+                AND next_run_at <= $3
+                AND (lease_expires_at IS NULL OR lease_expires_at < $3)
+              ORDER BY next_run_at
+              LIMIT $4
+              FOR UPDATE SKIP LOCKED),
+         claimed AS (
+             UPDATE saga_instances s
+                SET lease_previous_owner = s.lease_owner,
+                    lease_owner = $1,
+                    lease_expires_at = $2,
+                    fencing_token = s.fencing_token + 1
+               FROM due
+              WHERE s.id = due.id
+          RETURNING s.*),
+         taken_over AS (
+             INSERT INTO saga_events (saga_id, at, kind, detail)
+             SELECT id, $3, 'lease_taken_over', $1 || ' took over from ' || lease_previous_owner
+               FROM claimed WHERE lease_previous_owner IS NOT NULL)
+         SELECT * FROM claimed",
+    )
+    .bind(owner.as_str().to_owned())
+    .bind(expires_at)
+    .bind(now)
+    .bind(i64::from(limit))
+}
+
+/// The lease a claimed row grants.
+fn claimed_lease(
+    row: &sqlx::postgres::PgRow,
+    owner: &WorkerId,
+    expires_at: Timestamp,
+) -> Result<Lease> {
+    let previous: Option<String> = row.try_get("lease_previous_owner").map_err(classify)?;
+    Ok(Lease {
+        saga: SagaId::from_uuid(row.try_get("id").map_err(classify)?),
+        owner: owner.clone(),
+        token: FencingToken(row.try_get("fencing_token").map_err(classify)?),
+        expires_at,
+        taken_over_from: previous.map(WorkerId::new),
+    })
 }
 
 /// Reads one saga and its steps inside the caller's transaction (locking the saga's row for
