@@ -351,7 +351,7 @@ impl Orchestrator {
                 clock::after(clock::now(), self.inner.config.lease_ttl),
             )
         });
-        let new = NewSaga {
+        let mut new = NewSaga {
             id: SagaId::new(),
             saga_type: definition.saga_type().clone(),
             version: definition.version(),
@@ -361,10 +361,25 @@ impl Orchestrator {
             idempotency_key: key,
             trace_context: Some(trace.to_string()),
             lease: lease.clone(),
+            changes: Vec::new(),
         };
-        let snapshot = lease
-            .as_ref()
-            .map(|(owner, until)| direct_snapshot(&new, owner, *until));
+        // A saga driven by its starter begins its first step in the same write that creates
+        // it: one commit less, and the step runs as soon as the creation returns.
+        let mut begun = None;
+        let snapshot = match &lease {
+            Some((owner, until)) => {
+                let mut snapshot = direct_snapshot(&new, owner, *until);
+                if let Some((change, attempted)) =
+                    first_step(&snapshot, definition.as_ref(), new.id)
+                {
+                    snapshot.apply(&change, clock::now())?;
+                    new.changes.push(change);
+                    begun = Some(attempted);
+                }
+                Some(snapshot)
+            }
+            None => None,
+        };
         let created = self.inner.store.create(new).await?;
         let saga_type = definition.saga_type().as_str().to_owned();
         match created {
@@ -384,20 +399,34 @@ impl Orchestrator {
                         if let Err(unsent) = sender.send(Direct {
                             lease,
                             snapshot,
+                            begun,
                             slot,
                         }) {
                             // The dispatcher stopped meanwhile: hand the saga back now rather
-                            // than when the lease expires.
+                            // than when the lease expires. Its first step was recorded begun
+                            // but never ran: record that attempt as not run, due again now,
+                            // so that the next worker runs the step with the same key.
                             let work = unsent.0;
-                            self.inner
-                                .store
-                                .apply(
-                                    &work.lease,
-                                    &[Change::Release {
-                                        next_run_at: Some(clock::now()),
-                                    }],
-                                )
-                                .await?;
+                            let now = clock::now();
+                            let mut changes = Vec::new();
+                            if let Some(begun) = work.begun {
+                                if let Some(step) = work.snapshot.step(begun.index, begun.phase) {
+                                    changes.push(Change::FailStep {
+                                        index: begun.index,
+                                        name: step.name.clone(),
+                                        phase: begun.phase,
+                                        attempt: begun.attempt,
+                                        error: StepError::transient(
+                                            "not run: the orchestrator stopped before the step started",
+                                        ),
+                                        retry_at: Some(now),
+                                    });
+                                }
+                            }
+                            changes.push(Change::Release {
+                                next_run_at: Some(now),
+                            });
+                            self.inner.store.apply(&work.lease, &changes).await?;
                         }
                     }
                     _ => self.inner.wake.notify_one(),
@@ -576,6 +605,38 @@ impl Orchestrator {
 }
 
 /// The saga as just created leased to this worker, for driving it without reading it back.
+/// The `BeginStep` of a new saga's first step, if the plan starts with one.
+fn first_step(
+    snapshot: &SagaSnapshot,
+    definition: &dyn ErasedSaga,
+    id: SagaId,
+) -> Option<(Change, crate::plan::Attempted)> {
+    match crate::plan::next_action(snapshot, definition.specs(), clock::now()) {
+        crate::plan::Action::Run {
+            index,
+            phase,
+            attempt,
+        } => {
+            let spec = definition.specs().get(usize::try_from(index.0).ok()?)?;
+            Some((
+                Change::BeginStep {
+                    index,
+                    name: spec.name.clone(),
+                    phase,
+                    attempt,
+                    key: IdempotencyKey::for_step(id, &spec.name, phase),
+                },
+                crate::plan::Attempted {
+                    index,
+                    phase,
+                    attempt,
+                },
+            ))
+        }
+        _ => None,
+    }
+}
+
 fn direct_snapshot(saga: &NewSaga, owner: &WorkerId, until: Timestamp) -> SagaSnapshot {
     let now = clock::now();
     SagaSnapshot {

@@ -48,6 +48,48 @@ pub struct NewSaga {
     /// starting process drives it at once, without a claim. Ignored when the key already
     /// started a saga.
     pub lease: Option<(WorkerId, Timestamp)>,
+    /// Step changes written with the creation, in the same transaction, as [`Store::apply`]
+    /// would write them under the new lease: the first step's `BeginStep`, so that a saga
+    /// driven by its starter needs no write of its own before its first step runs. Only
+    /// `BeginStep` is accepted, and only with `lease` (see [`check_initial_changes`]); ignored
+    /// when the key already started a saga.
+    pub changes: Vec<Change>,
+}
+
+/// Checks the [`NewSaga::changes`] a store writes with a creation: only `BeginStep`s, each
+/// step phase at most once, and only for a saga created leased.
+///
+/// # Errors
+/// [`Error::InvalidAction`](crate::Error::InvalidAction) naming what is not accepted.
+pub fn check_initial_changes(saga: &NewSaga) -> Result<()> {
+    if saga.changes.is_empty() {
+        return Ok(());
+    }
+    if saga.lease.is_none() {
+        return Err(crate::Error::InvalidAction(format!(
+            "saga {}: changes written with the creation need a lease (NewSaga::lease); create it leased, or apply the changes after claiming it",
+            saga.id
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for change in &saga.changes {
+        match change {
+            Change::BeginStep { index, phase, .. } if seen.insert((*index, *phase)) => {}
+            Change::BeginStep { name, phase, .. } => {
+                return Err(crate::Error::InvalidAction(format!(
+                    "saga {}: step {name} ({phase}) is begun twice in its creation; begin each step phase once",
+                    saga.id
+                )))
+            }
+            other => {
+                return Err(crate::Error::InvalidAction(format!(
+                    "saga {}: only BeginStep can be written with the creation, not {other:?}; apply it under the lease afterwards",
+                    saga.id
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What [`Store::create`] did.

@@ -29,6 +29,8 @@ use crate::telemetry::{names, TraceContext};
 pub(crate) struct Direct {
     pub(crate) lease: Lease,
     pub(crate) snapshot: SagaSnapshot,
+    /// The step attempt recorded `in_progress` with the creation: run it first, unplanned.
+    pub(crate) begun: Option<plan::Attempted>,
     pub(crate) slot: OwnedSemaphorePermit,
 }
 
@@ -46,14 +48,17 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut direct: mpsc::UnboundedRecei
             Arc::clone(&inner),
             work.lease,
             Some(Ok(work.snapshot)),
+            work.begun,
             Some(work.slot),
         ));
     };
-    // Claim when something may be due: at start, after a claim that found work, when woken
-    // (a saga was started or released, here or — on Postgres — in any process), when a slot
-    // frees up, and at least every poll interval. Sagas started here arrive on `direct` and
-    // cost no claim.
+    // Claim when something may be due: at start, when woken (a saga was started or released,
+    // here or — on Postgres — in any process), and at least every poll interval; again at once
+    // (or as soon as a slot frees up) only while the last claim filled its batch, since more
+    // may be due then. Wake-ups that arrive while every slot is taken are kept until a slot
+    // frees. Sagas started here arrive on `direct` and cost no claim.
     let mut claim_now = true;
+    let mut backlog = false;
     let mut next_poll = tokio::time::Instant::now();
     loop {
         while drives.try_join_next().is_some() {}
@@ -68,7 +73,9 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut direct: mpsc::UnboundedRecei
             // Every slot is taken: by running drives, or by sagas started here on their way
             // through the channel (then there may be no drive to wait for yet).
             tokio::select! {
-                _ = drives.join_next(), if !drives.is_empty() => claim_now = true,
+                _ = drives.join_next(), if !drives.is_empty() => {
+                    claim_now = backlog || tokio::time::Instant::now() >= next_poll;
+                }
                 Some(work) = direct.recv() => start(&mut drives, work),
                 _ = shutdown.changed() => {}
             }
@@ -103,14 +110,15 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut direct: mpsc::UnboundedRecei
                 Ok(leases) => {
                     failures = 0;
                     metrics::counter!(names::CLAIMED).increment(leases.len() as u64);
+                    backlog = leases.len() >= usize::try_from(limit).unwrap_or(usize::MAX);
                     if !leases.is_empty() {
                         for (lease, snapshot) in leases {
                             // A saga started here may have taken the slot meanwhile; the claimed
                             // one is driven all the same (it is ours now), briefly above the limit.
                             let slot = Arc::clone(&inner.slots).try_acquire_owned().ok();
-                            drives.spawn(drive(Arc::clone(&inner), lease, snapshot, slot));
+                            drives.spawn(drive(Arc::clone(&inner), lease, snapshot, None, slot));
                         }
-                        claim_now = true;
+                        claim_now = backlog;
                         continue;
                     }
                 }
@@ -156,6 +164,7 @@ async fn drive(
     inner: Arc<Inner>,
     lease: Lease,
     snapshot: Option<Result<SagaSnapshot>>,
+    begun: Option<plan::Attempted>,
     slot: Option<OwnedSemaphorePermit>,
 ) {
     let _slot = slot;
@@ -164,7 +173,7 @@ async fn drive(
         tracing::info!(saga.id = %lease.saga, previous_owner = %previous, "took over an expired lease");
     }
     let outcome = tokio::select! {
-        result = drive_saga(&inner, &lease, snapshot) => result,
+        result = drive_saga(&inner, &lease, snapshot, begun) => result,
         lost = keep_lease(&inner, &lease) => Err(lost),
     };
     match outcome {
@@ -197,6 +206,7 @@ async fn drive_saga(
     inner: &Inner,
     lease: &Lease,
     claimed: Option<Result<SagaSnapshot>>,
+    begun: Option<plan::Attempted>,
 ) -> Result<()> {
     let loaded = match claimed {
         Some(snapshot) => snapshot.map(Some),
@@ -217,7 +227,7 @@ async fn drive_saga(
         Err(err) => return Err(err),
     };
     let span = saga_span(inner, lease, &snapshot.record);
-    async move { resume(inner, lease, snapshot).await }
+    async move { resume(inner, lease, snapshot, begun).await }
         .instrument(span)
         .await
 }
@@ -249,7 +259,12 @@ fn saga_span(inner: &Inner, lease: &Lease, record: &crate::store::SagaRecord) ->
 }
 
 /// Checks that this process can run the saga, then drives it.
-async fn resume(inner: &Inner, lease: &Lease, snapshot: SagaSnapshot) -> Result<()> {
+async fn resume(
+    inner: &Inner,
+    lease: &Lease,
+    snapshot: SagaSnapshot,
+    begun: Option<plan::Attempted>,
+) -> Result<()> {
     let record = &snapshot.record;
     let definition = match inner.definition(&record.saga_type, record.version) {
         Lookup::Found(definition) => definition,
@@ -298,7 +313,7 @@ async fn resume(inner: &Inner, lease: &Lease, snapshot: SagaSnapshot) -> Result<
         snapshot,
         pending: Vec::new(),
     }
-    .run()
+    .run(begun)
     .await
 }
 
@@ -328,7 +343,10 @@ struct Driver<'a> {
 }
 
 impl Driver<'_> {
-    async fn run(mut self) -> Result<()> {
+    async fn run(mut self, begun: Option<plan::Attempted>) -> Result<()> {
+        if let Some(begun) = begun {
+            self.execute_begun(begun).await?;
+        }
         loop {
             let now = clock::now();
             match plan::next_action(&self.snapshot, self.definition.specs(), now) {
@@ -396,6 +414,29 @@ impl Driver<'_> {
             }
             Err(err) => return Err(err),
         }
+        self.execute_begun(plan::Attempted {
+            index,
+            phase,
+            attempt,
+        })
+        .await
+    }
+
+    /// Runs a step attempt whose `in_progress` record is durable, and records its outcome.
+    async fn execute_begun(&mut self, begun: plan::Attempted) -> Result<()> {
+        let plan::Attempted {
+            index,
+            phase,
+            attempt,
+        } = begun;
+        let position = usize::try_from(index.0).unwrap_or(usize::MAX);
+        let Some(spec) = self.definition.specs().get(position).cloned() else {
+            return Err(Error::CorruptRecord {
+                saga: self.lease.saga,
+                reason: format!("step {index} was begun, but the definition lacks it"),
+            });
+        };
+        let key = IdempotencyKey::for_step(self.lease.saga, &spec.name, phase);
         crate::faults::hit(crate::faults::FaultPoint::AfterBeginStep);
 
         let span = tracing::info_span!(

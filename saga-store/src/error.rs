@@ -2,6 +2,9 @@
 
 use saga_core::Error;
 
+/// The SQLSTATE of a write the Postgres store refused as an illegal transition.
+const REFUSED: &str = "SG001";
+
 /// Converts a driver error: I/O, pool timeouts and a busy database become
 /// [`Error::StoreUnavailable`] (safe to retry); decode failures and the rest become [`Error::Store`].
 pub(crate) fn classify(err: sqlx::Error) -> Error {
@@ -13,6 +16,10 @@ pub(crate) fn classify(err: sqlx::Error) -> Error {
         | sqlx::Error::Tls(_) => Error::StoreUnavailable(Box::new(err)),
         sqlx::Error::Database(db) if is_transient(db.code().as_deref()) => {
             Error::StoreUnavailable(Box::new(err))
+        }
+        // Raised by the store's own statements (`saga_refuse`): the message says it all.
+        sqlx::Error::Database(db) if db.code().as_deref() == Some(REFUSED) => {
+            Error::Store(db.message().to_owned().into())
         }
         _ => Error::Store(Box::new(err)),
     }

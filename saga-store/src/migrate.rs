@@ -51,6 +51,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "operator",
         include_str!("../migrations/postgres/0002_operator.sql"),
     ),
+    (
+        3,
+        "one_statement_writes",
+        include_str!("../migrations/postgres/0003_one_statement_writes.sql"),
+    ),
 ];
 
 /// The migrator of the SQLite schema (applied by [`SqliteStore::connect`](crate::SqliteStore::connect)).

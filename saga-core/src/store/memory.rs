@@ -13,10 +13,10 @@ use crate::id::{FencingToken, IdempotencyKey, InterventionId, SagaId, WorkerId};
 use crate::status::{Phase, SagaStatus, StepStatus};
 
 use super::{
-    begins_forward_step, cannot_cancel, operator_event, settled_status, settlement_detail,
-    CancelOutcome, Change, Created, Event, EventData, EventKind, Intervention, InterventionKind,
-    InterventionStatus, Lease, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, SettleAction,
-    Settlement, Store,
+    begins_forward_step, cannot_cancel, check_initial_changes, operator_event, settled_status,
+    settlement_detail, CancelOutcome, Change, Created, Event, EventData, EventKind, Intervention,
+    InterventionKind, InterventionStatus, Lease, NewSaga, SagaFilter, SagaRecord, SagaSnapshot,
+    SettleAction, Settlement, Store,
 };
 
 /// An in-memory [`Store`]. Cloning is not supported; share it behind an `Arc`.
@@ -65,6 +65,7 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
+        check_initial_changes(&saga)?;
         let mut state = self.state()?;
         if let Some(key) = &saga.idempotency_key {
             if let Some(existing) = state.keys.get(key).copied() {
@@ -83,35 +84,34 @@ impl Store for MemoryStore {
             }
         }
         let now = clock::now();
+        let detail = format!("{} v{}", saga.saga_type, saga.version);
+        let mut snapshot = SagaSnapshot {
+            record: SagaRecord {
+                id: saga.id,
+                saga_type: saga.saga_type,
+                version: saga.version,
+                fingerprint: saga.fingerprint,
+                status: SagaStatus::Running,
+                status_reason: None,
+                input: saga.input,
+                input_hash: saga.input_hash,
+                idempotency_key: saga.idempotency_key.clone(),
+                next_run_at: Some(now),
+                lease_owner: saga.lease.as_ref().map(|(owner, _)| owner.clone()),
+                lease_expires_at: saga.lease.as_ref().map(|(_, until)| *until),
+                fencing_token: FencingToken(i64::from(saga.lease.is_some())),
+                trace_context: saga.trace_context,
+                cancel_requested: None,
+                created_at: now,
+                updated_at: now,
+            },
+            steps: Vec::new(),
+        };
+        snapshot.apply_all(&saga.changes, now)?;
         if let Some(key) = &saga.idempotency_key {
             state.keys.insert(key.clone(), saga.id);
         }
-        let detail = format!("{} v{}", saga.saga_type, saga.version);
-        state.sagas.insert(
-            saga.id,
-            SagaSnapshot {
-                record: SagaRecord {
-                    id: saga.id,
-                    saga_type: saga.saga_type,
-                    version: saga.version,
-                    fingerprint: saga.fingerprint,
-                    status: SagaStatus::Running,
-                    status_reason: None,
-                    input: saga.input,
-                    input_hash: saga.input_hash,
-                    idempotency_key: saga.idempotency_key,
-                    next_run_at: Some(now),
-                    lease_owner: saga.lease.as_ref().map(|(owner, _)| owner.clone()),
-                    lease_expires_at: saga.lease.as_ref().map(|(_, until)| *until),
-                    fencing_token: FencingToken(i64::from(saga.lease.is_some())),
-                    trace_context: saga.trace_context,
-                    cancel_requested: None,
-                    created_at: now,
-                    updated_at: now,
-                },
-                steps: Vec::new(),
-            },
-        );
+        state.sagas.insert(saga.id, snapshot);
         state.push_event(
             saga.id,
             now,
@@ -123,6 +123,9 @@ impl Store for MemoryStore {
                 detail: Some(detail),
             },
         );
+        for event in saga.changes.iter().filter_map(Change::event) {
+            state.push_event(saga.id, now, event);
+        }
         Ok(Created::New(saga.id))
     }
 

@@ -28,6 +28,7 @@ fn new_saga(saga_type: &str, key: Option<&str>, input: Value) -> NewSaga {
         idempotency_key: key.map(IdempotencyKey::new),
         trace_context: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
         lease: None,
+        changes: Vec::new(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod notify;
 mod rows;
+mod write;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -24,6 +25,9 @@ use uuid::Uuid;
 
 use crate::error::{classify, migration};
 use notify::Wakeup;
+
+/// Pooled connections idle longer than this are checked before use.
+const IDLE_PING: Duration = Duration::from_secs(1);
 
 /// Settings of a [`PgStore`].
 #[derive(Debug, Clone)]
@@ -162,6 +166,18 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .acquire_timeout(options.acquire_timeout)
+            // sqlx pings every connection it hands out, a round trip per store call; ping only
+            // connections that sat idle (a server restart shows there), and let an error on a
+            // busy one surface as `StoreUnavailable`, which callers retry.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > IDLE_PING {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _| {
                 let search_path = search_path.clone();
                 Box::pin(async move {
@@ -298,42 +314,14 @@ async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
 #[async_trait]
 impl Store for PgStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
-        let now = saga_core::now();
-        let detail = format!("{} v{}", saga.saga_type, saga.version);
-        let inserted = sqlx::query(
-            "WITH inserted AS (
-                 INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input,
-                     input_hash, idempotency_key, next_run_at, fencing_token, trace_context,
-                     created_at, updated_at, lease_owner, lease_expires_at)
-                 VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8,
-                         CASE WHEN $12::text IS NULL THEN 0 ELSE 1 END, $9, $8, $8, $12, $13)
-                 ON CONFLICT (idempotency_key) DO NOTHING
-                 RETURNING id),
-             started AS (
-                 INSERT INTO saga_events (saga_id, at, kind, detail)
-                 SELECT id, $8, 'saga_started', $10 FROM inserted
-                 RETURNING saga_id)
-             SELECT saga_id,
-                    CASE WHEN $12::text IS NULL THEN pg_notify($11, '')::text END AS woke
-               FROM started",
-        )
-        .bind(saga.id.as_uuid())
-        .bind(saga.saga_type.as_str())
-        .bind(i32::try_from(saga.version).unwrap_or(i32::MAX))
-        .bind(&saga.fingerprint)
-        .bind(&saga.input)
-        .bind(&saga.input_hash)
-        .bind(saga.idempotency_key.as_ref().map(|key| key.as_str()))
-        .bind(now)
-        .bind(&saga.trace_context)
-        .bind(detail)
-        .bind(&self.channel)
-        .bind(saga.lease.as_ref().map(|(owner, _)| owner.as_str()))
-        .bind(saga.lease.as_ref().map(|(_, until)| *until))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?;
-        if inserted.is_some() {
+        saga_core::store::check_initial_changes(&saga)?;
+        let statement = write::create(&saga, saga_core::now(), &self.channel)?;
+        let row = sqlx::query_with(&statement.sql, statement.args)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        let inserted: i64 = row.try_get(write::FENCED).map_err(classify)?;
+        if inserted > 0 {
             return Ok(Created::New(saga.id));
         }
         let Some(key) = &saga.idempotency_key else {
@@ -452,6 +440,15 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
+        if write::compilable(changes) {
+            // One statement, committed on its own: no BEGIN, no COMMIT round trip.
+            let statement = write::apply(lease, changes, saga_core::now(), &self.channel)?;
+            let row = sqlx::query_with(&statement.sql, statement.args)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(classify)?;
+            return self.fenced(&row, lease, changes).await;
+        }
         let tx = begin(&self.pool).await?;
         self.apply_in(tx, lease, changes).await
     }
@@ -838,6 +835,43 @@ impl PgStore {
         Ok(())
     }
 
+    /// What a compiled write's row says: written, or refused (stale lease, cancel requested).
+    async fn fenced(
+        &self,
+        row: &sqlx::postgres::PgRow,
+        lease: &Lease,
+        changes: &[Change],
+    ) -> Result<()> {
+        let fenced: i64 = row.try_get(write::FENCED).map_err(classify)?;
+        if fenced > 0 {
+            return Ok(());
+        }
+        // Nothing was written; tell a cancel request from a lost lease.
+        let current = sqlx::query(
+            "SELECT cancel_requested FROM saga_instances
+              WHERE id = $1 AND lease_owner = $2 AND fencing_token = $3",
+        )
+        .bind(lease.saga.as_uuid())
+        .bind(lease.owner.as_str())
+        .bind(lease.token.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        let cancel: Option<String> = match current {
+            Some(row) => row.try_get("cancel_requested").map_err(classify)?,
+            None => None,
+        };
+        match cancel {
+            Some(reason) if saga_core::store::begins_forward_step(changes) => {
+                Err(Error::CancelRequested {
+                    saga: lease.saga,
+                    reason,
+                })
+            }
+            _ => Err(Error::LeaseLost(lease.saga)),
+        }
+    }
+
     /// Fences, applies `changes` and their events, and commits, all in `tx`.
     async fn apply_in(
         &self,
@@ -845,6 +879,15 @@ impl PgStore {
         lease: &Lease,
         changes: &[Change],
     ) -> Result<()> {
+        if write::compilable(changes) {
+            let statement = write::apply(lease, changes, saga_core::now(), &self.channel)?;
+            let row = sqlx::query_with(&statement.sql, statement.args)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(classify)?;
+            self.fenced(&row, lease, changes).await?;
+            return tx.commit().await.map_err(classify);
+        }
         let now = saga_core::now();
         let saga = lease.saga.as_uuid();
         let fenced = sqlx::query(

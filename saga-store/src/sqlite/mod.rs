@@ -193,6 +193,7 @@ fn json_text(value: &serde_json::Value) -> String {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
+        saga_core::store::check_initial_changes(&saga)?;
         let mut tx = self.write_tx().await?;
         if let Some(key) = &saga.idempotency_key {
             let existing =
@@ -271,6 +272,13 @@ impl Store for SqliteStore {
             },
         )
         .await?;
+        let id = saga.id.to_string();
+        for change in &saga.changes {
+            apply_change(&mut tx, saga.id, &id, change, now).await?;
+            if let Some(event) = change.event() {
+                insert_event(&mut tx, saga.id, now, event).await?;
+            }
+        }
         tx.commit().await.map_err(classify)?;
         Ok(Created::New(saga.id))
     }

@@ -1,0 +1,17 @@
+-- Writes are one statement each (fence, changes and events in one WITH ... SELECT). A change
+-- that finds nothing to act on (beginning a completed step, finishing one never started) raises
+-- through this function, which rolls the whole statement back.
+CREATE FUNCTION saga_refuse(message text) RETURNS integer
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING MESSAGE = message, ERRCODE = 'SG001';
+END
+$$;
+
+-- Every write touches updated_at: with no index on it, those updates of saga_instances can be
+-- HOT (no index entries written). Retention finds finished sagas through the status index.
+DROP INDEX saga_instances_finished;
+
+-- Room on each page for the new row versions of HOT updates.
+ALTER TABLE saga_instances SET (fillfactor = 80);
+ALTER TABLE saga_steps SET (fillfactor = 80);

@@ -1,0 +1,370 @@
+//! One statement per write: the fence, every change and the history events of a batch go to the
+//! server as a single `WITH … SELECT`, so that a step transition costs one round trip (and, on
+//! the pool, one commit) instead of one statement per change.
+//!
+//! Data-modifying CTEs all see the same snapshot and none sees another's rows, so a batch is
+//! compiled only when each step phase appears in it at most once; anything else takes the
+//! statement-per-change path in `mod.rs`. Every sub-statement joins the fence CTE `inst`, so a
+//! stale token writes nothing. A change that finds no row to act on (beginning a completed step,
+//! finishing one that never started) makes the statement raise through `saga_refuse`, which
+//! rolls all of it back.
+
+use std::collections::HashSet;
+
+use saga_core::store::{begins_forward_step, Change, EventData, NewSaga};
+use saga_core::{Error, Lease, Result, SagaId, SagaStatus, Timestamp};
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, Encode, Postgres, Type};
+
+/// A statement under construction: its text and its bound values.
+pub(super) struct Statement {
+    pub(super) sql: String,
+    pub(super) args: PgArguments,
+    count: usize,
+    /// Whether the final SELECT wakes idle workers (a saga became due now).
+    wake: bool,
+}
+
+/// What the compiled statement's single row says.
+pub(super) const FENCED: &str = "fenced";
+
+impl Statement {
+    fn new() -> Self {
+        Self {
+            sql: String::with_capacity(2048),
+            args: PgArguments::default(),
+            count: 0,
+            wake: false,
+        }
+    }
+
+    /// Binds a value and returns its placeholder.
+    fn bind<'q, T>(&mut self, value: T) -> Result<String>
+    where
+        T: Encode<'q, Postgres> + Type<Postgres> + 'q,
+    {
+        self.args
+            .add(value)
+            .map_err(|err| Error::Store(format!("binding a value failed: {err}").into()))?;
+        self.count += 1;
+        Ok(format!("${}", self.count))
+    }
+}
+
+fn attempt_i32(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+/// Whether a batch can be one statement: no step phase is touched twice.
+pub(super) fn compilable(changes: &[Change]) -> bool {
+    let mut seen = HashSet::new();
+    changes.iter().all(|change| match change {
+        Change::BeginStep { index, phase, .. }
+        | Change::CompleteStep { index, phase, .. }
+        | Change::FailStep { index, phase, .. } => seen.insert((*index, *phase)),
+        Change::SetStatus { .. } | Change::Escalate(_) | Change::Release { .. } => true,
+    })
+}
+
+/// How a batch changes the saga's own row, folded in order: the last status wins, any move
+/// away from `running` clears a cancel request, the last release wins.
+#[derive(Default)]
+struct InstanceChange {
+    status: Option<(&'static str, Option<String>)>,
+    clear_cancel: bool,
+    release: Option<Option<Timestamp>>,
+}
+
+fn fold_instance(changes: &[Change]) -> InstanceChange {
+    let mut folded = InstanceChange::default();
+    for change in changes {
+        match change {
+            Change::SetStatus { status, reason } => {
+                folded.status = Some((status.as_str(), reason.clone()));
+                folded.clear_cancel |= *status != SagaStatus::Running;
+            }
+            Change::Escalate(item) => {
+                folded.status = Some((
+                    SagaStatus::NeedsIntervention.as_str(),
+                    Some(item.error.clone()),
+                ));
+                folded.clear_cancel = true;
+            }
+            Change::Release { next_run_at } => folded.release = Some(*next_run_at),
+            Change::BeginStep { .. } | Change::CompleteStep { .. } | Change::FailStep { .. } => {}
+        }
+    }
+    folded
+}
+
+/// The fenced write of `changes` under `lease`, as one statement. Its row has `fenced` = 0 when
+/// the lease is stale or a cancel request refuses a forward step (nothing was written).
+pub(super) fn apply(
+    lease: &Lease,
+    changes: &[Change],
+    now: Timestamp,
+    channel: &str,
+) -> Result<Statement> {
+    let mut st = Statement::new();
+    let saga = st.bind(lease.saga.as_uuid())?;
+    let at = st.bind(now)?;
+    let owner = st.bind(lease.owner.as_str().to_owned())?;
+    let token = st.bind(lease.token.0)?;
+    let folded = fold_instance(changes);
+    let mut sets = format!("updated_at = {at}");
+    if let Some((status, reason)) = folded.status {
+        let status = st.bind(status)?;
+        let reason = st.bind(reason)?;
+        sets.push_str(&format!(", status = {status}, status_reason = {reason}"));
+    }
+    if folded.clear_cancel {
+        sets.push_str(", cancel_requested = NULL");
+    }
+    if let Some(next_run_at) = folded.release {
+        st.wake = next_run_at.is_some_and(|due| due <= now);
+        let next = st.bind(next_run_at)?;
+        sets.push_str(&format!(
+            ", lease_owner = NULL, lease_expires_at = NULL, next_run_at = {next}"
+        ));
+    }
+    let cancel_guard = if begins_forward_step(changes) {
+        " AND cancel_requested IS NULL"
+    } else {
+        ""
+    };
+    st.sql = format!(
+        "WITH inst AS (
+             UPDATE saga_instances SET {sets}
+              WHERE id = {saga} AND lease_owner = {owner} AND fencing_token = {token}{cancel_guard}
+          RETURNING id)"
+    );
+    let events = changes.iter().filter_map(Change::event).collect();
+    finish(&mut st, lease.saga, changes, events, &at, channel)?;
+    Ok(st)
+}
+
+/// The creation of `saga` with its first changes, as one statement. Its row has `fenced` = 0
+/// when the start key exists already (nothing was written).
+pub(super) fn create(saga: &NewSaga, now: Timestamp, channel: &str) -> Result<Statement> {
+    let mut st = Statement::new();
+    let id = st.bind(saga.id.as_uuid())?;
+    let at = st.bind(now)?;
+    let saga_type = st.bind(saga.saga_type.as_str().to_owned())?;
+    let version = st.bind(attempt_i32(saga.version))?;
+    let fingerprint = st.bind(saga.fingerprint.clone())?;
+    let input = st.bind(saga.input.clone())?;
+    let input_hash = st.bind(saga.input_hash.clone())?;
+    let key = st.bind(
+        saga.idempotency_key
+            .as_ref()
+            .map(|key| key.as_str().to_owned()),
+    )?;
+    let trace = st.bind(saga.trace_context.clone())?;
+    let owner = st.bind(
+        saga.lease
+            .as_ref()
+            .map(|(owner, _)| owner.as_str().to_owned()),
+    )?;
+    let until = st.bind(saga.lease.as_ref().map(|(_, until)| *until))?;
+    let token = st.bind(i64::from(saga.lease.is_some()))?;
+    // A saga nobody holds is claimed by whichever worker wakes first.
+    st.wake = saga.lease.is_none();
+    st.sql = format!(
+        "WITH inst AS (
+             INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input,
+                 input_hash, idempotency_key, next_run_at, fencing_token, trace_context,
+                 created_at, updated_at, lease_owner, lease_expires_at)
+             VALUES ({id}, {saga_type}, {version}, {fingerprint}, 'running', {input},
+                 {input_hash}, {key}, {at}, {token}, {trace}, {at}, {at}, {owner}, {until})
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING id)"
+    );
+    let mut events = vec![EventData {
+        kind: saga_core::EventKind::SagaStarted,
+        step: None,
+        phase: None,
+        attempt: None,
+        detail: Some(format!("{} v{}", saga.saga_type, saga.version)),
+    }];
+    events.extend(saga.changes.iter().filter_map(Change::event));
+    finish(&mut st, saga.id, &saga.changes, events, &at, channel)?;
+    Ok(st)
+}
+
+/// Appends the step changes, the events and the final SELECT (with its refusals and wake-up).
+fn finish(
+    st: &mut Statement,
+    saga: SagaId,
+    changes: &[Change],
+    events: Vec<EventData>,
+    at: &str,
+    channel: &str,
+) -> Result<()> {
+    let mut checks = Vec::new();
+    for (n, change) in changes.iter().enumerate() {
+        match change {
+            Change::BeginStep {
+                index,
+                name,
+                phase,
+                attempt,
+                key,
+            } => {
+                let index = st.bind(attempt_i32(index.0))?;
+                let phase_text = st.bind(phase.as_str())?;
+                let step = st.bind(name.as_str().to_owned())?;
+                let attempt = st.bind(attempt_i32(attempt.0))?;
+                let key = st.bind(key.as_str().to_owned())?;
+                st.sql.push_str(&format!(
+                    ",
+         c{n} AS (
+             INSERT INTO saga_steps AS s (saga_id, step_index, phase, name, status, attempt,
+                 idempotency_key, started_at)
+             SELECT inst.id, {index}, {phase_text}, {step}, 'in_progress', {attempt}, {key}, {at}
+               FROM inst
+             ON CONFLICT (saga_id, step_index, phase) DO UPDATE
+                SET status = 'in_progress', attempt = EXCLUDED.attempt,
+                    next_attempt_at = NULL, started_at = EXCLUDED.started_at, finished_at = NULL
+              WHERE s.status <> 'completed'
+             RETURNING 1)"
+                ));
+                checks.push((
+                    n,
+                    format!("saga {saga}: step {name} ({phase}) is completed and never runs again"),
+                ));
+            }
+            Change::CompleteStep {
+                index,
+                name,
+                phase,
+                output,
+                ..
+            } => {
+                let output = st.bind(output.clone())?;
+                let index = st.bind(attempt_i32(index.0))?;
+                let phase_text = st.bind(phase.as_str())?;
+                st.sql.push_str(&format!(
+                    ",
+         c{n} AS (
+             UPDATE saga_steps s
+                SET status = 'completed', output = {output}, finished_at = {at},
+                    next_attempt_at = NULL
+               FROM inst
+              WHERE s.saga_id = inst.id AND s.step_index = {index} AND s.phase = {phase_text}
+             RETURNING 1)"
+                ));
+                checks.push((
+                    n,
+                    format!("saga {saga}: step {name} ({phase}) was never started"),
+                ));
+            }
+            Change::FailStep {
+                index,
+                name,
+                phase,
+                error,
+                retry_at,
+                ..
+            } => {
+                let status = st.bind(if retry_at.is_some() {
+                    "pending"
+                } else {
+                    "failed"
+                })?;
+                let error = st.bind(error.to_string())?;
+                let retry_at = st.bind(*retry_at)?;
+                let index = st.bind(attempt_i32(index.0))?;
+                let phase_text = st.bind(phase.as_str())?;
+                st.sql.push_str(&format!(
+                    ",
+         c{n} AS (
+             UPDATE saga_steps s
+                SET status = {status}, last_error = {error}, next_attempt_at = {retry_at},
+                    finished_at = {at}
+               FROM inst
+              WHERE s.saga_id = inst.id AND s.step_index = {index} AND s.phase = {phase_text}
+             RETURNING 1)"
+                ));
+                checks.push((
+                    n,
+                    format!("saga {saga}: step {name} ({phase}) was never started"),
+                ));
+            }
+            Change::Escalate(item) => {
+                let id = st.bind(item.id.as_uuid())?;
+                let kind = st.bind(item.kind.as_str())?;
+                let index = st.bind(item.step.as_ref().map(|(index, _)| attempt_i32(index.0)))?;
+                let step = st.bind(item.step.as_ref().map(|(_, name)| name.as_str().to_owned()))?;
+                let phase = st.bind(item.phase.map(|phase| phase.as_str()))?;
+                let key = st.bind(
+                    item.idempotency_key
+                        .as_ref()
+                        .map(|key| key.as_str().to_owned()),
+                )?;
+                let input = st.bind(item.input.clone())?;
+                let output = st.bind(item.output.clone())?;
+                let error = st.bind(item.error.clone())?;
+                st.sql.push_str(&format!(
+                    ",
+         c{n} AS (
+             INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
+                 idempotency_key, input, output, error, status, opened_at)
+             SELECT {id}, inst.id, {kind}, {index}, {step}, {phase}, {key}, {input}, {output},
+                    {error}, 'open', {at}
+               FROM inst
+             ON CONFLICT (id) DO NOTHING)"
+                ));
+            }
+            Change::SetStatus { .. } | Change::Release { .. } => {}
+        }
+    }
+    if !events.is_empty() {
+        let mut kinds = Vec::with_capacity(events.len());
+        let mut steps = Vec::with_capacity(events.len());
+        let mut phases = Vec::with_capacity(events.len());
+        let mut attempts = Vec::with_capacity(events.len());
+        let mut details = Vec::with_capacity(events.len());
+        for event in events {
+            kinds.push(event.kind.as_str().to_owned());
+            steps.push(event.step.map(|step| step.as_str().to_owned()));
+            phases.push(event.phase.map(|phase| phase.as_str().to_owned()));
+            attempts.push(event.attempt.map(|attempt| attempt_i32(attempt.0)));
+            details.push(event.detail);
+        }
+        let kinds = st.bind(kinds)?;
+        let steps = st.bind(steps)?;
+        let phases = st.bind(phases)?;
+        let attempts = st.bind(attempts)?;
+        let details = st.bind(details)?;
+        st.sql.push_str(&format!(
+            ",
+         events AS (
+             INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
+             SELECT inst.id, {at}, e.kind, e.step, e.phase, e.attempt, e.detail
+               FROM inst,
+                    UNNEST({kinds}::text[], {steps}::text[], {phases}::text[], {attempts}::int[],
+                           {details}::text[])
+                    WITH ORDINALITY AS e(kind, step, phase, attempt, detail, n)
+              ORDER BY e.n)"
+        ));
+    }
+    st.sql
+        .push_str("\n         SELECT (SELECT COUNT(*) FROM inst) AS fenced");
+    for (n, message) in checks {
+        let message = st.bind(message)?;
+        st.sql.push_str(&format!(
+            ",
+                CASE WHEN EXISTS (SELECT 1 FROM inst) AND NOT EXISTS (SELECT 1 FROM c{n})
+                     THEN saga_refuse({message}) END AS refused_{n}"
+        ));
+    }
+    if st.wake {
+        let channel = st.bind(channel.to_owned())?;
+        st.sql.push_str(&format!(
+            ",
+                CASE WHEN EXISTS (SELECT 1 FROM inst) THEN pg_notify({channel}, '')::text END
+                    AS woke"
+        ));
+    }
+    Ok(())
+}
