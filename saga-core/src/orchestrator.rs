@@ -469,6 +469,9 @@ impl Orchestrator {
             return;
         }
         self.inner.shutdown.send_replace(false);
+        // Every lease this run grants (from here on) expires after this time; leases held
+        // under this worker id that expire before it belong to an earlier run.
+        let reclaim_before = clock::after(clock::now(), self.inner.config.lease_ttl);
         let (direct, receiver) = mpsc::unbounded_channel();
         if let Ok(mut sender) = self.inner.direct.lock() {
             *sender = Some(direct);
@@ -476,6 +479,7 @@ impl Orchestrator {
         *dispatcher = Some(tokio::spawn(worker::dispatch(
             Arc::clone(&self.inner),
             receiver,
+            reclaim_before,
         )));
     }
 

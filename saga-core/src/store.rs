@@ -763,6 +763,27 @@ pub trait Store: Send + Sync + 'static {
             .collect())
     }
 
+    /// Takes back, for `owner`, the leases an earlier run of the same worker id still holds:
+    /// after a crash or kill, a process restarted under its old [`WorkerId`] resumes its sagas
+    /// at once instead of waiting for their leases to expire. Claims up to `limit` active, due
+    /// sagas leased to `owner` whose lease expires before `granted_before` (leases granted since
+    /// the restart expire later), with a new fencing token each (so a zombie of the earlier run
+    /// is fenced off) and a `lease_taken_over` event. Returns nothing on backends that do not
+    /// support it; their sagas resume when the leases expire.
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn reclaim(
+        &self,
+        _owner: &WorkerId,
+        _granted_before: Timestamp,
+        _now: Timestamp,
+        _lease_for: std::time::Duration,
+        _limit: u32,
+    ) -> Result<Vec<Lease>> {
+        Ok(Vec::new())
+    }
+
     /// Extends a lease to `expires_at`.
     ///
     /// # Errors

@@ -36,7 +36,11 @@ pub(crate) struct Direct {
 
 /// The claim loop: keeps up to `concurrency` sagas in flight (one slot each) until shutdown,
 /// driving sagas started in this process at once and claiming due ones from the store.
-pub(crate) async fn dispatch(inner: Arc<Inner>, mut direct: mpsc::UnboundedReceiver<Direct>) {
+pub(crate) async fn dispatch(
+    inner: Arc<Inner>,
+    mut direct: mpsc::UnboundedReceiver<Direct>,
+    reclaim_before: clock::Timestamp,
+) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut drives = JoinSet::new();
     let mut failures: u32 = 0;
@@ -57,6 +61,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut direct: mpsc::UnboundedRecei
     // (or as soon as a slot frees up) only while the last claim filled its batch, since more
     // may be due then. Wake-ups that arrive while every slot is taken are kept until a slot
     // frees. Sagas started here arrive on `direct` and cost no claim.
+    reclaim(&inner, &mut drives, reclaim_before).await;
     let mut claim_now = true;
     let mut backlog = false;
     let mut next_poll = tokio::time::Instant::now();
@@ -159,6 +164,51 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut direct: mpsc::UnboundedRecei
     }
 }
 
+/// Takes back, at start-up, the sagas an earlier run of this worker id still holds (killed or
+/// crashed, restarted under the same id): they resume now, not when their leases expire. As
+/// many as there are free slots; the rest wait for their leases to expire.
+async fn reclaim(inner: &Arc<Inner>, drives: &mut JoinSet<()>, granted_before: clock::Timestamp) {
+    loop {
+        let free = inner.slots.available_permits();
+        if free == 0 {
+            return;
+        }
+        let limit = u32::try_from(free.min(inner.config.claim_batch.max(1))).unwrap_or(u32::MAX);
+        let leases = match inner
+            .store
+            .reclaim(
+                &inner.config.worker_id,
+                granted_before,
+                clock::now(),
+                inner.config.lease_ttl,
+                limit,
+            )
+            .await
+        {
+            Ok(leases) => leases,
+            Err(err) => {
+                tracing::warn!(error = %err, "taking back this worker's leases from before a restart failed; they resume when they expire");
+                return;
+            }
+        };
+        let full = leases.len() >= usize::try_from(limit).unwrap_or(usize::MAX);
+        if !leases.is_empty() {
+            tracing::info!(
+                sagas = leases.len(),
+                worker = %inner.config.worker_id,
+                "took back sagas this worker id held before a restart"
+            );
+        }
+        for lease in leases {
+            let slot = Arc::clone(&inner.slots).try_acquire_owned().ok();
+            drives.spawn(drive(Arc::clone(inner), lease, None, None, slot));
+        }
+        if !full {
+            return;
+        }
+    }
+}
+
 /// Drives one claimed saga, renewing the lease alongside; stops writing if the lease is lost.
 async fn drive(
     inner: Arc<Inner>,
@@ -170,7 +220,11 @@ async fn drive(
     let _slot = slot;
     if let Some(previous) = &lease.taken_over_from {
         metrics::counter!(names::TAKEOVERS).increment(1);
-        tracing::info!(saga.id = %lease.saga, previous_owner = %previous, "took over an expired lease");
+        if *previous == lease.owner {
+            tracing::info!(saga.id = %lease.saga, "took back a lease this worker id held before a restart");
+        } else {
+            tracing::info!(saga.id = %lease.saga, previous_owner = %previous, "took over an expired lease");
+        }
     }
     let outcome = tokio::select! {
         result = drive_saga(&inner, &lease, snapshot, begun) => result,

@@ -60,6 +60,63 @@ impl MemoryStore {
             Error::Store("memory store lock poisoned by a panic in another thread".into())
         })
     }
+
+    /// Claims up to `limit` active, due sagas that pass `eligible`, oldest due first.
+    fn claim_where(
+        &self,
+        owner: &WorkerId,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+        eligible: impl Fn(&SagaRecord) -> bool,
+    ) -> Result<Vec<Lease>> {
+        let mut state = self.state()?;
+        let mut due: Vec<(Timestamp, SagaId)> = state
+            .sagas
+            .values()
+            .filter(|snap| {
+                let record = &snap.record;
+                record.status.is_active()
+                    && record.next_run_at.is_some_and(|at| at <= now)
+                    && eligible(record)
+            })
+            .filter_map(|snap| snap.record.next_run_at.map(|at| (at, snap.record.id)))
+            .collect();
+        due.sort();
+        due.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let expires_at = clock::after(now, lease_for);
+        let mut leases = Vec::with_capacity(due.len());
+        for (_, id) in due {
+            let Some(snap) = state.sagas.get_mut(&id) else {
+                continue;
+            };
+            let previous = snap.record.lease_owner.replace(owner.clone());
+            snap.record.lease_expires_at = Some(expires_at);
+            snap.record.fencing_token = FencingToken(snap.record.fencing_token.0 + 1);
+            let token = snap.record.fencing_token;
+            if let Some(previous) = previous.clone() {
+                state.push_event(
+                    id,
+                    now,
+                    EventData {
+                        kind: EventKind::LeaseTakenOver,
+                        step: None,
+                        phase: None,
+                        attempt: None,
+                        detail: Some(format!("{owner} took over from {previous}")),
+                    },
+                );
+            }
+            leases.push(Lease {
+                saga: id,
+                owner: owner.clone(),
+                token,
+                expires_at,
+                taken_over_from: previous,
+            });
+        }
+        Ok(leases)
+    }
 }
 
 #[async_trait]
@@ -136,52 +193,25 @@ impl Store for MemoryStore {
         lease_for: Duration,
         limit: u32,
     ) -> Result<Vec<Lease>> {
-        let mut state = self.state()?;
-        let mut due: Vec<(Timestamp, SagaId)> = state
-            .sagas
-            .values()
-            .filter(|snap| {
-                let record = &snap.record;
-                record.status.is_active()
-                    && record.next_run_at.is_some_and(|at| at <= now)
-                    && record.lease_expires_at.is_none_or(|expiry| expiry < now)
-            })
-            .filter_map(|snap| snap.record.next_run_at.map(|at| (at, snap.record.id)))
-            .collect();
-        due.sort();
-        due.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        let expires_at = clock::after(now, lease_for);
-        let mut leases = Vec::with_capacity(due.len());
-        for (_, id) in due {
-            let Some(snap) = state.sagas.get_mut(&id) else {
-                continue;
-            };
-            let previous = snap.record.lease_owner.replace(owner.clone());
-            snap.record.lease_expires_at = Some(expires_at);
-            snap.record.fencing_token = FencingToken(snap.record.fencing_token.0 + 1);
-            let token = snap.record.fencing_token;
-            if let Some(previous) = previous.clone() {
-                state.push_event(
-                    id,
-                    now,
-                    EventData {
-                        kind: EventKind::LeaseTakenOver,
-                        step: None,
-                        phase: None,
-                        attempt: None,
-                        detail: Some(format!("{owner} took over from {previous}")),
-                    },
-                );
-            }
-            leases.push(Lease {
-                saga: id,
-                owner: owner.clone(),
-                token,
-                expires_at,
-                taken_over_from: previous,
-            });
-        }
-        Ok(leases)
+        self.claim_where(owner, now, lease_for, limit, |record| {
+            record.lease_expires_at.is_none_or(|expiry| expiry < now)
+        })
+    }
+
+    async fn reclaim(
+        &self,
+        owner: &WorkerId,
+        granted_before: Timestamp,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<Lease>> {
+        self.claim_where(owner, now, lease_for, limit, |record| {
+            record.lease_owner.as_ref() == Some(owner)
+                && record
+                    .lease_expires_at
+                    .is_some_and(|expiry| expiry < granted_before)
+        })
     }
 
     async fn heartbeat(&self, lease: &Lease, expires_at: Timestamp) -> Result<Lease> {

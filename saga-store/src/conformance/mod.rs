@@ -39,7 +39,9 @@ macro_rules! conformance_suite {
                 list_filters_and_pages,
                 count_by_status_counts,
                 claim_loaded_returns_what_load_would,
-                a_saga_created_leased_belongs_to_its_starter_until_the_lease_expires;
+                a_saga_created_leased_belongs_to_its_starter_until_the_lease_expires,
+                a_creation_can_begin_the_first_step,
+                a_restarted_worker_takes_back_its_own_leases_at_once;
                 // Orchestrator scenarios
                 saga_completes_with_full_history,
                 permanent_failure_compensates_in_reverse_order,
@@ -66,6 +68,7 @@ macro_rules! conformance_suite {
                 lifecycle_hooks_fire_once_per_event,
                 prune_removes_only_old_finished_sagas,
                 ambiguous_commits_are_recorded_and_announced_once,
+                a_worker_restarted_under_its_id_resumes_its_sagas_without_waiting_for_the_lease,
             );
         }
     };

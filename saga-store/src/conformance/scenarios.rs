@@ -1452,3 +1452,69 @@ pub async fn ambiguous_commits_are_recorded_and_announced_once<S: Store>(store: 
     );
     assert_eq!(orchestrator.interventions(true).await.unwrap().len(), 1);
 }
+
+pub async fn a_worker_restarted_under_its_id_resumes_its_sagas_without_waiting_for_the_lease<
+    S: Store,
+>(
+    store: Arc<S>,
+) {
+    // A lease far longer than the test may wait: only taking the leases back can finish it.
+    let lease_ttl = Duration::from_secs(600);
+    let worker = saga_core::WorkerId::new("checkout-0");
+    let config = || {
+        Config::default()
+            .worker_id(worker.clone())
+            .concurrency(4)
+            .lease_ttl(lease_ttl)
+            .poll_interval(Duration::from_millis(20))
+    };
+    let script = Script::new();
+    script.plan("charge_card", Phase::Action, &[Outcome::ApplyThenHang]);
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let first = Orchestrator::new(Arc::clone(&dyn_store), config());
+    first.register(Probe(script.clone())).unwrap();
+    first.run();
+    let id = first.start::<Probe>(&input(11)).await.unwrap();
+    wait_until("charge_card runs", || {
+        !script.calls_of("charge_card", Phase::Action).is_empty()
+    })
+    .await;
+    first.kill();
+
+    // Another worker id cannot take it: the lease is live for ten minutes.
+    let other = Orchestrator::new(
+        Arc::clone(&dyn_store),
+        Config::default()
+            .concurrency(4)
+            .poll_interval(Duration::from_millis(20)),
+    );
+    other.register(Probe(script.clone())).unwrap();
+    other.run();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    other.shutdown().await;
+    assert_eq!(
+        store.load(id).await.unwrap().unwrap().record.lease_owner,
+        Some(worker.clone()),
+        "a live lease is not claimable by another worker"
+    );
+
+    // The same worker id, restarted, takes it back at once and finishes it.
+    let second = Orchestrator::new(dyn_store, config());
+    second.register(Probe(script.clone())).unwrap();
+    second.run();
+    let record = second.wait(id, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(record.status, SagaStatus::Completed);
+    let charges = script.calls_of("charge_card", Phase::Action);
+    assert_eq!(
+        charges.iter().map(|call| call.attempt).collect::<Vec<_>>(),
+        vec![1, 2],
+        "the interrupted attempt is retried once, with the same key"
+    );
+    assert!(charges.iter().all(|call| call.key == charges[0].key));
+    assert_eq!(
+        script.calls_of("reserve_stock", Phase::Action).len(),
+        1,
+        "a completed step never runs again"
+    );
+    second.shutdown().await;
+}

@@ -1278,3 +1278,167 @@ pub async fn a_saga_created_leased_belongs_to_its_starter_until_the_lease_expire
         Err(Error::LeaseLost(_))
     ));
 }
+
+pub async fn a_creation_can_begin_the_first_step<S: Store>(store: Arc<S>) {
+    let now = saga_core::now();
+    let until = saga_core::after(now, LEASE);
+    let starter = WorkerId::new("starter");
+    let mut saga = NewSaga {
+        lease: Some((starter.clone(), until)),
+        ..new_saga("direct", Some("first-step"), json!({ "n": 1 }))
+    };
+    let id = saga.id;
+    saga.changes = vec![begin(id, 0, Phase::Action, 1)];
+    let created = store.create(saga.clone()).await.expect("create failed");
+    assert_eq!(created, Created::New(id));
+    let stored = snapshot(&*store, id).await;
+    assert_eq!(
+        stored.steps.len(),
+        1,
+        "the creation must write the first step"
+    );
+    let step = &stored.steps[0];
+    assert_eq!(step.status, StepStatus::InProgress);
+    assert_eq!(step.attempt, Attempt(1));
+    assert_eq!(
+        step.idempotency_key,
+        IdempotencyKey::for_step(id, &name(0), Phase::Action)
+    );
+    let kinds: Vec<EventKind> = store
+        .history(id)
+        .await
+        .expect("history failed")
+        .iter()
+        .map(|event| event.kind)
+        .collect();
+    assert_eq!(kinds, [EventKind::SagaStarted, EventKind::StepStarted]);
+
+    // The starter's lease (token 1) goes on from there.
+    let lease = Lease {
+        saga: id,
+        owner: starter.clone(),
+        token: stored.record.fencing_token,
+        expires_at: until,
+        taken_over_from: None,
+    };
+    apply_ok(
+        &*store,
+        &lease,
+        &[complete(0, Phase::Action, 1, Some(json!(1)))],
+    )
+    .await;
+
+    // A repeated start with the key writes nothing, changes or not.
+    let mut again = NewSaga {
+        id: SagaId::new(),
+        ..saga.clone()
+    };
+    again.changes = vec![begin(again.id, 0, Phase::Action, 1)];
+    assert_eq!(
+        store.create(again).await.expect("repeated create failed"),
+        Created::Existing(id)
+    );
+    assert_eq!(
+        snapshot(&*store, id).await.steps[0].status,
+        StepStatus::Completed,
+        "a repeated start must not touch the existing saga's steps"
+    );
+
+    // Changes need a lease, and only BeginStep is accepted.
+    let mut unleased = new_saga("direct", None, json!({ "n": 2 }));
+    unleased.changes = vec![begin(unleased.id, 0, Phase::Action, 1)];
+    let unleased_id = unleased.id;
+    assert!(matches!(
+        store.create(unleased).await,
+        Err(Error::InvalidAction(_))
+    ));
+    let mut completing = NewSaga {
+        lease: Some((starter, until)),
+        ..new_saga("direct", None, json!({ "n": 3 }))
+    };
+    completing.changes = vec![complete(0, Phase::Action, 1, None)];
+    let completing_id = completing.id;
+    assert!(matches!(
+        store.create(completing).await,
+        Err(Error::InvalidAction(_))
+    ));
+    for refused in [unleased_id, completing_id] {
+        assert!(
+            store.load(refused).await.expect("load failed").is_none(),
+            "a refused creation must store nothing"
+        );
+    }
+}
+
+pub async fn a_restarted_worker_takes_back_its_own_leases_at_once<S: Store>(store: Arc<S>) {
+    let ids = create_many(&*store, 2).await;
+    let now = saga_core::now();
+    let worker = WorkerId::new("worker-7");
+    let earlier = store
+        .claim(&worker, now, LEASE, 10)
+        .await
+        .expect("claim failed");
+    assert_eq!(earlier.len(), 2);
+    let restart = saga_core::after(now, Duration::from_secs(1));
+    let granted_before = saga_core::after(restart, LEASE);
+
+    // Another worker id takes nothing back, and nothing is claimable: the leases are live.
+    let other = store
+        .reclaim(
+            &WorkerId::new("worker-8"),
+            granted_before,
+            restart,
+            LEASE,
+            10,
+        )
+        .await
+        .expect("reclaim failed");
+    assert!(
+        other.is_empty(),
+        "only the same worker id takes its leases back"
+    );
+    assert!(store
+        .claim(&WorkerId::new("worker-8"), restart, LEASE, 10)
+        .await
+        .expect("claim failed")
+        .is_empty());
+
+    // Leases granted after the restart (expiring later) are not taken back.
+    let none = store
+        .reclaim(&worker, now, restart, LEASE, 10)
+        .await
+        .expect("reclaim failed");
+    assert!(none.is_empty(), "leases granted since the restart stay");
+
+    // The same worker id, restarted, takes them back at once, with new tokens.
+    let back = store
+        .reclaim(&worker, granted_before, restart, LEASE, 1)
+        .await
+        .expect("reclaim failed");
+    assert_eq!(back.len(), 1, "reclaim honours its limit");
+    let rest = store
+        .reclaim(&worker, granted_before, restart, LEASE, 10)
+        .await
+        .expect("reclaim failed");
+    assert_eq!(rest.len(), 1);
+    let taken: HashSet<SagaId> = back.iter().chain(&rest).map(|lease| lease.saga).collect();
+    assert_eq!(taken, ids.iter().copied().collect::<HashSet<_>>());
+    for lease in back.iter().chain(&rest) {
+        let old = earlier
+            .iter()
+            .find(|old| old.saga == lease.saga)
+            .expect("an earlier lease");
+        assert!(lease.token.0 > old.token.0, "a new fencing token");
+        assert_eq!(lease.owner, worker);
+        // The earlier run's writes are fenced off; the new lease writes.
+        assert!(matches!(
+            store.apply(old, &[release(None)]).await,
+            Err(Error::LeaseLost(_))
+        ));
+        apply_ok(&*store, lease, &[begin(lease.saga, 0, Phase::Action, 1)]).await;
+        let history = store.history(lease.saga).await.expect("history failed");
+        assert!(history
+            .iter()
+            .any(|event| event.kind == EventKind::LeaseTakenOver));
+    }
+}

@@ -7,7 +7,7 @@ mod rows;
 mod write;
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -363,6 +363,31 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(classify)?;
+        rows.iter()
+            .map(|row| claimed_lease(row, owner, expires_at))
+            .collect()
+    }
+
+    async fn reclaim(
+        &self,
+        owner: &WorkerId,
+        granted_before: Timestamp,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<Lease>> {
+        let expires_at = saga_core::after(now, lease_for);
+        let rows = claim_where(
+            &CLAIM_OWN,
+            owner,
+            Some(granted_before),
+            expires_at,
+            now,
+            limit,
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
         rows.iter()
             .map(|row| claimed_lease(row, owner, expires_at))
             .collect()
@@ -745,12 +770,24 @@ fn claim_query(
     now: Timestamp,
     limit: u32,
 ) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query(
+    claim_where(&CLAIM_DUE, owner, None, expires_at, now, limit)
+}
+
+/// Claims sagas nobody holds, or whose lease expired.
+static CLAIM_DUE: LazyLock<String> =
+    LazyLock::new(|| claim_sql("(lease_expires_at IS NULL OR lease_expires_at < $3)"));
+/// Takes back sagas an earlier run of this worker id holds (leases expiring before $5).
+static CLAIM_OWN: LazyLock<String> =
+    LazyLock::new(|| claim_sql("(lease_owner = $1 AND lease_expires_at < $5::timestamptz)"));
+
+/// The claim statement: $1 owner, $2 new expiry, $3 now, $4 limit, $5 `granted_before`.
+fn claim_sql(eligible: &str) -> String {
+    format!(
         "WITH due AS (
              SELECT id FROM saga_instances
               WHERE status IN ('running', 'compensating')
                 AND next_run_at <= $3
-                AND (lease_expires_at IS NULL OR lease_expires_at < $3)
+                AND {eligible}
               ORDER BY next_run_at
               LIMIT $4
               FOR UPDATE SKIP LOCKED),
@@ -767,12 +804,24 @@ fn claim_query(
              INSERT INTO saga_events (saga_id, at, kind, detail)
              SELECT id, $3, 'lease_taken_over', $1 || ' took over from ' || lease_previous_owner
                FROM claimed WHERE lease_previous_owner IS NOT NULL)
-         SELECT * FROM claimed",
+         SELECT * FROM claimed"
     )
-    .bind(owner.as_str().to_owned())
-    .bind(expires_at)
-    .bind(now)
-    .bind(i64::from(limit))
+}
+
+fn claim_where(
+    sql: &'static LazyLock<String>,
+    owner: &WorkerId,
+    granted_before: Option<Timestamp>,
+    expires_at: Timestamp,
+    now: Timestamp,
+    limit: u32,
+) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql.as_str())
+        .bind(owner.as_str().to_owned())
+        .bind(expires_at)
+        .bind(now)
+        .bind(i64::from(limit))
+        .bind(granted_before)
 }
 
 /// The lease a claimed row grants.

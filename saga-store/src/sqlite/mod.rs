@@ -161,6 +161,78 @@ impl SqliteStore {
             .await
             .map_err(classify)
     }
+
+    /// Claims up to `limit` active, due sagas: unleased or expired ones, or (with
+    /// `granted_before`) those leased to `owner` by an earlier run, expiring before that time.
+    async fn claim_where(
+        &self,
+        owner: &WorkerId,
+        granted_before: Option<Timestamp>,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<Lease>> {
+        let expires_at = saga_core::after(now, lease_for);
+        let mut tx = self.write_tx().await?;
+        let eligible = match granted_before {
+            None => "(lease_expires_at IS NULL OR lease_expires_at < ?3)",
+            Some(_) => "(lease_owner = ?1 AND lease_expires_at < ?5)",
+        };
+        let sql = format!(
+            "UPDATE saga_instances
+                SET lease_previous_owner = lease_owner,
+                    lease_owner = ?1,
+                    lease_expires_at = ?2,
+                    fencing_token = fencing_token + 1
+              WHERE id IN (
+                    SELECT id FROM saga_instances
+                     WHERE status IN ('running', 'compensating')
+                       AND next_run_at <= ?3
+                       AND {eligible}
+                     ORDER BY next_run_at
+                     LIMIT ?4)
+          RETURNING id, fencing_token, lease_previous_owner"
+        );
+        let claimed = sqlx::query(&sql)
+            .bind(owner.as_str())
+            .bind(millis(expires_at))
+            .bind(millis(now))
+            .bind(i64::from(limit))
+            .bind(granted_before.map_or(0, millis))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let mut leases = Vec::with_capacity(claimed.len());
+        for row in &claimed {
+            let saga = rows::saga_id(row, "id")?;
+            let token: i64 = row.try_get("fencing_token").map_err(classify)?;
+            let previous: Option<String> = row.try_get("lease_previous_owner").map_err(classify)?;
+            if let Some(previous) = previous.clone() {
+                insert_event(
+                    &mut tx,
+                    saga,
+                    now,
+                    saga_core::store::EventData {
+                        kind: saga_core::EventKind::LeaseTakenOver,
+                        step: None,
+                        phase: None,
+                        attempt: None,
+                        detail: Some(format!("{owner} took over from {previous}")),
+                    },
+                )
+                .await?;
+            }
+            leases.push(Lease {
+                saga,
+                owner: owner.clone(),
+                token: saga_core::FencingToken(token),
+                expires_at,
+                taken_over_from: previous.map(WorkerId::new),
+            });
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(leases)
+    }
 }
 
 async fn insert_event(
@@ -290,60 +362,19 @@ impl Store for SqliteStore {
         lease_for: Duration,
         limit: u32,
     ) -> Result<Vec<Lease>> {
-        let expires_at = saga_core::after(now, lease_for);
-        let mut tx = self.write_tx().await?;
-        let claimed = sqlx::query(
-            "UPDATE saga_instances
-                SET lease_previous_owner = lease_owner,
-                    lease_owner = ?1,
-                    lease_expires_at = ?2,
-                    fencing_token = fencing_token + 1
-              WHERE id IN (
-                    SELECT id FROM saga_instances
-                     WHERE status IN ('running', 'compensating')
-                       AND next_run_at <= ?3
-                       AND (lease_expires_at IS NULL OR lease_expires_at < ?3)
-                     ORDER BY next_run_at
-                     LIMIT ?4)
-          RETURNING id, fencing_token, lease_previous_owner",
-        )
-        .bind(owner.as_str())
-        .bind(millis(expires_at))
-        .bind(millis(now))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(classify)?;
-        let mut leases = Vec::with_capacity(claimed.len());
-        for row in &claimed {
-            let saga = rows::saga_id(row, "id")?;
-            let token: i64 = row.try_get("fencing_token").map_err(classify)?;
-            let previous: Option<String> = row.try_get("lease_previous_owner").map_err(classify)?;
-            if let Some(previous) = previous.clone() {
-                insert_event(
-                    &mut tx,
-                    saga,
-                    now,
-                    saga_core::store::EventData {
-                        kind: saga_core::EventKind::LeaseTakenOver,
-                        step: None,
-                        phase: None,
-                        attempt: None,
-                        detail: Some(format!("{owner} took over from {previous}")),
-                    },
-                )
-                .await?;
-            }
-            leases.push(Lease {
-                saga,
-                owner: owner.clone(),
-                token: saga_core::FencingToken(token),
-                expires_at,
-                taken_over_from: previous.map(WorkerId::new),
-            });
-        }
-        tx.commit().await.map_err(classify)?;
-        Ok(leases)
+        self.claim_where(owner, None, now, lease_for, limit).await
+    }
+
+    async fn reclaim(
+        &self,
+        owner: &WorkerId,
+        granted_before: Timestamp,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<Lease>> {
+        self.claim_where(owner, Some(granted_before), now, lease_for, limit)
+            .await
     }
 
     async fn heartbeat(&self, lease: &Lease, expires_at: Timestamp) -> Result<Lease> {
