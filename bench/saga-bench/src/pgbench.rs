@@ -58,7 +58,15 @@ pub async fn run(args: PgbenchArgs) -> Res<Value> {
         let (c, j, t) = (args.inflight, threads, args.duration);
         move || {
             Command::new(pgbench)
-                .args(["-n", "-M", "prepared", "-c", &c.to_string(), "-j", &j.to_string()])
+                .args([
+                    "-n",
+                    "-M",
+                    "prepared",
+                    "-c",
+                    &c.to_string(),
+                    "-j",
+                    &j.to_string(),
+                ])
                 .args(["-T", &t.to_string(), "-f"])
                 .arg(&script)
                 .arg(&url)

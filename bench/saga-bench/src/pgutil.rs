@@ -113,7 +113,10 @@ impl Meter {
             .and_then(|row| row.try_get(0))
             .map_err(err("pg_wal_lsn_diff"))?;
         let _ = conn.close().await;
-        Ok((after.commits - self.before.commits - self.overhead, wal as i64))
+        Ok((
+            after.commits - self.before.commits - self.overhead,
+            wal as i64,
+        ))
     }
 }
 
@@ -123,8 +126,13 @@ pub fn peak_rss_mb() -> f64 {
         .ok()
         .and_then(|status| {
             status.lines().find_map(|line| {
-                line.strip_prefix("VmHWM:")
-                    .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                line.strip_prefix("VmHWM:").and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
             })
         })
         .map_or(0.0, |kb| kb / 1024.0)

@@ -53,7 +53,10 @@ struct Sample {
 
 pub async fn run(args: RunArgs) -> Res<Value> {
     let tracker = Arc::new(Tracker::default());
-    let name = format!("bench_saga_{}_{}_c{}", args.workload, args.backend, args.inflight);
+    let name = format!(
+        "bench_saga_{}_{}_c{}",
+        args.workload, args.backend, args.inflight
+    );
     let (store, meter, pool): (Arc<dyn Store>, Option<Meter>, Option<sqlx::PgPool>) =
         match args.backend.as_str() {
             "pg" => {
@@ -104,7 +107,9 @@ pub async fn run(args: RunArgs) -> Res<Value> {
     let begin = Instant::now();
     let window_start = begin + Duration::from_secs_f64(args.warmup);
     let window_end = window_start + Duration::from_secs_f64(args.duration);
-    let quota = args.sagas.map(|n| Arc::new(std::sync::atomic::AtomicI64::new(n as i64)));
+    let quota = args
+        .sagas
+        .map(|n| Arc::new(std::sync::atomic::AtomicI64::new(n as i64)));
     let mut clients = tokio::task::JoinSet::new();
     for client in 0..args.inflight {
         let orchestrator = orchestrator.clone();
@@ -147,7 +152,11 @@ pub async fn run(args: RunArgs) -> Res<Value> {
                 let limit = (window_end + Duration::from_secs(30))
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_secs(1));
-                let limit = if quota.is_some() { Duration::from_secs(120) } else { limit };
+                let limit = if quota.is_some() {
+                    Duration::from_secs(120)
+                } else {
+                    limit
+                };
                 match tracker.wait(id, limit).await {
                     Some((settled, status)) => samples.push(Sample {
                         started,
@@ -230,7 +239,11 @@ pub async fn run(args: RunArgs) -> Res<Value> {
     let mut first: Vec<f64> = samples
         .iter()
         .filter(|s| s.started >= from && s.started < to)
-        .filter_map(|s| s.steps.first().map(|f| (*f - s.started).as_secs_f64() * 1e3))
+        .filter_map(|s| {
+            s.steps
+                .first()
+                .map(|f| (*f - s.started).as_secs_f64() * 1e3)
+        })
         .collect();
     first.sort_by(f64::total_cmp);
     let mut last_to_settled: Vec<f64> = samples
@@ -240,7 +253,13 @@ pub async fn run(args: RunArgs) -> Res<Value> {
         .collect();
     last_to_settled.sort_by(f64::total_cmp);
 
-    let per_saga = |n: u64| if total > 0.0 { n as f64 / total } else { f64::NAN };
+    let per_saga = |n: u64| {
+        if total > 0.0 {
+            n as f64 / total
+        } else {
+            f64::NAN
+        }
+    };
     let calls = &tracker.calls;
     let sagas_per_s = in_window / seconds;
     Ok(json!({

@@ -71,9 +71,8 @@ impl Saga for W1 {
 
     fn definition() -> SagaDefinition<Self> {
         (1..=STEPS).fold(SagaDefinition::new("bench_w1", 1), |definition, n| {
-            definition.step(
-                Step::new(&format!("step_{n}"), ok_step::<W1>).compensate(compensation::<W1>),
-            )
+            definition
+                .step(Step::new(&format!("step_{n}"), ok_step::<W1>).compensate(compensation::<W1>))
         })
     }
 }

@@ -155,12 +155,29 @@ impl Store for TrackingStore {
         limit: u32,
     ) -> Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>> {
         Self::count(&self.tracker.calls.claim);
-        let claimed = self.inner.claim_loaded(owner, now, lease_for, limit).await?;
+        let claimed = self
+            .inner
+            .claim_loaded(owner, now, lease_for, limit)
+            .await?;
         self.tracker
             .calls
             .claimed
             .fetch_add(claimed.len() as u64, Ordering::Relaxed);
         Ok(claimed)
+    }
+
+    async fn reclaim(
+        &self,
+        owner: &WorkerId,
+        granted_before: Timestamp,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<Lease>> {
+        Self::count(&self.tracker.calls.claim);
+        self.inner
+            .reclaim(owner, granted_before, now, lease_for, limit)
+            .await
     }
 
     async fn heartbeat(&self, lease: &Lease, expires_at: Timestamp) -> Result<Lease> {

@@ -32,10 +32,18 @@ pub struct W3Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 240)]
     pub timeout: u64,
+    /// Start the new process under a new worker id (a different machine taking over): it must
+    /// wait for the killed process's leases to expire. By default it restarts under the
+    /// killed process's id and takes those leases back at once.
+    #[arg(long)]
+    pub new_id: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
+    /// The worker id (default: a generated one).
+    #[arg(long)]
+    pub worker_id: Option<String>,
     #[arg(long)]
     pub url: String,
     /// Sagas to start (then print `created`); 0 starts none.
@@ -61,8 +69,11 @@ pub struct WorkerArgs {
     pub max_run_s: u64,
 }
 
-fn config(inflight: usize, lease_ttl_ms: Option<u64>) -> Config {
-    let config = Config::default().concurrency(inflight);
+fn config(inflight: usize, lease_ttl_ms: Option<u64>, worker_id: Option<&str>) -> Config {
+    let mut config = Config::default().concurrency(inflight);
+    if let Some(id) = worker_id {
+        config = config.worker_id(saga::WorkerId::new(id));
+    }
     match lease_ttl_ms {
         Some(ms) => config.lease_ttl(Duration::from_millis(ms)),
         None => config,
@@ -70,9 +81,20 @@ fn config(inflight: usize, lease_ttl_ms: Option<u64>) -> Config {
 }
 
 async fn active(store: &PgStore) -> Res<(u64, u64)> {
-    let counts = store.count_by_status().await.map_err(err("count_by_status"))?;
-    let active = counts.iter().filter(|(s, _)| s.is_active()).map(|(_, n)| n).sum();
-    let settled = counts.iter().filter(|(s, _)| s.is_settled()).map(|(_, n)| n).sum();
+    let counts = store
+        .count_by_status()
+        .await
+        .map_err(err("count_by_status"))?;
+    let active = counts
+        .iter()
+        .filter(|(s, _)| s.is_active())
+        .map(|(_, n)| n)
+        .sum();
+    let settled = counts
+        .iter()
+        .filter(|(s, _)| s.is_settled())
+        .map(|(_, n)| n)
+        .sum();
     Ok((active, settled))
 }
 
@@ -105,9 +127,16 @@ pub async fn worker(args: WorkerArgs) -> Res<()> {
         max_connections: args.pool.unwrap_or(args.inflight.min(64) as u32 + 2),
         ..PgOptions::default()
     };
-    let store = Arc::new(PgStore::connect_with(&args.url, options).await.map_err(err("connect"))?);
+    let store = Arc::new(
+        PgStore::connect_with(&args.url, options)
+            .await
+            .map_err(err("connect"))?,
+    );
     let dyn_store: Arc<dyn Store> = store.clone();
-    let orchestrator = Orchestrator::new(dyn_store, config(args.inflight, args.lease_ttl_ms));
+    let orchestrator = Orchestrator::new(
+        dyn_store,
+        config(args.inflight, args.lease_ttl_ms, args.worker_id.as_deref()),
+    );
     orchestrator.register(W1(None)).map_err(err("register"))?;
     let rss_before = pgutil::peak_rss_mb();
     if args.create_first && args.create > 0 {
@@ -155,7 +184,10 @@ pub async fn worker(args: WorkerArgs) -> Res<()> {
     let rss = pgutil::peak_rss_mb();
     let settled = if partial {
         orchestrator.kill();
-        active(&monitor).await.map(|(_, settled)| settled).unwrap_or(0)
+        active(&monitor)
+            .await
+            .map(|(_, settled)| settled)
+            .unwrap_or(0)
     } else {
         orchestrator.shutdown().await;
         args.create
@@ -207,6 +239,7 @@ pub async fn w3(args: W3Args) -> Res<Value> {
 
     // First process: starts the sagas while driving them.
     let mut first_args = common.clone();
+    first_args.extend(["--worker-id".to_owned(), "w3-worker-0".to_owned()]);
     first_args.extend(["--create".to_owned(), args.sagas.to_string()]);
     first_args.extend(["--timeout".to_owned(), args.timeout.to_string()]);
     let mut first = spawn_worker(&url, &first_args)?;
@@ -257,6 +290,12 @@ pub async fn w3(args: W3Args) -> Res<Value> {
     // Second process: recovers.
     let t0 = Instant::now();
     let mut second_args = common.clone();
+    let second_id = if args.new_id {
+        "w3-worker-1"
+    } else {
+        "w3-worker-0"
+    };
+    second_args.extend(["--worker-id".to_owned(), second_id.to_owned()]);
     second_args.push("--exit-when-done".to_owned());
     second_args.extend(["--timeout".to_owned(), args.timeout.to_string()]);
     let mut second = spawn_worker(&url, &second_args)?;
@@ -272,7 +311,10 @@ pub async fn w3(args: W3Args) -> Res<Value> {
         }
         if Instant::now() > deadline {
             let _ = second.kill();
-            return Err(format!("W3: {active} sagas still active after {} s", args.timeout));
+            return Err(format!(
+                "W3: {active} sagas still active after {} s",
+                args.timeout
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -294,7 +336,9 @@ pub async fn w3(args: W3Args) -> Res<Value> {
     store.pool().close().await;
     let lease_ttl_s = args
         .lease_ttl_ms
-        .map_or(Config::default().lease_ttl.as_secs_f64(), |ms| ms as f64 / 1e3);
+        .map_or(Config::default().lease_ttl.as_secs_f64(), |ms| {
+            ms as f64 / 1e3
+        });
     Ok(json!({
         "engine": "saga",
         "backend": "pg",
@@ -302,6 +346,7 @@ pub async fn w3(args: W3Args) -> Res<Value> {
         "inflight": args.inflight,
         "sagas": args.sagas,
         "lease_ttl_s": lease_ttl_s,
+        "restart": if args.new_id { "new_id" } else { "same_id" },
         "created_after_s": created_s,
         "settled_at_kill": settled_at_kill,
         "active_at_kill": active_at_kill,
@@ -359,7 +404,10 @@ pub async fn rss(args: RssArgs) -> Res<Value> {
     let lines = tokio::time::timeout(
         timeout,
         tokio::task::spawn_blocking(move || {
-            let lines: Vec<String> = BufReader::new(stdout).lines().map_while(Result::ok).collect();
+            let lines: Vec<String> = BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect();
             let status = child.wait();
             (lines, status)
         }),
