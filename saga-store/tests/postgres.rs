@@ -381,6 +381,132 @@ async fn a_store_call_dropped_during_begin_leaves_no_connection_inside_a_transac
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_pool_returns_while_the_store_listens() {
+    let url = TestPg::fresh_database().await.unwrap();
+    for _ in 0..5 {
+        let store = PgStore::connect(&url).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::timeout(Duration::from_secs(10), store.pool().close())
+            .await
+            .expect("closing the store's pool must not wait for its LISTEN connection");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_of_many_sagas_share_statements_and_each_keeps_its_own_fence() {
+    use saga_core::{
+        Attempt, Change, IdempotencyKey, NewSaga, Phase, SagaId, SagaType, StepIndex, StepName,
+        StepStatus, WorkerId,
+    };
+    let url = TestPg::fresh_database().await.unwrap();
+    let options = PgOptions {
+        writers: 1,
+        max_connections: 4,
+        ..PgOptions::default()
+    };
+    let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        let id = SagaId::new();
+        store
+            .create(NewSaga {
+                id,
+                saga_type: SagaType::new("grouped"),
+                version: 1,
+                fingerprint: "fp".to_owned(),
+                input: serde_json::json!(n),
+                input_hash: format!("h{n}"),
+                idempotency_key: None,
+                trace_context: None,
+                lease: None,
+                changes: Vec::new(),
+            })
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let worker = WorkerId::new("grouping-worker");
+    let leases = store
+        .claim(&worker, saga_core::now(), Duration::from_secs(30), 100)
+        .await
+        .unwrap();
+    assert_eq!(leases.len(), 60);
+    let name = StepName::new("only");
+    let begin = |saga: SagaId| Change::BeginStep {
+        index: StepIndex(0),
+        name: name.clone(),
+        phase: Phase::Action,
+        attempt: Attempt(1),
+        key: IdempotencyKey::for_step(saga, &name, Phase::Action),
+    };
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let before = scalar(
+        &mut conn,
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .await;
+    // 60 writes at once: 50 well-formed, 5 with a stale token, 5 completing a step that never
+    // began (refused for their content).
+    let writes = leases.iter().enumerate().map(|(n, lease)| {
+        let store = Arc::clone(&store);
+        let mut lease = lease.clone();
+        let changes = if n % 12 == 5 {
+            lease.token = saga_core::FencingToken(lease.token.0 - 1);
+            vec![begin(lease.saga)]
+        } else if n % 12 == 7 {
+            vec![Change::CompleteStep {
+                index: StepIndex(0),
+                name: name.clone(),
+                phase: Phase::Action,
+                attempt: Attempt(1),
+                output: None,
+            }]
+        } else {
+            vec![begin(lease.saga)]
+        };
+        async move { (n, lease.saga, store.apply(&lease, &changes).await) }
+    });
+    let outcomes = futures_join_all(writes).await;
+    let after = scalar(
+        &mut conn,
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .await;
+    for (n, saga, outcome) in &outcomes {
+        let stored = store.load(*saga).await.unwrap().unwrap();
+        match n % 12 {
+            5 => {
+                assert!(matches!(outcome, Err(Error::LeaseLost(_))), "{outcome:?}");
+                assert!(stored.steps.is_empty(), "a fenced-off write writes nothing");
+            }
+            7 => {
+                match outcome {
+                    Err(Error::CorruptRecord { reason, .. }) => {
+                        assert!(reason.contains("never started"), "{reason}")
+                    }
+                    other => panic!("completing a step never begun must be refused, got {other:?}"),
+                }
+                assert!(stored.steps.is_empty(), "a refused write writes nothing");
+            }
+            _ => {
+                assert!(outcome.is_ok(), "{outcome:?}");
+                assert_eq!(stored.steps.len(), 1);
+                assert_eq!(stored.steps[0].status, StepStatus::InProgress);
+                let history = store.history(*saga).await.unwrap();
+                assert_eq!(history.len(), 2, "saga_started and step_started, once each");
+            }
+        }
+    }
+    // The 60 writes share statements: far fewer commits than writes (the refused group is
+    // written again saga by saga, and each refusal or lost fence reads the saga once).
+    let commits = after - before;
+    assert!(
+        commits < 60,
+        "60 concurrent writes took {commits} commits; they should share statements"
+    );
+}
+
 async fn scalar(conn: &mut sqlx::PgConnection, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(conn).await.unwrap()
 }

@@ -65,10 +65,17 @@ pub async fn run(args: RunArgs) -> Res<Value> {
                     .as_deref()
                     .ok_or("--admin-url is required for pg")?;
                 let url = pgutil::fresh_database(admin, &name).await?;
-                let options = PgOptions {
+                let mut options = PgOptions {
                     max_connections: args.pool.unwrap_or(args.inflight as u32 + 2),
                     ..PgOptions::default()
                 };
+                // BENCH_PG_WRITERS: the store's `writers` setting, to compare groupings.
+                if let Some(writers) = std::env::var("BENCH_PG_WRITERS")
+                    .ok()
+                    .and_then(|value| value.parse().ok())
+                {
+                    options.writers = writers;
+                }
                 // Migrate on a store of its own, closed before measuring.
                 let migrate = PgStore::connect_with(&url, options.clone())
                     .await

@@ -15,3 +15,13 @@ DROP INDEX saga_instances_finished;
 -- Room on each page for the new row versions of HOT updates.
 ALTER TABLE saga_instances SET (fillfactor = 80);
 ALTER TABLE saga_steps SET (fillfactor = 80);
+
+-- History is read per saga in order: one index, (saga_id, seq), serves as its primary key
+-- (seq comes from a sequence), instead of two written for every event.
+ALTER TABLE saga_events DROP CONSTRAINT saga_events_pkey;
+DROP INDEX saga_events_saga;
+ALTER TABLE saga_events ADD PRIMARY KEY (saga_id, seq);
+
+-- A step's idempotency key is derived from (saga, step name, phase), so the primary key
+-- (saga_id, step_index, phase) already makes it unique; nothing looks steps up by key.
+ALTER TABLE saga_steps DROP CONSTRAINT saga_steps_idempotency_key_key;

@@ -2,6 +2,7 @@
 //! use `FOR UPDATE SKIP LOCKED`, every write is fenced by the lease's token, and LISTEN/NOTIFY
 //! wakes idle workers when a saga is started or released.
 
+mod batch;
 mod notify;
 mod rows;
 mod write;
@@ -42,6 +43,10 @@ pub struct PgOptions {
     /// Whether to LISTEN for wake-ups from other processes (default true); without it, idle
     /// workers only poll.
     pub listen: bool,
+    /// How many statements write sagas' step transitions at once (default 2). Transitions that
+    /// arrive while all are busy wait and go out together in the next statement, one commit for
+    /// all; 0 writes each transition in a statement of its own, from its caller's task.
+    pub writers: usize,
 }
 
 impl Default for PgOptions {
@@ -51,6 +56,7 @@ impl Default for PgOptions {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(10),
             listen: true,
+            writers: 2,
         }
     }
 }
@@ -115,6 +121,7 @@ pub struct PgStore {
     pool: PgPool,
     channel: String,
     wakeup: Arc<Wakeup>,
+    writers: Arc<batch::Writers>,
 }
 
 /// Checks a schema name against `[a-z_][a-z0-9_]{0,62}`: it is spliced into SQL (names cannot
@@ -185,7 +192,7 @@ impl PgStore {
                     Ok(())
                 })
             })
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
             .map_err(classify)?;
         crate::migrate::postgres_migrator()
@@ -194,14 +201,20 @@ impl PgStore {
             .map_err(migration)?;
         let channel = format!("{schema}_wake");
         let wakeup = Arc::new(if options.listen {
-            Wakeup::listen(&pool, &channel).await?
+            Wakeup::listen(&connect, &channel).await?
         } else {
             Wakeup::none()
         });
+        let writers = Arc::new(batch::Writers::start(
+            pool.clone(),
+            channel.clone(),
+            options.writers,
+        ));
         Ok(Self {
             pool,
             channel,
             wakeup,
+            writers,
         })
     }
 
@@ -465,14 +478,26 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
-        if write::compilable(changes) {
-            // One statement, committed on its own: no BEGIN, no COMMIT round trip.
-            let statement = write::apply(lease, changes, saga_core::now(), &self.channel)?;
-            let row = sqlx::query_with(&statement.sql, statement.args)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(classify)?;
-            return self.fenced(&row, lease, changes).await;
+        if batch::compilable(changes) {
+            // One statement, committed on its own (no BEGIN, no COMMIT round trip), together
+            // with the writes of other sagas waiting at the same time.
+            let write = batch::Write {
+                lease: lease.clone(),
+                changes: changes.to_vec(),
+            };
+            let outcome = match self.writers.write(write).await {
+                Some(outcome) => outcome,
+                None => {
+                    let write = batch::Write {
+                        lease: lease.clone(),
+                        changes: changes.to_vec(),
+                    };
+                    batch::execute(&self.pool, &[&write], saga_core::now(), &self.channel)
+                        .await
+                        .map(|fenced| fenced.contains(&lease.saga))
+                }
+            };
+            return self.outcome(outcome, lease, changes).await;
         }
         let tx = begin(&self.pool).await?;
         self.apply_in(tx, lease, changes).await
@@ -884,17 +909,30 @@ impl PgStore {
         Ok(())
     }
 
-    /// What a compiled write's row says: written, or refused (stale lease, cancel requested).
-    async fn fenced(
+    /// What a batch write's outcome means: written; refused for its content (with the reason
+    /// the saga's own transition rules give); or not fenced (stale lease, cancel requested).
+    async fn outcome(
         &self,
-        row: &sqlx::postgres::PgRow,
+        outcome: Result<bool>,
         lease: &Lease,
         changes: &[Change],
     ) -> Result<()> {
-        let fenced: i64 = row.try_get(write::FENCED).map_err(classify)?;
-        if fenced > 0 {
-            return Ok(());
+        match outcome {
+            Ok(true) => Ok(()),
+            Ok(false) => self.not_fenced(lease, changes).await,
+            Err(Error::Store(err)) => {
+                // Say which change was refused: replay it on the stored saga.
+                if let Ok(Some(mut stored)) = self.load(lease.saga).await {
+                    stored.apply_all(changes, saga_core::now())?;
+                }
+                Err(Error::Store(err))
+            }
+            Err(err) => Err(err),
         }
+    }
+
+    /// Nothing was written: tells a cancel request from a lost lease.
+    async fn not_fenced(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
         // Nothing was written; tell a cancel request from a lost lease.
         let current = sqlx::query(
             "SELECT cancel_requested FROM saga_instances
@@ -928,13 +966,19 @@ impl PgStore {
         lease: &Lease,
         changes: &[Change],
     ) -> Result<()> {
-        if write::compilable(changes) {
-            let statement = write::apply(lease, changes, saga_core::now(), &self.channel)?;
-            let row = sqlx::query_with(&statement.sql, statement.args)
-                .fetch_one(&mut *tx)
+        if batch::compilable(changes) {
+            let write = batch::Write {
+                lease: lease.clone(),
+                changes: changes.to_vec(),
+            };
+            let outcome = batch::execute(&mut *tx, &[&write], saga_core::now(), &self.channel)
                 .await
-                .map_err(classify)?;
-            self.fenced(&row, lease, changes).await?;
+                .map(|fenced| fenced.contains(&lease.saga));
+            if !matches!(outcome, Ok(true)) {
+                // Roll back the step's own writes before finding out why.
+                drop(tx);
+                return self.outcome(outcome, lease, changes).await;
+            }
             return tx.commit().await.map_err(classify);
         }
         let now = saga_core::now();

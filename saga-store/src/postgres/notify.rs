@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::Result;
-use sqlx::postgres::{PgListener, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -18,9 +18,16 @@ pub(super) struct Wakeup {
 }
 
 impl Wakeup {
-    /// Listens on `channel` with a dedicated connection (reconnected if lost).
-    pub(super) async fn listen(pool: &PgPool, channel: &str) -> Result<Self> {
-        let mut listener = PgListener::connect_with(pool).await.map_err(classify)?;
+    /// Listens on `channel` with a dedicated connection (reconnected if lost), from a pool of
+    /// its own: a listener holds its connection for good, and one taken from the store's pool
+    /// would keep `pool.close()` waiting forever.
+    pub(super) async fn listen(connect: &PgConnectOptions, channel: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(connect.clone());
+        let mut listener = PgListener::connect_with(&pool).await.map_err(classify)?;
         listener.listen(channel).await.map_err(classify)?;
         let notify = Arc::new(Notify::new());
         let wake = Arc::clone(&notify);

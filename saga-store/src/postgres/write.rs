@@ -1,18 +1,12 @@
-//! One statement per write: the fence, every change and the history events of a batch go to the
-//! server as a single `WITH … SELECT`, so that a step transition costs one round trip (and, on
-//! the pool, one commit) instead of one statement per change.
+//! A saga's creation as one statement: the row, its first step changes and its history events
+//! in a single `WITH … SELECT`, one round trip and one commit.
 //!
-//! Data-modifying CTEs all see the same snapshot and none sees another's rows, so a batch is
-//! compiled only when each step phase appears in it at most once; anything else takes the
-//! statement-per-change path in `mod.rs`. Every sub-statement joins the fence CTE `inst`, so a
-//! stale token writes nothing. A change that finds no row to act on (beginning a completed step,
-//! finishing one that never started) makes the statement raise through `saga_refuse`, which
-//! rolls all of it back.
+//! Every sub-statement joins the `inst` CTE (the inserted row), so a start key that exists
+//! already writes nothing. A step change that finds no row to act on makes the statement raise
+//! through `saga_refuse`, which rolls all of it back.
 
-use std::collections::HashSet;
-
-use saga_core::store::{begins_forward_step, Change, EventData, NewSaga};
-use saga_core::{Error, Lease, Result, SagaId, SagaStatus, Timestamp};
+use saga_core::store::{Change, EventData, NewSaga};
+use saga_core::{Error, Result, SagaId, Timestamp};
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, Encode, Postgres, Type};
 
@@ -53,94 +47,6 @@ impl Statement {
 
 fn attempt_i32(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
-}
-
-/// Whether a batch can be one statement: no step phase is touched twice.
-pub(super) fn compilable(changes: &[Change]) -> bool {
-    let mut seen = HashSet::new();
-    changes.iter().all(|change| match change {
-        Change::BeginStep { index, phase, .. }
-        | Change::CompleteStep { index, phase, .. }
-        | Change::FailStep { index, phase, .. } => seen.insert((*index, *phase)),
-        Change::SetStatus { .. } | Change::Escalate(_) | Change::Release { .. } => true,
-    })
-}
-
-/// How a batch changes the saga's own row, folded in order: the last status wins, any move
-/// away from `running` clears a cancel request, the last release wins.
-#[derive(Default)]
-struct InstanceChange {
-    status: Option<(&'static str, Option<String>)>,
-    clear_cancel: bool,
-    release: Option<Option<Timestamp>>,
-}
-
-fn fold_instance(changes: &[Change]) -> InstanceChange {
-    let mut folded = InstanceChange::default();
-    for change in changes {
-        match change {
-            Change::SetStatus { status, reason } => {
-                folded.status = Some((status.as_str(), reason.clone()));
-                folded.clear_cancel |= *status != SagaStatus::Running;
-            }
-            Change::Escalate(item) => {
-                folded.status = Some((
-                    SagaStatus::NeedsIntervention.as_str(),
-                    Some(item.error.clone()),
-                ));
-                folded.clear_cancel = true;
-            }
-            Change::Release { next_run_at } => folded.release = Some(*next_run_at),
-            Change::BeginStep { .. } | Change::CompleteStep { .. } | Change::FailStep { .. } => {}
-        }
-    }
-    folded
-}
-
-/// The fenced write of `changes` under `lease`, as one statement. Its row has `fenced` = 0 when
-/// the lease is stale or a cancel request refuses a forward step (nothing was written).
-pub(super) fn apply(
-    lease: &Lease,
-    changes: &[Change],
-    now: Timestamp,
-    channel: &str,
-) -> Result<Statement> {
-    let mut st = Statement::new();
-    let saga = st.bind(lease.saga.as_uuid())?;
-    let at = st.bind(now)?;
-    let owner = st.bind(lease.owner.as_str().to_owned())?;
-    let token = st.bind(lease.token.0)?;
-    let folded = fold_instance(changes);
-    let mut sets = format!("updated_at = {at}");
-    if let Some((status, reason)) = folded.status {
-        let status = st.bind(status)?;
-        let reason = st.bind(reason)?;
-        sets.push_str(&format!(", status = {status}, status_reason = {reason}"));
-    }
-    if folded.clear_cancel {
-        sets.push_str(", cancel_requested = NULL");
-    }
-    if let Some(next_run_at) = folded.release {
-        st.wake = next_run_at.is_some_and(|due| due <= now);
-        let next = st.bind(next_run_at)?;
-        sets.push_str(&format!(
-            ", lease_owner = NULL, lease_expires_at = NULL, next_run_at = {next}"
-        ));
-    }
-    let cancel_guard = if begins_forward_step(changes) {
-        " AND cancel_requested IS NULL"
-    } else {
-        ""
-    };
-    st.sql = format!(
-        "WITH inst AS (
-             UPDATE saga_instances SET {sets}
-              WHERE id = {saga} AND lease_owner = {owner} AND fencing_token = {token}{cancel_guard}
-          RETURNING id)"
-    );
-    let events = changes.iter().filter_map(Change::event).collect();
-    finish(&mut st, lease.saga, changes, events, &at, channel)?;
-    Ok(st)
 }
 
 /// The creation of `saga` with its first changes, as one statement. Its row has `fenced` = 0

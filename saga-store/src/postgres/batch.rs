@@ -1,0 +1,473 @@
+//! Fenced writes of many sagas in one statement, and the writer tasks that group them.
+//!
+//! Every fenced write goes through one fixed statement whose inputs are arrays (`UNNEST`): the
+//! fence of each saga, its step changes, interventions and history events. Its text never
+//! changes, so every connection prepares it once. Writes that arrive while a writer is busy
+//! wait and go out together in its next statement — one round trip and one commit for all of
+//! them, the way a database groups commits — so the cost per step falls as load rises, while a
+//! lone write goes out at once.
+//!
+//! Rows are found through `= ANY(array)` on their keys, so that the plan the server caches
+//! for the statement (first made while the tables are small) stays an index lookup as they grow.
+//!
+//! Data-modifying CTEs all see the same snapshot and none sees another's rows: a saga's batch
+//! qualifies only when it touches each step phase at most once (`compilable`), which the
+//! worker's writes always do; anything else takes the statement-per-change path in `mod.rs`.
+//! A step change that finds nothing to act on (beginning a completed step, finishing one that
+//! never started) makes the statement raise through `saga_refuse`, which rolls all of it back;
+//! the writer then writes each saga of that group alone, so only the offending one fails.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use saga_core::store::{begins_forward_step, Change};
+use saga_core::{Error, Lease, Result, SagaId, SagaStatus, Timestamp};
+use sqlx::postgres::{PgExecutor, PgPool, PgRow};
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use uuid::Uuid;
+
+use crate::error::classify;
+
+/// Most sagas written in one statement.
+pub(super) const MAX_BATCH: usize = 64;
+
+/// Whether a saga's batch can be written by the batch statement: no step phase touched twice.
+pub(super) fn compilable(changes: &[Change]) -> bool {
+    let mut seen = HashSet::new();
+    changes.iter().all(|change| match change {
+        Change::BeginStep { index, phase, .. }
+        | Change::CompleteStep { index, phase, .. }
+        | Change::FailStep { index, phase, .. } => seen.insert((*index, *phase)),
+        Change::SetStatus { .. } | Change::Escalate(_) | Change::Release { .. } => true,
+    })
+}
+
+/// One saga's fenced write.
+pub(super) struct Write {
+    pub(super) lease: Lease,
+    pub(super) changes: Vec<Change>,
+}
+
+/// The statement: $1..$10 the sagas (fence and row changes), $11..$16 begun steps, $17..$20
+/// completed steps, $21..$26 failed steps, $27..$36 interventions, $37..$42 events, $43 now,
+/// $44 whether to wake idle workers, $45 the wake-up channel. Returns the ids of the sagas whose
+/// fence held (the others wrote nothing).
+const SQL: &str = "
+WITH s AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::bool[], $5::bool[], $6::text[],
+                         $7::text[], $8::bool[], $9::bool[], $10::timestamptz[])
+        AS t(id, owner, token, forward, set_status, status, reason, clear_cancel, release,
+             next_run_at)),
+inst AS (
+    UPDATE saga_instances i
+       SET updated_at = $43,
+           status = CASE WHEN s.set_status THEN s.status ELSE i.status END,
+           status_reason = CASE WHEN s.set_status THEN s.reason ELSE i.status_reason END,
+           cancel_requested = CASE WHEN s.clear_cancel THEN NULL ELSE i.cancel_requested END,
+           lease_owner = CASE WHEN s.release THEN NULL ELSE i.lease_owner END,
+           lease_expires_at = CASE WHEN s.release THEN NULL ELSE i.lease_expires_at END,
+           next_run_at = CASE WHEN s.release THEN s.next_run_at ELSE i.next_run_at END
+      FROM s
+     WHERE i.id = ANY($1::uuid[]) AND i.id = s.id
+       AND i.lease_owner = s.owner AND i.fencing_token = s.token
+       AND (NOT s.forward OR i.cancel_requested IS NULL)
+    RETURNING i.id),
+b AS (
+    SELECT b.* FROM UNNEST($11::uuid[], $12::int4[], $13::text[], $14::text[], $15::int4[],
+                           $16::text[]) AS b(saga, idx, phase, name, attempt, key)
+      JOIN inst ON inst.id = b.saga),
+begun AS (
+    INSERT INTO saga_steps AS st (saga_id, step_index, phase, name, status, attempt,
+        idempotency_key, started_at)
+    SELECT saga, idx, phase, name, 'in_progress', attempt, key, $43 FROM b
+    ON CONFLICT (saga_id, step_index, phase) DO UPDATE
+       SET status = 'in_progress', attempt = EXCLUDED.attempt, next_attempt_at = NULL,
+           started_at = EXCLUDED.started_at, finished_at = NULL
+     WHERE st.status <> 'completed'
+    RETURNING 1),
+c AS (
+    SELECT c.* FROM UNNEST($17::uuid[], $18::int4[], $19::text[], $20::jsonb[])
+        AS c(saga, idx, phase, output)
+      JOIN inst ON inst.id = c.saga),
+completed AS (
+    UPDATE saga_steps st
+       SET status = 'completed', output = c.output, finished_at = $43, next_attempt_at = NULL
+      FROM c
+     WHERE st.saga_id = ANY($17::uuid[])
+       AND st.saga_id = c.saga AND st.step_index = c.idx AND st.phase = c.phase
+    RETURNING 1),
+f AS (
+    SELECT f.* FROM UNNEST($21::uuid[], $22::int4[], $23::text[], $24::text[], $25::text[],
+                           $26::timestamptz[]) AS f(saga, idx, phase, status, error, retry_at)
+      JOIN inst ON inst.id = f.saga),
+failed AS (
+    UPDATE saga_steps st
+       SET status = f.status, last_error = f.error, next_attempt_at = f.retry_at,
+           finished_at = $43
+      FROM f
+     WHERE st.saga_id = ANY($21::uuid[])
+       AND st.saga_id = f.saga AND st.step_index = f.idx AND st.phase = f.phase
+    RETURNING 1),
+escalated AS (
+    INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
+        idempotency_key, input, output, error, status, opened_at)
+    SELECT e.id, e.saga, e.kind, e.idx, e.step, e.phase, e.key, e.input, e.output, e.error,
+           'open', $43
+      FROM UNNEST($27::uuid[], $28::uuid[], $29::text[], $30::int4[], $31::text[], $32::text[],
+                  $33::text[], $34::jsonb[], $35::jsonb[], $36::text[])
+           AS e(id, saga, kind, idx, step, phase, key, input, output, error)
+      JOIN inst ON inst.id = e.saga
+    ON CONFLICT (id) DO NOTHING),
+events AS (
+    INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
+    SELECT v.saga, $43, v.kind, v.step, v.phase, v.attempt, v.detail
+      FROM UNNEST($37::uuid[], $38::text[], $39::text[], $40::text[], $41::int4[], $42::text[])
+           WITH ORDINALITY AS v(saga, kind, step, phase, attempt, detail, n)
+      JOIN inst ON inst.id = v.saga
+     ORDER BY v.n)
+SELECT ARRAY(SELECT id FROM inst) AS fenced,
+       CASE WHEN (SELECT COUNT(*) FROM begun) < (SELECT COUNT(*) FROM b)
+                 OR (SELECT COUNT(*) FROM completed) < (SELECT COUNT(*) FROM c)
+                 OR (SELECT COUNT(*) FROM failed) < (SELECT COUNT(*) FROM f)
+            THEN saga_refuse('a step change found no step to act on: a completed step cannot begin again, and only a begun step can complete or fail')
+       END AS refused,
+       CASE WHEN $44 AND EXISTS (SELECT 1 FROM inst) THEN pg_notify($45, '')::text END AS woke";
+
+fn int(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+/// The statement's inputs, column by column.
+#[derive(Default)]
+struct Columns {
+    s_id: Vec<Uuid>,
+    s_owner: Vec<String>,
+    s_token: Vec<i64>,
+    s_forward: Vec<bool>,
+    s_set_status: Vec<bool>,
+    s_status: Vec<Option<String>>,
+    s_reason: Vec<Option<String>>,
+    s_clear_cancel: Vec<bool>,
+    s_release: Vec<bool>,
+    s_next_run_at: Vec<Option<Timestamp>>,
+    b_saga: Vec<Uuid>,
+    b_index: Vec<i32>,
+    b_phase: Vec<String>,
+    b_name: Vec<String>,
+    b_attempt: Vec<i32>,
+    b_key: Vec<String>,
+    c_saga: Vec<Uuid>,
+    c_index: Vec<i32>,
+    c_phase: Vec<String>,
+    c_output: Vec<Option<serde_json::Value>>,
+    f_saga: Vec<Uuid>,
+    f_index: Vec<i32>,
+    f_phase: Vec<String>,
+    f_status: Vec<String>,
+    f_error: Vec<String>,
+    f_retry_at: Vec<Option<Timestamp>>,
+    e_id: Vec<Uuid>,
+    e_saga: Vec<Uuid>,
+    e_kind: Vec<String>,
+    e_index: Vec<Option<i32>>,
+    e_step: Vec<Option<String>>,
+    e_phase: Vec<Option<String>>,
+    e_key: Vec<Option<String>>,
+    e_input: Vec<Option<serde_json::Value>>,
+    e_output: Vec<Option<serde_json::Value>>,
+    e_error: Vec<String>,
+    v_saga: Vec<Uuid>,
+    v_kind: Vec<String>,
+    v_step: Vec<Option<String>>,
+    v_phase: Vec<Option<String>>,
+    v_attempt: Vec<Option<i32>>,
+    v_detail: Vec<Option<String>>,
+    wake: bool,
+}
+
+impl Columns {
+    fn add(&mut self, write: &Write, now: Timestamp) {
+        let saga = write.lease.saga.as_uuid();
+        let mut status: Option<(&'static str, Option<String>)> = None;
+        let mut clear_cancel = false;
+        let mut release: Option<Option<Timestamp>> = None;
+        for change in &write.changes {
+            match change {
+                Change::BeginStep {
+                    index,
+                    name,
+                    phase,
+                    attempt,
+                    key,
+                } => {
+                    self.b_saga.push(saga);
+                    self.b_index.push(int(index.0));
+                    self.b_phase.push(phase.as_str().to_owned());
+                    self.b_name.push(name.as_str().to_owned());
+                    self.b_attempt.push(int(attempt.0));
+                    self.b_key.push(key.as_str().to_owned());
+                }
+                Change::CompleteStep {
+                    index,
+                    phase,
+                    output,
+                    ..
+                } => {
+                    self.c_saga.push(saga);
+                    self.c_index.push(int(index.0));
+                    self.c_phase.push(phase.as_str().to_owned());
+                    self.c_output.push(output.clone());
+                }
+                Change::FailStep {
+                    index,
+                    phase,
+                    error,
+                    retry_at,
+                    ..
+                } => {
+                    self.f_saga.push(saga);
+                    self.f_index.push(int(index.0));
+                    self.f_phase.push(phase.as_str().to_owned());
+                    self.f_status.push(
+                        if retry_at.is_some() {
+                            "pending"
+                        } else {
+                            "failed"
+                        }
+                        .to_owned(),
+                    );
+                    self.f_error.push(error.to_string());
+                    self.f_retry_at.push(*retry_at);
+                }
+                Change::SetStatus {
+                    status: new,
+                    reason,
+                } => {
+                    status = Some((new.as_str(), reason.clone()));
+                    clear_cancel |= *new != SagaStatus::Running;
+                }
+                Change::Escalate(item) => {
+                    status = Some((
+                        SagaStatus::NeedsIntervention.as_str(),
+                        Some(item.error.clone()),
+                    ));
+                    clear_cancel = true;
+                    self.e_id.push(item.id.as_uuid());
+                    self.e_saga.push(saga);
+                    self.e_kind.push(item.kind.as_str().to_owned());
+                    self.e_index
+                        .push(item.step.as_ref().map(|(index, _)| int(index.0)));
+                    self.e_step
+                        .push(item.step.as_ref().map(|(_, name)| name.as_str().to_owned()));
+                    self.e_phase
+                        .push(item.phase.map(|phase| phase.as_str().to_owned()));
+                    self.e_key.push(
+                        item.idempotency_key
+                            .as_ref()
+                            .map(|key| key.as_str().to_owned()),
+                    );
+                    self.e_input.push(item.input.clone());
+                    self.e_output.push(item.output.clone());
+                    self.e_error.push(item.error.clone());
+                }
+                Change::Release { next_run_at } => release = Some(*next_run_at),
+            }
+            if let Some(event) = change.event() {
+                self.v_saga.push(saga);
+                self.v_kind.push(event.kind.as_str().to_owned());
+                self.v_step
+                    .push(event.step.map(|step| step.as_str().to_owned()));
+                self.v_phase
+                    .push(event.phase.map(|phase| phase.as_str().to_owned()));
+                self.v_attempt
+                    .push(event.attempt.map(|attempt| int(attempt.0)));
+                self.v_detail.push(event.detail);
+            }
+        }
+        self.s_id.push(saga);
+        self.s_owner.push(write.lease.owner.as_str().to_owned());
+        self.s_token.push(write.lease.token.0);
+        self.s_forward.push(begins_forward_step(&write.changes));
+        self.s_set_status.push(status.is_some());
+        let (status, reason) = match status {
+            Some((status, reason)) => (Some(status.to_owned()), reason),
+            None => (None, None),
+        };
+        self.s_status.push(status);
+        self.s_reason.push(reason);
+        self.s_clear_cancel.push(clear_cancel);
+        self.s_release.push(release.is_some());
+        self.s_next_run_at.push(release.flatten());
+        self.wake |= release.flatten().is_some_and(|due| due <= now);
+    }
+}
+
+/// Writes `writes` in one statement; returns the ids of the sagas whose fence held.
+pub(super) async fn execute<'e>(
+    executor: impl PgExecutor<'e>,
+    writes: &[&Write],
+    now: Timestamp,
+    channel: &str,
+) -> Result<HashSet<SagaId>> {
+    let mut columns = Columns::default();
+    for write in writes {
+        columns.add(write, now);
+    }
+    let c = columns;
+    let row: PgRow = sqlx::query(SQL)
+        .bind(c.s_id)
+        .bind(c.s_owner)
+        .bind(c.s_token)
+        .bind(c.s_forward)
+        .bind(c.s_set_status)
+        .bind(c.s_status)
+        .bind(c.s_reason)
+        .bind(c.s_clear_cancel)
+        .bind(c.s_release)
+        .bind(c.s_next_run_at)
+        .bind(c.b_saga)
+        .bind(c.b_index)
+        .bind(c.b_phase)
+        .bind(c.b_name)
+        .bind(c.b_attempt)
+        .bind(c.b_key)
+        .bind(c.c_saga)
+        .bind(c.c_index)
+        .bind(c.c_phase)
+        .bind(c.c_output)
+        .bind(c.f_saga)
+        .bind(c.f_index)
+        .bind(c.f_phase)
+        .bind(c.f_status)
+        .bind(c.f_error)
+        .bind(c.f_retry_at)
+        .bind(c.e_id)
+        .bind(c.e_saga)
+        .bind(c.e_kind)
+        .bind(c.e_index)
+        .bind(c.e_step)
+        .bind(c.e_phase)
+        .bind(c.e_key)
+        .bind(c.e_input)
+        .bind(c.e_output)
+        .bind(c.e_error)
+        .bind(c.v_saga)
+        .bind(c.v_kind)
+        .bind(c.v_step)
+        .bind(c.v_phase)
+        .bind(c.v_attempt)
+        .bind(c.v_detail)
+        .bind(now)
+        .bind(c.wake)
+        .bind(channel.to_owned())
+        .fetch_one(executor)
+        .await
+        .map_err(classify)?;
+    let fenced: Vec<Uuid> = row.try_get("fenced").map_err(classify)?;
+    Ok(fenced.into_iter().map(SagaId::from_uuid).collect())
+}
+
+/// A write waiting for a writer, with where to send its outcome.
+struct Queued {
+    write: Write,
+    done: oneshot::Sender<Result<bool>>,
+}
+
+/// The writer tasks and their queue. Writers stop when the last handle is dropped.
+#[derive(Debug)]
+pub(super) struct Writers {
+    queue: Option<mpsc::UnboundedSender<Queued>>,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queued")
+            .field("saga", &self.write.lease.saga)
+            .finish()
+    }
+}
+
+impl Writers {
+    /// Starts `count` writer tasks on the current runtime (none: every write goes alone).
+    pub(super) fn start(pool: PgPool, channel: String, count: usize) -> Self {
+        if count == 0 {
+            return Self { queue: None };
+        }
+        let (queue, receiver) = mpsc::unbounded_channel::<Queued>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..count {
+            let receiver = Arc::clone(&receiver);
+            let pool = pool.clone();
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut group = Vec::new();
+                    {
+                        let mut receiver = receiver.lock().await;
+                        match receiver.recv().await {
+                            Some(first) => group.push(first),
+                            None => return,
+                        }
+                        while group.len() < MAX_BATCH {
+                            match receiver.try_recv() {
+                                Ok(next) => group.push(next),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    write_group(&pool, &channel, group).await;
+                }
+            });
+        }
+        Self { queue: Some(queue) }
+    }
+
+    /// Writes one saga's changes with whatever else is waiting. `Ok(false)`: the fence did not
+    /// hold (nothing was written). `None`: there are no writers (none configured, or their
+    /// runtime shut down); write it directly.
+    pub(super) async fn write(&self, write: Write) -> Option<Result<bool>> {
+        let (done, outcome) = oneshot::channel();
+        self.queue.as_ref()?.send(Queued { write, done }).ok()?;
+        outcome.await.ok()
+    }
+}
+
+/// Writes a group in one statement; if the statement fails for its content, writes each saga
+/// alone so that only the offending write fails.
+async fn write_group(pool: &PgPool, channel: &str, group: Vec<Queued>) {
+    let writes: Vec<&Write> = group.iter().map(|queued| &queued.write).collect();
+    let now = saga_core::now();
+    match execute(pool, &writes, now, channel).await {
+        Ok(fenced) => {
+            for queued in group {
+                let held = fenced.contains(&queued.write.lease.saga);
+                let _ = queued.done.send(Ok(held));
+            }
+        }
+        Err(err) if group.len() == 1 => {
+            if let Some(queued) = group.into_iter().next() {
+                let _ = queued.done.send(Err(err));
+            }
+        }
+        Err(Error::StoreUnavailable(err)) => {
+            // The statement may have committed with only its answer lost: each caller decides
+            // (the worker reads the saga back before writing again).
+            let text = err.to_string();
+            for queued in group {
+                let _ = queued
+                    .done
+                    .send(Err(Error::StoreUnavailable(text.clone().into())));
+            }
+        }
+        Err(_) => {
+            for queued in group {
+                let now = saga_core::now();
+                let outcome = execute(pool, &[&queued.write], now, channel)
+                    .await
+                    .map(|fenced| fenced.contains(&queued.write.lease.saga));
+                let _ = queued.done.send(outcome);
+            }
+        }
+    }
+}
