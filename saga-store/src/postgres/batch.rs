@@ -18,6 +18,7 @@
 //! the writer then writes each saga of that group alone, so only the offending one fails.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use saga_core::store::{begins_forward_step, Change};
@@ -378,6 +379,17 @@ struct Queued {
 #[derive(Debug)]
 pub(super) struct Writers {
     queue: Option<mpsc::UnboundedSender<Queued>>,
+    /// Statements being written right now, by writers or directly by their callers.
+    busy: Arc<AtomicUsize>,
+}
+
+/// One statement being written (by a writer, or directly by its caller); dropped when done.
+pub(super) struct Busy(Arc<AtomicUsize>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for Queued {
@@ -392,12 +404,17 @@ impl Writers {
     /// Starts `count` writer tasks on the current runtime (none: every write goes alone).
     pub(super) fn start(pool: PgPool, channel: String, count: usize) -> Self {
         if count == 0 {
-            return Self { queue: None };
+            return Self {
+                queue: None,
+                busy: Arc::new(AtomicUsize::new(0)),
+            };
         }
         let (queue, receiver) = mpsc::unbounded_channel::<Queued>();
         let receiver = Arc::new(Mutex::new(receiver));
+        let busy = Arc::new(AtomicUsize::new(0));
         for _ in 0..count {
             let receiver = Arc::clone(&receiver);
+            let busy = Arc::clone(&busy);
             let pool = pool.clone();
             let channel = channel.clone();
             tokio::spawn(async move {
@@ -416,11 +433,30 @@ impl Writers {
                             }
                         }
                     }
+                    busy.fetch_add(1, Ordering::AcqRel);
+                    let _done = Busy(Arc::clone(&busy));
                     write_group(&pool, &channel, group).await;
                 }
             });
         }
-        Self { queue: Some(queue) }
+        Self {
+            queue: Some(queue),
+            busy,
+        }
+    }
+
+    /// When no statement is being written at all, a caller writes its own: no hand-over to a
+    /// writer task, the lowest latency when load is light. Otherwise writes queue for the
+    /// writers, which group them.
+    pub(super) fn direct_turn(&self) -> Option<Busy> {
+        if self.queue.is_none() {
+            self.busy.fetch_add(1, Ordering::AcqRel);
+            return Some(Busy(Arc::clone(&self.busy)));
+        }
+        self.busy
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Busy(Arc::clone(&self.busy)))
     }
 
     /// Writes one saga's changes with whatever else is waiting. `Ok(false)`: the fence did not

@@ -485,17 +485,23 @@ impl Store for PgStore {
                 lease: lease.clone(),
                 changes: changes.to_vec(),
             };
-            let outcome = match self.writers.write(write).await {
-                Some(outcome) => outcome,
-                None => {
-                    let write = batch::Write {
-                        lease: lease.clone(),
-                        changes: changes.to_vec(),
-                    };
-                    batch::execute(&self.pool, &[&write], saga_core::now(), &self.channel)
+            let direct = |write: batch::Write| async move {
+                batch::execute(&self.pool, &[&write], saga_core::now(), &self.channel)
+                    .await
+                    .map(|fenced| fenced.contains(&write.lease.saga))
+            };
+            let outcome = match self.writers.direct_turn() {
+                Some(_turn) => direct(write).await,
+                None => match self.writers.write(write).await {
+                    Some(outcome) => outcome,
+                    None => {
+                        direct(batch::Write {
+                            lease: lease.clone(),
+                            changes: changes.to_vec(),
+                        })
                         .await
-                        .map(|fenced| fenced.contains(&lease.saga))
-                }
+                    }
+                },
             };
             return self.outcome(outcome, lease, changes).await;
         }

@@ -2,8 +2,7 @@
 //! in a single `WITH … SELECT`, one round trip and one commit.
 //!
 //! Every sub-statement joins the `inst` CTE (the inserted row), so a start key that exists
-//! already writes nothing. A step change that finds no row to act on makes the statement raise
-//! through `saga_refuse`, which rolls all of it back.
+//! already writes nothing.
 
 use saga_core::store::{Change, EventData, NewSaga};
 use saga_core::{Error, Result, SagaId, Timestamp};
@@ -97,7 +96,8 @@ pub(super) fn create(saga: &NewSaga, now: Timestamp, channel: &str) -> Result<St
     Ok(st)
 }
 
-/// Appends the step changes, the events and the final SELECT (with its refusals and wake-up).
+/// Appends the first steps (new rows of a new saga: nothing to conflict with), the events and
+/// the final SELECT (with its wake-up).
 fn finish(
     st: &mut Statement,
     saga: SagaId,
@@ -106,7 +106,6 @@ fn finish(
     at: &str,
     channel: &str,
 ) -> Result<()> {
-    let mut checks = Vec::new();
     for (n, change) in changes.iter().enumerate() {
         match change {
             Change::BeginStep {
@@ -124,104 +123,22 @@ fn finish(
                 st.sql.push_str(&format!(
                     ",
          c{n} AS (
-             INSERT INTO saga_steps AS s (saga_id, step_index, phase, name, status, attempt,
+             INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempt,
                  idempotency_key, started_at)
              SELECT inst.id, {index}, {phase_text}, {step}, 'in_progress', {attempt}, {key}, {at}
-               FROM inst
-             ON CONFLICT (saga_id, step_index, phase) DO UPDATE
-                SET status = 'in_progress', attempt = EXCLUDED.attempt,
-                    next_attempt_at = NULL, started_at = EXCLUDED.started_at, finished_at = NULL
-              WHERE s.status <> 'completed'
-             RETURNING 1)"
-                ));
-                checks.push((
-                    n,
-                    format!("saga {saga}: step {name} ({phase}) is completed and never runs again"),
+               FROM inst)"
                 ));
             }
-            Change::CompleteStep {
-                index,
-                name,
-                phase,
-                output,
-                ..
-            } => {
-                let output = st.bind(output.clone())?;
-                let index = st.bind(attempt_i32(index.0))?;
-                let phase_text = st.bind(phase.as_str())?;
-                st.sql.push_str(&format!(
-                    ",
-         c{n} AS (
-             UPDATE saga_steps s
-                SET status = 'completed', output = {output}, finished_at = {at},
-                    next_attempt_at = NULL
-               FROM inst
-              WHERE s.saga_id = inst.id AND s.step_index = {index} AND s.phase = {phase_text}
-             RETURNING 1)"
-                ));
-                checks.push((
-                    n,
-                    format!("saga {saga}: step {name} ({phase}) was never started"),
-                ));
+            // `check_initial_changes` lets only BeginStep through.
+            Change::CompleteStep { .. }
+            | Change::FailStep { .. }
+            | Change::Escalate(_)
+            | Change::SetStatus { .. }
+            | Change::Release { .. } => {
+                return Err(Error::InvalidAction(format!(
+                    "saga {saga}: only BeginStep can be written with the creation"
+                )))
             }
-            Change::FailStep {
-                index,
-                name,
-                phase,
-                error,
-                retry_at,
-                ..
-            } => {
-                let status = st.bind(if retry_at.is_some() {
-                    "pending"
-                } else {
-                    "failed"
-                })?;
-                let error = st.bind(error.to_string())?;
-                let retry_at = st.bind(*retry_at)?;
-                let index = st.bind(attempt_i32(index.0))?;
-                let phase_text = st.bind(phase.as_str())?;
-                st.sql.push_str(&format!(
-                    ",
-         c{n} AS (
-             UPDATE saga_steps s
-                SET status = {status}, last_error = {error}, next_attempt_at = {retry_at},
-                    finished_at = {at}
-               FROM inst
-              WHERE s.saga_id = inst.id AND s.step_index = {index} AND s.phase = {phase_text}
-             RETURNING 1)"
-                ));
-                checks.push((
-                    n,
-                    format!("saga {saga}: step {name} ({phase}) was never started"),
-                ));
-            }
-            Change::Escalate(item) => {
-                let id = st.bind(item.id.as_uuid())?;
-                let kind = st.bind(item.kind.as_str())?;
-                let index = st.bind(item.step.as_ref().map(|(index, _)| attempt_i32(index.0)))?;
-                let step = st.bind(item.step.as_ref().map(|(_, name)| name.as_str().to_owned()))?;
-                let phase = st.bind(item.phase.map(|phase| phase.as_str()))?;
-                let key = st.bind(
-                    item.idempotency_key
-                        .as_ref()
-                        .map(|key| key.as_str().to_owned()),
-                )?;
-                let input = st.bind(item.input.clone())?;
-                let output = st.bind(item.output.clone())?;
-                let error = st.bind(item.error.clone())?;
-                st.sql.push_str(&format!(
-                    ",
-         c{n} AS (
-             INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
-                 idempotency_key, input, output, error, status, opened_at)
-             SELECT {id}, inst.id, {kind}, {index}, {step}, {phase}, {key}, {input}, {output},
-                    {error}, 'open', {at}
-               FROM inst
-             ON CONFLICT (id) DO NOTHING)"
-                ));
-            }
-            Change::SetStatus { .. } | Change::Release { .. } => {}
         }
     }
     if !events.is_empty() {
@@ -256,14 +173,6 @@ fn finish(
     }
     st.sql
         .push_str("\n         SELECT (SELECT COUNT(*) FROM inst) AS fenced");
-    for (n, message) in checks {
-        let message = st.bind(message)?;
-        st.sql.push_str(&format!(
-            ",
-                CASE WHEN EXISTS (SELECT 1 FROM inst) AND NOT EXISTS (SELECT 1 FROM c{n})
-                     THEN saga_refuse({message}) END AS refused_{n}"
-        ));
-    }
     if st.wake {
         let channel = st.bind(channel.to_owned())?;
         st.sql.push_str(&format!(
