@@ -21,10 +21,10 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use saga_core::store::{begins_forward_step, Change};
+use saga_core::store::{begins_forward_step, Change, EventData, NewSaga};
 use saga_core::{Error, Lease, Result, SagaId, SagaStatus, Timestamp};
-use sqlx::postgres::{PgExecutor, PgPool, PgRow};
-use sqlx::Row;
+use sqlx::postgres::{PgArguments, PgExecutor, PgPool, PgRow};
+use sqlx::{Postgres, Row};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
@@ -178,13 +178,48 @@ struct Columns {
     e_input: Vec<Option<serde_json::Value>>,
     e_output: Vec<Option<serde_json::Value>>,
     e_error: Vec<String>,
-    v_saga: Vec<Uuid>,
-    v_kind: Vec<String>,
-    v_step: Vec<Option<String>>,
-    v_phase: Vec<Option<String>>,
-    v_attempt: Vec<Option<i32>>,
-    v_detail: Vec<Option<String>>,
+    events: EventColumns,
     wake: bool,
+}
+
+/// History events as columns, for `UNNEST`.
+#[derive(Default)]
+pub(super) struct EventColumns {
+    saga: Vec<Uuid>,
+    kind: Vec<String>,
+    step: Vec<Option<String>>,
+    phase: Vec<Option<String>>,
+    attempt: Vec<Option<i32>>,
+    detail: Vec<Option<String>>,
+}
+
+impl EventColumns {
+    /// Appends one event of `saga`.
+    pub(super) fn push(&mut self, saga: Uuid, event: EventData) {
+        self.saga.push(saga);
+        self.kind.push(event.kind.as_str().to_owned());
+        self.step
+            .push(event.step.map(|step| step.as_str().to_owned()));
+        self.phase
+            .push(event.phase.map(|phase| phase.as_str().to_owned()));
+        self.attempt
+            .push(event.attempt.map(|attempt| int(attempt.0)));
+        self.detail.push(event.detail);
+    }
+
+    /// Binds the six columns, in order.
+    pub(super) fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, Postgres, PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+        query
+            .bind(self.saga)
+            .bind(self.kind)
+            .bind(self.step)
+            .bind(self.phase)
+            .bind(self.attempt)
+            .bind(self.detail)
+    }
 }
 
 impl Columns {
@@ -275,15 +310,7 @@ impl Columns {
                 Change::Release { next_run_at } => release = Some(*next_run_at),
             }
             if let Some(event) = change.event() {
-                self.v_saga.push(saga);
-                self.v_kind.push(event.kind.as_str().to_owned());
-                self.v_step
-                    .push(event.step.map(|step| step.as_str().to_owned()));
-                self.v_phase
-                    .push(event.phase.map(|phase| phase.as_str().to_owned()));
-                self.v_attempt
-                    .push(event.attempt.map(|attempt| int(attempt.0)));
-                self.v_detail.push(event.detail);
+                self.events.push(saga, event);
             }
         }
         self.s_id.push(saga);
@@ -316,7 +343,7 @@ pub(super) async fn execute<'e>(
         columns.add(write, now);
     }
     let c = columns;
-    let row: PgRow = sqlx::query(SQL)
+    let query = sqlx::query(SQL)
         .bind(c.s_id)
         .bind(c.s_owner)
         .bind(c.s_token)
@@ -352,13 +379,10 @@ pub(super) async fn execute<'e>(
         .bind(c.e_key)
         .bind(c.e_input)
         .bind(c.e_output)
-        .bind(c.e_error)
-        .bind(c.v_saga)
-        .bind(c.v_kind)
-        .bind(c.v_step)
-        .bind(c.v_phase)
-        .bind(c.v_attempt)
-        .bind(c.v_detail)
+        .bind(c.e_error);
+    let row: PgRow = c
+        .events
+        .bind(query)
         .bind(now)
         .bind(c.wake)
         .bind(channel.to_owned())
@@ -367,6 +391,105 @@ pub(super) async fn execute<'e>(
         .map_err(classify)?;
     let fenced: Vec<Uuid> = row.try_get("fenced").map_err(classify)?;
     Ok(fenced.into_iter().map(SagaId::from_uuid).collect())
+}
+
+/// The creation statement: $1..$11 the saga, $12..$17 the steps begun with it, $18..$23 its
+/// events, $24 now, $25 whether to wake idle workers (nobody holds it), $26 the wake-up
+/// channel. Returns whether it was created (a start key that exists already writes nothing).
+const CREATE_SQL: &str = "
+WITH inst AS (
+    INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input, input_hash,
+        idempotency_key, next_run_at, fencing_token, trace_context, created_at, updated_at,
+        lease_owner, lease_expires_at)
+    VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $24, $11, $8, $24, $24, $9, $10)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id),
+begun AS (
+    INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempt, idempotency_key,
+        started_at)
+    SELECT b.saga, b.idx, b.phase, b.name, 'in_progress', b.attempt, b.key, $24
+      FROM UNNEST($12::uuid[], $13::int4[], $14::text[], $15::text[], $16::int4[], $17::text[])
+           AS b(saga, idx, phase, name, attempt, key)
+      JOIN inst ON inst.id = b.saga),
+events AS (
+    INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
+    SELECT v.saga, $24, v.kind, v.step, v.phase, v.attempt, v.detail
+      FROM UNNEST($18::uuid[], $19::text[], $20::text[], $21::text[], $22::int4[], $23::text[])
+           WITH ORDINALITY AS v(saga, kind, step, phase, attempt, detail, n)
+      JOIN inst ON inst.id = v.saga
+     ORDER BY v.n)
+SELECT EXISTS (SELECT 1 FROM inst) AS created,
+       CASE WHEN $25 AND EXISTS (SELECT 1 FROM inst) THEN pg_notify($26, '')::text END AS woke";
+
+/// Creates `saga` with its first steps (its changes already checked: only `BeginStep`s, on a
+/// new saga, so nothing to conflict with) and their events, in one statement. `false`: its start
+/// key exists already.
+pub(super) async fn create<'e>(
+    executor: impl PgExecutor<'e>,
+    saga: &NewSaga,
+    now: Timestamp,
+    channel: &str,
+) -> Result<bool> {
+    let id = saga.id.as_uuid();
+    let mut c = Columns::default();
+    c.events.push(
+        id,
+        EventData {
+            kind: saga_core::EventKind::SagaStarted,
+            step: None,
+            phase: None,
+            attempt: None,
+            detail: Some(format!("{} v{}", saga.saga_type, saga.version)),
+        },
+    );
+    for change in &saga.changes {
+        if let Change::BeginStep {
+            index,
+            name,
+            phase,
+            attempt,
+            key,
+        } = change
+        {
+            c.b_saga.push(id);
+            c.b_index.push(int(index.0));
+            c.b_phase.push(phase.as_str().to_owned());
+            c.b_name.push(name.as_str().to_owned());
+            c.b_attempt.push(int(attempt.0));
+            c.b_key.push(key.as_str().to_owned());
+        }
+        if let Some(event) = change.event() {
+            c.events.push(id, event);
+        }
+    }
+    let query = sqlx::query(CREATE_SQL)
+        .bind(id)
+        .bind(saga.saga_type.as_str())
+        .bind(int(saga.version))
+        .bind(&saga.fingerprint)
+        .bind(&saga.input)
+        .bind(&saga.input_hash)
+        .bind(saga.idempotency_key.as_ref().map(|key| key.as_str()))
+        .bind(&saga.trace_context)
+        .bind(saga.lease.as_ref().map(|(owner, _)| owner.as_str()))
+        .bind(saga.lease.as_ref().map(|(_, until)| *until))
+        .bind(i64::from(saga.lease.is_some()))
+        .bind(c.b_saga)
+        .bind(c.b_index)
+        .bind(c.b_phase)
+        .bind(c.b_name)
+        .bind(c.b_attempt)
+        .bind(c.b_key);
+    let row: PgRow = c
+        .events
+        .bind(query)
+        .bind(now)
+        .bind(saga.lease.is_none())
+        .bind(channel)
+        .fetch_one(executor)
+        .await
+        .map_err(classify)?;
+    row.try_get("created").map_err(classify)
 }
 
 /// A write waiting for a writer, with where to send its outcome.

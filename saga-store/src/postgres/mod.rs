@@ -5,7 +5,6 @@
 mod batch;
 mod notify;
 mod rows;
-mod write;
 
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
@@ -272,35 +271,23 @@ async fn insert_events(
     if events.is_empty() {
         return Ok(());
     }
-    let mut kinds = Vec::with_capacity(events.len());
-    let mut steps = Vec::with_capacity(events.len());
-    let mut phases = Vec::with_capacity(events.len());
-    let mut attempts = Vec::with_capacity(events.len());
-    let mut details = Vec::with_capacity(events.len());
+    let mut columns = batch::EventColumns::default();
     for event in events {
-        kinds.push(event.kind.as_str().to_owned());
-        steps.push(event.step.map(|step| step.as_str().to_owned()));
-        phases.push(event.phase.map(|phase| phase.as_str().to_owned()));
-        attempts.push(event.attempt.map(|attempt| attempt_i32(attempt.0)));
-        details.push(event.detail);
+        columns.push(saga, event);
     }
-    sqlx::query(
+    let query = sqlx::query(
         "INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
-         SELECT $1, $2, kind, step, phase, attempt, detail
-           FROM UNNEST($3::text[], $4::text[], $5::text[], $6::int[], $7::text[])
-                WITH ORDINALITY AS e(kind, step, phase, attempt, detail, n)
+         SELECT saga, $7, kind, step, phase, attempt, detail
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[])
+                WITH ORDINALITY AS e(saga, kind, step, phase, attempt, detail, n)
           ORDER BY n",
-    )
-    .bind(saga)
-    .bind(at)
-    .bind(kinds)
-    .bind(steps)
-    .bind(phases)
-    .bind(attempts)
-    .bind(details)
-    .execute(&mut **tx)
-    .await
-    .map_err(classify)?;
+    );
+    columns
+        .bind(query)
+        .bind(at)
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
     Ok(())
 }
 
@@ -328,13 +315,7 @@ async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
 impl Store for PgStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
         saga_core::store::check_initial_changes(&saga)?;
-        let statement = write::create(&saga, saga_core::now(), &self.channel)?;
-        let row = sqlx::query_with(&statement.sql, statement.args)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(classify)?;
-        let inserted: i64 = row.try_get(write::FENCED).map_err(classify)?;
-        if inserted > 0 {
+        if batch::create(&self.pool, &saga, saga_core::now(), &self.channel).await? {
             return Ok(Created::New(saga.id));
         }
         let Some(key) = &saga.idempotency_key else {
