@@ -152,12 +152,7 @@ struct Columns {
     s_clear_cancel: Vec<bool>,
     s_release: Vec<bool>,
     s_next_run_at: Vec<Option<Timestamp>>,
-    b_saga: Vec<Uuid>,
-    b_index: Vec<i32>,
-    b_phase: Vec<String>,
-    b_name: Vec<String>,
-    b_attempt: Vec<i32>,
-    b_key: Vec<String>,
+    begins: BeginColumns,
     c_saga: Vec<Uuid>,
     c_index: Vec<i32>,
     c_phase: Vec<String>,
@@ -180,6 +175,52 @@ struct Columns {
     e_error: Vec<String>,
     events: EventColumns,
     wake: bool,
+}
+
+/// Begun step phases as columns, for `UNNEST`.
+#[derive(Default)]
+struct BeginColumns {
+    saga: Vec<Uuid>,
+    index: Vec<i32>,
+    phase: Vec<String>,
+    name: Vec<String>,
+    attempt: Vec<i32>,
+    key: Vec<String>,
+}
+
+impl BeginColumns {
+    /// Appends `change` if it is a `BeginStep`.
+    fn push(&mut self, saga: Uuid, change: &Change) {
+        if let Change::BeginStep {
+            index,
+            name,
+            phase,
+            attempt,
+            key,
+        } = change
+        {
+            self.saga.push(saga);
+            self.index.push(int(index.0));
+            self.phase.push(phase.as_str().to_owned());
+            self.name.push(name.as_str().to_owned());
+            self.attempt.push(int(attempt.0));
+            self.key.push(key.as_str().to_owned());
+        }
+    }
+
+    /// Binds the six columns, in order.
+    fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, Postgres, PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+        query
+            .bind(self.saga)
+            .bind(self.index)
+            .bind(self.phase)
+            .bind(self.name)
+            .bind(self.attempt)
+            .bind(self.key)
+    }
 }
 
 /// History events as columns, for `UNNEST`.
@@ -230,20 +271,7 @@ impl Columns {
         let mut release: Option<Option<Timestamp>> = None;
         for change in &write.changes {
             match change {
-                Change::BeginStep {
-                    index,
-                    name,
-                    phase,
-                    attempt,
-                    key,
-                } => {
-                    self.b_saga.push(saga);
-                    self.b_index.push(int(index.0));
-                    self.b_phase.push(phase.as_str().to_owned());
-                    self.b_name.push(name.as_str().to_owned());
-                    self.b_attempt.push(int(attempt.0));
-                    self.b_key.push(key.as_str().to_owned());
-                }
+                Change::BeginStep { .. } => self.begins.push(saga, change),
                 Change::CompleteStep {
                     index,
                     phase,
@@ -353,13 +381,10 @@ pub(super) async fn execute<'e>(
         .bind(c.s_reason)
         .bind(c.s_clear_cancel)
         .bind(c.s_release)
-        .bind(c.s_next_run_at)
-        .bind(c.b_saga)
-        .bind(c.b_index)
-        .bind(c.b_phase)
-        .bind(c.b_name)
-        .bind(c.b_attempt)
-        .bind(c.b_key)
+        .bind(c.s_next_run_at);
+    let query = c
+        .begins
+        .bind(query)
         .bind(c.c_saga)
         .bind(c.c_index)
         .bind(c.c_phase)
@@ -443,21 +468,7 @@ pub(super) async fn create<'e>(
         },
     );
     for change in &saga.changes {
-        if let Change::BeginStep {
-            index,
-            name,
-            phase,
-            attempt,
-            key,
-        } = change
-        {
-            c.b_saga.push(id);
-            c.b_index.push(int(index.0));
-            c.b_phase.push(phase.as_str().to_owned());
-            c.b_name.push(name.as_str().to_owned());
-            c.b_attempt.push(int(attempt.0));
-            c.b_key.push(key.as_str().to_owned());
-        }
+        c.begins.push(id, change);
         if let Some(event) = change.event() {
             c.events.push(id, event);
         }
@@ -473,13 +484,8 @@ pub(super) async fn create<'e>(
         .bind(&saga.trace_context)
         .bind(saga.lease.as_ref().map(|(owner, _)| owner.as_str()))
         .bind(saga.lease.as_ref().map(|(_, until)| *until))
-        .bind(i64::from(saga.lease.is_some()))
-        .bind(c.b_saga)
-        .bind(c.b_index)
-        .bind(c.b_phase)
-        .bind(c.b_name)
-        .bind(c.b_attempt)
-        .bind(c.b_key);
+        .bind(i64::from(saga.lease.is_some()));
+    let query = c.begins.bind(query);
     let row: PgRow = c
         .events
         .bind(query)
