@@ -10,9 +10,15 @@
 //! Rows are found through `= ANY(array)` on their keys, so that the plan the server caches
 //! for the statement (first made while the tables are small) stays an index lookup as they grow.
 //!
+//! Every row a write adds or changes joins that write's own fence (by its position in the
+//! statement, not by saga id), so a stale write grouped with a current write of the same saga
+//! writes nothing.
+//!
 //! Data-modifying CTEs all see the same snapshot and none sees another's rows: a saga's batch
-//! qualifies only when it touches each step phase at most once (`compilable`), which the
-//! worker's writes always do; anything else takes the statement-per-change path in `mod.rs`.
+//! qualifies only when it touches each step phase at most once (`compilable`). The worker's
+//! writes nearly always do; a retry due at once is flushed with the failed attempt and the next
+//! one's start (`FailStep` and `BeginStep` of one step phase), and takes the
+//! statement-per-change path in `mod.rs`.
 //! A step change that finds nothing to act on (beginning a completed step, finishing one that
 //! never started) makes the statement raise through `saga_refuse`, which rolls all of it back;
 //! the writer then writes each saga of that group alone, so only the offending one fails.
@@ -22,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use saga_core::store::{begins_forward_step, Change, EventData, NewSaga};
-use saga_core::{Error, Lease, Result, SagaId, SagaStatus, Timestamp};
+use saga_core::{Error, Lease, Result, SagaStatus, Timestamp};
 use sqlx::postgres::{PgArguments, PgExecutor, PgPool, PgRow};
 use sqlx::{Postgres, Row};
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -52,14 +58,16 @@ pub(super) struct Write {
 
 /// The statement: $1..$10 the sagas (fence and row changes), $11..$16 begun steps, $17..$20
 /// completed steps, $21..$26 failed steps, $27..$36 interventions, $37..$42 events, $43 now,
-/// $44 whether to wake idle workers, $45 the wake-up channel. Returns the ids of the sagas whose
-/// fence held (the others wrote nothing).
+/// $44 whether to wake idle workers, $45 the wake-up channel, $46..$50 the position of the write
+/// each begun step, completed step, failed step, intervention and event belongs to. Returns the
+/// positions of the writes whose fence held (the others wrote nothing).
 const SQL: &str = "
 WITH s AS (
     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::bool[], $5::bool[], $6::text[],
                          $7::text[], $8::bool[], $9::bool[], $10::timestamptz[])
+        WITH ORDINALITY
         AS t(id, owner, token, forward, set_status, status, reason, clear_cancel, release,
-             next_run_at)),
+             next_run_at, n)),
 inst AS (
     UPDATE saga_instances i
        SET updated_at = $43,
@@ -73,11 +81,11 @@ inst AS (
      WHERE i.id = ANY($1::uuid[]) AND i.id = s.id
        AND i.lease_owner = s.owner AND i.fencing_token = s.token
        AND (NOT s.forward OR i.cancel_requested IS NULL)
-    RETURNING i.id),
+    RETURNING i.id, s.n),
 b AS (
     SELECT b.* FROM UNNEST($11::uuid[], $12::int4[], $13::text[], $14::text[], $15::int4[],
-                           $16::text[]) AS b(saga, idx, phase, name, attempt, key)
-      JOIN inst ON inst.id = b.saga),
+                           $16::text[], $46::int8[]) AS b(saga, idx, phase, name, attempt, key, w)
+      JOIN inst ON inst.n = b.w),
 begun AS (
     INSERT INTO saga_steps AS st (saga_id, step_index, phase, name, status, attempt,
         idempotency_key, started_at)
@@ -88,9 +96,9 @@ begun AS (
      WHERE st.status <> 'completed'
     RETURNING 1),
 c AS (
-    SELECT c.* FROM UNNEST($17::uuid[], $18::int4[], $19::text[], $20::jsonb[])
-        AS c(saga, idx, phase, output)
-      JOIN inst ON inst.id = c.saga),
+    SELECT c.* FROM UNNEST($17::uuid[], $18::int4[], $19::text[], $20::jsonb[], $47::int8[])
+        AS c(saga, idx, phase, output, w)
+      JOIN inst ON inst.n = c.w),
 completed AS (
     UPDATE saga_steps st
        SET status = 'completed', output = c.output, finished_at = $43, next_attempt_at = NULL
@@ -100,8 +108,9 @@ completed AS (
     RETURNING 1),
 f AS (
     SELECT f.* FROM UNNEST($21::uuid[], $22::int4[], $23::text[], $24::text[], $25::text[],
-                           $26::timestamptz[]) AS f(saga, idx, phase, status, error, retry_at)
-      JOIN inst ON inst.id = f.saga),
+                           $26::timestamptz[], $48::int8[])
+        AS f(saga, idx, phase, status, error, retry_at, w)
+      JOIN inst ON inst.n = f.w),
 failed AS (
     UPDATE saga_steps st
        SET status = f.status, last_error = f.error, next_attempt_at = f.retry_at,
@@ -116,18 +125,19 @@ escalated AS (
     SELECT e.id, e.saga, e.kind, e.idx, e.step, e.phase, e.key, e.input, e.output, e.error,
            'open', $43
       FROM UNNEST($27::uuid[], $28::uuid[], $29::text[], $30::int4[], $31::text[], $32::text[],
-                  $33::text[], $34::jsonb[], $35::jsonb[], $36::text[])
-           AS e(id, saga, kind, idx, step, phase, key, input, output, error)
-      JOIN inst ON inst.id = e.saga
+                  $33::text[], $34::jsonb[], $35::jsonb[], $36::text[], $49::int8[])
+           AS e(id, saga, kind, idx, step, phase, key, input, output, error, w)
+      JOIN inst ON inst.n = e.w
     ON CONFLICT (id) DO NOTHING),
 events AS (
     INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
     SELECT v.saga, $43, v.kind, v.step, v.phase, v.attempt, v.detail
-      FROM UNNEST($37::uuid[], $38::text[], $39::text[], $40::text[], $41::int4[], $42::text[])
-           WITH ORDINALITY AS v(saga, kind, step, phase, attempt, detail, n)
-      JOIN inst ON inst.id = v.saga
+      FROM UNNEST($37::uuid[], $38::text[], $39::text[], $40::text[], $41::int4[], $42::text[],
+                  $50::int8[])
+           WITH ORDINALITY AS v(saga, kind, step, phase, attempt, detail, w, n)
+      JOIN inst ON inst.n = v.w
      ORDER BY v.n)
-SELECT ARRAY(SELECT id FROM inst) AS fenced,
+SELECT ARRAY(SELECT n FROM inst) AS fenced,
        CASE WHEN (SELECT COUNT(*) FROM begun) < (SELECT COUNT(*) FROM b)
                  OR (SELECT COUNT(*) FROM completed) < (SELECT COUNT(*) FROM c)
                  OR (SELECT COUNT(*) FROM failed) < (SELECT COUNT(*) FROM f)
@@ -174,6 +184,15 @@ struct Columns {
     e_output: Vec<Option<serde_json::Value>>,
     e_error: Vec<String>,
     events: EventColumns,
+    /// For each begun step, completed step, failed step, intervention and event: the position
+    /// (from 1) of the write it belongs to. Rows join their own write's fence, not just any
+    /// write of the same saga, so a stale write grouped with a current one of the same saga
+    /// writes nothing.
+    b_write: Vec<i64>,
+    c_write: Vec<i64>,
+    f_write: Vec<i64>,
+    e_write: Vec<i64>,
+    v_write: Vec<i64>,
     wake: bool,
 }
 
@@ -264,14 +283,17 @@ impl EventColumns {
 }
 
 impl Columns {
-    fn add(&mut self, write: &Write, now: Timestamp) {
+    fn add(&mut self, write: &Write, position: i64, now: Timestamp) {
         let saga = write.lease.saga.as_uuid();
         let mut status: Option<(&'static str, Option<String>)> = None;
         let mut clear_cancel = false;
         let mut release: Option<Option<Timestamp>> = None;
         for change in &write.changes {
             match change {
-                Change::BeginStep { .. } => self.begins.push(saga, change),
+                Change::BeginStep { .. } => {
+                    self.begins.push(saga, change);
+                    self.b_write.push(position);
+                }
                 Change::CompleteStep {
                     index,
                     phase,
@@ -279,6 +301,7 @@ impl Columns {
                     ..
                 } => {
                     self.c_saga.push(saga);
+                    self.c_write.push(position);
                     self.c_index.push(int(index.0));
                     self.c_phase.push(phase.as_str().to_owned());
                     self.c_output.push(output.clone());
@@ -291,6 +314,7 @@ impl Columns {
                     ..
                 } => {
                     self.f_saga.push(saga);
+                    self.f_write.push(position);
                     self.f_index.push(int(index.0));
                     self.f_phase.push(phase.as_str().to_owned());
                     self.f_status.push(
@@ -319,6 +343,7 @@ impl Columns {
                     clear_cancel = true;
                     self.e_id.push(item.id.as_uuid());
                     self.e_saga.push(saga);
+                    self.e_write.push(position);
                     self.e_kind.push(item.kind.as_str().to_owned());
                     self.e_index
                         .push(item.step.as_ref().map(|(index, _)| int(index.0)));
@@ -339,6 +364,7 @@ impl Columns {
             }
             if let Some(event) = change.event() {
                 self.events.push(saga, event);
+                self.v_write.push(position);
             }
         }
         self.s_id.push(saga);
@@ -359,16 +385,17 @@ impl Columns {
     }
 }
 
-/// Writes `writes` in one statement; returns the ids of the sagas whose fence held.
+/// Writes `writes` in one statement; returns, for each write in order, whether its fence held
+/// (a write whose fence did not hold wrote nothing).
 pub(super) async fn execute<'e>(
     executor: impl PgExecutor<'e>,
     writes: &[&Write],
     now: Timestamp,
     channel: &str,
-) -> Result<HashSet<SagaId>> {
+) -> Result<Vec<bool>> {
     let mut columns = Columns::default();
-    for write in writes {
-        columns.add(write, now);
+    for (position, write) in (1..).zip(writes) {
+        columns.add(write, position, now);
     }
     let c = columns;
     let query = sqlx::query(SQL)
@@ -411,11 +438,22 @@ pub(super) async fn execute<'e>(
         .bind(now)
         .bind(c.wake)
         .bind(channel.to_owned())
+        .bind(c.b_write)
+        .bind(c.c_write)
+        .bind(c.f_write)
+        .bind(c.e_write)
+        .bind(c.v_write)
         .fetch_one(executor)
         .await
         .map_err(classify)?;
-    let fenced: Vec<Uuid> = row.try_get("fenced").map_err(classify)?;
-    Ok(fenced.into_iter().map(SagaId::from_uuid).collect())
+    let fenced: HashSet<i64> = row
+        .try_get::<Vec<i64>, _>("fenced")
+        .map_err(classify)?
+        .into_iter()
+        .collect();
+    Ok((1..=i64::try_from(writes.len()).unwrap_or(i64::MAX))
+        .map(|position| fenced.contains(&position))
+        .collect())
 }
 
 /// The creation statement: $1..$11 the saga, $12..$17 the steps begun with it, $18..$23 its
@@ -498,6 +536,16 @@ pub(super) async fn create<'e>(
     row.try_get("created").map_err(classify)
 }
 
+/// Writes one saga's changes in a statement of its own; whether its fence held.
+pub(super) async fn execute_one<'e>(
+    executor: impl PgExecutor<'e>,
+    write: &Write,
+    channel: &str,
+) -> Result<bool> {
+    let fenced = execute(executor, &[write], saga_core::now(), channel).await?;
+    Ok(fenced.first().copied().unwrap_or(false))
+}
+
 /// A write waiting for a writer, with where to send its outcome.
 struct Queued {
     write: Write,
@@ -510,6 +558,8 @@ pub(super) struct Writers {
     queue: Option<mpsc::UnboundedSender<Queued>>,
     /// Statements being written right now, by writers or directly by their callers.
     busy: Arc<AtomicUsize>,
+    pool: PgPool,
+    channel: String,
 }
 
 /// One statement being written (by a writer, or directly by its caller); dropped when done.
@@ -532,15 +582,17 @@ impl std::fmt::Debug for Queued {
 impl Writers {
     /// Starts `count` writer tasks on the current runtime (none: every write goes alone).
     pub(super) fn start(pool: PgPool, channel: String, count: usize) -> Self {
+        let busy = Arc::new(AtomicUsize::new(0));
         if count == 0 {
             return Self {
                 queue: None,
-                busy: Arc::new(AtomicUsize::new(0)),
+                busy,
+                pool,
+                channel,
             };
         }
         let (queue, receiver) = mpsc::unbounded_channel::<Queued>();
         let receiver = Arc::new(Mutex::new(receiver));
-        let busy = Arc::new(AtomicUsize::new(0));
         for _ in 0..count {
             let receiver = Arc::clone(&receiver);
             let busy = Arc::clone(&busy);
@@ -571,30 +623,41 @@ impl Writers {
         Self {
             queue: Some(queue),
             busy,
+            pool,
+            channel,
         }
     }
 
     /// When no statement is being written at all, a caller writes its own: no hand-over to a
     /// writer task, the lowest latency when load is light. Otherwise writes queue for the
     /// writers, which group them.
-    pub(super) fn direct_turn(&self) -> Option<Busy> {
-        if self.queue.is_none() {
-            self.busy.fetch_add(1, Ordering::AcqRel);
-            return Some(Busy(Arc::clone(&self.busy)));
-        }
+    fn direct_turn(&self) -> Option<Busy> {
         self.busy
             .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
             .ok()
             .map(|_| Busy(Arc::clone(&self.busy)))
     }
 
-    /// Writes one saga's changes with whatever else is waiting. `Ok(false)`: the fence did not
-    /// hold (nothing was written). `None`: there are no writers (none configured, or their
-    /// runtime shut down); write it directly.
-    pub(super) async fn write(&self, write: Write) -> Option<Result<bool>> {
+    /// Writes one saga's changes: alone when nothing else is being written or no writers are
+    /// configured, else with whatever else is waiting. `Ok(false)`: the fence did not hold
+    /// (nothing was written).
+    pub(super) async fn write(&self, write: Write) -> Result<bool> {
+        let queue = match (&self.queue, self.direct_turn()) {
+            (Some(queue), None) => queue,
+            (_, _busy) => return execute_one(&self.pool, &write, &self.channel).await,
+        };
         let (done, outcome) = oneshot::channel();
-        self.queue.as_ref()?.send(Queued { write, done }).ok()?;
-        outcome.await.ok()
+        if let Err(unsent) = queue.send(Queued { write, done }) {
+            // The writers are gone (their runtime shut down): nothing was sent, write it here.
+            return execute_one(&self.pool, &unsent.0.write, &self.channel).await;
+        }
+        // A writer that took the write and stopped before answering may have committed it:
+        // report it as unavailable, so that the caller reads the saga back before writing again.
+        outcome.await.unwrap_or_else(|_| {
+            Err(Error::StoreUnavailable(
+                "the store's writer stopped before answering; the write may have been made".into(),
+            ))
+        })
     }
 }
 
@@ -605,8 +668,7 @@ async fn write_group(pool: &PgPool, channel: &str, group: Vec<Queued>) {
     let now = saga_core::now();
     match execute(pool, &writes, now, channel).await {
         Ok(fenced) => {
-            for queued in group {
-                let held = fenced.contains(&queued.write.lease.saga);
+            for (queued, held) in group.into_iter().zip(fenced) {
                 let _ = queued.done.send(Ok(held));
             }
         }
@@ -627,10 +689,7 @@ async fn write_group(pool: &PgPool, channel: &str, group: Vec<Queued>) {
         }
         Err(_) => {
             for queued in group {
-                let now = saga_core::now();
-                let outcome = execute(pool, &[&queued.write], now, channel)
-                    .await
-                    .map(|fenced| fenced.contains(&queued.write.lease.saga));
+                let outcome = execute_one(pool, &queued.write, channel).await;
                 let _ = queued.done.send(outcome);
             }
         }

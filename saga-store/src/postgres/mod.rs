@@ -466,24 +466,7 @@ impl Store for PgStore {
                 lease: lease.clone(),
                 changes: changes.to_vec(),
             };
-            let direct = |write: batch::Write| async move {
-                batch::execute(&self.pool, &[&write], saga_core::now(), &self.channel)
-                    .await
-                    .map(|fenced| fenced.contains(&write.lease.saga))
-            };
-            let outcome = match self.writers.direct_turn() {
-                Some(_turn) => direct(write).await,
-                None => match self.writers.write(write).await {
-                    Some(outcome) => outcome,
-                    None => {
-                        direct(batch::Write {
-                            lease: lease.clone(),
-                            changes: changes.to_vec(),
-                        })
-                        .await
-                    }
-                },
-            };
+            let outcome = self.writers.write(write).await;
             return self.outcome(outcome, lease, changes).await;
         }
         let tx = begin(&self.pool).await?;
@@ -958,9 +941,7 @@ impl PgStore {
                 lease: lease.clone(),
                 changes: changes.to_vec(),
             };
-            let outcome = batch::execute(&mut *tx, &[&write], saga_core::now(), &self.channel)
-                .await
-                .map(|fenced| fenced.contains(&lease.saga));
+            let outcome = batch::execute_one(&mut *tx, &write, &self.channel).await;
             if !matches!(outcome, Ok(true)) {
                 // Roll back the step's own writes before finding out why.
                 drop(tx);
