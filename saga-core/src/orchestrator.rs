@@ -426,7 +426,12 @@ impl Orchestrator {
                             changes.push(Change::Release {
                                 next_run_at: Some(now),
                             });
-                            self.inner.store.apply(&work.lease, &changes).await?;
+                            // The saga exists whatever happens here: failing the start
+                            // would have the caller start it again. If this write fails, the
+                            // saga resumes when its lease expires.
+                            if let Err(err) = self.inner.store.apply(&work.lease, &changes).await {
+                                tracing::warn!(saga.id = %id, error = %err, "handing back a saga started during shutdown failed; it resumes when its lease expires");
+                            }
                         }
                     }
                     _ => self.inner.wake.notify_one(),

@@ -75,11 +75,13 @@ pub(crate) async fn dispatch(
         }
         let free = inner.slots.available_permits();
         if free == 0 {
-            // Every slot is taken: by running drives, or by sagas started here on their way
-            // through the channel (then there may be no drive to wait for yet).
+            // Every slot is taken: by running drives, or by starts in progress (which give
+            // their slot back when the saga existed already or the store failed). Wait for any
+            // slot to come free, whoever held it.
             tokio::select! {
-                _ = drives.join_next(), if !drives.is_empty() => {
-                    claim_now = backlog || tokio::time::Instant::now() >= next_poll;
+                Ok(slot) = Arc::clone(&inner.slots).acquire_owned() => {
+                    drop(slot);
+                    claim_now |= backlog || tokio::time::Instant::now() >= next_poll;
                 }
                 Some(work) = direct.recv() => start(&mut drives, work),
                 _ = shutdown.changed() => {}
@@ -147,7 +149,8 @@ pub(crate) async fn dispatch(
             _ = shutdown.changed() => {}
         }
     }
-    // Sagas started here during shutdown: their drives see the shutdown and release them.
+    // Sagas started here during shutdown: each runs the first step it was created with (it is
+    // recorded begun), within the grace period, then sees the shutdown and releases the saga.
     direct.close();
     while let Ok(work) = direct.try_recv() {
         start(&mut drives, work);
