@@ -145,7 +145,8 @@ SELECT ARRAY(SELECT n FROM inst) AS fenced,
        END AS refused,
        CASE WHEN $44 AND EXISTS (SELECT 1 FROM inst) THEN pg_notify($45, '')::text END AS woke";
 
-fn int(value: u32) -> i32 {
+/// A step index, attempt or version as the `integer` it is stored as.
+pub(super) fn int(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 

@@ -291,10 +291,6 @@ async fn insert_events(
     Ok(())
 }
 
-fn attempt_i32(attempt: u32) -> i32 {
-    i32::try_from(attempt).unwrap_or(i32::MAX)
-}
-
 /// Opens a transaction in a task of its own, so that it is cancel-safe.
 ///
 /// sqlx 0.8's `Pool::begin` is not, on Postgres (sqlx#4393): a caller dropped while its BEGIN is
@@ -574,7 +570,7 @@ impl Store for PgStore {
             .bind(step_status)
             .bind(now)
             .bind(item.saga_id.as_uuid())
-            .bind(attempt_i32(index.0))
+            .bind(batch::int(index.0))
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
@@ -665,7 +661,6 @@ impl Store for PgStore {
             "WITH doomed AS (
                  SELECT id FROM saga_instances
                   WHERE status IN ('completed', 'compensated', 'cancelled') AND updated_at < $1
-                  ORDER BY updated_at
                   LIMIT $2
                   FOR UPDATE SKIP LOCKED),
              events AS (DELETE FROM saga_events WHERE saga_id IN (SELECT id FROM doomed)),
@@ -993,11 +988,7 @@ impl PgStore {
         )
         .await?;
         if wake {
-            sqlx::query("SELECT pg_notify($1, '')::text")
-                .bind(&self.channel)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
+            self.notify_in(&mut tx).await?;
         }
         tx.commit().await.map_err(classify)?;
         Ok(())
@@ -1031,10 +1022,10 @@ async fn apply_change(
                   WHERE s.status <> 'completed'",
             )
             .bind(saga)
-            .bind(attempt_i32(index.0))
+            .bind(batch::int(index.0))
             .bind(phase.as_str())
             .bind(name.as_str())
-            .bind(attempt_i32(attempt.0))
+            .bind(batch::int(attempt.0))
             .bind(key.as_str())
             .bind(now)
             .execute(&mut **tx)
@@ -1061,7 +1052,7 @@ async fn apply_change(
             .bind(output)
             .bind(now)
             .bind(saga)
-            .bind(attempt_i32(index.0))
+            .bind(batch::int(index.0))
             .bind(phase.as_str())
             .execute(&mut **tx)
             .await
@@ -1093,7 +1084,7 @@ async fn apply_change(
             .bind(retry_at)
             .bind(now)
             .bind(saga)
-            .bind(attempt_i32(index.0))
+            .bind(batch::int(index.0))
             .bind(phase.as_str())
             .execute(&mut **tx)
             .await
@@ -1129,7 +1120,7 @@ async fn apply_change(
             .bind(item.id.as_uuid())
             .bind(saga)
             .bind(item.kind.as_str())
-            .bind(item.step.as_ref().map(|(index, _)| attempt_i32(index.0)))
+            .bind(item.step.as_ref().map(|(index, _)| batch::int(index.0)))
             .bind(item.step.as_ref().map(|(_, name)| name.as_str()))
             .bind(item.phase.map(|phase| phase.as_str()))
             .bind(item.idempotency_key.as_ref().map(|key| key.as_str()))
