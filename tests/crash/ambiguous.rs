@@ -3,7 +3,8 @@
 //! whether its write took effect, as when a connection drops between COMMIT and its answer.
 //!
 //! `Store` is an `async_trait` trait; its methods are written here in the desugared form that
-//! macro produces (a boxed future), which forwards to the wrapped store.
+//! macro produces (a boxed future), which forwards to the wrapped store. Every method is
+//! forwarded, those with a default body too, so that the scenario runs the real store's paths.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,8 +13,8 @@ use std::time::Duration;
 
 use saga::{
     CancelOutcome, Change, Created, Error, Event, Intervention, InterventionId, Lease, NewSaga,
-    Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus, Settlement, Store, Timestamp,
-    WorkerId,
+    Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus, Settlement, StepTransaction,
+    Store, Timestamp, WorkerId,
 };
 
 use crate::rng::Rng;
@@ -90,6 +91,74 @@ impl Store for AmbiguousStore {
         Self: 'a,
     {
         self.inner.claim(owner, now, lease_for, limit)
+    }
+
+    fn claim_loaded<'s, 'o, 'a>(
+        &'s self,
+        owner: &'o WorkerId,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Boxed<'a, Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>>>
+    where
+        's: 'a,
+        'o: 'a,
+        Self: 'a,
+    {
+        self.inner.claim_loaded(owner, now, lease_for, limit)
+    }
+
+    fn reclaim<'s, 'o, 'a>(
+        &'s self,
+        owner: &'o WorkerId,
+        granted_before: Timestamp,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Boxed<'a, Result<Vec<Lease>>>
+    where
+        's: 'a,
+        'o: 'a,
+        Self: 'a,
+    {
+        self.inner
+            .reclaim(owner, granted_before, now, lease_for, limit)
+    }
+
+    fn count_open_interventions<'s, 'a>(&'s self) -> Boxed<'a, Result<u64>>
+    where
+        's: 'a,
+        Self: 'a,
+    {
+        self.inner.count_open_interventions()
+    }
+
+    fn begin_step_transaction<'s, 'l, 'a>(
+        &'s self,
+        lease: &'l Lease,
+    ) -> Boxed<'a, Result<Option<Box<dyn StepTransaction>>>>
+    where
+        's: 'a,
+        'l: 'a,
+        Self: 'a,
+    {
+        self.inner.begin_step_transaction(lease)
+    }
+
+    fn commit_step_transaction<'s, 'l, 'c, 'a>(
+        &'s self,
+        transaction: Box<dyn StepTransaction>,
+        lease: &'l Lease,
+        changes: &'c [Change],
+    ) -> Boxed<'a, Result<()>>
+    where
+        's: 'a,
+        'l: 'a,
+        'c: 'a,
+        Self: 'a,
+    {
+        self.inner
+            .commit_step_transaction(transaction, lease, changes)
     }
 
     fn heartbeat<'s, 'l, 'a>(

@@ -31,8 +31,9 @@ const CHECKS: &[(&str, &str)] = &[
           WHERE (status = 'needs_intervention') <> (open = 1) OR open > 1",
     ),
     (
-        "the ledger applied each key's effect exactly once",
-        "SELECT saga_id FROM public.ledger_effects WHERE applied <> 1",
+        "the ledger applied each step phase's effect exactly once (one key per step phase)",
+        "SELECT saga_id FROM public.ledger_effects
+          GROUP BY saga_id, step_index, phase HAVING COUNT(*) > 1",
     ),
     (
         "every effect carries the stable key of its (saga, step, phase)",
@@ -252,7 +253,9 @@ pub(crate) async fn check(pool: &PgPool, started: i64, kills: u64) -> Summary {
     .collect();
     let duplicates = scalar(
         pool,
-        "SELECT (SELECT COUNT(*) FROM public.ledger_effects WHERE applied > 1)
+        "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM public.ledger_effects
+                                         GROUP BY saga_id, step_index, phase
+                                        HAVING COUNT(*) > 1) twice)
               + (SELECT COUNT(*) FROM public.ledger_calls c
                    JOIN saga.saga_steps st ON st.idempotency_key = c.key
                   WHERE st.status = 'completed' AND c.attempt > st.attempt)

@@ -20,8 +20,7 @@ pub(crate) const SCHEMA: [&str; 2] = [
          first_worker text NOT NULL,
          receipt      text NOT NULL,
          refund_of    text,
-         calls        integer NOT NULL,
-         applied      integer NOT NULL)",
+         calls        integer NOT NULL)",
     "CREATE TABLE IF NOT EXISTS public.ledger_calls (
          id        bigserial PRIMARY KEY,
          key       text NOT NULL,
@@ -74,8 +73,8 @@ impl Ledger {
                  INSERT INTO public.ledger_calls (key, saga_id, step_index, phase, attempt, worker)
                  VALUES ($1, $2, $4, $5, $6, $7))
              INSERT INTO public.ledger_effects AS e (key, saga_id, step, step_index, phase,
-                 first_attempt, first_worker, receipt, refund_of, calls, applied)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, 1)
+                 first_attempt, first_worker, receipt, refund_of, calls)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1)
              ON CONFLICT (key) DO UPDATE SET calls = e.calls + 1
              RETURNING receipt",
         )
