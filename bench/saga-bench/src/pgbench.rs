@@ -89,7 +89,7 @@ pub async fn run(args: PgbenchArgs) -> Res<Value> {
         stdout.lines().find_map(|line| {
             line.trim()
                 .strip_prefix(prefix)
-                .and_then(|rest| rest.trim().split_whitespace().next())
+                .and_then(|rest| rest.split_whitespace().next())
                 .and_then(|n| n.parse().ok())
         })
     };

@@ -219,9 +219,10 @@ pub async fn run(args: RunArgs) -> Res<Value> {
     } else {
         (window_start, window_end)
     };
+    // Only sagas that ended as the workload says count as done (the others are errors).
     let in_window = samples
         .iter()
-        .filter(|s| s.settled >= from && s.settled <= to)
+        .filter(|s| s.status == expected && s.settled >= from && s.settled <= to)
         .count() as f64;
     let seconds = (to - from).as_secs_f64();
     let mut latencies: Vec<f64> = samples
