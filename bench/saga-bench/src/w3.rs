@@ -206,7 +206,31 @@ pub async fn worker(args: WorkerArgs) -> Res<()> {
     Ok(())
 }
 
-fn spawn_worker(url: &str, extra: &[String]) -> Res<std::process::Child> {
+/// A worker process, killed when dropped: a measurement that fails half-way (any `?`) leaves
+/// no worker driving sagas into the next one.
+struct Worker(std::process::Child);
+
+impl std::ops::Deref for Worker {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(url: &str, extra: &[String]) -> Res<Worker> {
     let exe = std::env::current_exe().map_err(err("own path"))?;
     Command::new(exe)
         .arg("w3-worker")
@@ -215,6 +239,7 @@ fn spawn_worker(url: &str, extra: &[String]) -> Res<std::process::Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
+        .map(Worker)
         .map_err(err("spawning a worker process"))
 }
 
