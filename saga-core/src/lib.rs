@@ -76,6 +76,7 @@ mod orchestrator;
 pub mod plan;
 mod retry;
 mod saga;
+mod slots;
 mod status;
 mod step;
 pub mod store;

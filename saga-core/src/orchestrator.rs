@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::clock::{self, Timestamp};
@@ -16,6 +16,7 @@ use crate::history::History;
 use crate::id::{Attempt, IdempotencyKey, SagaId, SagaType, StepName};
 use crate::id::{FencingToken, WorkerId};
 use crate::saga::{ErasedSaga, Registered, Saga};
+use crate::slots::{Slot, Slots};
 use crate::status::Phase;
 use crate::status::SagaStatus;
 use crate::step::StepError;
@@ -54,7 +55,7 @@ pub(crate) struct Inner {
     pub(crate) shutdown: watch::Sender<bool>,
     dispatcher: Mutex<Option<JoinHandle<()>>>,
     /// One per saga in flight in this process (`Config::concurrency`).
-    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) slots: Slots,
     /// Hands sagas started here to the running dispatcher.
     direct: Mutex<Option<mpsc::UnboundedSender<Direct>>>,
     hooks: RwLock<Vec<Hook>>,
@@ -237,7 +238,7 @@ impl Orchestrator {
                 shutdown,
                 dispatcher: Mutex::new(None),
                 hooks: RwLock::new(Vec::new()),
-                slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+                slots: Slots::new(config.concurrency),
                 direct: Mutex::new(None),
             }),
         }
@@ -527,12 +528,12 @@ impl Orchestrator {
     }
 
     /// Where a saga started now can be driven at once: the dispatcher's channel and a free slot.
-    fn direct_slot(&self) -> Option<(mpsc::UnboundedSender<Direct>, OwnedSemaphorePermit)> {
+    fn direct_slot(&self) -> Option<(mpsc::UnboundedSender<Direct>, Slot)> {
         let sender = self.inner.direct.lock().ok()?.clone()?;
         if sender.is_closed() || *self.inner.shutdown.borrow() {
             return None;
         }
-        let slot = Arc::clone(&self.inner.slots).try_acquire_owned().ok()?;
+        let slot = self.inner.slots.try_take()?;
         Some((sender, slot))
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use serde_json::Value;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -19,6 +19,7 @@ use crate::id::{Attempt, IdempotencyKey, StepIndex, StepName};
 use crate::orchestrator::{Inner, Lookup};
 use crate::plan::{self, Action};
 use crate::saga::{DecodedInput, ErasedSaga, RawContext};
+use crate::slots::Slot;
 use crate::status::{Phase, StepStatus};
 use crate::step::StepError;
 use crate::store::{Change, Lease, SagaSnapshot};
@@ -31,7 +32,7 @@ pub(crate) struct Direct {
     pub(crate) snapshot: SagaSnapshot,
     /// The step attempt recorded `in_progress` with the creation: run it first, unplanned.
     pub(crate) begun: Option<plan::Attempted>,
-    pub(crate) slot: OwnedSemaphorePermit,
+    pub(crate) slot: Slot,
 }
 
 /// The claim loop: keeps up to `concurrency` sagas in flight (one slot each) until shutdown,
@@ -73,14 +74,13 @@ pub(crate) async fn dispatch(
         if *shutdown.borrow() {
             break;
         }
-        let free = inner.slots.available_permits();
+        let free = inner.slots.free();
         if free == 0 {
             // Every slot is taken: by running drives, or by starts in progress (which give
             // their slot back when the saga existed already or the store failed). Wait for any
             // slot to come free, whoever held it.
             tokio::select! {
-                Ok(slot) = Arc::clone(&inner.slots).acquire_owned() => {
-                    drop(slot);
+                () = inner.slots.given_back() => {
                     claim_now |= backlog || tokio::time::Instant::now() >= next_poll;
                 }
                 Some(work) = direct.recv() => start(&mut drives, work),
@@ -122,7 +122,7 @@ pub(crate) async fn dispatch(
                         for (lease, snapshot) in leases {
                             // A saga started here may have taken the slot meanwhile; the claimed
                             // one is driven all the same (it is ours now), briefly above the limit.
-                            let slot = Arc::clone(&inner.slots).try_acquire_owned().ok();
+                            let slot = inner.slots.try_take();
                             drives.spawn(drive(Arc::clone(&inner), lease, snapshot, None, slot));
                         }
                         claim_now = backlog;
@@ -172,7 +172,7 @@ pub(crate) async fn dispatch(
 /// many as there are free slots; the rest wait for their leases to expire.
 async fn reclaim(inner: &Arc<Inner>, drives: &mut JoinSet<()>, granted_before: clock::Timestamp) {
     loop {
-        let free = inner.slots.available_permits();
+        let free = inner.slots.free();
         if free == 0 {
             return;
         }
@@ -203,7 +203,7 @@ async fn reclaim(inner: &Arc<Inner>, drives: &mut JoinSet<()>, granted_before: c
             );
         }
         for lease in leases {
-            let slot = Arc::clone(&inner.slots).try_acquire_owned().ok();
+            let slot = inner.slots.try_take();
             drives.spawn(drive(Arc::clone(inner), lease, None, None, slot));
         }
         if !full {
@@ -218,7 +218,7 @@ async fn drive(
     lease: Lease,
     snapshot: Option<Result<SagaSnapshot>>,
     begun: Option<plan::Attempted>,
-    slot: Option<OwnedSemaphorePermit>,
+    slot: Option<Slot>,
 ) {
     let _slot = slot;
     if let Some(previous) = &lease.taken_over_from {
