@@ -382,14 +382,14 @@ async fn a_store_call_dropped_during_begin_leaves_no_connection_inside_a_transac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closing_the_pool_returns_while_the_store_listens() {
+async fn closing_the_store_returns_while_it_listens() {
     let url = TestPg::fresh_database().await.unwrap();
     for _ in 0..5 {
         let store = PgStore::connect(&url).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        tokio::time::timeout(Duration::from_secs(10), store.pool().close())
+        tokio::time::timeout(Duration::from_secs(10), store.close())
             .await
-            .expect("closing the store's pool must not wait for its LISTEN connection");
+            .expect("closing the store must not wait for its LISTEN connection");
     }
 }
 
@@ -440,7 +440,7 @@ async fn concurrent_writes_of_many_sagas_share_statements_and_each_keeps_its_own
         attempt: Attempt(1),
         key: IdempotencyKey::for_step(saga, &name, Phase::Action),
     };
-    setup.pool().close().await;
+    setup.close().await;
     let store = Arc::new(PgStore::connect_with(&url, options.clone()).await.unwrap());
     // 60 writes: 50 well-formed and 5 with a stale token at once (measured), then 5 completing
     // a step that never began (refused for their content; a refused statement is written again
@@ -467,7 +467,7 @@ async fn concurrent_writes_of_many_sagas_share_statements_and_each_keeps_its_own
     let before = flushed_commits(&url).await;
     let measured = leases.iter().enumerate().filter(|(n, _)| n % 12 != 7);
     let mut outcomes = futures_join_all(measured.map(|each| write(&store, each))).await;
-    store.pool().close().await;
+    store.close().await;
     let after = flushed_commits(&url).await;
     let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
     let refused = leases.iter().enumerate().filter(|(n, _)| n % 12 == 7);
@@ -687,4 +687,22 @@ impl HoldingProxy {
     fn release(&self) {
         self.held.store(0, Ordering::SeqCst);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_planner_settings_of_step_writes_stay_off_the_pool_users_query() {
+    let url = TestPg::fresh_database().await.unwrap();
+    let store = PgStore::connect(&url).await.unwrap();
+    // Step writes go out with generic plans and no sequential scans, on connections of
+    // their own; the pool handed to users keeps the server's settings.
+    let mut conn = store.pool().acquire().await.unwrap();
+    let settings: (String, String) = sqlx::query_as(
+        "SELECT current_setting('plan_cache_mode'), current_setting('enable_seqscan')",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(settings, ("auto".to_owned(), "on".to_owned()));
+    drop(conn);
+    store.close().await;
 }

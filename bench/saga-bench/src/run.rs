@@ -57,7 +57,7 @@ pub async fn run(args: RunArgs) -> Res<Value> {
         "bench_saga_{}_{}_c{}",
         args.workload, args.backend, args.inflight
     );
-    let (store, meter, pool): (Arc<dyn Store>, Option<Meter>, Option<sqlx::PgPool>) =
+    let (store, meter, pool): (Arc<dyn Store>, Option<Meter>, Option<PgStore>) =
         match args.backend.as_str() {
             "pg" => {
                 let admin = args
@@ -80,14 +80,14 @@ pub async fn run(args: RunArgs) -> Res<Value> {
                 let migrate = PgStore::connect_with(&url, options.clone())
                     .await
                     .map_err(err("connecting (migrations)"))?;
-                migrate.pool().close().await;
+                migrate.close().await;
                 drop(migrate);
                 let meter = Meter::start(&url).await?;
                 let pg = PgStore::connect_with(&url, options)
                     .await
                     .map_err(err("connecting"))?;
-                let pool = pg.pool().clone();
-                (Arc::new(pg), Some(meter), Some(pool))
+                let closer = pg.clone();
+                (Arc::new(pg), Some(meter), Some(closer))
             }
             "sqlite" => {
                 let path = format!("{}/{name}.db", args.dir);
@@ -196,8 +196,8 @@ pub async fn run(args: RunArgs) -> Res<Value> {
         orchestrator.kill();
     }
     drop(orchestrator);
-    if let Some(pool) = &pool {
-        pool.close().await;
+    if let Some(pg) = &pool {
+        pg.close().await;
     }
     let (commits, wal) = match &meter {
         Some(meter) => {

@@ -362,7 +362,7 @@ pub async fn w3(args: W3Args) -> Res<Value> {
         .iter()
         .find(|(s, _)| *s == SagaStatus::Completed)
         .map_or(0, |(_, n)| *n);
-    store.pool().close().await;
+    store.close().await;
     let lease_ttl_s = args
         .lease_ttl_ms
         .map_or(Config::default().lease_ttl.as_secs_f64(), |ms| {
@@ -410,7 +410,7 @@ pub async fn rss(args: RssArgs) -> Res<Value> {
     let url = pgutil::fresh_database(&args.admin_url, "bench_saga_rss").await?;
     // Migrate first, so that the worker's start-up is the same as any restart.
     let store = PgStore::connect(&url).await.map_err(err("connect"))?;
-    store.pool().close().await;
+    store.close().await;
     drop(store);
     let t0 = Instant::now();
     let worker_args = vec![

@@ -35,7 +35,9 @@ pub struct PgOptions {
     /// Schema holding the saga tables (default `saga`); created if missing. Must match
     /// `[a-z_][a-z0-9_]*` (at most 63 characters).
     pub schema: String,
-    /// Most connections in the pool (default 10).
+    /// Most connections in the pool (default 10). The store also opens `writers + 1`
+    /// connections of its own for step transitions (`max_connections` of them when `writers`
+    /// is 0) and one to listen for wake-ups.
     pub max_connections: u32,
     /// How long to wait for a pooled connection before the store counts as unavailable.
     pub acquire_timeout: Duration,
@@ -118,6 +120,8 @@ pub async fn pg_transaction<I>(
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Connections for step transitions only (see `connect_with`).
+    write_pool: PgPool,
     channel: String,
     wakeup: Arc<Wakeup>,
     writers: Arc<batch::Writers>,
@@ -168,32 +172,7 @@ impl PgStore {
             ))
         })?;
         create_schema(&connect, &schema).await?;
-        let search_path = format!("SET search_path TO \"{schema}\", public");
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(2))
-            .acquire_timeout(options.acquire_timeout)
-            // sqlx pings every connection it hands out, a round trip per store call; ping only
-            // connections that sat idle (a server restart shows there), and let an error on a
-            // busy one surface as `StoreUnavailable`, which callers retry.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for > IDLE_PING {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .after_connect(move |conn, _| {
-                let search_path = search_path.clone();
-                Box::pin(async move {
-                    conn.execute(search_path.as_str()).await?;
-                    Ok(())
-                })
-            })
-            .connect_with(connect.clone())
-            .await
-            .map_err(classify)?;
+        let pool = open_pool(&connect, &schema, options.max_connections.max(2), &options).await?;
         crate::migrate::postgres_migrator()
             .run(&pool)
             .await
@@ -204,13 +183,27 @@ impl PgStore {
         } else {
             Wakeup::none()
         });
+        // Step transitions go out on connections of their own, planned for what they are: a
+        // few rows found by key. A plan the server caches per connection must not depend on the
+        // table sizes or array lengths it first saw: generic plans (no re-planning of the large
+        // statement on every write), and index lookups even while the tables are still small.
+        let write_connect = connect.clone().options([
+            ("plan_cache_mode", "force_generic_plan"),
+            ("enable_seqscan", "off"),
+        ]);
+        let write_connections = match options.writers {
+            0 => options.max_connections.max(2),
+            writers => u32::try_from(writers.saturating_add(1)).unwrap_or(u32::MAX),
+        };
+        let write_pool = open_pool(&write_connect, &schema, write_connections, &options).await?;
         let writers = Arc::new(batch::Writers::start(
-            pool.clone(),
+            write_pool.clone(),
             channel.clone(),
             options.writers,
         ));
         Ok(Self {
             pool,
+            write_pool,
             channel,
             wakeup,
             writers,
@@ -218,9 +211,54 @@ impl PgStore {
     }
 
     /// The connection pool (its connections have the saga schema first on the search path).
+    /// Step transitions go out on a few connections of the store's own, not from this pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Closes the store's connections: the pool, the connections step transitions go out on,
+    /// and the one that listens for wake-ups. Waits until connections in use are given back;
+    /// the store (and its clones) cannot be used afterwards.
+    pub async fn close(&self) {
+        self.write_pool.close().await;
+        self.pool.close().await;
+        self.wakeup.stop();
+    }
+}
+
+/// A pool on `connect` whose connections have `schema` first on the search path.
+async fn open_pool(
+    connect: &PgConnectOptions,
+    schema: &str,
+    size: u32,
+    options: &PgOptions,
+) -> Result<PgPool> {
+    let search_path = format!("SET search_path TO \"{schema}\", public");
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(options.acquire_timeout)
+        // sqlx pings every connection it hands out, a round trip per store call; ping only
+        // connections that sat idle (a server restart shows there), and let an error on a
+        // busy one surface as `StoreUnavailable`, which callers retry.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > IDLE_PING {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .after_connect(move |conn, _| {
+            let search_path = search_path.clone();
+            Box::pin(async move {
+                conn.execute(search_path.as_str()).await?;
+                Ok(())
+            })
+        })
+        .connect_with(connect.clone())
+        .await
+        .map_err(classify)
 }
 
 /// The URL without its password, for error messages.

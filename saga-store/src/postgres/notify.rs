@@ -59,6 +59,13 @@ impl Wakeup {
         }
     }
 
+    /// Stops listening (its connection closes as the task ends); waiting then just sleeps.
+    pub(super) fn stop(&self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+
     /// Returns on a wake-up or after `max`.
     pub(super) async fn wait(&self, max: Duration) {
         tokio::select! {
