@@ -56,6 +56,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "one_statement_writes",
         include_str!("../migrations/postgres/0003_one_statement_writes.sql"),
     ),
+    (
+        4,
+        "steps_without_foreign_key",
+        include_str!("../migrations/postgres/0004_steps_without_foreign_key.sql"),
+    ),
 ];
 
 /// The migrator of the SQLite schema (applied by [`SqliteStore::connect`](crate::SqliteStore::connect)).

@@ -706,3 +706,87 @@ async fn the_planner_settings_of_step_writes_stay_off_the_pool_users_query() {
     drop(conn);
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_a_settled_saga_deletes_its_steps_and_history() {
+    use saga_core::{
+        Attempt, Change, IdempotencyKey, NewSaga, Phase, SagaId, SagaStatus, SagaType, StepIndex,
+        StepName, WorkerId,
+    };
+    let url = TestPg::fresh_database().await.unwrap();
+    let store = PgStore::connect(&url).await.unwrap();
+    let id = SagaId::new();
+    let worker = WorkerId::new("pruning-worker");
+    let name = StepName::new("only");
+    let begin = Change::BeginStep {
+        index: StepIndex(0),
+        name: name.clone(),
+        phase: Phase::Action,
+        attempt: Attempt(1),
+        key: IdempotencyKey::for_step(id, &name, Phase::Action),
+    };
+    store
+        .create(NewSaga {
+            id,
+            saga_type: SagaType::new("pruned"),
+            version: 1,
+            fingerprint: "fp".to_owned(),
+            input: serde_json::json!(1),
+            input_hash: "h".to_owned(),
+            idempotency_key: None,
+            trace_context: None,
+            lease: Some((
+                worker.clone(),
+                saga_core::after(saga_core::now(), Duration::from_secs(30)),
+            )),
+            changes: vec![begin],
+        })
+        .await
+        .unwrap();
+    let lease = saga_core::Lease {
+        saga: id,
+        owner: worker,
+        token: saga_core::FencingToken(1),
+        expires_at: saga_core::after(saga_core::now(), Duration::from_secs(30)),
+        taken_over_from: None,
+    };
+    let settle = [
+        Change::CompleteStep {
+            index: StepIndex(0),
+            name,
+            phase: Phase::Action,
+            attempt: Attempt(1),
+            output: None,
+        },
+        Change::SetStatus {
+            status: SagaStatus::Completed,
+            reason: None,
+        },
+        Change::Release { next_run_at: None },
+    ];
+    store.apply(&lease, &settle).await.unwrap();
+    let rows = |table: &'static str| {
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(&format!(
+                "SELECT COUNT(*) FROM {table} WHERE saga_id = $1"
+            ))
+            .bind(id.as_uuid())
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(rows("saga_steps").await, 1);
+    assert!(rows("saga_events").await > 0);
+    let later = saga_core::after(saga_core::now(), Duration::from_secs(1));
+    assert_eq!(store.prune(later, 10).await.unwrap(), 1);
+    assert!(store.load(id).await.unwrap().is_none());
+    assert_eq!(
+        rows("saga_steps").await,
+        0,
+        "a pruned saga's steps are deleted with it"
+    );
+    assert_eq!(rows("saga_events").await, 0);
+    store.close().await;
+}

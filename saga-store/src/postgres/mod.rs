@@ -701,6 +701,7 @@ impl Store for PgStore {
                   WHERE status IN ('completed', 'compensated', 'cancelled') AND updated_at < $1
                   LIMIT $2
                   FOR UPDATE SKIP LOCKED),
+             steps AS (DELETE FROM saga_steps WHERE saga_id IN (SELECT id FROM doomed)),
              events AS (DELETE FROM saga_events WHERE saga_id IN (SELECT id FROM doomed)),
              items AS (DELETE FROM saga_interventions WHERE saga_id IN (SELECT id FROM doomed)),
              gone AS (DELETE FROM saga_instances WHERE id IN (SELECT id FROM doomed) RETURNING id)
