@@ -690,24 +690,6 @@ impl HoldingProxy {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_planner_settings_of_step_writes_stay_off_the_pool_users_query() {
-    let url = TestPg::fresh_database().await.unwrap();
-    let store = PgStore::connect(&url).await.unwrap();
-    // Step writes go out with generic plans and no sequential scans, on connections of
-    // their own; the pool handed to users keeps the server's settings.
-    let mut conn = store.pool().acquire().await.unwrap();
-    let settings: (String, String) = sqlx::query_as(
-        "SELECT current_setting('plan_cache_mode'), current_setting('enable_seqscan')",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .unwrap();
-    assert_eq!(settings, ("auto".to_owned(), "on".to_owned()));
-    drop(conn);
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_a_settled_saga_deletes_its_steps_and_history() {
     use saga_core::{
         Attempt, Change, IdempotencyKey, NewSaga, Phase, SagaId, SagaStatus, SagaType, StepIndex,

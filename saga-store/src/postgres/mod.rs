@@ -35,9 +35,9 @@ pub struct PgOptions {
     /// Schema holding the saga tables (default `saga`); created if missing. Must match
     /// `[a-z_][a-z0-9_]*` (at most 63 characters).
     pub schema: String,
-    /// Most connections in the pool (default 10). The store also opens `writers + 1`
-    /// connections of its own for step transitions (`max_connections` of them when `writers`
-    /// is 0) and one to listen for wake-ups.
+    /// Most connections in the pool (default 10). The store also opens up to
+    /// `2 × (writers + 1)` connections of its own for step transitions (`max_connections` of
+    /// them when `writers` is 0) and one to listen for wake-ups.
     pub max_connections: u32,
     /// How long to wait for a pooled connection before the store counts as unavailable.
     pub acquire_timeout: Duration,
@@ -172,7 +172,14 @@ impl PgStore {
             ))
         })?;
         create_schema(&connect, &schema).await?;
-        let pool = open_pool(&connect, &schema, options.max_connections.max(2), &options).await?;
+        let pool = open_pool(
+            &connect,
+            &schema,
+            options.max_connections.max(2),
+            &options,
+            None,
+        )
+        .await?;
         crate::migrate::postgres_migrator()
             .run(&pool)
             .await
@@ -187,15 +194,24 @@ impl PgStore {
         // few rows found by key. A plan the server caches per connection must not depend on the
         // table sizes or array lengths it first saw: generic plans (no re-planning of the large
         // statement on every write), and index lookups even while the tables are still small.
-        let write_connect = connect.clone().options([
-            ("plan_cache_mode", "force_generic_plan"),
-            ("enable_seqscan", "off"),
-        ]);
+        // Set after connecting rather than as startup parameters, which connection poolers
+        // such as PgBouncer refuse.
+        // Room for the writers and a direct write, twice: sqlx gives a connection back to its
+        // pool only after a round trip of its own, so a writer done with one may need another.
         let write_connections = match options.writers {
             0 => options.max_connections.max(2),
-            writers => u32::try_from(writers.saturating_add(1)).unwrap_or(u32::MAX),
+            writers => {
+                u32::try_from(writers.saturating_add(1).saturating_mul(2)).unwrap_or(u32::MAX)
+            }
         };
-        let write_pool = open_pool(&write_connect, &schema, write_connections, &options).await?;
+        let write_pool = open_pool(
+            &connect,
+            &schema,
+            write_connections,
+            &options,
+            Some(WRITE_SETTINGS),
+        )
+        .await?;
         let writers = Arc::new(batch::Writers::start(
             write_pool.clone(),
             channel.clone(),
@@ -216,9 +232,10 @@ impl PgStore {
         &self.pool
     }
 
-    /// Closes the store's connections: the pool, the connections step transitions go out on,
-    /// and the one that listens for wake-ups. Waits until connections in use are given back;
-    /// the store (and its clones) cannot be used afterwards.
+    /// Closes the store's pools (the one from [`PgStore::pool`] and the connections step
+    /// transitions go out on), waiting until connections in use are given back, and stops
+    /// listening for wake-ups (that connection closes in the background). The store and its
+    /// clones cannot be used afterwards.
     pub async fn close(&self) {
         self.write_pool.close().await;
         self.pool.close().await;
@@ -226,12 +243,17 @@ impl PgStore {
     }
 }
 
-/// A pool on `connect` whose connections have `schema` first on the search path.
+/// Planner settings of the connections step transitions go out on.
+const WRITE_SETTINGS: &str = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off";
+
+/// A pool on `connect` whose connections have `schema` first on the search path, and then
+/// `settings` applied (a server that refuses them only costs speed: logged, not fatal).
 async fn open_pool(
     connect: &PgConnectOptions,
     schema: &str,
     size: u32,
     options: &PgOptions,
+    settings: Option<&'static str>,
 ) -> Result<PgPool> {
     let search_path = format!("SET search_path TO \"{schema}\", public");
     PgPoolOptions::new()
@@ -253,6 +275,11 @@ async fn open_pool(
             let search_path = search_path.clone();
             Box::pin(async move {
                 conn.execute(search_path.as_str()).await?;
+                if let Some(settings) = settings {
+                    if let Err(err) = conn.execute(settings).await {
+                        tracing::warn!(error = %err, settings, "the server refused the planner settings of step writes; writes work, planned per execution");
+                    }
+                }
                 Ok(())
             })
         })
@@ -1185,4 +1212,35 @@ async fn apply_change(
         }
     }
     Ok(())
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::testing::TestPg;
+
+    async fn planner_settings(pool: &PgPool) -> (String, String) {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query_as(
+            "SELECT current_setting('plan_cache_mode'), current_setting('enable_seqscan')",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn step_writes_plan_generically_and_the_users_pool_keeps_the_servers_settings() {
+        let url = TestPg::fresh_database().await.unwrap();
+        let store = PgStore::connect(&url).await.unwrap();
+        assert_eq!(
+            planner_settings(&store.write_pool).await,
+            ("force_generic_plan".to_owned(), "off".to_owned())
+        );
+        assert_eq!(
+            planner_settings(&store.pool).await,
+            ("auto".to_owned(), "on".to_owned())
+        );
+        store.close().await;
+    }
 }
