@@ -1,6 +1,5 @@
 //! The orchestrator's slots: one per saga being driven, `Config::concurrency` in all.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -9,14 +8,11 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 ///
 /// The dispatcher waits for that signal rather than queueing for a permit itself: a queued
 /// waiter would be handed every freed permit first, so a saga started meanwhile would find no
-/// slot to be driven from at once, and would wait to be claimed instead. When the dispatcher
-/// has a claim due it asks for the next slot ([`Slots::want`]); starts leave that one to it,
-/// so that sagas waiting in the store are not put off for as long as starts keep coming.
+/// slot to be driven from at once, and would wait to be claimed instead.
 #[derive(Debug)]
 pub(crate) struct Slots {
     permits: Arc<Semaphore>,
     freed: Arc<Notify>,
-    wanted: AtomicBool,
 }
 
 impl Slots {
@@ -24,36 +20,11 @@ impl Slots {
         Self {
             permits: Arc::new(Semaphore::new(count.max(1))),
             freed: Arc::new(Notify::new()),
-            wanted: AtomicBool::new(false),
         }
     }
 
-    /// A free slot for a saga started here, if there is one the dispatcher has not asked for.
+    /// A free slot, if there is one.
     pub(crate) fn try_take(&self) -> Option<Slot> {
-        if self.wanted.load(Ordering::Acquire) {
-            return None;
-        }
-        self.take()
-    }
-
-    /// A free slot for the dispatcher, if there is one; it no longer wants one then.
-    pub(crate) fn take_for_claim(&self) -> Option<Slot> {
-        let slot = self.take()?;
-        self.wanted.store(false, Ordering::Release);
-        Some(slot)
-    }
-
-    /// The dispatcher has a claim due: starts leave the next free slot to it.
-    pub(crate) fn want(&self) {
-        self.wanted.store(true, Ordering::Release);
-    }
-
-    /// The dispatcher is claiming (or stopped): starts may take free slots again.
-    pub(crate) fn unwant(&self) {
-        self.wanted.store(false, Ordering::Release);
-    }
-
-    fn take(&self) -> Option<Slot> {
         let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
         Some(Slot {
             permit: Some(permit),
@@ -106,19 +77,5 @@ mod tests {
         assert_eq!(free, 1);
         // The waiter did not take the slot: a start can.
         assert!(slots.try_take().is_some());
-    }
-
-    #[test]
-    fn a_slot_the_dispatcher_wants_is_left_to_it() {
-        let slots = Slots::new(1);
-        slots.want();
-        assert!(slots.try_take().is_none(), "a start leaves the wanted slot");
-        let claimed = slots.take_for_claim();
-        assert!(claimed.is_some());
-        drop(claimed);
-        assert!(
-            slots.try_take().is_some(),
-            "once served, starts take slots again"
-        );
     }
 }

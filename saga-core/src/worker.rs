@@ -66,10 +66,12 @@ pub(crate) async fn dispatch(
     let mut claim_now = true;
     let mut backlog = false;
     let mut next_poll = tokio::time::Instant::now();
-    // A slot taken for a claim that is due: sagas started here take free slots first, so under
-    // sustained load a due claim (a retry, a takeover, a saga started while every slot was
-    // taken) would otherwise wait for as long as starts keep coming.
-    let mut reserved: Option<Slot> = None;
+    // Set when a poll falls due while every slot is taken: the next claim takes one saga even
+    // without a free slot. Sagas started here take slots as they free, so under sustained load
+    // a saga waiting in the store (a retry, a takeover, a saga started while every slot was
+    // taken) would otherwise wait for as long as starts keep coming; this way it waits at most
+    // about a poll interval, at the cost of one saga driven above the limit now and then.
+    let mut overdue = false;
     loop {
         while drives.try_join_next().is_some() {}
         while let Ok(work) = direct.try_recv() {
@@ -78,24 +80,16 @@ pub(crate) async fn dispatch(
         if *shutdown.borrow() {
             break;
         }
-        let free = inner.slots.free() + usize::from(reserved.is_some());
-        if free == 0 {
+        let free = inner.slots.free();
+        if free == 0 && !overdue {
             // Every slot is taken: by running drives, or by starts in progress (which give
             // their slot back when the saga existed already or the store failed). Wait for any
-            // slot to come free, whoever held it; keep it for a claim that is due.
-            if backlog || tokio::time::Instant::now() >= next_poll {
-                inner.slots.want();
-            }
+            // slot to come free, whoever held it, or for the poll.
             tokio::select! {
                 () = inner.slots.given_back() => {
-                    if backlog || tokio::time::Instant::now() >= next_poll {
-                        claim_now = true;
-                        reserved = inner.slots.take_for_claim();
-                        if reserved.is_none() {
-                            inner.slots.want();
-                        }
-                    }
+                    claim_now |= backlog || tokio::time::Instant::now() >= next_poll;
                 }
+                () = tokio::time::sleep_until(next_poll) => overdue = true,
                 Some(work) = direct.recv() => start(&mut drives, work),
                 _ = shutdown.changed() => {}
             }
@@ -103,12 +97,14 @@ pub(crate) async fn dispatch(
         }
         if claim_now || tokio::time::Instant::now() >= next_poll {
             claim_now = false;
-            inner.slots.unwant();
             next_poll = tokio::time::Instant::now() + inner.config.poll_interval;
             // Claim in bounded batches: a large `concurrency` fills up over a few claims
             // instead of one huge transaction.
-            let limit =
-                u32::try_from(free.min(inner.config.claim_batch.max(1))).unwrap_or(u32::MAX);
+            let wanted = free
+                .max(usize::from(overdue))
+                .min(inner.config.claim_batch.max(1));
+            let limit = u32::try_from(wanted).unwrap_or(u32::MAX);
+            overdue = false;
             let claim_started = std::time::Instant::now();
             let claimed = inner
                 .store
@@ -136,7 +132,7 @@ pub(crate) async fn dispatch(
                         for (lease, snapshot) in leases {
                             // A saga started here may have taken the slot meanwhile; the claimed
                             // one is driven all the same (it is ours now), briefly above the limit.
-                            let slot = reserved.take().or_else(|| inner.slots.take_for_claim());
+                            let slot = inner.slots.try_take();
                             drives.spawn(drive(Arc::clone(&inner), lease, snapshot, None, slot));
                         }
                         claim_now = backlog;
@@ -154,8 +150,6 @@ pub(crate) async fn dispatch(
                     next_poll = tokio::time::Instant::now() + pause;
                 }
             }
-            // Nothing was claimed: the slot kept for the claim is free again.
-            reserved = None;
         }
         let until_poll = next_poll.saturating_duration_since(tokio::time::Instant::now());
         tokio::select! {
@@ -165,7 +159,6 @@ pub(crate) async fn dispatch(
             _ = shutdown.changed() => {}
         }
     }
-    inner.slots.unwant();
     // Sagas started here during shutdown: each runs the first step it was created with (it is
     // recorded begun), within the grace period, then sees the shutdown and releases the saga.
     direct.close();
@@ -220,7 +213,7 @@ async fn reclaim(inner: &Arc<Inner>, drives: &mut JoinSet<()>, granted_before: c
             );
         }
         for lease in leases {
-            let slot = inner.slots.take_for_claim();
+            let slot = inner.slots.try_take();
             drives.spawn(drive(Arc::clone(inner), lease, None, None, slot));
         }
         if !full {
