@@ -10,7 +10,9 @@ use crate::telemetry::Telemetry;
 pub struct Config {
     /// The name recorded as the owner of this orchestrator's leases.
     pub worker_id: WorkerId,
-    /// How many sagas this orchestrator drives at once.
+    /// How many sagas this orchestrator drives at once. While sagas started here keep every
+    /// slot busy, it still claims one saga waiting in the store per poll interval and drives
+    /// it above this limit, so that retries and takeovers are not put off indefinitely.
     pub concurrency: usize,
     /// How long a claim lasts without a heartbeat; heartbeats renew it every third of this.
     /// After a crash, the sagas this worker held resume elsewhere once it lapses.
