@@ -14,6 +14,22 @@ use saga_store::testing::TestPg;
 use saga_store::{pg_transaction, PgOptions, PgStore};
 use sqlx::{Connection, Row};
 
+/// A saga of `saga_type` with input `n`, created idle (no lease, nothing begun).
+fn new_saga(saga_type: &str, n: u32) -> saga_core::NewSaga {
+    saga_core::NewSaga {
+        id: saga_core::SagaId::new(),
+        saga_type: saga_core::SagaType::new(saga_type),
+        version: 1,
+        fingerprint: "fp".to_owned(),
+        input: serde_json::json!(n),
+        input_hash: format!("h{n}"),
+        idempotency_key: None,
+        trace_context: None,
+        lease: None,
+        changes: Vec::new(),
+    }
+}
+
 /// What the `book` step does after writing its booking in the step's transaction.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Then {
@@ -396,8 +412,7 @@ async fn closing_the_store_returns_while_it_listens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_of_many_sagas_share_statements_and_each_keeps_its_own_fence() {
     use saga_core::{
-        Attempt, Change, IdempotencyKey, NewSaga, Phase, SagaId, SagaType, StepIndex, StepName,
-        StepStatus, WorkerId,
+        Attempt, Change, IdempotencyKey, Phase, SagaId, StepIndex, StepName, StepStatus, WorkerId,
     };
     let url = TestPg::fresh_database().await.unwrap();
     let options = PgOptions {
@@ -408,22 +423,9 @@ async fn concurrent_writes_of_many_sagas_share_statements_and_each_keeps_its_own
     let setup = PgStore::connect_with(&url, options.clone()).await.unwrap();
     let mut ids = Vec::new();
     for n in 0..60 {
-        let id = SagaId::new();
-        setup
-            .create(NewSaga {
-                id,
-                saga_type: SagaType::new("grouped"),
-                version: 1,
-                fingerprint: "fp".to_owned(),
-                input: serde_json::json!(n),
-                input_hash: format!("h{n}"),
-                idempotency_key: None,
-                trace_context: None,
-                lease: None,
-                changes: Vec::new(),
-            })
-            .await
-            .unwrap();
+        let saga = new_saga("grouped", n);
+        let id = saga.id;
+        setup.create(saga).await.unwrap();
         ids.push(id);
     }
     let worker = WorkerId::new("grouping-worker");
@@ -524,8 +526,7 @@ async fn flushed_commits(url: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_write_grouped_with_a_current_write_of_the_same_saga_writes_nothing() {
     use saga_core::{
-        Attempt, Change, IdempotencyKey, NewSaga, Phase, SagaId, SagaType, StepIndex, StepName,
-        WorkerId,
+        Attempt, Change, IdempotencyKey, Phase, SagaId, StepIndex, StepName, WorkerId,
     };
     let url = TestPg::fresh_database().await.unwrap();
     let options = PgOptions {
@@ -534,19 +535,7 @@ async fn a_stale_write_grouped_with_a_current_write_of_the_same_saga_writes_noth
         ..PgOptions::default()
     };
     let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
-    let new_saga = |n: u32| NewSaga {
-        id: SagaId::new(),
-        saga_type: SagaType::new("grouped"),
-        version: 1,
-        fingerprint: "fp".to_owned(),
-        input: serde_json::json!(n),
-        input_hash: format!("h{n}"),
-        idempotency_key: None,
-        trace_context: None,
-        lease: None,
-        changes: Vec::new(),
-    };
-    let (other_saga, target) = (new_saga(1), new_saga(2));
+    let (other_saga, target) = (new_saga("grouped", 1), new_saga("grouped", 2));
     let (other, saga) = (other_saga.id, target.id);
     store.create(other_saga).await.unwrap();
     store.create(target).await.unwrap();
@@ -692,12 +681,12 @@ impl HoldingProxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_a_settled_saga_deletes_its_steps_and_history() {
     use saga_core::{
-        Attempt, Change, IdempotencyKey, NewSaga, Phase, SagaId, SagaStatus, SagaType, StepIndex,
-        StepName, WorkerId,
+        Attempt, Change, IdempotencyKey, Phase, SagaStatus, StepIndex, StepName, WorkerId,
     };
     let url = TestPg::fresh_database().await.unwrap();
     let store = PgStore::connect(&url).await.unwrap();
-    let id = SagaId::new();
+    let mut saga = new_saga("pruned", 1);
+    let id = saga.id;
     let worker = WorkerId::new("pruning-worker");
     let name = StepName::new("only");
     let begin = Change::BeginStep {
@@ -707,24 +696,12 @@ async fn pruning_a_settled_saga_deletes_its_steps_and_history() {
         attempt: Attempt(1),
         key: IdempotencyKey::for_step(id, &name, Phase::Action),
     };
-    store
-        .create(NewSaga {
-            id,
-            saga_type: SagaType::new("pruned"),
-            version: 1,
-            fingerprint: "fp".to_owned(),
-            input: serde_json::json!(1),
-            input_hash: "h".to_owned(),
-            idempotency_key: None,
-            trace_context: None,
-            lease: Some((
-                worker.clone(),
-                saga_core::after(saga_core::now(), Duration::from_secs(30)),
-            )),
-            changes: vec![begin],
-        })
-        .await
-        .unwrap();
+    saga.lease = Some((
+        worker.clone(),
+        saga_core::after(saga_core::now(), Duration::from_secs(30)),
+    ));
+    saga.changes = vec![begin];
+    store.create(saga).await.unwrap();
     let lease = saga_core::Lease {
         saga: id,
         owner: worker,

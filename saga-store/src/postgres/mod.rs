@@ -1215,6 +1215,7 @@ async fn apply_change(
 }
 
 #[cfg(all(test, feature = "testing"))]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::testing::TestPg;
