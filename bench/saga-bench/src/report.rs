@@ -30,6 +30,43 @@ fn fmt(x: Option<f64>, decimals: usize) -> String {
     }
 }
 
+/// The round a result line was measured in (lines without one: round 1).
+fn round_of(v: &Value) -> u64 {
+    v.get("round").and_then(Value::as_u64).unwrap_or(1)
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` when empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|x| x.is_finite());
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// One row standing for the rounds of a workload: each number the median of its rounds (taken
+/// separately), everything else from the first round, and `rounds` the count.
+fn merged(rows: &[&Value]) -> Option<Value> {
+    let first = rows.first()?;
+    let mut out = (*first).clone();
+    if let Some(object) = out.as_object_mut() {
+        let keys: Vec<String> = object.keys().cloned().collect();
+        for key in keys {
+            let values: Vec<f64> = rows.iter().filter_map(|r| num(r, &key)).collect();
+            if values.len() == rows.len() {
+                if let Some(m) = median(values).and_then(serde_json::Number::from_f64) {
+                    object.insert(key, Value::Number(m));
+                }
+            }
+        }
+        object.insert("rounds".into(), Value::from(rows.len()));
+    }
+    Some(out)
+}
+
 /// The value for a name=value line: a number, or `unavailable`.
 fn kv(x: Option<f64>, decimals: usize) -> String {
     match x {
@@ -46,14 +83,22 @@ pub fn report(args: ReportArgs) -> Res<()> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     let meta = rows.iter().find(|r| r.get("meta").is_some()).cloned();
-    let find = |engine: &str, workload: &str, backend: &str, inflight: u64| -> Option<&Value> {
-        rows.iter().rev().find(|r| {
+    // Every round of a workload at a level, in round order (a round measured twice: its last).
+    let find_all = |engine: &str, workload: &str, backend: &str, inflight: u64| -> Vec<&Value> {
+        let mut by_round: BTreeMap<u64, &Value> = BTreeMap::new();
+        for r in rows.iter().filter(|r| {
             text(r, "engine") == engine
                 && text(r, "workload") == workload
                 && (backend.is_empty() || text(r, "backend") == backend)
                 && r.get("inflight").and_then(Value::as_u64) == Some(inflight)
                 && r.get("unavailable").is_none()
-        })
+        }) {
+            by_round.insert(round_of(r), r);
+        }
+        by_round.into_values().collect()
+    };
+    let find = |engine: &str, workload: &str, backend: &str, inflight: u64| -> Option<Value> {
+        merged(&find_all(engine, workload, backend, inflight))
     };
     let unavailable: BTreeMap<String, String> = rows
         .iter()
@@ -128,6 +173,7 @@ pub fn report(args: ReportArgs) -> Res<()> {
             let Some(r) = find(engine, workload, backend, n) else {
                 continue;
             };
+            let r = &r;
             let store = if backend.is_empty() {
                 text(r, "backend")
             } else {
@@ -173,6 +219,7 @@ pub fn report(args: ReportArgs) -> Res<()> {
     }
     for &n in &levels {
         if let Some(r) = find("pgbench", "step", "", n) {
+            let r = &r;
             let _ = writeln!(
                 out,
                 "{:<9} {:<7} {:<5} {:>4} {:>9} {:>10} {:>8} {:>8} {:>9} {:>8} {:>10} {:>7}",
@@ -200,6 +247,13 @@ pub fn report(args: ReportArgs) -> Res<()> {
         out,
         "  steps/s: step functions run per second (W1: 5 per saga; W2: 4 actions + 3 compensations); pgbench: one transaction = one step transition (insert a unique key + update a status)\n  p50/p99: saga latency, start -> settled (pgbench: average transaction latency); step+: p50 time from one step's entry to the next one's (what the orchestrator adds per step)\n  commits: pg_stat_database.xact_commit delta per saga, in a database used only by that run; WAL B: pg_current_wal_lsn() delta per saga; RSS: peak RSS (VmHWM) of the worker process"
     );
+    let max_rounds = rows.iter().map(round_of).max().unwrap_or(1);
+    if max_rounds > 1 {
+        let _ = writeln!(
+            out,
+            "  rounds: a workload measured in {max_rounds} rounds shows the median of each column over its rounds (its ratios below: the median of the per-round ratios)"
+        );
+    }
     for (engine, why) in &unavailable {
         let _ = writeln!(out, "  {engine}: unavailable — {why}");
     }
@@ -325,21 +379,77 @@ pub fn report(args: ReportArgs) -> Res<()> {
     // Ratios and targets.
     let _ = writeln!(out);
     let _ = writeln!(out, "Ratios and targets");
-    let saga = |w: &str, n: u64, key: &str| find("saga", w, "pg", n).and_then(|r| num(r, key));
+    let saga = |w: &str, n: u64, key: &str| find("saga", w, "pg", n).and_then(|r| num(&r, key));
+    // A ratio per round, from the two runs of that round; the ratio is their median.
+    let per_round = |ours: Vec<&Value>, ours_key: &str, theirs: Vec<&Value>, their_key: &str| {
+        let theirs: BTreeMap<u64, f64> = theirs
+            .iter()
+            .filter_map(|r| num(r, their_key).map(|x| (round_of(r), x)))
+            .collect();
+        ours.iter()
+            .filter_map(|r| {
+                let a = num(r, ours_key)?;
+                let b = theirs.get(&round_of(r))?;
+                Some((round_of(r), a / b))
+            })
+            .collect::<Vec<(u64, f64)>>()
+    };
     let mut ratio_lines = Vec::new();
+    let mut round_lines: Vec<String> = Vec::new();
     for &n in &levels {
-        let limit = find("pgbench", "step", "", n).and_then(|r| num(r, "tps"));
-        let r = saga("w1", n, "transitions_per_s")
-            .zip(limit)
-            .map(|(a, b)| a / b);
-        ratio_lines.push((format!("ratio_vs_pgbench_c{n}"), r));
+        let rounds = per_round(
+            find_all("saga", "w1", "pg", n),
+            "transitions_per_s",
+            find_all("pgbench", "step", "", n),
+            "tps",
+        );
+        let mut pairs = vec![("pgbench", "w1", rounds)];
         for peer in ["dbos", "underway"] {
             for w in ["w1", "w2"] {
-                let p = find(peer, w, "", n).and_then(|r| num(r, "sagas_per_s"));
-                let r = saga(w, n, "sagas_per_s").zip(p).map(|(a, b)| a / b);
-                ratio_lines.push((format!("ratio_vs_{peer}_{w}_c{n}"), r));
+                let rounds = per_round(
+                    find_all("saga", w, "pg", n),
+                    "sagas_per_s",
+                    find_all(peer, w, "", n),
+                    "sagas_per_s",
+                );
+                pairs.push((peer, w, rounds));
             }
         }
+        for (peer, w, rounds) in pairs {
+            let name = if peer == "pgbench" {
+                format!("ratio_vs_pgbench_c{n}")
+            } else {
+                format!("ratio_vs_{peer}_{w}_c{n}")
+            };
+            let values: Vec<f64> = rounds.iter().map(|(_, x)| *x).collect();
+            if values.len() > 1 {
+                let list: Vec<String> = values.iter().map(|x| format!("{x:.3}")).collect();
+                kvs.push((format!("{name}_rounds"), list.join(",")));
+                round_lines.push(format!(
+                    "  {name:<26} {:>8}   rounds: {}",
+                    fmt(median(values.clone()), 3),
+                    list.join("  ")
+                ));
+            }
+            ratio_lines.push((name, median(values)));
+        }
+    }
+    let steps: Vec<f64> = find_all("saga", "w1", "pg", 1)
+        .iter()
+        .filter_map(|r| num(r, "step_p50_ms"))
+        .collect();
+    if steps.len() > 1 {
+        let list: Vec<String> = steps.iter().map(|x| format!("{x:.3}")).collect();
+        kvs.push((
+            "saga_w1_pg_c1_step_added_p50_ms_rounds".into(),
+            list.join(","),
+        ));
+        round_lines.push(format!(
+            "  {:<26} {:>8}   rounds: {}",
+            "step+ ms, W1, 1 in flight",
+            fmt(median(steps.clone()), 3),
+            list.join("  ")
+        ));
     }
     let get = |name: &str| {
         ratio_lines
@@ -361,6 +471,15 @@ pub fn report(args: ReportArgs) -> Res<()> {
         out,
         "  (pgbench: W1 step transitions/s / pgbench tps; peers: sagas/s / peer's sagas/s; all at 16 in flight)"
     );
+    if !round_lines.is_empty() {
+        let _ = writeln!(
+            out,
+            "  Measured in rounds (each ratio from two runs seconds apart; the figure is their median):"
+        );
+        for line in &round_lines {
+            let _ = writeln!(out, "{line}");
+        }
+    }
 
     let mut targets: Vec<(&str, String, Option<bool>)> = Vec::new();
     let r = get("ratio_vs_pgbench_c16");
@@ -386,7 +505,8 @@ pub fn report(args: ReportArgs) -> Res<()> {
     }
     let commits: Vec<f64> = levels
         .iter()
-        .filter_map(|&n| saga("w1", n, "commits_per_saga"))
+        .flat_map(|&n| find_all("saga", "w1", "pg", n))
+        .filter_map(|r| num(r, "commits_per_saga"))
         .collect();
     let worst = commits.iter().copied().reduce(f64::max);
     targets.push((
