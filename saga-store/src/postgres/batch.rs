@@ -1,8 +1,9 @@
 //! Fenced writes of many sagas in one statement, and the writer tasks that group them.
 //!
-//! Every fenced write goes through one fixed statement whose inputs are arrays (`UNNEST`): the
-//! fence of each saga, its step changes, interventions and history events. Its text never
-//! changes, so every connection prepares it once. Writes that arrive while a writer is busy
+//! Every fenced write goes through one of two fixed statements whose inputs are arrays
+//! (`UNNEST`): the fence of each saga, its step changes, interventions and history events. The
+//! lighter one leaves out failed steps and interventions, which nearly no write has. Their text
+//! never changes, so every connection prepares each once. Writes that arrive while a writer is busy
 //! wait and go out together in its next statement — one round trip and one commit for all of
 //! them, the way a database groups commits — so the cost per step falls as load rises, while a
 //! lone write goes out at once.
@@ -56,12 +57,15 @@ pub(super) struct Write {
     pub(super) changes: Vec<Change>,
 }
 
-/// The statement: $1..$10 the sagas (fence and row changes), $11..$16 begun steps, $17..$20
-/// completed steps, $21..$26 failed steps, $27..$36 interventions, $37..$42 events, $43 now,
-/// $44 whether to wake idle workers, $45 the wake-up channel, $46..$50 the position of the write
-/// each begun step, completed step, failed step, intervention and event belongs to. Returns the
-/// positions of the writes whose fence held (the others wrote nothing).
-const SQL: &str = "
+/// The statement's parts. Parameters: $1..$10 the sagas (fence and row changes), $11..$16 begun
+/// steps, $17..$20 completed steps, $21..$26 failed steps, $27..$36 interventions, $37..$42
+/// events, $43 now, $44 whether to wake idle workers, $45 the wake-up channel, $46..$50 the
+/// position of the write each begun step, completed step, failed step, intervention and event
+/// belongs to. It returns the positions of the writes whose fence held (the others wrote
+/// nothing).
+macro_rules! fence_begin_complete {
+    () => {
+        "
 WITH s AS (
     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::bool[], $5::bool[], $6::text[],
                          $7::text[], $8::bool[], $9::bool[], $10::timestamptz[])
@@ -106,6 +110,14 @@ completed AS (
      WHERE st.saga_id = ANY($17::uuid[])
        AND st.saga_id = c.saga AND st.step_index = c.idx AND st.phase = c.phase
     RETURNING 1),
+"
+    };
+}
+
+/// Failed steps and interventions.
+macro_rules! fail_escalate {
+    () => {
+        "
 f AS (
     SELECT f.* FROM UNNEST($21::uuid[], $22::int4[], $23::text[], $24::text[], $25::text[],
                            $26::timestamptz[], $48::int8[])
@@ -129,6 +141,14 @@ escalated AS (
            AS e(id, saga, kind, idx, step, phase, key, input, output, error, w)
       JOIN inst ON inst.n = e.w
     ON CONFLICT (id) DO NOTHING),
+"
+    };
+}
+
+/// History events.
+macro_rules! history {
+    () => {
+        "
 events AS (
     INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
     SELECT v.saga, $43, v.kind, v.step, v.phase, v.attempt, v.detail
@@ -137,13 +157,43 @@ events AS (
            WITH ORDINALITY AS v(saga, kind, step, phase, attempt, detail, w, n)
       JOIN inst ON inst.n = v.w
      ORDER BY v.n)
+"
+    };
+}
+
+/// The answer, and the refusal of step changes that found nothing to act on.
+macro_rules! answer {
+    ($failed:literal) => {
+        concat!(
+            "
 SELECT ARRAY(SELECT n FROM inst) AS fenced,
        CASE WHEN (SELECT COUNT(*) FROM begun) < (SELECT COUNT(*) FROM b)
-                 OR (SELECT COUNT(*) FROM completed) < (SELECT COUNT(*) FROM c)
-                 OR (SELECT COUNT(*) FROM failed) < (SELECT COUNT(*) FROM f)
+                 OR (SELECT COUNT(*) FROM completed) < (SELECT COUNT(*) FROM c)",
+            $failed,
+            "
             THEN saga_refuse('a step change found no step to act on: a completed step cannot begin again, and only a begun step can complete or fail')
        END AS refused,
-       CASE WHEN $44 AND EXISTS (SELECT 1 FROM inst) THEN pg_notify($45, '')::text END AS woke";
+       CASE WHEN $44 AND EXISTS (SELECT 1 FROM inst) THEN pg_notify($45, '')::text END AS woke"
+        )
+    };
+}
+
+/// The statement for any group of writes.
+const SQL: &str = concat!(
+    fence_begin_complete!(),
+    fail_escalate!(),
+    history!(),
+    answer!(
+        "
+                 OR (SELECT COUNT(*) FROM failed) < (SELECT COUNT(*) FROM f)"
+    )
+);
+
+/// The statement for a group that fails no step and escalates nothing (nearly every write: a
+/// step completed and the next begun). The parts it leaves out cost the server their set-up on
+/// every execution even when their arrays are empty. Parameters $21..$36, $48 and $49 are bound
+/// (empty) but not read.
+const ADVANCE_SQL: &str = concat!(fence_begin_complete!(), history!(), answer!(""));
 
 /// A step index, attempt or version as the `integer` it is stored as.
 pub(super) fn int(value: u32) -> i32 {
@@ -399,7 +449,12 @@ pub(super) async fn execute<'e>(
         columns.add(write, position, now);
     }
     let c = columns;
-    let query = sqlx::query(SQL)
+    let sql = if c.f_saga.is_empty() && c.e_id.is_empty() {
+        ADVANCE_SQL
+    } else {
+        SQL
+    };
+    let query = sqlx::query(sql)
         .bind(c.s_id)
         .bind(c.s_owner)
         .bind(c.s_token)
