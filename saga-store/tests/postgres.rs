@@ -509,6 +509,182 @@ async fn concurrent_writes_of_many_sagas_share_statements_and_each_keeps_its_own
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creations_share_statements_and_each_start_key_starts_one_saga() {
+    use saga_core::{
+        Attempt, Change, Created, IdempotencyKey, Phase, SagaId, StepIndex, StepName, StepStatus,
+        WorkerId,
+    };
+    let url = TestPg::fresh_database().await.unwrap();
+    let options = PgOptions {
+        writers: 1,
+        max_connections: 4,
+        ..PgOptions::default()
+    };
+    // Migrated by a store of its own, closed before measuring (a backend reports its commits
+    // when it exits); then what connecting and closing a store costs by itself (schema check,
+    // session settings), so that only the creations are counted.
+    PgStore::connect_with(&url, options.clone())
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let idle = flushed_commits(&url).await;
+    PgStore::connect_with(&url, options.clone())
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let overhead = flushed_commits(&url).await - idle;
+    let store = Arc::new(PgStore::connect_with(&url, options.clone()).await.unwrap());
+    let worker = WorkerId::new("starter");
+    let name = StepName::new("first");
+    // 40 creations at once: 15 idle, 15 leased with their first step begun, 5 with one start
+    // key and one input, 5 with another start key and 5 different inputs.
+    let mut sagas = Vec::new();
+    for n in 0..40u32 {
+        let mut saga = new_saga("created-together", n);
+        match n {
+            15..=29 => {
+                saga.lease = Some((
+                    worker.clone(),
+                    saga_core::after(saga_core::now(), Duration::from_secs(30)),
+                ));
+                saga.changes = vec![Change::BeginStep {
+                    index: StepIndex(0),
+                    name: name.clone(),
+                    phase: Phase::Action,
+                    attempt: Attempt(1),
+                    key: IdempotencyKey::for_step(saga.id, &name, Phase::Action),
+                }];
+            }
+            30..=34 => {
+                saga.idempotency_key = Some(IdempotencyKey::new("same-input"));
+                saga.input = serde_json::json!("same");
+                saga.input_hash = "same".to_owned();
+            }
+            35..=39 => {
+                saga.idempotency_key = Some(IdempotencyKey::new("other-inputs"));
+            }
+            _ => {}
+        }
+        sagas.push(saga);
+    }
+    let before = flushed_commits(&url).await;
+    let outcomes = futures_join_all(sagas.iter().cloned().map(|saga| {
+        let store = Arc::clone(&store);
+        async move { store.create(saga).await }
+    }))
+    .await;
+    store.close().await;
+    let after = flushed_commits(&url).await;
+    let store = PgStore::connect_with(&url, options.clone()).await.unwrap();
+
+    for (n, (saga, outcome)) in sagas.iter().zip(&outcomes).enumerate().take(30) {
+        assert_eq!(
+            outcome.as_ref().ok(),
+            Some(&Created::New(saga.id)),
+            "creation {n}"
+        );
+        let stored = store.load(saga.id).await.unwrap().unwrap();
+        assert_eq!(stored.record.status, SagaStatus::Running);
+        let history = store.history(saga.id).await.unwrap();
+        if n < 15 {
+            assert!(
+                stored.record.lease_owner.is_none(),
+                "an idle creation is not leased"
+            );
+            assert!(stored.steps.is_empty());
+            assert_eq!(history.len(), 1, "saga_started");
+        } else {
+            assert_eq!(stored.record.lease_owner.as_ref(), Some(&worker));
+            assert_eq!(stored.record.fencing_token.0, 1);
+            assert_eq!(stored.steps.len(), 1);
+            assert_eq!(stored.steps[0].status, StepStatus::InProgress);
+            assert_eq!(history.len(), 2, "saga_started, then step_started");
+        }
+    }
+    // One start key, one input: one saga, and every start of it is told which.
+    let same: Vec<&saga_core::Result<Created>> = outcomes[30..35].iter().collect();
+    let new: Vec<SagaId> = same
+        .iter()
+        .filter_map(|o| match o {
+            Ok(Created::New(id)) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(new.len(), 1, "{same:?}");
+    for outcome in &same {
+        assert_eq!(
+            outcome.as_ref().ok().map(|c| c.id()),
+            Some(new[0]),
+            "{outcome:?}"
+        );
+    }
+    // One start key, five inputs: one saga; the other four are conflicts naming it.
+    let other: Vec<&saga_core::Result<Created>> = outcomes[35..40].iter().collect();
+    let winner: Vec<SagaId> = other
+        .iter()
+        .filter_map(|o| match o {
+            Ok(Created::New(id)) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(winner.len(), 1, "{other:?}");
+    for outcome in other.iter().filter(|o| !matches!(o, Ok(Created::New(_)))) {
+        match outcome {
+            Err(Error::Conflict { existing, .. }) => assert_eq!(*existing, winner[0]),
+            other => panic!("a start key reused with another input must conflict: {other:?}"),
+        }
+    }
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM saga_instances WHERE saga_type = 'created-together'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows, 32, "30 sagas without a key and one per start key");
+    // Created one by one, they would take 48 commits (40 creations, and a read of the saga a
+    // start key already started for each of the 8 that lost), plus the settings of the few
+    // more connections a burst opens; creations that arrive while the writer is busy share its
+    // next statement.
+    let commits = after - before - overhead;
+    assert!(
+        commits < 36,
+        "40 concurrent creations took {commits} commits (besides {overhead} for connecting); they should share statements"
+    );
+
+    // A creation refused for its content (a saga id that exists) fails alone: the others
+    // written with it are created.
+    let store = Arc::new(store);
+    let first = new_saga("created-together", 100);
+    let mut twin = new_saga("created-together", 101);
+    twin.id = first.id;
+    let mut batch = vec![first, twin];
+    batch.extend((102..112).map(|n| new_saga("created-together", n)));
+    let outcomes = futures_join_all(batch.iter().cloned().map(|saga| {
+        let store = Arc::clone(&store);
+        async move { store.create(saga).await }
+    }))
+    .await;
+    assert_eq!(
+        outcomes[..2].iter().filter(|o| o.is_ok()).count(),
+        1,
+        "one of two sagas with the same id is created: {:?}",
+        &outcomes[..2]
+    );
+    for (saga, outcome) in batch.iter().zip(&outcomes).skip(2) {
+        assert_eq!(outcome.as_ref().ok(), Some(&Created::New(saga.id)));
+    }
+    assert!(
+        outcomes[..2]
+            .iter()
+            .any(|o| matches!(o, Err(e) if e.to_string().contains(&batch[0].id.to_string()))),
+        "the refused creation names its saga id: {:?}",
+        &outcomes[..2]
+    );
+}
+
 /// The database's `xact_commit`, once the backends of closed connections have reported
 /// theirs (a backend reports its statistics when it exits, or at most once a second).
 async fn flushed_commits(url: &str) -> i64 {

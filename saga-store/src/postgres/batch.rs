@@ -1,12 +1,14 @@
 //! Fenced writes of many sagas in one statement, and the writer tasks that group them.
 //!
-//! Every fenced write goes through one of two fixed statements whose inputs are arrays
-//! (`UNNEST`): the fence of each saga, its step changes, interventions and history events. The
-//! lighter one leaves out failed steps and interventions, which nearly no write has. Their text
-//! never changes, so every connection prepares each once. Writes that arrive while a writer is busy
-//! wait and go out together in its next statement — one round trip and one commit for all of
-//! them, the way a database groups commits — so the cost per step falls as load rises, while a
-//! lone write goes out at once.
+//! Every fenced write goes through one of a few fixed statements whose inputs are arrays
+//! (`UNNEST`): the fence of each saga, its step changes, interventions and history events, and
+//! sagas to create. Variants leave out the parts a group does not need (failed steps and
+//! interventions, which nearly no write has; creations), since the server sets up every part
+//! on each execution even when its arrays are empty. Their text never changes, so every
+//! connection prepares each once. Writes and creations that arrive while a writer is busy wait
+//! and go out together in its next statement — one round trip and one commit for all of them,
+//! the way a database groups commits — so the cost per step falls as load rises, while a lone
+//! write goes out at once.
 //!
 //! Rows are found through `= ANY(array)` on their keys, so that the plan the server caches
 //! for the statement (first made while the tables are small) stays an index lookup as they grow.
@@ -161,39 +163,119 @@ events AS (
     };
 }
 
-/// The answer, and the refusal of step changes that found nothing to act on.
+/// Sagas created in the same statement: $51..$61 the sagas, $62..$67 the steps begun with them,
+/// $68..$73 their events. A start key that exists already creates nothing (the caller reads the
+/// saga it started); rows of the same creation join it by saga id.
+macro_rules! creations {
+    () => {
+        "
+new AS (
+    INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input, input_hash,
+        idempotency_key, next_run_at, fencing_token, trace_context, created_at, updated_at,
+        lease_owner, lease_expires_at)
+    SELECT k.id, k.saga_type, k.version, k.fingerprint, 'running', k.input, k.input_hash,
+           k.key, $43, k.token, k.trace, $43, $43, k.owner, k.until
+      FROM UNNEST($51::uuid[], $52::text[], $53::int4[], $54::text[], $55::jsonb[], $56::text[],
+                  $57::text[], $58::text[], $59::text[], $60::timestamptz[], $61::int8[])
+           AS k(id, saga_type, version, fingerprint, input, input_hash, key, trace, owner,
+                until, token)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id),
+new_begun AS (
+    INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempt, idempotency_key,
+        started_at)
+    SELECT nb.saga, nb.idx, nb.phase, nb.name, 'in_progress', nb.attempt, nb.key, $43
+      FROM UNNEST($62::uuid[], $63::int4[], $64::text[], $65::text[], $66::int4[], $67::text[])
+           AS nb(saga, idx, phase, name, attempt, key)
+      JOIN new ON new.id = nb.saga),
+new_events AS (
+    INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
+    SELECT nv.saga, $43, nv.kind, nv.step, nv.phase, nv.attempt, nv.detail
+      FROM UNNEST($68::uuid[], $69::text[], $70::text[], $71::text[], $72::int4[], $73::text[])
+           WITH ORDINALITY AS nv(saga, kind, step, phase, attempt, detail, n)
+      JOIN new ON new.id = nv.saga
+     ORDER BY nv.n),
+"
+    };
+}
+
+/// The answer, and the refusal of step changes that found nothing to act on. `$failed`: the
+/// check of failed steps, if the statement has them; `$created`: the ids of sagas created, and
+/// `$woken`: the condition (besides `$44`) for waking idle workers.
 macro_rules! answer {
-    ($failed:literal) => {
+    ($failed:expr, $created:expr, $woken:expr) => {
         concat!(
             "
-SELECT ARRAY(SELECT n FROM inst) AS fenced,
+SELECT ARRAY(SELECT n FROM inst) AS fenced, ",
+            $created,
+            " AS created,
        CASE WHEN (SELECT COUNT(*) FROM begun) < (SELECT COUNT(*) FROM b)
                  OR (SELECT COUNT(*) FROM completed) < (SELECT COUNT(*) FROM c)",
             $failed,
             "
             THEN saga_refuse('a step change found no step to act on: a completed step cannot begin again, and only a begun step can complete or fail')
        END AS refused,
-       CASE WHEN $44 AND EXISTS (SELECT 1 FROM inst) THEN pg_notify($45, '')::text END AS woke"
+       CASE WHEN $44 AND (",
+            $woken,
+            ") THEN pg_notify($45, '')::text END AS woke"
         )
     };
 }
 
-/// The statement for any group of writes.
+/// The check of failed steps.
+macro_rules! failed_check {
+    () => {
+        "
+                 OR (SELECT COUNT(*) FROM failed) < (SELECT COUNT(*) FROM f)"
+    };
+}
+
+/// The statement for any group of writes, without creations.
 const SQL: &str = concat!(
     fence_begin_complete!(),
     fail_escalate!(),
     history!(),
     answer!(
-        "
-                 OR (SELECT COUNT(*) FROM failed) < (SELECT COUNT(*) FROM f)"
+        failed_check!(),
+        "'{}'::uuid[]",
+        "EXISTS (SELECT 1 FROM inst)"
     )
 );
 
 /// The statement for a group that fails no step and escalates nothing (nearly every write: a
-/// step completed and the next begun). The parts it leaves out cost the server their set-up on
-/// every execution even when their arrays are empty. Parameters $21..$36, $48 and $49 are bound
-/// (empty) but not read.
-const ADVANCE_SQL: &str = concat!(fence_begin_complete!(), history!(), answer!(""));
+/// step completed and the next begun), without creations. The parts it leaves out cost the
+/// server their set-up on every execution even when their arrays are empty. Parameters that
+/// only the parts left out read are bound (empty) all the same.
+const ADVANCE_SQL: &str = concat!(
+    fence_begin_complete!(),
+    history!(),
+    answer!("", "'{}'::uuid[]", "EXISTS (SELECT 1 FROM inst)")
+);
+
+/// [`SQL`] with creations.
+const WITH_CREATIONS_SQL: &str = concat!(
+    fence_begin_complete!(),
+    fail_escalate!(),
+    creations!(),
+    history!(),
+    answer!(
+        failed_check!(),
+        "ARRAY(SELECT id FROM new)",
+        "EXISTS (SELECT 1 FROM inst) OR EXISTS (SELECT 1 FROM new)"
+    )
+);
+
+/// [`ADVANCE_SQL`] with creations.
+const ADVANCE_WITH_CREATIONS_SQL: &str = concat!(
+    fence_begin_complete!(),
+    creations!(),
+    history!(),
+    answer!(
+        "",
+        "ARRAY(SELECT id FROM new)",
+        "EXISTS (SELECT 1 FROM inst) OR EXISTS (SELECT 1 FROM new)"
+    )
+);
 
 /// A step index, attempt or version as the `integer` it is stored as.
 pub(super) fn int(value: u32) -> i32 {
@@ -245,6 +327,19 @@ struct Columns {
     e_write: Vec<i64>,
     v_write: Vec<i64>,
     wake: bool,
+    k_id: Vec<Uuid>,
+    k_type: Vec<String>,
+    k_version: Vec<i32>,
+    k_fingerprint: Vec<String>,
+    k_input: Vec<serde_json::Value>,
+    k_hash: Vec<String>,
+    k_key: Vec<Option<String>>,
+    k_trace: Vec<Option<String>>,
+    k_owner: Vec<Option<String>>,
+    k_until: Vec<Option<Timestamp>>,
+    k_token: Vec<i64>,
+    k_begins: BeginColumns,
+    k_events: EventColumns,
 }
 
 /// Begun step phases as columns, for `UNNEST`.
@@ -334,6 +429,41 @@ impl EventColumns {
 }
 
 impl Columns {
+    /// Adds a saga to create, with its first steps (only `BeginStep`s, checked by the caller)
+    /// and their events.
+    fn add_creation(&mut self, saga: &NewSaga) {
+        let id = saga.id.as_uuid();
+        self.k_id.push(id);
+        self.k_type.push(saga.saga_type.as_str().to_owned());
+        self.k_version.push(int(saga.version));
+        self.k_fingerprint.push(saga.fingerprint.clone());
+        self.k_input.push(saga.input.clone());
+        self.k_hash.push(saga.input_hash.clone());
+        self.k_key.push(
+            saga.idempotency_key
+                .as_ref()
+                .map(|key| key.as_str().to_owned()),
+        );
+        self.k_trace.push(saga.trace_context.clone());
+        self.k_owner.push(
+            saga.lease
+                .as_ref()
+                .map(|(owner, _)| owner.as_str().to_owned()),
+        );
+        self.k_until
+            .push(saga.lease.as_ref().map(|(_, until)| *until));
+        self.k_token.push(i64::from(saga.lease.is_some()));
+        self.k_events.push(id, started_event(saga));
+        for change in &saga.changes {
+            self.k_begins.push(id, change);
+            if let Some(event) = change.event() {
+                self.k_events.push(id, event);
+            }
+        }
+        // Nobody holds it: wake idle workers to claim it.
+        self.wake |= saga.lease.is_none();
+    }
+
     fn add(&mut self, write: &Write, position: i64, now: Timestamp) {
         let saga = write.lease.saga.as_uuid();
         let mut status: Option<(&'static str, Option<String>)> = None;
@@ -436,23 +566,36 @@ impl Columns {
     }
 }
 
-/// Writes `writes` in one statement; returns, for each write in order, whether its fence held
-/// (a write whose fence did not hold wrote nothing).
+/// What a grouped statement did: for each write in order, whether its fence held (a write whose
+/// fence did not hold wrote nothing); for each creation in order, whether it created its saga
+/// (`false`: its start key exists already).
+pub(super) struct Outcome {
+    pub(super) fenced: Vec<bool>,
+    pub(super) created: Vec<bool>,
+}
+
+/// Writes `writes` and creates `creations` in one statement.
 pub(super) async fn execute<'e>(
     executor: impl PgExecutor<'e>,
     writes: &[&Write],
+    creations: &[&NewSaga],
     now: Timestamp,
     channel: &str,
-) -> Result<Vec<bool>> {
+) -> Result<Outcome> {
     let mut columns = Columns::default();
     for (position, write) in (1..).zip(writes) {
         columns.add(write, position, now);
     }
+    for saga in creations {
+        columns.add_creation(saga);
+    }
     let c = columns;
-    let sql = if c.f_saga.is_empty() && c.e_id.is_empty() {
-        ADVANCE_SQL
-    } else {
-        SQL
+    let light = c.f_saga.is_empty() && c.e_id.is_empty();
+    let sql = match (light, creations.is_empty()) {
+        (true, true) => ADVANCE_SQL,
+        (false, true) => SQL,
+        (true, false) => ADVANCE_WITH_CREATIONS_SQL,
+        (false, false) => WITH_CREATIONS_SQL,
     };
     let query = sqlx::query(sql)
         .bind(c.s_id)
@@ -488,7 +631,7 @@ pub(super) async fn execute<'e>(
         .bind(c.e_input)
         .bind(c.e_output)
         .bind(c.e_error);
-    let row: PgRow = c
+    let query = c
         .events
         .bind(query)
         .bind(now)
@@ -499,6 +642,20 @@ pub(super) async fn execute<'e>(
         .bind(c.f_write)
         .bind(c.e_write)
         .bind(c.v_write)
+        .bind(c.k_id)
+        .bind(c.k_type)
+        .bind(c.k_version)
+        .bind(c.k_fingerprint)
+        .bind(c.k_input)
+        .bind(c.k_hash)
+        .bind(c.k_key)
+        .bind(c.k_trace)
+        .bind(c.k_owner)
+        .bind(c.k_until)
+        .bind(c.k_token);
+    let row: PgRow = c
+        .k_events
+        .bind(c.k_begins.bind(query))
         .fetch_one(executor)
         .await
         .map_err(classify)?;
@@ -507,9 +664,31 @@ pub(super) async fn execute<'e>(
         .map_err(classify)?
         .into_iter()
         .collect();
-    Ok((1..=i64::try_from(writes.len()).unwrap_or(i64::MAX))
-        .map(|position| fenced.contains(&position))
-        .collect())
+    let created: HashSet<Uuid> = row
+        .try_get::<Vec<Uuid>, _>("created")
+        .map_err(classify)?
+        .into_iter()
+        .collect();
+    Ok(Outcome {
+        fenced: (1..=i64::try_from(writes.len()).unwrap_or(i64::MAX))
+            .map(|position| fenced.contains(&position))
+            .collect(),
+        created: creations
+            .iter()
+            .map(|saga| created.contains(&saga.id.as_uuid()))
+            .collect(),
+    })
+}
+
+/// The first event of a saga's history.
+fn started_event(saga: &NewSaga) -> EventData {
+    EventData {
+        kind: saga_core::EventKind::SagaStarted,
+        step: None,
+        phase: None,
+        attempt: None,
+        detail: Some(format!("{} v{}", saga.saga_type, saga.version)),
+    }
 }
 
 /// The creation statement: $1..$11 the saga, $12..$17 the steps begun with it, $18..$23 its
@@ -551,16 +730,7 @@ pub(super) async fn create<'e>(
 ) -> Result<bool> {
     let id = saga.id.as_uuid();
     let mut c = Columns::default();
-    c.events.push(
-        id,
-        EventData {
-            kind: saga_core::EventKind::SagaStarted,
-            step: None,
-            phase: None,
-            attempt: None,
-            detail: Some(format!("{} v{}", saga.saga_type, saga.version)),
-        },
-    );
+    c.events.push(id, started_event(saga));
     for change in &saga.changes {
         c.begins.push(id, change);
         if let Some(event) = change.event() {
@@ -588,7 +758,18 @@ pub(super) async fn create<'e>(
         .bind(channel)
         .fetch_one(executor)
         .await
-        .map_err(classify)?;
+        .map_err(|err| match &err {
+            sqlx::Error::Database(db) if db.constraint() == Some("saga_instances_pkey") => {
+                Error::Store(
+                    format!(
+                        "saga id {} already exists; start again with a fresh id",
+                        saga.id
+                    )
+                    .into(),
+                )
+            }
+            _ => classify(err),
+        })?;
     row.try_get("created").map_err(classify)
 }
 
@@ -598,13 +779,19 @@ pub(super) async fn execute_one<'e>(
     write: &Write,
     channel: &str,
 ) -> Result<bool> {
-    let fenced = execute(executor, &[write], saga_core::now(), channel).await?;
-    Ok(fenced.first().copied().unwrap_or(false))
+    let outcome = execute(executor, &[write], &[], saga_core::now(), channel).await?;
+    Ok(outcome.fenced.first().copied().unwrap_or(false))
 }
 
-/// A write waiting for a writer, with where to send its outcome.
+/// What waits for a writer: a fenced write, or a saga to create.
+enum Job {
+    Write(Write),
+    Create(NewSaga),
+}
+
+/// A job waiting for a writer, with where to send its outcome (fence held; saga created).
 struct Queued {
-    write: Write,
+    job: Job,
     done: oneshot::Sender<Result<bool>>,
 }
 
@@ -629,8 +816,13 @@ impl Drop for Busy {
 
 impl std::fmt::Debug for Queued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, saga) = match &self.job {
+            Job::Write(write) => ("write", write.lease.saga),
+            Job::Create(saga) => ("create", saga.id),
+        };
         f.debug_struct("Queued")
-            .field("saga", &self.write.lease.saga)
+            .field("kind", &kind)
+            .field("saga", &saga)
             .finish()
     }
 }
@@ -698,16 +890,27 @@ impl Writers {
     /// configured, else with whatever else is waiting. `Ok(false)`: the fence did not hold
     /// (nothing was written).
     pub(super) async fn write(&self, write: Write) -> Result<bool> {
+        self.run(Job::Write(write)).await
+    }
+
+    /// Creates a saga (its changes already checked): alone when nothing else is being written
+    /// or no writers are configured, else with whatever else is waiting. `Ok(false)`: its start
+    /// key exists already (nothing was written).
+    pub(super) async fn create(&self, saga: NewSaga) -> Result<bool> {
+        self.run(Job::Create(saga)).await
+    }
+
+    async fn run(&self, job: Job) -> Result<bool> {
         let queue = match (&self.queue, self.direct_turn()) {
             (Some(queue), None) => queue,
-            (_, _busy) => return execute_one(&self.pool, &write, &self.channel).await,
+            (_, _busy) => return alone(&self.pool, &job, &self.channel).await,
         };
         let (done, outcome) = oneshot::channel();
-        if let Err(unsent) = queue.send(Queued { write, done }) {
+        if let Err(unsent) = queue.send(Queued { job, done }) {
             // The writers are gone (their runtime shut down): nothing was sent, write it here.
-            return execute_one(&self.pool, &unsent.0.write, &self.channel).await;
+            return alone(&self.pool, &unsent.0.job, &self.channel).await;
         }
-        // A writer that took the write and stopped before answering may have committed it:
+        // A writer that took the job and stopped before answering may have committed it:
         // report it as unavailable, so that the caller reads the saga back before writing again.
         outcome.await.unwrap_or_else(|_| {
             Err(Error::StoreUnavailable(
@@ -717,18 +920,40 @@ impl Writers {
     }
 }
 
-/// Writes a group in one statement; if the statement fails for its content, writes each saga
-/// alone so that only the offending write fails.
+/// Runs one job in a statement of its own.
+async fn alone(pool: &PgPool, job: &Job, channel: &str) -> Result<bool> {
+    match job {
+        Job::Write(write) => execute_one(pool, write, channel).await,
+        Job::Create(saga) => create(pool, saga, saga_core::now(), channel).await,
+    }
+}
+
+/// Writes a group in one statement; if the statement fails for its content, runs each job
+/// alone so that only the offending one fails.
 async fn write_group(pool: &PgPool, channel: &str, group: Vec<Queued>) {
-    let writes: Vec<&Write> = group.iter().map(|queued| &queued.write).collect();
+    let mut writes: Vec<&Write> = Vec::new();
+    let mut creations: Vec<&NewSaga> = Vec::new();
+    for queued in &group {
+        match &queued.job {
+            Job::Write(write) => writes.push(write),
+            Job::Create(saga) => creations.push(saga),
+        }
+    }
     let now = saga_core::now();
-    match execute(pool, &writes, now, channel).await {
-        Ok(fenced) => {
-            for (queued, held) in group.into_iter().zip(fenced) {
-                let _ = queued.done.send(Ok(held));
+    match execute(pool, &writes, &creations, now, channel).await {
+        Ok(outcome) => {
+            let mut fenced = outcome.fenced.into_iter();
+            let mut created = outcome.created.into_iter();
+            for queued in group {
+                let done = match queued.job {
+                    Job::Write(_) => fenced.next(),
+                    Job::Create(_) => created.next(),
+                };
+                let _ = queued.done.send(Ok(done.unwrap_or(false)));
             }
         }
-        Err(err) if group.len() == 1 => {
+        // A creation refused alone is run again by `alone`, which names what was refused.
+        Err(err) if group.len() == 1 && matches!(group[0].job, Job::Write(_)) => {
             if let Some(queued) = group.into_iter().next() {
                 let _ = queued.done.send(Err(err));
             }
@@ -745,7 +970,7 @@ async fn write_group(pool: &PgPool, channel: &str, group: Vec<Queued>) {
         }
         Err(_) => {
             for queued in group {
-                let outcome = execute_one(pool, &queued.write, channel).await;
+                let outcome = alone(pool, &queued.job, channel).await;
                 let _ = queued.done.send(outcome);
             }
         }

@@ -376,16 +376,18 @@ async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
 impl Store for PgStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
         saga_core::store::check_initial_changes(&saga)?;
-        if batch::create(&self.pool, &saga, saga_core::now(), &self.channel).await? {
-            return Ok(Created::New(saga.id));
+        let (id, key, input_hash) = (
+            saga.id,
+            saga.idempotency_key.clone(),
+            saga.input_hash.clone(),
+        );
+        // With the step writes waiting at the same time, in one statement and one commit.
+        if self.writers.create(saga).await? {
+            return Ok(Created::New(id));
         }
-        let Some(key) = &saga.idempotency_key else {
+        let Some(key) = &key else {
             return Err(Error::Store(
-                format!(
-                    "saga id {} already exists; start again with a fresh id",
-                    saga.id
-                )
-                .into(),
+                format!("saga id {id} already exists; start again with a fresh id").into(),
             ));
         };
         let existing =
@@ -396,7 +398,7 @@ impl Store for PgStore {
                 .map_err(classify)?;
         let id = SagaId::from_uuid(existing.try_get("id").map_err(classify)?);
         let hash: String = existing.try_get("input_hash").map_err(classify)?;
-        if hash == saga.input_hash {
+        if hash == input_hash {
             Ok(Created::Existing(id))
         } else {
             Err(Error::Conflict {
