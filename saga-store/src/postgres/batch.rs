@@ -783,10 +783,11 @@ pub(super) async fn execute_one<'e>(
     Ok(outcome.fenced.first().copied().unwrap_or(false))
 }
 
-/// What waits for a writer: a fenced write, or a saga to create.
+/// What waits for a writer: a fenced write, or a saga to create (boxed: thousands of waiting
+/// writes can be held at once, each sized to the larger variant).
 enum Job {
     Write(Write),
-    Create(NewSaga),
+    Create(Box<NewSaga>),
 }
 
 /// A job waiting for a writer, with where to send its outcome (fence held; saga created).
@@ -897,19 +898,22 @@ impl Writers {
     /// or no writers are configured, else with whatever else is waiting. `Ok(false)`: its start
     /// key exists already (nothing was written).
     pub(super) async fn create(&self, saga: NewSaga) -> Result<bool> {
-        self.run(Job::Create(saga)).await
+        self.run(Job::Create(Box::new(saga))).await
     }
 
     async fn run(&self, job: Job) -> Result<bool> {
-        let queue = match (&self.queue, self.direct_turn()) {
-            (Some(queue), None) => queue,
-            (_, _busy) => return alone(&self.pool, &job, &self.channel).await,
+        // Only the wait for a writer stays in the caller's future (it is held for every saga
+        // in flight); a job written here is boxed with what it needs.
+        let outcome = match self.submit(job) {
+            Ok(outcome) => outcome,
+            Err((job, busy)) => {
+                return Box::pin(async move {
+                    let _busy = busy;
+                    alone(&self.pool, &job, &self.channel).await
+                })
+                .await
+            }
         };
-        let (done, outcome) = oneshot::channel();
-        if let Err(unsent) = queue.send(Queued { job, done }) {
-            // The writers are gone (their runtime shut down): nothing was sent, write it here.
-            return alone(&self.pool, &unsent.0.job, &self.channel).await;
-        }
         // A writer that took the job and stopped before answering may have committed it:
         // report it as unavailable, so that the caller reads the saga back before writing again.
         outcome.await.unwrap_or_else(|_| {
@@ -917,6 +921,24 @@ impl Writers {
                 "the store's writer stopped before answering; the write may have been made".into(),
             ))
         })
+    }
+
+    /// Hands `job` to the writers; gives it back (with the turn it holds, if any) when its
+    /// caller is to write it: nothing else is being written, no writers are configured, or
+    /// they are gone (their runtime shut down).
+    fn submit(
+        &self,
+        job: Job,
+    ) -> std::result::Result<oneshot::Receiver<Result<bool>>, (Job, Option<Busy>)> {
+        let queue = match (&self.queue, self.direct_turn()) {
+            (Some(queue), None) => queue,
+            (_, busy) => return Err((job, busy)),
+        };
+        let (done, outcome) = oneshot::channel();
+        match queue.send(Queued { job, done }) {
+            Ok(()) => Ok(outcome),
+            Err(unsent) => Err((unsent.0.job, None)),
+        }
     }
 }
 

@@ -529,11 +529,18 @@ impl Store for PgStore {
                 lease: lease.clone(),
                 changes: changes.to_vec(),
             };
-            let outcome = self.writers.write(write).await;
-            return self.outcome(outcome, lease, changes).await;
+            // The rarer paths are boxed: a waiting write's future is held for every saga in
+            // flight, so it is kept to what the common path needs.
+            return match self.writers.write(write).await {
+                Ok(true) => Ok(()),
+                outcome => Box::pin(self.outcome(outcome, lease, changes)).await,
+            };
         }
-        let tx = begin(&self.pool).await?;
-        self.apply_in(tx, lease, changes).await
+        Box::pin(async move {
+            let tx = begin(&self.pool).await?;
+            self.apply_in(tx, lease, changes).await
+        })
+        .await
     }
 
     async fn begin_step_transaction(
