@@ -685,6 +685,156 @@ async fn concurrent_creations_share_statements_and_each_start_key_starts_one_sag
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creations_grouped_with_failing_writes_and_a_repeated_creation_are_each_answered_once() {
+    use saga_core::{
+        Attempt, Change, Created, EventKind, FencingToken, IdempotencyKey, Lease, Phase, StepIndex,
+        StepName, StepStatus, WorkerId,
+    };
+    let url = TestPg::fresh_database().await.unwrap();
+    let options = PgOptions {
+        writers: 1,
+        max_connections: 4,
+        ..PgOptions::default()
+    };
+    let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
+    let worker = WorkerId::new("mixed");
+    let name = StepName::new("first");
+    let until = saga_core::after(saga_core::now(), Duration::from_secs(30));
+    let leased = |n: u32| {
+        let mut saga = new_saga("mixed", n);
+        saga.lease = Some((worker.clone(), until));
+        saga.changes = vec![Change::BeginStep {
+            index: StepIndex(0),
+            name: name.clone(),
+            phase: Phase::Action,
+            attempt: Attempt(1),
+            key: IdempotencyKey::for_step(saga.id, &name, Phase::Action),
+        }];
+        saga
+    };
+    // 22 sagas whose first step is running.
+    let mut running = Vec::new();
+    for n in 0..22 {
+        let saga = leased(n);
+        store.create(saga.clone()).await.unwrap();
+        running.push(saga.id);
+    }
+    // At once: those 22 steps fail for good (a failed step is written by the statement's
+    // fullest form), 20 new sagas are created, and one creation is sent twice.
+    // Created idle (no lease, nothing begun), as a saga started while no worker runs.
+    let twice = {
+        let mut saga = new_saga("mixed", 100);
+        saga.idempotency_key = Some(IdempotencyKey::new("sent-twice"));
+        saga
+    };
+    let fail = |id: saga_core::SagaId| {
+        let writer = Arc::clone(&store);
+        let lease = Lease {
+            saga: id,
+            owner: worker.clone(),
+            token: FencingToken(1),
+            expires_at: until,
+            taken_over_from: None,
+        };
+        let change = Change::FailStep {
+            index: StepIndex(0),
+            name: name.clone(),
+            phase: Phase::Action,
+            attempt: Attempt(1),
+            error: StepError::permanent("card declined"),
+            retry_at: None,
+        };
+        tokio::spawn(async move { writer.apply(&lease, &[change]).await.map(|()| None) })
+    };
+    // So that everything else goes out in one statement: the first two sagas' rows are locked
+    // here, so the first write (written by its caller) and the second (taken alone by the
+    // writer) wait, and the rest queue behind them.
+    let mut lock = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+    sqlx::query("SELECT 1 FROM saga.saga_instances WHERE id = ANY($1) FOR UPDATE")
+        .bind(vec![running[0].as_uuid(), running[1].as_uuid()])
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let mut jobs = vec![fail(running[0])];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    jobs.push(fail(running[1]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (n, id) in running.iter().enumerate().skip(2) {
+        jobs.push(fail(*id));
+        let starter = Arc::clone(&store);
+        let saga = leased(20 + u32::try_from(n).unwrap());
+        jobs.push(tokio::spawn(
+            async move { starter.create(saga).await.map(Some) },
+        ));
+        if n == 10 {
+            for _ in 0..2 {
+                let starter = Arc::clone(&store);
+                let saga = twice.clone();
+                jobs.push(tokio::spawn(
+                    async move { starter.create(saga).await.map(Some) },
+                ));
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+    let mut created = Vec::new();
+    for job in jobs {
+        match job.await.unwrap() {
+            Ok(None) => {}
+            Ok(Some(outcome)) => created.push(outcome),
+            Err(err) => panic!("every write and creation succeeds: {err}"),
+        }
+    }
+    for id in &running {
+        let stored = store.load(*id).await.unwrap().unwrap();
+        assert_eq!(stored.steps[0].status, StepStatus::Failed);
+        let kinds: Vec<EventKind> = store
+            .history(*id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|event| event.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::SagaStarted,
+                EventKind::StepStarted,
+                EventKind::StepFailed
+            ]
+        );
+    }
+    assert_eq!(created.len(), 22);
+    let repeated: Vec<&Created> = created.iter().filter(|c| c.id() == twice.id).collect();
+    assert_eq!(repeated.len(), 2);
+    assert_eq!(
+        repeated
+            .iter()
+            .filter(|c| matches!(c, Created::New(_)))
+            .count(),
+        1,
+        "a creation sent twice is new once and found existing once: {repeated:?}"
+    );
+    assert_eq!(
+        created
+            .iter()
+            .filter(|c| matches!(c, Created::New(_)))
+            .count(),
+        21
+    );
+    for outcome in created.iter().filter(|c| c.id() != twice.id) {
+        let history = store.history(outcome.id()).await.unwrap();
+        assert_eq!(history.len(), 2, "saga_started and step_started, once each");
+        let stored = store.load(outcome.id()).await.unwrap().unwrap();
+        assert_eq!(stored.steps[0].status, StepStatus::InProgress);
+    }
+    let history = store.history(twice.id).await.unwrap();
+    assert_eq!(history.len(), 1, "one saga_started: {history:?}");
+}
+
 /// The database's `xact_commit`, once the backends of closed connections have reported
 /// theirs (a backend reports its statistics when it exits, or at most once a second).
 async fn flushed_commits(url: &str) -> i64 {

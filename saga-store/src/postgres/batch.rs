@@ -179,6 +179,9 @@ new AS (
                   $57::text[], $58::text[], $59::text[], $60::timestamptz[], $61::int8[])
            AS k(id, saga_type, version, fingerprint, input, input_hash, key, trace, owner,
                 until, token)
+     -- One order for every statement, so that two of them inserting the same start keys wait
+     -- for each other in turn instead of deadlocking.
+     ORDER BY k.key, k.id
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id),
 new_begun AS (
@@ -950,9 +953,26 @@ async fn alone(pool: &PgPool, job: &Job, channel: &str) -> Result<bool> {
     }
 }
 
-/// Writes a group in one statement; if the statement fails for its content, runs each job
-/// alone so that only the offending one fails.
+/// Writes a group: in one statement, except creations of a saga id repeated in it.
 async fn write_group(pool: &PgPool, channel: &str, group: Vec<Queued>) {
+    // A saga id created twice in one statement would be inserted once and answered twice as
+    // new: a repeated id waits for the statement, then goes alone and is told it exists.
+    let mut ids = HashSet::new();
+    let (group, repeated): (Vec<Queued>, Vec<Queued>) =
+        group.into_iter().partition(|queued| match &queued.job {
+            Job::Create(saga) => ids.insert(saga.id),
+            Job::Write(_) => true,
+        });
+    write_statement(pool, channel, group).await;
+    for queued in repeated {
+        let outcome = alone(pool, &queued.job, channel).await;
+        let _ = queued.done.send(outcome);
+    }
+}
+
+/// Writes a group (no saga created twice) in one statement; if the statement fails for its
+/// content, runs each job alone so that only the offending one fails.
+async fn write_statement(pool: &PgPool, channel: &str, group: Vec<Queued>) {
     let mut writes: Vec<&Write> = Vec::new();
     let mut creations: Vec<&NewSaga> = Vec::new();
     for queued in &group {
