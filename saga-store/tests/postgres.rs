@@ -512,8 +512,7 @@ async fn concurrent_writes_of_many_sagas_share_statements_and_each_keeps_its_own
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creations_share_statements_and_each_start_key_starts_one_saga() {
     use saga_core::{
-        Attempt, Change, Created, IdempotencyKey, Phase, SagaId, StepIndex, StepName, StepStatus,
-        WorkerId,
+        Attempt, Change, Created, IdempotencyKey, Phase, StepIndex, StepName, StepStatus, WorkerId,
     };
     let url = TestPg::fresh_database().await.unwrap();
     let options = PgOptions {
@@ -605,35 +604,21 @@ async fn concurrent_creations_share_statements_and_each_start_key_starts_one_sag
         }
     }
     // One start key, one input: one saga, and every start of it is told which.
-    let same: Vec<&saga_core::Result<Created>> = outcomes[30..35].iter().collect();
-    let new: Vec<SagaId> = same
-        .iter()
-        .filter_map(|o| match o {
-            Ok(Created::New(id)) => Some(*id),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(new.len(), 1, "{same:?}");
-    for outcome in &same {
+    let same = &outcomes[30..35];
+    let new = the_one_created(same);
+    for outcome in same {
         assert_eq!(
             outcome.as_ref().ok().map(|c| c.id()),
-            Some(new[0]),
+            Some(new),
             "{outcome:?}"
         );
     }
     // One start key, five inputs: one saga; the other four are conflicts naming it.
-    let other: Vec<&saga_core::Result<Created>> = outcomes[35..40].iter().collect();
-    let winner: Vec<SagaId> = other
-        .iter()
-        .filter_map(|o| match o {
-            Ok(Created::New(id)) => Some(*id),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(winner.len(), 1, "{other:?}");
+    let other = &outcomes[35..40];
+    let winner = the_one_created(other);
     for outcome in other.iter().filter(|o| !matches!(o, Ok(Created::New(_)))) {
         match outcome {
-            Err(Error::Conflict { existing, .. }) => assert_eq!(*existing, winner[0]),
+            Err(Error::Conflict { existing, .. }) => assert_eq!(*existing, winner),
             other => panic!("a start key reused with another input must conflict: {other:?}"),
         }
     }
@@ -833,6 +818,23 @@ async fn creations_grouped_with_failing_writes_and_a_repeated_creation_are_each_
     }
     let history = store.history(twice.id).await.unwrap();
     assert_eq!(history.len(), 1, "one saga_started: {history:?}");
+}
+
+/// The saga that exactly one of `outcomes` (starts with one start key) created.
+fn the_one_created(outcomes: &[saga_core::Result<saga_core::Created>]) -> saga_core::SagaId {
+    let new: Vec<saga_core::SagaId> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Ok(saga_core::Created::New(id)) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        new.len(),
+        1,
+        "exactly one start creates the saga: {outcomes:?}"
+    );
+    new[0]
 }
 
 /// The database's `xact_commit`, once the backends of closed connections have reported

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use saga_core::store::{begins_forward_step, Change, EventData, NewSaga};
-use saga_core::{Error, Lease, Result, SagaStatus, Timestamp};
+use saga_core::{Error, Lease, Result, SagaId, SagaStatus, Timestamp};
 use sqlx::postgres::{PgArguments, PgExecutor, PgPool, PgRow};
 use sqlx::{Postgres, Row};
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -164,7 +164,7 @@ events AS (
 }
 
 /// Sagas created in the same statement: $51..$61 the sagas, $62..$67 the steps begun with them,
-/// $68..$73 their events. A start key that exists already creates nothing (the caller reads the
+/// $68..$73 their events (no trailing comma: it also ends [`CREATE_SQL`]'s `WITH`). A start key that exists already creates nothing (the caller reads the
 /// saga it started); rows of the same creation join it by saga id.
 macro_rules! creations {
     () => {
@@ -197,8 +197,7 @@ new_events AS (
       FROM UNNEST($68::uuid[], $69::text[], $70::text[], $71::text[], $72::int4[], $73::text[])
            WITH ORDINALITY AS nv(saga, kind, step, phase, attempt, detail, n)
       JOIN new ON new.id = nv.saga
-     ORDER BY nv.n),
-"
+     ORDER BY nv.n)"
     };
 }
 
@@ -260,6 +259,7 @@ const WITH_CREATIONS_SQL: &str = concat!(
     fence_begin_complete!(),
     fail_escalate!(),
     creations!(),
+    ",",
     history!(),
     answer!(
         failed_check!(),
@@ -272,6 +272,7 @@ const WITH_CREATIONS_SQL: &str = concat!(
 const ADVANCE_WITH_CREATIONS_SQL: &str = concat!(
     fence_begin_complete!(),
     creations!(),
+    ",",
     history!(),
     answer!(
         "",
@@ -594,11 +595,12 @@ pub(super) async fn execute<'e>(
     }
     let c = columns;
     let light = c.f_saga.is_empty() && c.e_id.is_empty();
-    let sql = match (light, creations.is_empty()) {
-        (true, true) => ADVANCE_SQL,
-        (false, true) => SQL,
-        (true, false) => ADVANCE_WITH_CREATIONS_SQL,
-        (false, false) => WITH_CREATIONS_SQL,
+    let sql = match (writes.is_empty(), light, creations.is_empty()) {
+        (true, _, false) => CREATE_SQL,
+        (_, true, true) => ADVANCE_SQL,
+        (_, false, true) => SQL,
+        (_, true, false) => ADVANCE_WITH_CREATIONS_SQL,
+        (_, false, false) => WITH_CREATIONS_SQL,
     };
     let query = sqlx::query(sql)
         .bind(c.s_id)
@@ -661,7 +663,15 @@ pub(super) async fn execute<'e>(
         .bind(c.k_begins.bind(query))
         .fetch_one(executor)
         .await
-        .map_err(classify)?;
+        .map_err(|err| match (&err, creations) {
+            // A lone creation refused for its id is named (in a group, each job then goes alone).
+            (sqlx::Error::Database(db), [saga])
+                if db.constraint() == Some("saga_instances_pkey") =>
+            {
+                id_exists(saga.id)
+            }
+            _ => classify(err),
+        })?;
     let fenced: HashSet<i64> = row
         .try_get::<Vec<i64>, _>("fenced")
         .map_err(classify)?
@@ -694,86 +704,32 @@ fn started_event(saga: &NewSaga) -> EventData {
     }
 }
 
-/// The creation statement: $1..$11 the saga, $12..$17 the steps begun with it, $18..$23 its
-/// events, $24 now, $25 whether to wake idle workers (nobody holds it), $26 the wake-up
-/// channel. Returns whether it was created (a start key that exists already writes nothing).
-const CREATE_SQL: &str = "
-WITH inst AS (
-    INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input, input_hash,
-        idempotency_key, next_run_at, fencing_token, trace_context, created_at, updated_at,
-        lease_owner, lease_expires_at)
-    VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $24, $11, $8, $24, $24, $9, $10)
-    ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING id),
-begun AS (
-    INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempt, idempotency_key,
-        started_at)
-    SELECT b.saga, b.idx, b.phase, b.name, 'in_progress', b.attempt, b.key, $24
-      FROM UNNEST($12::uuid[], $13::int4[], $14::text[], $15::text[], $16::int4[], $17::text[])
-           AS b(saga, idx, phase, name, attempt, key)
-      JOIN inst ON inst.id = b.saga),
-events AS (
-    INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
-    SELECT v.saga, $24, v.kind, v.step, v.phase, v.attempt, v.detail
-      FROM UNNEST($18::uuid[], $19::text[], $20::text[], $21::text[], $22::int4[], $23::text[])
-           WITH ORDINALITY AS v(saga, kind, step, phase, attempt, detail, n)
-      JOIN inst ON inst.id = v.saga
-     ORDER BY v.n)
-SELECT EXISTS (SELECT 1 FROM inst) AS created,
-       CASE WHEN $25 AND EXISTS (SELECT 1 FROM inst) THEN pg_notify($26, '')::text END AS woke";
+/// The statement for creations alone (a lone creation: the same parts as a group's, without the
+/// fenced writes' parts, which the server would set up for nothing). Parameters other than $43,
+/// $44, $45 and $51..$73 are bound (empty) but not read.
+const CREATE_SQL: &str = concat!(
+    "\nWITH",
+    creations!(),
+    "
+SELECT '{}'::int8[] AS fenced, ARRAY(SELECT id FROM new) AS created,
+       CASE WHEN $44 AND EXISTS (SELECT 1 FROM new) THEN pg_notify($45, '')::text END AS woke"
+);
 
 /// Creates `saga` with its first steps (its changes already checked: only `BeginStep`s, on a
-/// new saga, so nothing to conflict with) and their events, in one statement. `false`: its start
-/// key exists already.
+/// new saga) and their events, in one statement. `false`: its start key exists already.
 pub(super) async fn create<'e>(
     executor: impl PgExecutor<'e>,
     saga: &NewSaga,
     now: Timestamp,
     channel: &str,
 ) -> Result<bool> {
-    let id = saga.id.as_uuid();
-    let mut c = Columns::default();
-    c.events.push(id, started_event(saga));
-    for change in &saga.changes {
-        c.begins.push(id, change);
-        if let Some(event) = change.event() {
-            c.events.push(id, event);
-        }
-    }
-    let query = sqlx::query(CREATE_SQL)
-        .bind(id)
-        .bind(saga.saga_type.as_str())
-        .bind(int(saga.version))
-        .bind(&saga.fingerprint)
-        .bind(&saga.input)
-        .bind(&saga.input_hash)
-        .bind(saga.idempotency_key.as_ref().map(|key| key.as_str()))
-        .bind(&saga.trace_context)
-        .bind(saga.lease.as_ref().map(|(owner, _)| owner.as_str()))
-        .bind(saga.lease.as_ref().map(|(_, until)| *until))
-        .bind(i64::from(saga.lease.is_some()));
-    let query = c.begins.bind(query);
-    let row: PgRow = c
-        .events
-        .bind(query)
-        .bind(now)
-        .bind(saga.lease.is_none())
-        .bind(channel)
-        .fetch_one(executor)
-        .await
-        .map_err(|err| match &err {
-            sqlx::Error::Database(db) if db.constraint() == Some("saga_instances_pkey") => {
-                Error::Store(
-                    format!(
-                        "saga id {} already exists; start again with a fresh id",
-                        saga.id
-                    )
-                    .into(),
-                )
-            }
-            _ => classify(err),
-        })?;
-    row.try_get("created").map_err(classify)
+    let outcome = execute(executor, &[], &[saga], now, channel).await?;
+    Ok(outcome.created.first().copied().unwrap_or(false))
+}
+
+/// The error for a saga id that exists already (ids are fresh: a caller sending one again).
+pub(super) fn id_exists(id: SagaId) -> Error {
+    Error::Store(format!("saga id {id} already exists; start again with a fresh id").into())
 }
 
 /// Writes one saga's changes in a statement of its own; whether its fence held.
@@ -994,8 +950,7 @@ async fn write_statement(pool: &PgPool, channel: &str, group: Vec<Queued>) {
                 let _ = queued.done.send(Ok(done.unwrap_or(false)));
             }
         }
-        // A creation refused alone is run again by `alone`, which names what was refused.
-        Err(err) if group.len() == 1 && matches!(group[0].job, Job::Write(_)) => {
+        Err(err) if group.len() == 1 => {
             if let Some(queued) = group.into_iter().next() {
                 let _ = queued.done.send(Err(err));
             }

@@ -386,9 +386,7 @@ impl Store for PgStore {
             return Ok(Created::New(id));
         }
         let Some(key) = &key else {
-            return Err(Error::Store(
-                format!("saga id {id} already exists; start again with a fresh id").into(),
-            ));
+            return Err(batch::id_exists(id));
         };
         let existing =
             sqlx::query("SELECT id, input_hash FROM saga_instances WHERE idempotency_key = $1")
