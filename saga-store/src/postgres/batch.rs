@@ -2,9 +2,9 @@
 //!
 //! Every fenced write goes through one of a few fixed statements whose inputs are arrays
 //! (`UNNEST`): the fence of each saga, its step changes, interventions and history events, and
-//! sagas to create. Variants leave out the parts a group does not need (failed steps and
-//! interventions, which nearly no write has; creations), since the server sets up every part
-//! on each execution even when its arrays are empty. Their text never changes, so every
+//! sagas to create. Variants leave out the parts a group does not need (interventions, which
+//! nearly no write has; creations), since the server sets up every part on each execution even
+//! when its arrays are empty. Their text never changes, so every
 //! connection prepares each once. Writes and creations that arrive while a writer is busy wait
 //! and go out together in its next statement — one round trip and one commit for all of them,
 //! the way a database groups commits — so the cost per step falls as load rises, while a lone
@@ -60,12 +60,12 @@ pub(super) struct Write {
 }
 
 /// The statement's parts. Parameters: $1..$10 the sagas (fence and row changes), $11..$16 begun
-/// steps, $17..$20 completed steps, $21..$26 failed steps, $27..$36 interventions, $37..$42
-/// events, $43 now, $44 whether to wake idle workers, $45 the wake-up channel, $46..$50 the
-/// position of the write each begun step, completed step, failed step, intervention and event
-/// belongs to. It returns the positions of the writes whose fence held (the others wrote
-/// nothing).
-macro_rules! fence_begin_complete {
+/// steps, $17..$23 finished steps (completed, failed for good, or failed with a retry due),
+/// $24..$33 interventions, $34..$39 events, $40 now, $41 whether to wake idle workers, $42 the
+/// wake-up channel, $43..$46 the position of the write each begun step, finished step,
+/// intervention and event belongs to. It returns the positions of the writes whose fence held
+/// (the others wrote nothing).
+macro_rules! fence_begin_finish {
     () => {
         "
 WITH s AS (
@@ -76,7 +76,7 @@ WITH s AS (
              next_run_at, n)),
 inst AS (
     UPDATE saga_instances i
-       SET updated_at = $43,
+       SET updated_at = $40,
            status = CASE WHEN s.set_status THEN s.status ELSE i.status END,
            status_reason = CASE WHEN s.set_status THEN s.reason ELSE i.status_reason END,
            cancel_requested = CASE WHEN s.clear_cancel THEN NULL ELSE i.cancel_requested END,
@@ -90,24 +90,28 @@ inst AS (
     RETURNING i.id, s.n),
 b AS (
     SELECT b.* FROM UNNEST($11::uuid[], $12::int4[], $13::text[], $14::text[], $15::int4[],
-                           $16::text[], $46::int8[]) AS b(saga, idx, phase, name, attempt, key, w)
+                           $16::text[], $43::int8[]) AS b(saga, idx, phase, name, attempt, key, w)
       JOIN inst ON inst.n = b.w),
 begun AS (
     INSERT INTO saga_steps AS st (saga_id, step_index, phase, name, status, attempt,
         idempotency_key, started_at)
-    SELECT saga, idx, phase, name, 'in_progress', attempt, key, $43 FROM b
+    SELECT saga, idx, phase, name, 'in_progress', attempt, key, $40 FROM b
     ON CONFLICT (saga_id, step_index, phase) DO UPDATE
        SET status = 'in_progress', attempt = EXCLUDED.attempt, next_attempt_at = NULL,
            started_at = EXCLUDED.started_at, finished_at = NULL
      WHERE st.status <> 'completed'
     RETURNING 1),
 c AS (
-    SELECT c.* FROM UNNEST($17::uuid[], $18::int4[], $19::text[], $20::jsonb[], $47::int8[])
-        AS c(saga, idx, phase, output, w)
+    SELECT c.* FROM UNNEST($17::uuid[], $18::int4[], $19::text[], $20::text[], $21::jsonb[],
+                           $22::text[], $23::timestamptz[], $44::int8[])
+        AS c(saga, idx, phase, status, output, error, retry_at, w)
       JOIN inst ON inst.n = c.w),
-completed AS (
+finished AS (
     UPDATE saga_steps st
-       SET status = 'completed', output = c.output, finished_at = $43, next_attempt_at = NULL
+       SET status = c.status,
+           output = CASE WHEN c.status = 'completed' THEN c.output ELSE st.output END,
+           last_error = COALESCE(c.error, st.last_error),
+           next_attempt_at = c.retry_at, finished_at = $40
       FROM c
      WHERE st.saga_id = ANY($17::uuid[])
        AND st.saga_id = c.saga AND st.step_index = c.idx AND st.phase = c.phase
@@ -116,30 +120,17 @@ completed AS (
     };
 }
 
-/// Failed steps and interventions.
-macro_rules! fail_escalate {
+/// Interventions.
+macro_rules! escalate {
     () => {
         "
-f AS (
-    SELECT f.* FROM UNNEST($21::uuid[], $22::int4[], $23::text[], $24::text[], $25::text[],
-                           $26::timestamptz[], $48::int8[])
-        AS f(saga, idx, phase, status, error, retry_at, w)
-      JOIN inst ON inst.n = f.w),
-failed AS (
-    UPDATE saga_steps st
-       SET status = f.status, last_error = f.error, next_attempt_at = f.retry_at,
-           finished_at = $43
-      FROM f
-     WHERE st.saga_id = ANY($21::uuid[])
-       AND st.saga_id = f.saga AND st.step_index = f.idx AND st.phase = f.phase
-    RETURNING 1),
 escalated AS (
     INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
         idempotency_key, input, output, error, status, opened_at)
     SELECT e.id, e.saga, e.kind, e.idx, e.step, e.phase, e.key, e.input, e.output, e.error,
-           'open', $43
-      FROM UNNEST($27::uuid[], $28::uuid[], $29::text[], $30::int4[], $31::text[], $32::text[],
-                  $33::text[], $34::jsonb[], $35::jsonb[], $36::text[], $49::int8[])
+           'open', $40
+      FROM UNNEST($24::uuid[], $25::uuid[], $26::text[], $27::int4[], $28::text[], $29::text[],
+                  $30::text[], $31::jsonb[], $32::jsonb[], $33::text[], $45::int8[])
            AS e(id, saga, kind, idx, step, phase, key, input, output, error, w)
       JOIN inst ON inst.n = e.w
     ON CONFLICT (id) DO NOTHING),
@@ -153,9 +144,9 @@ macro_rules! history {
         "
 events AS (
     INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
-    SELECT v.saga, $43, v.kind, v.step, v.phase, v.attempt, v.detail
-      FROM UNNEST($37::uuid[], $38::text[], $39::text[], $40::text[], $41::int4[], $42::text[],
-                  $50::int8[])
+    SELECT v.saga, $40, v.kind, v.step, v.phase, v.attempt, v.detail
+      FROM UNNEST($34::uuid[], $35::text[], $36::text[], $37::text[], $38::int4[], $39::text[],
+                  $46::int8[])
            WITH ORDINALITY AS v(saga, kind, step, phase, attempt, detail, w, n)
       JOIN inst ON inst.n = v.w
      ORDER BY v.n)
@@ -163,9 +154,10 @@ events AS (
     };
 }
 
-/// Sagas created in the same statement: $51..$61 the sagas, $62..$67 the steps begun with them,
-/// $68..$73 their events (no trailing comma: it also ends [`CREATE_SQL`]'s `WITH`). A start key that exists already creates nothing (the caller reads the
-/// saga it started); rows of the same creation join it by saga id.
+/// Sagas created in the same statement: $47..$57 the sagas, $58..$63 the steps begun with them,
+/// $64..$69 their events (no trailing comma: it also ends [`CREATE_SQL`]'s `WITH`). A start key
+/// that exists already creates nothing (the caller reads the saga it started); rows of the same
+/// creation join it by saga id.
 macro_rules! creations {
     () => {
         "
@@ -174,9 +166,9 @@ new AS (
         idempotency_key, next_run_at, fencing_token, trace_context, created_at, updated_at,
         lease_owner, lease_expires_at)
     SELECT k.id, k.saga_type, k.version, k.fingerprint, 'running', k.input, k.input_hash,
-           k.key, $43, k.token, k.trace, $43, $43, k.owner, k.until
-      FROM UNNEST($51::uuid[], $52::text[], $53::int4[], $54::text[], $55::jsonb[], $56::text[],
-                  $57::text[], $58::text[], $59::text[], $60::timestamptz[], $61::int8[])
+           k.key, $40, k.token, k.trace, $40, $40, k.owner, k.until
+      FROM UNNEST($47::uuid[], $48::text[], $49::int4[], $50::text[], $51::jsonb[], $52::text[],
+                  $53::text[], $54::text[], $55::text[], $56::timestamptz[], $57::int8[])
            AS k(id, saga_type, version, fingerprint, input, input_hash, key, trace, owner,
                 until, token)
      -- One order for every statement, so that two of them inserting the same start keys wait
@@ -187,95 +179,78 @@ new AS (
 new_begun AS (
     INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempt, idempotency_key,
         started_at)
-    SELECT nb.saga, nb.idx, nb.phase, nb.name, 'in_progress', nb.attempt, nb.key, $43
-      FROM UNNEST($62::uuid[], $63::int4[], $64::text[], $65::text[], $66::int4[], $67::text[])
+    SELECT nb.saga, nb.idx, nb.phase, nb.name, 'in_progress', nb.attempt, nb.key, $40
+      FROM UNNEST($58::uuid[], $59::int4[], $60::text[], $61::text[], $62::int4[], $63::text[])
            AS nb(saga, idx, phase, name, attempt, key)
       JOIN new ON new.id = nb.saga),
 new_events AS (
     INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
-    SELECT nv.saga, $43, nv.kind, nv.step, nv.phase, nv.attempt, nv.detail
-      FROM UNNEST($68::uuid[], $69::text[], $70::text[], $71::text[], $72::int4[], $73::text[])
+    SELECT nv.saga, $40, nv.kind, nv.step, nv.phase, nv.attempt, nv.detail
+      FROM UNNEST($64::uuid[], $65::text[], $66::text[], $67::text[], $68::int4[], $69::text[])
            WITH ORDINALITY AS nv(saga, kind, step, phase, attempt, detail, n)
       JOIN new ON new.id = nv.saga
      ORDER BY nv.n)"
     };
 }
 
-/// The answer, and the refusal of step changes that found nothing to act on. `$failed`: the
-/// check of failed steps, if the statement has them; `$created`: the ids of sagas created, and
-/// `$woken`: the condition (besides `$44`) for waking idle workers.
+/// The answer, and the refusal of step changes that found nothing to act on. `$created`: the
+/// ids of sagas created, and `$woken`: the condition (besides `$41`) for waking idle workers.
 macro_rules! answer {
-    ($failed:expr, $created:expr, $woken:expr) => {
+    ($created:expr, $woken:expr) => {
         concat!(
             "
 SELECT ARRAY(SELECT n FROM inst) AS fenced, ",
             $created,
             " AS created,
        CASE WHEN (SELECT COUNT(*) FROM begun) < (SELECT COUNT(*) FROM b)
-                 OR (SELECT COUNT(*) FROM completed) < (SELECT COUNT(*) FROM c)",
-            $failed,
-            "
+                 OR (SELECT COUNT(*) FROM finished) < (SELECT COUNT(*) FROM c)
             THEN saga_refuse('a step change found no step to act on: a completed step cannot begin again, and only a begun step can complete or fail')
        END AS refused,
-       CASE WHEN $44 AND (",
+       CASE WHEN $41 AND (",
             $woken,
-            ") THEN pg_notify($45, '')::text END AS woke"
+            ") THEN pg_notify($42, '')::text END AS woke"
         )
     };
 }
 
-/// The check of failed steps.
-macro_rules! failed_check {
-    () => {
-        "
-                 OR (SELECT COUNT(*) FROM failed) < (SELECT COUNT(*) FROM f)"
-    };
-}
-
-/// The statement for any group of writes, without creations.
+/// The statement for a group of writes without creations (nearly every write: steps finished
+/// and the next ones begun).
 const SQL: &str = concat!(
-    fence_begin_complete!(),
-    fail_escalate!(),
+    fence_begin_finish!(),
     history!(),
-    answer!(
-        failed_check!(),
-        "'{}'::uuid[]",
-        "EXISTS (SELECT 1 FROM inst)"
-    )
+    answer!("'{}'::uuid[]", "EXISTS (SELECT 1 FROM inst)")
 );
 
-/// The statement for a group that fails no step and escalates nothing (nearly every write: a
-/// step completed and the next begun), without creations. The parts it leaves out cost the
-/// server their set-up on every execution even when their arrays are empty. Parameters that
-/// only the parts left out read are bound (empty) all the same.
-const ADVANCE_SQL: &str = concat!(
-    fence_begin_complete!(),
+/// [`SQL`] with interventions, for a group that escalates (rare). The part it adds costs the
+/// server its set-up on every execution even when its arrays are empty, so the other variants
+/// leave it out. Parameters that only the parts left out read are bound (empty) all the same.
+const ESCALATE_SQL: &str = concat!(
+    fence_begin_finish!(),
+    escalate!(),
     history!(),
-    answer!("", "'{}'::uuid[]", "EXISTS (SELECT 1 FROM inst)")
+    answer!("'{}'::uuid[]", "EXISTS (SELECT 1 FROM inst)")
 );
 
 /// [`SQL`] with creations.
 const WITH_CREATIONS_SQL: &str = concat!(
-    fence_begin_complete!(),
-    fail_escalate!(),
+    fence_begin_finish!(),
     creations!(),
     ",",
     history!(),
     answer!(
-        failed_check!(),
         "ARRAY(SELECT id FROM new)",
         "EXISTS (SELECT 1 FROM inst) OR EXISTS (SELECT 1 FROM new)"
     )
 );
 
-/// [`ADVANCE_SQL`] with creations.
-const ADVANCE_WITH_CREATIONS_SQL: &str = concat!(
-    fence_begin_complete!(),
+/// [`ESCALATE_SQL`] with creations.
+const ESCALATE_WITH_CREATIONS_SQL: &str = concat!(
+    fence_begin_finish!(),
+    escalate!(),
     creations!(),
     ",",
     history!(),
     answer!(
-        "",
         "ARRAY(SELECT id FROM new)",
         "EXISTS (SELECT 1 FROM inst) OR EXISTS (SELECT 1 FROM new)"
     )
@@ -303,13 +278,10 @@ struct Columns {
     c_saga: Vec<Uuid>,
     c_index: Vec<i32>,
     c_phase: Vec<String>,
+    c_status: Vec<&'static str>,
     c_output: Vec<Option<serde_json::Value>>,
-    f_saga: Vec<Uuid>,
-    f_index: Vec<i32>,
-    f_phase: Vec<String>,
-    f_status: Vec<String>,
-    f_error: Vec<String>,
-    f_retry_at: Vec<Option<Timestamp>>,
+    c_error: Vec<Option<String>>,
+    c_retry_at: Vec<Option<Timestamp>>,
     e_id: Vec<Uuid>,
     e_saga: Vec<Uuid>,
     e_kind: Vec<String>,
@@ -321,13 +293,12 @@ struct Columns {
     e_output: Vec<Option<serde_json::Value>>,
     e_error: Vec<String>,
     events: EventColumns,
-    /// For each begun step, completed step, failed step, intervention and event: the position
+    /// For each begun step, finished step, intervention and event: the position
     /// (from 1) of the write it belongs to. Rows join their own write's fence, not just any
     /// write of the same saga, so a stale write grouped with a current one of the same saga
     /// writes nothing.
     b_write: Vec<i64>,
     c_write: Vec<i64>,
-    f_write: Vec<i64>,
     e_write: Vec<i64>,
     v_write: Vec<i64>,
     wake: bool,
@@ -489,7 +460,10 @@ impl Columns {
                     self.c_write.push(position);
                     self.c_index.push(int(index.0));
                     self.c_phase.push(phase.as_str().to_owned());
+                    self.c_status.push("completed");
                     self.c_output.push(output.clone());
+                    self.c_error.push(None);
+                    self.c_retry_at.push(None);
                 }
                 Change::FailStep {
                     index,
@@ -498,20 +472,18 @@ impl Columns {
                     retry_at,
                     ..
                 } => {
-                    self.f_saga.push(saga);
-                    self.f_write.push(position);
-                    self.f_index.push(int(index.0));
-                    self.f_phase.push(phase.as_str().to_owned());
-                    self.f_status.push(
-                        if retry_at.is_some() {
-                            "pending"
-                        } else {
-                            "failed"
-                        }
-                        .to_owned(),
-                    );
-                    self.f_error.push(error.to_string());
-                    self.f_retry_at.push(*retry_at);
+                    self.c_saga.push(saga);
+                    self.c_write.push(position);
+                    self.c_index.push(int(index.0));
+                    self.c_phase.push(phase.as_str().to_owned());
+                    self.c_status.push(if retry_at.is_some() {
+                        "pending"
+                    } else {
+                        "failed"
+                    });
+                    self.c_output.push(None);
+                    self.c_error.push(Some(error.to_string()));
+                    self.c_retry_at.push(*retry_at);
                 }
                 Change::SetStatus {
                     status: new,
@@ -594,13 +566,13 @@ pub(super) async fn execute<'e>(
         columns.add_creation(saga);
     }
     let c = columns;
-    let light = c.f_saga.is_empty() && c.e_id.is_empty();
-    let sql = match (writes.is_empty(), light, creations.is_empty()) {
+    let escalates = !c.e_id.is_empty();
+    let sql = match (writes.is_empty(), escalates, creations.is_empty()) {
         (true, _, false) => CREATE_SQL,
-        (_, true, true) => ADVANCE_SQL,
         (_, false, true) => SQL,
-        (_, true, false) => ADVANCE_WITH_CREATIONS_SQL,
+        (_, true, true) => ESCALATE_SQL,
         (_, false, false) => WITH_CREATIONS_SQL,
+        (_, true, false) => ESCALATE_WITH_CREATIONS_SQL,
     };
     let query = sqlx::query(sql)
         .bind(c.s_id)
@@ -619,13 +591,10 @@ pub(super) async fn execute<'e>(
         .bind(c.c_saga)
         .bind(c.c_index)
         .bind(c.c_phase)
+        .bind(c.c_status)
         .bind(c.c_output)
-        .bind(c.f_saga)
-        .bind(c.f_index)
-        .bind(c.f_phase)
-        .bind(c.f_status)
-        .bind(c.f_error)
-        .bind(c.f_retry_at)
+        .bind(c.c_error)
+        .bind(c.c_retry_at)
         .bind(c.e_id)
         .bind(c.e_saga)
         .bind(c.e_kind)
@@ -644,7 +613,6 @@ pub(super) async fn execute<'e>(
         .bind(channel.to_owned())
         .bind(c.b_write)
         .bind(c.c_write)
-        .bind(c.f_write)
         .bind(c.e_write)
         .bind(c.v_write)
         .bind(c.k_id)
@@ -705,14 +673,14 @@ fn started_event(saga: &NewSaga) -> EventData {
 }
 
 /// The statement for creations alone (a lone creation: the same parts as a group's, without the
-/// fenced writes' parts, which the server would set up for nothing). Parameters other than $43,
-/// $44, $45 and $51..$73 are bound (empty) but not read.
+/// fenced writes' parts, which the server would set up for nothing). Parameters other than $40,
+/// $41, $42 and $47..$69 are bound (empty) but not read.
 const CREATE_SQL: &str = concat!(
     "\nWITH",
     creations!(),
     "
 SELECT '{}'::int8[] AS fenced, ARRAY(SELECT id FROM new) AS created,
-       CASE WHEN $44 AND EXISTS (SELECT 1 FROM new) THEN pg_notify($45, '')::text END AS woke"
+       CASE WHEN $41 AND EXISTS (SELECT 1 FROM new) THEN pg_notify($42, '')::text END AS woke"
 );
 
 /// Creates `saga` with its first steps (its changes already checked: only `BeginStep`s, on a
