@@ -718,8 +718,8 @@ async fn creations_grouped_with_failing_writes_and_a_repeated_creation_are_each_
         store.create(saga.clone()).await.unwrap();
         running.push(saga.id);
     }
-    // At once: those 22 steps fail for good (a failed step is written by the statement's
-    // fullest form), 20 new sagas are created, and one creation is sent twice.
+    // At once: those 22 steps fail for good, 20 new sagas are created, and one creation is
+    // sent twice.
     // Created idle (no lease, nothing begun), as a saga started while no worker runs.
     let twice = {
         let mut saga = new_saga("mixed", 100);
@@ -848,6 +848,103 @@ fn the_one_created(outcomes: &[saga_core::Result<saga_core::Created>]) -> saga_c
         "exactly one start creates the saga: {outcomes:?}"
     );
     new[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_overlaps_a_statement_in_flight_only_once_enough_writes_wait() {
+    use saga_core::{
+        Attempt, Change, FencingToken, IdempotencyKey, Lease, Phase, StepIndex, StepName,
+        StepStatus, WorkerId,
+    };
+    let url = TestPg::fresh_database().await.unwrap();
+    let options = PgOptions {
+        writers: 2,
+        max_connections: 4,
+        ..PgOptions::default()
+    };
+    let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
+    let worker = WorkerId::new("overlap");
+    let name = StepName::new("first");
+    let until = saga_core::after(saga_core::now(), Duration::from_secs(30));
+    // 31 sagas whose first step is running.
+    let mut sagas = Vec::new();
+    for n in 0..31 {
+        let mut saga = new_saga("overlap", n);
+        saga.lease = Some((worker.clone(), until));
+        saga.changes = vec![Change::BeginStep {
+            index: StepIndex(0),
+            name: name.clone(),
+            phase: Phase::Action,
+            attempt: Attempt(1),
+            key: IdempotencyKey::for_step(saga.id, &name, Phase::Action),
+        }];
+        sagas.push(saga.id);
+        store.create(saga).await.unwrap();
+    }
+    let complete = |id: saga_core::SagaId| {
+        let writer = Arc::clone(&store);
+        let lease = Lease {
+            saga: id,
+            owner: worker.clone(),
+            token: FencingToken(1),
+            expires_at: until,
+            taken_over_from: None,
+        };
+        let change = Change::CompleteStep {
+            index: StepIndex(0),
+            name: name.clone(),
+            phase: Phase::Action,
+            attempt: Attempt(1),
+            output: None,
+        };
+        tokio::spawn(async move { writer.apply(&lease, &[change]).await })
+    };
+    // The first saga's row is locked here, so its write (made by its caller: nothing else is
+    // in flight) stays in flight until the lock goes.
+    let mut lock = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+    sqlx::query("SELECT 1 FROM saga.saga_instances WHERE id = $1 FOR UPDATE")
+        .bind(sagas[0].as_uuid())
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let held = complete(sagas[0]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Five writes (fewer than the 16 that let a statement overlap another): a writer gathers
+    // them and waits for the statement in flight.
+    let mut few: Vec<_> = sagas[1..6].iter().map(|id| complete(*id)).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        few.iter().all(|job| !job.is_finished()),
+        "a few writes wait for the statement in flight instead of overlapping it"
+    );
+    // 25 more: once 16 have gathered, their statement goes out beside the one held.
+    few.extend(sagas[6..].iter().map(|id| complete(*id)));
+    let mut finished = 0;
+    for _ in 0..200 {
+        finished = few.iter().filter(|job| job.is_finished()).count();
+        if finished >= 16 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        finished >= 16,
+        "with 30 writes waiting, a statement overlaps the one in flight ({finished} written)"
+    );
+    assert!(
+        !held.is_finished(),
+        "the locked saga's write is still in flight"
+    );
+    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+    held.await.unwrap().unwrap();
+    for job in few {
+        job.await.unwrap().unwrap();
+    }
+    for id in &sagas {
+        let stored = store.load(*id).await.unwrap().unwrap();
+        assert_eq!(stored.steps[0].status, StepStatus::Completed);
+    }
 }
 
 /// The database's `xact_commit`, once the backends of closed connections have reported

@@ -69,13 +69,7 @@ pub async fn run(args: RunArgs) -> Res<Value> {
                     max_connections: args.pool.unwrap_or(args.inflight as u32 + 2),
                     ..PgOptions::default()
                 };
-                // BENCH_PG_WRITERS: the store's `writers` setting, to compare groupings.
-                if let Some(writers) = std::env::var("BENCH_PG_WRITERS")
-                    .ok()
-                    .and_then(|value| value.parse().ok())
-                {
-                    options.writers = writers;
-                }
+                writers_from_env(&mut options);
                 // Migrate on a store of its own, closed before measuring.
                 let migrate = PgStore::connect_with(&url, options.clone())
                     .await
@@ -301,4 +295,14 @@ pub async fn run(args: RunArgs) -> Res<Value> {
         "pool": if args.backend == "pg" { json!(args.pool.unwrap_or(args.inflight as u32 + 2)) } else { Value::Null },
         "errors": errors + wrong as u64,
     }))
+}
+
+/// BENCH_PG_WRITERS: the store's `writers` setting, to compare groupings.
+pub fn writers_from_env(options: &mut PgOptions) {
+    if let Some(writers) = std::env::var("BENCH_PG_WRITERS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+    {
+        options.writers = writers;
+    }
 }

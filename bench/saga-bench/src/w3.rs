@@ -123,10 +123,11 @@ async fn create_sagas(orchestrator: &Orchestrator, n: u64) -> Res<()> {
 /// The worker process (run by `w3` and `rss`).
 pub async fn worker(args: WorkerArgs) -> Res<()> {
     let process_start = Instant::now();
-    let options = PgOptions {
+    let mut options = PgOptions {
         max_connections: args.pool.unwrap_or(args.inflight.min(64) as u32 + 2),
         ..PgOptions::default()
     };
+    crate::run::writers_from_env(&mut options);
     let store = Arc::new(
         PgStore::connect_with(&args.url, options)
             .await

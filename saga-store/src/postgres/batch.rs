@@ -5,10 +5,11 @@
 //! sagas to create. Variants leave out the parts a group does not need (interventions, which
 //! nearly no write has; creations), since the server sets up every part on each execution even
 //! when its arrays are empty. Their text never changes, so every
-//! connection prepares each once. Writes and creations that arrive while a writer is busy wait
-//! and go out together in its next statement — one round trip and one commit for all of them,
-//! the way a database groups commits — so the cost per step falls as load rises, while a lone
-//! write goes out at once.
+//! connection prepares each once. Writes and creations that arrive while a statement is in
+//! flight wait and go out together in the next one — one round trip and one commit for all of
+//! them, the way a database groups commits — so the cost per step falls as load rises, while a
+//! lone write goes out at once. A second writer starts a statement beside one in flight only
+//! once [`OVERLAP_AT`] jobs wait.
 //!
 //! Rows are found through `= ANY(array)` on their keys, so that the plan the server caches
 //! for the statement (first made while the tables are small) stays an index lookup as they grow.
@@ -34,13 +35,19 @@ use saga_core::store::{begins_forward_step, Change, EventData, NewSaga};
 use saga_core::{Error, Lease, Result, SagaId, SagaStatus, Timestamp};
 use sqlx::postgres::{PgArguments, PgExecutor, PgPool, PgRow};
 use sqlx::{Postgres, Row};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use uuid::Uuid;
 
 use crate::error::classify;
 
 /// Most sagas written in one statement.
 pub(super) const MAX_BATCH: usize = 64;
+
+/// How many jobs a writer gathers before its statement may overlap another one in flight.
+/// Below it, the writer waits for that statement to end and takes whatever arrived meanwhile:
+/// one statement at a time costs the server and the process less per job than two half-full
+/// ones, while a queue this long means that one statement at a time no longer keeps up.
+const OVERLAP_AT: usize = MAX_BATCH / 4;
 
 /// Whether a saga's batch can be written by the batch statement: no step phase touched twice.
 pub(super) fn compilable(changes: &[Change]) -> bool {
@@ -728,17 +735,35 @@ struct Queued {
 pub(super) struct Writers {
     queue: Option<mpsc::UnboundedSender<Queued>>,
     /// Statements being written right now, by writers or directly by their callers.
-    busy: Arc<AtomicUsize>,
+    busy: Arc<InFlight>,
     pool: PgPool,
     channel: String,
 }
 
+/// The statements being written right now (a writer's counts from its first job on), and a
+/// signal each time one ends.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    ended: Notify,
+}
+
 /// One statement being written (by a writer, or directly by its caller); dropped when done.
-pub(super) struct Busy(Arc<AtomicUsize>);
+pub(super) struct Busy(Arc<InFlight>);
+
+impl Busy {
+    /// Counts one more statement in flight.
+    fn start(in_flight: &Arc<InFlight>) -> Self {
+        in_flight.count.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(in_flight))
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        // Count first, then signal: a writer woken by the signal sees the count without it.
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.ended.notify_one();
     }
 }
 
@@ -758,7 +783,7 @@ impl std::fmt::Debug for Queued {
 impl Writers {
     /// Starts `count` writer tasks on the current runtime (none: every write goes alone).
     pub(super) fn start(pool: PgPool, channel: String, count: usize) -> Self {
-        let busy = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::new(InFlight::default());
         if count == 0 {
             return Self {
                 queue: None,
@@ -777,22 +802,20 @@ impl Writers {
             tokio::spawn(async move {
                 loop {
                     let mut group = Vec::new();
-                    {
+                    let done = {
                         let mut receiver = receiver.lock().await;
                         match receiver.recv().await {
                             Some(first) => group.push(first),
                             None => return,
                         }
-                        while group.len() < MAX_BATCH {
-                            match receiver.try_recv() {
-                                Ok(next) => group.push(next),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    busy.fetch_add(1, Ordering::AcqRel);
-                    let _done = Busy(Arc::clone(&busy));
+                        // From its first job on, this writer's statement counts as in flight:
+                        // callers queue behind it rather than write past it.
+                        let done = Busy::start(&busy);
+                        gather(&mut receiver, &busy, &mut group).await;
+                        done
+                    };
                     write_group(&pool, &channel, group).await;
+                    drop(done);
                 }
             });
         }
@@ -809,6 +832,7 @@ impl Writers {
     /// writers, which group them.
     fn direct_turn(&self) -> Option<Busy> {
         self.busy
+            .count
             .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
             .ok()
             .map(|_| Busy(Arc::clone(&self.busy)))
@@ -865,6 +889,38 @@ impl Writers {
         match queue.send(Queued { job, done }) {
             Ok(()) => Ok(outcome),
             Err(unsent) => Err((unsent.0.job, None)),
+        }
+    }
+}
+
+/// Adds to `group` (which holds the first job) what waits in the queue, up to [`MAX_BATCH`].
+/// While another statement is in flight (besides this writer's own) and fewer than
+/// [`OVERLAP_AT`] jobs are gathered, waits for that statement to end, taking jobs as they
+/// arrive.
+async fn gather(
+    receiver: &mut mpsc::UnboundedReceiver<Queued>,
+    busy: &InFlight,
+    group: &mut Vec<Queued>,
+) {
+    loop {
+        while group.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        if group.len() >= OVERLAP_AT || busy.count.load(Ordering::Acquire) <= 1 {
+            return;
+        }
+        // The count is checked again after every wake-up, so a signal spent elsewhere, or one
+        // left over from an earlier statement, costs a turn of the loop, never a stall: a
+        // statement that ends after the check above leaves a signal for `notified`.
+        tokio::select! {
+            () = busy.ended.notified() => {}
+            next = receiver.recv() => match next {
+                Some(next) => group.push(next),
+                None => return,
+            },
         }
     }
 }

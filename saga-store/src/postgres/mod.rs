@@ -44,12 +44,12 @@ pub struct PgOptions {
     /// Whether to LISTEN for wake-ups from other processes (default true); without it, idle
     /// workers only poll.
     pub listen: bool,
-    /// How many statements write sagas' step transitions at once (default 1). Transitions that
-    /// arrive while all are busy wait and go out together in the next statement, one commit for
-    /// all; 0 writes each transition in a statement of its own, from its caller's task. One
-    /// writer (plus a write its caller makes when nothing else is being written) made the most
-    /// sagas per second with 16 in flight on a 2-core machine; a second writer splits the same
-    /// writes over more, smaller statements. More may pay off with a distant server.
+    /// How many statements write sagas' step transitions at once, at most (default 2).
+    /// Transitions that arrive while a statement is in flight wait and go out together in the
+    /// next one, one commit for all; a writer starts a statement beside one in flight only once
+    /// 16 transitions wait, so under moderate load one statement at a time takes everything
+    /// (fewer, fuller statements), and under heavy load the others add throughput. 0 writes each
+    /// transition in a statement of its own, from its caller's task.
     pub writers: usize,
 }
 
@@ -60,7 +60,7 @@ impl Default for PgOptions {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(10),
             listen: true,
-            writers: 1,
+            writers: 2,
         }
     }
 }
