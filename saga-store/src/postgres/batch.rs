@@ -9,7 +9,7 @@
 //! flight wait and go out together in the next one — one round trip and one commit for all of
 //! them, the way a database groups commits — so the cost per step falls as load rises, while a
 //! lone write goes out at once. A second writer starts a statement beside one in flight only
-//! once [`OVERLAP_AT`] jobs wait.
+//! once [`OVERLAP_AT`] jobs wait, or after [`OVERLAP_AFTER`].
 //!
 //! Rows are found through `= ANY(array)` on their keys, so that the plan the server caches
 //! for the statement (first made while the tables are small) stays an index lookup as they grow.
@@ -30,6 +30,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use saga_core::store::{begins_forward_step, Change, EventData, NewSaga};
 use saga_core::{Error, Lease, Result, SagaId, SagaStatus, Timestamp};
@@ -48,6 +49,11 @@ pub(super) const MAX_BATCH: usize = 64;
 /// one statement at a time costs the server and the process less per job than two half-full
 /// ones, while a queue this long means that one statement at a time no longer keeps up.
 const OVERLAP_AT: usize = MAX_BATCH / 4;
+
+/// How long a writer waits for the statement in flight before it starts its own beside it
+/// anyway, however few jobs it holds: a statement held up (by a row lock, a slow flush) holds
+/// back the writes behind it for no longer. A statement and its commit usually take 1-5 ms.
+const OVERLAP_AFTER: Duration = Duration::from_millis(20);
 
 /// Whether a saga's batch can be written by the batch statement: no step phase touched twice.
 pub(super) fn compilable(changes: &[Change]) -> bool {
@@ -221,7 +227,8 @@ SELECT ARRAY(SELECT n FROM inst) AS fenced, ",
 }
 
 /// The statement for a group of writes without creations (nearly every write: steps finished
-/// and the next ones begun).
+/// and the next ones begun). Parameters that only the parts it leaves out read are bound
+/// (empty) all the same.
 const SQL: &str = concat!(
     fence_begin_finish!(),
     history!(),
@@ -230,7 +237,7 @@ const SQL: &str = concat!(
 
 /// [`SQL`] with interventions, for a group that escalates (rare). The part it adds costs the
 /// server its set-up on every execution even when its arrays are empty, so the other variants
-/// leave it out. Parameters that only the parts left out read are bound (empty) all the same.
+/// leave it out.
 const ESCALATE_SQL: &str = concat!(
     fence_begin_finish!(),
     escalate!(),
@@ -895,13 +902,15 @@ impl Writers {
 
 /// Adds to `group` (which holds the first job) what waits in the queue, up to [`MAX_BATCH`].
 /// While another statement is in flight (besides this writer's own) and fewer than
-/// [`OVERLAP_AT`] jobs are gathered, waits for that statement to end, taking jobs as they
-/// arrive.
+/// [`OVERLAP_AT`] jobs are gathered, waits for that statement to end, at most
+/// [`OVERLAP_AFTER`], taking jobs as they arrive.
 async fn gather(
     receiver: &mut mpsc::UnboundedReceiver<Queued>,
     busy: &InFlight,
     group: &mut Vec<Queued>,
 ) {
+    // Set up only if this writer has to wait.
+    let mut limit = None;
     loop {
         while group.len() < MAX_BATCH {
             match receiver.try_recv() {
@@ -915,8 +924,10 @@ async fn gather(
         // The count is checked again after every wake-up, so a signal spent elsewhere, or one
         // left over from an earlier statement, costs a turn of the loop, never a stall: a
         // statement that ends after the check above leaves a signal for `notified`.
+        let limit = limit.get_or_insert_with(|| Box::pin(tokio::time::sleep(OVERLAP_AFTER)));
         tokio::select! {
             () = busy.ended.notified() => {}
+            () = limit.as_mut() => return,
             next = receiver.recv() => match next {
                 Some(next) => group.push(next),
                 None => return,
@@ -995,5 +1006,100 @@ async fn write_statement(pool: &PgPool, channel: &str, group: Vec<Queued>) {
                 let _ = queued.done.send(outcome);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use saga_core::{FencingToken, WorkerId};
+
+    /// A queued write of a fresh saga (its outcome is not read).
+    fn job() -> Queued {
+        let (done, _) = oneshot::channel();
+        Queued {
+            job: Job::Write(Write {
+                lease: Lease {
+                    saga: SagaId::new(),
+                    owner: WorkerId::new("gather"),
+                    token: FencingToken(1),
+                    expires_at: saga_core::now(),
+                    taken_over_from: None,
+                },
+                changes: Vec::new(),
+            }),
+            done,
+        }
+    }
+
+    /// Another statement in flight, and this writer's own.
+    fn two_in_flight() -> (Arc<InFlight>, Busy, Busy) {
+        let in_flight = Arc::new(InFlight::default());
+        let other = Busy::start(&in_flight);
+        let own = Busy::start(&in_flight);
+        (in_flight, other, own)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_waits_for_the_statement_in_flight_and_takes_what_arrives_meanwhile() {
+        let (in_flight, other, _own) = two_in_flight();
+        let (queue, mut receiver) = mpsc::unbounded_channel();
+        let mut group = vec![job()];
+        queue.send(job()).ok();
+        {
+            let gathering = gather(&mut receiver, &in_flight, &mut group);
+            tokio::pin!(gathering);
+            let waited = tokio::time::timeout(OVERLAP_AFTER / 2, &mut gathering).await;
+            assert!(waited.is_err(), "two jobs wait for the statement in flight");
+            queue.send(job()).ok();
+            drop(other);
+            gathering.await;
+        }
+        assert_eq!(
+            group.len(),
+            3,
+            "the job that arrived meanwhile goes in the same statement"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_starts_beside_the_statement_in_flight_once_enough_jobs_wait() {
+        let (in_flight, _other, _own) = two_in_flight();
+        let (queue, mut receiver) = mpsc::unbounded_channel();
+        let mut group = vec![job()];
+        for _ in 1..OVERLAP_AT {
+            queue.send(job()).ok();
+        }
+        let gathered = tokio::time::timeout(
+            OVERLAP_AFTER / 2,
+            gather(&mut receiver, &in_flight, &mut group),
+        )
+        .await;
+        assert!(gathered.is_ok(), "{OVERLAP_AT} jobs do not wait");
+        assert_eq!(group.len(), OVERLAP_AT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_starts_beside_a_statement_held_up_after_the_time_limit() {
+        let (in_flight, _other, _own) = two_in_flight();
+        let (_queue, mut receiver) = mpsc::unbounded_channel();
+        let mut group = vec![job()];
+        let started = tokio::time::Instant::now();
+        gather(&mut receiver, &in_flight, &mut group).await;
+        assert!(started.elapsed() >= OVERLAP_AFTER, "waited for the limit");
+        assert_eq!(group.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_alone_in_flight_does_not_wait() {
+        let in_flight = Arc::new(InFlight::default());
+        let _own = Busy::start(&in_flight);
+        let (queue, mut receiver) = mpsc::unbounded_channel();
+        let mut group = vec![job()];
+        queue.send(job()).ok();
+        let started = tokio::time::Instant::now();
+        gather(&mut receiver, &in_flight, &mut group).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(group.len(), 2, "what waits in the queue goes along");
     }
 }
