@@ -59,7 +59,7 @@ pub struct StepSpec {
 }
 
 /// One step of a typed saga definition: built by [`Step::new`], finished by
-/// [`Step::compensate`] or [`Step::irreversible`].
+/// [`StepBuilder::compensate`] or [`StepBuilder::irreversible`].
 pub struct Step<S: Saga> {
     spec: StepSpec,
     irreversible: bool,
