@@ -47,7 +47,7 @@ pub struct PgOptions {
     /// How many statements write sagas' step transitions at once, at most (default 2).
     /// Transitions that arrive while a statement is in flight wait and go out together in the
     /// next one, one commit for all; a writer starts a statement beside one in flight only once
-    /// 16 transitions wait or after 20 ms, so under moderate load one statement at a time takes
+    /// 16 transitions wait or after 3 ms, so under moderate load one statement at a time takes
     /// everything (fewer, fuller statements), under heavy load the others add throughput, and a
     /// statement held up holds back the others for no longer. 0 writes each transition in a
     /// statement of its own, from its caller's task.
