@@ -30,6 +30,59 @@ fn new_saga(saga_type: &str, n: u32) -> saga_core::NewSaga {
     }
 }
 
+/// The name of the one step the grouping tests begin.
+const FIRST: &str = "first";
+
+/// A saga of `saga_type` with input `n`, created leased to `worker` until `until` with its
+/// first step ([`FIRST`]) running.
+fn running_saga(
+    saga_type: &str,
+    n: u32,
+    worker: &saga_core::WorkerId,
+    until: saga_core::Timestamp,
+) -> saga_core::NewSaga {
+    use saga_core::{Attempt, Change, IdempotencyKey, Phase, StepIndex, StepName};
+    let mut saga = new_saga(saga_type, n);
+    let name = StepName::new(FIRST);
+    saga.lease = Some((worker.clone(), until));
+    saga.changes = vec![Change::BeginStep {
+        index: StepIndex(0),
+        key: IdempotencyKey::for_step(saga.id, &name, Phase::Action),
+        name,
+        phase: Phase::Action,
+        attempt: Attempt(1),
+    }];
+    saga
+}
+
+/// The lease a saga made by [`running_saga`] was created with.
+fn first_lease(
+    saga: saga_core::SagaId,
+    worker: &saga_core::WorkerId,
+    until: saga_core::Timestamp,
+) -> saga_core::Lease {
+    saga_core::Lease {
+        saga,
+        owner: worker.clone(),
+        token: saga_core::FencingToken(1),
+        expires_at: until,
+        taken_over_from: None,
+    }
+}
+
+/// A connection holding the rows of `sagas` locked, in a transaction left open (`COMMIT` on it
+/// lets writes of those sagas go on).
+async fn lock_sagas(url: &str, sagas: &[saga_core::SagaId]) -> sqlx::PgConnection {
+    let mut lock = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+    sqlx::query("SELECT 1 FROM saga.saga_instances WHERE id = ANY($1) FOR UPDATE")
+        .bind(sagas.iter().map(|saga| saga.as_uuid()).collect::<Vec<_>>())
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    lock
+}
+
 /// What the `book` step does after writing its booking in the step's transaction.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Then {
@@ -524,9 +577,7 @@ async fn concurrent_writes_share_statements(writers: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creations_share_statements_and_each_start_key_starts_one_saga() {
-    use saga_core::{
-        Attempt, Change, Created, IdempotencyKey, Phase, StepIndex, StepName, StepStatus, WorkerId,
-    };
+    use saga_core::{Created, IdempotencyKey, StepStatus, WorkerId};
     let url = TestPg::fresh_database().await.unwrap();
     let options = PgOptions {
         writers: 1,
@@ -550,7 +601,6 @@ async fn concurrent_creations_share_statements_and_each_start_key_starts_one_sag
     let overhead = flushed_commits(&url).await - idle;
     let store = Arc::new(PgStore::connect_with(&url, options.clone()).await.unwrap());
     let worker = WorkerId::new("starter");
-    let name = StepName::new("first");
     // 40 creations at once: 15 idle, 15 leased with their first step begun, 5 with one start
     // key and one input, 5 with another start key and 5 different inputs.
     let mut sagas = Vec::new();
@@ -558,17 +608,8 @@ async fn concurrent_creations_share_statements_and_each_start_key_starts_one_sag
         let mut saga = new_saga("created-together", n);
         match n {
             15..=29 => {
-                saga.lease = Some((
-                    worker.clone(),
-                    saga_core::after(saga_core::now(), Duration::from_secs(30)),
-                ));
-                saga.changes = vec![Change::BeginStep {
-                    index: StepIndex(0),
-                    name: name.clone(),
-                    phase: Phase::Action,
-                    attempt: Attempt(1),
-                    key: IdempotencyKey::for_step(saga.id, &name, Phase::Action),
-                }];
+                let until = saga_core::after(saga_core::now(), Duration::from_secs(30));
+                saga = running_saga("created-together", n, &worker, until);
             }
             30..=34 => {
                 saga.idempotency_key = Some(IdempotencyKey::new("same-input"));
@@ -686,8 +727,8 @@ async fn concurrent_creations_share_statements_and_each_start_key_starts_one_sag
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creations_grouped_with_failing_writes_and_a_repeated_creation_are_each_answered_once() {
     use saga_core::{
-        Attempt, Change, Created, EventKind, FencingToken, IdempotencyKey, Lease, Phase, StepIndex,
-        StepName, StepStatus, WorkerId,
+        Attempt, Change, Created, EventKind, IdempotencyKey, Phase, StepIndex, StepName,
+        StepStatus, WorkerId,
     };
     let url = TestPg::fresh_database().await.unwrap();
     let options = PgOptions {
@@ -697,20 +738,9 @@ async fn creations_grouped_with_failing_writes_and_a_repeated_creation_are_each_
     };
     let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
     let worker = WorkerId::new("mixed");
-    let name = StepName::new("first");
+    let name = StepName::new(FIRST);
     let until = saga_core::after(saga_core::now(), Duration::from_secs(30));
-    let leased = |n: u32| {
-        let mut saga = new_saga("mixed", n);
-        saga.lease = Some((worker.clone(), until));
-        saga.changes = vec![Change::BeginStep {
-            index: StepIndex(0),
-            name: name.clone(),
-            phase: Phase::Action,
-            attempt: Attempt(1),
-            key: IdempotencyKey::for_step(saga.id, &name, Phase::Action),
-        }];
-        saga
-    };
+    let leased = |n: u32| running_saga("mixed", n, &worker, until);
     // 22 sagas whose first step is running.
     let mut running = Vec::new();
     for n in 0..22 {
@@ -728,13 +758,7 @@ async fn creations_grouped_with_failing_writes_and_a_repeated_creation_are_each_
     };
     let fail = |id: saga_core::SagaId| {
         let writer = Arc::clone(&store);
-        let lease = Lease {
-            saga: id,
-            owner: worker.clone(),
-            token: FencingToken(1),
-            expires_at: until,
-            taken_over_from: None,
-        };
+        let lease = first_lease(id, &worker, until);
         let change = Change::FailStep {
             index: StepIndex(0),
             name: name.clone(),
@@ -748,13 +772,7 @@ async fn creations_grouped_with_failing_writes_and_a_repeated_creation_are_each_
     // So that everything else goes out in one statement: the first two sagas' rows are locked
     // here, so the first write (written by its caller) and the second (taken alone by the
     // writer) wait, and the rest queue behind them.
-    let mut lock = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
-    sqlx::query("SELECT 1 FROM saga.saga_instances WHERE id = ANY($1) FOR UPDATE")
-        .bind(vec![running[0].as_uuid(), running[1].as_uuid()])
-        .execute(&mut lock)
-        .await
-        .unwrap();
+    let mut lock = lock_sagas(&url, &running[..2]).await;
     let mut jobs = vec![fail(running[0])];
     tokio::time::sleep(Duration::from_millis(200)).await;
     jobs.push(fail(running[1]));
@@ -852,10 +870,7 @@ fn the_one_created(outcomes: &[saga_core::Result<saga_core::Created>]) -> saga_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_held_in_flight_does_not_hold_back_the_writes_behind_it() {
-    use saga_core::{
-        Attempt, Change, FencingToken, IdempotencyKey, Lease, Phase, StepIndex, StepName,
-        StepStatus, WorkerId,
-    };
+    use saga_core::{Attempt, Change, Phase, StepIndex, StepName, StepStatus, WorkerId};
     let url = TestPg::fresh_database().await.unwrap();
     let options = PgOptions {
         writers: 2,
@@ -864,32 +879,18 @@ async fn a_statement_held_in_flight_does_not_hold_back_the_writes_behind_it() {
     };
     let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
     let worker = WorkerId::new("overlap");
-    let name = StepName::new("first");
+    let name = StepName::new(FIRST);
     let until = saga_core::after(saga_core::now(), Duration::from_secs(30));
     // 31 sagas whose first step is running.
     let mut sagas = Vec::new();
     for n in 0..31 {
-        let mut saga = new_saga("overlap", n);
-        saga.lease = Some((worker.clone(), until));
-        saga.changes = vec![Change::BeginStep {
-            index: StepIndex(0),
-            name: name.clone(),
-            phase: Phase::Action,
-            attempt: Attempt(1),
-            key: IdempotencyKey::for_step(saga.id, &name, Phase::Action),
-        }];
+        let saga = running_saga("overlap", n, &worker, until);
         sagas.push(saga.id);
         store.create(saga).await.unwrap();
     }
     let complete = |id: saga_core::SagaId| {
         let writer = Arc::clone(&store);
-        let lease = Lease {
-            saga: id,
-            owner: worker.clone(),
-            token: FencingToken(1),
-            expires_at: until,
-            taken_over_from: None,
-        };
+        let lease = first_lease(id, &worker, until);
         let change = Change::CompleteStep {
             index: StepIndex(0),
             name: name.clone(),
@@ -902,13 +903,7 @@ async fn a_statement_held_in_flight_does_not_hold_back_the_writes_behind_it() {
     // The first saga's row is locked here, so its write (made by its caller: nothing else is
     // in flight) stays in flight until the lock goes; it is seen waiting for the lock before
     // the others start.
-    let mut lock = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
-    sqlx::query("SELECT 1 FROM saga.saga_instances WHERE id = $1 FOR UPDATE")
-        .bind(sagas[0].as_uuid())
-        .execute(&mut lock)
-        .await
-        .unwrap();
+    let mut lock = lock_sagas(&url, &sagas[..1]).await;
     let held = complete(sagas[0]);
     let mut watch = sqlx::PgConnection::connect(&url).await.unwrap();
     let waiting_for_the_lock = "SELECT COUNT(*) FROM pg_stat_activity \
