@@ -30,6 +30,15 @@ fn new_saga(saga_type: &str, n: u32) -> saga_core::NewSaga {
     }
 }
 
+/// Options of the grouping tests' stores: `writers` writers, a small pool.
+fn grouping_options(writers: usize) -> PgOptions {
+    PgOptions {
+        writers,
+        max_connections: 4,
+        ..PgOptions::default()
+    }
+}
+
 /// The name of the one step the grouping tests begin.
 const FIRST: &str = "first";
 
@@ -479,11 +488,7 @@ async fn concurrent_writes_share_statements(writers: usize) {
         Attempt, Change, IdempotencyKey, Phase, SagaId, StepIndex, StepName, StepStatus, WorkerId,
     };
     let url = TestPg::fresh_database().await.unwrap();
-    let options = PgOptions {
-        writers,
-        max_connections: 4,
-        ..PgOptions::default()
-    };
+    let options = grouping_options(writers);
     let setup = PgStore::connect_with(&url, options.clone()).await.unwrap();
     let mut ids = Vec::new();
     for n in 0..60 {
@@ -579,11 +584,7 @@ async fn concurrent_writes_share_statements(writers: usize) {
 async fn concurrent_creations_share_statements_and_each_start_key_starts_one_saga() {
     use saga_core::{Created, IdempotencyKey, StepStatus, WorkerId};
     let url = TestPg::fresh_database().await.unwrap();
-    let options = PgOptions {
-        writers: 1,
-        max_connections: 4,
-        ..PgOptions::default()
-    };
+    let options = grouping_options(1);
     // Migrated by a store of its own, closed before measuring (a backend reports its commits
     // when it exits); then what connecting and closing a store costs by itself (schema check,
     // session settings), so that only the creations are counted.
@@ -731,12 +732,11 @@ async fn creations_grouped_with_failing_writes_and_a_repeated_creation_are_each_
         StepStatus, WorkerId,
     };
     let url = TestPg::fresh_database().await.unwrap();
-    let options = PgOptions {
-        writers: 1,
-        max_connections: 4,
-        ..PgOptions::default()
-    };
-    let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
+    let store = Arc::new(
+        PgStore::connect_with(&url, grouping_options(1))
+            .await
+            .unwrap(),
+    );
     let worker = WorkerId::new("mixed");
     let name = StepName::new(FIRST);
     let until = saga_core::after(saga_core::now(), Duration::from_secs(30));
@@ -872,12 +872,11 @@ fn the_one_created(outcomes: &[saga_core::Result<saga_core::Created>]) -> saga_c
 async fn a_statement_held_in_flight_does_not_hold_back_the_writes_behind_it() {
     use saga_core::{Attempt, Change, Phase, StepIndex, StepName, StepStatus, WorkerId};
     let url = TestPg::fresh_database().await.unwrap();
-    let options = PgOptions {
-        writers: 2,
-        max_connections: 4,
-        ..PgOptions::default()
-    };
-    let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
+    let store = Arc::new(
+        PgStore::connect_with(&url, grouping_options(2))
+            .await
+            .unwrap(),
+    );
     let worker = WorkerId::new("overlap");
     let name = StepName::new(FIRST);
     let until = saga_core::after(saga_core::now(), Duration::from_secs(30));
@@ -984,12 +983,11 @@ async fn a_stale_write_grouped_with_a_current_write_of_the_same_saga_writes_noth
         Attempt, Change, IdempotencyKey, Phase, SagaId, StepIndex, StepName, WorkerId,
     };
     let url = TestPg::fresh_database().await.unwrap();
-    let options = PgOptions {
-        writers: 1,
-        max_connections: 4,
-        ..PgOptions::default()
-    };
-    let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
+    let store = Arc::new(
+        PgStore::connect_with(&url, grouping_options(1))
+            .await
+            .unwrap(),
+    );
     let (other_saga, target) = (new_saga("grouped", 1), new_saga("grouped", 2));
     let (other, saga) = (other_saga.id, target.id);
     store.create(other_saga).await.unwrap();
