@@ -228,49 +228,47 @@ SELECT ARRAY(SELECT n FROM inst) AS fenced, ",
     };
 }
 
+/// A statement for a group of writes, made of the fenced parts, the `$part`s given (none, or
+/// interventions), the history and the answer; `and creations` adds the creations' parts.
+macro_rules! statement {
+    (writes $(, $part:expr)*) => {
+        concat!(
+            fence_begin_finish!(),
+            $($part,)*
+            history!(),
+            answer!("'{}'::uuid[]", "EXISTS (SELECT 1 FROM inst)")
+        )
+    };
+    (writes and creations $(, $part:expr)*) => {
+        concat!(
+            fence_begin_finish!(),
+            $($part,)*
+            creations!(),
+            ",",
+            history!(),
+            answer!(
+                "ARRAY(SELECT id FROM new)",
+                "EXISTS (SELECT 1 FROM inst) OR EXISTS (SELECT 1 FROM new)"
+            )
+        )
+    };
+}
+
 /// The statement for a group of writes without creations (nearly every write: steps finished
 /// and the next ones begun). Parameters that only the parts it leaves out read are bound
 /// (empty) all the same.
-const SQL: &str = concat!(
-    fence_begin_finish!(),
-    history!(),
-    answer!("'{}'::uuid[]", "EXISTS (SELECT 1 FROM inst)")
-);
+const SQL: &str = statement!(writes);
 
 /// [`SQL`] with interventions, for a group that escalates (rare). The part it adds costs the
 /// server its set-up on every execution even when its arrays are empty, so the other variants
 /// leave it out.
-const ESCALATE_SQL: &str = concat!(
-    fence_begin_finish!(),
-    escalate!(),
-    history!(),
-    answer!("'{}'::uuid[]", "EXISTS (SELECT 1 FROM inst)")
-);
+const ESCALATE_SQL: &str = statement!(writes, escalate!());
 
 /// [`SQL`] with creations.
-const WITH_CREATIONS_SQL: &str = concat!(
-    fence_begin_finish!(),
-    creations!(),
-    ",",
-    history!(),
-    answer!(
-        "ARRAY(SELECT id FROM new)",
-        "EXISTS (SELECT 1 FROM inst) OR EXISTS (SELECT 1 FROM new)"
-    )
-);
+const WITH_CREATIONS_SQL: &str = statement!(writes and creations);
 
 /// [`ESCALATE_SQL`] with creations.
-const ESCALATE_WITH_CREATIONS_SQL: &str = concat!(
-    fence_begin_finish!(),
-    escalate!(),
-    creations!(),
-    ",",
-    history!(),
-    answer!(
-        "ARRAY(SELECT id FROM new)",
-        "EXISTS (SELECT 1 FROM inst) OR EXISTS (SELECT 1 FROM new)"
-    )
-);
+const ESCALATE_WITH_CREATIONS_SQL: &str = statement!(writes and creations, escalate!());
 
 /// A step index, attempt or version as the `integer` it is stored as.
 pub(super) fn int(value: u32) -> i32 {
