@@ -28,6 +28,15 @@ pub(crate) type ActionFn<S> = Arc<
         + Sync,
 >;
 
+pub(crate) type ProbeFn<S> = Arc<
+    dyn Fn(
+            Arc<S>,
+            StepContext<<S as Saga>::Input>,
+        ) -> BoxFuture<'static, std::result::Result<Option<Value>, StepError>>
+        + Send
+        + Sync,
+>;
+
 pub(crate) type CompensationFn<S> = Arc<
     dyn Fn(
             Arc<S>,
@@ -56,6 +65,9 @@ pub struct StepSpec {
     /// Whether its functions run inside a store transaction that also records their completion
     /// (see [`StepBuilder::transactional`]).
     pub transactional: bool,
+    /// Whether the step declares a probe ([`StepBuilder::probe`]) that tells whether an attempt
+    /// whose outcome is unknown took effect.
+    pub probe: bool,
 }
 
 /// One step of a typed saga definition: built by [`Step::new`], finished by
@@ -65,6 +77,7 @@ pub struct Step<S: Saga> {
     irreversible: bool,
     action: ActionFn<S>,
     compensation: Option<CompensationFn<S>>,
+    probe: Option<ProbeFn<S>>,
 }
 
 /// A step while it is being declared, typed by its output `O` so that its compensation receives
@@ -125,10 +138,12 @@ impl<S: Saga> Step<S> {
                     compensation_retry: RetryPolicy::default(),
                     compensation_timeout: DEFAULT_TIMEOUT,
                     transactional: false,
+                    probe: false,
                 },
                 irreversible: false,
                 action,
                 compensation: None,
+                probe: None,
             },
             _output: std::marker::PhantomData,
         }
@@ -172,6 +187,59 @@ where
     /// never silent.
     pub fn irreversible(mut self) -> Self {
         self.step.irreversible = true;
+        self
+    }
+
+    /// Declares the step's probe (check before acting again): called with the action's context
+    /// and idempotency key when an attempt's outcome is unknown (it timed out, its worker died,
+    /// its answer was lost, it returned [`StepError::unknown`]), it answers `Some(output)` when
+    /// the effect happened (the step is recorded completed with that output, and compensated like
+    /// any other) or `None` when it did not (the step is retried or fails as a known failure). A
+    /// probe that errors is retried per the step's retry policy; when it still cannot tell, the
+    /// saga waits for a person with an `unknown_outcome` item. Without a probe, an unknown
+    /// outcome is retried with the same key while attempts are left, then escalated.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use saga_core::{Saga, SagaDefinition, Step, StepContext, StepError};
+    /// # struct Payments;
+    /// # impl Saga for Payments {
+    /// #     type Input = u64;
+    /// #     fn definition() -> SagaDefinition<Self> {
+    /// #         SagaDefinition::new("payments", 1).step(
+    /// Step::new("charge", |_: Arc<Payments>, ctx: StepContext<u64>| async move {
+    ///     Ok::<_, StepError>(format!("charge-{}", ctx.key()))
+    /// })
+    /// .compensate(|_, _, _charge: String| async { Ok(()) })
+    /// // Ask the provider for a charge made with this key.
+    /// .probe(|_: Arc<Payments>, ctx: StepContext<u64>| async move {
+    ///     Ok::<_, StepError>(Some(format!("charge-{}", ctx.key())))
+    /// })
+    /// #         )
+    /// #     }
+    /// # }
+    /// ```
+    pub fn probe<F, Fut>(mut self, probe: F) -> Self
+    where
+        F: Fn(Arc<S>, StepContext<S::Input>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Option<O>, StepError>> + Send + 'static,
+    {
+        let step_name = self.step.spec.name.clone();
+        self.step.probe = Some(Arc::new(move |saga, ctx| {
+            let future = probe(saga, ctx);
+            let step_name = step_name.clone();
+            Box::pin(async move {
+                match future.await? {
+                    Some(output) => serde_json::to_value(&output).map(Some).map_err(|err| {
+                        StepError::unknown(format!(
+                            "the probe of step `{step_name}` found an output that does not serialize: {err}"
+                        ))
+                    }),
+                    None => Ok(None),
+                }
+            })
+        }));
+        self.step.spec.probe = true;
         self
     }
 
@@ -347,6 +415,10 @@ impl<S: Saga> SagaDefinition<S> {
 
     pub(crate) fn action(&self, index: usize) -> Option<&ActionFn<S>> {
         self.steps.get(index).map(|step| &step.action)
+    }
+
+    pub(crate) fn probe(&self, index: usize) -> Option<&ProbeFn<S>> {
+        self.steps.get(index).and_then(|step| step.probe.as_ref())
     }
 
     pub(crate) fn compensation(&self, index: usize) -> Option<&CompensationFn<S>> {

@@ -43,6 +43,9 @@ impl History {
                 EventKind::InterventionOpened => format!("intervention opened  {detail}"),
                 EventKind::LeaseTakenOver => "lease taken over".to_owned(),
                 EventKind::OperatorAction => format!("operator {detail}"),
+                EventKind::OutcomeUnknown => {
+                    format!("{step}  {phase}  outcome unknown  attempt={attempt}  {detail}")
+                }
             };
             let _ = writeln!(out, "{}", line.trim_end());
         }

@@ -98,7 +98,7 @@ pub use orchestrator::{LifecycleEvent, Orchestrator};
 pub use retry::RetryPolicy;
 pub use saga::Saga;
 pub use status::{Phase, SagaStatus, StepStatus, UnknownStatus};
-pub use step::{FailureKind, ResultExt, StepError};
+pub use step::{bounded_text, FailureKind, ResultExt, StepError, MAX_MESSAGE_BYTES};
 pub use store::memory::MemoryStore;
 pub use store::{
     CancelOutcome, Change, Created, Event, EventKind, Intervention, InterventionKind,

@@ -9,7 +9,7 @@ use crate::id::{Attempt, IdempotencyKey, InterventionId, StepIndex, StepName};
 use crate::retry::RetryPolicy;
 use crate::status::{Phase, SagaStatus, StepStatus};
 use crate::step::StepError;
-use crate::store::{Change, InterventionKind, NewIntervention, SagaSnapshot};
+use crate::store::{Change, InterventionKind, NewIntervention, SagaSnapshot, StepRecord};
 
 /// What a worker holding a saga's lease does next.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,9 @@ pub enum Action {
         /// The attempt to record and run.
         attempt: Attempt,
     },
+    /// Ask the step's probe, with the action's key, whether an attempt whose outcome is unknown
+    /// took effect, then record its answer with [`on_probe`].
+    Probe(Probing),
     /// Record these changes (no step runs), then plan again.
     Record(Vec<Change>),
     /// Nothing is due before this time: release the lease until then.
@@ -48,30 +51,27 @@ pub fn next_action(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp) 
 fn next_forward(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp) -> Action {
     for (position, spec) in steps.iter().enumerate() {
         let index = step_index(position);
-        let record = snapshot.step(index, Phase::Action);
-        match record.map(|step| step.status) {
-            Some(StepStatus::Completed) => continue,
-            None => {
-                return Action::Run {
+        let Some(record) = snapshot.step(index, Phase::Action) else {
+            return Action::Run {
+                index,
+                phase: Phase::Action,
+                attempt: Attempt::FIRST,
+            };
+        };
+        match record.status {
+            StepStatus::Completed => continue,
+            StepStatus::Pending => {
+                return run_when_due(
                     index,
-                    phase: Phase::Action,
-                    attempt: Attempt::FIRST,
-                }
+                    Phase::Action,
+                    record.attempt.next(),
+                    record.next_attempt_at,
+                    now,
+                )
             }
-            Some(StepStatus::Pending) => {
-                let (attempt, due) = record
-                    .map(|step| (step.attempt, step.next_attempt_at))
-                    .unwrap_or((Attempt(0), None));
-                return run_when_due(index, Phase::Action, attempt.next(), due, now);
-            }
-            Some(StepStatus::InProgress) => {
-                let attempt = record.map_or(Attempt::FIRST, |step| step.attempt);
-                return resume_interrupted(snapshot, spec, index, Phase::Action, attempt);
-            }
-            Some(StepStatus::Failed) => {
-                let error = record
-                    .and_then(|step| step.last_error.clone())
-                    .unwrap_or_default();
+            StepStatus::InProgress => return settle_begun(snapshot, spec, record, now),
+            StepStatus::Failed => {
+                let error = record.last_error.clone().unwrap_or_default();
                 return Action::Record(vec![start_compensating(&spec.name, &error)]);
             }
         }
@@ -80,6 +80,17 @@ fn next_forward(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp) -> 
 }
 
 fn next_compensation(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp) -> Action {
+    // A cancel begins no step that had not begun; an action that had begun and whose outcome
+    // is unknown may have taken effect, so it is settled (probe, retry with its key, or a
+    // person) before anything is compensated.
+    for (position, spec) in steps.iter().enumerate() {
+        if let Some(record) = snapshot
+            .step(step_index(position), Phase::Action)
+            .filter(|step| step.status == StepStatus::InProgress)
+        {
+            return settle_begun(snapshot, spec, record, now);
+        }
+    }
     for (position, spec) in steps.iter().enumerate().rev() {
         let index = step_index(position);
         let action_done = snapshot
@@ -88,30 +99,27 @@ fn next_compensation(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp
         if !action_done || !spec.compensable {
             continue;
         }
-        let record = snapshot.step(index, Phase::Compensation);
-        match record.map(|step| step.status) {
-            Some(StepStatus::Completed) => continue,
-            None => {
-                return Action::Run {
+        let Some(record) = snapshot.step(index, Phase::Compensation) else {
+            return Action::Run {
+                index,
+                phase: Phase::Compensation,
+                attempt: Attempt::FIRST,
+            };
+        };
+        match record.status {
+            StepStatus::Completed => continue,
+            StepStatus::Pending => {
+                return run_when_due(
                     index,
-                    phase: Phase::Compensation,
-                    attempt: Attempt::FIRST,
-                }
+                    Phase::Compensation,
+                    record.attempt.next(),
+                    record.next_attempt_at,
+                    now,
+                )
             }
-            Some(StepStatus::Pending) => {
-                let (attempt, due) = record
-                    .map(|step| (step.attempt, step.next_attempt_at))
-                    .unwrap_or((Attempt(0), None));
-                return run_when_due(index, Phase::Compensation, attempt.next(), due, now);
-            }
-            Some(StepStatus::InProgress) => {
-                let attempt = record.map_or(Attempt::FIRST, |step| step.attempt);
-                return resume_interrupted(snapshot, spec, index, Phase::Compensation, attempt);
-            }
-            Some(StepStatus::Failed) => {
-                let error = record
-                    .and_then(|step| step.last_error.clone())
-                    .unwrap_or_default();
+            StepStatus::InProgress => return settle_begun(snapshot, spec, record, now),
+            StepStatus::Failed => {
+                let error = record.last_error.clone().unwrap_or_default();
                 return Action::Record(vec![escalate(snapshot, spec, index, error)]);
             }
         }
@@ -136,28 +144,84 @@ fn run_when_due(
     }
 }
 
-/// A step phase found `in_progress` was interrupted (its worker crashed or lost its lease).
-/// The interrupted attempt counts: run the next one with the same key, or give up when the
-/// policy allows no more.
-fn resume_interrupted(
+/// A step phase found `in_progress` began and nobody knows whether it took effect: its worker
+/// stopped or lost its lease mid-attempt, or the attempt ended with an unknown outcome. It is
+/// settled with its own key, never recorded as a clean failure: at the time of a scheduled
+/// retry, an action with a probe is asked first (check before acting again); otherwise the next
+/// attempt runs while the policy (or an operator's retry) allows one; then a person decides.
+fn settle_begun(
     snapshot: &SagaSnapshot,
     spec: &StepSpec,
-    index: StepIndex,
-    phase: Phase,
-    attempt: Attempt,
+    record: &StepRecord,
+    now: Timestamp,
 ) -> Action {
-    let policy = policy_for(spec, phase);
-    if policy.allows_retry_after(attempt) {
+    let (index, phase, attempt) = (record.index, record.phase, record.attempt);
+    if let Some(at) = record.next_attempt_at {
+        if at > now {
+            return Action::WaitUntil(at);
+        }
+    }
+    let may_retry =
+        record.next_attempt_at.is_some() || policy_for(spec, phase).allows_retry_after(attempt);
+    if phase == Phase::Action && spec.probe {
+        return Action::Probe(Probing {
+            index,
+            attempt,
+            // While compensating (a cancel), an action the probe finds not applied is over.
+            retry: may_retry && snapshot.record.status == SagaStatus::Running,
+        });
+    }
+    if may_retry {
         return Action::Run {
             index,
             phase,
             attempt: attempt.next(),
         };
     }
-    let error = StepError::transient(format!(
-        "attempt {attempt} was interrupted (worker stopped or lost its lease) and no attempts are left"
-    ));
-    Action::Record(give_up(snapshot, spec, index, phase, attempt, error))
+    let detail = match (record.finished_at, &record.last_error) {
+        (Some(_), Some(error)) => error.clone(),
+        _ => format!("attempt {attempt} was interrupted (worker stopped or lost its lease)"),
+    };
+    let mut changes = Vec::new();
+    if record.finished_at.is_none() {
+        // Interrupted: record that its outcome is unknown, in the history too.
+        changes.push(Change::FailStep {
+            index,
+            name: spec.name.clone(),
+            phase,
+            attempt,
+            error: StepError::unknown(&detail),
+            retry_at: None,
+        });
+    }
+    changes.push(match phase {
+        Phase::Action => escalate_unknown(
+            snapshot,
+            spec,
+            index,
+            attempt,
+            format!("{detail}; no attempts are left and the step has no probe"),
+        ),
+        Phase::Compensation => escalate(
+            snapshot,
+            spec,
+            index,
+            format!("{detail}; no attempts are left"),
+        ),
+    });
+    Action::Record(changes)
+}
+
+/// An action attempt whose outcome is unknown, to settle with the step's probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probing {
+    /// The step.
+    pub index: StepIndex,
+    /// The attempt whose outcome is unknown.
+    pub attempt: Attempt,
+    /// Whether another attempt may run if the probe finds no effect (the saga runs forward and
+    /// the policy or an operator allows one more).
+    pub retry: bool,
 }
 
 /// Which attempt of which step phase ran.
@@ -173,7 +237,10 @@ pub struct Attempted {
 
 /// The changes that record the outcome of one attempt: completion; a retry at a jittered delay;
 /// or, when the failure is final, compensation (for an action) or escalation (for a
-/// compensation). `unit` is a uniform draw from `[0, 1)` for the jitter.
+/// compensation). An unknown outcome is never final here: it is retried with the same key while
+/// the policy allows, then left `in_progress` for [`next_action`] to settle (probe or person).
+/// An action run to settle a cancel is not retried after a known failure: it did not take
+/// effect, and the saga is compensating. `unit` is a uniform draw from `[0, 1)` for the jitter.
 pub fn on_outcome(
     snapshot: &SagaSnapshot,
     spec: &StepSpec,
@@ -187,38 +254,106 @@ pub fn on_outcome(
         phase,
         attempt,
     } = attempted;
-    match outcome {
-        Ok(output) => vec![Change::CompleteStep {
+    let error = match outcome {
+        Ok(output) => {
+            return vec![Change::CompleteStep {
+                index,
+                name: spec.name.clone(),
+                phase,
+                attempt,
+                output,
+            }]
+        }
+        Err(error) => error,
+    };
+    let policy = policy_for(spec, phase);
+    let forward = phase == Phase::Compensation || snapshot.record.status == SagaStatus::Running;
+    let retry = policy.allows_retry_after(attempt)
+        && (error.is_unknown() || (!error.is_permanent() && forward));
+    if retry {
+        let delay = policy.backoff(attempt, unit);
+        return vec![Change::FailStep {
             index,
             name: spec.name.clone(),
             phase,
             attempt,
-            output,
+            error,
+            retry_at: Some(clock::after(now, delay)),
+        }];
+    }
+    if error.is_unknown() {
+        return vec![Change::FailStep {
+            index,
+            name: spec.name.clone(),
+            phase,
+            attempt,
+            error,
+            retry_at: None,
+        }];
+    }
+    let error = if error.is_permanent() || !forward {
+        error
+    } else {
+        StepError::transient(format!(
+            "{}; gave up after {attempt} attempt(s)",
+            error.message()
+        ))
+    };
+    give_up(snapshot, spec, index, phase, attempt, error)
+}
+
+/// The changes that record a probe's answer on an attempt whose outcome was unknown:
+/// `Some(output)` completes the action (so it is compensated like any other); `None` records
+/// the attempt as not applied, then retries it (when `retry`) or gives up, as a known failure;
+/// an error (the probe could not tell, after its retries) escalates an `unknown_outcome` item.
+pub fn on_probe(
+    snapshot: &SagaSnapshot,
+    spec: &StepSpec,
+    probing: Probing,
+    answer: Result<Option<serde_json::Value>, StepError>,
+    now: Timestamp,
+    unit: f64,
+) -> Vec<Change> {
+    let Probing {
+        index,
+        attempt,
+        retry,
+    } = probing;
+    match answer {
+        Ok(Some(output)) => vec![Change::CompleteStep {
+            index,
+            name: spec.name.clone(),
+            phase: Phase::Action,
+            attempt,
+            output: Some(output),
         }],
-        Err(error) => {
-            let policy = policy_for(spec, phase);
-            if !error.is_permanent() && policy.allows_retry_after(attempt) {
-                let delay = policy.backoff(attempt, unit);
-                vec![Change::FailStep {
-                    index,
-                    name: spec.name.clone(),
-                    phase,
-                    attempt,
-                    error,
-                    retry_at: Some(clock::after(now, delay)),
-                }]
-            } else {
-                let error = if error.is_permanent() {
-                    error
-                } else {
-                    StepError::transient(format!(
-                        "{}; gave up after {attempt} attempt(s)",
-                        error.message()
-                    ))
-                };
-                give_up(snapshot, spec, index, phase, attempt, error)
-            }
-        }
+        Ok(None) if retry => vec![Change::FailStep {
+            index,
+            name: spec.name.clone(),
+            phase: Phase::Action,
+            attempt,
+            error: StepError::transient(format!(
+                "the probe found that attempt {attempt} did not take effect"
+            )),
+            retry_at: Some(clock::after(now, spec.retry.backoff(attempt, unit))),
+        }],
+        Ok(None) => give_up(
+            snapshot,
+            spec,
+            index,
+            Phase::Action,
+            attempt,
+            StepError::permanent(format!(
+                "the probe found that attempt {attempt} did not take effect, and no attempt follows"
+            )),
+        ),
+        Err(error) => vec![escalate_unknown(
+            snapshot,
+            spec,
+            index,
+            attempt,
+            format!("the probe could not tell whether it took effect: {error}"),
+        )],
     }
 }
 
@@ -239,7 +374,10 @@ fn give_up(
         retry_at: None,
     };
     match phase {
-        Phase::Action => vec![failed, start_compensating(&spec.name, &error.to_string())],
+        Phase::Action if snapshot.record.status == SagaStatus::Running => {
+            vec![failed, start_compensating(&spec.name, &error.to_string())]
+        }
+        Phase::Action => vec![failed],
         Phase::Compensation => vec![failed, escalate(snapshot, spec, index, error.to_string())],
     }
 }
@@ -248,6 +386,14 @@ fn start_compensating(step: &StepName, error: &str) -> Change {
     Change::SetStatus {
         status: SagaStatus::Compensating,
         reason: Some(format!("step `{step}` failed: {error}")),
+    }
+}
+
+/// Where a parked saga resumes when an operator retries it: the direction it was going.
+fn direction(snapshot: &SagaSnapshot) -> Option<SagaStatus> {
+    match snapshot.record.status {
+        status @ (SagaStatus::Running | SagaStatus::Compensating) => Some(status),
+        _ => None,
     }
 }
 
@@ -267,6 +413,34 @@ fn escalate(snapshot: &SagaSnapshot, spec: &StepSpec, index: StepIndex, error: S
             .step(index, Phase::Action)
             .and_then(|step| step.output.clone()),
         error: format!("compensation of step `{}` failed: {error}", spec.name),
+        parked_from: Some(SagaStatus::Compensating),
+    })
+}
+
+fn escalate_unknown(
+    snapshot: &SagaSnapshot,
+    spec: &StepSpec,
+    index: StepIndex,
+    attempt: Attempt,
+    detail: String,
+) -> Change {
+    Change::Escalate(NewIntervention {
+        id: InterventionId::new(),
+        kind: InterventionKind::UnknownOutcome,
+        step: Some((index, spec.name.clone())),
+        phase: Some(Phase::Action),
+        idempotency_key: Some(IdempotencyKey::for_step(
+            snapshot.record.id,
+            &spec.name,
+            Phase::Action,
+        )),
+        input: Some(snapshot.record.input.clone()),
+        output: None,
+        error: format!(
+            "outcome of step `{}` is unknown after {attempt} attempt(s): {detail}. It may have taken effect: `retry` runs it again with the same key (a downstream that honours the key answers with the original result), `resolve` records that it did not take effect, `cancel` stops the saga where it is",
+            spec.name
+        ),
+        parked_from: direction(snapshot),
     })
 }
 
@@ -283,6 +457,7 @@ pub fn park(snapshot: Option<&SagaSnapshot>, reason: String) -> Vec<Change> {
             input: snapshot.map(|snapshot| snapshot.record.input.clone()),
             output: None,
             error: reason,
+            parked_from: snapshot.and_then(direction),
         }),
         Change::Release { next_run_at: None },
     ]
@@ -312,7 +487,7 @@ fn step_index(position: usize) -> StepIndex {
 mod tests {
     use super::*;
     use crate::id::{FencingToken, SagaId, SagaType};
-    use crate::store::{SagaRecord, StepRecord};
+    use crate::store::SagaRecord;
     use serde_json::json;
 
     fn spec(name: &str, compensable: bool) -> StepSpec {
@@ -324,6 +499,7 @@ mod tests {
             compensation_retry: RetryPolicy::exponential(2, Duration::from_millis(100)),
             compensation_timeout: Duration::from_secs(1),
             transactional: false,
+            probe: false,
         }
     }
 
@@ -446,7 +622,7 @@ mod tests {
     }
 
     #[test]
-    fn an_interrupted_step_with_no_attempts_left_starts_compensation() {
+    fn an_interrupted_step_with_no_attempts_left_and_no_probe_is_escalated_not_failed() {
         let snap = with_step(
             snapshot(SagaStatus::Running),
             0,
@@ -457,17 +633,203 @@ mod tests {
         let Action::Record(changes) = next_action(&snap, &steps(), clock::now()) else {
             panic!("expected changes");
         };
+        let [failed @ Change::FailStep {
+            retry_at: None,
+            error,
+            ..
+        }, Change::Escalate(item)] = changes.as_slice()
+        else {
+            panic!("expected the unknown outcome recorded and escalated: {changes:?}");
+        };
+        assert!(error.is_unknown(), "{error}");
+        // Recorded as still begun, never as a clean failure.
+        assert_eq!(failed.step_status(), Some(StepStatus::InProgress));
+        assert_eq!(item.kind, InterventionKind::UnknownOutcome);
+        assert_eq!(item.phase, Some(Phase::Action));
+        assert_eq!(item.parked_from, Some(SagaStatus::Running));
+        assert_eq!(
+            item.idempotency_key
+                .as_ref()
+                .map(|key| key.as_str().to_owned()),
+            Some(format!("{}:reserve_stock:action", snap.record.id))
+        );
+        assert!(
+            !changes.iter().any(|change| matches!(
+                change,
+                Change::SetStatus {
+                    status: SagaStatus::Compensating,
+                    ..
+                }
+            )),
+            "an unknown outcome must not start compensation as if the step had not happened"
+        );
+    }
+
+    fn probed(name: &str) -> Vec<StepSpec> {
+        steps()
+            .into_iter()
+            .map(|mut spec| {
+                spec.probe = spec.name.as_str() == name;
+                spec
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_interrupted_step_with_a_probe_is_probed_before_it_runs_again() {
+        let steps = probed("reserve_stock");
+        for (attempt, retry) in [(1, true), (3, false)] {
+            let snap = with_step(
+                snapshot(SagaStatus::Running),
+                0,
+                Phase::Action,
+                StepStatus::InProgress,
+                attempt,
+            );
+            assert_eq!(
+                next_action(&snap, &steps, clock::now()),
+                Action::Probe(Probing {
+                    index: StepIndex(0),
+                    attempt: Attempt(attempt),
+                    retry,
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn a_probe_answer_completes_retries_fails_or_escalates() {
+        let steps = probed("reserve_stock");
+        let snap = with_step(
+            snapshot(SagaStatus::Running),
+            0,
+            Phase::Action,
+            StepStatus::InProgress,
+            3,
+        );
+        let probing = |retry| Probing {
+            index: StepIndex(0),
+            attempt: Attempt(3),
+            retry,
+        };
+        let now = clock::now();
+        let applied = on_probe(
+            &snap,
+            &steps[0],
+            probing(false),
+            Ok(Some(json!("r-1"))),
+            now,
+            0.5,
+        );
         assert!(matches!(
-            changes[0],
-            Change::FailStep { retry_at: None, .. }
+            applied.as_slice(),
+            [Change::CompleteStep { output: Some(output), attempt: Attempt(3), .. }] if output == &json!("r-1")
         ));
-        assert!(matches!(
-            changes[1],
-            Change::SetStatus {
-                status: SagaStatus::Compensating,
-                ..
-            }
-        ));
+        let again = on_probe(&snap, &steps[0], probing(true), Ok(None), now, 0.5);
+        assert!(
+            matches!(again.as_slice(), [change @ Change::FailStep { retry_at: Some(_), .. }] if change.step_status() == Some(StepStatus::Pending)),
+            "{again:?}"
+        );
+        let over = on_probe(&snap, &steps[0], probing(false), Ok(None), now, 0.5);
+        assert!(
+            matches!(
+                over.as_slice(),
+                [change @ Change::FailStep { retry_at: None, .. }, Change::SetStatus { status: SagaStatus::Compensating, .. }]
+                    if change.step_status() == Some(StepStatus::Failed)
+            ),
+            "{over:?}"
+        );
+        let unknown = on_probe(
+            &snap,
+            &steps[0],
+            probing(true),
+            Err(StepError::unknown("provider down")),
+            now,
+            0.5,
+        );
+        let [Change::Escalate(item)] = unknown.as_slice() else {
+            panic!("expected escalation: {unknown:?}");
+        };
+        assert_eq!(item.kind, InterventionKind::UnknownOutcome);
+        assert!(item.error.contains("provider down"), "{}", item.error);
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_retried_with_its_key_then_left_begun_for_settling() {
+        let snap = snapshot(SagaStatus::Running);
+        let spec = &steps()[0];
+        let now = clock::now();
+        let attempted = |attempt| Attempted {
+            index: StepIndex(0),
+            phase: Phase::Action,
+            attempt: Attempt(attempt),
+        };
+        let timeout = || Err(StepError::unknown("attempt timed out"));
+        let retried = on_outcome(&snap, spec, attempted(1), timeout(), now, 0.5);
+        let [change @ Change::FailStep {
+            retry_at: Some(_), ..
+        }] = retried.as_slice()
+        else {
+            panic!("expected a retry: {retried:?}");
+        };
+        // Still begun: a cancel during the backoff must settle it, not skip it.
+        assert_eq!(change.step_status(), Some(StepStatus::InProgress));
+        let last = on_outcome(&snap, spec, attempted(3), timeout(), now, 0.5);
+        let [change @ Change::FailStep { retry_at: None, .. }] = last.as_slice() else {
+            panic!("expected the last attempt recorded unknown: {last:?}");
+        };
+        assert_eq!(change.step_status(), Some(StepStatus::InProgress));
+    }
+
+    #[test]
+    fn a_cancel_settles_a_begun_action_before_compensating_and_skips_a_known_failure() {
+        // Step 0 completed; step 2's last attempt timed out and its retry is due.
+        let mut snap = with_step(
+            snapshot(SagaStatus::Compensating),
+            0,
+            Phase::Action,
+            StepStatus::Completed,
+            1,
+        );
+        snap = with_step(snap, 2, Phase::Action, StepStatus::InProgress, 1);
+        let now = clock::now();
+        snap.steps[1].next_attempt_at = Some(now);
+        snap.steps[1].finished_at = Some(now);
+        assert_eq!(next_action(&snap, &steps(), now), run(2, Phase::Action, 2));
+        // Had it failed knowingly (pending a retry), it did not take effect: only step 0 is
+        // compensated.
+        snap.steps[1].status = StepStatus::Pending;
+        assert_eq!(
+            next_action(&snap, &steps(), now),
+            run(0, Phase::Compensation, 1)
+        );
+    }
+
+    #[test]
+    fn an_action_run_to_settle_a_cancel_is_not_retried_after_a_known_failure() {
+        let snap = with_step(
+            snapshot(SagaStatus::Compensating),
+            0,
+            Phase::Action,
+            StepStatus::InProgress,
+            1,
+        );
+        let changes = on_outcome(
+            &snap,
+            &steps()[0],
+            Attempted {
+                index: StepIndex(0),
+                phase: Phase::Action,
+                attempt: Attempt(2),
+            },
+            Err(StepError::transient("503")),
+            clock::now(),
+            0.5,
+        );
+        let [change @ Change::FailStep { retry_at: None, .. }] = changes.as_slice() else {
+            panic!("expected a final known failure and no status change: {changes:?}");
+        };
+        assert_eq!(change.step_status(), Some(StepStatus::Failed));
     }
 
     #[test]

@@ -62,6 +62,12 @@ pub(crate) trait ErasedSaga: Send + Sync {
         ctx: RawContext,
         output: Option<Value>,
     ) -> BoxFuture<'static, Result<Value, StepError>>;
+    /// Runs the probe of step `index` for an action attempt whose outcome is unknown.
+    fn probe(
+        &self,
+        index: usize,
+        ctx: RawContext,
+    ) -> BoxFuture<'static, Result<Option<Value>, StepError>>;
 }
 
 pub(crate) struct Registered<S: Saga> {
@@ -113,30 +119,41 @@ impl<S: Saga> ErasedSaga for Registered<S> {
             })
     }
 
+    fn probe(
+        &self,
+        index: usize,
+        raw: RawContext,
+    ) -> BoxFuture<'static, Result<Option<Value>, StepError>> {
+        let Some(ctx) = typed_context::<S>(raw) else {
+            return Box::pin(async {
+                Err(StepError::unknown(
+                    "saga input has another type than this definition expects",
+                ))
+            });
+        };
+        match self.definition.probe(index) {
+            Some(probe) => probe(Arc::clone(&self.saga), ctx),
+            None => {
+                Box::pin(
+                    async move { Err(StepError::unknown(format!("step {index} has no probe"))) },
+                )
+            }
+        }
+    }
+
     fn run(
         &self,
         index: usize,
         raw: RawContext,
         output: Option<Value>,
     ) -> BoxFuture<'static, Result<Value, StepError>> {
-        let Ok(input) = raw.input.0.downcast::<S::Input>() else {
+        let phase = raw.phase;
+        let Some(ctx) = typed_context::<S>(raw) else {
             return Box::pin(async {
                 Err(StepError::permanent(
                     "saga input has another type than this definition expects",
                 ))
             });
-        };
-        let phase = raw.phase;
-        let ctx = StepContext {
-            saga_id: raw.saga_id,
-            step: raw.step,
-            phase: raw.phase,
-            attempt: raw.attempt,
-            key: raw.key,
-            input,
-            outputs: raw.outputs,
-            deadline: raw.deadline,
-            transaction: raw.transaction,
         };
         let saga = Arc::clone(&self.saga);
         match phase {
@@ -161,4 +178,20 @@ impl<S: Saga> ErasedSaga for Registered<S> {
             },
         }
     }
+}
+
+/// The typed context of a step call, or `None` when the decoded input is of another type.
+fn typed_context<S: Saga>(raw: RawContext) -> Option<StepContext<S::Input>> {
+    let input = raw.input.0.downcast::<S::Input>().ok()?;
+    Some(StepContext {
+        saga_id: raw.saga_id,
+        step: raw.step,
+        phase: raw.phase,
+        attempt: raw.attempt,
+        key: raw.key,
+        input,
+        outputs: raw.outputs,
+        deadline: raw.deadline,
+        transaction: raw.transaction,
+    })
 }

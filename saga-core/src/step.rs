@@ -1,5 +1,6 @@
-//! What a step function returns when it fails: a transient failure (retry) or a permanent one
-//! (compensate now).
+//! What a step function returns when it fails: a transient failure (retry), a permanent one
+//! (compensate now), or an unknown outcome (the effect may have happened: settle it with the same
+//! key, by a retry, the step's probe or a person).
 
 use std::fmt;
 
@@ -13,6 +14,10 @@ pub enum FailureKind {
     Transient,
     /// Will not succeed: no more attempts; the saga compensates (or escalates, for a compensation).
     Permanent,
+    /// The attempt may or may not have taken effect (a timeout, a lost answer, a panic, an
+    /// interrupted worker). Never recorded as a clean failure: it is retried with the same key per
+    /// the retry policy, settled by the step's probe, or escalated as an `unknown_outcome` item.
+    Unknown,
 }
 
 impl FailureKind {
@@ -21,6 +26,7 @@ impl FailureKind {
         match self {
             FailureKind::Transient => "transient",
             FailureKind::Permanent => "permanent",
+            FailureKind::Unknown => "unknown",
         }
     }
 }
@@ -32,6 +38,11 @@ impl fmt::Display for FailureKind {
 }
 
 /// The failure of one step attempt, as returned by a step function.
+///
+/// Return an error only when you know the effect did not happen (transient or permanent), or
+/// [`StepError::unknown`] when you cannot tell (the downstream timed out, the connection dropped
+/// after the request was sent). Messages are kept to [`MAX_MESSAGE_BYTES`] (longer ones are cut
+/// with a marker) and NUL characters are replaced, so every store can keep them.
 ///
 /// Build one with [`StepError::transient`] / [`StepError::permanent`], or from any error with the
 /// [`ResultExt`] methods:
@@ -50,24 +61,54 @@ pub struct StepError {
     message: String,
 }
 
+/// The longest message a [`StepError`] keeps, in bytes; the rest is cut with a marker.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+
+/// `text` without NUL characters (which Postgres cannot store in text) and at most `limit`
+/// bytes long, cut on a character boundary with a marker saying how much was cut.
+pub fn bounded_text(text: &str, limit: usize) -> String {
+    let clean = if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text.to_owned()
+    };
+    if clean.len() <= limit {
+        return clean;
+    }
+    let mut end = limit;
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} more bytes cut]", &clean[..end], clean.len() - end)
+}
+
 impl StepError {
-    /// A failure worth retrying (timeout, 503, connection reset).
+    fn new(kind: FailureKind, message: impl fmt::Display) -> Self {
+        Self {
+            kind,
+            message: bounded_text(&message.to_string(), MAX_MESSAGE_BYTES),
+        }
+    }
+
+    /// A failure worth retrying that did not take effect (503, connection refused).
     pub fn transient(message: impl fmt::Display) -> Self {
-        Self {
-            kind: FailureKind::Transient,
-            message: message.to_string(),
-        }
+        Self::new(FailureKind::Transient, message)
     }
 
-    /// A failure that retrying cannot fix (card declined, invalid input).
+    /// A failure that retrying cannot fix and that did not take effect (card declined, invalid
+    /// input).
     pub fn permanent(message: impl fmt::Display) -> Self {
-        Self {
-            kind: FailureKind::Permanent,
-            message: message.to_string(),
-        }
+        Self::new(FailureKind::Permanent, message)
     }
 
-    /// Transient or permanent.
+    /// The attempt may have taken effect: the request went out and no answer came back (a
+    /// timeout, a reset connection). The library retries with the same key per the policy, asks
+    /// the step's probe, or escalates it; it never treats it as "did not happen".
+    pub fn unknown(message: impl fmt::Display) -> Self {
+        Self::new(FailureKind::Unknown, message)
+    }
+
+    /// Transient, permanent or unknown.
     pub fn kind(&self) -> FailureKind {
         self.kind
     }
@@ -75,6 +116,11 @@ impl StepError {
     /// True for a permanent failure.
     pub fn is_permanent(&self) -> bool {
         self.kind == FailureKind::Permanent
+    }
+
+    /// True when the attempt may have taken effect.
+    pub fn is_unknown(&self) -> bool {
+        self.kind == FailureKind::Unknown
     }
 
     /// The message, as recorded in the saga's history.
@@ -104,6 +150,12 @@ pub trait ResultExt<T> {
     /// # Errors
     /// The original error, as a permanent step failure.
     fn permanent(self) -> Result<T, StepError>;
+
+    /// Maps the error to an unknown outcome (the effect may have happened).
+    ///
+    /// # Errors
+    /// The original error, as an unknown outcome.
+    fn unknown(self) -> Result<T, StepError>;
 }
 
 impl<T, E: fmt::Display> ResultExt<T> for Result<T, E> {
@@ -113,5 +165,31 @@ impl<T, E: fmt::Display> ResultExt<T> for Result<T, E> {
 
     fn permanent(self) -> Result<T, StepError> {
         self.map_err(StepError::permanent)
+    }
+
+    fn unknown(self) -> Result<T, StepError> {
+        self.map_err(StepError::unknown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_lose_nul_characters_and_are_cut_with_a_marker() {
+        let error = StepError::transient("a\0b");
+        assert_eq!(error.message(), "a\u{FFFD}b");
+        let long = "é".repeat(MAX_MESSAGE_BYTES);
+        let error = StepError::unknown(&long);
+        assert!(error.message().len() < MAX_MESSAGE_BYTES + 40);
+        assert!(
+            error
+                .message()
+                .ends_with(&format!("[{} more bytes cut]", MAX_MESSAGE_BYTES)),
+            "{}",
+            &error.message()[MAX_MESSAGE_BYTES - 10..]
+        );
+        assert!(error.is_unknown() && !error.is_permanent());
     }
 }

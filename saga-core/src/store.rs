@@ -259,6 +259,10 @@ pub enum InterventionKind {
     CompensationFailed,
     /// The saga cannot be resumed: unknown type, changed definition, unreadable data.
     Unresumable,
+    /// A step's action may or may not have taken effect (its last attempt timed out, was
+    /// interrupted or could not be recorded) and no probe could tell: a person decides whether to
+    /// run it again with the same key (`retry`), record it as not applied (`resolve`), or stop.
+    UnknownOutcome,
 }
 
 impl InterventionKind {
@@ -267,6 +271,7 @@ impl InterventionKind {
         match self {
             InterventionKind::CompensationFailed => "compensation_failed",
             InterventionKind::Unresumable => "unresumable",
+            InterventionKind::UnknownOutcome => "unknown_outcome",
         }
     }
 
@@ -275,6 +280,7 @@ impl InterventionKind {
         match text {
             "compensation_failed" => Some(InterventionKind::CompensationFailed),
             "unresumable" => Some(InterventionKind::Unresumable),
+            "unknown_outcome" => Some(InterventionKind::UnknownOutcome),
             _ => None,
         }
     }
@@ -299,6 +305,10 @@ pub struct NewIntervention {
     pub output: Option<Value>,
     /// What failed.
     pub error: String,
+    /// The status the saga was in when it was parked (`running` or `compensating`): where a
+    /// `retry` resumes it, so that a saga parked while compensating never runs forward again.
+    /// `None` on items opened before this was recorded.
+    pub parked_from: Option<SagaStatus>,
 }
 
 /// Whether an intervention item still waits for a person.
@@ -373,10 +383,13 @@ pub enum EventKind {
     LeaseTakenOver,
     /// An operator settled an intervention item or asked to cancel the saga.
     OperatorAction,
+    /// A step attempt ended with an unknown outcome and no further attempt is due: it is
+    /// settled by the step's probe or escalated.
+    OutcomeUnknown,
 }
 
 impl EventKind {
-    const ALL: [EventKind; 9] = [
+    const ALL: [EventKind; 10] = [
         EventKind::SagaStarted,
         EventKind::StepStarted,
         EventKind::StepCompleted,
@@ -386,6 +399,7 @@ impl EventKind {
         EventKind::InterventionOpened,
         EventKind::LeaseTakenOver,
         EventKind::OperatorAction,
+        EventKind::OutcomeUnknown,
     ];
 
     /// The persisted form.
@@ -400,6 +414,7 @@ impl EventKind {
             EventKind::InterventionOpened => "intervention_opened",
             EventKind::LeaseTakenOver => "lease_taken_over",
             EventKind::OperatorAction => "operator_action",
+            EventKind::OutcomeUnknown => "outcome_unknown",
         }
     }
 
@@ -448,6 +463,29 @@ pub struct EventData {
 }
 
 impl Change {
+    /// The status a step change leaves its step phase in (`None` for changes to the saga).
+    ///
+    /// A failed attempt whose outcome is unknown stays `in_progress`: the step began and nobody
+    /// knows whether it took effect. With `retry_at` another attempt (same key) is due then;
+    /// without, the planner settles it (probe or escalation). A known failure goes to `pending`
+    /// (retry due) or `failed` (for good).
+    pub fn step_status(&self) -> Option<StepStatus> {
+        match self {
+            Change::BeginStep { .. } => Some(StepStatus::InProgress),
+            Change::CompleteStep { .. } => Some(StepStatus::Completed),
+            Change::FailStep {
+                error, retry_at, ..
+            } => Some(if error.is_unknown() {
+                StepStatus::InProgress
+            } else if retry_at.is_some() {
+                StepStatus::Pending
+            } else {
+                StepStatus::Failed
+            }),
+            Change::SetStatus { .. } | Change::Escalate(_) | Change::Release { .. } => None,
+        }
+    }
+
     /// The history event this change appends (`None` for a lease release).
     pub fn event(&self) -> Option<EventData> {
         let step_event = |kind, name: &StepName, phase, attempt, detail| EventData {
@@ -492,6 +530,8 @@ impl Change {
             } => {
                 let kind = if retry_at.is_some() {
                     EventKind::RetryScheduled
+                } else if error.is_unknown() {
+                    EventKind::OutcomeUnknown
                 } else {
                     EventKind::StepFailed
                 };
@@ -588,12 +628,21 @@ pub fn settled_status(
             snapshot.record.id, snapshot.record.status
         )));
     }
+    let parked_from = || {
+        item.item
+            .parked_from
+            .unwrap_or_else(|| resume_status(snapshot))
+    };
     match (action, item.item.kind) {
         (SettleAction::Cancel, _) => Ok(SagaStatus::Cancelled),
         (SettleAction::Retry | SettleAction::Resolve, InterventionKind::CompensationFailed) => {
             Ok(SagaStatus::Compensating)
         }
-        (SettleAction::Retry, InterventionKind::Unresumable) => Ok(resume_status(snapshot)),
+        (SettleAction::Retry, InterventionKind::Unresumable | InterventionKind::UnknownOutcome) => {
+            Ok(parked_from())
+        }
+        // The action did not take effect: what completed before it is compensated.
+        (SettleAction::Resolve, InterventionKind::UnknownOutcome) => Ok(SagaStatus::Compensating),
         (SettleAction::Resolve, InterventionKind::Unresumable) => {
             Err(crate::Error::InvalidAction(format!(
                 "intervention {} parked saga {} because it cannot be resumed; there is no step to mark done: fix the code and `retry` to re-drive it, or `cancel` it",
@@ -603,7 +652,8 @@ pub fn settled_status(
     }
 }
 
-/// The status a re-driven saga resumes in: `compensating` if it had begun compensating (a
+/// The status a re-driven saga resumes in when its item does not say
+/// ([`NewIntervention::parked_from`] is `None`): `compensating` if it had begun compensating (a
 /// failed action or any compensation record), else `running`.
 pub fn resume_status(snapshot: &SagaSnapshot) -> SagaStatus {
     let compensating = snapshot.steps.iter().any(|step| {
@@ -617,13 +667,85 @@ pub fn resume_status(snapshot: &SagaSnapshot) -> SagaStatus {
     }
 }
 
-/// The history text of a settlement: `retry by alice: reason`.
+/// What a settlement does to the step phase its item names (shared by every backend).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettledStep {
+    /// The step.
+    pub index: StepIndex,
+    /// Action or compensation.
+    pub phase: Phase,
+    /// Its new status.
+    pub status: StepStatus,
+    /// When its next attempt is due (`in_progress` with a due time: run again, same key).
+    pub next_attempt_at: Option<Timestamp>,
+    /// Its last error, when the settlement sets one.
+    pub last_error: Option<String>,
+}
+
+/// The step change a settlement makes, if any:
+///
+/// - retry, compensation failed: the compensation goes back to `pending`, due now;
+/// - resolve, compensation failed: the compensation is `completed` (undone by hand);
+/// - retry, unknown outcome: the action stays `in_progress` (its outcome is still unknown) with
+///   an attempt due now, run with the same key;
+/// - resolve, unknown outcome: the action is `failed` (the operator found it did not apply).
+pub fn settled_step(
+    item: &Intervention,
+    settlement: &Settlement,
+    now: Timestamp,
+) -> Option<SettledStep> {
+    let (index, _) = item.item.step.as_ref()?;
+    let (phase, status, next_attempt_at, last_error) = match (item.item.kind, settlement.action) {
+        (InterventionKind::CompensationFailed, SettleAction::Retry) => {
+            (Phase::Compensation, StepStatus::Pending, Some(now), None)
+        }
+        (InterventionKind::CompensationFailed, SettleAction::Resolve) => {
+            (Phase::Compensation, StepStatus::Completed, None, None)
+        }
+        (InterventionKind::UnknownOutcome, SettleAction::Retry) => {
+            (Phase::Action, StepStatus::InProgress, Some(now), None)
+        }
+        (InterventionKind::UnknownOutcome, SettleAction::Resolve) => (
+            Phase::Action,
+            StepStatus::Failed,
+            None,
+            Some(format!(
+                "not applied, as settled by an operator ({})",
+                settlement_detail(settlement)
+            )),
+        ),
+        _ => return None,
+    };
+    Some(SettledStep {
+        index: *index,
+        phase,
+        status,
+        next_attempt_at,
+        last_error,
+    })
+}
+
+/// The longest operator reason kept, in bytes (longer ones are cut with a marker).
+pub const MAX_REASON_BYTES: usize = 2 * 1024;
+
+/// The history text of a settlement: `retry by alice: reason` (who and why are bounded to
+/// [`MAX_REASON_BYTES`] each).
 pub fn settlement_detail(settlement: &Settlement) -> String {
     format!(
         "{} by {}: {}",
         settlement.action.as_str(),
-        settlement.by,
-        settlement.reason
+        crate::step::bounded_text(&settlement.by, MAX_REASON_BYTES),
+        crate::step::bounded_text(&settlement.reason, MAX_REASON_BYTES)
+    )
+}
+
+/// The history text of a cancel request: `cancel requested by alice: reason` (bounded as
+/// [`settlement_detail`]).
+pub fn cancel_detail(by: &str, reason: &str) -> String {
+    format!(
+        "cancel requested by {}: {}",
+        crate::step::bounded_text(by, MAX_REASON_BYTES),
+        crate::step::bounded_text(reason, MAX_REASON_BYTES)
     )
 }
 

@@ -430,6 +430,15 @@ impl Driver<'_> {
                     }
                     self.run_step(index, phase, attempt).await?;
                 }
+                Action::Probe(probing) => {
+                    if *self.inner.shutdown.borrow() {
+                        self.record(vec![Change::Release {
+                            next_run_at: Some(now),
+                        }])?;
+                        return self.flush().await;
+                    }
+                    self.probe_step(probing).await?;
+                }
                 Action::Record(changes) => self.record(changes)?,
                 Action::WaitUntil(at) => {
                     self.record(vec![Change::Release {
@@ -623,12 +632,25 @@ impl Driver<'_> {
                 .step(index, Phase::Action)
                 .and_then(|step| step.output.clone()),
         };
-        let future = self.definition.run(position, ctx, action_output);
+        // A hand-written step may panic before its future exists: caught like one inside it.
+        let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.definition.run(position, ctx, action_output)
+        }));
+        let future = match made {
+            Ok(future) => future,
+            Err(panic) => {
+                return Err(StepError::unknown(format!(
+                    "step panicked: {}",
+                    panic_message(panic.as_ref())
+                )))
+            }
+        };
         match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
-            Err(_) => Err(StepError::transient(format!(
-                "attempt timed out after {timeout:?}"
+            // The request may have gone out: a timeout is an unknown outcome, never "not done".
+            Err(_) => Err(StepError::unknown(format!(
+                "attempt timed out after {timeout:?}; it may have taken effect"
             ))),
-            Ok(Err(panic)) => Err(StepError::permanent(format!(
+            Ok(Err(panic)) => Err(StepError::unknown(format!(
                 "step panicked: {}",
                 panic_message(panic.as_ref())
             ))),
@@ -640,7 +662,9 @@ impl Driver<'_> {
         }
     }
 
-    /// Refuses an output over the payload limit, as a permanent failure of the step.
+    /// Refuses an output that no store can keep (over the payload limit, or holding a NUL
+    /// character, which Postgres refuses), alike on every backend. The step returned `Ok`, so
+    /// its effect happened but cannot be recorded: an unknown outcome, never a clean failure.
     fn check_output(
         &self,
         name: &StepName,
@@ -649,10 +673,15 @@ impl Driver<'_> {
         let limit = self.inner.config.max_payload_bytes;
         match outcome {
             Ok(Some(value)) => {
-                let size = value.to_string().len();
-                if size > limit {
-                    Err(StepError::permanent(format!(
-                        "output of step `{name}` is {size} bytes, over the limit of {limit} bytes; return a reference instead of the data"
+                let text = value.to_string();
+                if text.len() > limit {
+                    Err(StepError::unknown(format!(
+                        "output of step `{name}` is {} bytes, over the limit of {limit} bytes, so it cannot be recorded though the step took effect; return a reference instead of the data",
+                        text.len()
+                    )))
+                } else if text.contains("\\u0000") {
+                    Err(StepError::unknown(format!(
+                        "output of step `{name}` contains a NUL character (\\u0000), which stores cannot keep, so it cannot be recorded though the step took effect; encode binary data (base64) instead"
                     )))
                 } else {
                     Ok(Some(value))
@@ -660,6 +689,85 @@ impl Driver<'_> {
             }
             other => other,
         }
+    }
+
+    /// Asks the step's probe whether an attempt with an unknown outcome took effect (retrying
+    /// the probe per the step's retry policy while it errors), and records the answer.
+    async fn probe_step(&mut self, probing: plan::Probing) -> Result<()> {
+        // What led here (the unknown outcome) is durable before anyone is asked.
+        self.flush().await?;
+        let position = usize::try_from(probing.index.0).unwrap_or(usize::MAX);
+        let Some(spec) = self.definition.specs().get(position).cloned() else {
+            return Err(Error::CorruptRecord {
+                saga: self.lease.saga,
+                reason: format!(
+                    "plan chose step {}, which the definition lacks",
+                    probing.index
+                ),
+            });
+        };
+        let key = IdempotencyKey::for_step(self.lease.saga, &spec.name, Phase::Action);
+        let mut tries = Attempt::FIRST;
+        let answer = loop {
+            let ctx = RawContext {
+                saga_id: self.lease.saga,
+                step: spec.name.clone(),
+                phase: Phase::Action,
+                attempt: probing.attempt,
+                key: key.clone(),
+                input: self.input.clone(),
+                outputs: Arc::new(self.completed_outputs()),
+                deadline: clock::after(clock::now(), spec.timeout),
+                transaction: None,
+            };
+            let made =
+                std::panic::catch_unwind(AssertUnwindSafe(|| self.definition.probe(position, ctx)));
+            let answer = match made {
+                Err(panic) => Err(StepError::unknown(format!(
+                    "probe panicked: {}",
+                    panic_message(panic.as_ref())
+                ))),
+                Ok(future) => {
+                    match tokio::time::timeout(
+                        spec.timeout,
+                        AssertUnwindSafe(future).catch_unwind(),
+                    )
+                    .await
+                    {
+                        Err(_) => Err(StepError::unknown(format!(
+                            "probe timed out after {:?}",
+                            spec.timeout
+                        ))),
+                        Ok(Err(panic)) => Err(StepError::unknown(format!(
+                            "probe panicked: {}",
+                            panic_message(panic.as_ref())
+                        ))),
+                        Ok(Ok(answer)) => answer,
+                    }
+                }
+            };
+            let answer = match answer {
+                Ok(Some(output)) => self.check_output(&spec.name, Ok(Some(output))),
+                other => other,
+            };
+            match answer {
+                Err(error) if !error.is_permanent() && spec.retry.allows_retry_after(tries) => {
+                    tracing::info!(step = %spec.name, error = %error, "probe failed; retrying");
+                    tokio::time::sleep(spec.retry.backoff(tries, rand::random::<f64>())).await;
+                    tries = tries.next();
+                }
+                answer => break answer,
+            }
+        };
+        let changes = plan::on_probe(
+            &self.snapshot,
+            &spec,
+            probing,
+            answer,
+            clock::now(),
+            rand::random::<f64>(),
+        );
+        self.record(changes)
     }
 
     fn completed_outputs(&self) -> BTreeMap<StepName, Value> {

@@ -66,6 +66,9 @@ fn expand_step(step: &StepModel, private: &TokenStream) -> TokenStream {
         }
         Compensation::Irreversible => chain = quote!(#chain.irreversible()),
     }
+    if let Some(path) = &step.probe {
+        chain = quote_spanned!(path.span()=> #chain.probe(#path));
+    }
     if step.transactional {
         chain = quote!(#chain.transactional());
     }

@@ -17,7 +17,7 @@ use crate::duration;
 pub(crate) const SAGA_OPTIONS: &str = "name, version, input, crate";
 /// The options of `#[step(...)]`, for error messages.
 pub(crate) const STEP_OPTIONS: &str =
-    "action, compensate, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout";
+    "action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout";
 /// The options of `retry(...)` and `compensation_retry(...)`, for error messages.
 pub(crate) const RETRY_OPTIONS: &str = "max_attempts, base, max_delay";
 
@@ -81,6 +81,8 @@ pub(crate) struct StepInput {
     pub(crate) action: Option<ExprPath>,
     /// `compensate = path`.
     pub(crate) compensate: Option<ExprPath>,
+    /// `probe = path`.
+    pub(crate) probe: Option<ExprPath>,
     /// The `irreversible` flag.
     pub(crate) irreversible: Option<Span>,
     /// The `transactional` flag.
@@ -253,6 +255,7 @@ fn step_name(meta: &ParseNestedMeta<'_>) -> syn::Result<StepInput> {
         name: ident,
         action: None,
         compensate: None,
+        probe: None,
         irreversible: None,
         transactional: None,
         retry: None,
@@ -279,6 +282,11 @@ fn step_option(
     } else if path.is_ident("compensate") {
         match function_path(meta, "compensate", "compensate = refund", errors)? {
             Some(value) => set_once(&mut step.compensate, value, path, &place, errors),
+            None => step.broken = true,
+        }
+    } else if path.is_ident("probe") {
+        match function_path(meta, "probe", "probe = charge_status", errors)? {
+            Some(value) => set_once(&mut step.probe, value, path, &place, errors),
             None => step.broken = true,
         }
     } else if path.is_ident("irreversible") {
@@ -601,7 +609,7 @@ mod tests {
             errors,
             [
                 "unknown saga option `versio`; expected one of: name, version, input, crate",
-                "unknown step option `retries`; expected one of: action, compensate, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout",
+                "unknown step option `retries`; expected one of: action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout",
                 "unknown option `attempts` in `retry(...)`; expected one of: max_attempts, base, max_delay",
             ]
         );

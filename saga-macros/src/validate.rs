@@ -36,6 +36,8 @@ pub(crate) struct StepModel {
     pub(crate) action: ExprPath,
     /// Its compensation, or the explicit `irreversible` mark.
     pub(crate) compensation: Compensation,
+    /// `probe = path`, if given: tells whether an attempt with an unknown outcome took effect.
+    pub(crate) probe: Option<ExprPath>,
     /// The `transactional` flag: the step runs in the store's transaction.
     pub(crate) transactional: bool,
     /// `retry(...)`, if given.
@@ -204,6 +206,7 @@ fn step_model(step: StepInput, name_text: String, errors: &mut Errors) -> Option
         name: step.name,
         action,
         compensation,
+        probe: step.probe,
         transactional: step.transactional.is_some(),
         retry: step.retry,
         timeout: step.timeout,

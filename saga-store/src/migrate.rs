@@ -17,6 +17,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "operator",
         include_str!("../migrations/sqlite/0002_operator.sql"),
     ),
+    (
+        3,
+        "parked_from",
+        include_str!("../migrations/sqlite/0003_parked_from.sql"),
+    ),
 ];
 
 fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
@@ -60,6 +65,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         4,
         "steps_without_foreign_key",
         include_str!("../migrations/postgres/0004_steps_without_foreign_key.sql"),
+    ),
+    (
+        5,
+        "parked_from",
+        include_str!("../migrations/postgres/0005_parked_from.sql"),
     ),
 ];
 

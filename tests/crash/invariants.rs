@@ -11,11 +11,6 @@ const COMPENSABLE: &str =
     ('crash_five', 's4'), ('big_output', 's1'), ('panicky', 's1'), ('hangs', 's1'))
     AS compensable(saga_type, step)";
 
-/// The error of a step phase given up because its attempts ran out on interruptions (worker
-/// deaths): the library cannot know whether the last attempt took effect, marks the step
-/// failed and does not compensate it (only completed steps are compensated).
-const UNKNOWN_OUTCOME: &str = "'%was interrupted%and no attempts are left%'";
-
 /// Each invariant: a name and a query selecting the saga (as text) of each violation.
 const CHECKS: &[(&str, &str)] = &[
     (
@@ -62,13 +57,22 @@ const CHECKS: &[(&str, &str)] = &[
             AND NOT EXISTS (SELECT 1 FROM public.ledger_effects e WHERE e.key = st.idempotency_key)",
     ),
     (
-        "every effect in the ledger belongs to a completed step phase (none leaked), except \
-         steps given up after interrupted attempts, whose outcome is unknown by design",
+        "every effect in the ledger belongs to a completed step phase or to the open item that \
+         escalated it (unknown_outcome for an action, compensation_failed for a compensation): \
+         none leaked, no exception",
         "SELECT e.saga_id FROM public.ledger_effects e
           WHERE NOT EXISTS (SELECT 1 FROM saga.saga_steps st
-                             WHERE st.idempotency_key = e.key
-                               AND (st.status = 'completed' OR (st.status = 'failed'
-                                    AND st.last_error LIKE UNKNOWN_OUTCOME)))",
+                             WHERE st.idempotency_key = e.key AND st.status = 'completed')
+            AND NOT EXISTS (SELECT 1 FROM saga.saga_interventions i
+                             WHERE i.saga_id::text = e.saga_id AND i.status = 'open'
+                               AND i.idempotency_key = e.key
+                               AND i.kind = CASE e.phase WHEN 'action' THEN 'unknown_outcome'
+                                                         ELSE 'compensation_failed' END)",
+    ),
+    (
+        "no step phase whose last attempt is unknown is recorded failed",
+        "SELECT st.saga_id::text FROM saga.saga_steps st
+          WHERE st.status = 'failed' AND st.last_error LIKE 'unknown:%'",
     ),
     (
         "compensations ran only for steps whose action completed",
@@ -126,12 +130,12 @@ const CHECKS: &[(&str, &str)] = &[
                            AND (st.phase = 'compensation' OR st.status <> 'completed'))",
     ),
     (
-        "each crash_five saga ended as its plan says (completed / compensated / needs_intervention)",
+        "each crash_five saga ended as its plan says (completed / compensated / needs_intervention), \
+         or waits for a person with an unknown_outcome item",
         "SELECT id::text FROM saga.saga_instances
           WHERE saga_type = 'crash_five' AND jsonb_typeof(input) = 'object' AND input ? 'fail_at'
-            AND NOT EXISTS (SELECT 1 FROM saga.saga_steps st
-                             WHERE st.saga_id = saga_instances.id AND st.status = 'failed'
-                               AND st.last_error LIKE UNKNOWN_OUTCOME)
+            AND NOT EXISTS (SELECT 1 FROM saga.saga_interventions i
+                             WHERE i.saga_id = saga_instances.id AND i.kind = 'unknown_outcome')
             AND status <> CASE WHEN input->'fail_at' = 'null'::jsonb THEN 'completed'
                                WHEN input->'comp_fail_at' = 'null'::jsonb THEN 'compensated'
                                ELSE 'needs_intervention' END",
@@ -174,7 +178,7 @@ impl fmt::Display for Summary {
         if self.unknown_outcomes > 0 {
             write!(
                 f,
-                "; steps given up after interrupted attempts (outcome unknown, not compensated) {}",
+                "; unknown outcomes escalated (open unknown_outcome items) {}",
                 self.unknown_outcomes
             )?;
         }
@@ -227,9 +231,7 @@ pub(crate) async fn check(pool: &PgPool, started: i64, kills: u64) -> Summary {
         ));
     }
     for (name, sql) in CHECKS {
-        let sql = sql
-            .replace("COMPENSABLE", COMPENSABLE)
-            .replace("UNKNOWN_OUTCOME", UNKNOWN_OUTCOME);
+        let sql = sql.replace("COMPENSABLE", COMPENSABLE);
         let count = scalar(pool, &format!("SELECT COUNT(*) FROM ({sql}) violations")).await;
         if count != 0 {
             let example: String = sqlx::query_scalar(&format!("{sql} LIMIT 1"))
@@ -294,10 +296,8 @@ pub(crate) async fn check(pool: &PgPool, started: i64, kills: u64) -> Summary {
         .await,
         unknown_outcomes: scalar(
             pool,
-            &format!(
-                "SELECT COUNT(*) FROM saga.saga_steps
-                  WHERE status = 'failed' AND last_error LIKE {UNKNOWN_OUTCOME}"
-            ),
+            "SELECT COUNT(*) FROM saga.saga_interventions
+              WHERE status = 'open' AND kind = 'unknown_outcome'",
         )
         .await,
     };

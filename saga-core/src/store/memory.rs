@@ -10,13 +10,13 @@ use async_trait::async_trait;
 use crate::clock::{self, Timestamp};
 use crate::error::{Error, Result};
 use crate::id::{FencingToken, IdempotencyKey, InterventionId, SagaId, WorkerId};
-use crate::status::{Phase, SagaStatus, StepStatus};
+use crate::status::SagaStatus;
 
 use super::{
-    begins_forward_step, cannot_cancel, check_initial_changes, operator_event, settled_status,
-    settlement_detail, CancelOutcome, Change, Created, Event, EventData, EventKind, Intervention,
-    InterventionKind, InterventionStatus, Lease, NewSaga, SagaFilter, SagaRecord, SagaSnapshot,
-    SettleAction, Settlement, Store,
+    begins_forward_step, cancel_detail, cannot_cancel, check_initial_changes, operator_event,
+    settled_status, settled_step, settlement_detail, CancelOutcome, Change, Created, Event,
+    EventData, EventKind, Intervention, InterventionStatus, Lease, NewSaga, SagaFilter, SagaRecord,
+    SagaSnapshot, Settlement, Store,
 };
 
 /// An in-memory [`Store`]. Cloning is not supported; share it behind an `Arc`.
@@ -333,22 +333,17 @@ impl Store for MemoryStore {
             .get_mut(&item.saga_id)
             .ok_or(Error::SagaNotFound(item.saga_id))?;
         let status = settled_status(&item, snap, settlement.action)?;
-        if let (SettleAction::Retry | SettleAction::Resolve, Some((index, _))) =
-            (settlement.action, &item.item.step)
-        {
-            if item.item.kind == InterventionKind::CompensationFailed {
-                if let Some(step) = snap
-                    .steps
-                    .iter_mut()
-                    .find(|step| step.index == *index && step.phase == Phase::Compensation)
-                {
-                    if settlement.action == SettleAction::Retry {
-                        step.status = StepStatus::Pending;
-                        step.next_attempt_at = None;
-                    } else {
-                        step.status = StepStatus::Completed;
-                        step.finished_at = Some(now);
-                    }
+        if let Some(settled) = settled_step(&item, settlement, now) {
+            if let Some(step) = snap
+                .steps
+                .iter_mut()
+                .find(|step| step.index == settled.index && step.phase == settled.phase)
+            {
+                step.status = settled.status;
+                step.next_attempt_at = settled.next_attempt_at;
+                step.finished_at = Some(now);
+                if let Some(error) = settled.last_error {
+                    step.last_error = Some(error);
                 }
             }
         }
@@ -377,7 +372,7 @@ impl Store for MemoryStore {
     ) -> Result<CancelOutcome> {
         let mut state = self.state()?;
         let snap = state.sagas.get_mut(&id).ok_or(Error::SagaNotFound(id))?;
-        let request = format!("cancel requested by {by}: {reason}");
+        let request = cancel_detail(by, reason);
         let outcome = match snap.record.status {
             SagaStatus::Compensating => return Ok(CancelOutcome::AlreadyCompensating),
             SagaStatus::Running => {
@@ -387,10 +382,15 @@ impl Store for MemoryStore {
                     snap.record.cancel_requested = Some(request.clone());
                     CancelOutcome::Requested
                 } else {
+                    // Take the lease away for good: a holder that was in fact alive (delayed
+                    // heartbeats) is fenced off and cannot go on to complete a step.
                     snap.record.status = SagaStatus::Compensating;
                     snap.record.status_reason = Some(request.clone());
                     snap.record.cancel_requested = None;
                     snap.record.next_run_at = Some(now);
+                    snap.record.lease_owner = None;
+                    snap.record.lease_expires_at = None;
+                    snap.record.fencing_token = FencingToken(snap.record.fencing_token.0 + 1);
                     CancelOutcome::Compensating
                 }
             }

@@ -105,12 +105,9 @@ impl SagaSnapshot {
                 retry_at,
                 ..
             } => {
+                let status = change.step_status().unwrap_or(StepStatus::Failed);
                 let step = self.step_mut(*index, *phase)?;
-                step.status = if retry_at.is_some() {
-                    StepStatus::Pending
-                } else {
-                    StepStatus::Failed
-                };
+                step.status = status;
                 step.last_error = Some(error.to_string());
                 step.next_attempt_at = *retry_at;
                 step.finished_at = Some(now);

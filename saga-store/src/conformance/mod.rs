@@ -41,7 +41,8 @@ macro_rules! conformance_suite {
                 claim_loaded_returns_what_load_would,
                 a_saga_created_leased_belongs_to_its_starter_until_the_lease_expires,
                 a_creation_can_begin_the_first_step,
-                a_restarted_worker_takes_back_its_own_leases_at_once;
+                a_restarted_worker_takes_back_its_own_leases_at_once,
+                an_immediate_cancel_fences_off_a_holder_that_was_still_alive;
                 // Orchestrator scenarios
                 saga_completes_with_full_history,
                 permanent_failure_compensates_in_reverse_order,
@@ -53,7 +54,7 @@ macro_rules! conformance_suite {
                 changed_definition_parks_saga,
                 unknown_saga_type_parks_saga,
                 undecodable_input_parks_saga,
-                panicking_step_fails_permanently_and_worker_survives,
+                panicking_step_is_an_unknown_outcome_retried_with_its_key_and_worker_survives,
                 hanging_step_times_out_and_is_retried,
                 oversized_payloads_are_refused,
                 graceful_shutdown_releases_leases,
@@ -69,6 +70,15 @@ macro_rules! conformance_suite {
                 prune_removes_only_old_finished_sagas,
                 ambiguous_commits_are_recorded_and_announced_once,
                 a_worker_restarted_under_its_id_resumes_its_sagas_without_waiting_for_the_lease,
+                a_cancel_during_a_retry_backoff_settles_the_begun_step_then_compensates_it,
+                a_cancel_after_a_worker_died_mid_action_compensates_that_action,
+                re_driving_a_saga_parked_while_compensating_keeps_compensating,
+                an_output_with_a_nul_character_is_escalated_alike_then_retried_by_an_operator,
+                an_operator_resolves_an_unknown_outcome_as_not_applied_and_the_saga_compensates,
+                a_step_that_panics_before_its_future_exists_is_caught_like_any_panic,
+                a_probe_that_finds_the_effect_completes_the_step_without_running_it_again,
+                a_probe_that_finds_no_effect_lets_the_step_run_again,
+                a_probe_that_cannot_answer_escalates_the_unknown_outcome,
             );
         }
     };

@@ -31,6 +31,10 @@ pub enum Outcome {
     ApplyThenHang,
     /// Applies its effect after a pause, then succeeds.
     Slow(Duration),
+    /// Applies its effect and succeeds with this output (actions only).
+    OkWith(&'static str),
+    /// Applies its effect, then fails as if its answer was lost: an unknown outcome.
+    ApplyThenUnknown,
 }
 
 /// One call of a step function.
@@ -61,6 +65,10 @@ pub struct Script {
     plan: Mutex<HashMap<(String, Phase), VecDeque<Outcome>>>,
     calls: Mutex<Vec<Call>>,
     ledger: Mutex<HashMap<String, Effect>>,
+    /// How many of the next probe calls fail (the downstream cannot be asked).
+    probe_failures: Mutex<u32>,
+    /// Every probe call: the key asked about.
+    probes: Mutex<Vec<String>>,
 }
 
 impl Script {
@@ -102,13 +110,42 @@ impl Script {
             .unwrap_or_default()
     }
 
-    fn apply(&self, key: &IdempotencyKey) {
+    /// Records the effect of `key` as applied, as a downstream would (for scenarios that set
+    /// up a state by hand).
+    pub fn apply(&self, key: &IdempotencyKey) {
         let mut ledger = self.ledger.lock().unwrap();
         let effect = ledger.entry(key.as_str().to_owned()).or_default();
         effect.applied = 1;
     }
 
-    async fn perform<I>(&self, ctx: &StepContext<I>) -> Result<(), StepError> {
+    /// Makes the next `count` probe calls fail.
+    pub fn fail_probes(&self, count: u32) {
+        *self.probe_failures.lock().unwrap() = count;
+    }
+
+    /// The keys every probe call asked about, in order.
+    pub fn probes(&self) -> Vec<String> {
+        self.probes.lock().unwrap().clone()
+    }
+
+    /// What the downstream says about `key`: its output when the effect applied, `None` when it
+    /// did not, or an error while it cannot be asked.
+    fn probe<I>(&self, ctx: &StepContext<I>) -> Result<Option<String>, StepError> {
+        self.probes
+            .lock()
+            .unwrap()
+            .push(ctx.key().as_str().to_owned());
+        let mut failures = self.probe_failures.lock().unwrap();
+        if *failures > 0 {
+            *failures -= 1;
+            return Err(StepError::transient(
+                "simulated: the provider's lookup is down",
+            ));
+        }
+        Ok((self.effect(ctx.key()).applied > 0).then(|| format!("{}-done", ctx.step())))
+    }
+
+    async fn perform<I>(&self, ctx: &StepContext<I>) -> Result<Option<&'static str>, StepError> {
         let outcome = self
             .plan
             .lock()
@@ -131,7 +168,7 @@ impl Script {
         match outcome {
             Outcome::Ok => {
                 self.apply(ctx.key());
-                Ok(())
+                Ok(None)
             }
             Outcome::Transient => Err(StepError::transient("simulated 503")),
             Outcome::Permanent => Err(StepError::permanent("simulated permanent failure")),
@@ -144,15 +181,23 @@ impl Script {
             Outcome::Slow(pause) => {
                 tokio::time::sleep(pause).await;
                 self.apply(ctx.key());
-                Ok(())
+                Ok(None)
+            }
+            Outcome::OkWith(output) => {
+                self.apply(ctx.key());
+                Ok(Some(output))
+            }
+            Outcome::ApplyThenUnknown => {
+                self.apply(ctx.key());
+                Err(StepError::unknown("simulated: the answer was lost"))
             }
         }
     }
 }
 
-async fn futures_pending() -> Result<(), StepError> {
+async fn futures_pending() -> Result<Option<&'static str>, StepError> {
     std::future::pending::<()>().await;
-    Ok(())
+    Ok(None)
 }
 
 /// Input of the probe saga.
@@ -176,7 +221,9 @@ pub fn input(order: u64) -> ProbeInput {
 }
 
 async fn act(probe: Arc<Probe>, ctx: StepContext<ProbeInput>) -> Result<String, StepError> {
-    probe.0.perform(&ctx).await?;
+    if let Some(output) = probe.0.perform(&ctx).await? {
+        return Ok(output.to_owned());
+    }
     if ctx.input().output_bytes > 0 {
         return Ok("x".repeat(ctx.input().output_bytes));
     }
@@ -193,7 +240,7 @@ async fn undo(
             "compensation got output `{output}`, not its action's"
         )));
     }
-    probe.0.perform(&ctx).await
+    probe.0.perform(&ctx).await.map(|_| ())
 }
 
 /// The probe saga: three steps driven by a [`Script`], declared with `#[derive(Saga)]`.
@@ -210,6 +257,41 @@ async fn undo(
 #[step(send_receipt, action = act, irreversible,
        retry(max_attempts = 3, base = "20ms", max_delay = "100ms"), timeout = "1s")]
 pub struct Probe(pub Arc<Script>);
+
+/// The probe saga whose `charge_card` declares a probe that asks the downstream (the
+/// [`Script`]'s ledger) whether a charge was made with the step's key.
+#[derive(saga_macros::Saga)]
+#[saga(name = "probed", version = 1, input = ProbeInput, crate = ::saga_core)]
+#[step(reserve_stock, action = probed_act, compensate = probed_undo,
+       retry(max_attempts = 3, base = "20ms", max_delay = "100ms"), timeout = "1s",
+       compensation_retry(max_attempts = 2, base = "20ms", max_delay = "100ms"),
+       compensation_timeout = "1s")]
+#[step(charge_card, action = probed_act, compensate = probed_undo, probe = probed_probe,
+       retry(max_attempts = 3, base = "20ms", max_delay = "100ms"), timeout = "1s",
+       compensation_retry(max_attempts = 2, base = "20ms", max_delay = "100ms"),
+       compensation_timeout = "1s")]
+#[step(send_receipt, action = probed_act, irreversible,
+       retry(max_attempts = 3, base = "20ms", max_delay = "100ms"), timeout = "1s")]
+pub struct Probed(pub Arc<Script>);
+
+async fn probed_act(saga: Arc<Probed>, ctx: StepContext<ProbeInput>) -> Result<String, StepError> {
+    act(Arc::new(Probe(saga.0.clone())), ctx).await
+}
+
+async fn probed_undo(
+    saga: Arc<Probed>,
+    ctx: StepContext<ProbeInput>,
+    output: String,
+) -> Result<(), StepError> {
+    undo(Arc::new(Probe(saga.0.clone())), ctx, output).await
+}
+
+async fn probed_probe(
+    saga: Arc<Probed>,
+    ctx: StepContext<ProbeInput>,
+) -> Result<Option<String>, StepError> {
+    saga.0.probe(&ctx)
+}
 
 /// The same saga as [`Probe`], written by hand with the builder: the derive must produce a
 /// saga that behaves exactly like it.
@@ -279,7 +361,7 @@ impl Saga for RenamedProbe {
             p: Arc<RenamedProbe>,
             ctx: StepContext<ProbeInput>,
         ) -> Result<String, StepError> {
-            p.0.perform(&ctx).await.map(|()| "done".to_owned())
+            p.0.perform(&ctx).await.map(|_| "done".to_owned())
         }
         SagaDefinition::new("probe", 1)
             .step(Step::new("reserve_inventory", act2).irreversible())
@@ -295,14 +377,14 @@ impl Saga for NumberProbe {
 
     fn definition() -> SagaDefinition<Self> {
         async fn act3(p: Arc<NumberProbe>, ctx: StepContext<u64>) -> Result<String, StepError> {
-            p.0.perform(&ctx).await.map(|()| "done".to_owned())
+            p.0.perform(&ctx).await.map(|_| "done".to_owned())
         }
         async fn undo3(
             p: Arc<NumberProbe>,
             ctx: StepContext<u64>,
             _: String,
         ) -> Result<(), StepError> {
-            p.0.perform(&ctx).await
+            p.0.perform(&ctx).await.map(|_| ())
         }
         SagaDefinition::new("probe", 1)
             .with_fingerprint(Probe::definition().fingerprint())
@@ -751,17 +833,27 @@ pub async fn undecodable_input_parks_saga<S: Store>(store: Arc<S>) {
     other.shutdown().await;
 }
 
-pub async fn panicking_step_fails_permanently_and_worker_survives<S: Store>(store: Arc<S>) {
+pub async fn panicking_step_is_an_unknown_outcome_retried_with_its_key_and_worker_survives<
+    S: Store,
+>(
+    store: Arc<S>,
+) {
     let script = Script::new();
     script.plan("charge_card", Phase::Action, &[Outcome::Panic]);
     let (orchestrator, id) = run_one(&store, &script, 11).await;
     assert_eq!(
         orchestrator.snapshot(id).await.unwrap().record.status,
-        SagaStatus::Compensated
+        SagaStatus::Completed,
+        "a panic may come after the effect: retried with the same key, not failed"
     );
+    let charges = script.calls_of("charge_card", Phase::Action);
+    assert_eq!(charges.len(), 2);
+    assert_eq!(charges[0].key, charges[1].key);
     let rendered = orchestrator.history(id).await.unwrap().render();
     assert!(
-        rendered.contains("permanent: step panicked: simulated bug"),
+        rendered.contains(
+            "charge_card  action  retry  attempt=1  unknown: step panicked: simulated bug"
+        ),
         "{rendered}"
     );
     let next = orchestrator.start::<Probe>(&input(12)).await.unwrap();
@@ -785,7 +877,7 @@ pub async fn hanging_step_times_out_and_is_retried<S: Store>(store: Arc<S>) {
     let rendered = orchestrator.history(id).await.unwrap().render();
     assert!(
         rendered.contains(
-            "charge_card  action  retry  attempt=1  transient: attempt timed out after 1s"
+            "charge_card  action  retry  attempt=1  unknown: attempt timed out after 1s; it may have taken effect"
         ),
         "{rendered}"
     );
@@ -825,12 +917,17 @@ pub async fn oversized_payloads_are_refused<S: Store>(store: Arc<S>) {
     };
     let id = orchestrator.start::<Probe>(&big_output).await.unwrap();
     let record = orchestrator.wait(id, WAIT).await.unwrap();
-    assert_eq!(record.status, SagaStatus::Compensated);
+    // The step took effect, but its output cannot be recorded: an unknown outcome for a
+    // person, never a clean failure that would leave the effect uncompensated.
+    assert_eq!(record.status, SagaStatus::NeedsIntervention);
     let rendered = orchestrator.history(id).await.unwrap().render();
     assert!(
         rendered.contains("over the limit of 1024 bytes"),
         "{rendered}"
     );
+    let items = store.interventions(true).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].item.kind, InterventionKind::UnknownOutcome);
     orchestrator.shutdown().await;
 }
 
@@ -1517,4 +1614,507 @@ pub async fn a_worker_restarted_under_its_id_resumes_its_sagas_without_waiting_f
         "a completed step never runs again"
     );
     second.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Known or escalated: unknown outcomes, probes, cancels that cannot lose an effect.
+
+/// A saga created by hand as a worker `ghost` would have left it: `reserve_stock` completed,
+/// `charge_card` begun (attempt 1) and its effect applied downstream; the lease is returned.
+async fn begun_charge<S: Store>(
+    store: &Arc<S>,
+    script: &Arc<Script>,
+    order: u64,
+) -> (SagaId, saga_core::Lease) {
+    use saga_core::{Attempt, Change, NewSaga, StepIndex, StepName, WorkerId};
+    let id = SagaId::new();
+    let owner = WorkerId::new("ghost");
+    let begin = |index: u32, name: &str| Change::BeginStep {
+        index: StepIndex(index),
+        name: StepName::new(name),
+        phase: Phase::Action,
+        attempt: Attempt::FIRST,
+        key: key(id, name, Phase::Action),
+    };
+    let starter = orchestrator(store, Duration::from_secs(5));
+    starter.register(Probe(script.clone())).unwrap();
+    store
+        .create(NewSaga {
+            id,
+            saga_type: saga_core::SagaType::new("probe"),
+            version: 1,
+            fingerprint: Probe::definition().fingerprint(),
+            input: serde_json::to_value(input(order)).unwrap(),
+            input_hash: format!("hand-{order}"),
+            idempotency_key: None,
+            trace_context: None,
+            lease: Some((
+                owner.clone(),
+                saga_core::after(saga_core::now(), Duration::from_secs(60)),
+            )),
+            changes: vec![begin(0, "reserve_stock")],
+        })
+        .await
+        .unwrap();
+    script.apply(&key(id, "reserve_stock", Phase::Action));
+    let lease = saga_core::Lease {
+        saga: id,
+        owner,
+        token: saga_core::FencingToken(1),
+        expires_at: saga_core::after(saga_core::now(), Duration::from_secs(60)),
+        taken_over_from: None,
+    };
+    store
+        .apply(
+            &lease,
+            &[
+                Change::CompleteStep {
+                    index: StepIndex(0),
+                    name: StepName::new("reserve_stock"),
+                    phase: Phase::Action,
+                    attempt: Attempt::FIRST,
+                    output: Some(serde_json::json!("reserve_stock-done")),
+                },
+                begin(1, "charge_card"),
+            ],
+        )
+        .await
+        .unwrap();
+    script.apply(&key(id, "charge_card", Phase::Action));
+    (id, lease)
+}
+
+/// Checks that both compensable steps were undone once each, with their own keys.
+fn assert_both_undone(script: &Script, id: SagaId) {
+    for step in ["charge_card", "reserve_stock"] {
+        let undo = script.effect(&key(id, step, Phase::Compensation));
+        assert_eq!(undo.applied, 1, "{step} was compensated");
+    }
+    assert_eq!(
+        script.calls_of("charge_card", Phase::Compensation).len(),
+        1,
+        "one refund"
+    );
+}
+
+/// Checks that a cancelled saga began no step after the cancel: the receipt never ran.
+fn assert_nothing_new_began(script: &Script) {
+    assert!(
+        script.calls_of("send_receipt", Phase::Action).is_empty(),
+        "a cancel never starts a step that had not begun"
+    );
+}
+
+pub async fn a_cancel_during_a_retry_backoff_settles_the_begun_step_then_compensates_it<
+    S: Store,
+>(
+    store: Arc<S>,
+) {
+    use saga_core::{Attempt, Change, StepIndex, StepName};
+    let script = Script::new();
+    let (id, lease) = begun_charge(&store, &script, 60).await;
+    // The charge timed out (it took effect); its retry is due shortly and the lease returned.
+    let due = saga_core::after(saga_core::now(), Duration::from_millis(300));
+    store
+        .apply(
+            &lease,
+            &[
+                Change::FailStep {
+                    index: StepIndex(1),
+                    name: StepName::new("charge_card"),
+                    phase: Phase::Action,
+                    attempt: Attempt::FIRST,
+                    error: StepError::unknown("attempt timed out after 1s"),
+                    retry_at: Some(due),
+                },
+                Change::Release {
+                    next_run_at: Some(due),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    let admin = saga_core::Admin::new(store.clone());
+    assert_eq!(
+        admin
+            .cancel_saga(id, "erin", "customer changed their mind")
+            .await
+            .unwrap(),
+        saga_core::CancelOutcome::Compensating,
+        "nobody holds the saga during the backoff"
+    );
+    let worker = orchestrator(&store, Duration::from_secs(5));
+    worker.register(Probe(script.clone())).unwrap();
+    worker.run();
+    assert_eq!(
+        worker.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::Compensated
+    );
+    let charges = script.calls_of("charge_card", Phase::Action);
+    assert_eq!(
+        charges.iter().map(|call| call.attempt).collect::<Vec<_>>(),
+        vec![2],
+        "the begun charge is settled by its retry, with its key"
+    );
+    assert_eq!(
+        charges[0].key,
+        key(id, "charge_card", Phase::Action).as_str()
+    );
+    assert_both_undone(&script, id);
+    assert_nothing_new_began(&script);
+    worker.shutdown().await;
+}
+
+pub async fn a_cancel_after_a_worker_died_mid_action_compensates_that_action<S: Store>(
+    store: Arc<S>,
+) {
+    let script = Script::new();
+    script.plan("charge_card", Phase::Action, &[Outcome::ApplyThenHang]);
+    let first = orchestrator(&store, Duration::from_millis(400));
+    first.register(Probe(script.clone())).unwrap();
+    first.run();
+    let id = first.start::<Probe>(&input(61)).await.unwrap();
+    wait_until("charge_card runs", || {
+        !script.calls_of("charge_card", Phase::Action).is_empty()
+    })
+    .await;
+    first.kill(); // dies after the charge, before `completed` is written
+    let admin = saga_core::Admin::new(store.clone());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // Requested while the dead worker's lease still looks live; at once once it expired.
+        let outcome = admin.cancel_saga(id, "erin", "order withdrawn").await;
+        match outcome {
+            Ok(saga_core::CancelOutcome::Compensating) => break,
+            Ok(_) => {}
+            Err(err) => panic!("cancel failed: {err}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = orchestrator(&store, Duration::from_millis(400));
+    second.register(Probe(script.clone())).unwrap();
+    second.run();
+    assert_eq!(
+        second.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::Compensated
+    );
+    assert_eq!(
+        script.effect(&key(id, "charge_card", Phase::Action)).calls,
+        2,
+        "the interrupted charge was settled by a retry with its key"
+    );
+    assert_both_undone(&script, id);
+    assert_nothing_new_began(&script);
+    second.shutdown().await;
+}
+
+pub async fn re_driving_a_saga_parked_while_compensating_keeps_compensating<S: Store>(
+    store: Arc<S>,
+) {
+    let script = Script::new();
+    let (id, lease) = begun_charge(&store, &script, 62).await;
+    store
+        .apply(
+            &lease,
+            &[saga_core::Change::Release {
+                next_run_at: Some(saga_core::now()),
+            }],
+        )
+        .await
+        .unwrap();
+    let admin = saga_core::Admin::new(store.clone());
+    assert_eq!(
+        admin
+            .cancel_saga(id, "erin", "fraud suspected")
+            .await
+            .unwrap(),
+        saga_core::CancelOutcome::Compensating
+    );
+    // A worker that does not know the saga type parks it.
+    let broken = orchestrator(&store, Duration::from_secs(5));
+    broken.run();
+    assert_eq!(
+        broken.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::NeedsIntervention
+    );
+    broken.shutdown().await;
+    let item = open_item(&store, id).await;
+    let parked = admin.intervention(item).await.unwrap();
+    assert_eq!(parked.item.kind, InterventionKind::Unresumable);
+    assert_eq!(parked.item.parked_from, Some(SagaStatus::Compensating));
+    assert_eq!(
+        admin.retry(item, "ops", "deployed the fix").await.unwrap(),
+        SagaStatus::Compensating,
+        "a saga parked while compensating resumes compensating"
+    );
+    let fixed = orchestrator(&store, Duration::from_secs(5));
+    fixed.register(Probe(script.clone())).unwrap();
+    fixed.run();
+    assert_eq!(
+        fixed.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::Compensated
+    );
+    assert_both_undone(&script, id);
+    assert_nothing_new_began(&script);
+    fixed.shutdown().await;
+}
+
+pub async fn an_output_with_a_nul_character_is_escalated_alike_then_retried_by_an_operator<
+    S: Store,
+>(
+    store: Arc<S>,
+) {
+    let script = Script::new();
+    let nul = Outcome::OkWith("receipt\u{0}42");
+    script.plan("charge_card", Phase::Action, &[nul, nul, nul]);
+    let (orchestrator, id) = run_one(&store, &script, 63).await;
+    assert_eq!(
+        orchestrator.snapshot(id).await.unwrap().record.status,
+        SagaStatus::NeedsIntervention,
+        "an output no store can keep is an unknown outcome, the same on every backend"
+    );
+    let items = store.interventions(true).await.unwrap();
+    assert_eq!(items.len(), 1);
+    let item = &items[0];
+    assert_eq!(item.item.kind, InterventionKind::UnknownOutcome);
+    assert_eq!(item.item.phase, Some(Phase::Action));
+    assert_eq!(
+        item.item.idempotency_key,
+        Some(key(id, "charge_card", Phase::Action))
+    );
+    assert!(
+        item.item.error.contains("NUL character"),
+        "{}",
+        item.item.error
+    );
+    let charge = orchestrator
+        .snapshot(id)
+        .await
+        .unwrap()
+        .step(saga_core::StepIndex(1), Phase::Action)
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        charge.status,
+        StepStatus::InProgress,
+        "never recorded failed"
+    );
+    // The step is fixed (the next call answers cleanly): the operator runs it again.
+    let admin = orchestrator.admin();
+    assert_eq!(
+        admin
+            .retry(item.item.id, "alice", "fixed the receipt encoding")
+            .await
+            .unwrap(),
+        SagaStatus::Running
+    );
+    assert_eq!(
+        orchestrator.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::Completed
+    );
+    let charges = script.calls_of("charge_card", Phase::Action);
+    assert_eq!(
+        charges.iter().map(|call| call.attempt).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert!(charges.iter().all(|call| call.key == charges[0].key));
+    orchestrator.shutdown().await;
+}
+
+pub async fn an_operator_resolves_an_unknown_outcome_as_not_applied_and_the_saga_compensates<
+    S: Store,
+>(
+    store: Arc<S>,
+) {
+    let script = Script::new();
+    script.plan(
+        "charge_card",
+        Phase::Action,
+        &[Outcome::Hang, Outcome::Hang, Outcome::Hang],
+    );
+    let (orchestrator, id) = run_one(&store, &script, 64).await;
+    assert_eq!(
+        orchestrator.snapshot(id).await.unwrap().record.status,
+        SagaStatus::NeedsIntervention,
+        "three timeouts: the outcome is unknown, so a person decides"
+    );
+    let item = open_item(&store, id).await;
+    let admin = orchestrator.admin();
+    assert_eq!(
+        admin
+            .resolve(item, "bob", "the provider shows no charge")
+            .await
+            .unwrap(),
+        SagaStatus::Compensating
+    );
+    assert_eq!(
+        orchestrator.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::Compensated
+    );
+    assert!(script
+        .calls_of("charge_card", Phase::Compensation)
+        .is_empty());
+    assert_eq!(
+        script.calls_of("reserve_stock", Phase::Compensation).len(),
+        1
+    );
+    let charge = orchestrator
+        .snapshot(id)
+        .await
+        .unwrap()
+        .step(saga_core::StepIndex(1), Phase::Action)
+        .cloned()
+        .unwrap();
+    assert_eq!(charge.status, StepStatus::Failed);
+    assert!(
+        charge
+            .last_error
+            .unwrap_or_default()
+            .contains("resolve by bob"),
+        "the history of the step says who decided"
+    );
+    orchestrator.shutdown().await;
+}
+
+pub async fn a_step_that_panics_before_its_future_exists_is_caught_like_any_panic<S: Store>(
+    store: Arc<S>,
+) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    struct Eager(AtomicU32);
+    impl Saga for Eager {
+        type Input = u64;
+        fn definition() -> SagaDefinition<Self> {
+            fn eager(
+                saga: Arc<Eager>,
+                _: StepContext<u64>,
+            ) -> std::future::Ready<Result<u64, StepError>> {
+                assert!(
+                    saga.0.fetch_add(1, Ordering::SeqCst) > 0,
+                    "panics before its future exists"
+                );
+                std::future::ready(Ok(7))
+            }
+            SagaDefinition::new("eager", 1).step(
+                Step::new("eager", eager)
+                    .retry(probe_retry())
+                    .irreversible(),
+            )
+        }
+    }
+    let orchestrator = orchestrator(&store, Duration::from_secs(5));
+    orchestrator.register(Eager(AtomicU32::new(0))).unwrap();
+    orchestrator.run();
+    let id = orchestrator.start::<Eager>(&1).await.unwrap();
+    assert_eq!(
+        orchestrator.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::Completed
+    );
+    let rendered = orchestrator.history(id).await.unwrap().render();
+    assert!(
+        rendered.contains("eager  action  retry  attempt=1  unknown: step panicked: panics before its future exists"),
+        "{rendered}"
+    );
+    orchestrator.shutdown().await;
+}
+
+async fn run_probed<S: Store>(
+    store: &Arc<S>,
+    script: &Arc<Script>,
+    order: u64,
+) -> (Orchestrator, SagaId) {
+    let orchestrator = orchestrator(store, Duration::from_secs(5));
+    orchestrator.register(Probed(script.clone())).unwrap();
+    orchestrator.run();
+    let id = orchestrator.start::<Probed>(&input(order)).await.unwrap();
+    orchestrator.wait(id, WAIT).await.unwrap();
+    (orchestrator, id)
+}
+
+pub async fn a_probe_that_finds_the_effect_completes_the_step_without_running_it_again<S: Store>(
+    store: Arc<S>,
+) {
+    let script = Script::new();
+    script.plan("charge_card", Phase::Action, &[Outcome::ApplyThenUnknown]);
+    script.plan("send_receipt", Phase::Action, &[Outcome::Permanent]);
+    let (orchestrator, id) = run_probed(&store, &script, 65).await;
+    assert_eq!(
+        orchestrator.snapshot(id).await.unwrap().record.status,
+        SagaStatus::Compensated
+    );
+    assert_eq!(
+        script.calls_of("charge_card", Phase::Action).len(),
+        1,
+        "the probe found the charge: it is not made again"
+    );
+    assert_eq!(
+        script.probes(),
+        vec![key(id, "charge_card", Phase::Action).as_str().to_owned()]
+    );
+    // Compensated like any completed step, with the output the probe found.
+    assert_both_undone(&script, id);
+    orchestrator.shutdown().await;
+}
+
+pub async fn a_probe_that_finds_no_effect_lets_the_step_run_again<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    script.plan("charge_card", Phase::Action, &[Outcome::Hang]);
+    let (orchestrator, id) = run_probed(&store, &script, 66).await;
+    assert_eq!(
+        orchestrator.snapshot(id).await.unwrap().record.status,
+        SagaStatus::Completed
+    );
+    let charges = script.calls_of("charge_card", Phase::Action);
+    assert_eq!(
+        charges.iter().map(|call| call.attempt).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(script.probes().len(), 1, "asked once, before running again");
+    let rendered = orchestrator.history(id).await.unwrap().render();
+    assert!(
+        rendered.contains("the probe found that attempt 1 did not take effect"),
+        "{rendered}"
+    );
+    orchestrator.shutdown().await;
+}
+
+pub async fn a_probe_that_cannot_answer_escalates_the_unknown_outcome<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    script.plan("charge_card", Phase::Action, &[Outcome::ApplyThenUnknown]);
+    script.fail_probes(u32::MAX);
+    let (orchestrator, id) = run_probed(&store, &script, 67).await;
+    assert_eq!(
+        orchestrator.snapshot(id).await.unwrap().record.status,
+        SagaStatus::NeedsIntervention
+    );
+    assert_eq!(
+        script.probes().len(),
+        3,
+        "the probe is retried per the step's policy (3 attempts)"
+    );
+    let items = store.interventions(true).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].item.kind, InterventionKind::UnknownOutcome);
+    assert!(
+        items[0].item.error.contains("the probe could not tell"),
+        "{}",
+        items[0].item.error
+    );
+    assert_eq!(script.calls_of("charge_card", Phase::Action).len(), 1);
+    // The lookup is back: the operator's retry asks again and finds the charge.
+    script.fail_probes(0);
+    orchestrator
+        .admin()
+        .retry(items[0].item.id, "alice", "lookup restored")
+        .await
+        .unwrap();
+    assert_eq!(
+        orchestrator.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::Completed
+    );
+    assert_eq!(script.calls_of("charge_card", Phase::Action).len(), 1);
+    orchestrator.shutdown().await;
 }

@@ -156,6 +156,7 @@ fn intervention(saga: SagaId) -> NewIntervention {
         input: Some(json!({ "order": 7, "items": ["a", "b"] })),
         output: Some(json!({ "charge_id": "ch_123", "cents": 4200 })),
         error: "permanent: refund refused, card closed".to_owned(),
+        parked_from: Some(SagaStatus::Compensating),
     }
 }
 
@@ -1441,4 +1442,40 @@ pub async fn a_restarted_worker_takes_back_its_own_leases_at_once<S: Store>(stor
             .iter()
             .any(|event| event.kind == EventKind::LeaseTakenOver));
     }
+}
+
+pub async fn an_immediate_cancel_fences_off_a_holder_that_was_still_alive<S: Store>(store: Arc<S>) {
+    let id = create(&*store, new_saga("checkout", None, json!({ "order": 70 }))).await;
+    let lease = claim_one(&*store, "slow-holder", now(), Duration::from_millis(200)).await;
+    apply_ok(&*store, &lease, &[begin(id, 0, Phase::Action, 1)]).await;
+    // The holder's lease runs out (its heartbeats are delayed), yet it is alive.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let outcome = store
+        .request_cancel(id, "erin", "customer called", now())
+        .await
+        .unwrap();
+    assert_eq!(outcome, saga_core::CancelOutcome::Compensating);
+    let loaded = snapshot(&*store, id).await;
+    assert_eq!(loaded.record.status, SagaStatus::Compensating);
+    assert_eq!(loaded.record.lease_owner, None, "the lease is taken away");
+    assert!(
+        loaded.record.fencing_token.0 > lease.token.0,
+        "the fencing token moves on, so the old holder's writes fail"
+    );
+    match store
+        .apply(
+            &lease,
+            &[complete(0, Phase::Action, 1, Some(json!("late")))],
+        )
+        .await
+    {
+        Err(Error::LeaseLost(saga)) => assert_eq!(saga, id),
+        other => panic!("the old holder's write must be fenced off, got {other:?}"),
+    }
+    let step = snapshot(&*store, id)
+        .await
+        .step(StepIndex(0), Phase::Action)
+        .cloned()
+        .unwrap();
+    assert_eq!(step.status, StepStatus::InProgress, "nothing written");
 }

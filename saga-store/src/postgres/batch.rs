@@ -76,9 +76,9 @@ pub(super) struct Write {
 
 /// The statement's parts. Parameters: $1..$10 the sagas (fence and row changes), $11..$16 begun
 /// steps, $17..$23 finished steps (completed, failed for good, or failed with a retry due),
-/// $24..$33 interventions, $34..$39 events, $40 now, $41 whether to wake idle workers, $42 the
-/// wake-up channel, $43..$46 the position of the write each begun step, finished step,
-/// intervention and event belongs to. It returns the positions of the writes whose fence held
+/// $24..$33 interventions (and $70 the status each parked its saga from), $34..$39 events, $40
+/// now, $41 whether to wake idle workers, $42 the wake-up channel, $43..$46 the position of the
+/// write each begun step, finished step, intervention and event belongs to. It returns the positions of the writes whose fence held
 /// (the others wrote nothing).
 macro_rules! fence_begin_finish {
     () => {
@@ -141,12 +141,13 @@ macro_rules! escalate {
         "
 escalated AS (
     INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
-        idempotency_key, input, output, error, status, opened_at)
+        idempotency_key, input, output, error, status, opened_at, parked_from)
     SELECT e.id, e.saga, e.kind, e.idx, e.step, e.phase, e.key, e.input, e.output, e.error,
-           'open', $40
+           'open', $40, e.parked_from
       FROM UNNEST($24::uuid[], $25::uuid[], $26::text[], $27::int4[], $28::text[], $29::text[],
-                  $30::text[], $31::jsonb[], $32::jsonb[], $33::text[], $45::int8[])
-           AS e(id, saga, kind, idx, step, phase, key, input, output, error, w)
+                  $30::text[], $31::jsonb[], $32::jsonb[], $33::text[], $45::int8[],
+                  $70::text[])
+           AS e(id, saga, kind, idx, step, phase, key, input, output, error, w, parked_from)
       JOIN inst ON inst.n = e.w
     ON CONFLICT (id) DO NOTHING),
 "
@@ -306,6 +307,7 @@ struct Columns {
     e_input: Vec<Option<serde_json::Value>>,
     e_output: Vec<Option<serde_json::Value>>,
     e_error: Vec<String>,
+    e_parked_from: Vec<Option<String>>,
     events: EventColumns,
     /// For each begun step, finished step, intervention and event: the position
     /// (from 1) of the write it belongs to. Rows join their own write's fence, not just any
@@ -490,11 +492,12 @@ impl Columns {
                     self.c_write.push(position);
                     self.c_index.push(int(index.0));
                     self.c_phase.push(phase.as_str().to_owned());
-                    self.c_status.push(if retry_at.is_some() {
-                        "pending"
-                    } else {
-                        "failed"
-                    });
+                    self.c_status.push(
+                        change
+                            .step_status()
+                            .unwrap_or(saga_core::StepStatus::Failed)
+                            .as_str(),
+                    );
                     self.c_output.push(None);
                     self.c_error.push(Some(error.to_string()));
                     self.c_retry_at.push(*retry_at);
@@ -530,6 +533,8 @@ impl Columns {
                     self.e_input.push(item.input.clone());
                     self.e_output.push(item.output.clone());
                     self.e_error.push(item.error.clone());
+                    self.e_parked_from
+                        .push(item.parked_from.map(|status| status.as_str().to_owned()));
                 }
                 Change::Release { next_run_at } => release = Some(*next_run_at),
             }
@@ -643,6 +648,7 @@ pub(super) async fn execute<'e>(
     let row: PgRow = c
         .k_events
         .bind(c.k_begins.bind(query))
+        .bind(c.e_parked_from)
         .fetch_one(executor)
         .await
         .map_err(|err| match (&err, creations) {

@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use saga_core::store::EventData;
-use saga_core::store::{cannot_cancel, operator_event, settled_status, settlement_detail};
+use saga_core::store::{
+    cancel_detail, cannot_cancel, operator_event, settled_status, settled_step, settlement_detail,
+};
 use saga_core::{
     CancelOutcome, Change, Created, Error, Event, FencingToken, Intervention, InterventionId,
-    InterventionKind, Lease, NewSaga, Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot,
-    SagaStatus, SettleAction, Settlement, StepContext, StepError, StepTransaction, Store,
-    Timestamp, WorkerId,
+    Lease, NewSaga, Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus, Settlement,
+    StepContext, StepError, StepTransaction, Store, Timestamp, WorkerId,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, Postgres, Row, Transaction};
@@ -628,25 +629,19 @@ impl Store for PgStore {
             .await?
             .ok_or(Error::SagaNotFound(item.saga_id))?;
         let status = settled_status(&item, &snapshot, settlement.action)?;
-        if let (
-            SettleAction::Retry | SettleAction::Resolve,
-            Some((index, _)),
-            InterventionKind::CompensationFailed,
-        ) = (settlement.action, &item.item.step, item.item.kind)
-        {
-            let step_status = if settlement.action == SettleAction::Retry {
-                "pending"
-            } else {
-                "completed"
-            };
+        if let Some(step) = settled_step(&item, settlement, now) {
             sqlx::query(
-                "UPDATE saga_steps SET status = $1, next_attempt_at = NULL, finished_at = $2
-                  WHERE saga_id = $3 AND step_index = $4 AND phase = 'compensation'",
+                "UPDATE saga_steps SET status = $1, next_attempt_at = $2, finished_at = $3,
+                        last_error = COALESCE($4, last_error)
+                  WHERE saga_id = $5 AND step_index = $6 AND phase = $7",
             )
-            .bind(step_status)
+            .bind(step.status.as_str())
+            .bind(step.next_attempt_at)
             .bind(now)
+            .bind(step.last_error)
             .bind(item.saga_id.as_uuid())
-            .bind(batch::int(index.0))
+            .bind(batch::int(step.index.0))
+            .bind(step.phase.as_str())
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
@@ -691,7 +686,15 @@ impl Store for PgStore {
             .await?
             .ok_or(Error::SagaNotFound(id))?;
         let record = &snapshot.record;
-        let request = format!("cancel requested by {by}: {reason}");
+        let request = cancel_detail(by, reason);
+        // Whether the lease is live is judged by the database's clock, which every worker's
+        // lease expiry was measured against, not by the caller's.
+        let db_now: Timestamp = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let _ = now;
+        let now = db_now;
         let outcome = match record.status {
             SagaStatus::Compensating => return Ok(CancelOutcome::AlreadyCompensating),
             SagaStatus::Running => {
@@ -710,9 +713,13 @@ impl Store for PgStore {
                     .map_err(classify)?;
                     CancelOutcome::Requested
                 } else {
+                    // The lease is taken away for good (owner cleared, token bumped): a
+                    // holder that was in fact alive cannot go on to complete a step.
                     sqlx::query(
                         "UPDATE saga_instances SET status = 'compensating', status_reason = $1,
-                                cancel_requested = NULL, next_run_at = $2, updated_at = $2
+                                cancel_requested = NULL, next_run_at = $2, updated_at = $2,
+                                lease_owner = NULL, lease_expires_at = NULL,
+                                fencing_token = fencing_token + 1
                           WHERE id = $3",
                     )
                     .bind(&request)
@@ -1146,11 +1153,10 @@ async fn apply_change(
             retry_at,
             ..
         } => {
-            let status = if retry_at.is_some() {
-                "pending"
-            } else {
-                "failed"
-            };
+            let status = change
+                .step_status()
+                .unwrap_or(saga_core::StepStatus::Failed)
+                .as_str();
             let done = sqlx::query(
                 "UPDATE saga_steps SET status = $1, last_error = $2, next_attempt_at = $3,
                         finished_at = $4
@@ -1190,8 +1196,8 @@ async fn apply_change(
                             cancel_requested = NULL
                       WHERE id = $2)
                  INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
-                     idempotency_key, input, output, error, status, opened_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'open', $11)
+                     idempotency_key, input, output, error, status, opened_at, parked_from)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'open', $11, $12)
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(item.id.as_uuid())
@@ -1205,6 +1211,7 @@ async fn apply_change(
             .bind(&item.output)
             .bind(&item.error)
             .bind(now)
+            .bind(item.parked_from.map(|status| status.as_str()))
             .execute(&mut **tx)
             .await
             .map_err(classify)?;

@@ -159,6 +159,7 @@ pub(super) fn intervention(row: &PgRow) -> Result<Intervention, Error> {
             input: r.get("input")?,
             output: r.get("output")?,
             error: r.get("error")?,
+            parked_from: r.opt_parsed("parked_from", str::parse::<saga_core::SagaStatus>)?,
         },
         status: r.parsed("status", |text| {
             InterventionStatus::parse(text).ok_or_else(|| format!("unknown status `{text}`"))

@@ -7,12 +7,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use saga_core::store::{cannot_cancel, operator_event, settled_status, settlement_detail};
+use saga_core::store::{
+    cancel_detail, cannot_cancel, operator_event, settled_status, settled_step, settlement_detail,
+};
 use saga_core::{
-    CancelOutcome, Change, Created, Error, Event, Intervention, InterventionId, InterventionKind,
-    InterventionStatus, Lease, NewSaga, Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot,
-    SagaStatus, SettleAction, Settlement, StepContext, StepError, StepTransaction, Store,
-    Timestamp, WorkerId,
+    CancelOutcome, Change, Created, Error, Event, Intervention, InterventionId, InterventionStatus,
+    Lease, NewSaga, Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus, Settlement,
+    StepContext, StepError, StepTransaction, Store, Timestamp, WorkerId,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -472,25 +473,19 @@ impl Store for SqliteStore {
             .ok_or(Error::SagaNotFound(item.saga_id))?;
         let status = settled_status(&item, &snapshot, settlement.action)?;
         let saga = item.saga_id.to_string();
-        if let (
-            SettleAction::Retry | SettleAction::Resolve,
-            Some((index, _)),
-            InterventionKind::CompensationFailed,
-        ) = (settlement.action, &item.item.step, item.item.kind)
-        {
-            let step_status = if settlement.action == SettleAction::Retry {
-                "pending"
-            } else {
-                "completed"
-            };
+        if let Some(step) = settled_step(&item, settlement, now) {
             sqlx::query(
-                "UPDATE saga_steps SET status = ?, next_attempt_at = NULL, finished_at = ?
-                  WHERE saga_id = ? AND step_index = ? AND phase = 'compensation'",
+                "UPDATE saga_steps SET status = ?, next_attempt_at = ?, finished_at = ?,
+                        last_error = COALESCE(?, last_error)
+                  WHERE saga_id = ? AND step_index = ? AND phase = ?",
             )
-            .bind(step_status)
+            .bind(step.status.as_str())
+            .bind(step.next_attempt_at.map(millis))
             .bind(millis(now))
+            .bind(step.last_error)
             .bind(&saga)
-            .bind(i64::from(index.0))
+            .bind(i64::from(step.index.0))
+            .bind(step.phase.as_str())
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
@@ -539,7 +534,7 @@ impl Store for SqliteStore {
             .await?
             .ok_or(Error::SagaNotFound(id))?;
         let record = &snapshot.record;
-        let request = format!("cancel requested by {by}: {reason}");
+        let request = cancel_detail(by, reason);
         let outcome = match record.status {
             SagaStatus::Compensating => return Ok(CancelOutcome::AlreadyCompensating),
             SagaStatus::Running => {
@@ -557,9 +552,13 @@ impl Store for SqliteStore {
                     .map_err(classify)?;
                     CancelOutcome::Requested
                 } else {
+                    // The lease is taken away for good (owner cleared, token bumped): a
+                    // holder that was in fact alive cannot go on to complete a step.
                     sqlx::query(
                         "UPDATE saga_instances SET status = 'compensating', status_reason = ?,
-                                cancel_requested = NULL, next_run_at = ?, updated_at = ?
+                                cancel_requested = NULL, next_run_at = ?, updated_at = ?,
+                                lease_owner = NULL, lease_expires_at = NULL,
+                                fencing_token = fencing_token + 1
                           WHERE id = ?",
                     )
                     .bind(&request)
@@ -820,11 +819,10 @@ async fn apply_change(
             retry_at,
             ..
         } => {
-            let status = if retry_at.is_some() {
-                "pending"
-            } else {
-                "failed"
-            };
+            let status = change
+                .step_status()
+                .unwrap_or(saga_core::StepStatus::Failed)
+                .as_str();
             let done = sqlx::query(
                 "UPDATE saga_steps SET status = ?, last_error = ?, next_attempt_at = ?,
                         finished_at = ?
@@ -870,8 +868,8 @@ async fn apply_change(
             .map_err(classify)?;
             sqlx::query(
                 "INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
-                     idempotency_key, input, output, error, status, opened_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?)
+                     idempotency_key, input, output, error, status, opened_at, parked_from)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?)
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(item.id.to_string())
@@ -889,6 +887,7 @@ async fn apply_change(
             .bind(item.output.as_ref().map(json_text))
             .bind(&item.error)
             .bind(millis(now))
+            .bind(item.parked_from.map(|status| status.as_str()))
             .execute(&mut **tx)
             .await
             .map_err(classify)?;

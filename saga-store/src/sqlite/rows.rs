@@ -207,6 +207,11 @@ pub(super) fn intervention(row: &SqliteRow) -> Result<Intervention, Error> {
             input: r.opt_json("input")?,
             output: r.opt_json("output")?,
             error: r.text("error")?,
+            parked_from: r
+                .opt_text("parked_from")?
+                .map(|text| text.parse::<saga_core::SagaStatus>())
+                .transpose()
+                .map_err(|err| r.corrupt("parked_from", err))?,
         },
         status: r.parsed("status", |text| {
             InterventionStatus::parse(text).ok_or_else(|| format!("unknown status `{text}`"))

@@ -2,7 +2,9 @@
 //! were removed, reordered or renamed without a version bump, stored input that no longer
 //! decodes (Postgres) or is not JSON at all (SQLite), an input over the payload limit, a step
 //! that panics, an output over the limit, a compensation that hangs past its timeout — each
-//! ends parked or failed with a readable reason, and none is picked up again and again.
+//! ends parked or failed with a readable reason, and none is picked up again and again. A step
+//! that panics and an output over the limit are unknown outcomes (the effect may have
+//! happened): after their retries they wait for a person, never recorded as clean failures.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,14 +98,14 @@ pub(crate) async fn run(seed: u64) -> Report {
     );
     add(
         starter.start::<Panicky>(&1).await,
-        "a step that panics",
-        "compensated",
+        "a step that panics (an unknown outcome: escalated)",
+        "needs_intervention",
         "panicked",
     );
     add(
         starter.start::<BigOutput>(&1).await,
-        "an output over the payload limit",
-        "compensated",
+        "an output over the payload limit (took effect, cannot be recorded: escalated)",
+        "needs_intervention",
         "over the limit",
     );
     add(
