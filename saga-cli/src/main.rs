@@ -126,10 +126,15 @@ enum InterventionsCommand {
         #[arg(long)]
         by: Option<String>,
     },
-    /// The step was undone by hand: mark the compensation done and continue compensating.
+    /// The step was undone by hand: mark the compensation done and continue compensating. For
+    /// an unknown outcome (the action may or may not have taken effect), with --not-applied:
+    /// record that it did not, and compensate what completed before it.
     Resolve {
         /// The item id.
         id: String,
+        /// For an `unknown_outcome` item: you checked, and the action did not take effect.
+        #[arg(long)]
+        not_applied: bool,
         /// Why (required; recorded in the history).
         #[arg(long)]
         reason: String,
@@ -304,8 +309,25 @@ async fn interventions(
                 "say which item to retry: an item id, or --all --max N".into(),
             ))
         }
-        InterventionsCommand::Resolve { id, reason, by } => {
+        InterventionsCommand::Resolve {
+            id,
+            not_applied,
+            reason,
+            by,
+        } => {
             let id = parse_item_id(&id)?;
+            let unknown =
+                admin.intervention(id).await?.item.kind == saga::InterventionKind::UnknownOutcome;
+            if unknown && !not_applied {
+                return Err(bad_input(format!(
+                    "item {id} is an unknown outcome: the action may have taken effect. If you checked and it did not, say so with --not-applied (the saga then compensates what completed before it); to run it again with the same key, use `retry`"
+                )));
+            }
+            if not_applied && !unknown {
+                return Err(bad_input(format!(
+                    "--not-applied is for unknown_outcome items; item {id} is not one: drop the flag to mark its compensation done by hand"
+                )));
+            }
             let status = admin
                 .resolve(id, &operator(by)?, required_reason(&reason)?)
                 .await?;

@@ -363,3 +363,63 @@ async fn cancel_a_running_saga_and_prune_from_the_cli() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_outcome_is_resolved_only_with_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("unknown.db").display());
+    let store = Arc::new(saga_store::SqliteStore::connect(&db).await.unwrap());
+    let script = Script::new();
+    script.plan(
+        "charge_card",
+        Phase::Action,
+        &[Outcome::ApplyThenUnknown; 3],
+    );
+    let orchestrator = Orchestrator::new(
+        store.clone(),
+        Config::default().poll_interval(Duration::from_millis(20)),
+    );
+    orchestrator.register(Probe(script)).unwrap();
+    orchestrator.run();
+    let id = orchestrator.start::<Probe>(&input(5)).await.unwrap();
+    let record = orchestrator
+        .wait(id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(record.status, SagaStatus::NeedsIntervention);
+    orchestrator.shutdown().await;
+    let (without, with, shown) = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || {
+            let item = parked_item(&db);
+            let resolve = |extra: &[&str]| {
+                let mut args = vec!["interventions", "resolve", item.as_str()];
+                args.extend_from_slice(extra);
+                args.extend_from_slice(&["--reason", "no charge at the provider", "--by", "bob"]);
+                saga(&db, &args)
+            };
+            let without = resolve(&[]);
+            let with = resolve(&["--not-applied"]);
+            let shown = saga(&db, &["interventions", "show", &item]);
+            (without, with, shown)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(without.code, 2, "{}", without.stderr);
+    assert!(
+        without.stderr.contains("--not-applied") && without.stderr.contains("`retry`"),
+        "{}",
+        without.stderr
+    );
+    assert_eq!(with.code, 0, "{}", with.stderr);
+    assert!(shown.stdout.contains("unknown_outcome"), "{}", shown.stdout);
+    let snapshot = store.load(id).await.unwrap().unwrap();
+    assert_eq!(snapshot.record.status, SagaStatus::Compensating);
+    assert_eq!(
+        snapshot
+            .step(saga_core::StepIndex(1), Phase::Action)
+            .map(|step| step.status),
+        Some(saga_core::StepStatus::Failed)
+    );
+}

@@ -52,6 +52,7 @@ pub(crate) fn plan_for_key(i: u64) -> Plan {
         flaky: 0,
         lost: 0,
         work_ms: 1,
+        stall: 0,
     }
 }
 

@@ -131,11 +131,14 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "each crash_five saga ended as its plan says (completed / compensated / needs_intervention), \
-         or waits for a person with an unknown_outcome item",
+         unless an operator cancelled it or it waits for a person with an unknown_outcome item",
         "SELECT id::text FROM saga.saga_instances
           WHERE saga_type = 'crash_five' AND jsonb_typeof(input) = 'object' AND input ? 'fail_at'
             AND NOT EXISTS (SELECT 1 FROM saga.saga_interventions i
                              WHERE i.saga_id = saga_instances.id AND i.kind = 'unknown_outcome')
+            AND NOT EXISTS (SELECT 1 FROM saga.saga_events e
+                             WHERE e.saga_id = saga_instances.id AND e.kind = 'operator_action'
+                               AND e.detail LIKE 'cancel requested%')
             AND status <> CASE WHEN input->'fail_at' = 'null'::jsonb THEN 'completed'
                                WHEN input->'comp_fail_at' = 'null'::jsonb THEN 'compensated'
                                ELSE 'needs_intervention' END",

@@ -30,7 +30,7 @@ use scenarios::Report;
 
 type Run = fn(u64) -> Pin<Box<dyn Future<Output = Report> + Send>>;
 
-const SCENARIOS: [(&str, Run); 7] = [
+const SCENARIOS: [(&str, Run); 8] = [
     ("kill_random_workers", |seed| {
         Box::pin(scenarios::kill_random::run(seed))
     }),
@@ -51,6 +51,9 @@ const SCENARIOS: [(&str, Run); 7] = [
     }),
     ("poison_inputs_are_parked", |seed| {
         Box::pin(scenarios::poison::run(seed))
+    }),
+    ("cancel_under_kills", |seed| {
+        Box::pin(scenarios::cancel_under_kills::run(seed))
     }),
 ];
 

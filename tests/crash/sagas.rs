@@ -29,6 +29,10 @@ pub(crate) struct Plan {
     pub(crate) lost: u8,
     /// How long each step works, so that kills land mid-step.
     pub(crate) work_ms: u32,
+    /// Bit `i`: step `i`'s first attempt takes effect, then hangs past its timeout (an unknown
+    /// outcome the library must settle, never record as a clean failure).
+    #[serde(default)]
+    pub(crate) stall: u8,
 }
 
 impl Plan {
@@ -62,6 +66,7 @@ impl Plan {
             flaky,
             lost,
             work_ms: u32::try_from(rng.between(work_ms.0, work_ms.1)).unwrap_or(0),
+            stall: 0,
         }
     }
 
@@ -88,6 +93,9 @@ async fn work(ms: u32) {
     }
 }
 
+/// The timeout of each attempt of `crash_five`'s steps.
+const STEP_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// Five steps against the ledger, with planned failures.
 pub(crate) struct Crash(pub Ledger);
 
@@ -111,9 +119,13 @@ async fn crash_action(
     }
     let receipt = saga.0.call(&ctx, step, None).await?;
     if Plan::first_attempt_fails(plan.lost, step, &ctx) {
-        return Err(StepError::transient(
+        // The effect happened: the honest answer is "unknown", never "did not happen".
+        return Err(StepError::unknown(
             "response lost after the downstream applied the effect",
         ));
+    }
+    if Plan::first_attempt_fails(plan.stall, step, &ctx) {
+        tokio::time::sleep(STEP_TIMEOUT * 2).await;
     }
     Ok(Receipt { receipt })
 }
@@ -139,7 +151,7 @@ async fn crash_compensation(
     }
     saga.0.call(&ctx, step, Some(&receipt.receipt)).await?;
     if Plan::first_attempt_fails(plan.lost, step, &ctx) {
-        return Err(StepError::transient(
+        return Err(StepError::unknown(
             "response lost after the downstream applied the refund",
         ));
     }
@@ -155,7 +167,7 @@ impl Saga for Crash {
                 crash_action(saga, ctx, step)
             })
             .retry(retry())
-            .timeout(Duration::from_secs(20));
+            .timeout(STEP_TIMEOUT);
             if step < STEPS {
                 definition.step(
                     builder
@@ -163,7 +175,7 @@ impl Saga for Crash {
                             crash_compensation(saga, ctx, step, receipt)
                         })
                         .compensation_retry(retry())
-                        .compensation_timeout(Duration::from_secs(20)),
+                        .compensation_timeout(STEP_TIMEOUT),
                 )
             } else {
                 definition.step(builder.irreversible())

@@ -2,6 +2,7 @@
 //! worker specs, waiting for every saga to settle.
 
 pub(crate) mod ambiguous_commits;
+pub(crate) mod cancel_under_kills;
 pub(crate) mod concurrent_start;
 pub(crate) mod fault_points;
 pub(crate) mod kill_random;

@@ -1,0 +1,146 @@
+//! Scenario 8: operators cancel random running sagas while workers are SIGKILLed and steps
+//! time out after taking effect. A cancel never starts a step that had not begun, and a step
+//! that had begun — running, interrupted by a kill, or waiting for its retry after a timeout —
+//! is settled with its key before compensation: no effect is left in place while its saga says
+//! "compensated". The ledger invariant is strict here as everywhere: every effect belongs to a
+//! completed step phase or to the open item that escalated it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga::{Admin, CancelOutcome, Error, SagaId};
+use saga_store::PgStore;
+
+use super::{deaths, reported, settle, specs, Db, Report};
+use crate::harness::Workers;
+use crate::invariants;
+use crate::rng::Rng;
+use crate::sagas::{Plan, STEPS};
+
+const SAGAS: u64 = 400;
+const WORKERS: usize = 3;
+
+/// What the operators' cancels did.
+#[derive(Default)]
+struct Cancels {
+    requested: AtomicU64,
+    immediate: AtomicU64,
+    refused: AtomicU64,
+}
+
+pub(crate) async fn run(seed: u64) -> Report {
+    let db = Db::fresh().await;
+    let mut rng = Rng::new(seed);
+    let plans: Vec<Plan> = (0..SAGAS)
+        .map(|n| {
+            let mut plan = Plan::random(n, &mut rng, 0.1, (20, 120));
+            // A step in ten: the first attempt takes effect, then hangs past its timeout.
+            plan.stall = (1..=STEPS).fold(0u8, |bits, step| {
+                if rng.chance(0.1) {
+                    bits | (1 << step)
+                } else {
+                    bits
+                }
+            });
+            plan
+        })
+        .collect();
+    let started = db.start(plans).await;
+    let mut workers = Workers::start(specs(&db, "cancel", WORKERS, 1_500, seed), Vec::new());
+    workers.wait_ready(Duration::from_secs(30)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let cancels = Arc::new(Cancels::default());
+    let operator = tokio::spawn(cancel_randomly(
+        db.url.clone(),
+        seed ^ 0x0ca7_ce11,
+        Arc::clone(&stop),
+        Arc::clone(&cancels),
+    ));
+    settle(&db, &mut workers, Duration::from_secs(240), |workers| {
+        let slot =
+            usize::try_from(rng.between(0, u64::try_from(WORKERS - 1).unwrap_or(0))).unwrap_or(0);
+        workers.kill(slot);
+        workers.restart(slot);
+        Duration::from_millis(rng.between(300, 900))
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    operator.await.expect("the operator task");
+    workers.stop_all();
+
+    let summary = invariants::check(&db.pool, started, deaths(&workers)).await;
+    let requested = cancels.requested.load(Ordering::SeqCst);
+    let immediate = cancels.immediate.load(Ordering::SeqCst);
+    assert!(workers.kills > 0, "no worker was killed");
+    assert!(
+        requested + immediate >= 20,
+        "too few cancels to mean anything: {requested} requested, {immediate} immediate"
+    );
+    // Every cancelled saga that had a begun step settled it: none is left with a step begun.
+    let stalls_settled = db
+        .scalar(
+            "SELECT COUNT(*) FROM saga.saga_events
+              WHERE kind IN ('retry_scheduled', 'outcome_unknown') AND detail LIKE 'unknown:%timed out%'",
+        )
+        .await;
+    assert!(stalls_settled > 0, "no step timed out after its effect");
+    let cancelled_compensated = db
+        .scalar(
+            "SELECT COUNT(*) FROM saga.saga_instances s
+              WHERE s.status = 'compensated'
+                AND EXISTS (SELECT 1 FROM saga.saga_events e WHERE e.saga_id = s.id
+                             AND e.kind = 'operator_action' AND e.detail LIKE 'cancel requested%')",
+        )
+        .await;
+    let mut notes = reported(&workers);
+    notes.push(format!(
+        "cancels: {requested} requested of a holder, {immediate} immediate (lease lapsed or released), {} refused (already settled); {cancelled_compensated} cancelled sagas ended compensated",
+        cancels.refused.load(Ordering::SeqCst)
+    ));
+    notes.push(format!(
+        "attempts that timed out after their effect (unknown outcomes settled by a retry with the same key): {stalls_settled}"
+    ));
+    Report { summary, notes }
+}
+
+/// Every 10–40 ms, cancels a random running saga (about one try in three) until `stop`.
+async fn cancel_randomly(url: String, seed: u64, stop: Arc<AtomicBool>, cancels: Arc<Cancels>) {
+    let store = Arc::new(PgStore::connect(&url).await.expect("connect the operator"));
+    let admin = Admin::new(store.clone());
+    let pool = store.pool().clone();
+    let mut rng = Rng::new(seed);
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(rng.between(10, 40))).await;
+        // A running saga not yet asked to cancel, among the oldest fifty.
+        let offset = i64::try_from(rng.between(0, 50)).unwrap_or(0);
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT id::text FROM saga.saga_instances
+              WHERE status = 'running' AND cancel_requested IS NULL
+              ORDER BY id OFFSET $1 LIMIT 1",
+        )
+        .bind(offset)
+        .fetch_optional(&pool)
+        .await
+        .ok()
+        .flatten();
+        let Some(id) = id.and_then(|id| id.parse::<SagaId>().ok()) else {
+            continue;
+        };
+        if !rng.chance(0.35) {
+            continue;
+        }
+        match admin
+            .cancel_saga(id, "crash-operator", "cancelled while workers die")
+            .await
+        {
+            Ok(CancelOutcome::Requested) => cancels.requested.fetch_add(1, Ordering::SeqCst),
+            Ok(CancelOutcome::Compensating) => cancels.immediate.fetch_add(1, Ordering::SeqCst),
+            Ok(CancelOutcome::AlreadyCompensating) | Err(Error::InvalidAction(_)) => {
+                cancels.refused.fetch_add(1, Ordering::SeqCst)
+            }
+            Err(err) => panic!("cancel of {id} failed: {err}"),
+        };
+    }
+}
