@@ -135,6 +135,21 @@ impl Effects {
         }
     }
 
+    /// Whether a call with this key took effect.
+    async fn applied(&self, key: &str) -> Result<bool, sqlx::Error> {
+        let sql = "SELECT COUNT(*) FROM demo_effects WHERE idempotency_key = $1 AND applied = 1";
+        let count: i64 = match self {
+            Effects::Sqlite(pool) => sqlx::query_scalar(sql).bind(key).fetch_one(pool).await?,
+            Effects::Postgres(pool) => {
+                sqlx::query_scalar(&in_public(sql))
+                    .bind(key)
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        Ok(count > 0)
+    }
+
     /// Runs a query returning rows of (text..., bigint...) columns, as strings.
     async fn rows(&self, sql: &str, columns: &[&str]) -> Result<Vec<Vec<String>>, sqlx::Error> {
         fn cell<R: Row>(row: &R, column: &str) -> String
@@ -206,10 +221,12 @@ impl Downstream {
             return Err(StepError::transient("503 service unavailable"));
         }
         self.record(ctx).await?;
-        // Transient failure after the effect: the response was lost, so the caller retries a
-        // call that already took effect. Only the idempotency key prevents a second effect.
+        // The response is lost after the effect: the caller cannot tell whether the call took
+        // effect, so it says "unknown" (never "did not happen"). The library then asks the
+        // step's probe, or retries with the same key, which the service answers without a
+        // second effect.
         if roll("lost_response") < 0.10 {
-            return Err(StepError::transient("timeout waiting for the response"));
+            return Err(StepError::unknown("timeout waiting for the response"));
         }
         Ok(format!("{step}-{order}"))
     }
@@ -218,7 +235,18 @@ impl Downstream {
         self.effects
             .record(ctx)
             .await
-            .map_err(|err| StepError::transient(format!("downstream storage: {err}")))
+            // A write whose answer did not come back may have committed.
+            .map_err(|err| StepError::unknown(format!("downstream storage: {err}")))
+    }
+
+    /// Asks the service whether a call with this key took effect (its output if so).
+    async fn lookup(&self, ctx: &StepContext<Order>) -> Result<Option<String>, StepError> {
+        let applied = self
+            .effects
+            .applied(ctx.key().as_str())
+            .await
+            .map_err(|err| StepError::transient(format!("lookup failed: {err}")))?;
+        Ok(applied.then(|| format!("{}-{}", ctx.step(), ctx.input().order_no)))
     }
 }
 
@@ -241,7 +269,7 @@ fn unit(seed: u64, order: u64, step: &str, phase: Phase, attempt: u32, what: &st
 #[step(reserve_stock, compensate = release_stock, timeout = "5s",
        retry(max_attempts = 5, base = "20ms", max_delay = "500ms"),
        compensation_retry(max_attempts = 3, base = "20ms", max_delay = "500ms"))]
-#[step(charge_card, compensate = refund, timeout = "5s",
+#[step(charge_card, compensate = refund, probe = charge_status, timeout = "5s",
        retry(max_attempts = 5, base = "20ms", max_delay = "500ms"),
        compensation_retry(max_attempts = 3, base = "20ms", max_delay = "500ms"))]
 #[step(
@@ -273,6 +301,16 @@ async fn release_stock(
 async fn charge_card(saga: Arc<Checkout>, ctx: StepContext<Order>) -> Result<Payment, StepError> {
     let charge_id = saga.downstream.call(&ctx).await?;
     Ok(Payment { charge_id })
+}
+
+/// The payment provider's lookup by idempotency key: asked when a charge's outcome is unknown
+/// (a timeout, a lost answer, a worker that died mid-call) before charging again.
+async fn charge_status(
+    saga: Arc<Checkout>,
+    ctx: StepContext<Order>,
+) -> Result<Option<Payment>, StepError> {
+    let found = saga.downstream.lookup(&ctx).await?;
+    Ok(found.map(|charge_id| Payment { charge_id }))
 }
 
 async fn refund(
