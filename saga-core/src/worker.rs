@@ -239,9 +239,10 @@ async fn drive(
             tracing::info!(saga.id = %lease.saga, previous_owner = %previous, "took over an expired lease");
         }
     }
+    let clock = LeaseClock::new(&lease);
     let outcome = tokio::select! {
-        result = drive_saga(&inner, &lease, snapshot, begun) => result,
-        lost = keep_lease(&inner, &lease) => Err(lost),
+        result = drive_saga(&inner, &lease, &clock, snapshot, begun) => result,
+        lost = keep_lease(&inner, &lease, &clock) => Err(lost),
     };
     match outcome {
         Ok(()) => {}
@@ -255,16 +256,63 @@ async fn drive(
     inner.progress.notify_waiters();
 }
 
-/// Renews the lease every third of its duration; returns only when the lease is lost.
-async fn keep_lease(inner: &Inner, lease: &Lease) -> Error {
-    let every = (inner.config.lease_ttl / 3).max(Duration::from_millis(10));
+/// When the lease runs out by this worker's own (monotonic) reckoning: the time a renewal was
+/// sent plus the lease's duration. A step never begins after it.
+pub(crate) struct LeaseClock {
+    expires: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl LeaseClock {
+    fn new(lease: &Lease) -> Self {
+        let left = (lease.expires_at - clock::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        Self {
+            expires: std::sync::Mutex::new(tokio::time::Instant::now() + left),
+        }
+    }
+
+    fn renewed(&self, sent: tokio::time::Instant, ttl: Duration) {
+        if let Ok(mut expires) = self.expires.lock() {
+            *expires = sent + ttl;
+        }
+    }
+
+    /// The lease's time left, by this worker's reckoning.
+    pub(crate) fn left(&self) -> Duration {
+        self.expires.lock().map_or(Duration::ZERO, |expires| {
+            expires.saturating_duration_since(tokio::time::Instant::now())
+        })
+    }
+}
+
+/// Renews the lease every third of its duration; a renewal that fails is retried at once with
+/// a short backoff while the lease has time left. Returns only when the lease is lost: refused
+/// by the store, or run out by this worker's reckoning before a renewal went through.
+async fn keep_lease(inner: &Inner, lease: &Lease, lease_clock: &LeaseClock) -> Error {
+    let ttl = inner.config.lease_ttl;
+    let every = (ttl / 3).max(Duration::from_millis(10));
+    let mut pause = every;
     loop {
-        tokio::time::sleep(every).await;
-        let expires_at = clock::after(clock::now(), inner.config.lease_ttl);
+        tokio::time::sleep(pause.min(lease_clock.left())).await;
+        if lease_clock.left().is_zero() {
+            tracing::warn!(saga.id = %lease.saga, "lease ran out before a heartbeat went through; stopping this drive");
+            return Error::LeaseLost(lease.saga);
+        }
+        let sent = tokio::time::Instant::now();
+        let expires_at = clock::after(clock::now(), ttl);
         match inner.store.heartbeat(lease, expires_at).await {
-            Ok(_) => {}
+            Ok(_) => {
+                lease_clock.renewed(sent, ttl);
+                pause = every;
+            }
             Err(err @ Error::LeaseLost(_)) => return err,
-            Err(err) => tracing::warn!(error = %err, "lease heartbeat failed; retrying"),
+            Err(err) => {
+                // Again soon, well within what is left of the lease.
+                pause = (lease_clock.left() / 4)
+                    .clamp(Duration::from_millis(5), Duration::from_millis(250));
+                tracing::warn!(error = %err, retry_in = ?pause, "lease heartbeat failed; retrying");
+            }
         }
     }
 }
@@ -272,6 +320,7 @@ async fn keep_lease(inner: &Inner, lease: &Lease) -> Error {
 async fn drive_saga(
     inner: &Inner,
     lease: &Lease,
+    lease_clock: &LeaseClock,
     claimed: Option<Result<SagaSnapshot>>,
     begun: Option<plan::Attempted>,
 ) -> Result<()> {
@@ -294,7 +343,7 @@ async fn drive_saga(
         Err(err) => return Err(err),
     };
     let span = saga_span(inner, lease, &snapshot.record);
-    async move { resume(inner, lease, snapshot, begun).await }
+    async move { resume(inner, lease, lease_clock, snapshot, begun).await }
         .instrument(span)
         .await
 }
@@ -329,6 +378,7 @@ fn saga_span(inner: &Inner, lease: &Lease, record: &crate::store::SagaRecord) ->
 async fn resume(
     inner: &Inner,
     lease: &Lease,
+    lease_clock: &LeaseClock,
     snapshot: SagaSnapshot,
     begun: Option<plan::Attempted>,
 ) -> Result<()> {
@@ -375,6 +425,7 @@ async fn resume(
         trace_id,
         inner,
         lease,
+        lease_clock,
         definition,
         input,
         snapshot,
@@ -401,6 +452,8 @@ struct Driver<'a> {
     trace_id: String,
     inner: &'a Inner,
     lease: &'a Lease,
+    /// When the lease runs out by this worker's reckoning.
+    lease_clock: &'a LeaseClock,
     definition: Arc<dyn ErasedSaga>,
     input: DecodedInput,
     snapshot: SagaSnapshot,
@@ -466,7 +519,18 @@ impl Driver<'_> {
         }
     }
 
+    /// Refuses to begin a step (or ask a probe) once the lease has run out by this worker's own
+    /// reckoning: another worker may be taking the saga over, and both would run the step.
+    fn check_lease_left(&self) -> Result<()> {
+        if self.lease_clock.left().is_zero() {
+            tracing::warn!(saga.id = %self.lease.saga, "the lease ran out before the next step; it is not begun here");
+            return Err(Error::LeaseLost(self.lease.saga));
+        }
+        Ok(())
+    }
+
     async fn run_step(&mut self, index: StepIndex, phase: Phase, attempt: Attempt) -> Result<()> {
+        self.check_lease_left()?;
         let position = usize::try_from(index.0).unwrap_or(usize::MAX);
         let Some(spec) = self.definition.specs().get(position).cloned() else {
             return Err(Error::CorruptRecord {
@@ -694,6 +758,7 @@ impl Driver<'_> {
     /// Asks the step's probe whether an attempt with an unknown outcome took effect (retrying
     /// the probe per the step's retry policy while it errors), and records the answer.
     async fn probe_step(&mut self, probing: plan::Probing) -> Result<()> {
+        self.check_lease_left()?;
         // What led here (the unknown outcome) is durable before anyone is asked.
         self.flush().await?;
         let position = usize::try_from(probing.index.0).unwrap_or(usize::MAX);
