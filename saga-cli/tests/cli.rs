@@ -351,6 +351,21 @@ async fn cancel_a_running_saga_and_prune_from_the_cli() {
         .unwrap();
     orchestrator.shutdown().await;
     tokio::time::sleep(Duration::from_millis(20)).await;
+    let ancient = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || saga(&db, &["--json", "prune", "--older-than", "100000000d"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        ancient.code, 0,
+        "an age beyond every date saturates: {}",
+        ancient.stderr
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&ancient.stdout).unwrap()["pruned"],
+        0
+    );
     let run = tokio::task::spawn_blocking({
         let db = db.clone();
         move || saga(&db, &["--json", "prune", "--older-than", "0s"])

@@ -55,8 +55,7 @@ impl Admin {
         age: Duration,
         filter: &SagaFilter,
     ) -> Result<Vec<SagaRecord>> {
-        let cutoff =
-            clock::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        let cutoff = clock::before(clock::now(), age);
         self.store
             .list(&SagaFilter {
                 created_before: Some(cutoff),
@@ -189,8 +188,7 @@ impl Admin {
     /// # Errors
     /// Store errors.
     pub async fn prune(&self, age: Duration, limit: u32) -> Result<u64> {
-        let cutoff =
-            clock::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        let cutoff = clock::before(clock::now(), age);
         self.store.prune(cutoff, limit).await
     }
 }

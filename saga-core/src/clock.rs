@@ -10,6 +10,25 @@ pub fn now() -> Timestamp {
     Utc::now().trunc_subsecs(3)
 }
 
+/// `at - duration`, saturating at the Unix epoch (before which no saga exists) instead of
+/// overflowing: an age of a hundred million days means "everything", not a panic.
+pub fn before(at: Timestamp, duration: std::time::Duration) -> Timestamp {
+    chrono::Duration::from_std(duration)
+        .ok()
+        .and_then(|delta| at.checked_sub_signed(delta))
+        .filter(|cutoff| *cutoff > DateTime::<Utc>::UNIX_EPOCH)
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+        .trunc_subsecs(3)
+}
+
+/// The monotonic instant `duration` from now, saturating about thirty years ahead instead of
+/// overflowing (`Duration::MAX` means "no limit", not a panic).
+pub(crate) fn instant_after(duration: std::time::Duration) -> tokio::time::Instant {
+    const FAR: std::time::Duration = std::time::Duration::from_secs(30 * 365 * 86_400);
+    let now = tokio::time::Instant::now();
+    now.checked_add(duration.min(FAR)).unwrap_or(now)
+}
+
 /// `at + duration`, saturating at the far future instead of overflowing.
 pub fn after(at: Timestamp, duration: std::time::Duration) -> Timestamp {
     chrono::Duration::from_std(duration)
@@ -17,4 +36,26 @@ pub fn after(at: Timestamp, duration: std::time::Duration) -> Timestamp {
         .and_then(|delta| at.checked_add_signed(delta))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
         .trunc_subsecs(3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn huge_durations_saturate_instead_of_panicking() {
+        let now = now();
+        assert_eq!(
+            after(now, Duration::MAX),
+            DateTime::<Utc>::MAX_UTC.trunc_subsecs(3)
+        );
+        assert_eq!(before(now, Duration::MAX), DateTime::<Utc>::UNIX_EPOCH);
+        assert_eq!(
+            before(now, Duration::from_secs(100_000_000 * 86_400)),
+            DateTime::<Utc>::UNIX_EPOCH
+        );
+        assert!(instant_after(Duration::MAX) > tokio::time::Instant::now());
+        assert_eq!(before(now, Duration::ZERO), now);
+    }
 }

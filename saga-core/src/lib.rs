@@ -84,7 +84,7 @@ pub mod telemetry;
 mod worker;
 
 pub use admin::{Admin, BatchResult};
-pub use clock::{after, now, Timestamp};
+pub use clock::{after, before, now, Timestamp};
 pub use config::Config;
 pub use context::{StepContext, TransactionSlot};
 pub use definition::{SagaDefinition, Step, StepBuilder, StepSpec, DEFAULT_TIMEOUT};

@@ -543,7 +543,7 @@ impl Orchestrator {
     /// # Errors
     /// [`Error::SagaNotFound`], [`Error::WaitTimeout`], store errors.
     pub async fn wait(&self, id: SagaId, timeout: Duration) -> Result<SagaRecord> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = clock::instant_after(timeout);
         loop {
             let progress = self.inner.progress.notified();
             let snapshot = self.snapshot(id).await?;

@@ -97,7 +97,7 @@ pub(crate) async fn dispatch(
         }
         if claim_now || tokio::time::Instant::now() >= next_poll {
             claim_now = false;
-            next_poll = tokio::time::Instant::now() + inner.config.poll_interval;
+            next_poll = clock::instant_after(inner.config.poll_interval);
             // Claim in bounded batches: a large `concurrency` fills up over a few claims
             // instead of one huge transaction.
             let wanted = free
@@ -147,7 +147,7 @@ pub(crate) async fn dispatch(
                         .saturating_mul(1 << failures.min(4))
                         .min(Duration::from_secs(5));
                     tracing::warn!(error = %err, retry_in = ?pause, "claiming sagas failed");
-                    next_poll = tokio::time::Instant::now() + pause;
+                    next_poll = clock::instant_after(pause);
                 }
             }
         }
@@ -268,13 +268,15 @@ impl LeaseClock {
             .to_std()
             .unwrap_or(Duration::ZERO);
         Self {
-            expires: std::sync::Mutex::new(tokio::time::Instant::now() + left),
+            expires: std::sync::Mutex::new(clock::instant_after(left)),
         }
     }
 
     fn renewed(&self, sent: tokio::time::Instant, ttl: Duration) {
         if let Ok(mut expires) = self.expires.lock() {
-            *expires = sent + ttl;
+            *expires = sent
+                .checked_add(ttl)
+                .unwrap_or_else(|| clock::instant_after(ttl));
         }
     }
 
