@@ -29,6 +29,9 @@ pub struct Config {
     pub metrics_interval: Duration,
     /// Most sagas claimed in one store call.
     pub claim_batch: usize,
+    /// How far this process's clock is off, simulated (tests of clock skew only; zero).
+    #[doc(hidden)]
+    pub simulated_clock_skew: chrono::Duration,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             telemetry: Telemetry::default(),
             metrics_interval: Duration::from_secs(10),
             claim_batch: 64,
+            simulated_clock_skew: chrono::Duration::zero(),
         }
     }
 }
@@ -93,6 +97,14 @@ impl Config {
     /// Sets how often gauges are sampled.
     pub fn metrics_interval(mut self, interval: Duration) -> Self {
         self.metrics_interval = interval;
+        self
+    }
+
+    /// Simulates a process clock that is `skew` off (ahead when positive), to test that
+    /// workers schedule by the store's clock. Not for production use.
+    #[doc(hidden)]
+    pub fn simulate_clock_skew(mut self, skew: chrono::Duration) -> Self {
+        self.simulated_clock_skew = skew;
         self
     }
 

@@ -59,6 +59,10 @@ pub(crate) struct Inner {
     /// Hands sagas started here to the running dispatcher.
     direct: Mutex<Option<mpsc::UnboundedSender<Direct>>>,
     hooks: RwLock<Vec<Hook>>,
+    /// This process's offset to the store's clock, in milliseconds (see [`Store::clock`]).
+    clock_offset_ms: std::sync::atomic::AtomicI64,
+    /// Whether the offset was measured at least once.
+    clock_synced: std::sync::atomic::AtomicBool,
 }
 
 /// A subscriber to lifecycle events.
@@ -150,6 +154,61 @@ fn record_metrics(saga_type: &str, changes: &[Change]) {
 }
 
 impl Inner {
+    /// This process's clock (with its simulated skew, in tests).
+    fn local_now(&self) -> Timestamp {
+        clock::now()
+            .checked_add_signed(self.config.simulated_clock_skew)
+            .unwrap_or_else(clock::now)
+    }
+
+    /// The time by the store's clock, as last measured: what leases, due times and retry times
+    /// are computed from.
+    pub(crate) fn now(&self) -> Timestamp {
+        let offset = self
+            .clock_offset_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.local_now()
+            .checked_add_signed(chrono::Duration::milliseconds(offset))
+            .unwrap_or_else(clock::now)
+    }
+
+    /// The time by the store's clock, measuring the offset first if it never was.
+    pub(crate) async fn synced_now(&self) -> Timestamp {
+        if !self.clock_synced.load(std::sync::atomic::Ordering::Relaxed) {
+            self.sync_clock().await;
+        }
+        self.now()
+    }
+
+    /// Measures this process's offset to the store's clock (half the round trip either side).
+    /// Offsets of a few milliseconds are noise and count as none. On failure the last
+    /// measurement stands.
+    pub(crate) async fn sync_clock(&self) {
+        let before = self.local_now();
+        match self.store.clock().await {
+            Ok(store_now) => {
+                let after = self.local_now();
+                let middle = before + (after - before) / 2;
+                let offset = (store_now - middle).num_milliseconds();
+                let offset = if offset.abs() <= 5 { 0 } else { offset };
+                let previous = self
+                    .clock_offset_ms
+                    .swap(offset, std::sync::atomic::Ordering::Relaxed);
+                self.clock_synced
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                if offset.abs() > 1_000 && (offset - previous).abs() > 1_000 {
+                    tracing::warn!(
+                        offset_ms = offset,
+                        "this process's clock is off from the store's; scheduling by the store's clock"
+                    );
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the store's clock failed; keeping the last offset");
+            }
+        }
+    }
+
     /// Tells the metrics and the subscribers what `changes`, just written for a saga of type
     /// `saga_type`, mean.
     pub(crate) fn notify_lifecycle(&self, saga: SagaId, saga_type: &str, changes: &[Change]) {
@@ -240,6 +299,8 @@ impl Orchestrator {
                 hooks: RwLock::new(Vec::new()),
                 slots: Slots::new(config.concurrency),
                 direct: Mutex::new(None),
+                clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
+                clock_synced: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -346,12 +407,13 @@ impl Orchestrator {
                 source,
             })?;
         let direct = self.direct_slot();
-        let lease = direct.as_ref().map(|_| {
-            (
+        let lease = match direct {
+            Some(_) => Some((
                 self.inner.config.worker_id.clone(),
-                clock::after(clock::now(), self.inner.config.lease_ttl),
-            )
-        });
+                clock::after(self.inner.synced_now().await, self.inner.config.lease_ttl),
+            )),
+            None => None,
+        };
         let mut new = NewSaga {
             id: SagaId::new(),
             saga_type: definition.saga_type().clone(),
@@ -369,11 +431,12 @@ impl Orchestrator {
         let mut begun = None;
         let snapshot = match &lease {
             Some((owner, until)) => {
-                let mut snapshot = direct_snapshot(&new, owner, *until);
+                let now = self.inner.now();
+                let mut snapshot = direct_snapshot(&new, owner, *until, now);
                 if let Some((change, attempted)) =
-                    first_step(&snapshot, definition.as_ref(), new.id)
+                    first_step(&snapshot, definition.as_ref(), new.id, now)
                 {
-                    snapshot.apply(&change, clock::now())?;
+                    snapshot.apply(&change, self.inner.now())?;
                     new.changes.push(change);
                     begun = Some(attempted);
                 }
@@ -408,7 +471,7 @@ impl Orchestrator {
                             // but never ran: record that attempt as not run, due again now,
                             // so that the next worker runs the step with the same key.
                             let work = unsent.0;
-                            let now = clock::now();
+                            let now = self.inner.now();
                             let mut changes = Vec::new();
                             if let Some(begun) = work.begun {
                                 if let Some(step) = work.snapshot.step(begun.index, begun.phase) {
@@ -477,7 +540,7 @@ impl Orchestrator {
         self.inner.shutdown.send_replace(false);
         // Every lease this run grants (from here on) expires after this time; leases held
         // under this worker id that expire before it belong to an earlier run.
-        let reclaim_before = clock::after(clock::now(), self.inner.config.lease_ttl);
+        let reclaim_before = clock::after(self.inner.now(), self.inner.config.lease_ttl);
         let (direct, receiver) = mpsc::unbounded_channel();
         if let Ok(mut sender) = self.inner.direct.lock() {
             *sender = Some(direct);
@@ -620,8 +683,9 @@ fn first_step(
     snapshot: &SagaSnapshot,
     definition: &dyn ErasedSaga,
     id: SagaId,
+    now: Timestamp,
 ) -> Option<(Change, crate::plan::Attempted)> {
-    match crate::plan::next_action(snapshot, definition.specs(), clock::now()) {
+    match crate::plan::next_action(snapshot, definition.specs(), now) {
         crate::plan::Action::Run {
             index,
             phase,
@@ -647,8 +711,12 @@ fn first_step(
     }
 }
 
-fn direct_snapshot(saga: &NewSaga, owner: &WorkerId, until: Timestamp) -> SagaSnapshot {
-    let now = clock::now();
+fn direct_snapshot(
+    saga: &NewSaga,
+    owner: &WorkerId,
+    until: Timestamp,
+    now: Timestamp,
+) -> SagaSnapshot {
     SagaSnapshot {
         record: SagaRecord {
             id: saga.id,

@@ -1033,6 +1033,18 @@ pub trait Store: Send + Sync + 'static {
         self.apply(lease, changes).await
     }
 
+    /// The store's clock: the time against which it judges leases and due times. Workers
+    /// measure their offset to it and schedule by it, so that a worker whose own clock is off
+    /// neither takes over live leases nor delays retries. The default is this process's clock
+    /// (right for stores kept in this process or on this machine); a database server reports
+    /// its own.
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn clock(&self) -> Result<Timestamp> {
+        Ok(crate::clock::now())
+    }
+
     /// Waits until the store signals that work may be due (a saga was started or released by
     /// any process), or until `max` has passed. Backends without notifications just sleep, so
     /// idle workers poll every `max`.

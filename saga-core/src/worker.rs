@@ -35,6 +35,9 @@ pub(crate) struct Direct {
     pub(crate) slot: Slot,
 }
 
+/// How often a dispatcher measures its offset to the store's clock again.
+const CLOCK_SYNC_EVERY: Duration = Duration::from_secs(30);
+
 /// The claim loop: keeps up to `concurrency` sagas in flight (one slot each) until shutdown,
 /// driving sagas started in this process at once and claiming due ones from the store.
 pub(crate) async fn dispatch(
@@ -62,6 +65,9 @@ pub(crate) async fn dispatch(
     // (or as soon as a slot frees up) only while the last claim filled its batch, since more
     // may be due then. Wake-ups that arrive while every slot is taken are kept until a slot
     // frees. Sagas started here arrive on `direct` and cost no claim.
+    // Schedule by the store's clock from the first claim on; measured again every so often.
+    inner.sync_clock().await;
+    let mut last_clock_sync = std::time::Instant::now();
     reclaim(&inner, &mut drives, reclaim_before).await;
     let mut claim_now = true;
     let mut backlog = false;
@@ -110,13 +116,17 @@ pub(crate) async fn dispatch(
                 .store
                 .claim_loaded(
                     &inner.config.worker_id,
-                    clock::now(),
+                    inner.now(),
                     inner.config.lease_ttl,
                     limit,
                 )
                 .await;
             metrics::histogram!(names::CLAIM_DURATION)
                 .record(claim_started.elapsed().as_secs_f64());
+            if last_clock_sync.elapsed() >= CLOCK_SYNC_EVERY {
+                last_clock_sync = std::time::Instant::now();
+                inner.sync_clock().await;
+            }
             if last_sample.elapsed() >= inner.config.metrics_interval {
                 last_sample = std::time::Instant::now();
                 if let Ok(open) = inner.store.count_open_interventions().await {
@@ -192,7 +202,7 @@ async fn reclaim(inner: &Arc<Inner>, drives: &mut JoinSet<()>, granted_before: c
             .reclaim(
                 &inner.config.worker_id,
                 granted_before,
-                clock::now(),
+                inner.now(),
                 inner.config.lease_ttl,
                 limit,
             )
@@ -239,7 +249,7 @@ async fn drive(
             tracing::info!(saga.id = %lease.saga, previous_owner = %previous, "took over an expired lease");
         }
     }
-    let clock = LeaseClock::new(&lease);
+    let clock = LeaseClock::new(&lease, inner.now());
     let outcome = tokio::select! {
         result = drive_saga(&inner, &lease, &clock, snapshot, begun) => result,
         lost = keep_lease(&inner, &lease, &clock) => Err(lost),
@@ -263,10 +273,8 @@ pub(crate) struct LeaseClock {
 }
 
 impl LeaseClock {
-    fn new(lease: &Lease) -> Self {
-        let left = (lease.expires_at - clock::now())
-            .to_std()
-            .unwrap_or(Duration::ZERO);
+    fn new(lease: &Lease, now: clock::Timestamp) -> Self {
+        let left = (lease.expires_at - now).to_std().unwrap_or(Duration::ZERO);
         Self {
             expires: std::sync::Mutex::new(clock::instant_after(left)),
         }
@@ -302,7 +310,7 @@ async fn keep_lease(inner: &Inner, lease: &Lease, lease_clock: &LeaseClock) -> E
             return Error::LeaseLost(lease.saga);
         }
         let sent = tokio::time::Instant::now();
-        let expires_at = clock::after(clock::now(), ttl);
+        let expires_at = clock::after(inner.now(), ttl);
         match inner.store.heartbeat(lease, expires_at).await {
             Ok(_) => {
                 lease_clock.renewed(sent, ttl);
@@ -470,7 +478,7 @@ impl Driver<'_> {
             self.execute_begun(begun).await?;
         }
         loop {
-            let now = clock::now();
+            let now = self.inner.now();
             match plan::next_action(&self.snapshot, self.definition.specs(), now) {
                 Action::Run {
                     index,
@@ -650,12 +658,12 @@ impl Driver<'_> {
                 attempt,
             },
             outcome,
-            clock::now(),
+            self.inner.now(),
             rand::random::<f64>(),
         );
         match transaction {
             Some(transaction) => {
-                self.snapshot.apply_all(&changes, clock::now())?;
+                self.snapshot.apply_all(&changes, self.inner.now())?;
                 self.inner
                     .store
                     .commit_step_transaction(transaction, self.lease, &changes)
@@ -831,7 +839,7 @@ impl Driver<'_> {
             &spec,
             probing,
             answer,
-            clock::now(),
+            self.inner.now(),
             rand::random::<f64>(),
         );
         self.record(changes)
@@ -852,7 +860,7 @@ impl Driver<'_> {
 
     /// Applies changes to the local copy and queues them for the next write.
     fn record(&mut self, changes: Vec<Change>) -> Result<()> {
-        self.snapshot.apply_all(&changes, clock::now())?;
+        self.snapshot.apply_all(&changes, self.inner.now())?;
         self.pending.extend(changes);
         Ok(())
     }
@@ -921,7 +929,7 @@ impl Driver<'_> {
             .load(self.lease.saga)
             .await?
             .ok_or(Error::SagaNotFound(self.lease.saga))?;
-        snapshot.apply_all(&changes, clock::now())?;
+        snapshot.apply_all(&changes, self.inner.now())?;
         write(
             self.inner,
             self.lease,
@@ -952,7 +960,7 @@ impl Driver<'_> {
     /// Wakes this process's dispatcher when a released saga becomes due, so that short retry
     /// delays do not wait for the next poll.
     fn wake_at(&self, at: clock::Timestamp) {
-        let delay = (at - clock::now()).to_std().unwrap_or(Duration::ZERO);
+        let delay = (at - self.inner.now()).to_std().unwrap_or(Duration::ZERO);
         if delay > Duration::from_secs(60) {
             return;
         }

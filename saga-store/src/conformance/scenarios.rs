@@ -2118,3 +2118,76 @@ pub async fn a_probe_that_cannot_answer_escalates_the_unknown_outcome<S: Store>(
     assert_eq!(script.calls_of("charge_card", Phase::Action).len(), 1);
     orchestrator.shutdown().await;
 }
+
+/// An orchestrator whose process clock is `minutes` off (ahead when positive).
+fn skewed<S: Store>(store: &Arc<S>, lease_ttl: Duration, minutes: i64) -> Orchestrator {
+    let store: Arc<dyn Store> = store.clone();
+    Orchestrator::new(
+        store,
+        Config::default()
+            .concurrency(4)
+            .lease_ttl(lease_ttl)
+            .poll_interval(Duration::from_millis(20))
+            .shutdown_grace(Duration::from_secs(10))
+            .simulate_clock_skew(chrono::Duration::minutes(minutes)),
+    )
+}
+
+pub async fn a_worker_whose_clock_runs_ahead_takes_over_no_live_lease<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    // Longer than the lease (kept alive by heartbeats), shorter than the step's timeout.
+    script.plan(
+        "charge_card",
+        Phase::Action,
+        &[Outcome::Slow(Duration::from_millis(800))],
+    );
+    let holder = orchestrator(&store, Duration::from_millis(300));
+    holder.register(Probe(script.clone())).unwrap();
+    holder.run();
+    let id = holder.start::<Probe>(&input(70)).await.unwrap();
+    // Ten minutes ahead: by its own clock every lease has long expired.
+    let rival = skewed(&store, Duration::from_millis(300), 10);
+    rival.register(Probe(script.clone())).unwrap();
+    rival.run();
+    assert_eq!(
+        holder.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::Completed
+    );
+    let history = store.history(id).await.unwrap();
+    assert!(
+        !history
+            .iter()
+            .any(|event| event.kind == saga_core::EventKind::LeaseTakenOver),
+        "a live lease was taken over: {}",
+        holder.history(id).await.unwrap().render()
+    );
+    assert_eq!(script.calls_of("charge_card", Phase::Action).len(), 1);
+    rival.shutdown().await;
+    holder.shutdown().await;
+}
+
+pub async fn a_retry_scheduled_by_a_worker_whose_clock_runs_ahead_is_not_delayed<S: Store>(
+    store: Arc<S>,
+) {
+    let script = Script::new();
+    script.plan("charge_card", Phase::Action, &[Outcome::Transient]);
+    let ahead = skewed(&store, Duration::from_secs(1), 10);
+    ahead.register(Probe(script.clone())).unwrap();
+    ahead.run();
+    let id = ahead.start::<Probe>(&input(71)).await.unwrap();
+    wait_until("charge_card fails once", || {
+        !script.calls_of("charge_card", Phase::Action).is_empty()
+    })
+    .await;
+    // It dies after the failed attempt: its lease or the retry it scheduled is all that is left.
+    ahead.kill();
+    let on_time = orchestrator(&store, Duration::from_secs(1));
+    on_time.register(Probe(script.clone())).unwrap();
+    on_time.run();
+    assert_eq!(
+        on_time.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::Completed,
+        "due times and leases are on the store's clock, not ten minutes out"
+    );
+    on_time.shutdown().await;
+}

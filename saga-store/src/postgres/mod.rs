@@ -831,6 +831,14 @@ impl Store for PgStore {
         .collect()
     }
 
+    async fn clock(&self) -> Result<Timestamp> {
+        let now: Timestamp = sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(chrono::SubsecRound::trunc_subsecs(now, 3))
+    }
+
     async fn wait_for_work(&self, max: Duration) {
         self.wakeup.wait(max).await;
     }
