@@ -27,7 +27,8 @@ pub(crate) fn classify(err: sqlx::Error) -> Error {
 
 /// Codes that mean "try again": SQLite's BUSY (5) and LOCKED (6) with their extended codes;
 /// Postgres SQLSTATEs for lost connections (08...), shutdowns (57P01-57P03), too many
-/// connections (53300), serialization failures (40001) and deadlocks (40P01).
+/// connections (53300), serialization failures (40001), deadlocks (40P01) and a lock timeout
+/// (55P03: a row held locked by someone else).
 fn is_transient(code: Option<&str>) -> bool {
     let Some(code) = code else {
         return false;
@@ -40,8 +41,24 @@ fn is_transient(code: Option<&str>) -> bool {
     code.starts_with("08")
         || matches!(
             code,
-            "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+            "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" | LOCK_TIMEOUT
         )
+}
+
+/// Postgres's SQLSTATE for a lock not obtained within `lock_timeout`.
+const LOCK_TIMEOUT: &str = "55P03";
+
+/// True when `err` is a Postgres lock timeout: the statement waited too long for a row someone
+/// else held locked, and was rolled back (nothing of it committed).
+#[cfg(feature = "postgres")]
+pub(crate) fn is_lock_timeout(err: &Error) -> bool {
+    let Error::StoreUnavailable(source) = err else {
+        return false;
+    };
+    matches!(
+        source.downcast_ref::<sqlx::Error>(),
+        Some(sqlx::Error::Database(db)) if db.code().as_deref() == Some(LOCK_TIMEOUT)
+    )
 }
 
 /// True when the error is a unique-constraint violation.

@@ -872,11 +872,12 @@ fn the_one_created(outcomes: &[saga_core::Result<saga_core::Created>]) -> saga_c
 async fn a_statement_held_in_flight_does_not_hold_back_the_writes_behind_it() {
     use saga_core::{Attempt, Change, Phase, StepIndex, StepName, StepStatus, WorkerId};
     let url = TestPg::fresh_database().await.unwrap();
-    let store = Arc::new(
-        PgStore::connect_with(&url, grouping_options(2))
-            .await
-            .unwrap(),
-    );
+    // A statement held in flight for as long as the test needs (no lock timeout in reach).
+    let options = PgOptions {
+        write_lock_timeout: Duration::from_secs(600),
+        ..grouping_options(2)
+    };
+    let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
     let worker = WorkerId::new("overlap");
     let name = StepName::new(FIRST);
     let until = saga_core::after(saga_core::now(), Duration::from_secs(30));
@@ -1201,4 +1202,67 @@ async fn pruning_a_settled_saga_deletes_its_steps_and_history() {
     );
     assert_eq!(rows("saga_events").await, 0);
     store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_row_locked_by_someone_else_holds_back_only_that_sagas_write() {
+    use saga_core::{Attempt, Change, Error, Phase, StepIndex, StepName, StepStatus, WorkerId};
+    let url = TestPg::fresh_database().await.unwrap();
+    let options = PgOptions {
+        write_lock_timeout: Duration::from_millis(300),
+        ..grouping_options(1)
+    };
+    let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
+    let worker = WorkerId::new("locked");
+    let until = saga_core::after(saga_core::now(), Duration::from_secs(60));
+    let mut sagas = Vec::new();
+    for n in 0..8 {
+        let saga = running_saga("locked", n, &worker, until);
+        sagas.push(saga.id);
+        store.create(saga).await.unwrap();
+    }
+    let complete = |id: saga_core::SagaId| {
+        let writer = Arc::clone(&store);
+        let lease = first_lease(id, &worker, until);
+        let change = Change::CompleteStep {
+            index: StepIndex(0),
+            name: StepName::new(FIRST),
+            phase: Phase::Action,
+            attempt: Attempt(1),
+            output: None,
+        };
+        tokio::spawn(async move { writer.apply(&lease, &[change]).await })
+    };
+    // Someone (an operator's transaction, say) holds the first saga's row and does not let go.
+    let mut lock = lock_sagas(&url, &sagas[..1]).await;
+    let writes: Vec<_> = sagas.iter().map(|id| complete(*id)).collect();
+    let mut outcomes = Vec::new();
+    for write in writes {
+        // (The limit only keeps a regression from hanging the suite.)
+        let outcome = tokio::time::timeout(Duration::from_secs(60), write)
+            .await
+            .expect("no write waits for the lock for good")
+            .unwrap();
+        outcomes.push(outcome);
+    }
+    assert!(
+        matches!(&outcomes[0], Err(Error::StoreUnavailable(_))),
+        "the locked saga's write gives up, to be retried: {:?}",
+        outcomes[0]
+    );
+    for (id, outcome) in sagas.iter().zip(&outcomes).skip(1) {
+        assert!(outcome.is_ok(), "saga {id}: {outcome:?}");
+        let stored = store.load(*id).await.unwrap().unwrap();
+        assert_eq!(stored.steps[0].status, StepStatus::Completed);
+    }
+    let held = store.load(sagas[0]).await.unwrap().unwrap();
+    assert_eq!(
+        held.steps[0].status,
+        StepStatus::InProgress,
+        "nothing written"
+    );
+    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+    complete(sagas[0]).await.unwrap().unwrap();
+    let done = store.load(sagas[0]).await.unwrap().unwrap();
+    assert_eq!(done.steps[0].status, StepStatus::Completed);
 }

@@ -39,7 +39,7 @@ use sqlx::{Postgres, Row};
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use uuid::Uuid;
 
-use crate::error::classify;
+use crate::error::{classify, is_lock_timeout};
 
 /// Most sagas written in one statement.
 pub(super) const MAX_BATCH: usize = 64;
@@ -994,6 +994,14 @@ async fn write_statement(pool: &PgPool, channel: &str, group: Vec<Queued>) {
         Err(err) if group.len() == 1 => {
             if let Some(queued) = group.into_iter().next() {
                 let _ = queued.done.send(Err(err));
+            }
+        }
+        // A saga row held locked by someone else: nothing committed. Each write goes alone,
+        // so that only the locked saga's write waits (and fails) again.
+        Err(err) if is_lock_timeout(&err) => {
+            for queued in group {
+                let outcome = alone(pool, &queued.job, channel).await;
+                let _ = queued.done.send(outcome);
             }
         }
         Err(Error::StoreUnavailable(err)) => {

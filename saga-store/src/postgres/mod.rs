@@ -53,6 +53,11 @@ pub struct PgOptions {
     /// statement held up holds back the others for no longer. 0 writes each transition in a
     /// statement of its own, from its caller's task.
     pub writers: usize,
+    /// How long a step write waits for a saga row that someone else holds locked (an operator's
+    /// transaction, a long transactional step) before giving up (default 1 s). A grouped
+    /// statement that hits it is written again saga by saga, so one locked row holds back only
+    /// its own saga's write, which fails as `StoreUnavailable` and is retried by its worker.
+    pub write_lock_timeout: Duration,
 }
 
 impl Default for PgOptions {
@@ -63,6 +68,7 @@ impl Default for PgOptions {
             acquire_timeout: Duration::from_secs(10),
             listen: true,
             writers: 2,
+            write_lock_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -214,7 +220,7 @@ impl PgStore {
             &schema,
             write_connections,
             &options,
-            Some(WRITE_SETTINGS),
+            Some(write_settings(options.write_lock_timeout)),
         )
         .await?;
         let writers = Arc::new(batch::Writers::start(
@@ -251,6 +257,17 @@ impl PgStore {
 /// Planner settings of the connections step transitions go out on.
 const WRITE_SETTINGS: &str = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off";
 
+/// The settings of the step-write connections: [`WRITE_SETTINGS`] and the lock timeout (at
+/// least 1 ms: 0 would mean none).
+fn write_settings(lock_timeout: Duration) -> String {
+    let millis = lock_timeout.as_millis().clamp(1, u128::from(u32::MAX));
+    format!("{WRITE_SETTINGS}; SET lock_timeout = {millis}")
+}
+
+/// How long an operator's transaction (settle, cancel) may sit idle holding saga rows locked
+/// before the server ends it: a stalled operator process never holds workers back for long.
+const OPERATOR_IDLE_LIMIT: &str = "SET LOCAL idle_in_transaction_session_timeout = 10000";
+
 /// A pool on `connect` whose connections have `schema` first on the search path, and then
 /// `settings` applied (a server that refuses them only costs speed: logged, not fatal).
 async fn open_pool(
@@ -258,7 +275,7 @@ async fn open_pool(
     schema: &str,
     size: u32,
     options: &PgOptions,
-    settings: Option<&'static str>,
+    settings: Option<String>,
 ) -> Result<PgPool> {
     let search_path = format!("SET search_path TO \"{schema}\", public");
     PgPoolOptions::new()
@@ -278,11 +295,12 @@ async fn open_pool(
         })
         .after_connect(move |conn, _| {
             let search_path = search_path.clone();
+            let settings = settings.clone();
             Box::pin(async move {
                 conn.execute(search_path.as_str()).await?;
                 if let Some(settings) = settings {
-                    if let Err(err) = conn.execute(settings).await {
-                        tracing::warn!(error = %err, settings, "the server refused the planner settings of step writes; writes work, planned per execution");
+                    if let Err(err) = conn.execute(settings.as_str()).await {
+                        tracing::warn!(error = %err, settings, "the server refused the settings of step writes; writes work, planned per execution and without a lock timeout");
                     }
                 }
                 Ok(())
@@ -375,6 +393,14 @@ async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
         .await
         .map_err(|err| Error::Store(Box::new(err)))?
         .map_err(classify)
+}
+
+/// A transaction for an operator's action: rows it locks are held for as long as it runs, so it
+/// may not sit idle for long.
+async fn begin_operator(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+    let mut tx = begin(pool).await?;
+    tx.execute(OPERATOR_IDLE_LIMIT).await.map_err(classify)?;
+    Ok(tx)
 }
 
 #[async_trait]
@@ -600,7 +626,7 @@ impl Store for PgStore {
 
     async fn settle(&self, settlement: &Settlement) -> Result<SagaStatus> {
         let now = saga_core::now();
-        let mut tx = begin(&self.pool).await?;
+        let mut tx = begin_operator(&self.pool).await?;
         // Closing the item first is the gate: of concurrent settlements, one updates the row,
         // the others find it resolved once the winner commits.
         let claimed = sqlx::query(
@@ -681,7 +707,7 @@ impl Store for PgStore {
         reason: &str,
         now: Timestamp,
     ) -> Result<CancelOutcome> {
-        let mut tx = begin(&self.pool).await?;
+        let mut tx = begin_operator(&self.pool).await?;
         let snapshot = load_with(&mut tx, id, true)
             .await?
             .ok_or(Error::SagaNotFound(id))?;
@@ -1268,6 +1294,45 @@ mod tests {
             planner_settings(&store.pool).await,
             ("auto".to_owned(), "on".to_owned())
         );
+        store.close().await;
+    }
+
+    async fn setting(conn: &mut sqlx::PgConnection, name: &str) -> String {
+        sqlx::query_scalar("SELECT current_setting($1)")
+            .bind(name)
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn step_writes_wait_for_a_locked_row_a_bounded_time_and_operators_may_not_idle_holding_locks(
+    ) {
+        let url = TestPg::fresh_database().await.unwrap();
+        let store = PgStore::connect(&url).await.unwrap();
+        let mut write = store.write_pool.acquire().await.unwrap();
+        assert_eq!(setting(&mut write, "lock_timeout").await, "1s");
+        drop(write);
+        let mut user = store.pool.acquire().await.unwrap();
+        assert_eq!(
+            setting(&mut user, "lock_timeout").await,
+            "0",
+            "the users' pool keeps the server's settings"
+        );
+        drop(user);
+        let mut operator = begin_operator(&store.pool).await.unwrap();
+        assert_eq!(
+            setting(&mut operator, "idle_in_transaction_session_timeout").await,
+            "10s"
+        );
+        drop(operator);
+        let mut after = store.pool.acquire().await.unwrap();
+        assert_eq!(
+            setting(&mut after, "idle_in_transaction_session_timeout").await,
+            "0",
+            "the bound is local to the operator's transaction"
+        );
+        drop(after);
         store.close().await;
     }
 }
