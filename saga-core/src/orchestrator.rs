@@ -692,6 +692,10 @@ fn first_step(
             attempt,
         } => {
             let spec = definition.specs().get(usize::try_from(index.0).ok()?)?;
+            // A transactional step opens its transaction before it is recorded begun.
+            if spec.transactional {
+                return None;
+            }
             Some((
                 Change::BeginStep {
                     index,

@@ -475,7 +475,7 @@ struct Driver<'a> {
 impl Driver<'_> {
     async fn run(mut self, begun: Option<plan::Attempted>) -> Result<()> {
         if let Some(begun) = begun {
-            self.execute_begun(begun).await?;
+            self.execute_begun(begun, None).await?;
         }
         loop {
             let now = self.inner.now();
@@ -491,7 +491,9 @@ impl Driver<'_> {
                         }])?;
                         return self.flush().await;
                     }
-                    self.run_step(index, phase, attempt).await?;
+                    if !self.run_step(index, phase, attempt).await? {
+                        return Ok(());
+                    }
                 }
                 Action::Probe(probing) => {
                     if *self.inner.shutdown.borrow() {
@@ -539,7 +541,9 @@ impl Driver<'_> {
         Ok(())
     }
 
-    async fn run_step(&mut self, index: StepIndex, phase: Phase, attempt: Attempt) -> Result<()> {
+    /// Records the step phase `in_progress`, runs it and records its outcome. Returns `false`
+    /// when it did not run and the saga was handed back (its transaction could not be opened).
+    async fn run_step(&mut self, index: StepIndex, phase: Phase, attempt: Attempt) -> Result<bool> {
         self.check_lease_left()?;
         let position = usize::try_from(index.0).unwrap_or(usize::MAX);
         let Some(spec) = self.definition.specs().get(position).cloned() else {
@@ -547,6 +551,30 @@ impl Driver<'_> {
                 saga: self.lease.saga,
                 reason: format!("plan chose step {index}, which the definition lacks"),
             });
+        };
+        // A transactional step's transaction is opened before `in_progress` is written: when
+        // no connection can be had (every one busy with other steps), the step has not run
+        // and no attempt is spent; the saga is handed back and tried again shortly.
+        let transaction = if spec.transactional {
+            match self.inner.store.begin_step_transaction(self.lease).await {
+                Ok(transaction) => transaction,
+                Err(Error::StoreUnavailable(err)) => {
+                    let pause = self
+                        .inner
+                        .config
+                        .poll_interval
+                        .max(Duration::from_millis(100));
+                    tracing::warn!(step = %spec.name, error = %err, retry_in = ?pause, "no transaction for a transactional step; not run, the saga is handed back");
+                    self.record(vec![Change::Release {
+                        next_run_at: Some(clock::after(self.inner.now(), pause)),
+                    }])?;
+                    self.flush().await?;
+                    return Ok(false);
+                }
+                Err(err) => return Err(err),
+            }
+        } else {
+            None
         };
         let key = IdempotencyKey::for_step(self.lease.saga, &spec.name, phase);
         self.record(vec![Change::BeginStep {
@@ -560,20 +588,30 @@ impl Driver<'_> {
         match self.flush().await {
             Ok(()) => {}
             Err(Error::CancelRequested { reason, .. }) if phase == Phase::Action => {
-                return self.honour_cancel(reason).await;
+                return self.honour_cancel(reason).await.map(|()| true);
             }
             Err(err) => return Err(err),
         }
-        self.execute_begun(plan::Attempted {
-            index,
-            phase,
-            attempt,
-        })
+        self.execute_begun(
+            plan::Attempted {
+                index,
+                phase,
+                attempt,
+            },
+            transaction,
+        )
         .await
+        .map(|()| true)
     }
 
     /// Runs a step attempt whose `in_progress` record is durable, and records its outcome.
-    async fn execute_begun(&mut self, begun: plan::Attempted) -> Result<()> {
+    /// Runs a step attempt whose `in_progress` record is durable, and records its outcome. A
+    /// transactional step runs in `transaction` (opened before `in_progress` was written).
+    async fn execute_begun(
+        &mut self,
+        begun: plan::Attempted,
+        transaction: Option<Box<dyn crate::store::StepTransaction>>,
+    ) -> Result<()> {
         let plan::Attempted {
             index,
             phase,
@@ -601,15 +639,9 @@ impl Driver<'_> {
             output = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        let transaction = if spec.transactional {
-            self.inner
-                .store
-                .begin_step_transaction(self.lease)
-                .await?
-                .map(|tx| Arc::new(tokio::sync::Mutex::new(tx)))
-        } else {
-            None
-        };
+        let transaction = transaction
+            .filter(|_| spec.transactional)
+            .map(|tx| Arc::new(tokio::sync::Mutex::new(tx)));
         let outcome = if spec.transactional && transaction.is_none() {
             Err(StepError::permanent(format!(
                 "step `{}` is transactional, but this store lends no transactions; run it on Postgres or drop `.transactional()`",

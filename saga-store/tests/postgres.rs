@@ -1266,3 +1266,106 @@ async fn a_saga_row_locked_by_someone_else_holds_back_only_that_sagas_write() {
     let done = store.load(sagas[0]).await.unwrap().unwrap();
     assert_eq!(done.steps[0].status, StepStatus::Completed);
 }
+
+/// A transactional step that holds its transaction (and so a pooled connection) for a while.
+struct SlowBooking {
+    attempts: std::sync::Mutex<Vec<u32>>,
+}
+
+async fn book_slowly(saga: Arc<SlowBooking>, ctx: StepContext<i64>) -> Result<i64, StepError> {
+    saga.attempts.lock().unwrap().push(ctx.attempt().0);
+    let mut tx = pg_transaction(&ctx).await?;
+    sqlx::query("INSERT INTO public.bookings (order_id, saga_id) VALUES ($1, $2)")
+        .bind(*ctx.input())
+        .bind(ctx.saga_id().to_string())
+        .execute(&mut *tx)
+        .await
+        .transient()?;
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    Ok(*ctx.input())
+}
+
+impl Saga for SlowBooking {
+    type Input = i64;
+
+    fn definition() -> SagaDefinition<Self> {
+        SagaDefinition::new("slow_booking", 1)
+            .step(
+                Step::new("book", book_slowly)
+                    .transactional()
+                    .timeout(Duration::from_secs(30))
+                    .irreversible(),
+            )
+            .step(Step::new("confirm", confirm_slowly).irreversible())
+    }
+}
+
+async fn confirm_slowly(_: Arc<SlowBooking>, _: StepContext<i64>) -> Result<(), StepError> {
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_transactional_steps_above_the_pool_size_lose_no_lease_and_burn_no_attempt() {
+    let url = TestPg::fresh_database().await.unwrap();
+    // Two pooled connections, six sagas at once whose steps each hold one for over a second:
+    // every connection of the pool is busy with steps most of the time.
+    let options = PgOptions {
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(2),
+        ..PgOptions::default()
+    };
+    let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
+    sqlx::query("CREATE TABLE public.bookings (order_id bigint PRIMARY KEY, saga_id text)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let orchestrator = Orchestrator::new(
+        store.clone(),
+        Config::default()
+            .concurrency(6)
+            .lease_ttl(Duration::from_millis(600))
+            .poll_interval(Duration::from_millis(20)),
+    );
+    let saga = SlowBooking {
+        attempts: std::sync::Mutex::new(Vec::new()),
+    };
+    orchestrator.register(saga).unwrap();
+    orchestrator.run();
+    let mut ids = Vec::new();
+    for order in 0..6 {
+        ids.push(orchestrator.start::<SlowBooking>(&order).await.unwrap());
+    }
+    for id in &ids {
+        let record = orchestrator
+            .wait(*id, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(record.status, SagaStatus::Completed);
+        let history = store.history(*id).await.unwrap();
+        assert!(
+            !history
+                .iter()
+                .any(|event| event.kind == saga_core::EventKind::LeaseTakenOver),
+            "a lease was lost while steps held the pool: {}",
+            orchestrator.history(*id).await.unwrap().render()
+        );
+        let book = orchestrator
+            .snapshot(*id)
+            .await
+            .unwrap()
+            .step(saga_core::StepIndex(0), saga_core::Phase::Action)
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            book.attempt.0, 1,
+            "no attempt was burned waiting for a connection"
+        );
+    }
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    assert_eq!(
+        scalar(&mut conn, "SELECT COUNT(*) FROM public.bookings").await,
+        6
+    );
+    orchestrator.shutdown().await;
+}

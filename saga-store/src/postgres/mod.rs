@@ -36,9 +36,11 @@ pub struct PgOptions {
     /// Schema holding the saga tables (default `saga`); created if missing. Must match
     /// `[a-z_][a-z0-9_]*` (at most 63 characters).
     pub schema: String,
-    /// Most connections in the pool (default 10). The store also opens up to
-    /// `2 × (writers + 1)` connections of its own for step transitions (`max_connections` of
-    /// them when `writers` is 0) and one to listen for wake-ups.
+    /// Most connections in the pool (default 10): operator reads and actions, and the
+    /// transactions of transactional steps. The store also opens up to `2 × (writers + 1) + 2`
+    /// connections of its own for step transitions, claims, heartbeats and loads
+    /// (`max_connections + 2` of them when `writers` is 0), so that steps holding every pooled
+    /// connection never starve a lease, and one to listen for wake-ups.
     pub max_connections: u32,
     /// How long to wait for a pooled connection before the store counts as unavailable.
     pub acquire_timeout: Duration,
@@ -131,7 +133,8 @@ pub async fn pg_transaction<I>(
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// Connections for step transitions only (see `connect_with`).
+    /// Connections for the workers' own traffic — step transitions, claims, heartbeats, loads,
+    /// the clock — which steps' transactions (on `pool`) can never take (see `connect_with`).
     write_pool: PgPool,
     channel: String,
     wakeup: Arc<Wakeup>,
@@ -209,12 +212,15 @@ impl PgStore {
         // such as PgBouncer refuse.
         // Room for the writers and a direct write, twice: sqlx gives a connection back to its
         // pool only after a round trip of its own, so a writer done with one may need another.
+        // Two more for claims, heartbeats and loads: on these connections, transactional steps
+        // (whose transactions come from the users' pool) can never starve a lease.
         let write_connections = match options.writers {
             0 => options.max_connections.max(2),
             writers => {
                 u32::try_from(writers.saturating_add(1).saturating_mul(2)).unwrap_or(u32::MAX)
             }
-        };
+        }
+        .saturating_add(LEASE_CONNECTIONS);
         let write_pool = open_pool(
             &connect,
             &schema,
@@ -255,6 +261,9 @@ impl PgStore {
 }
 
 /// Planner settings of the connections step transitions go out on.
+/// Connections of the workers' pool kept for claims, heartbeats and loads.
+const LEASE_CONNECTIONS: u32 = 2;
+
 const WRITE_SETTINGS: &str = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off";
 
 /// The settings of the step-write connections: [`WRITE_SETTINGS`] and the lock timeout (at
@@ -446,7 +455,7 @@ impl Store for PgStore {
     ) -> Result<Vec<Lease>> {
         let expires_at = saga_core::after(now, lease_for);
         let rows = claim_query(owner, expires_at, now, limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.write_pool)
             .await
             .map_err(classify)?;
         rows.iter()
@@ -471,7 +480,7 @@ impl Store for PgStore {
             now,
             limit,
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.write_pool)
         .await
         .map_err(classify)?;
         rows.iter()
@@ -487,7 +496,7 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>> {
         let expires_at = saga_core::after(now, lease_for);
-        let mut tx = begin(&self.pool).await?;
+        let mut tx = begin(&self.write_pool).await?;
         let sagas = claim_query(owner, expires_at, now, limit)
             .fetch_all(&mut *tx)
             .await
@@ -538,7 +547,7 @@ impl Store for PgStore {
         .bind(lease.saga.as_uuid())
         .bind(lease.owner.as_str())
         .bind(lease.token.0)
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await
         .map_err(classify)?;
         if updated.rows_affected() == 0 {
@@ -595,7 +604,7 @@ impl Store for PgStore {
     }
 
     async fn load(&self, id: SagaId) -> Result<Option<SagaSnapshot>> {
-        let mut tx = begin(&self.pool).await?;
+        let mut tx = begin(&self.write_pool).await?;
         tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await
             .map_err(classify)?;
@@ -859,7 +868,7 @@ impl Store for PgStore {
 
     async fn clock(&self) -> Result<Timestamp> {
         let now: Timestamp = sqlx::query_scalar("SELECT clock_timestamp()")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.write_pool)
             .await
             .map_err(classify)?;
         Ok(chrono::SubsecRound::trunc_subsecs(now, 3))
