@@ -206,5 +206,9 @@ fn checked(by: &str, reason: &str) -> Result<(String, String)> {
             "give a reason; it is recorded in the saga's history for whoever looks next".into(),
         ));
     }
-    Ok((by.to_owned(), reason.to_owned()))
+    // Kept as given, but bounded and without NUL characters, alike on every backend.
+    Ok((
+        crate::step::bounded_text(by, crate::store::MAX_REASON_BYTES),
+        crate::step::bounded_text(reason, crate::store::MAX_REASON_BYTES),
+    ))
 }

@@ -70,6 +70,16 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A value no store can keep as it is (a NUL character, which Postgres refuses in JSON and
+    /// text), refused alike on every backend.
+    #[error("{what} cannot be stored: {reason}")]
+    Unstorable {
+        /// What was refused (for example `input of saga type checkout`).
+        what: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+
     /// A stored record could not be read back.
     #[error(
         "stored record for saga {saga} is unreadable: {reason}; the saga is parked for an operator"

@@ -401,6 +401,12 @@ impl Orchestrator {
                 limit,
             });
         }
+        if text.contains("\\u0000") {
+            return Err(Error::Unstorable {
+                what: format!("input of saga type `{}`", definition.saga_type()),
+                reason: "it contains a NUL character (\\u0000), which stores cannot keep; encode binary data (base64) or drop the character".into(),
+            });
+        }
         let input: serde_json::Value =
             serde_json::from_str(&text).map_err(|source| Error::Serialization {
                 what: format!("input of saga type `{}`", definition.saga_type()),

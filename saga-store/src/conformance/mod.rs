@@ -81,6 +81,7 @@ macro_rules! conformance_suite {
                 a_probe_that_cannot_answer_escalates_the_unknown_outcome,
                 a_worker_whose_clock_runs_ahead_takes_over_no_live_lease,
                 a_retry_scheduled_by_a_worker_whose_clock_runs_ahead_is_not_delayed,
+                values_with_nul_characters_are_refused_or_cleaned_alike,
             );
         }
     };

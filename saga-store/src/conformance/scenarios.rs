@@ -2191,3 +2191,59 @@ pub async fn a_retry_scheduled_by_a_worker_whose_clock_runs_ahead_is_not_delayed
     );
     on_time.shutdown().await;
 }
+
+pub async fn values_with_nul_characters_are_refused_or_cleaned_alike<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    let (orchestrator, id, item) = escalated(&store, &script, 72).await;
+    let nul = ProbeInput {
+        note: "gift\u{0}wrap".into(),
+        ..input(73)
+    };
+    match orchestrator.start::<Probe>(&nul).await {
+        Err(Error::Unstorable { what, reason }) => {
+            assert!(what.contains("input"), "{what}");
+            assert!(reason.contains("NUL"), "{reason}");
+        }
+        other => panic!("expected Unstorable, got {other:?}"),
+    }
+    assert_eq!(
+        store.list(&Default::default()).await.unwrap().len(),
+        1,
+        "nothing stored for the refused input"
+    );
+    // An operator's words with a NUL in them (a paste gone wrong) are kept, cleaned.
+    let admin = orchestrator.admin();
+    admin
+        .resolve(item, "ali\u{0}ce", "refunded\u{0} by hand")
+        .await
+        .unwrap();
+    let settled = admin.intervention(item).await.unwrap();
+    assert_eq!(settled.resolved_by.as_deref(), Some("ali\u{FFFD}ce"));
+    assert_eq!(
+        settled.resolution_reason.as_deref(),
+        Some("refunded\u{FFFD} by hand")
+    );
+    let rendered = admin.history(id).await.unwrap().render();
+    assert!(
+        rendered.contains("operator resolve by ali\u{FFFD}ce: refunded\u{FFFD} by hand"),
+        "{rendered}"
+    );
+    orchestrator.shutdown().await;
+    // A 50 MB reason is kept cut, with a marker saying how much was cut.
+    let (orchestrator, _, item) = escalated(&store, &Script::new(), 74).await;
+    let huge = "x".repeat(50 * 1024 * 1024);
+    orchestrator
+        .admin()
+        .resolve(item, "bob", &huge)
+        .await
+        .unwrap();
+    let settled = orchestrator.admin().intervention(item).await.unwrap();
+    let kept = settled.resolution_reason.unwrap_or_default();
+    assert!(kept.len() < 4 * 1024, "{} bytes kept", kept.len());
+    assert!(
+        kept.ends_with("more bytes cut]"),
+        "{}",
+        &kept[kept.len() - 40..]
+    );
+    orchestrator.shutdown().await;
+}
