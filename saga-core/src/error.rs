@@ -80,6 +80,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A write the step protocol forbids, refused alike by every store, with nothing written:
+    /// beginning a step phase that completed (it never runs again), or finishing one that never
+    /// began.
+    #[error("saga {saga}: {reason}; nothing was written")]
+    IllegalTransition {
+        /// The saga written to.
+        saga: SagaId,
+        /// Which transition was refused.
+        reason: String,
+    },
+
     /// A stored record could not be read back.
     #[error(
         "stored record for saga {saga} is unreadable: {reason}; the saga is parked for an operator"

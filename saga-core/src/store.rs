@@ -772,6 +772,17 @@ pub fn cannot_cancel(id: SagaId, status: SagaStatus) -> crate::Error {
     }
 }
 
+/// The refusal of finishing (completing or failing) a step phase that never began, in the
+/// words every backend uses.
+pub fn never_began(name: &StepName, phase: Phase) -> String {
+    format!("step {name} ({phase}) never began, so it cannot complete or fail")
+}
+
+/// The refusal of beginning a step phase that completed, in the words every backend uses.
+pub fn completed_never_runs_again(name: &StepName, phase: Phase) -> String {
+    format!("step {name} ({phase}) is completed and never runs again")
+}
+
 /// Whether a batch of changes begins a forward step (refused once a cancel is requested).
 pub fn begins_forward_step(changes: &[Change]) -> bool {
     changes.iter().any(|change| {

@@ -19,11 +19,39 @@ pub(crate) fn classify(err: sqlx::Error) -> Error {
         }
         // Raised by the store's own statements (`saga_refuse`): the message says it all.
         sqlx::Error::Database(db) if db.code().as_deref() == Some(REFUSED) => {
-            Error::Store(db.message().to_owned().into())
+            Error::Store(Box::new(RefusedWrite(db.message().to_owned())))
         }
         _ => Error::Store(Box::new(err)),
     }
 }
+
+/// A write of one saga refused by the store's own check (`saga_refuse`) as the typed refusal
+/// every backend gives; any other error as it is.
+#[cfg(feature = "postgres")]
+pub(crate) fn refused_for(err: Error, saga: saga_core::SagaId) -> Error {
+    match err {
+        Error::Store(source) => match source.downcast::<RefusedWrite>() {
+            Ok(refused) => Error::IllegalTransition {
+                saga,
+                reason: refused.0,
+            },
+            Err(source) => Error::Store(source),
+        },
+        other => other,
+    }
+}
+
+/// The message of a write the store's own check refused.
+#[derive(Debug)]
+pub(crate) struct RefusedWrite(pub(crate) String);
+
+impl std::fmt::Display for RefusedWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RefusedWrite {}
 
 /// Codes that mean "try again": SQLite's BUSY (5) and LOCKED (6) with their extended codes;
 /// Postgres SQLSTATEs for lost connections (08...), shutdowns (57P01-57P03), too many

@@ -198,6 +198,24 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn claim_loaded(
+        &self,
+        owner: &WorkerId,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>> {
+        let leases = self.claim(owner, now, lease_for, limit).await?;
+        let state = self.state()?;
+        Ok(leases
+            .into_iter()
+            .map(|lease| {
+                let snapshot = state.sagas.get(&lease.saga).cloned().map(Ok);
+                (lease, snapshot)
+            })
+            .collect())
+    }
+
     async fn reclaim(
         &self,
         owner: &WorkerId,

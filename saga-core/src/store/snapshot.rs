@@ -3,7 +3,7 @@
 
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::id::{IdempotencyKey, StepIndex};
+use crate::id::{IdempotencyKey, StepIndex, StepName};
 use crate::status::{Phase, SagaStatus, StepStatus};
 
 use super::{Change, SagaRecord, StepRecord};
@@ -25,14 +25,19 @@ impl SagaSnapshot {
             .find(|step| step.index == index && step.phase == phase)
     }
 
-    fn step_mut(&mut self, index: StepIndex, phase: Phase) -> Result<&mut StepRecord> {
+    fn step_mut(
+        &mut self,
+        index: StepIndex,
+        name: &StepName,
+        phase: Phase,
+    ) -> Result<&mut StepRecord> {
         let saga = self.record.id;
         self.steps
             .iter_mut()
             .find(|step| step.index == index && step.phase == phase)
-            .ok_or_else(|| Error::CorruptRecord {
+            .ok_or_else(|| Error::IllegalTransition {
                 saga,
-                reason: format!("step {index} ({phase}) was never started"),
+                reason: super::never_began(name, phase),
             })
     }
 
@@ -56,13 +61,10 @@ impl SagaSnapshot {
                     .find(|step| step.index == *index && step.phase == *phase)
                 {
                     if step.status == StepStatus::Completed {
-                        return Err(Error::Store(
-                            format!(
-                                "saga {}: step {name} ({phase}) is completed and never runs again",
-                                self.record.id
-                            )
-                            .into(),
-                        ));
+                        return Err(Error::IllegalTransition {
+                            saga: self.record.id,
+                            reason: super::completed_never_runs_again(name, *phase),
+                        });
                     }
                     step.status = StepStatus::InProgress;
                     step.attempt = *attempt;
@@ -88,11 +90,12 @@ impl SagaSnapshot {
             }
             Change::CompleteStep {
                 index,
+                name,
                 phase,
                 output,
                 ..
             } => {
-                let step = self.step_mut(*index, *phase)?;
+                let step = self.step_mut(*index, name, *phase)?;
                 step.status = StepStatus::Completed;
                 step.output = output.clone();
                 step.finished_at = Some(now);
@@ -100,13 +103,14 @@ impl SagaSnapshot {
             }
             Change::FailStep {
                 index,
+                name,
                 phase,
                 error,
                 retry_at,
                 ..
             } => {
                 let status = change.step_status().unwrap_or(StepStatus::Failed);
-                let step = self.step_mut(*index, *phase)?;
+                let step = self.step_mut(*index, name, *phase)?;
                 step.status = status;
                 step.last_error = Some(error.to_string());
                 step.next_attempt_at = *retry_at;

@@ -529,11 +529,13 @@ pub async fn apply_is_all_or_nothing<S: Store>(store: Arc<S>) {
         complete(1, Phase::Action, 1, Some(json!("never started"))),
     ];
     match store.apply(&lease, &batch).await {
-        Ok(()) => panic!("completing a step that never started must fail the whole batch"),
-        Err(Error::LeaseLost(_)) => {
-            panic!("the lease is current; the batch must fail for its content, not LeaseLost")
+        Err(Error::IllegalTransition { saga, reason }) => {
+            assert_eq!(saga, id);
+            assert!(reason.contains("never began"), "{reason}");
         }
-        Err(_) => {}
+        other => panic!(
+            "completing a step that never began must fail the whole batch with IllegalTransition, got {other:?}"
+        ),
     }
     let snap = snapshot(&*store, id).await;
     assert!(
@@ -577,8 +579,12 @@ pub async fn completed_step_never_restarts<S: Store>(store: Arc<S>) {
 
     let restart = store.apply(&lease, &[begin(id, 0, Phase::Action, 2)]).await;
     assert!(
-        restart.is_err(),
-        "beginning a completed step again must fail, got {restart:?}"
+        matches!(
+            &restart,
+            Err(Error::IllegalTransition { saga, reason })
+                if *saga == id && reason.contains("never runs again")
+        ),
+        "beginning a completed step again must fail with IllegalTransition, got {restart:?}"
     );
 
     let snap = snapshot(&*store, id).await;
@@ -1230,13 +1236,14 @@ pub async fn claim_loaded_returns_what_load_would<S: Store>(store: Arc<S>) {
     let (lease_b, loaded) = claimed.into_iter().next().unwrap();
     assert_eq!(lease_b.saga, id);
     assert!(lease_b.token > lease.token, "a new claim, a new token");
-    if let Some(loaded) = loaded {
-        let loaded = loaded.expect("a readable record");
-        let stored = snapshot(&*store, id).await;
-        assert_eq!(loaded, stored, "claim_loaded's snapshot is the stored saga");
-        assert_eq!(loaded.steps.len(), 1);
-        assert_eq!(loaded.record.lease_owner, Some(WorkerId::new("b")));
-    }
+    // Every backend reads the saga in the claim's round trip: the worker never needs a load.
+    let loaded = loaded
+        .expect("claim_loaded returns the snapshot with the claim")
+        .expect("a readable record");
+    let stored = snapshot(&*store, id).await;
+    assert_eq!(loaded, stored, "claim_loaded's snapshot is the stored saga");
+    assert_eq!(loaded.steps.len(), 1);
+    assert_eq!(loaded.record.lease_owner, Some(WorkerId::new("b")));
 }
 
 pub async fn a_saga_created_leased_belongs_to_its_starter_until_the_lease_expires<S: Store>(

@@ -726,7 +726,9 @@ pub(super) async fn execute_one<'e>(
     write: &Write,
     channel: &str,
 ) -> Result<bool> {
-    let outcome = execute(executor, &[write], &[], saga_core::now(), channel).await?;
+    let outcome = execute(executor, &[write], &[], saga_core::now(), channel)
+        .await
+        .map_err(|err| crate::error::refused_for(err, write.lease.saga))?;
     Ok(outcome.fenced.first().copied().unwrap_or(false))
 }
 
@@ -993,6 +995,10 @@ async fn write_statement(pool: &PgPool, channel: &str, group: Vec<Queued>) {
         }
         Err(err) if group.len() == 1 => {
             if let Some(queued) = group.into_iter().next() {
+                let err = match &queued.job {
+                    Job::Write(write) => crate::error::refused_for(err, write.lease.saga),
+                    Job::Create(_) => err,
+                };
                 let _ = queued.done.send(Err(err));
             }
         }

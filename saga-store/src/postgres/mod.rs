@@ -13,7 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saga_core::store::EventData;
 use saga_core::store::{
-    cancel_detail, cannot_cancel, operator_event, settled_status, settled_step, settlement_detail,
+    cancel_detail, cannot_cancel, completed_never_runs_again, never_began, operator_event,
+    settled_status, settled_step, settlement_detail,
 };
 use saga_core::{
     CancelOutcome, Change, Created, Error, Event, FencingToken, Intervention, InterventionId,
@@ -1012,12 +1013,13 @@ impl PgStore {
         match outcome {
             Ok(true) => Ok(()),
             Ok(false) => self.not_fenced(lease, changes).await,
-            Err(Error::Store(err)) => {
-                // Say which change was refused: replay it on the stored saga.
+            Err(err @ (Error::Store(_) | Error::IllegalTransition { .. })) => {
+                // Say which change was refused, in the words every backend uses: replay it on
+                // the stored saga.
                 if let Ok(Some(mut stored)) = self.load(lease.saga).await {
                     stored.apply_all(changes, saga_core::now())?;
                 }
-                Err(Error::Store(err))
+                Err(err)
             }
             Err(err) => Err(err),
         }
@@ -1033,7 +1035,7 @@ impl PgStore {
         .bind(lease.saga.as_uuid())
         .bind(lease.owner.as_str())
         .bind(lease.token.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.write_pool)
         .await
         .map_err(classify)?;
         let cancel: Option<String> = match current {
@@ -1129,7 +1131,7 @@ async fn apply_change(
     now: Timestamp,
 ) -> Result<()> {
     let saga = id.as_uuid();
-    let illegal = |what: String| Error::Store(format!("saga {id}: {what}").into());
+    let illegal = |reason: String| Error::IllegalTransition { saga: id, reason };
     match change {
         Change::BeginStep {
             index,
@@ -1159,9 +1161,7 @@ async fn apply_change(
             .await
             .map_err(classify)?;
             if done.rows_affected() == 0 {
-                return Err(illegal(format!(
-                    "step {name} ({phase}) is completed and never runs again"
-                )));
+                return Err(illegal(completed_never_runs_again(name, *phase)));
             }
         }
         Change::CompleteStep {
@@ -1185,7 +1185,7 @@ async fn apply_change(
             .await
             .map_err(classify)?;
             if done.rows_affected() == 0 {
-                return Err(illegal(format!("step {name} ({phase}) was never started")));
+                return Err(illegal(never_began(name, *phase)));
             }
         }
         Change::FailStep {
@@ -1216,7 +1216,7 @@ async fn apply_change(
             .await
             .map_err(classify)?;
             if done.rows_affected() == 0 {
-                return Err(illegal(format!("step {name} ({phase}) was never started")));
+                return Err(illegal(never_began(name, *phase)));
             }
         }
         Change::SetStatus { status, reason } => {

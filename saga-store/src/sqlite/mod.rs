@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use saga_core::store::{
-    cancel_detail, cannot_cancel, operator_event, settled_status, settled_step, settlement_detail,
+    cancel_detail, cannot_cancel, completed_never_runs_again, never_began, operator_event,
+    settled_status, settled_step, settlement_detail,
 };
 use saga_core::{
     CancelOutcome, Change, Created, Error, Event, Intervention, InterventionId, InterventionStatus,
@@ -165,6 +166,7 @@ impl SqliteStore {
 
     /// Claims up to `limit` active, due sagas: unleased or expired ones, or (with
     /// `granted_before`) those leased to `owner` by an earlier run, expiring before that time.
+    /// With `load`, reads each claimed saga in the same transaction.
     async fn claim_where(
         &self,
         owner: &WorkerId,
@@ -172,7 +174,8 @@ impl SqliteStore {
         now: Timestamp,
         lease_for: Duration,
         limit: u32,
-    ) -> Result<Vec<Lease>> {
+        load: bool,
+    ) -> Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>> {
         let expires_at = saga_core::after(now, lease_for);
         let mut tx = self.write_tx().await?;
         let eligible = match granted_before {
@@ -223,13 +226,19 @@ impl SqliteStore {
                 )
                 .await?;
             }
-            leases.push(Lease {
+            let lease = Lease {
                 saga,
                 owner: owner.clone(),
                 token: saga_core::FencingToken(token),
                 expires_at,
                 taken_over_from: previous.map(WorkerId::new),
-            });
+            };
+            let snapshot = if load {
+                load_with(&mut tx, saga).await.transpose()
+            } else {
+                None
+            };
+            leases.push((lease, snapshot));
         }
         tx.commit().await.map_err(classify)?;
         Ok(leases)
@@ -363,7 +372,21 @@ impl Store for SqliteStore {
         lease_for: Duration,
         limit: u32,
     ) -> Result<Vec<Lease>> {
-        self.claim_where(owner, None, now, lease_for, limit).await
+        let claimed = self
+            .claim_where(owner, None, now, lease_for, limit, false)
+            .await?;
+        Ok(claimed.into_iter().map(|(lease, _)| lease).collect())
+    }
+
+    async fn claim_loaded(
+        &self,
+        owner: &WorkerId,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>> {
+        self.claim_where(owner, None, now, lease_for, limit, true)
+            .await
     }
 
     async fn reclaim(
@@ -374,8 +397,10 @@ impl Store for SqliteStore {
         lease_for: Duration,
         limit: u32,
     ) -> Result<Vec<Lease>> {
-        self.claim_where(owner, Some(granted_before), now, lease_for, limit)
-            .await
+        let claimed = self
+            .claim_where(owner, Some(granted_before), now, lease_for, limit, false)
+            .await?;
+        Ok(claimed.into_iter().map(|(lease, _)| lease).collect())
     }
 
     async fn heartbeat(&self, lease: &Lease, expires_at: Timestamp) -> Result<Lease> {
@@ -752,7 +777,7 @@ async fn apply_change(
     change: &Change,
     now: Timestamp,
 ) -> Result<()> {
-    let illegal = |what: String| Error::Store(format!("saga {id}: {what}").into());
+    let illegal = |reason: String| Error::IllegalTransition { saga: id, reason };
     match change {
         Change::BeginStep {
             index,
@@ -782,9 +807,7 @@ async fn apply_change(
             .await
             .map_err(classify)?;
             if done.rows_affected() == 0 {
-                return Err(illegal(format!(
-                    "step {name} ({phase}) is completed and never runs again"
-                )));
+                return Err(illegal(completed_never_runs_again(name, *phase)));
             }
         }
         Change::CompleteStep {
@@ -808,7 +831,7 @@ async fn apply_change(
             .await
             .map_err(classify)?;
             if done.rows_affected() == 0 {
-                return Err(illegal(format!("step {name} ({phase}) was never started")));
+                return Err(illegal(never_began(name, *phase)));
             }
         }
         Change::FailStep {
@@ -839,7 +862,7 @@ async fn apply_change(
             .await
             .map_err(classify)?;
             if done.rows_affected() == 0 {
-                return Err(illegal(format!("step {name} ({phase}) was never started")));
+                return Err(illegal(never_began(name, *phase)));
             }
         }
         Change::SetStatus { status, reason } => {
