@@ -82,6 +82,15 @@ const EFFECTS_TABLE: &str = "CREATE TABLE IF NOT EXISTS demo_effects (
     applied         BIGINT NOT NULL
 )";
 
+/// Every call, with the attempt it was made by: a (key, attempt) pair called twice would mean
+/// two workers ran one attempt.
+const CALLS_TABLE: &str = "CREATE TABLE IF NOT EXISTS demo_calls (
+    idempotency_key TEXT NOT NULL,
+    attempt         BIGINT NOT NULL
+)";
+
+const RECORD_CALL: &str = "INSERT INTO demo_calls (idempotency_key, attempt) VALUES ($1, $2)";
+
 const RECORD: &str =
     "INSERT INTO demo_effects (idempotency_key, saga_id, order_no, step, phase, calls, applied)
      VALUES ($1, $2, $3, $4, $5, 1, 1)
@@ -90,12 +99,16 @@ const RECORD: &str =
 /// On Postgres the table lives in `public`, beside (not inside) the saga schema.
 fn in_public(sql: &str) -> String {
     sql.replace("demo_effects", "public.demo_effects")
+        .replace("demo_calls", "public.demo_calls")
 }
 
 impl Effects {
     async fn create_table(&self) -> Result<(), sqlx::Error> {
         match self {
-            Effects::Sqlite(pool) => sqlx::query(EFFECTS_TABLE).execute(pool).await.map(drop),
+            Effects::Sqlite(pool) => {
+                sqlx::query(EFFECTS_TABLE).execute(pool).await?;
+                sqlx::query(CALLS_TABLE).execute(pool).await.map(drop)
+            }
             Effects::Postgres(pool) => {
                 // Demos starting together must not race on CREATE TABLE IF NOT EXISTS.
                 let mut tx = pool.begin().await?;
@@ -105,33 +118,56 @@ impl Effects {
                 sqlx::query(&in_public(EFFECTS_TABLE))
                     .execute(&mut *tx)
                     .await?;
+                sqlx::query(&in_public(CALLS_TABLE))
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await
             }
         }
     }
 
+    /// Logs the call and applies its effect (at most once per key), in one transaction: the
+    /// service's log of calls and its effects never disagree, even if the demo is killed.
     async fn record(&self, ctx: &StepContext<Order>) -> Result<(), sqlx::Error> {
         let order_no = i64::try_from(ctx.input().order_no).unwrap_or(i64::MAX);
         let saga_id = ctx.saga_id().to_string();
+        let attempt = i64::from(ctx.attempt().0);
+        let key = ctx.key().as_str();
         match self {
-            Effects::Sqlite(pool) => sqlx::query(RECORD)
-                .bind(ctx.key().as_str())
-                .bind(saga_id)
-                .bind(order_no)
-                .bind(ctx.step().as_str())
-                .bind(ctx.phase().as_str())
-                .execute(pool)
-                .await
-                .map(drop),
-            Effects::Postgres(pool) => sqlx::query(&in_public(RECORD))
-                .bind(ctx.key().as_str())
-                .bind(saga_id)
-                .bind(order_no)
-                .bind(ctx.step().as_str())
-                .bind(ctx.phase().as_str())
-                .execute(pool)
-                .await
-                .map(drop),
+            Effects::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(RECORD_CALL)
+                    .bind(key)
+                    .bind(attempt)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(RECORD)
+                    .bind(key)
+                    .bind(saga_id)
+                    .bind(order_no)
+                    .bind(ctx.step().as_str())
+                    .bind(ctx.phase().as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            }
+            Effects::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(&in_public(RECORD_CALL))
+                    .bind(key)
+                    .bind(attempt)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&in_public(RECORD))
+                    .bind(key)
+                    .bind(saga_id)
+                    .bind(order_no)
+                    .bind(ctx.step().as_str())
+                    .bind(ctx.phase().as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            }
         }
     }
 

@@ -55,12 +55,22 @@ fn demo(db: &str) -> Command {
     command
 }
 
+/// A count while the demo runs: `None` while the database is busy or not created yet.
+async fn count_now(pool: &SqlitePool, sql: &str) -> Option<i64> {
+    sqlx::query(sql)
+        .fetch_one(pool)
+        .await
+        .and_then(|row| row.try_get::<i64, _>(0))
+        .ok()
+}
+
+/// A count that must succeed: a renamed table or column fails the test instead of reading 0.
 async fn count(pool: &SqlitePool, sql: &str) -> i64 {
     sqlx::query(sql)
         .fetch_one(pool)
         .await
         .and_then(|row| row.try_get::<i64, _>(0))
-        .unwrap_or(0)
+        .unwrap_or_else(|err| panic!("{sql}: {err}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,11 +97,12 @@ async fn demo_killed_mid_run_resumes_and_never_repeats_a_completed_step() {
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let settled = count(
+        let settled = count_now(
             &pool,
             "SELECT COUNT(*) FROM saga_instances WHERE status NOT IN ('running', 'compensating')",
         )
-        .await;
+        .await
+        .unwrap_or(0);
         if settled >= 60 {
             break;
         }
@@ -174,9 +185,40 @@ async fn demo_killed_mid_run_resumes_and_never_repeats_a_completed_step() {
         "no step phase started again after it completed"
     );
     assert_eq!(
-        count(&pool, "SELECT COUNT(*) FROM demo_effects WHERE applied > 1").await,
+        count(&pool, "SELECT COUNT(DISTINCT idempotency_key) FROM saga_instances").await,
+        SAGAS,
+        "one saga per order key"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) FROM (SELECT 1 FROM demo_calls
+                                    GROUP BY idempotency_key, attempt HAVING COUNT(*) > 1)"
+        )
+        .await,
         0,
-        "no effect applied twice"
+        "one downstream call per (key, attempt): no attempt ran twice"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) FROM demo_effects e
+              WHERE e.calls <> (SELECT COUNT(*) FROM demo_calls c
+                                 WHERE c.idempotency_key = e.idempotency_key)"
+        )
+        .await,
+        0,
+        "the service counted every call the log shows"
+    );
+    assert!(
+        count(
+            &pool,
+            "SELECT COUNT(*) FROM demo_calls c JOIN saga_steps s ON s.idempotency_key = c.idempotency_key
+              WHERE c.attempt > 1"
+        )
+        .await
+            > 0,
+        "some calls were retries, so the checks above had something to check"
     );
     assert_eq!(
         count(

@@ -31,6 +31,10 @@ const CHECKS: &[(&str, &str)] = &[
           GROUP BY saga_id, step_index, phase HAVING COUNT(*) > 1",
     ),
     (
+        "one downstream call per (key, attempt): no attempt ran twice",
+        "SELECT saga_id FROM public.ledger_calls GROUP BY saga_id, key, attempt HAVING COUNT(*) > 1",
+    ),
+    (
         "every effect carries the stable key of its (saga, step, phase)",
         "SELECT saga_id FROM public.ledger_effects
           WHERE key <> saga_id || ':' || step || ':' || phase",

@@ -53,10 +53,15 @@ pub(crate) async fn run(seed: u64) -> Report {
         150,
     )
     .await;
+    let in_flight_1 = db.active().await.unwrap_or(0);
     let began = Instant::now();
     cluster.restart_immediately().await.expect("restart 1");
+    assert!(
+        in_flight_1 > 0,
+        "restart 1 must interrupt work in flight: no saga was running"
+    );
     notes.push(format!(
-        "restart 1 mid-run, with {} sagas settled: server back in {:.2}s",
+        "restart 1 mid-run, with {} sagas settled and {in_flight_1} in flight: server back in {:.2}s",
         db.settled().await,
         began.elapsed().as_secs_f64()
     ));
@@ -100,10 +105,15 @@ pub(crate) async fn run(seed: u64) -> Report {
     )
     .await;
     let at_restart = db.scalar(&taken_from).await - before;
+    let in_flight_2 = db.active().await.unwrap_or(0);
     let began = Instant::now();
     cluster.restart_immediately().await.expect("restart 2");
+    assert!(
+        in_flight_2 > 0,
+        "restart 2 must interrupt work in flight: no saga was running"
+    );
     notes.push(format!(
-        "restart 2 during takeovers: {victim} SIGKILLed holding {holding} leases; {at_restart} taken over when the server went down; back in {:.2}s",
+        "restart 2 during takeovers: {victim} SIGKILLed holding {holding} leases; {at_restart} taken over and {in_flight_2} sagas in flight when the server went down; back in {:.2}s",
         began.elapsed().as_secs_f64()
     ));
     workers.restart(0);

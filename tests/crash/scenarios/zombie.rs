@@ -93,6 +93,17 @@ pub(crate) async fn run(seed: u64) -> Report {
         taken_while_frozen > 0,
         "no saga of the frozen worker was taken over in {frozen_for:?}"
     );
+    // Every lease it could lose was taken over: only sagas whose rows a transaction it had open
+    // kept locked (claims skip locked rows) may still have been leased to it.
+    assert_eq!(
+        unlocked, 0,
+        "{unlocked} of the frozen worker's sagas were neither taken over nor row-locked by it after {frozen_for:?}"
+    );
+    assert_eq!(
+        taken_while_frozen + i64::try_from(leased).unwrap_or(i64::MAX),
+        held,
+        "each saga the frozen worker held was taken over or is row-locked by it"
+    );
     assert!(
         refused > 0,
         "the thawed zombie never noticed it lost its leases (no fenced write or heartbeat refused)"
