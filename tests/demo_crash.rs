@@ -185,7 +185,11 @@ async fn demo_killed_mid_run_resumes_and_never_repeats_a_completed_step() {
         "no step phase started again after it completed"
     );
     assert_eq!(
-        count(&pool, "SELECT COUNT(DISTINCT idempotency_key) FROM saga_instances").await,
+        count(
+            &pool,
+            "SELECT COUNT(DISTINCT idempotency_key) FROM saga_instances"
+        )
+        .await,
         SAGAS,
         "one saga per order key"
     );
