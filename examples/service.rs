@@ -50,6 +50,9 @@ struct Args {
     /// Name of this instance, recorded as its workers' lease owner.
     #[arg(long)]
     name: Option<String>,
+    /// Simulated latency of the payment provider, per charge, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    charge_latency_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +83,7 @@ enum Backend {
 struct Checkout {
     backend: Backend,
     instance: String,
+    charge_latency: Duration,
 }
 
 async fn reserve_stock(_: Arc<Checkout>, ctx: StepContext<Order>) -> Result<String, StepError> {
@@ -97,7 +101,8 @@ async fn release_stock(
     Ok(())
 }
 
-async fn charge_card(_: Arc<Checkout>, ctx: StepContext<Order>) -> Result<String, StepError> {
+async fn charge_card(saga: Arc<Checkout>, ctx: StepContext<Order>) -> Result<String, StepError> {
+    tokio::time::sleep(saga.charge_latency).await;
     if ctx.input().amount_cents > 100_000 {
         return Err(StepError::permanent("card declined: over the limit"));
     }
@@ -323,7 +328,11 @@ async fn run(args: Args) -> Result<(), Error> {
             .worker_id(WorkerId::new(instance.clone()))
             .shutdown_grace(Duration::from_secs(20)),
     );
-    orchestrator.register(Checkout { backend, instance })?;
+    orchestrator.register(Checkout {
+        backend,
+        instance,
+        charge_latency: Duration::from_millis(args.charge_latency_ms),
+    })?;
     orchestrator.run();
 
     let app = Router::new()

@@ -267,9 +267,10 @@ async fn parent() {
         .iter()
         .map(|row| (row.get("worker"), row.get("steps")))
         .collect();
-    assert!(
-        shares.len() >= 2,
-        "only one worker process did any work: {shares:?}"
+    assert_eq!(
+        shares.len(),
+        WORKERS,
+        "every one of the {WORKERS} worker processes did work: {shares:?}"
     );
     println!(
         "multi_worker: {SAGAS} sagas x {STEPS} steps on {WORKERS} processes in {:.1}s; steps per worker {shares:?}; {commits} server commits, {:.2} per step of which 3 are the test's own ledger writes (the rest: the orchestrator and the workers' polling)",

@@ -128,6 +128,7 @@ async fn two_instances_share_one_database_and_shut_down_gracefully() {
             Command::new(&binary)
                 .args(["--db", &url, "--listen", &format!("127.0.0.1:{port}")])
                 .args(["--name", &format!("instance-{}", n + 1)])
+                .args(["--charge-latency-ms", "600"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -219,7 +220,27 @@ async fn two_instances_share_one_database_and_shut_down_gracefully() {
         "both instances drove sagas: {by_instance:?}"
     );
 
-    // SIGTERM: each instance stops gracefully and exits 0.
+    // More orders, and SIGTERM while their charges are running: each instance lets its running
+    // steps finish, records them, gives every lease back, and exits 0.
+    for n in 0..8u64 {
+        let port = ports[(n % 2) as usize];
+        let (status, body) = post_order(port, &format!("late-{n}"), &order(100 + n)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let running_charges = "SELECT COUNT(*) FROM saga.saga_steps
+                            WHERE name = 'charge_card' AND status = 'in_progress'";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let in_flight = loop {
+        let running: i64 = sqlx::query_scalar(running_charges)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if running > 0 {
+            break running;
+        }
+        assert!(Instant::now() < deadline, "no charge was ever seen running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     for child in &children {
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -248,4 +269,13 @@ async fn two_instances_share_one_database_and_shut_down_gracefully() {
             .and_then(|row| row.try_get(0))
             .unwrap();
     assert_eq!(leased, 0, "no lease left behind");
+    let unfinished: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM saga.saga_steps WHERE status = 'in_progress'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        unfinished, 0,
+        "the {in_flight} charge(s) running at SIGTERM finished and were recorded"
+    );
 }
