@@ -1,28 +1,39 @@
 //! Last stage of the derive: parse, validate, then turn the checked declaration into
-//! `impl Saga`, whose `definition()` is the builder chain a person would write by hand.
+//! `impl Saga`, whose `definition()` is the builder chain a person would write by hand, and the
+//! step-name constants.
+
+use std::collections::HashSet;
 
 use proc_macro2::{Group, Literal, Span, TokenStream, TokenTree};
-use quote::{quote, quote_spanned};
+use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
-use syn::{DeriveInput, LitStr};
+use syn::{DeriveInput, Ident, LitStr, Path};
 
+use crate::constants::{self, constant_ident, StepConstant};
 use crate::fingerprint::fingerprint;
-use crate::parse::{self, DurationInput, Errors, RetryInput};
-use crate::validate::{self, Compensation, SagaModel, StepModel};
+use crate::function_paths::referenced;
+use crate::parse::{self, DurationInput, Errors, RetryInput, SagaInput};
+use crate::validate::{self, default_crate, Compensation, SagaModel, StepModel};
 
-/// The whole derive: `impl Saga for ...`, or every problem found in the declaration.
-///
-/// # Errors
-/// All the errors found while reading and checking the declaration, combined.
-pub(crate) fn derive(input: &DeriveInput) -> syn::Result<TokenStream> {
+/// The whole derive: `impl Saga for ...` and the step-name constants, or every problem found in
+/// the declaration followed by [`fallback`] items, so that those problems are the only errors.
+pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
     let mut errors = Errors::default();
     let parsed = parse::saga_input(input, &mut errors);
-    let model = validate::validate(parsed, errors)?;
-    Ok(expand(&model))
+    let fallback = fallback(&parsed);
+    match validate::validate(parsed, errors) {
+        Ok(model) => expand(&model),
+        Err(err) => {
+            let mut tokens = err.into_compile_error();
+            tokens.extend(fallback);
+            tokens
+        }
+    }
 }
 
-/// `impl Saga` for a checked declaration. Every path is absolute, through the facade's hidden
-/// `__private` module, and nothing but the impl is emitted, so no name leaks into user scope.
+/// `impl Saga` for a checked declaration, and the step-name constants. Every path is absolute,
+/// through the facade's hidden `__private` module; the only names added are the constants, on
+/// the deriving type.
 fn expand(saga: &SagaModel) -> TokenStream {
     let krate = &saga.krate;
     let private = quote!(#krate::__private);
@@ -32,12 +43,25 @@ fn expand(saga: &SagaModel) -> TokenStream {
     let name = &saga.name;
     let version = Literal::u32_unsuffixed(saga.version);
     let fingerprint = LitStr::new(&fingerprint(saga), Span::call_site());
-    let steps = saga.steps.iter().map(|step| expand_step(step, &private));
+    let steps = saga.steps.iter().map(|step| expand_step(step, krate));
+    let constants = constants::expand(
+        ident,
+        &saga.vis,
+        &saga.generics,
+        saga.steps.iter().map(|step| StepConstant {
+            ident: &step.constant,
+            name: &step.name_text,
+        }),
+    );
     quote! {
+        #constants
+
         #[automatically_derived]
         impl #impl_generics #private::Saga for #ident #type_generics #where_clause {
             type Input = #input;
 
+            // `referenced` wraps each function path in braces, with unused local functions.
+            #[allow(dead_code, unused_braces)]
             fn definition() -> #private::SagaDefinition<Self> {
                 #private::SagaDefinition::new(#name, #version)
                     .with_fingerprint(#fingerprint)
@@ -47,48 +71,143 @@ fn expand(saga: &SagaModel) -> TokenStream {
     }
 }
 
-/// `Step::new("name", action).compensate(undo)...` for one step. The calls that take the user's
+/// What a declaration with errors expands to besides the errors: `impl Saga` with no steps, and
+/// the constants of the steps that could be read. Code using the saga (`Checkout::definition()`,
+/// `Checkout::RESERVE_STOCK`) then compiles, so the declaration's errors are the only ones. It
+/// never runs: the `compile_error!`s before it fail the build. An unreadable input type becomes
+/// `()`.
+fn fallback(saga: &SagaInput) -> TokenStream {
+    let krate = saga.krate.clone().unwrap_or_else(default_crate);
+    let private = quote!(#krate::__private);
+    let ident = &saga.ident;
+    let (impl_generics, type_generics, where_clause) = saga.generics.split_for_impl();
+    let input = saga
+        .input
+        .as_ref()
+        .map_or_else(|| quote!(()), ToTokens::to_token_stream);
+    let name = saga
+        .name
+        .clone()
+        .unwrap_or_else(|| LitStr::new(&ident.to_string(), ident.span()));
+    let version = Literal::u32_unsuffixed(saga.version.unwrap_or(1));
+    let mut seen = HashSet::new();
+    let steps: Vec<_> = saga
+        .steps
+        .iter()
+        .filter_map(|step| Some((constant_ident(&step.name)?, step.name_text())))
+        .filter(|(constant, _)| seen.insert(constant.to_string()))
+        .collect();
+    let constants = constants::expand(
+        ident,
+        &saga.vis,
+        &saga.generics,
+        steps.iter().map(|(constant, name)| StepConstant {
+            ident: constant,
+            name,
+        }),
+    );
+    quote! {
+        #constants
+
+        #[automatically_derived]
+        impl #impl_generics #private::Saga for #ident #type_generics #where_clause {
+            type Input = #input;
+
+            fn definition() -> #private::SagaDefinition<Self> {
+                #private::SagaDefinition::new(#name, #version)
+            }
+        }
+    }
+}
+
+/// One step: `Step::<Self>::new(Self::NAME, action)`, then one builder call per option, each
+/// taking the previous one's result:
+///
+/// ```text
+/// {
+///     let step = Step::<Self>::new(Self::RESERVE_STOCK, { reserve_stock });
+///     let step = StepBuilder::compensate(step, { release_stock });
+///     StepBuilder::timeout(step, Duration::from_secs(10))
+/// }
+/// ```
+///
+/// `Step::<Self>` fixes the saga type before the action is looked at, so that a function taking
+/// `Arc<Other>` is reported as a signature mismatch (expected `fn(Arc<Self>, ...)`) rather than
+/// as `Other: Saga` not being satisfied. The builder calls are written as paths rather than
+/// methods, and `step` carries the span of the action: an output type that is not serde is then
+/// reported once per missing trait, on the action, instead of also as "method exists but its
+/// trait bounds were not satisfied" on `#[derive(Saga)]`. The calls that take the user's
 /// functions carry the span of the function path, so that a missing function or a wrong
 /// signature is reported on the user's `#[step(...)]` token.
-fn expand_step(step: &StepModel, private: &TokenStream) -> TokenStream {
-    let name = LitStr::new(&step.name_text, step.name.span());
-    let action = &step.action;
-    let span = action.span();
-    // The whole call carries the span, `__private` path included: the compiler reports an
-    // unsatisfied bound at the start of the call expression.
-    let private_here = respan(private.clone(), span);
-    let mut chain = quote_spanned! {span=>
-        #private_here::Step::new(#name, #action)
+fn expand_step(step: &StepModel, krate: &Path) -> TokenStream {
+    let span = step.action.span();
+    let var = Ident::new(&step.local_name(), span);
+    let builder = respan(quote!(#krate::StepBuilder), span);
+    let private_here = respan(quote!(#krate::__private), span);
+    let private = quote!(#krate::__private);
+    let constant = &step.constant;
+    let functions = step.function_names();
+    let action = referenced(&step.action, &functions);
+    let mut calls = vec![(
+        span,
+        quote_spanned! {span=>
+            #private_here::Step::<Self>::new(Self::#constant, #action)
+        },
+    )];
+    let mut call = |span: Span, method: &str, argument: Option<TokenStream>| {
+        let method = Ident::new(method, span);
+        let builder = respan(builder.clone(), span);
+        let argument = argument.map(|argument| quote!(, #argument));
+        calls.push((
+            span,
+            quote_spanned! {span=> #builder::#method(#var #argument) },
+        ));
     };
     match &step.compensation {
         Compensation::Compensate(path) => {
-            chain = quote_spanned!(path.span()=> #chain.compensate(#path));
+            call(
+                path.span(),
+                "compensate",
+                Some(referenced(path, &functions)),
+            );
         }
-        Compensation::Irreversible => chain = quote!(#chain.irreversible()),
+        Compensation::Irreversible => call(span, "irreversible", None),
     }
     if let Some(path) = &step.probe {
-        chain = quote_spanned!(path.span()=> #chain.probe(#path));
+        call(path.span(), "probe", Some(referenced(path, &functions)));
     }
     if step.transactional {
-        chain = quote!(#chain.transactional());
+        call(span, "transactional", None);
     }
     if let Some(policy) = &step.retry {
-        let policy = retry_policy(policy, private);
-        chain = quote!(#chain.retry(#policy));
+        call(span, "retry", Some(retry_policy(policy, &private)));
     }
     if let Some(timeout) = &step.timeout {
-        let timeout = duration(timeout, private);
-        chain = quote!(#chain.timeout(#timeout));
+        call(span, "timeout", Some(duration(timeout, &private)));
     }
     if let Some(policy) = &step.compensation_retry {
-        let policy = retry_policy(policy, private);
-        chain = quote!(#chain.compensation_retry(#policy));
+        call(
+            span,
+            "compensation_retry",
+            Some(retry_policy(policy, &private)),
+        );
     }
     if let Some(timeout) = &step.compensation_timeout {
-        let timeout = duration(timeout, private);
-        chain = quote!(#chain.compensation_timeout(#timeout));
+        call(
+            span,
+            "compensation_timeout",
+            Some(duration(timeout, &private)),
+        );
     }
-    chain
+    // There is always a last call: `compensate` or `irreversible`.
+    let last = calls.pop().map(|(_, call)| call);
+    let statements = calls
+        .into_iter()
+        .map(|(span, call)| quote_spanned!(span=> let #var = #call;));
+    quote! {{
+        #(#statements)*
+        #last
+    }}
 }
 
 /// `tokens` with every token's span set to `span`.
@@ -227,22 +346,58 @@ mod tests {
     }
 
     #[test]
-    fn errors_are_combined_and_nothing_is_emitted() {
+    fn errors_are_combined_and_followed_by_a_fallback_without_steps() {
         let input: DeriveInput = syn::parse_quote! {
             #[saga(name = "x", version = 1, input = u32, colour = "red")]
             #[step(a, compensate = undo, irreversible, timeout = "soon")]
             #[step(a, retries(max_attempts = 3))]
-            struct X;
+            pub struct X;
         };
-        let messages: Vec<String> = match derive(&input) {
-            Ok(tokens) => panic!("expanded despite errors: {tokens}"),
+        let mut errors = Errors::default();
+        let parsed = parse::saga_input(&input, &mut errors);
+        let messages: Vec<String> = match validate::validate(parsed, errors) {
+            Ok(_) => panic!("validated despite errors"),
             Err(err) => err.into_iter().map(|e| e.to_string()).collect(),
         };
         assert_eq!(messages.len(), 6, "{messages:#?}");
-        let compile_error = derive(&input)
-            .unwrap_or_else(syn::Error::into_compile_error)
-            .to_string();
-        assert_eq!(compile_error.matches("compile_error").count(), 6);
-        assert!(!compile_error.contains("impl"));
+
+        let tokens = derive(&input);
+        let mut items = Vec::new();
+        let mut compile_errors = 0;
+        for item in syn::parse2::<syn::File>(tokens).expect("parses").items {
+            match item {
+                syn::Item::Macro(mac)
+                    if mac
+                        .mac
+                        .path
+                        .segments
+                        .last()
+                        .is_some_and(|segment| segment.ident == "compile_error") =>
+                {
+                    compile_errors += 1;
+                }
+                other => items.push(other),
+            }
+        }
+        assert_eq!(compile_errors, 6);
+        let fallback = prettyplease::unparse(&syn::File {
+            shebang: None,
+            attrs: Vec::new(),
+            items,
+        });
+        insta::assert_snapshot!("fallback", fallback);
+    }
+
+    #[test]
+    fn an_unreadable_saga_attribute_falls_back_to_unit_input() {
+        let input: DeriveInput = syn::parse_quote! {
+            #[saga(name = "x", version = 1, input = )]
+            #[step(a, irreversible)]
+            struct X;
+        };
+        let tokens = derive(&input).to_string();
+        assert!(tokens.contains("compile_error"), "{tokens}");
+        assert!(tokens.contains("type Input = () ;"), "{tokens}");
+        assert!(tokens.contains("const A"), "{tokens}");
     }
 }

@@ -5,9 +5,11 @@
 //! builder, checked at compile time. Use it through the facade (`use saga::Saga;`, feature
 //! `derive`, on by default) rather than depending on this crate directly.
 
+mod constants;
 mod duration;
 mod expand;
 mod fingerprint;
+mod function_paths;
 mod parse;
 mod validate;
 
@@ -58,7 +60,7 @@ use proc_macro::TokenStream;
 ///     Ok(())
 /// }
 /// async fn send_receipt(_: Arc<Checkout>, ctx: StepContext<Order>) -> Result<(), StepError> {
-///     let charged: u64 = ctx.output("charge_card")?; // the output of an earlier step
+///     let charged: u64 = ctx.output(Checkout::CHARGE_CARD)?; // the output of an earlier step
 ///     assert_eq!(charged, ctx.input().cents);
 ///     Ok(())
 /// }
@@ -127,6 +129,24 @@ use proc_macro::TokenStream;
 /// (`Self::refund`) or generic functions (`post::<C>`). Generic types work: the impl carries the
 /// type's generics and where clause.
 ///
+/// # Reading an earlier step's output
+///
+/// The derive adds one associated constant per step to the deriving type, holding the step's
+/// name: the name in upper case, without `r#` (`reserve_stock` → `Checkout::RESERVE_STOCK`), with
+/// the type's visibility. Pass it to `StepContext::output`, which decodes the output of an
+/// earlier, completed step:
+///
+/// ```text
+/// let reservation: String = ctx.output(Checkout::RESERVE_STOCK)?;
+/// ```
+///
+/// A misspelt constant does not compile, and the compiler suggests the closest one; a misspelt
+/// string, `ctx.output("reserve_stok")`, which still works, compiles and fails the step at run
+/// time. The type `T` of `ctx.output::<T>` is checked when the step runs, not at compile time:
+/// it must decode what the earlier step's action returned. For a generic type, name the
+/// parameters: `Ledger::<C>::POST`. Two step names that differ only in case would share a
+/// constant, and are refused.
+///
 /// # Versions and the fingerprint
 ///
 /// The derive computes a fingerprint of the step graph at compile time: the saga name, the input
@@ -141,12 +161,17 @@ use proc_macro::TokenStream;
 /// Every mistake in a declaration is reported in one build, on the offending token, with how to
 /// fix it: a missing `#[saga(...)]` key, an unknown option, an invalid duration, `max_attempts =
 /// 0`, a saga with no steps, two steps with one name, a step with both or neither of `compensate`
-/// and `irreversible`. A missing function or one with the wrong signature is reported by the
-/// compiler on the function's name in `#[step(...)]`.
+/// and `irreversible`. Those are then the only errors: the derive still implements `Saga` (with
+/// no steps) and the constants of the steps it could read, so code using the type does not add
+/// "no function `definition` found" and the like.
+///
+/// Mistakes in the step functions are reported by the compiler on the function's path in
+/// `#[step(...)]`: a function that does not exist ("cannot find value"), one with the wrong
+/// signature, including one written for another saga type (expected `fn(Arc<Checkout>, ...)`,
+/// found `fn(Arc<Other>, ...)`), and an action whose output does not implement `Serialize` or
+/// `DeserializeOwned`.
 #[proc_macro_derive(Saga, attributes(saga, step))]
 pub fn derive_saga(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
-    expand::derive(&input)
-        .unwrap_or_else(syn::Error::into_compile_error)
-        .into()
+    expand::derive(&input).into()
 }

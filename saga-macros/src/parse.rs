@@ -8,7 +8,7 @@ use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
 use syn::{
     Attribute, DeriveInput, Expr, ExprLit, ExprPath, Generics, Ident, Lit, LitStr, Path, Token,
-    Type,
+    Type, Visibility,
 };
 
 use crate::duration;
@@ -49,6 +49,8 @@ impl Errors {
 pub(crate) struct SagaInput {
     /// The type deriving `Saga`.
     pub(crate) ident: Ident,
+    /// Its visibility, given to the step-name constants.
+    pub(crate) vis: Visibility,
     /// Its generics, carried to the impl.
     pub(crate) generics: Generics,
     /// The first `#[saga(...)]` attribute, where errors about missing keys point.
@@ -132,6 +134,7 @@ pub(crate) struct DurationInput {
 pub(crate) fn saga_input(input: &DeriveInput, errors: &mut Errors) -> SagaInput {
     let mut saga = SagaInput {
         ident: input.ident.clone(),
+        vis: input.vis.clone(),
         generics: input.generics.clone(),
         saga_attr: None,
         saga_attr_broken: false,

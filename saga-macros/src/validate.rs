@@ -1,19 +1,23 @@
 //! Second stage of the derive: the checks that need the whole declaration (required keys, at
-//! least one step, unique step names, each step either compensable or declared irreversible),
-//! turning a [`SagaInput`] into a [`SagaModel`] that the expansion can trust.
+//! least one step, unique step names and step-name constants, each step either compensable or
+//! declared irreversible), turning a [`SagaInput`] into a [`SagaModel`] that the expansion can
+//! trust.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use proc_macro2::Span;
 use syn::spanned::Spanned;
-use syn::{ExprPath, Generics, Ident, LitStr, Path, Type};
+use syn::{ExprPath, Generics, Ident, LitStr, Path, Type, Visibility};
 
+use crate::constants::constant_ident;
 use crate::parse::{DurationInput, Errors, RetryInput, SagaInput, StepInput};
 
 /// A declaration with everything required present and consistent.
 pub(crate) struct SagaModel {
     /// The type deriving `Saga`.
     pub(crate) ident: Ident,
+    /// Its visibility, given to the step-name constants.
+    pub(crate) vis: Visibility,
     /// Its generics.
     pub(crate) generics: Generics,
     /// The saga type name.
@@ -30,8 +34,9 @@ pub(crate) struct SagaModel {
 
 /// One checked step.
 pub(crate) struct StepModel {
-    /// The name as written (the orchestrator sees [`StepModel::name_text`]).
-    pub(crate) name: Ident,
+    /// The associated constant holding the name, spanned on the name as written:
+    /// `reserve_stock` → `RESERVE_STOCK`.
+    pub(crate) constant: Ident,
     /// The action: `action = path`, or the function named like the step.
     pub(crate) action: ExprPath,
     /// Its compensation, or the explicit `irreversible` mark.
@@ -67,6 +72,7 @@ pub(crate) enum Compensation {
 pub(crate) fn validate(input: SagaInput, mut errors: Errors) -> syn::Result<SagaModel> {
     let SagaInput {
         ident,
+        vis,
         generics,
         saga_attr,
         saga_attr_broken,
@@ -115,6 +121,7 @@ pub(crate) fn validate(input: SagaInput, mut errors: Errors) -> syn::Result<Saga
     }
 
     let mut seen = HashSet::new();
+    let mut constants: HashMap<String, String> = HashMap::new();
     let mut checked = Vec::with_capacity(steps.len());
     for step in steps {
         let name_text = step.name_text();
@@ -126,7 +133,28 @@ pub(crate) fn validate(input: SagaInput, mut errors: Errors) -> syn::Result<Saga
                 ),
             );
         }
-        if let Some(model) = step_model(step, name_text, &mut errors) {
+        let Some(constant) = constant_ident(&step.name) else {
+            errors.at(
+                step.name.span(),
+                format!(
+                    "step name `{name_text}` has no upper-case form for its constant `{ident}::...`; name the step with ASCII letters, digits and `_`"
+                ),
+            );
+            continue;
+        };
+        match constants.get(&constant.to_string()) {
+            Some(other) if *other != name_text => errors.at(
+                step.name.span(),
+                format!(
+                    "steps `{other}` and `{name_text}` would share the constant `{ident}::{constant}`; give them names that differ by more than case"
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                constants.insert(constant.to_string(), name_text.clone());
+            }
+        }
+        if let Some(model) = step_model(step, name_text, constant, &mut errors) {
             checked.push(model);
         }
     }
@@ -135,6 +163,7 @@ pub(crate) fn validate(input: SagaInput, mut errors: Errors) -> syn::Result<Saga
     match (name, version, input_type) {
         (Some(name), Some(version), Some(input)) => Ok(SagaModel {
             ident,
+            vis,
             generics,
             name,
             version,
@@ -151,7 +180,12 @@ pub(crate) fn validate(input: SagaInput, mut errors: Errors) -> syn::Result<Saga
 
 /// Checks one step: a compensation or the `irreversible` mark, exactly one of them, and no
 /// compensation settings on a step that has no compensation.
-fn step_model(step: StepInput, name_text: String, errors: &mut Errors) -> Option<StepModel> {
+fn step_model(
+    step: StepInput,
+    name_text: String,
+    constant: Ident,
+    errors: &mut Errors,
+) -> Option<StepModel> {
     let compensation = match (step.compensate, step.irreversible) {
         (Some(path), None) => Compensation::Compensate(path),
         (None, Some(_)) => Compensation::Irreversible,
@@ -200,10 +234,10 @@ fn step_model(step: StepInput, name_text: String, errors: &mut Errors) -> Option
     let action = step.action.unwrap_or_else(|| ExprPath {
         attrs: Vec::new(),
         qself: None,
-        path: Path::from(step.name.clone()),
+        path: Path::from(step.name),
     });
     Some(StepModel {
-        name: step.name,
+        constant,
         action,
         compensation,
         probe: step.probe,
@@ -217,7 +251,7 @@ fn step_model(step: StepInput, name_text: String, errors: &mut Errors) -> Option
 }
 
 /// `::saga`, the facade crate.
-fn default_crate() -> Path {
+pub(crate) fn default_crate() -> Path {
     syn::parse_quote!(::saga)
 }
 
@@ -330,6 +364,19 @@ mod tests {
                 struct X;
             }),
             ["step name `a` is used twice; give each step its own name (two steps may share a function through `action = path`)"]
+        );
+    }
+
+    #[test]
+    fn step_names_that_differ_only_in_case_are_refused() {
+        assert_eq!(
+            errors_of(syn::parse_quote! {
+                #[saga(name = "x", version = 1, input = u32)]
+                #[step(charge, irreversible)]
+                #[step(Charge, irreversible)]
+                struct X;
+            }),
+            ["steps `charge` and `Charge` would share the constant `X::CHARGE`; give them names that differ by more than case"]
         );
     }
 

@@ -1,6 +1,7 @@
 //! `#[derive(Saga)]` against the builder: a saga declared with the derive and the same saga
 //! written by hand have the same step specs and, run on the same scripted failures, the same
-//! histories. Also: generic sagas, a renamed facade crate, enums with methods as steps.
+//! histories. Also: generic sagas, a renamed facade crate, enums with methods as steps, and the
+//! step-name constants.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -231,6 +232,40 @@ fn unset_options_keep_the_builder_defaults() {
 }
 
 #[test]
+fn step_name_constants_hold_the_names_the_orchestrator_sees() {
+    let specs = DerivedProbe::definition().specs();
+    let names: Vec<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            DerivedProbe::RESERVE_STOCK,
+            DerivedProbe::CHARGE_CARD,
+            DerivedProbe::SEND_RECEIPT
+        ]
+    );
+    assert_eq!(DerivedProbe::RESERVE_STOCK, "reserve_stock");
+    // The constants have the saga type's visibility; a raw identifier loses its `r#`.
+    assert_eq!(payments::Payments::MATCH, "match");
+}
+
+/// A saga visible outside its module.
+mod payments {
+    use std::sync::Arc;
+
+    use saga::{StepContext, StepError};
+    use saga_macros::Saga;
+
+    #[derive(Saga)]
+    #[saga(name = "payments", version = 1, input = u64)]
+    #[step(r#match, irreversible)]
+    pub(crate) struct Payments;
+
+    async fn r#match(_: Arc<Payments>, _: StepContext<u64>) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+#[test]
 fn the_fingerprint_is_pinned() {
     // A change here means sagas in flight would be parked after a deploy: bump the version.
     insta::assert_snapshot!(
@@ -354,7 +389,7 @@ async fn report<C: Counter + Send + Sync + 'static>(
     _: Arc<Tally<C>>,
     ctx: StepContext<u64>,
 ) -> Result<(), StepError> {
-    let total: i64 = ctx.output("add")?;
+    let total: i64 = ctx.output(Tally::<C>::ADD)?;
     if total > 100 {
         return Err(StepError::permanent("total over 100"));
     }
