@@ -1,162 +1,31 @@
 //! `saga`: the operator CLI. Finds and reads sagas and works the manual-intervention queue on any
 //! store, by URL (`--db` or `SAGA_DATABASE_URL`).
 //!
-//! Exit codes scripts can rely on: 0 done; 2 bad input (arguments, ids, durations, store URL);
-//! 3 no such saga or item; 4 refused (already settled, not applicable now); 5 store unavailable;
-//! 1 anything else.
+//! No command creates or migrates the schema except `saga migrate`: the others check that the
+//! store's schema is this CLI's and otherwise stop, saying which version they found.
+//!
+//! Exit codes scripts can rely on: 0 done; 2 bad input (arguments, ids, durations, store URL,
+//! login, schema version, an unconfirmed large prune or heavy migration); 3 no such saga or
+//! item; 4 refused (already settled, not applicable now); 5 store unavailable; 1 anything else.
 
+mod args;
+mod migrate;
 mod output;
+mod prune;
+mod store;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use saga::{Admin, Error, InterventionId, SagaFilter, SagaId, SagaStatus, SagaType};
 
+use args::{Cli, Command, InterventionsCommand, SagasCommand};
 use output::Output;
-
-/// Operate sagas: list them, read their history, settle the manual-intervention queue.
-#[derive(Debug, Parser)]
-#[command(name = "saga", version)]
-struct Cli {
-    /// Store URL: sqlite://path.db or postgres://user:password@host/database.
-    #[arg(long, env = "SAGA_DATABASE_URL", global = true, hide_env_values = true)]
-    db: Option<String>,
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// List or cancel sagas.
-    #[command(subcommand)]
-    Sagas(SagasCommand),
-    /// Show one saga with its steps.
-    Show {
-        /// The saga id.
-        id: String,
-    },
-    /// Show one saga's full history.
-    History {
-        /// The saga id.
-        id: String,
-    },
-    /// Work the manual-intervention queue.
-    #[command(subcommand)]
-    Interventions(InterventionsCommand),
-    /// Delete finished sagas (completed, compensated, cancelled) older than an age; never
-    /// running sagas nor open interventions.
-    Prune {
-        /// Age of the last change, e.g. 30d, 12h, 15m, 90s.
-        #[arg(long)]
-        older_than: String,
-        /// Delete at most this many.
-        #[arg(long, default_value_t = 10_000)]
-        limit: u32,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum SagasCommand {
-    /// List sagas, oldest first.
-    List {
-        /// Only this status (running, compensating, completed, compensated, needs_intervention, cancelled).
-        #[arg(long)]
-        status: Option<String>,
-        /// Only this saga type.
-        #[arg(long = "type")]
-        saga_type: Option<String>,
-        /// Only the saga started with this idempotency key.
-        #[arg(long)]
-        key: Option<String>,
-        /// Only sagas created more than this long ago, e.g. 1h.
-        #[arg(long)]
-        older_than: Option<String>,
-        /// Page size.
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-        /// Start after this saga id (the last id of the previous page).
-        #[arg(long)]
-        after: Option<String>,
-    },
-    /// Cancel a running saga: no further step begins, completed steps are compensated.
-    Cancel {
-        /// The saga id.
-        id: String,
-        /// Why (required; recorded in the history).
-        #[arg(long)]
-        reason: String,
-        /// Who is acting (default: $SAGA_OPERATOR, else $USER).
-        #[arg(long)]
-        by: Option<String>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum InterventionsCommand {
-    /// List intervention items (open ones unless --all).
-    List {
-        /// Include settled items.
-        #[arg(long)]
-        all: bool,
-    },
-    /// Show one item: step, key, input, output, error.
-    Show {
-        /// The item id.
-        id: String,
-    },
-    /// Run the failed compensation again with the same key and continue compensating (or
-    /// re-drive a parked saga once its code is fixed).
-    Retry {
-        /// The item id (or --all).
-        id: Option<String>,
-        /// Retry every open item, at most --max of them.
-        #[arg(long, conflicts_with = "id", requires = "max")]
-        all: bool,
-        /// The bound of --all.
-        #[arg(long)]
-        max: Option<usize>,
-        /// Why (required; recorded in the history).
-        #[arg(long)]
-        reason: String,
-        /// Who is acting (default: $SAGA_OPERATOR, else $USER).
-        #[arg(long)]
-        by: Option<String>,
-    },
-    /// The step was undone by hand: mark the compensation done and continue compensating. For
-    /// an unknown outcome (the action may or may not have taken effect), with --not-applied:
-    /// record that it did not, and compensate what completed before it.
-    Resolve {
-        /// The item id.
-        id: String,
-        /// For an `unknown_outcome` item: you checked, and the action did not take effect.
-        #[arg(long)]
-        not_applied: bool,
-        /// Why (required; recorded in the history).
-        #[arg(long)]
-        reason: String,
-        /// Who is acting (default: $SAGA_OPERATOR, else $USER).
-        #[arg(long)]
-        by: Option<String>,
-    },
-    /// Stop the saga where it is (cancelled) and close the item.
-    Cancel {
-        /// The item id.
-        id: String,
-        /// Why (required; recorded in the history).
-        #[arg(long)]
-        reason: String,
-        /// Who is acting (default: $SAGA_OPERATOR, else $USER).
-        #[arg(long)]
-        by: Option<String>,
-    },
-}
+use store::Target;
 
 /// A failure with the exit code it maps to.
-struct Failure {
+pub(crate) struct Failure {
     code: u8,
     message: String,
 }
@@ -177,7 +46,8 @@ impl From<Error> for Failure {
     }
 }
 
-fn bad_input(message: String) -> Failure {
+/// Bad input (exit 2): `message` says what was wrong and what to do.
+pub(crate) fn bad_input(message: String) -> Failure {
     Failure { code: 2, message }
 }
 
@@ -204,25 +74,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
-    let Some(url) = cli.db.as_deref() else {
-        return Err(bad_input(
-            "no store given; pass --db sqlite://path.db (or postgres://...) or set SAGA_DATABASE_URL"
-                .into(),
-        ));
-    };
-    if url.starts_with("sqlite:") {
-        let path = url
-            .trim_start_matches("sqlite://")
-            .trim_start_matches("sqlite:");
-        let path = path.split('?').next().unwrap_or(path);
-        if !path.is_empty() && path != ":memory:" && !std::path::Path::new(path).exists() {
-            return Err(bad_input(format!(
-                "no SQLite database at `{path}`; check the path (the CLI never creates one)"
-            )));
-        }
-    }
-    let admin = Admin::new(saga::connect(url).await?);
+    let target = Target::new(cli.db, cli.schema)?;
     let out = Output::new(cli.json);
+    if let Command::Migrate { yes } = cli.command {
+        return migrate::migrate(&target, &out, yes).await;
+    }
+    let admin = Admin::new(target.open_current().await?);
     match cli.command {
         Command::Sagas(SagasCommand::List {
             status,
@@ -259,10 +116,23 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             out.history(id, &admin.history(id).await?);
         }
         Command::Interventions(command) => return interventions(&admin, &out, command).await,
-        Command::Prune { older_than, limit } => {
-            let deleted = admin.prune(parse_age(&older_than)?, limit).await?;
-            out.pruned(deleted);
+        Command::Prune {
+            older_than,
+            limit,
+            dry_run,
+            yes,
+        } => {
+            let age = parse_age(&older_than)?;
+            let request = prune::Prune {
+                age,
+                limit,
+                dry_run,
+                yes,
+            };
+            return prune::prune(&admin, &out, request).await;
         }
+        // Handled before the store is opened for the other commands.
+        Command::Migrate { .. } => {}
     }
     Ok(0)
 }

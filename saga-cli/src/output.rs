@@ -1,5 +1,6 @@
 //! What the CLI prints: aligned tables for people, JSON (`--json`) for scripts.
 
+use chrono::SecondsFormat;
 use saga::{
     BatchResult, CancelOutcome, History, Intervention, InterventionId, SagaId, SagaRecord,
     SagaSnapshot, SagaStatus, Timestamp,
@@ -23,8 +24,15 @@ pub(crate) struct Output {
     json: bool,
 }
 
+/// A time in a table: UTC, to the millisecond.
 fn time(at: Timestamp) -> String {
     at.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+}
+
+/// A time in JSON: RFC 3339 with its offset (`2026-12-06T09:00:00.000Z`), so that scripts
+/// need not guess the zone.
+fn json_time(at: Timestamp) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn opt_time(at: Option<Timestamp>) -> String {
@@ -79,12 +87,12 @@ fn saga_json(record: &SagaRecord) -> Value {
         "reason": record.status_reason,
         "idempotency_key": record.idempotency_key.as_ref().map(|key| key.as_str()),
         "input": record.input,
-        "next_run_at": record.next_run_at.map(time),
+        "next_run_at": record.next_run_at.map(json_time),
         "lease_owner": record.lease_owner.as_ref().map(|owner| owner.as_str()),
-        "lease_expires_at": record.lease_expires_at.map(time),
+        "lease_expires_at": record.lease_expires_at.map(json_time),
         "cancel_requested": record.cancel_requested,
-        "created_at": time(record.created_at),
-        "updated_at": time(record.updated_at),
+        "created_at": json_time(record.created_at),
+        "updated_at": json_time(record.updated_at),
     })
 }
 
@@ -100,8 +108,8 @@ fn item_json(item: &Intervention) -> Value {
         "output": item.item.output,
         "error": item.item.error,
         "status": item.status.as_str(),
-        "opened_at": time(item.opened_at),
-        "resolved_at": item.resolved_at.map(time),
+        "opened_at": json_time(item.opened_at),
+        "resolved_at": item.resolved_at.map(json_time),
         "resolved_by": item.resolved_by,
         "resolution": item.resolution,
         "resolution_reason": item.resolution_reason,
@@ -113,7 +121,18 @@ impl Output {
         Self { json }
     }
 
-    fn print_json(&self, value: &Value) {
+    /// Whether results print as JSON.
+    pub(crate) fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// Prints one line of text.
+    pub(crate) fn line(&self, text: &str) {
+        emit!("{text}");
+    }
+
+    /// Prints a JSON value, pretty.
+    pub(crate) fn print_json(&self, value: &Value) {
         emit!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
@@ -169,9 +188,9 @@ impl Output {
                             "idempotency_key": step.idempotency_key.as_str(),
                             "output": step.output,
                             "last_error": step.last_error,
-                            "next_attempt_at": step.next_attempt_at.map(time),
-                            "started_at": step.started_at.map(time),
-                            "finished_at": step.finished_at.map(time),
+                            "next_attempt_at": step.next_attempt_at.map(json_time),
+                            "started_at": step.started_at.map(json_time),
+                            "finished_at": step.finished_at.map(json_time),
                         })
                     })
                     .collect(),
@@ -243,7 +262,7 @@ impl Output {
                 .map(|event| {
                     json!({
                         "seq": event.seq,
-                        "at": time(event.at),
+                        "at": json_time(event.at),
                         "kind": event.kind.as_str(),
                         "step": event.step.as_ref().map(|step| step.as_str()),
                         "phase": event.phase,
@@ -390,15 +409,5 @@ impl Output {
             return self.print_json(&json!({ "saga": id, "outcome": text }));
         }
         emit!("saga {id}: {text}");
-    }
-
-    pub(crate) fn pruned(&self, deleted: u64) {
-        if self.json {
-            return self.print_json(&json!({ "pruned": deleted }));
-        }
-        emit!(
-            "pruned {deleted} finished saga{}",
-            if deleted == 1 { "" } else { "s" }
-        );
     }
 }

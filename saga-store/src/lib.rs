@@ -42,9 +42,11 @@ mod sqlite;
 pub mod testing;
 
 #[cfg(feature = "postgres")]
-pub use migrate::postgres_migrator;
+pub use migrate::{postgres_migrator, postgres_schema};
 #[cfg(feature = "sqlite")]
-pub use migrate::sqlite_migrator;
+pub use migrate::{sqlite_migrator, sqlite_schema};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use migrate::{MigrationInfo, SchemaState};
 #[cfg(feature = "postgres")]
 pub use postgres::{pg_transaction, validate_schema, PgOptions, PgStore};
 #[cfg(feature = "sqlite")]

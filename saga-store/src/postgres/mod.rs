@@ -61,6 +61,10 @@ pub struct PgOptions {
     /// statement that hits it is written again saga by saga, so one locked row holds back only
     /// its own saga's write, which fails as `StoreUnavailable` and is retried by its worker.
     pub write_lock_timeout: Duration,
+    /// `true` (default): create the schema if missing and apply the migrations on connect.
+    /// `false`: use the database as it is, creating and migrating nothing (for tools that must
+    /// not change a production schema; read it with [`postgres_schema`](crate::postgres_schema)).
+    pub migrate: bool,
 }
 
 impl Default for PgOptions {
@@ -72,6 +76,7 @@ impl Default for PgOptions {
             listen: true,
             writers: 2,
             write_lock_timeout: Duration::from_secs(1),
+            migrate: true,
         }
     }
 }
@@ -168,7 +173,8 @@ impl PgStore {
     /// starts listening for wake-ups.
     ///
     /// # Errors
-    /// [`Error::Configuration`] for a malformed URL, a bad schema name or a failed migration;
+    /// [`Error::Configuration`] for a malformed URL, a bad schema name, a login the server
+    /// refuses (wrong user or password), a database that does not exist or a failed migration;
     /// [`Error::StoreUnavailable`] when the server cannot be reached.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(url, PgOptions::default()).await
@@ -186,7 +192,7 @@ impl PgStore {
                 redact(url)
             ))
         })?;
-        create_schema(&connect, &schema).await?;
+        create_schema(&connect, &schema, options.migrate).await?;
         let pool = open_pool(
             &connect,
             &schema,
@@ -195,10 +201,12 @@ impl PgStore {
             None,
         )
         .await?;
-        crate::migrate::postgres_migrator()
-            .run(&pool)
-            .await
-            .map_err(migration)?;
+        if options.migrate {
+            crate::migrate::postgres_migrator()
+                .run(&pool)
+                .await
+                .map_err(migration)?;
+        }
         let channel = format!("{schema}_wake");
         let wakeup = Arc::new(if options.listen {
             Wakeup::listen(&connect, &channel).await?
@@ -340,10 +348,38 @@ fn redact(url: &str) -> String {
     }
 }
 
-async fn create_schema(connect: &PgConnectOptions, schema: &str) -> Result<()> {
+/// A connection error: a login the server refuses or a database that does not exist is the
+/// URL's fault, not an outage (retrying cannot help); anything else as [`classify`] says.
+fn connect_error(err: sqlx::Error, connect: &PgConnectOptions) -> Error {
+    let code = match &err {
+        sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+        _ => None,
+    };
+    match code.as_deref() {
+        // invalid_password, invalid_authorization_specification (e.g. no such role)
+        Some("28P01") | Some("28000") => Error::Configuration(format!(
+            "the Postgres server refused the login as `{}`: {err}; check the user and password in the store URL",
+            connect.get_username()
+        )),
+        // invalid_catalog_name
+        Some("3D000") => Error::Configuration(format!(
+            "database `{}` does not exist on the Postgres server; check the database name in the store URL",
+            connect.get_database().unwrap_or_else(|| connect.get_username())
+        )),
+        _ => classify(err),
+    }
+}
+
+/// Connects once (so that a bad URL fails at once, with what to fix) and, when `create`, creates
+/// the schema if missing.
+async fn create_schema(connect: &PgConnectOptions, schema: &str, create: bool) -> Result<()> {
     let mut conn = PgConnection::connect_with(connect)
         .await
-        .map_err(classify)?;
+        .map_err(|err| connect_error(err, connect))?;
+    if !create {
+        let _ = conn.close().await;
+        return Ok(());
+    }
     let created = conn
         .execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
         .await;

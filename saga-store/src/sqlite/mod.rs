@@ -74,6 +74,10 @@ pub struct SqliteOptions {
     /// `true` (default): every commit is flushed to disk (`synchronous = FULL`); `false` keeps
     /// commits safe across process crashes but not power loss (`synchronous = NORMAL`), and is faster.
     pub durable: bool,
+    /// `true` (default): create the file if missing and apply the schema migrations on connect.
+    /// `false`: open the database as it is, creating and migrating nothing (for tools that must
+    /// not change a production schema; read it with [`sqlite_schema`](crate::sqlite_schema)).
+    pub migrate: bool,
 }
 
 impl Default for SqliteOptions {
@@ -82,6 +86,7 @@ impl Default for SqliteOptions {
             max_connections: 8,
             busy_timeout: Duration::from_secs(30),
             durable: true,
+            migrate: true,
         }
     }
 }
@@ -114,7 +119,7 @@ impl SqliteStore {
                     "`{url}` is not a SQLite URL ({err}); use sqlite://path/to/file.db or sqlite::memory:"
                 ))
             })?
-            .create_if_missing(true)
+            .create_if_missing(options.migrate)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(if options.durable {
                 SqliteSynchronous::Full
@@ -145,10 +150,12 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(classify)?;
-        crate::migrate::sqlite_migrator()
-            .run(&pool)
-            .await
-            .map_err(migration)?;
+        if options.migrate {
+            crate::migrate::sqlite_migrator()
+                .run(&pool)
+                .await
+                .map_err(migration)?;
+        }
         Ok(Self { pool })
     }
 

@@ -1,0 +1,160 @@
+//! The command line: what each command takes, parsed by clap (which also suggests the nearest
+//! command or flag for a typo).
+
+use clap::{Parser, Subcommand};
+
+/// Operate sagas: list them, read their history, settle the manual-intervention queue.
+#[derive(Debug, Parser)]
+#[command(name = "saga", version)]
+pub(crate) struct Cli {
+    /// Store URL: sqlite://path.db or postgres://user:password@host/database.
+    #[arg(long, env = "SAGA_DATABASE_URL", global = true, hide_env_values = true)]
+    pub(crate) db: Option<String>,
+    /// Postgres schema holding the saga tables (default: saga).
+    #[arg(long, env = "SAGA_SCHEMA", global = true)]
+    pub(crate) schema: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// List or cancel sagas.
+    #[command(subcommand)]
+    Sagas(SagasCommand),
+    /// Show one saga with its steps.
+    Show {
+        /// The saga id.
+        id: String,
+    },
+    /// Show one saga's full history.
+    History {
+        /// The saga id.
+        id: String,
+    },
+    /// Work the manual-intervention queue.
+    #[command(subcommand)]
+    Interventions(InterventionsCommand),
+    /// Delete finished sagas (completed, compensated, cancelled) older than an age; never
+    /// running sagas nor open interventions.
+    Prune {
+        /// Age of the last change, e.g. 30d, 12h, 15m, 90s.
+        #[arg(long)]
+        older_than: String,
+        /// Delete at most this many.
+        #[arg(long, default_value_t = 10_000)]
+        limit: u32,
+        /// Only count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Go ahead when more than 1,000 sagas would be deleted.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Bring the store's schema to this version: lists the migrations not applied yet, then
+    /// applies them. No other command migrates.
+    Migrate {
+        /// Go ahead with heavy migrations (they hold busy tables locked while they run).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SagasCommand {
+    /// List sagas, oldest first.
+    List {
+        /// Only this status (running, compensating, completed, compensated, needs_intervention, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this saga type.
+        #[arg(long = "type")]
+        saga_type: Option<String>,
+        /// Only the saga started with this idempotency key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only sagas created more than this long ago, e.g. 1h.
+        #[arg(long)]
+        older_than: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Start after this saga id (the last id of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Cancel a running saga: no further step begins, completed steps are compensated.
+    Cancel {
+        /// The saga id.
+        id: String,
+        /// Why (required; recorded in the history).
+        #[arg(long)]
+        reason: String,
+        /// Who is acting (default: $SAGA_OPERATOR, else $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum InterventionsCommand {
+    /// List intervention items (open ones unless --all).
+    List {
+        /// Include settled items.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one item: step, key, input, output, error.
+    Show {
+        /// The item id.
+        id: String,
+    },
+    /// Run the failed compensation again with the same key and continue compensating (or
+    /// re-drive a parked saga once its code is fixed).
+    Retry {
+        /// The item id (or --all).
+        id: Option<String>,
+        /// Retry every open item, at most --max of them.
+        #[arg(long, conflicts_with = "id", requires = "max")]
+        all: bool,
+        /// The bound of --all.
+        #[arg(long)]
+        max: Option<usize>,
+        /// Why (required; recorded in the history).
+        #[arg(long)]
+        reason: String,
+        /// Who is acting (default: $SAGA_OPERATOR, else $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// The step was undone by hand: mark the compensation done and continue compensating. For
+    /// an unknown outcome (the action may or may not have taken effect), with --not-applied:
+    /// record that it did not, and compensate what completed before it.
+    Resolve {
+        /// The item id.
+        id: String,
+        /// For an `unknown_outcome` item: you checked, and the action did not take effect.
+        #[arg(long)]
+        not_applied: bool,
+        /// Why (required; recorded in the history).
+        #[arg(long)]
+        reason: String,
+        /// Who is acting (default: $SAGA_OPERATOR, else $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Stop the saga where it is (cancelled) and close the item.
+    Cancel {
+        /// The item id.
+        id: String,
+        /// Why (required; recorded in the history).
+        #[arg(long)]
+        reason: String,
+        /// Who is acting (default: $SAGA_OPERATOR, else $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
