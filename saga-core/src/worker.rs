@@ -65,8 +65,9 @@ pub(crate) async fn dispatch(
     // (or as soon as a slot frees up) only while the last claim filled its batch, since more
     // may be due then. Wake-ups that arrive while every slot is taken are kept until a slot
     // frees. Sagas started here arrive on `direct` and cost no claim.
-    // Schedule by the store's clock from the first claim on; measured again every so often.
-    inner.sync_clock().await;
+    // Schedule by the store's clock from the first claim on (a start may have measured it
+    // already); measured again every so often.
+    inner.synced_now().await;
     let mut last_clock_sync = std::time::Instant::now();
     reclaim(&inner, &mut drives, reclaim_before).await;
     let mut claim_now = true;

@@ -216,7 +216,7 @@ async fn transactional_step_writes_roll_back_when_the_step_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactional_step_interrupted_by_a_crash_commits_exactly_once() {
-    let (store, _) = store().await;
+    let (store, url) = store().await;
     let first = orchestrator(store.clone(), Duration::from_millis(600));
     first
         .register(Booking {
@@ -226,17 +226,20 @@ async fn transactional_step_interrupted_by_a_crash_commits_exactly_once() {
         .unwrap();
     first.run();
     let id = first.start::<Booking>(&9).await.unwrap();
-    // The first attempt wrote its booking in the step's transaction, then hangs: crash now.
+    // The first attempt wrote its booking in the step's transaction, then hangs: crash now,
+    // once the server shows that transaction open with the booking written.
+    let mut watch = sqlx::PgConnection::connect(&url).await.unwrap();
+    let booked_uncommitted = "SELECT COUNT(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND state LIKE 'idle in transaction%'
+           AND query LIKE 'INSERT INTO public.bookings%'";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let snapshot = store.load(id).await.unwrap().unwrap();
-        if !snapshot.steps.is_empty() {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
+    while scalar(&mut watch, booked_uncommitted).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first attempt never wrote its booking"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
     first.kill();
     assert_eq!(
         bookings(&store).await,
@@ -462,9 +465,20 @@ async fn a_store_call_dropped_during_begin_leaves_no_connection_inside_a_transac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_the_store_returns_while_it_listens() {
     let url = TestPg::fresh_database().await.unwrap();
+    let mut watch = sqlx::PgConnection::connect(&url).await.unwrap();
+    let listening = "SELECT COUNT(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN %'";
     for _ in 0..5 {
         let store = PgStore::connect(&url).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Close only once the store's LISTEN has reached the server.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while scalar(&mut watch, listening).await == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the store never started listening"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::timeout(Duration::from_secs(10), store.close())
             .await
             .expect("closing the store must not wait for its LISTEN connection");
@@ -732,11 +746,12 @@ async fn creations_grouped_with_failing_writes_and_a_repeated_creation_are_each_
         StepStatus, WorkerId,
     };
     let url = TestPg::fresh_database().await.unwrap();
-    let store = Arc::new(
-        PgStore::connect_with(&url, grouping_options(1))
-            .await
-            .unwrap(),
-    );
+    // The locked rows below hold their writes for as long as the test needs.
+    let options = PgOptions {
+        write_lock_timeout: Duration::from_secs(600),
+        ..grouping_options(1)
+    };
+    let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
     let worker = WorkerId::new("mixed");
     let name = StepName::new(FIRST);
     let until = saga_core::after(saga_core::now(), Duration::from_secs(30));
@@ -773,10 +788,11 @@ async fn creations_grouped_with_failing_writes_and_a_repeated_creation_are_each_
     // here, so the first write (written by its caller) and the second (taken alone by the
     // writer) wait, and the rest queue behind them.
     let mut lock = lock_sagas(&url, &running[..2]).await;
+    let mut watch = sqlx::PgConnection::connect(&url).await.unwrap();
     let mut jobs = vec![fail(running[0])];
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_lock_waiters(&mut watch, 1).await;
     jobs.push(fail(running[1]));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_lock_waiters(&mut watch, 2).await;
     for (n, id) in running.iter().enumerate().skip(2) {
         jobs.push(fail(*id));
         let starter = Arc::clone(&store);
@@ -849,6 +865,20 @@ async fn creations_grouped_with_failing_writes_and_a_repeated_creation_are_each_
     }
     let history = store.history(twice.id).await.unwrap();
     assert_eq!(history.len(), 1, "one saga_started: {history:?}");
+}
+
+/// Waits until `count` statements of this database wait for a row lock.
+async fn wait_for_lock_waiters(watch: &mut sqlx::PgConnection, count: i64) {
+    let waiting = "SELECT COUNT(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while scalar(watch, waiting).await < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} write(s) never waited for the locked rows"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The saga that exactly one of `outcomes` (starts with one start key) created.
@@ -1282,7 +1312,7 @@ async fn book_slowly(saga: Arc<SlowBooking>, ctx: StepContext<i64>) -> Result<i6
         .await
         .transient()?;
     drop(tx);
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
     Ok(*ctx.input())
 }
 
@@ -1324,7 +1354,7 @@ async fn slow_transactional_steps_above_the_pool_size_lose_no_lease_and_burn_no_
         store.clone(),
         Config::default()
             .concurrency(6)
-            .lease_ttl(Duration::from_millis(600))
+            .lease_ttl(Duration::from_millis(1_000))
             .poll_interval(Duration::from_millis(20)),
     );
     let saga = SlowBooking {
