@@ -810,6 +810,8 @@ async fn creations_grouped_with_failing_writes_and_a_repeated_creation_are_each_
             }
         }
     }
+    // Time for the queued jobs to reach the writer (whatever arrives later only goes out in a
+    // later statement, which the count below would show).
     tokio::time::sleep(Duration::from_millis(300)).await;
     sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
     let mut created = Vec::new();
@@ -820,6 +822,34 @@ async fn creations_grouped_with_failing_writes_and_a_repeated_creation_are_each_
             Err(err) => panic!("every write and creation succeeds: {err}"),
         }
     }
+    // Rows written by one statement carry its transaction id (xmin): 42 writes and creations
+    // written one by one would show 42 transactions; grouped, a few.
+    let transactions = scalar(
+        &mut watch,
+        &format!(
+            "SELECT COUNT(DISTINCT xmin::text) FROM (
+                 SELECT xmin FROM saga.saga_steps
+                  WHERE saga_id IN ({running}) AND saga_id NOT IN ({held})
+                 UNION ALL
+                 SELECT xmin FROM saga.saga_instances WHERE saga_type = 'mixed' AND id NOT IN ({running})
+             ) written",
+            running = running
+                .iter()
+                .map(|id| format!("'{id}'"))
+                .collect::<Vec<_>>()
+                .join(","),
+            held = running[..2]
+                .iter()
+                .map(|id| format!("'{id}'"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    )
+    .await;
+    assert!(
+        transactions <= 6,
+        "40 writes and creations queued behind a held statement were written in {transactions} transactions; they should share statements"
+    );
     for id in &running {
         let stored = store.load(*id).await.unwrap().unwrap();
         assert_eq!(stored.steps[0].status, StepStatus::Failed);
