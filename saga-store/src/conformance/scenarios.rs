@@ -670,20 +670,32 @@ pub async fn failed_compensation_opens_exactly_one_intervention<S: Store>(store:
     orchestrator.shutdown().await;
 }
 
-pub async fn crash_mid_step_resumes_with_same_key_and_never_reruns_completed_steps<S: Store>(
-    store: Arc<S>,
-) {
-    let script = Script::new();
+/// Starts saga `order` on a worker with leases of `lease_ttl` that dies (is killed) after its
+/// charge took effect, before `completed` is written.
+async fn died_after_charging<S: Store>(
+    store: &Arc<S>,
+    script: &Arc<Script>,
+    lease_ttl: Duration,
+    order: u64,
+) -> SagaId {
     script.plan("charge_card", Phase::Action, &[Outcome::ApplyThenHang]);
-    let first = orchestrator(&store, Duration::from_millis(600));
+    let first = orchestrator(store, lease_ttl);
     first.register(Probe(script.clone())).unwrap();
     first.run();
-    let id = first.start::<Probe>(&input(7)).await.unwrap();
+    let id = first.start::<Probe>(&input(order)).await.unwrap();
     wait_until("charge_card runs", || {
         !script.calls_of("charge_card", Phase::Action).is_empty()
     })
     .await;
-    first.kill(); // the process dies after the charge, before `completed` is written
+    first.kill();
+    id
+}
+
+pub async fn crash_mid_step_resumes_with_same_key_and_never_reruns_completed_steps<S: Store>(
+    store: Arc<S>,
+) {
+    let script = Script::new();
+    let id = died_after_charging(&store, &script, Duration::from_millis(600), 7).await;
 
     let stuck = store.load(id).await.unwrap().unwrap();
     let charge = stuck
@@ -1769,16 +1781,7 @@ pub async fn a_cancel_after_a_worker_died_mid_action_compensates_that_action<S: 
     store: Arc<S>,
 ) {
     let script = Script::new();
-    script.plan("charge_card", Phase::Action, &[Outcome::ApplyThenHang]);
-    let first = orchestrator(&store, Duration::from_millis(400));
-    first.register(Probe(script.clone())).unwrap();
-    first.run();
-    let id = first.start::<Probe>(&input(61)).await.unwrap();
-    wait_until("charge_card runs", || {
-        !script.calls_of("charge_card", Phase::Action).is_empty()
-    })
-    .await;
-    first.kill(); // dies after the charge, before `completed` is written
+    let id = died_after_charging(&store, &script, Duration::from_millis(400), 61).await;
     let admin = saga_core::Admin::new(store.clone());
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
