@@ -1029,6 +1029,14 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Whether a step's transaction holds the store's only write lock while the step runs
+    /// (SQLite): the worker then records the step begun before it opens the transaction, since
+    /// that record could not be written while the transaction is open. Otherwise (Postgres) the
+    /// transaction is opened first, so that a step that cannot get one has not begun.
+    fn step_transaction_holds_the_write_lock(&self) -> bool {
+        false
+    }
+
     /// Applies `changes` (fenced by `lease`, as [`Store::apply`]) inside `transaction`, then
     /// commits it: the step's own writes and its recorded outcome commit together or not at all.
     ///

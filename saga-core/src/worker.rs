@@ -555,8 +555,10 @@ impl Driver<'_> {
         };
         // A transactional step's transaction is opened before `in_progress` is written: when
         // no connection can be had (every one busy with other steps), the step has not run
-        // and no attempt is spent; the saga is handed back and tried again shortly.
-        let transaction = if spec.transactional {
+        // and no attempt is spent; the saga is handed back and tried again shortly. Where the
+        // transaction holds the only write lock (SQLite), it is opened after instead.
+        let open_first = !self.inner.store.step_transaction_holds_the_write_lock();
+        let transaction = if spec.transactional && open_first {
             match self.inner.store.begin_step_transaction(self.lease).await {
                 Ok(transaction) => transaction,
                 Err(Error::StoreUnavailable(err)) => {
@@ -640,9 +642,16 @@ impl Driver<'_> {
             output = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        let transaction = transaction
-            .filter(|_| spec.transactional)
-            .map(|tx| Arc::new(tokio::sync::Mutex::new(tx)));
+        let transaction = match transaction {
+            Some(transaction) => Some(transaction),
+            // Not opened before `in_progress` (the store's transaction holds the write lock).
+            None if spec.transactional => {
+                self.inner.store.begin_step_transaction(self.lease).await?
+            }
+            None => None,
+        }
+        .filter(|_| spec.transactional)
+        .map(|tx| Arc::new(tokio::sync::Mutex::new(tx)));
         let outcome = if spec.transactional && transaction.is_none() {
             Err(StepError::permanent(format!(
                 "step `{}` is transactional, but this store lends no transactions; run it on Postgres or drop `.transactional()`",

@@ -368,6 +368,9 @@ impl Store for MemoryStore {
         let detail = settlement_detail(settlement);
         snap.record.status = status;
         snap.record.status_reason = Some(detail.clone());
+        if status != SagaStatus::Running {
+            snap.record.cancel_requested = None;
+        }
         snap.record.next_run_at = (!status.is_terminal()).then_some(now);
         snap.record.updated_at = now;
         if let Some(open) = state.interventions.get_mut(&settlement.intervention) {

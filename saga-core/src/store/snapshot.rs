@@ -124,9 +124,10 @@ impl SagaSnapshot {
                 }
             }
             Change::Escalate(item) => {
+                // A pending cancel request outlives the escalation: a saga re-driven forward by
+                // an operator still begins no new step, and compensates instead.
                 self.record.status = SagaStatus::NeedsIntervention;
                 self.record.status_reason = Some(item.error.clone());
-                self.record.cancel_requested = None;
             }
             Change::Release { next_run_at } => {
                 self.record.lease_owner = None;

@@ -82,6 +82,7 @@ macro_rules! conformance_suite {
                 a_worker_whose_clock_runs_ahead_takes_over_no_live_lease,
                 a_retry_scheduled_by_a_worker_whose_clock_runs_ahead_is_not_delayed,
                 values_with_nul_characters_are_refused_or_cleaned_alike,
+                a_cancel_requested_before_an_escalation_holds_when_the_operator_retries,
             );
         }
     };

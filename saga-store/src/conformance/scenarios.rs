@@ -2250,3 +2250,52 @@ pub async fn values_with_nul_characters_are_refused_or_cleaned_alike<S: Store>(s
     );
     orchestrator.shutdown().await;
 }
+
+pub async fn a_cancel_requested_before_an_escalation_holds_when_the_operator_retries<S: Store>(
+    store: Arc<S>,
+) {
+    let script = Script::new();
+    script.plan(
+        "charge_card",
+        Phase::Action,
+        &[Outcome::Hang, Outcome::Hang, Outcome::Hang],
+    );
+    let orchestrator = orchestrator(&store, Duration::from_secs(5));
+    orchestrator.register(Probe(script.clone())).unwrap();
+    orchestrator.run();
+    let admin = orchestrator.admin();
+    let id = orchestrator.start::<Probe>(&input(75)).await.unwrap();
+    // The cancel arrives during the last attempt, which then times out: the outcome is
+    // unknown, no attempt is left, and the saga is escalated before it could act on the cancel.
+    wait_until("the last charge attempt runs", || {
+        script.calls_of("charge_card", Phase::Action).len() == 3
+    })
+    .await;
+    assert_eq!(
+        admin
+            .cancel_saga(id, "erin", "customer withdrew")
+            .await
+            .unwrap(),
+        saga_core::CancelOutcome::Requested
+    );
+    assert_eq!(
+        orchestrator.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::NeedsIntervention
+    );
+    let item = open_item(&store, id).await;
+    // The operator runs the charge again with its key: the cancel still holds, so what took
+    // effect is compensated and no further step begins.
+    admin
+        .retry(item, "alice", "provider is back")
+        .await
+        .unwrap();
+    assert_eq!(
+        orchestrator.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::Compensated,
+        "{}",
+        admin.history(id).await.unwrap().render()
+    );
+    assert_nothing_new_began(&script);
+    assert_both_undone(&script, id);
+    orchestrator.shutdown().await;
+}

@@ -514,7 +514,6 @@ impl Columns {
                         SagaStatus::NeedsIntervention.as_str(),
                         Some(item.error.clone()),
                     ));
-                    clear_cancel = true;
                     self.e_id.push(item.id.as_uuid());
                     self.e_saga.push(saga);
                     self.e_write.push(position);

@@ -721,7 +721,8 @@ impl Store for PgStore {
         let detail = settlement_detail(settlement);
         sqlx::query(
             "UPDATE saga_instances SET status = $1, status_reason = $2, next_run_at = $3,
-                    cancel_requested = NULL, updated_at = $4
+                    cancel_requested = CASE WHEN $1 = 'running' THEN cancel_requested END,
+                    updated_at = $4
               WHERE id = $5",
         )
         .bind(status.as_str())
@@ -1271,8 +1272,7 @@ async fn apply_change(
         Change::Escalate(item) => {
             sqlx::query(
                 "WITH parked AS (
-                     UPDATE saga_instances SET status = 'needs_intervention', status_reason = $10,
-                            cancel_requested = NULL
+                     UPDATE saga_instances SET status = 'needs_intervention', status_reason = $10
                       WHERE id = $2)
                  INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
                      idempotency_key, input, output, error, status, opened_at, parked_from)

@@ -444,6 +444,10 @@ impl Store for SqliteStore {
         Ok(Some(Box::new(SqliteStepTransaction(tx))))
     }
 
+    fn step_transaction_holds_the_write_lock(&self) -> bool {
+        true
+    }
+
     async fn commit_step_transaction(
         &self,
         transaction: Box<dyn StepTransaction>,
@@ -524,9 +528,10 @@ impl Store for SqliteStore {
         }
         let detail = settlement_detail(settlement);
         sqlx::query(
-            "UPDATE saga_instances SET status = ?, status_reason = ?, next_run_at = ?,
-                    cancel_requested = NULL, updated_at = ?
-              WHERE id = ?",
+            "UPDATE saga_instances SET status = ?1, status_reason = ?2, next_run_at = ?3,
+                    cancel_requested = CASE WHEN ?1 = 'running' THEN cancel_requested END,
+                    updated_at = ?4
+              WHERE id = ?5",
         )
         .bind(status.as_str())
         .bind(&detail)
@@ -887,8 +892,7 @@ async fn apply_change(
         }
         Change::Escalate(item) => {
             sqlx::query(
-                "UPDATE saga_instances SET status = 'needs_intervention', status_reason = ?,
-                        cancel_requested = NULL
+                "UPDATE saga_instances SET status = 'needs_intervention', status_reason = ?
                   WHERE id = ?",
             )
             .bind(&item.error)
