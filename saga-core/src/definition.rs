@@ -121,9 +121,10 @@ impl<S: Saga> Step<S> {
             let step_name = step_name.clone();
             Box::pin(async move {
                 let output = future.await?;
+                // The step returned `Ok`: its effect happened, but cannot be recorded.
                 serde_json::to_value(&output).map_err(|err| {
-                    StepError::permanent(format!(
-                        "output of step `{step_name}` does not serialize: {err}"
+                    StepError::unknown(format!(
+                        "output of step `{step_name}` does not serialize ({err}), so it cannot be recorded though the step took effect"
                     ))
                 })
             })

@@ -401,17 +401,17 @@ impl Orchestrator {
                 limit,
             });
         }
-        if text.contains("\\u0000") {
-            return Err(Error::Unstorable {
-                what: format!("input of saga type `{}`", definition.saga_type()),
-                reason: "it contains a NUL character (\\u0000), which stores cannot keep; encode binary data (base64) or drop the character".into(),
-            });
-        }
         let input: serde_json::Value =
             serde_json::from_str(&text).map_err(|source| Error::Serialization {
                 what: format!("input of saga type `{}`", definition.saga_type()),
                 source,
             })?;
+        if crate::step::holds_nul(&input) {
+            return Err(Error::Unstorable {
+                what: format!("input of saga type `{}`", definition.saga_type()),
+                reason: "it contains a NUL character (\\u0000), which stores cannot keep; encode binary data (base64) or drop the character".into(),
+            });
+        }
         let direct = self.direct_slot();
         let lease = match direct {
             Some(_) => Some((
@@ -544,9 +544,10 @@ impl Orchestrator {
             return;
         }
         self.inner.shutdown.send_replace(false);
-        // Every lease this run grants (from here on) expires after this time; leases held
-        // under this worker id that expire before it belong to an earlier run.
-        let reclaim_before = clock::after(self.inner.now(), self.inner.config.lease_ttl);
+        // Every lease this run grants (from here on) expires after the store's time now plus a
+        // lease; leases held under this worker id that expire before that belong to an earlier
+        // run. The dispatcher works that time out once it has measured the store's clock.
+        let run_at = std::time::Instant::now();
         let (direct, receiver) = mpsc::unbounded_channel();
         if let Ok(mut sender) = self.inner.direct.lock() {
             *sender = Some(direct);
@@ -554,7 +555,7 @@ impl Orchestrator {
         *dispatcher = Some(tokio::spawn(worker::dispatch(
             Arc::clone(&self.inner),
             receiver,
-            reclaim_before,
+            run_at,
         )));
     }
 

@@ -8,7 +8,7 @@ use crate::definition::StepSpec;
 use crate::id::{Attempt, IdempotencyKey, InterventionId, StepIndex, StepName};
 use crate::retry::RetryPolicy;
 use crate::status::{Phase, SagaStatus, StepStatus};
-use crate::step::StepError;
+use crate::step::{FailureKind, StepError};
 use crate::store::{Change, InterventionKind, NewIntervention, SagaSnapshot, StepRecord};
 
 /// What a worker holding a saga's lease does next.
@@ -172,6 +172,20 @@ fn settle_begun(
         });
     }
     if may_retry {
+        if record.finished_at.is_none() && record.next_attempt_at.is_none() {
+            // Interrupted: its outcome is recorded unknown first, so that a later attempt's
+            // transient failure cannot pass for a settlement of this one.
+            return Action::Record(vec![Change::FailStep {
+                index,
+                name: spec.name.clone(),
+                phase,
+                attempt,
+                error: StepError::unknown(format!(
+                    "attempt {attempt} was interrupted (worker stopped or lost its lease)"
+                )),
+                retry_at: Some(now),
+            }]);
+        }
         return Action::Run {
             index,
             phase,
@@ -265,6 +279,21 @@ pub fn on_outcome(
             }]
         }
         Err(error) => error,
+    };
+    // A transient failure says that this attempt did not take effect, not that an earlier one
+    // whose outcome is unknown did not: the phase stays unknown until something settles it (a
+    // success, a permanent answer for its key, the probe, or a person).
+    let earlier_unknown = snapshot
+        .step(index, phase)
+        .and_then(|step| step.last_error.as_deref())
+        .is_some_and(|last| last.starts_with(FailureKind::Unknown.as_str()));
+    let error = if earlier_unknown && error.kind() == FailureKind::Transient {
+        StepError::unknown(format!(
+            "{} (an earlier attempt's outcome is unknown, and this failure does not settle it)",
+            error.message()
+        ))
+    } else {
+        error
     };
     let policy = policy_for(spec, phase);
     let forward = phase == Phase::Compensation || snapshot.record.status == SagaStatus::Running;
@@ -607,18 +636,30 @@ mod tests {
     }
 
     #[test]
-    fn an_interrupted_step_is_retried_with_the_next_attempt() {
-        let snap = with_step(
+    fn an_interrupted_step_is_recorded_unknown_then_retried_with_the_next_attempt() {
+        let mut snap = with_step(
             snapshot(SagaStatus::Running),
             0,
             Phase::Action,
             StepStatus::InProgress,
             1,
         );
-        assert_eq!(
-            next_action(&snap, &steps(), clock::now()),
-            run(0, Phase::Action, 2)
-        );
+        let now = clock::now();
+        let Action::Record(changes) = next_action(&snap, &steps(), now) else {
+            panic!("expected the interruption recorded first");
+        };
+        let [change @ Change::FailStep {
+            retry_at: Some(at),
+            error,
+            ..
+        }] = changes.as_slice()
+        else {
+            panic!("expected an unknown outcome with its retry due now: {changes:?}");
+        };
+        assert!(error.is_unknown() && *at == now, "{error}");
+        assert_eq!(change.step_status(), Some(StepStatus::InProgress));
+        snap.apply_all(&changes, now).unwrap();
+        assert_eq!(next_action(&snap, &steps(), now), run(0, Phase::Action, 2));
     }
 
     #[test]
@@ -803,6 +844,41 @@ mod tests {
             next_action(&snap, &steps(), now),
             run(0, Phase::Compensation, 1)
         );
+    }
+
+    #[test]
+    fn a_transient_failure_after_an_unknown_attempt_does_not_settle_it() {
+        let mut snap = with_step(
+            snapshot(SagaStatus::Running),
+            0,
+            Phase::Action,
+            StepStatus::InProgress,
+            3,
+        );
+        snap.steps[0].last_error =
+            Some(StepError::unknown("attempt timed out after 1s").to_string());
+        let changes = on_outcome(
+            &snap,
+            &steps()[0],
+            Attempted {
+                index: StepIndex(0),
+                phase: Phase::Action,
+                attempt: Attempt(3),
+            },
+            Err(StepError::transient("503")),
+            clock::now(),
+            0.5,
+        );
+        let [change @ Change::FailStep {
+            retry_at: None,
+            error,
+            ..
+        }] = changes.as_slice()
+        else {
+            panic!("expected the phase left unknown for settling: {changes:?}");
+        };
+        assert!(error.is_unknown(), "{error}");
+        assert_eq!(change.step_status(), Some(StepStatus::InProgress));
     }
 
     #[test]

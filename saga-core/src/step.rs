@@ -82,6 +82,19 @@ pub fn bounded_text(text: &str, limit: usize) -> String {
     format!("{}… [{} more bytes cut]", &clean[..end], clean.len() - end)
 }
 
+/// Whether a JSON value holds a NUL character in any string or object key (Postgres refuses
+/// them in `jsonb`, so no store keeps them).
+pub(crate) fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || holds_nul(item)),
+        _ => false,
+    }
+}
+
 impl StepError {
     fn new(kind: FailureKind, message: impl fmt::Display) -> Self {
         Self {
@@ -175,6 +188,14 @@ impl<T, E: fmt::Display> ResultExt<T> for Result<T, E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_characters_are_found_in_strings_and_keys_and_only_there() {
+        assert!(holds_nul(&serde_json::json!({"a": ["x", "y\u{0}"]})));
+        assert!(holds_nul(&serde_json::json!({"k\u{0}": 1})));
+        // The six characters of an escape, as text, are not a NUL.
+        assert!(!holds_nul(&serde_json::json!({"a": "\\u0000"})));
+    }
 
     #[test]
     fn messages_lose_nul_characters_and_are_cut_with_a_marker() {

@@ -43,7 +43,7 @@ const CLOCK_SYNC_EVERY: Duration = Duration::from_secs(30);
 pub(crate) async fn dispatch(
     inner: Arc<Inner>,
     mut direct: mpsc::UnboundedReceiver<Direct>,
-    reclaim_before: clock::Timestamp,
+    run_at: std::time::Instant,
 ) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut drives = JoinSet::new();
@@ -67,8 +67,12 @@ pub(crate) async fn dispatch(
     // frees. Sagas started here arrive on `direct` and cost no claim.
     // Schedule by the store's clock from the first claim on (a start may have measured it
     // already); measured again every so often.
-    inner.synced_now().await;
+    let store_now = inner.synced_now().await;
     let mut last_clock_sync = std::time::Instant::now();
+    // The store's time when `run` was called, plus a lease, less a margin for the measurement:
+    // every lease granted since expires after it (see `reclaim`).
+    let since_run = run_at.elapsed().saturating_add(Duration::from_millis(100));
+    let reclaim_before = clock::after(clock::before(store_now, since_run), inner.config.lease_ttl);
     reclaim(&inner, &mut drives, reclaim_before).await;
     let mut claim_now = true;
     let mut backlog = false;
@@ -312,7 +316,16 @@ async fn keep_lease(inner: &Inner, lease: &Lease, lease_clock: &LeaseClock) -> E
         }
         let sent = tokio::time::Instant::now();
         let expires_at = clock::after(inner.now(), ttl);
-        match inner.store.heartbeat(lease, expires_at).await {
+        // A renewal that hangs (a dead connection) must not outlive the lease it renews.
+        let renewal =
+            tokio::time::timeout(lease_clock.left(), inner.store.heartbeat(lease, expires_at))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::StoreUnavailable(
+                        "the heartbeat did not answer before the lease ran out".into(),
+                    ))
+                });
+        match renewal {
             Ok(_) => {
                 lease_clock.renewed(sent, ttl);
                 pause = every;
@@ -795,7 +808,7 @@ impl Driver<'_> {
                         "output of step `{name}` is {} bytes, over the limit of {limit} bytes, so it cannot be recorded though the step took effect; return a reference instead of the data",
                         text.len()
                     )))
-                } else if text.contains("\\u0000") {
+                } else if crate::step::holds_nul(&value) {
                     Err(StepError::unknown(format!(
                         "output of step `{name}` contains a NUL character (\\u0000), which stores cannot keep, so it cannot be recorded though the step took effect; encode binary data (base64) instead"
                     )))

@@ -671,8 +671,13 @@ impl Store for PgStore {
     }
 
     async fn settle(&self, settlement: &Settlement) -> Result<SagaStatus> {
-        let now = saga_core::now();
         let mut tx = begin_operator(&self.pool).await?;
+        // Due times are set by the server's clock, not by the operator machine's.
+        let now: Timestamp = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let now = chrono::SubsecRound::trunc_subsecs(now, 3);
         // Closing the item first is the gate: of concurrent settlements, one updates the row,
         // the others find it resolved once the winner commits.
         let claimed = sqlx::query(
