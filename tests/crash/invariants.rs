@@ -79,6 +79,24 @@ const CHECKS: &[(&str, &str)] = &[
           WHERE st.status = 'failed' AND st.last_error LIKE 'unknown:%'",
     ),
     (
+        "a cancel never starts a step that had not begun: no first attempt of an action after \
+         the cancel request",
+        "SELECT started.saga_id::text FROM saga.saga_events started
+           JOIN saga.saga_events cancel
+             ON cancel.saga_id = started.saga_id AND cancel.kind = 'operator_action'
+            AND cancel.detail LIKE 'cancel requested%'
+          WHERE started.kind = 'step_started' AND started.phase = 'action'
+            AND started.attempt = 1 AND started.seq > cancel.seq",
+    ),
+    (
+        "a completed or compensated saga left no step phase begun (only an operator's cancel \
+         stops a saga where it is)",
+        "SELECT st.saga_id::text FROM saga.saga_steps st
+           JOIN saga.saga_instances s ON s.id = st.saga_id
+          WHERE s.status IN ('completed', 'compensated')
+            AND st.status = 'in_progress'",
+    ),
+    (
         "compensations ran only for steps whose action completed",
         "SELECT e.saga_id FROM public.ledger_effects e
           WHERE e.phase = 'compensation'
