@@ -699,7 +699,8 @@ fn first_step(
             attempt,
         } => {
             let spec = definition.specs().get(usize::try_from(index.0).ok()?)?;
-            // A transactional step opens its transaction before it is recorded begun.
+            // A transactional step is begun by the worker, which orders its transaction and its
+            // `in_progress` record as the store needs (`run_step`).
             if spec.transactional {
                 return None;
             }

@@ -570,8 +570,9 @@ impl Driver<'_> {
         // no connection can be had (every one busy with other steps), the step has not run
         // and no attempt is spent; the saga is handed back and tried again shortly. Where the
         // transaction holds the only write lock (SQLite), it is opened after instead.
-        let open_first = !self.inner.store.step_transaction_holds_the_write_lock();
-        let transaction = if spec.transactional && open_first {
+        let open_first =
+            spec.transactional && !self.inner.store.step_transaction_holds_the_write_lock();
+        let mut transaction = if open_first {
             match self.inner.store.begin_step_transaction(self.lease).await {
                 Ok(transaction) => transaction,
                 Err(Error::StoreUnavailable(err)) => {
@@ -608,6 +609,9 @@ impl Driver<'_> {
             }
             Err(err) => return Err(err),
         }
+        if spec.transactional && !open_first {
+            transaction = self.inner.store.begin_step_transaction(self.lease).await?;
+        }
         self.execute_begun(
             plan::Attempted {
                 index,
@@ -620,9 +624,9 @@ impl Driver<'_> {
         .map(|()| true)
     }
 
-    /// Runs a step attempt whose `in_progress` record is durable, and records its outcome.
     /// Runs a step attempt whose `in_progress` record is durable, and records its outcome. A
-    /// transactional step runs in `transaction` (opened before `in_progress` was written).
+    /// transactional step runs in `transaction`, which its caller opened (`None`: the store lends
+    /// none, and the step fails permanently saying so).
     async fn execute_begun(
         &mut self,
         begun: plan::Attempted,
@@ -655,16 +659,9 @@ impl Driver<'_> {
             output = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        let transaction = match transaction {
-            Some(transaction) => Some(transaction),
-            // Not opened before `in_progress` (the store's transaction holds the write lock).
-            None if spec.transactional => {
-                self.inner.store.begin_step_transaction(self.lease).await?
-            }
-            None => None,
-        }
-        .filter(|_| spec.transactional)
-        .map(|tx| Arc::new(tokio::sync::Mutex::new(tx)));
+        let transaction = transaction
+            .filter(|_| spec.transactional)
+            .map(|tx| Arc::new(tokio::sync::Mutex::new(tx)));
         let outcome = if spec.transactional && transaction.is_none() {
             Err(StepError::permanent(format!(
                 "step `{}` is transactional, but this store lends no transactions; run it on Postgres or drop `.transactional()`",
@@ -761,34 +758,19 @@ impl Driver<'_> {
                 .step(index, Phase::Action)
                 .and_then(|step| step.output.clone()),
         };
-        // A hand-written step may panic before its future exists: caught like one inside it.
-        let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.definition.run(position, ctx, action_output)
-        }));
-        let future = match made {
-            Ok(future) => future,
-            Err(panic) => {
-                return Err(StepError::unknown(format!(
-                    "step panicked: {}",
-                    panic_message(panic.as_ref())
-                )))
-            }
-        };
-        match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
-            // The request may have gone out: a timeout is an unknown outcome, never "not done".
-            Err(_) => Err(StepError::unknown(format!(
-                "attempt timed out after {timeout:?}; it may have taken effect"
-            ))),
-            Ok(Err(panic)) => Err(StepError::unknown(format!(
-                "step panicked: {}",
-                panic_message(panic.as_ref())
-            ))),
-            Ok(Ok(Ok(value))) => Ok(match phase {
-                Phase::Action => Some(value),
-                Phase::Compensation => None,
-            }),
-            Ok(Ok(Err(error))) => Err(error),
-        }
+        // The request may have gone out: a timeout is an unknown outcome, never "not done".
+        let value = guarded(
+            "step",
+            "attempt timed out",
+            "; it may have taken effect",
+            timeout,
+            || self.definition.run(position, ctx, action_output),
+        )
+        .await?;
+        Ok(match phase {
+            Phase::Action => Some(value),
+            Phase::Compensation => None,
+        })
     }
 
     /// Refuses an output that no store can keep (over the payload limit, or holding a NUL
@@ -850,32 +832,10 @@ impl Driver<'_> {
                 deadline: clock::after(clock::now(), spec.timeout),
                 transaction: None,
             };
-            let made =
-                std::panic::catch_unwind(AssertUnwindSafe(|| self.definition.probe(position, ctx)));
-            let answer = match made {
-                Err(panic) => Err(StepError::unknown(format!(
-                    "probe panicked: {}",
-                    panic_message(panic.as_ref())
-                ))),
-                Ok(future) => {
-                    match tokio::time::timeout(
-                        spec.timeout,
-                        AssertUnwindSafe(future).catch_unwind(),
-                    )
-                    .await
-                    {
-                        Err(_) => Err(StepError::unknown(format!(
-                            "probe timed out after {:?}",
-                            spec.timeout
-                        ))),
-                        Ok(Err(panic)) => Err(StepError::unknown(format!(
-                            "probe panicked: {}",
-                            panic_message(panic.as_ref())
-                        ))),
-                        Ok(Ok(answer)) => answer,
-                    }
-                }
-            };
+            let answer = guarded("probe", "probe timed out", "", spec.timeout, || {
+                self.definition.probe(position, ctx)
+            })
+            .await;
             let answer = match answer {
                 Ok(Some(output)) => self.check_output(&spec.name, Ok(Some(output))),
                 other => other,
@@ -1055,6 +1015,29 @@ async fn write(inner: &Inner, lease: &Lease, saga_type: &str, changes: &[Change]
             }
             other => return other,
         }
+    }
+}
+
+/// Calls user code (a step or a probe) under `timeout`, catching a panic whether it comes while
+/// the future is made or while it runs. Each of these is an unknown outcome: the call may have
+/// reached the outside world.
+async fn guarded<T>(
+    who: &str,
+    timed_out: &str,
+    note: &str,
+    timeout: Duration,
+    make: impl FnOnce() -> futures::future::BoxFuture<'static, std::result::Result<T, StepError>>,
+) -> std::result::Result<T, StepError> {
+    let panicked = |panic: Box<dyn std::any::Any + Send>| {
+        StepError::unknown(format!("{who} panicked: {}", panic_message(panic.as_ref())))
+    };
+    let future = std::panic::catch_unwind(AssertUnwindSafe(make)).map_err(panicked)?;
+    match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
+        Err(_) => Err(StepError::unknown(format!(
+            "{timed_out} after {timeout:?}{note}"
+        ))),
+        Ok(Err(panic)) => Err(panicked(panic)),
+        Ok(Ok(result)) => result,
     }
 }
 
