@@ -171,44 +171,30 @@ fn settle_begun(
             retry: may_retry && snapshot.record.status == SagaStatus::Running,
         });
     }
+    if record.finished_at.is_none() && record.next_attempt_at.is_none() {
+        // Interrupted: its outcome is recorded unknown first (in the history too), with the next
+        // attempt due now when one may follow, so that a later attempt's transient failure
+        // cannot pass for a settlement of this one. Planned again, it is retried or escalated.
+        return Action::Record(vec![Change::FailStep {
+            index,
+            name: spec.name.clone(),
+            phase,
+            attempt,
+            error: StepError::unknown(format!(
+                "attempt {attempt} was interrupted (worker stopped or lost its lease)"
+            )),
+            retry_at: may_retry.then_some(now),
+        }]);
+    }
     if may_retry {
-        if record.finished_at.is_none() && record.next_attempt_at.is_none() {
-            // Interrupted: its outcome is recorded unknown first, so that a later attempt's
-            // transient failure cannot pass for a settlement of this one.
-            return Action::Record(vec![Change::FailStep {
-                index,
-                name: spec.name.clone(),
-                phase,
-                attempt,
-                error: StepError::unknown(format!(
-                    "attempt {attempt} was interrupted (worker stopped or lost its lease)"
-                )),
-                retry_at: Some(now),
-            }]);
-        }
         return Action::Run {
             index,
             phase,
             attempt: attempt.next(),
         };
     }
-    let detail = match (record.finished_at, &record.last_error) {
-        (Some(_), Some(error)) => error.clone(),
-        _ => format!("attempt {attempt} was interrupted (worker stopped or lost its lease)"),
-    };
-    let mut changes = Vec::new();
-    if record.finished_at.is_none() {
-        // Interrupted: record that its outcome is unknown, in the history too.
-        changes.push(Change::FailStep {
-            index,
-            name: spec.name.clone(),
-            phase,
-            attempt,
-            error: StepError::unknown(&detail),
-            retry_at: None,
-        });
-    }
-    changes.push(match phase {
+    let detail = record.last_error.clone().unwrap_or_default();
+    Action::Record(vec![match phase {
         Phase::Action => escalate_unknown(
             snapshot,
             spec,
@@ -222,8 +208,7 @@ fn settle_begun(
             index,
             format!("{detail}; no attempts are left"),
         ),
-    });
-    Action::Record(changes)
+    }])
 }
 
 /// An action attempt whose outcome is unknown, to settle with the step's probe.
@@ -664,16 +649,20 @@ mod tests {
 
     #[test]
     fn an_interrupted_step_with_no_attempts_left_and_no_probe_is_escalated_not_failed() {
-        let snap = with_step(
+        let mut snap = with_step(
             snapshot(SagaStatus::Running),
             0,
             Phase::Action,
             StepStatus::InProgress,
             3,
         );
-        let Action::Record(changes) = next_action(&snap, &steps(), clock::now()) else {
-            panic!("expected changes");
-        };
+        // What the worker records before anything else runs: every `Record` planned in a row.
+        let now = clock::now();
+        let mut changes = Vec::new();
+        while let Action::Record(more) = next_action(&snap, &steps(), now) {
+            snap.apply_all(&more, now).unwrap();
+            changes.extend(more);
+        }
         let [failed @ Change::FailStep {
             retry_at: None,
             error,
