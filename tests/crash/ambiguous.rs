@@ -288,4 +288,16 @@ impl Store for AmbiguousStore {
     {
         self.inner.wait_for_work(max)
     }
+
+    fn clock<'s, 'a>(&'s self) -> Boxed<'a, Result<Timestamp>>
+    where
+        's: 'a,
+        Self: 'a,
+    {
+        self.inner.clock()
+    }
+
+    fn step_transaction_holds_the_write_lock(&self) -> bool {
+        self.inner.step_transaction_holds_the_write_lock()
+    }
 }

@@ -272,4 +272,13 @@ impl Store for TrackingStore {
     async fn wait_for_work(&self, max: Duration) {
         self.inner.wait_for_work(max).await;
     }
+
+    async fn clock(&self) -> Result<Timestamp> {
+        Self::count(&self.tracker.calls.other);
+        self.inner.clock().await
+    }
+
+    fn step_transaction_holds_the_write_lock(&self) -> bool {
+        self.inner.step_transaction_holds_the_write_lock()
+    }
 }
