@@ -620,54 +620,39 @@ async fn sqlite_reads_and_actions_never_migrate_and_saga_migrate_does() {
     assert_eq!(listed.code, 0, "{}", listed.stderr);
 
     // A database a newer release migrated.
-    let mut conn = sqlx::SqliteConnection::connect(&db).await.unwrap();
-    sqlx::query(
+    refused_after(
+        &db,
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
          VALUES (99, 'from the future', TRUE, x'00', 0)",
+        "schema is at version 99, newer than this saga knows",
     )
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    .await;
+    // A migration that stopped part-way (sqlx records it as not successful).
+    refused_after(
+        &db,
+        "DELETE FROM _sqlx_migrations WHERE version = 99;
+         UPDATE _sqlx_migrations SET success = FALSE WHERE version = 3",
+        "migration 3 (parked_from) is recorded as failed",
+    )
+    .await;
+}
+
+/// Changes the SQLite store at `db` with `sql`, then checks that both a read (`sagas list`) and
+/// `migrate` refuse it with exit code 2 and a message containing `message`.
+async fn refused_after(db: &str, sql: &str, message: &str) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::SqliteConnection::connect(db).await.unwrap();
+    sqlx::query(sql).execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
     let (list, migrate) = tokio::task::spawn_blocking({
-        let db = db.clone();
+        let db = db.to_owned();
         move || (saga(&db, &["sagas", "list"]), saga(&db, &["migrate"]))
     })
     .await
     .unwrap();
     for run in [list, migrate] {
         assert_eq!(run.code, 2, "{}", run.stderr);
-        assert!(
-            run.stderr
-                .contains("schema is at version 99, newer than this saga knows"),
-            "{}",
-            run.stderr
-        );
-    }
-
-    // A migration that stopped part-way (sqlx records it as not successful).
-    let mut conn = sqlx::SqliteConnection::connect(&db).await.unwrap();
-    sqlx::query(
-        "DELETE FROM _sqlx_migrations WHERE version = 99;
-         UPDATE _sqlx_migrations SET success = FALSE WHERE version = 3",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    conn.close().await.unwrap();
-    let (list, migrate) = tokio::task::spawn_blocking(move || {
-        (saga(&db, &["sagas", "list"]), saga(&db, &["migrate"]))
-    })
-    .await
-    .unwrap();
-    for run in [list, migrate] {
-        assert_eq!(run.code, 2, "{}", run.stderr);
-        assert!(
-            run.stderr
-                .contains("migration 3 (parked_from) is recorded as failed"),
-            "{}",
-            run.stderr
-        );
+        assert!(run.stderr.contains(message), "{}", run.stderr);
     }
 }
 

@@ -92,6 +92,43 @@ async fn lock_sagas(url: &str, sagas: &[saga_core::SagaId]) -> sqlx::PgConnectio
     lock
 }
 
+/// `count` sagas of `saga_type` created leased to `worker` until `until`, their first step running.
+async fn running_sagas(
+    store: &PgStore,
+    saga_type: &str,
+    count: u32,
+    worker: &saga_core::WorkerId,
+    until: saga_core::Timestamp,
+) -> Vec<saga_core::SagaId> {
+    let mut sagas = Vec::new();
+    for n in 0..count {
+        let saga = running_saga(saga_type, n, worker, until);
+        sagas.push(saga.id);
+        store.create(saga).await.unwrap();
+    }
+    sagas
+}
+
+/// Completes the running first step of saga `id` (see [`running_sagas`]), in a task of its own.
+fn complete_first(
+    store: &Arc<PgStore>,
+    id: saga_core::SagaId,
+    worker: &saga_core::WorkerId,
+    until: saga_core::Timestamp,
+) -> tokio::task::JoinHandle<saga_core::Result<()>> {
+    use saga_core::{Attempt, Change, Phase, StepIndex, StepName};
+    let writer = Arc::clone(store);
+    let lease = first_lease(id, worker, until);
+    let change = Change::CompleteStep {
+        index: StepIndex(0),
+        name: StepName::new(FIRST),
+        phase: Phase::Action,
+        attempt: Attempt(1),
+        output: None,
+    };
+    tokio::spawn(async move { writer.apply(&lease, &[change]).await })
+}
+
 /// What the `book` step does after writing its booking in the step's transaction.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Then {
@@ -930,7 +967,7 @@ fn the_one_created(outcomes: &[saga_core::Result<saga_core::Created>]) -> saga_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_held_in_flight_does_not_hold_back_the_writes_behind_it() {
-    use saga_core::{Attempt, Change, Phase, StepIndex, StepName, StepStatus, WorkerId};
+    use saga_core::{StepStatus, WorkerId};
     let url = TestPg::fresh_database().await.unwrap();
     // A statement held in flight for as long as the test needs (no lock timeout in reach).
     let options = PgOptions {
@@ -939,27 +976,10 @@ async fn a_statement_held_in_flight_does_not_hold_back_the_writes_behind_it() {
     };
     let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
     let worker = WorkerId::new("overlap");
-    let name = StepName::new(FIRST);
     let until = saga_core::after(saga_core::now(), Duration::from_secs(30));
     // 31 sagas whose first step is running.
-    let mut sagas = Vec::new();
-    for n in 0..31 {
-        let saga = running_saga("overlap", n, &worker, until);
-        sagas.push(saga.id);
-        store.create(saga).await.unwrap();
-    }
-    let complete = |id: saga_core::SagaId| {
-        let writer = Arc::clone(&store);
-        let lease = first_lease(id, &worker, until);
-        let change = Change::CompleteStep {
-            index: StepIndex(0),
-            name: name.clone(),
-            phase: Phase::Action,
-            attempt: Attempt(1),
-            output: None,
-        };
-        tokio::spawn(async move { writer.apply(&lease, &[change]).await })
-    };
+    let sagas = running_sagas(&store, "overlap", 31, &worker, until).await;
+    let complete = |id: saga_core::SagaId| complete_first(&store, id, &worker, until);
     // The first saga's row is locked here, so its write (made by its caller: nothing else is
     // in flight) stays in flight until the lock goes; it is seen waiting for the lock before
     // the others start.
@@ -1266,7 +1286,7 @@ async fn pruning_a_settled_saga_deletes_its_steps_and_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_row_locked_by_someone_else_holds_back_only_that_sagas_write() {
-    use saga_core::{Attempt, Change, Error, Phase, StepIndex, StepName, StepStatus, WorkerId};
+    use saga_core::{Error, StepStatus, WorkerId};
     let url = TestPg::fresh_database().await.unwrap();
     let options = PgOptions {
         write_lock_timeout: Duration::from_millis(300),
@@ -1275,24 +1295,8 @@ async fn a_saga_row_locked_by_someone_else_holds_back_only_that_sagas_write() {
     let store = Arc::new(PgStore::connect_with(&url, options).await.unwrap());
     let worker = WorkerId::new("locked");
     let until = saga_core::after(saga_core::now(), Duration::from_secs(60));
-    let mut sagas = Vec::new();
-    for n in 0..8 {
-        let saga = running_saga("locked", n, &worker, until);
-        sagas.push(saga.id);
-        store.create(saga).await.unwrap();
-    }
-    let complete = |id: saga_core::SagaId| {
-        let writer = Arc::clone(&store);
-        let lease = first_lease(id, &worker, until);
-        let change = Change::CompleteStep {
-            index: StepIndex(0),
-            name: StepName::new(FIRST),
-            phase: Phase::Action,
-            attempt: Attempt(1),
-            output: None,
-        };
-        tokio::spawn(async move { writer.apply(&lease, &[change]).await })
-    };
+    let sagas = running_sagas(&store, "locked", 8, &worker, until).await;
+    let complete = |id: saga_core::SagaId| complete_first(&store, id, &worker, until);
     // Someone (an operator's transaction, say) holds the first saga's row and does not let go.
     let mut lock = lock_sagas(&url, &sagas[..1]).await;
     let writes: Vec<_> = sagas.iter().map(|id| complete(*id)).collect();
