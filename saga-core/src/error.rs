@@ -83,12 +83,12 @@ pub enum Error {
     /// A write the step protocol forbids, refused alike by every store, with nothing written:
     /// beginning a step phase that completed (it never runs again), or finishing one that never
     /// began.
-    #[error("saga {saga}: {reason}; nothing was written")]
-    IllegalTransition {
+    #[error("saga {saga}: {refusal}; nothing was written")]
+    Refused {
         /// The saga written to.
         saga: SagaId,
         /// Which transition was refused.
-        reason: String,
+        refusal: crate::store::Refusal,
     },
 
     /// A stored record could not be read back.

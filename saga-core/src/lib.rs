@@ -73,6 +73,7 @@ pub mod faults;
 mod history;
 mod id;
 mod orchestrator;
+mod persisted;
 pub mod plan;
 mod retry;
 mod saga;
@@ -95,15 +96,16 @@ pub use id::{
     WorkerId,
 };
 pub use orchestrator::{LifecycleEvent, Orchestrator};
+pub use persisted::UnknownValue;
 pub use retry::RetryPolicy;
 pub use saga::Saga;
-pub use status::{Phase, SagaStatus, StepStatus, UnknownStatus};
+pub use status::{Phase, SagaStatus, StepStatus};
 pub use step::{bounded_text, FailureKind, ResultExt, StepError, MAX_MESSAGE_BYTES};
 pub use store::memory::MemoryStore;
 pub use store::{
     CancelOutcome, Change, Created, Event, EventKind, Intervention, InterventionKind,
-    InterventionStatus, Lease, NewIntervention, NewSaga, SagaFilter, SagaRecord, SagaSnapshot,
-    SettleAction, Settlement, StepRecord, StepTransaction, Store,
+    InterventionStatus, Lease, NewIntervention, NewSaga, Refusal, SagaFilter, SagaRecord,
+    SagaSnapshot, SettleAction, Settlement, StepRecord, StepTransaction, Store,
 };
 
 /// What `#[derive(Saga)]` expands to refers to these paths (through the facade's re-export), so

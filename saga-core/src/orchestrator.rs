@@ -14,14 +14,15 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::history::History;
 use crate::id::{Attempt, IdempotencyKey, SagaId, SagaType, StepName};
-use crate::id::{FencingToken, WorkerId};
 use crate::saga::{ErasedSaga, Registered, Saga};
 use crate::slots::{Slot, Slots};
 use crate::status::Phase;
-use crate::status::SagaStatus;
 use crate::step::StepError;
+use crate::store::{
+    write::CreationPlan, Created, Intervention, NewSaga, SagaFilter, SagaRecord, SagaSnapshot,
+    Store,
+};
 use crate::store::{Change, InterventionKind, Lease, NewIntervention};
-use crate::store::{Created, Intervention, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, Store};
 use crate::telemetry::TraceContext;
 use crate::worker;
 use crate::worker::Direct;
@@ -436,9 +437,9 @@ impl Orchestrator {
         // it: one commit less, and the step runs as soon as the creation returns.
         let mut begun = None;
         let snapshot = match &lease {
-            Some((owner, until)) => {
+            Some(_) => {
                 let now = self.inner.now();
-                let mut snapshot = direct_snapshot(&new, owner, *until, now);
+                let mut snapshot = CreationPlan::compile(&new)?.snapshot(&new, now);
                 if let Some((change, attempted)) =
                     first_step(&snapshot, definition.as_ref(), new.id, now)
                 {
@@ -720,36 +721,6 @@ fn first_step(
             ))
         }
         _ => None,
-    }
-}
-
-fn direct_snapshot(
-    saga: &NewSaga,
-    owner: &WorkerId,
-    until: Timestamp,
-    now: Timestamp,
-) -> SagaSnapshot {
-    SagaSnapshot {
-        record: SagaRecord {
-            id: saga.id,
-            saga_type: saga.saga_type.clone(),
-            version: saga.version,
-            fingerprint: saga.fingerprint.clone(),
-            status: SagaStatus::Running,
-            status_reason: None,
-            input: saga.input.clone(),
-            input_hash: saga.input_hash.clone(),
-            idempotency_key: saga.idempotency_key.clone(),
-            next_run_at: Some(now),
-            lease_owner: Some(owner.clone()),
-            lease_expires_at: Some(until),
-            fencing_token: FencingToken(1),
-            trace_context: saga.trace_context.clone(),
-            cancel_requested: None,
-            created_at: now,
-            updated_at: now,
-        },
-        steps: Vec::new(),
     }
 }
 

@@ -1,9 +1,8 @@
 //! States of sagas and steps, and the legal transitions between them.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
+
+use crate::persisted::persisted;
 
 /// Where a saga is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -24,28 +23,6 @@ pub enum SagaStatus {
 }
 
 impl SagaStatus {
-    /// Every status, in life-cycle order.
-    pub const ALL: [SagaStatus; 6] = [
-        SagaStatus::Running,
-        SagaStatus::Compensating,
-        SagaStatus::Completed,
-        SagaStatus::Compensated,
-        SagaStatus::NeedsIntervention,
-        SagaStatus::Cancelled,
-    ];
-
-    /// The persisted form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SagaStatus::Running => "running",
-            SagaStatus::Completed => "completed",
-            SagaStatus::Compensating => "compensating",
-            SagaStatus::Compensated => "compensated",
-            SagaStatus::NeedsIntervention => "needs_intervention",
-            SagaStatus::Cancelled => "cancelled",
-        }
-    }
-
     /// True when workers drive sagas in this status.
     pub fn is_active(self) -> bool {
         matches!(self, SagaStatus::Running | SagaStatus::Compensating)
@@ -84,35 +61,18 @@ impl SagaStatus {
     }
 }
 
-impl fmt::Display for SagaStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A persisted status text that names no known status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {kind} `{value}`")]
-pub struct UnknownStatus {
-    /// What was being parsed.
-    pub kind: &'static str,
-    /// The text found.
-    pub value: String,
-}
-
-impl FromStr for SagaStatus {
-    type Err = UnknownStatus;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        SagaStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| UnknownStatus {
-                kind: "saga status",
-                value: s.to_owned(),
-            })
-    }
-}
+persisted!(
+    SagaStatus,
+    "saga status",
+    [
+        Running => "running",
+        Compensating => "compensating",
+        Completed => "completed",
+        Compensated => "compensated",
+        NeedsIntervention => "needs_intervention",
+        Cancelled => "cancelled",
+    ]
+);
 
 /// Where one phase (action or compensation) of one step is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -129,23 +89,6 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
-    const ALL: [StepStatus; 4] = [
-        StepStatus::Pending,
-        StepStatus::InProgress,
-        StepStatus::Completed,
-        StepStatus::Failed,
-    ];
-
-    /// The persisted form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepStatus::Pending => "pending",
-            StepStatus::InProgress => "in_progress",
-            StepStatus::Completed => "completed",
-            StepStatus::Failed => "failed",
-        }
-    }
-
     /// Whether moving from `self` to `next` is a legal transition.
     pub fn can_become(self, next: StepStatus) -> bool {
         use StepStatus::*;
@@ -162,25 +105,16 @@ impl StepStatus {
     }
 }
 
-impl fmt::Display for StepStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for StepStatus {
-    type Err = UnknownStatus;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        StepStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| UnknownStatus {
-                kind: "step status",
-                value: s.to_owned(),
-            })
-    }
-}
+persisted!(
+    StepStatus,
+    "step status",
+    [
+        Pending => "pending",
+        InProgress => "in_progress",
+        Completed => "completed",
+        Failed => "failed",
+    ]
+);
 
 /// The two phases of a step: its action, and the compensation that undoes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -192,36 +126,11 @@ pub enum Phase {
     Compensation,
 }
 
-impl Phase {
-    /// The persisted form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Action => "action",
-            Phase::Compensation => "compensation",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Phase {
-    type Err = UnknownStatus;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "action" => Ok(Phase::Action),
-            "compensation" => Ok(Phase::Compensation),
-            _ => Err(UnknownStatus {
-                kind: "phase",
-                value: s.to_owned(),
-            }),
-        }
-    }
-}
+persisted!(
+    Phase,
+    "phase",
+    [Action => "action", Compensation => "compensation"]
+);
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
 
 pub mod memory;
 mod snapshot;
+pub mod write;
 
 use std::any::Any;
 
@@ -20,10 +21,12 @@ use crate::id::{
     Attempt, FencingToken, IdempotencyKey, InterventionId, SagaId, SagaType, StepIndex, StepName,
     WorkerId,
 };
+use crate::persisted::persisted;
 use crate::status::{Phase, SagaStatus, StepStatus};
 use crate::step::StepError;
 
 pub use snapshot::SagaSnapshot;
+pub use write::{Refusal, MAX_REASON_BYTES};
 
 /// A saga to create: what [`Store::create`] persists.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,45 +54,9 @@ pub struct NewSaga {
     /// Step changes written with the creation, in the same transaction, as [`Store::apply`]
     /// would write them under the new lease: the first step's `BeginStep`, so that a saga
     /// driven by its starter needs no write of its own before its first step runs. Only
-    /// `BeginStep` is accepted, and only with `lease` (see [`check_initial_changes`]); ignored
+    /// `BeginStep` is accepted, and only with `lease` (see [`CreationPlan::compile`]); ignored
     /// when the key already started a saga.
     pub changes: Vec<Change>,
-}
-
-/// Checks the [`NewSaga::changes`] a store writes with a creation: only `BeginStep`s, each
-/// step phase at most once, and only for a saga created leased.
-///
-/// # Errors
-/// [`Error::InvalidAction`](crate::Error::InvalidAction) naming what is not accepted.
-pub fn check_initial_changes(saga: &NewSaga) -> Result<()> {
-    if saga.changes.is_empty() {
-        return Ok(());
-    }
-    if saga.lease.is_none() {
-        return Err(crate::Error::InvalidAction(format!(
-            "saga {}: changes written with the creation need a lease (NewSaga::lease); create it leased, or apply the changes after claiming it",
-            saga.id
-        )));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for change in &saga.changes {
-        match change {
-            Change::BeginStep { index, phase, .. } if seen.insert((*index, *phase)) => {}
-            Change::BeginStep { name, phase, .. } => {
-                return Err(crate::Error::InvalidAction(format!(
-                    "saga {}: step {name} ({phase}) is begun twice in its creation; begin each step phase once",
-                    saga.id
-                )))
-            }
-            other => {
-                return Err(crate::Error::InvalidAction(format!(
-                    "saga {}: only BeginStep can be written with the creation, not {other:?}; apply it under the lease afterwards",
-                    saga.id
-                )))
-            }
-        }
-    }
-    Ok(())
 }
 
 /// What [`Store::create`] did.
@@ -265,26 +232,15 @@ pub enum InterventionKind {
     UnknownOutcome,
 }
 
-impl InterventionKind {
-    /// The persisted form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InterventionKind::CompensationFailed => "compensation_failed",
-            InterventionKind::Unresumable => "unresumable",
-            InterventionKind::UnknownOutcome => "unknown_outcome",
-        }
-    }
-
-    /// Parses the persisted form.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "compensation_failed" => Some(InterventionKind::CompensationFailed),
-            "unresumable" => Some(InterventionKind::Unresumable),
-            "unknown_outcome" => Some(InterventionKind::UnknownOutcome),
-            _ => None,
-        }
-    }
-}
+persisted!(
+    InterventionKind,
+    "intervention kind",
+    [
+        CompensationFailed => "compensation_failed",
+        Unresumable => "unresumable",
+        UnknownOutcome => "unknown_outcome",
+    ]
+);
 
 /// A manual-intervention item to open: everything a person needs to decide.
 #[derive(Debug, Clone, PartialEq)]
@@ -321,24 +277,11 @@ pub enum InterventionStatus {
     Resolved,
 }
 
-impl InterventionStatus {
-    /// The persisted form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InterventionStatus::Open => "open",
-            InterventionStatus::Resolved => "resolved",
-        }
-    }
-
-    /// Parses the persisted form.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "open" => Some(InterventionStatus::Open),
-            "resolved" => Some(InterventionStatus::Resolved),
-            _ => None,
-        }
-    }
-}
+persisted!(
+    InterventionStatus,
+    "intervention status",
+    [Open => "open", Resolved => "resolved"]
+);
 
 /// A manual-intervention item as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -388,43 +331,22 @@ pub enum EventKind {
     OutcomeUnknown,
 }
 
-impl EventKind {
-    const ALL: [EventKind; 10] = [
-        EventKind::SagaStarted,
-        EventKind::StepStarted,
-        EventKind::StepCompleted,
-        EventKind::RetryScheduled,
-        EventKind::StepFailed,
-        EventKind::StatusChanged,
-        EventKind::InterventionOpened,
-        EventKind::LeaseTakenOver,
-        EventKind::OperatorAction,
-        EventKind::OutcomeUnknown,
-    ];
-
-    /// The persisted form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::SagaStarted => "saga_started",
-            EventKind::StepStarted => "step_started",
-            EventKind::StepCompleted => "step_completed",
-            EventKind::RetryScheduled => "retry_scheduled",
-            EventKind::StepFailed => "step_failed",
-            EventKind::StatusChanged => "status_changed",
-            EventKind::InterventionOpened => "intervention_opened",
-            EventKind::LeaseTakenOver => "lease_taken_over",
-            EventKind::OperatorAction => "operator_action",
-            EventKind::OutcomeUnknown => "outcome_unknown",
-        }
-    }
-
-    /// Parses the persisted form.
-    pub fn parse(text: &str) -> Option<Self> {
-        EventKind::ALL
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
-    }
-}
+persisted!(
+    EventKind,
+    "event kind",
+    [
+        SagaStarted => "saga_started",
+        StepStarted => "step_started",
+        StepCompleted => "step_completed",
+        RetryScheduled => "retry_scheduled",
+        StepFailed => "step_failed",
+        StatusChanged => "status_changed",
+        InterventionOpened => "intervention_opened",
+        LeaseTakenOver => "lease_taken_over",
+        OperatorAction => "operator_action",
+        OutcomeUnknown => "outcome_unknown",
+    ]
+);
 
 /// One entry of a saga's append-only history.
 #[derive(Debug, Clone, PartialEq)]
@@ -578,16 +500,11 @@ pub enum SettleAction {
     Cancel,
 }
 
-impl SettleAction {
-    /// The persisted form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SettleAction::Retry => "retry",
-            SettleAction::Resolve => "resolve",
-            SettleAction::Cancel => "cancel",
-        }
-    }
-}
+persisted!(
+    SettleAction,
+    "settle action",
+    [Retry => "retry", Resolve => "resolve", Cancel => "cancel"]
+);
 
 /// An operator's decision on one intervention item, as [`Store::settle`] applies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -611,189 +528,6 @@ pub enum CancelOutcome {
     Requested,
     /// The saga was already compensating: nothing to do.
     AlreadyCompensating,
-}
-
-/// The status a settlement moves the saga to (shared by every backend).
-///
-/// # Errors
-/// [`Error::InvalidAction`](crate::Error::InvalidAction) for a settlement that does not apply.
-pub fn settled_status(
-    item: &Intervention,
-    snapshot: &SagaSnapshot,
-    action: SettleAction,
-) -> Result<SagaStatus> {
-    if snapshot.record.status != SagaStatus::NeedsIntervention {
-        return Err(crate::Error::InvalidAction(format!(
-            "saga {} is {}, not waiting for an operator; nothing to settle",
-            snapshot.record.id, snapshot.record.status
-        )));
-    }
-    let parked_from = || {
-        item.item
-            .parked_from
-            .unwrap_or_else(|| resume_status(snapshot))
-    };
-    match (action, item.item.kind) {
-        (SettleAction::Cancel, _) => Ok(SagaStatus::Cancelled),
-        (SettleAction::Retry | SettleAction::Resolve, InterventionKind::CompensationFailed) => {
-            Ok(SagaStatus::Compensating)
-        }
-        (SettleAction::Retry, InterventionKind::Unresumable | InterventionKind::UnknownOutcome) => {
-            Ok(parked_from())
-        }
-        // The action did not take effect: what completed before it is compensated.
-        (SettleAction::Resolve, InterventionKind::UnknownOutcome) => Ok(SagaStatus::Compensating),
-        (SettleAction::Resolve, InterventionKind::Unresumable) => {
-            Err(crate::Error::InvalidAction(format!(
-                "intervention {} parked saga {} because it cannot be resumed; there is no step to mark done: fix the code and `retry` to re-drive it, or `cancel` it",
-                item.item.id, snapshot.record.id
-            )))
-        }
-    }
-}
-
-/// The status a re-driven saga resumes in when its item does not say
-/// ([`NewIntervention::parked_from`] is `None`): `compensating` if it had begun compensating (a
-/// failed action or any compensation record), else `running`.
-pub fn resume_status(snapshot: &SagaSnapshot) -> SagaStatus {
-    let compensating = snapshot.steps.iter().any(|step| {
-        step.phase == crate::status::Phase::Compensation
-            || step.status == crate::status::StepStatus::Failed
-    });
-    if compensating {
-        SagaStatus::Compensating
-    } else {
-        SagaStatus::Running
-    }
-}
-
-/// What a settlement does to the step phase its item names (shared by every backend).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SettledStep {
-    /// The step.
-    pub index: StepIndex,
-    /// Action or compensation.
-    pub phase: Phase,
-    /// Its new status.
-    pub status: StepStatus,
-    /// When its next attempt is due (`in_progress` with a due time: run again, same key).
-    pub next_attempt_at: Option<Timestamp>,
-    /// Its last error, when the settlement sets one.
-    pub last_error: Option<String>,
-}
-
-/// The step change a settlement makes, if any:
-///
-/// - retry, compensation failed: the compensation goes back to `pending`, due now;
-/// - resolve, compensation failed: the compensation is `completed` (undone by hand);
-/// - retry, unknown outcome: the action stays `in_progress` (its outcome is still unknown) with
-///   an attempt due now, run with the same key;
-/// - resolve, unknown outcome: the action is `failed` (the operator found it did not apply).
-pub fn settled_step(
-    item: &Intervention,
-    settlement: &Settlement,
-    now: Timestamp,
-) -> Option<SettledStep> {
-    let (index, _) = item.item.step.as_ref()?;
-    let (phase, status, next_attempt_at, last_error) = match (item.item.kind, settlement.action) {
-        (InterventionKind::CompensationFailed, SettleAction::Retry) => {
-            (Phase::Compensation, StepStatus::Pending, Some(now), None)
-        }
-        (InterventionKind::CompensationFailed, SettleAction::Resolve) => {
-            (Phase::Compensation, StepStatus::Completed, None, None)
-        }
-        (InterventionKind::UnknownOutcome, SettleAction::Retry) => {
-            (Phase::Action, StepStatus::InProgress, Some(now), None)
-        }
-        (InterventionKind::UnknownOutcome, SettleAction::Resolve) => (
-            Phase::Action,
-            StepStatus::Failed,
-            None,
-            Some(format!(
-                "not applied, as settled by an operator ({})",
-                settlement_detail(settlement)
-            )),
-        ),
-        _ => return None,
-    };
-    Some(SettledStep {
-        index: *index,
-        phase,
-        status,
-        next_attempt_at,
-        last_error,
-    })
-}
-
-/// The longest operator reason kept, in bytes (longer ones are cut with a marker).
-pub const MAX_REASON_BYTES: usize = 2 * 1024;
-
-/// The history text of a settlement: `retry by alice: reason` (who and why are bounded to
-/// [`MAX_REASON_BYTES`] each).
-pub fn settlement_detail(settlement: &Settlement) -> String {
-    format!(
-        "{} by {}: {}",
-        settlement.action.as_str(),
-        crate::step::bounded_text(&settlement.by, MAX_REASON_BYTES),
-        crate::step::bounded_text(&settlement.reason, MAX_REASON_BYTES)
-    )
-}
-
-/// The history text of a cancel request: `cancel requested by alice: reason` (bounded as
-/// [`settlement_detail`]).
-pub fn cancel_detail(by: &str, reason: &str) -> String {
-    format!(
-        "cancel requested by {}: {}",
-        crate::step::bounded_text(by, MAX_REASON_BYTES),
-        crate::step::bounded_text(reason, MAX_REASON_BYTES)
-    )
-}
-
-/// The `operator_action` event with this detail.
-pub fn operator_event(detail: String) -> EventData {
-    EventData {
-        kind: EventKind::OperatorAction,
-        step: None,
-        phase: None,
-        attempt: None,
-        detail: Some(detail),
-    }
-}
-
-/// The error for cancelling a saga that is not running.
-pub fn cannot_cancel(id: SagaId, status: SagaStatus) -> crate::Error {
-    match status {
-        SagaStatus::NeedsIntervention => crate::Error::InvalidAction(format!(
-            "saga {id} waits for an operator; settle its intervention item with `cancel` instead"
-        )),
-        other => crate::Error::InvalidAction(format!(
-            "saga {id} is already {other}; only running sagas can be cancelled"
-        )),
-    }
-}
-
-/// The refusal of finishing (completing or failing) a step phase that never began, in the
-/// words every backend uses.
-pub fn never_began(name: &StepName, phase: Phase) -> String {
-    format!("step {name} ({phase}) never began, so it cannot complete or fail")
-}
-
-/// The refusal of beginning a step phase that completed, in the words every backend uses.
-pub fn completed_never_runs_again(name: &StepName, phase: Phase) -> String {
-    format!("step {name} ({phase}) is completed and never runs again")
-}
-
-/// Whether a batch of changes begins a forward step (refused once a cancel is requested).
-pub fn begins_forward_step(changes: &[Change]) -> bool {
-    changes.iter().any(|change| {
-        matches!(
-            change,
-            Change::BeginStep {
-                phase: crate::status::Phase::Action,
-                ..
-            }
-        )
-    })
 }
 
 /// A store transaction lent to a transactional step (see

@@ -25,20 +25,11 @@ pub(crate) fn classify(err: sqlx::Error) -> Error {
     }
 }
 
-/// A write of one saga refused by the store's own check (`saga_refuse`) as the typed refusal
-/// every backend gives; any other error as it is.
+/// True when `err` is a write the store's own check (`saga_refuse`) refused: a step phase did
+/// not meet its write's precondition. The caller finds out which from the stored saga.
 #[cfg(feature = "postgres")]
-pub(crate) fn refused_for(err: Error, saga: saga_core::SagaId) -> Error {
-    match err {
-        Error::Store(source) => match source.downcast::<RefusedWrite>() {
-            Ok(refused) => Error::IllegalTransition {
-                saga,
-                reason: refused.0,
-            },
-            Err(source) => Error::Store(source),
-        },
-        other => other,
-    }
+pub(crate) fn is_refused(err: &Error) -> bool {
+    matches!(err, Error::Store(source) if source.downcast_ref::<RefusedWrite>().is_some())
 }
 
 /// The message of a write the store's own check refused.

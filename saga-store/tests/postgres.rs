@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use saga_core::store::Refusal;
 use saga_core::{
     Config, Error, MemoryStore, Orchestrator, ResultExt, Saga, SagaDefinition, SagaStatus, Step,
     StepContext, StepError, Store,
@@ -603,9 +604,10 @@ async fn concurrent_writes_share_statements(writers: usize) {
             }
             7 => {
                 match outcome {
-                    Err(Error::IllegalTransition { reason, .. }) => {
-                        assert!(reason.contains("never began"), "{reason}")
-                    }
+                    Err(Error::Refused {
+                        refusal: Refusal::StepNotBegun { step, phase },
+                        ..
+                    }) => assert_eq!((step, *phase), (&name, Phase::Action)),
                     other => panic!("completing a step never begun must be refused, got {other:?}"),
                 }
                 assert!(stored.steps.is_empty(), "a refused write writes nothing");

@@ -12,11 +12,10 @@ use crate::error::{Error, Result};
 use crate::id::{FencingToken, IdempotencyKey, InterventionId, SagaId, WorkerId};
 use crate::status::SagaStatus;
 
+use super::write::{admit, decide_cancel, decide_settle, CreationPlan, WritePlan};
 use super::{
-    begins_forward_step, cancel_detail, cannot_cancel, check_initial_changes, operator_event,
-    settled_status, settled_step, settlement_detail, CancelOutcome, Change, Created, Event,
-    EventData, EventKind, Intervention, InterventionStatus, Lease, NewSaga, SagaFilter, SagaRecord,
-    SagaSnapshot, Settlement, Store,
+    CancelOutcome, Change, Created, Event, EventData, EventKind, Intervention, InterventionStatus,
+    Lease, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, Settlement, Store,
 };
 
 /// An in-memory [`Store`]. Cloning is not supported; share it behind an `Arc`.
@@ -46,6 +45,33 @@ impl State {
             attempt: data.attempt,
             detail: data.detail,
         });
+    }
+}
+
+impl State {
+    /// Writes `plan` to the saga `id` (its admission already checked): all of it, or nothing
+    /// when a step phase refuses it.
+    fn write(&mut self, id: SagaId, plan: &WritePlan, now: Timestamp) -> Result<()> {
+        let snap = self.sagas.get_mut(&id).ok_or(Error::SagaNotFound(id))?;
+        snap.apply_plan(plan, now)?;
+        for item in &plan.interventions {
+            self.interventions
+                .entry(item.id)
+                .or_insert_with(|| Intervention {
+                    saga_id: id,
+                    item: item.clone(),
+                    status: InterventionStatus::Open,
+                    opened_at: now,
+                    resolved_at: None,
+                    resolved_by: None,
+                    resolution: None,
+                    resolution_reason: None,
+                });
+        }
+        for event in &plan.events {
+            self.push_event(id, now, event.clone());
+        }
+        Ok(())
     }
 }
 
@@ -122,7 +148,7 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
-        check_initial_changes(&saga)?;
+        let plan = CreationPlan::compile(&saga)?;
         let mut state = self.state()?;
         if let Some(key) = &saga.idempotency_key {
             if let Some(existing) = state.keys.get(key).copied() {
@@ -141,46 +167,11 @@ impl Store for MemoryStore {
             }
         }
         let now = clock::now();
-        let detail = format!("{} v{}", saga.saga_type, saga.version);
-        let mut snapshot = SagaSnapshot {
-            record: SagaRecord {
-                id: saga.id,
-                saga_type: saga.saga_type,
-                version: saga.version,
-                fingerprint: saga.fingerprint,
-                status: SagaStatus::Running,
-                status_reason: None,
-                input: saga.input,
-                input_hash: saga.input_hash,
-                idempotency_key: saga.idempotency_key.clone(),
-                next_run_at: Some(now),
-                lease_owner: saga.lease.as_ref().map(|(owner, _)| owner.clone()),
-                lease_expires_at: saga.lease.as_ref().map(|(_, until)| *until),
-                fencing_token: FencingToken(i64::from(saga.lease.is_some())),
-                trace_context: saga.trace_context,
-                cancel_requested: None,
-                created_at: now,
-                updated_at: now,
-            },
-            steps: Vec::new(),
-        };
-        snapshot.apply_all(&saga.changes, now)?;
         if let Some(key) = &saga.idempotency_key {
             state.keys.insert(key.clone(), saga.id);
         }
-        state.sagas.insert(saga.id, snapshot);
-        state.push_event(
-            saga.id,
-            now,
-            EventData {
-                kind: EventKind::SagaStarted,
-                step: None,
-                phase: None,
-                attempt: None,
-                detail: Some(detail),
-            },
-        );
-        for event in saga.changes.iter().filter_map(Change::event) {
+        state.sagas.insert(saga.id, plan.snapshot(&saga, now));
+        for event in plan.events {
             state.push_event(saga.id, now, event);
         }
         Ok(Created::New(saga.id))
@@ -249,47 +240,15 @@ impl Store for MemoryStore {
     }
 
     async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
+        let compiled = WritePlan::compile(changes);
         let mut state = self.state()?;
         let now = clock::now();
         let snap = state
             .sagas
             .get(&lease.saga)
             .ok_or(Error::SagaNotFound(lease.saga))?;
-        if !holds(&snap.record, lease) {
-            return Err(Error::LeaseLost(lease.saga));
-        }
-        if let Some(reason) = &snap.record.cancel_requested {
-            if begins_forward_step(changes) {
-                return Err(Error::CancelRequested {
-                    saga: lease.saga,
-                    reason: reason.clone(),
-                });
-            }
-        }
-        let mut updated = snap.clone();
-        updated.apply_all(changes, now)?;
-        state.sagas.insert(lease.saga, updated);
-        for change in changes {
-            if let Change::Escalate(item) = change {
-                state
-                    .interventions
-                    .entry(item.id)
-                    .or_insert_with(|| Intervention {
-                        saga_id: lease.saga,
-                        item: item.clone(),
-                        status: InterventionStatus::Open,
-                        opened_at: now,
-                        resolved_at: None,
-                        resolved_by: None,
-                        resolution: None,
-                        resolution_reason: None,
-                    });
-            }
-            if let Some(event) = change.event() {
-                state.push_event(lease.saga, now, event);
-            }
-        }
-        Ok(())
+        let plan = admit(snap, lease, &compiled)?;
+        state.write(lease.saga, plan, now)
     }
 
     async fn load(&self, id: SagaId) -> Result<Option<SagaSnapshot>> {
@@ -348,31 +307,10 @@ impl Store for MemoryStore {
         }
         let snap = state
             .sagas
-            .get_mut(&item.saga_id)
+            .get(&item.saga_id)
             .ok_or(Error::SagaNotFound(item.saga_id))?;
-        let status = settled_status(&item, snap, settlement.action)?;
-        if let Some(settled) = settled_step(&item, settlement, now) {
-            if let Some(step) = snap
-                .steps
-                .iter_mut()
-                .find(|step| step.index == settled.index && step.phase == settled.phase)
-            {
-                step.status = settled.status;
-                step.next_attempt_at = settled.next_attempt_at;
-                step.finished_at = Some(now);
-                if let Some(error) = settled.last_error {
-                    step.last_error = Some(error);
-                }
-            }
-        }
-        let detail = settlement_detail(settlement);
-        snap.record.status = status;
-        snap.record.status_reason = Some(detail.clone());
-        if status != SagaStatus::Running {
-            snap.record.cancel_requested = None;
-        }
-        snap.record.next_run_at = (!status.is_terminal()).then_some(now);
-        snap.record.updated_at = now;
+        let (status, plan) = decide_settle(&item, snap, settlement, now)?;
+        state.write(item.saga_id, &plan, now)?;
         if let Some(open) = state.interventions.get_mut(&settlement.intervention) {
             open.status = InterventionStatus::Resolved;
             open.resolved_at = Some(now);
@@ -380,7 +318,6 @@ impl Store for MemoryStore {
             open.resolution = Some(settlement.action.as_str().to_owned());
             open.resolution_reason = Some(settlement.reason.clone());
         }
-        state.push_event(item.saga_id, now, operator_event(detail));
         Ok(status)
     }
 
@@ -392,33 +329,11 @@ impl Store for MemoryStore {
         now: Timestamp,
     ) -> Result<CancelOutcome> {
         let mut state = self.state()?;
-        let snap = state.sagas.get_mut(&id).ok_or(Error::SagaNotFound(id))?;
-        let request = cancel_detail(by, reason);
-        let outcome = match snap.record.status {
-            SagaStatus::Compensating => return Ok(CancelOutcome::AlreadyCompensating),
-            SagaStatus::Running => {
-                let leased = snap.record.lease_owner.is_some()
-                    && snap.record.lease_expires_at.is_some_and(|at| at >= now);
-                if leased {
-                    snap.record.cancel_requested = Some(request.clone());
-                    CancelOutcome::Requested
-                } else {
-                    // Take the lease away for good: a holder that was in fact alive (delayed
-                    // heartbeats) is fenced off and cannot go on to complete a step.
-                    snap.record.status = SagaStatus::Compensating;
-                    snap.record.status_reason = Some(request.clone());
-                    snap.record.cancel_requested = None;
-                    snap.record.next_run_at = Some(now);
-                    snap.record.lease_owner = None;
-                    snap.record.lease_expires_at = None;
-                    snap.record.fencing_token = FencingToken(snap.record.fencing_token.0 + 1);
-                    CancelOutcome::Compensating
-                }
-            }
-            other => return Err(cannot_cancel(id, other)),
-        };
-        snap.record.updated_at = now;
-        state.push_event(id, now, operator_event(request));
+        let snap = state.sagas.get(&id).ok_or(Error::SagaNotFound(id))?;
+        let (outcome, plan) = decide_cancel(snap, by, reason, now)?;
+        if let Some(plan) = plan {
+            state.write(id, &plan, now)?;
+        }
         Ok(outcome)
     }
 

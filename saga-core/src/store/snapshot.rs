@@ -1,10 +1,8 @@
-//! A saga with its step records, and how a [`Change`] moves it: shared by the memory store and
-//! by workers keeping their local copy in step with what they wrote.
+//! A saga with its step records, as read in one go (how a write moves it is in
+//! [`write`](super::write)).
 
-use crate::clock::Timestamp;
-use crate::error::{Error, Result};
-use crate::id::{IdempotencyKey, StepIndex, StepName};
-use crate::status::{Phase, SagaStatus, StepStatus};
+use crate::id::{IdempotencyKey, StepIndex};
+use crate::status::Phase;
 
 use super::{Change, SagaRecord, StepRecord};
 
@@ -23,131 +21,6 @@ impl SagaSnapshot {
         self.steps
             .iter()
             .find(|step| step.index == index && step.phase == phase)
-    }
-
-    fn step_mut(
-        &mut self,
-        index: StepIndex,
-        name: &StepName,
-        phase: Phase,
-    ) -> Result<&mut StepRecord> {
-        let saga = self.record.id;
-        self.steps
-            .iter_mut()
-            .find(|step| step.index == index && step.phase == phase)
-            .ok_or_else(|| Error::IllegalTransition {
-                saga,
-                reason: super::never_began(name, phase),
-            })
-    }
-
-    /// Applies one change at time `now`, as a store does.
-    ///
-    /// # Errors
-    /// [`Error::Store`] for an illegal transition (restarting a completed step, finishing a step
-    /// that never started); nothing is changed then.
-    pub fn apply(&mut self, change: &Change, now: Timestamp) -> Result<()> {
-        match change {
-            Change::BeginStep {
-                index,
-                name,
-                phase,
-                attempt,
-                key,
-            } => {
-                if let Some(step) = self
-                    .steps
-                    .iter_mut()
-                    .find(|step| step.index == *index && step.phase == *phase)
-                {
-                    if step.status == StepStatus::Completed {
-                        return Err(Error::IllegalTransition {
-                            saga: self.record.id,
-                            reason: super::completed_never_runs_again(name, *phase),
-                        });
-                    }
-                    step.status = StepStatus::InProgress;
-                    step.attempt = *attempt;
-                    step.next_attempt_at = None;
-                    step.started_at = Some(now);
-                    step.finished_at = None;
-                } else {
-                    self.steps.push(StepRecord {
-                        index: *index,
-                        phase: *phase,
-                        name: name.clone(),
-                        status: StepStatus::InProgress,
-                        attempt: *attempt,
-                        idempotency_key: key.clone(),
-                        output: None,
-                        last_error: None,
-                        next_attempt_at: None,
-                        started_at: Some(now),
-                        finished_at: None,
-                    });
-                    self.steps.sort_by_key(|step| (step.index, step.phase));
-                }
-            }
-            Change::CompleteStep {
-                index,
-                name,
-                phase,
-                output,
-                ..
-            } => {
-                let step = self.step_mut(*index, name, *phase)?;
-                step.status = StepStatus::Completed;
-                step.output = output.clone();
-                step.finished_at = Some(now);
-                step.next_attempt_at = None;
-            }
-            Change::FailStep {
-                index,
-                name,
-                phase,
-                error,
-                retry_at,
-                ..
-            } => {
-                let status = change.step_status().unwrap_or(StepStatus::Failed);
-                let step = self.step_mut(*index, name, *phase)?;
-                step.status = status;
-                step.last_error = Some(error.to_string());
-                step.next_attempt_at = *retry_at;
-                step.finished_at = Some(now);
-            }
-            Change::SetStatus { status, reason } => {
-                self.record.status = *status;
-                self.record.status_reason = reason.clone();
-                if *status != SagaStatus::Running {
-                    self.record.cancel_requested = None;
-                }
-            }
-            Change::Escalate(item) => {
-                // A pending cancel request outlives the escalation: a saga re-driven forward by
-                // an operator still begins no new step, and compensates instead.
-                self.record.status = SagaStatus::NeedsIntervention;
-                self.record.status_reason = Some(item.error.clone());
-            }
-            Change::Release { next_run_at } => {
-                self.record.lease_owner = None;
-                self.record.lease_expires_at = None;
-                self.record.next_run_at = *next_run_at;
-            }
-        }
-        self.record.updated_at = now;
-        Ok(())
-    }
-
-    /// Applies changes in order; on error, the snapshot may be partly changed (callers that
-    /// need all-or-nothing apply to a clone).
-    ///
-    /// # Errors
-    /// As [`SagaSnapshot::apply`].
-    pub fn apply_all(&mut self, changes: &[Change], now: Timestamp) -> Result<()> {
-        changes
-            .iter()
-            .try_for_each(|change| self.apply(change, now))
     }
 
     /// Whether this snapshot, freshly loaded, already shows `changes` written under `lease`: no

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::{
-    after, now, Attempt, Change, Created, Error, EventKind, IdempotencyKey, InterventionId,
-    InterventionKind, InterventionStatus, Lease, NewIntervention, NewSaga, Phase, SagaFilter,
-    SagaId, SagaStatus, SagaType, StepError, StepIndex, StepName, StepStatus, Store, Timestamp,
-    WorkerId,
+    after, now, store::Refusal, Attempt, CancelOutcome, Change, Created, Error, EventKind,
+    IdempotencyKey, InterventionId, InterventionKind, InterventionStatus, Lease, NewIntervention,
+    NewSaga, Phase, SagaFilter, SagaId, SagaStatus, SagaType, StepError, StepIndex, StepName,
+    StepStatus, Store, Timestamp, WorkerId,
 };
 use serde_json::{json, Value};
 
@@ -529,12 +529,18 @@ pub async fn apply_is_all_or_nothing<S: Store>(store: Arc<S>) {
         complete(1, Phase::Action, 1, Some(json!("never started"))),
     ];
     match store.apply(&lease, &batch).await {
-        Err(Error::IllegalTransition { saga, reason }) => {
+        Err(Error::Refused { saga, refusal }) => {
             assert_eq!(saga, id);
-            assert!(reason.contains("never began"), "{reason}");
+            assert_eq!(
+                refusal,
+                Refusal::StepNotBegun {
+                    step: name(1),
+                    phase: Phase::Action
+                }
+            );
         }
         other => panic!(
-            "completing a step that never began must fail the whole batch with IllegalTransition, got {other:?}"
+            "completing a step that never began must fail the whole batch with Refused(StepNotBegun), got {other:?}"
         ),
     }
     let snap = snapshot(&*store, id).await;
@@ -581,10 +587,10 @@ pub async fn completed_step_never_restarts<S: Store>(store: Arc<S>) {
     assert!(
         matches!(
             &restart,
-            Err(Error::IllegalTransition { saga, reason })
-                if *saga == id && reason.contains("never runs again")
+            Err(Error::Refused { saga, refusal: Refusal::StepCompleted { step, phase: Phase::Action } })
+                if *saga == id && *step == name(0)
         ),
-        "beginning a completed step again must fail with IllegalTransition, got {restart:?}"
+        "beginning a completed step again must fail with Refused(StepCompleted), got {restart:?}"
     );
 
     let snap = snapshot(&*store, id).await;
@@ -1485,4 +1491,205 @@ pub async fn an_immediate_cancel_fences_off_a_holder_that_was_still_alive<S: Sto
         .cloned()
         .unwrap();
     assert_eq!(step.status, StepStatus::InProgress, "nothing written");
+}
+
+pub async fn one_batch_that_fails_and_begins_a_phase_writes_its_net_effect<S: Store>(
+    store: Arc<S>,
+) {
+    let id = create(&*store, new_saga("order", None, json!({ "n": 1 }))).await;
+    let lease = claim_one(&*store, "worker-a", now(), LEASE).await;
+    apply_ok(&*store, &lease, &[begin(id, 0, Phase::Action, 1)]).await;
+    let events_before = history_len(&*store, id).await;
+    // A retry due at once goes out with the failed attempt: one phase touched twice.
+    apply_ok(
+        &*store,
+        &lease,
+        &[
+            fail(
+                0,
+                Phase::Action,
+                1,
+                StepError::transient("busy"),
+                Some(now()),
+            ),
+            begin(id, 0, Phase::Action, 2),
+        ],
+    )
+    .await;
+    let snap = snapshot(&*store, id).await;
+    let step = snap
+        .step(StepIndex(0), Phase::Action)
+        .expect("the step is recorded");
+    assert_eq!(
+        (step.status, step.attempt),
+        (StepStatus::InProgress, Attempt(2)),
+        "the second attempt runs"
+    );
+    assert_eq!(
+        step.last_error.as_deref(),
+        Some("transient: busy"),
+        "the first attempt's error is kept"
+    );
+    assert_eq!(step.next_attempt_at, None, "the retry began: none is due");
+    assert_eq!(step.finished_at, None, "the running attempt has not ended");
+    let history = store.history(id).await.expect("history");
+    let kinds: Vec<EventKind> = history[events_before..]
+        .iter()
+        .map(|event| event.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [EventKind::RetryScheduled, EventKind::StepStarted],
+        "one event per change, in order"
+    );
+    // Completing and then failing one phase in a batch keeps the output it completed with.
+    apply_ok(
+        &*store,
+        &lease,
+        &[
+            complete(0, Phase::Action, 2, Some(json!({ "kept": true }))),
+            fail(0, Phase::Action, 2, StepError::permanent("late"), None),
+        ],
+    )
+    .await;
+    let snap = snapshot(&*store, id).await;
+    let step = snap.step(StepIndex(0), Phase::Action).expect("recorded");
+    assert_eq!(step.status, StepStatus::Failed);
+    assert_eq!(step.output, Some(json!({ "kept": true })));
+    assert_eq!(step.last_error.as_deref(), Some("permanent: late"));
+}
+
+pub async fn a_refused_batch_reports_its_first_refusal_alike<S: Store>(store: Arc<S>) {
+    let id = create(&*store, new_saga("order", None, json!({ "n": 1 }))).await;
+    let lease = claim_one(&*store, "worker-a", now(), LEASE).await;
+    apply_ok(
+        &*store,
+        &lease,
+        &[
+            begin(id, 0, Phase::Action, 1),
+            complete(0, Phase::Action, 1, Some(json!("done"))),
+        ],
+    )
+    .await;
+    let written = || {
+        let store = Arc::clone(&store);
+        async move {
+            let snap = snapshot(&*store, id).await;
+            (
+                snap.steps,
+                snap.record.status,
+                history_len(&*store, id).await,
+            )
+        }
+    };
+    let before = written().await;
+    let refused = |step: u32, completed: bool| Error::Refused {
+        saga: id,
+        refusal: if completed {
+            Refusal::StepCompleted {
+                step: name(step),
+                phase: Phase::Action,
+            }
+        } else {
+            Refusal::StepNotBegun {
+                step: name(step),
+                phase: Phase::Action,
+            }
+        },
+    };
+    let same = |got: Result<(), Error>, want: Error, what: &str| {
+        assert_eq!(
+            format!("{got:?}"),
+            format!("{:?}", Err::<(), _>(want)),
+            "{what}"
+        );
+    };
+
+    // The first refusal in the batch's order, whether it comes from the stored steps or from
+    // the batch itself.
+    let got = store
+        .apply(
+            &lease,
+            &[
+                complete(2, Phase::Action, 1, None),
+                begin(id, 0, Phase::Action, 2),
+            ],
+        )
+        .await;
+    same(
+        got,
+        refused(2, false),
+        "a step never begun, then a completed one",
+    );
+    assert_eq!(written().await, before, "a refused batch writes nothing");
+    let got = store
+        .apply(
+            &lease,
+            &[
+                begin(id, 1, Phase::Action, 1),
+                complete(1, Phase::Action, 1, None),
+                begin(id, 1, Phase::Action, 2),
+            ],
+        )
+        .await;
+    same(
+        got,
+        refused(1, true),
+        "a batch that begins a phase it completed",
+    );
+    assert_eq!(
+        written().await,
+        before,
+        "a contradicting batch writes nothing"
+    );
+
+    // A stale lease is told first, whatever the batch holds.
+    let mut stale = lease.clone();
+    stale.token = saga_core::FencingToken(lease.token.0 - 1);
+    let got = store
+        .apply(
+            &stale,
+            &[
+                begin(id, 1, Phase::Action, 1),
+                complete(1, Phase::Action, 1, None),
+                begin(id, 1, Phase::Action, 2),
+            ],
+        )
+        .await;
+    same(
+        got,
+        Error::LeaseLost(id),
+        "a stale lease with a contradiction",
+    );
+
+    // A cancel request refuses a forward step before any step is looked at; a batch that
+    // begins no action is judged on its steps.
+    let outcome = store
+        .request_cancel(id, "alice", "customer asked", now())
+        .await
+        .expect("cancel");
+    assert_eq!(outcome, CancelOutcome::Requested);
+    let before = written().await;
+    match store.apply(&lease, &[begin(id, 0, Phase::Action, 2)]).await {
+        Err(Error::CancelRequested { saga, reason }) => {
+            assert_eq!(saga, id);
+            assert!(reason.contains("alice"), "{reason}");
+        }
+        other => panic!("a forward step after a cancel request: {other:?}"),
+    }
+    let got = store
+        .apply(&lease, &[complete(3, Phase::Compensation, 1, None)])
+        .await;
+    same(
+        got,
+        Error::Refused {
+            saga: id,
+            refusal: Refusal::StepNotBegun {
+                step: name(3),
+                phase: Phase::Compensation,
+            },
+        },
+        "no forward step: judged on its steps",
+    );
+    assert_eq!(written().await, before, "refused after the cancel request");
 }

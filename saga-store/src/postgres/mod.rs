@@ -2,20 +2,17 @@
 //! use `FOR UPDATE SKIP LOCKED`, every write is fenced by the lease's token, and LISTEN/NOTIFY
 //! wakes idle workers when a saga is started or released.
 
-mod batch;
 mod notify;
 mod rows;
+mod statement;
+mod writers;
 
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use saga_core::store::EventData;
-use saga_core::store::{
-    cancel_detail, cannot_cancel, completed_never_runs_again, never_began, operator_event,
-    settled_status, settled_step, settlement_detail,
-};
+use saga_core::store::write::{self, decide_cancel, decide_settle, CreationPlan, WritePlan};
 use saga_core::{
     CancelOutcome, Change, Created, Error, Event, FencingToken, Intervention, InterventionId,
     Lease, NewSaga, Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus, Settlement,
@@ -144,7 +141,7 @@ pub struct PgStore {
     write_pool: PgPool,
     channel: String,
     wakeup: Arc<Wakeup>,
-    writers: Arc<batch::Writers>,
+    writers: Arc<writers::Writers>,
 }
 
 /// Checks a schema name against `[a-z_][a-z0-9_]{0,62}`: it is spliced into SQL (names cannot
@@ -238,7 +235,7 @@ impl PgStore {
             Some(write_settings(options.write_lock_timeout)),
         )
         .await?;
-        let writers = Arc::new(batch::Writers::start(
+        let writers = Arc::new(writers::Writers::start(
             write_pool.clone(),
             channel.clone(),
             options.writers,
@@ -396,35 +393,6 @@ async fn create_schema(connect: &PgConnectOptions, schema: &str, create: bool) -
     }
 }
 
-async fn insert_events(
-    tx: &mut Transaction<'static, Postgres>,
-    saga: Uuid,
-    at: Timestamp,
-    events: Vec<EventData>,
-) -> Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let mut columns = batch::EventColumns::default();
-    for event in events {
-        columns.push(saga, event);
-    }
-    let query = sqlx::query(
-        "INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
-         SELECT saga, $7, kind, step, phase, attempt, detail
-           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[])
-                WITH ORDINALITY AS e(saga, kind, step, phase, attempt, detail, n)
-          ORDER BY n",
-    );
-    columns
-        .bind(query)
-        .bind(at)
-        .execute(&mut **tx)
-        .await
-        .map_err(classify)?;
-    Ok(())
-}
-
 /// Opens a transaction in a task of its own, so that it is cancel-safe.
 ///
 /// sqlx 0.8's `Pool::begin` is not, on Postgres (sqlx#4393): a caller dropped while its BEGIN is
@@ -452,18 +420,18 @@ async fn begin_operator(pool: &PgPool) -> Result<Transaction<'static, Postgres>>
 #[async_trait]
 impl Store for PgStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
-        saga_core::store::check_initial_changes(&saga)?;
+        let plan = CreationPlan::compile(&saga)?;
         let (id, key, input_hash) = (
             saga.id,
             saga.idempotency_key.clone(),
             saga.input_hash.clone(),
         );
         // With the step writes waiting at the same time, in one statement and one commit.
-        if self.writers.create(saga).await? {
+        if self.writers.create(saga, plan).await? {
             return Ok(Created::New(id));
         }
         let Some(key) = &key else {
-            return Err(batch::id_exists(id));
+            return Err(statement::id_exists(id));
         };
         let existing =
             sqlx::query("SELECT id, input_hash FROM saga_instances WHERE idempotency_key = $1")
@@ -597,25 +565,23 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
-        if batch::compilable(changes) {
-            // One statement, committed on its own (no BEGIN, no COMMIT round trip), together
-            // with the writes of other sagas waiting at the same time.
-            let write = batch::Write {
-                lease: lease.clone(),
-                changes: changes.to_vec(),
-            };
-            // The rarer paths are boxed: a waiting write's future is held for every saga in
-            // flight, so it is kept to what the common path needs.
-            return match self.writers.write(write).await {
-                Ok(true) => Ok(()),
-                outcome => Box::pin(self.outcome(outcome, lease, changes)).await,
-            };
+        let Ok(plan) = WritePlan::compile(changes) else {
+            return Box::pin(self.not_written(lease, changes, None)).await;
+        };
+        // One statement, committed on its own (no BEGIN, no COMMIT round trip), together with
+        // the writes of other sagas waiting at the same time.
+        let write = statement::Write {
+            saga: lease.saga,
+            lease: Some(lease.clone()),
+            plan,
+        };
+        // The rarer paths are boxed: a waiting write's future is held for every saga in
+        // flight, so it is kept to what the common path needs.
+        match self.writers.write(write).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Box::pin(self.not_written(lease, changes, None)).await,
+            Err(err) => Box::pin(self.not_written(lease, changes, Some(err))).await,
         }
-        Box::pin(async move {
-            let tx = begin(&self.pool).await?;
-            self.apply_in(tx, lease, changes).await
-        })
-        .await
     }
 
     async fn begin_step_transaction(
@@ -673,11 +639,7 @@ impl Store for PgStore {
     async fn settle(&self, settlement: &Settlement) -> Result<SagaStatus> {
         let mut tx = begin_operator(&self.pool).await?;
         // Due times are set by the server's clock, not by the operator machine's.
-        let now: Timestamp = sqlx::query_scalar("SELECT now()")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let now = chrono::SubsecRound::trunc_subsecs(now, 3);
+        let now = db_now(&mut tx).await?;
         // Closing the item first is the gate: of concurrent settlements, one updates the row,
         // the others find it resolved once the winner commits.
         let claimed = sqlx::query(
@@ -705,49 +667,8 @@ impl Store for PgStore {
         let snapshot = load_with(&mut tx, item.saga_id, true)
             .await?
             .ok_or(Error::SagaNotFound(item.saga_id))?;
-        let status = settled_status(&item, &snapshot, settlement.action)?;
-        if let Some(step) = settled_step(&item, settlement, now) {
-            sqlx::query(
-                "UPDATE saga_steps SET status = $1, next_attempt_at = $2, finished_at = $3,
-                        last_error = COALESCE($4, last_error)
-                  WHERE saga_id = $5 AND step_index = $6 AND phase = $7",
-            )
-            .bind(step.status.as_str())
-            .bind(step.next_attempt_at)
-            .bind(now)
-            .bind(step.last_error)
-            .bind(item.saga_id.as_uuid())
-            .bind(batch::int(step.index.0))
-            .bind(step.phase.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-        let detail = settlement_detail(settlement);
-        sqlx::query(
-            "UPDATE saga_instances SET status = $1, status_reason = $2, next_run_at = $3,
-                    cancel_requested = CASE WHEN $1 = 'running' THEN cancel_requested END,
-                    updated_at = $4
-              WHERE id = $5",
-        )
-        .bind(status.as_str())
-        .bind(&detail)
-        .bind((!status.is_terminal()).then_some(now))
-        .bind(now)
-        .bind(item.saga_id.as_uuid())
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        insert_events(
-            &mut tx,
-            item.saga_id.as_uuid(),
-            now,
-            vec![operator_event(detail)],
-        )
-        .await?;
-        if !status.is_terminal() {
-            self.notify_in(&mut tx).await?;
-        }
+        let (status, plan) = decide_settle(&item, &snapshot, settlement, now)?;
+        self.write_decided(&mut tx, &snapshot, plan, now).await?;
         tx.commit().await.map_err(classify)?;
         Ok(status)
     }
@@ -763,57 +684,15 @@ impl Store for PgStore {
         let snapshot = load_with(&mut tx, id, true)
             .await?
             .ok_or(Error::SagaNotFound(id))?;
-        let record = &snapshot.record;
-        let request = cancel_detail(by, reason);
         // Whether the lease is live is judged by the database's clock, which every worker's
         // lease expiry was measured against, not by the caller's.
-        let db_now: Timestamp = sqlx::query_scalar("SELECT now()")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(classify)?;
         let _ = now;
-        let now = db_now;
-        let outcome = match record.status {
-            SagaStatus::Compensating => return Ok(CancelOutcome::AlreadyCompensating),
-            SagaStatus::Running => {
-                let leased = record.lease_owner.is_some()
-                    && record.lease_expires_at.is_some_and(|at| at >= now);
-                if leased {
-                    sqlx::query(
-                        "UPDATE saga_instances SET cancel_requested = $1, updated_at = $2
-                          WHERE id = $3",
-                    )
-                    .bind(&request)
-                    .bind(now)
-                    .bind(id.as_uuid())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                    CancelOutcome::Requested
-                } else {
-                    // The lease is taken away for good (owner cleared, token bumped): a
-                    // holder that was in fact alive cannot go on to complete a step.
-                    sqlx::query(
-                        "UPDATE saga_instances SET status = 'compensating', status_reason = $1,
-                                cancel_requested = NULL, next_run_at = $2, updated_at = $2,
-                                lease_owner = NULL, lease_expires_at = NULL,
-                                fencing_token = fencing_token + 1
-                          WHERE id = $3",
-                    )
-                    .bind(&request)
-                    .bind(now)
-                    .bind(id.as_uuid())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                    self.notify_in(&mut tx).await?;
-                    CancelOutcome::Compensating
-                }
-            }
-            other => return Err(cannot_cancel(id, other)),
-        };
-        insert_events(&mut tx, id.as_uuid(), now, vec![operator_event(request)]).await?;
-        tx.commit().await.map_err(classify)?;
+        let now = db_now(&mut tx).await?;
+        let (outcome, plan) = decide_cancel(&snapshot, by, reason, now)?;
+        if let Some(plan) = plan {
+            self.write_decided(&mut tx, &snapshot, plan, now).await?;
+            tx.commit().await.map_err(classify)?;
+        }
         Ok(outcome)
     }
 
@@ -1033,287 +912,91 @@ async fn load_with(
     Ok(Some(SagaSnapshot { record, steps }))
 }
 
-impl PgStore {
-    /// Wakes idle workers of every process when the transaction commits.
-    async fn notify_in(&self, tx: &mut Transaction<'static, Postgres>) -> Result<()> {
-        sqlx::query("SELECT pg_notify($1, '')::text")
-            .bind(&self.channel)
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-        Ok(())
-    }
-
-    /// What a batch write's outcome means: written; refused for its content (with the reason
-    /// the saga's own transition rules give); or not fenced (stale lease, cancel requested).
-    async fn outcome(
-        &self,
-        outcome: Result<bool>,
-        lease: &Lease,
-        changes: &[Change],
-    ) -> Result<()> {
-        match outcome {
-            Ok(true) => Ok(()),
-            Ok(false) => self.not_fenced(lease, changes).await,
-            Err(err @ (Error::Store(_) | Error::IllegalTransition { .. })) => {
-                // Say which change was refused, in the words every backend uses: replay it on
-                // the stored saga.
-                if let Ok(Some(mut stored)) = self.load(lease.saga).await {
-                    stored.apply_all(changes, saga_core::now())?;
-                }
-                Err(err)
-            }
-            Err(err) => Err(err),
-        }
-    }
-
-    /// Nothing was written: tells a cancel request from a lost lease.
-    async fn not_fenced(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
-        // Nothing was written; tell a cancel request from a lost lease.
-        let current = sqlx::query(
-            "SELECT cancel_requested FROM saga_instances
-              WHERE id = $1 AND lease_owner = $2 AND fencing_token = $3",
-        )
-        .bind(lease.saga.as_uuid())
-        .bind(lease.owner.as_str())
-        .bind(lease.token.0)
-        .fetch_optional(&self.write_pool)
+/// The server's time at the start of the transaction, to the millisecond (as stored).
+async fn db_now(tx: &mut Transaction<'static, Postgres>) -> Result<Timestamp> {
+    let now: Timestamp = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut **tx)
         .await
         .map_err(classify)?;
-        let cancel: Option<String> = match current {
-            Some(row) => row.try_get("cancel_requested").map_err(classify)?,
-            None => None,
-        };
-        match cancel {
-            Some(reason) if saga_core::store::begins_forward_step(changes) => {
-                Err(Error::CancelRequested {
-                    saga: lease.saga,
-                    reason,
-                })
+    Ok(chrono::SubsecRound::trunc_subsecs(now, 3))
+}
+
+impl PgStore {
+    /// A fenced write that was not written: its fence did not hold or a step phase refused it
+    /// (`err` is `None` or the store's refusal), or the batch contradicts itself. Says why, from
+    /// the saga as stored, as every backend does; any other error is returned as it is.
+    async fn not_written(
+        &self,
+        lease: &Lease,
+        changes: &[Change],
+        err: Option<Error>,
+    ) -> Result<()> {
+        match err {
+            Some(err) if !crate::error::is_refused(&err) => Err(err),
+            _ => {
+                let stored = self.load(lease.saga).await?;
+                Err(write::not_admitted(
+                    stored.as_ref(),
+                    lease,
+                    &WritePlan::compile(changes),
+                ))
             }
-            _ => Err(Error::LeaseLost(lease.saga)),
         }
     }
 
-    /// Fences, applies `changes` and their events, and commits, all in `tx`.
+    /// Writes `changes` in `tx` (a step's transaction), fenced by `lease`, and commits.
     async fn apply_in(
         &self,
         mut tx: Transaction<'static, Postgres>,
         lease: &Lease,
         changes: &[Change],
     ) -> Result<()> {
-        if batch::compilable(changes) {
-            let write = batch::Write {
-                lease: lease.clone(),
-                changes: changes.to_vec(),
-            };
-            let outcome = batch::execute_one(&mut *tx, &write, &self.channel).await;
-            if !matches!(outcome, Ok(true)) {
+        let Ok(plan) = WritePlan::compile(changes) else {
+            drop(tx);
+            return self.not_written(lease, changes, None).await;
+        };
+        let write = statement::Write {
+            saga: lease.saga,
+            lease: Some(lease.clone()),
+            plan,
+        };
+        let now = saga_core::now();
+        match statement::execute_one(&mut *tx, &write, now, &self.channel).await {
+            Ok(true) => tx.commit().await.map_err(classify),
+            outcome => {
                 // Roll back the step's own writes before finding out why.
                 drop(tx);
-                return self.outcome(outcome, lease, changes).await;
-            }
-            return tx.commit().await.map_err(classify);
-        }
-        let now = saga_core::now();
-        let saga = lease.saga.as_uuid();
-        let fenced = sqlx::query(
-            "UPDATE saga_instances SET updated_at = $1
-              WHERE id = $2 AND lease_owner = $3 AND fencing_token = $4
-          RETURNING cancel_requested",
-        )
-        .bind(now)
-        .bind(saga)
-        .bind(lease.owner.as_str())
-        .bind(lease.token.0)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(classify)?;
-        let Some(fenced) = fenced else {
-            return Err(Error::LeaseLost(lease.saga));
-        };
-        let cancel: Option<String> = fenced.try_get("cancel_requested").map_err(classify)?;
-        if let Some(reason) = cancel {
-            if saga_core::store::begins_forward_step(changes) {
-                return Err(Error::CancelRequested {
-                    saga: lease.saga,
-                    reason,
-                });
+                self.not_written(lease, changes, outcome.err()).await
             }
         }
-        let mut wake = false;
-        for change in changes {
-            apply_change(&mut tx, lease.saga, change, now).await?;
-            if let Change::Release {
-                next_run_at: Some(at),
-            } = change
-            {
-                wake |= *at <= now;
-            }
-        }
-        insert_events(
-            &mut tx,
-            saga,
-            now,
-            changes.iter().filter_map(Change::event).collect(),
-        )
-        .await?;
-        if wake {
-            self.notify_in(&mut tx).await?;
-        }
-        tx.commit().await.map_err(classify)?;
-        Ok(())
     }
-}
 
-async fn apply_change(
-    tx: &mut Transaction<'static, Postgres>,
-    id: SagaId,
-    change: &Change,
-    now: Timestamp,
-) -> Result<()> {
-    let saga = id.as_uuid();
-    let illegal = |reason: String| Error::IllegalTransition { saga: id, reason };
-    match change {
-        Change::BeginStep {
-            index,
-            name,
-            phase,
-            attempt,
-            key,
-        } => {
-            let done = sqlx::query(
-                "INSERT INTO saga_steps AS s (saga_id, step_index, phase, name, status, attempt,
-                     idempotency_key, started_at)
-                 VALUES ($1, $2, $3, $4, 'in_progress', $5, $6, $7)
-                 ON CONFLICT (saga_id, step_index, phase) DO UPDATE
-                    SET status = 'in_progress', attempt = EXCLUDED.attempt,
-                        next_attempt_at = NULL, started_at = EXCLUDED.started_at,
-                        finished_at = NULL
-                  WHERE s.status <> 'completed'",
-            )
-            .bind(saga)
-            .bind(batch::int(index.0))
-            .bind(phase.as_str())
-            .bind(name.as_str())
-            .bind(batch::int(attempt.0))
-            .bind(key.as_str())
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-            if done.rows_affected() == 0 {
-                return Err(illegal(completed_never_runs_again(name, *phase)));
-            }
-        }
-        Change::CompleteStep {
-            index,
-            name,
-            phase,
-            output,
-            ..
-        } => {
-            let done = sqlx::query(
-                "UPDATE saga_steps SET status = 'completed', output = $1, finished_at = $2,
-                        next_attempt_at = NULL
-                  WHERE saga_id = $3 AND step_index = $4 AND phase = $5",
-            )
-            .bind(output)
-            .bind(now)
-            .bind(saga)
-            .bind(batch::int(index.0))
-            .bind(phase.as_str())
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-            if done.rows_affected() == 0 {
-                return Err(illegal(never_began(name, *phase)));
-            }
-        }
-        Change::FailStep {
-            index,
-            name,
-            phase,
-            error,
-            retry_at,
-            ..
-        } => {
-            let status = change
-                .step_status()
-                .unwrap_or(saga_core::StepStatus::Failed)
-                .as_str();
-            let done = sqlx::query(
-                "UPDATE saga_steps SET status = $1, last_error = $2, next_attempt_at = $3,
-                        finished_at = $4
-                  WHERE saga_id = $5 AND step_index = $6 AND phase = $7",
-            )
-            .bind(status)
-            .bind(error.to_string())
-            .bind(retry_at)
-            .bind(now)
-            .bind(saga)
-            .bind(batch::int(index.0))
-            .bind(phase.as_str())
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-            if done.rows_affected() == 0 {
-                return Err(illegal(never_began(name, *phase)));
-            }
-        }
-        Change::SetStatus { status, reason } => {
-            sqlx::query(
-                "UPDATE saga_instances SET status = $1, status_reason = $2,
-                        cancel_requested = CASE WHEN $1 = 'running' THEN cancel_requested END
-                  WHERE id = $3",
-            )
-            .bind(status.as_str())
-            .bind(reason)
-            .bind(saga)
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-        }
-        Change::Escalate(item) => {
-            sqlx::query(
-                "WITH parked AS (
-                     UPDATE saga_instances SET status = 'needs_intervention', status_reason = $10
-                      WHERE id = $2)
-                 INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
-                     idempotency_key, input, output, error, status, opened_at, parked_from)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'open', $11, $12)
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(item.id.as_uuid())
-            .bind(saga)
-            .bind(item.kind.as_str())
-            .bind(item.step.as_ref().map(|(index, _)| batch::int(index.0)))
-            .bind(item.step.as_ref().map(|(_, name)| name.as_str()))
-            .bind(item.phase.map(|phase| phase.as_str()))
-            .bind(item.idempotency_key.as_ref().map(|key| key.as_str()))
-            .bind(&item.input)
-            .bind(&item.output)
-            .bind(&item.error)
-            .bind(now)
-            .bind(item.parked_from.map(|status| status.as_str()))
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-        }
-        Change::Release { next_run_at } => {
-            sqlx::query(
-                "UPDATE saga_instances SET lease_owner = NULL, lease_expires_at = NULL,
-                        next_run_at = $1
-                  WHERE id = $2",
-            )
-            .bind(next_run_at)
-            .bind(saga)
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
+    /// Writes a plan an operator's action decided on `stored` (read in `tx` with its row
+    /// locked, so nothing changed since), through the same statement as every write.
+    async fn write_decided(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        stored: &SagaSnapshot,
+        plan: WritePlan,
+        now: Timestamp,
+    ) -> Result<()> {
+        let write = statement::Write {
+            saga: stored.record.id,
+            lease: None,
+            plan,
+        };
+        if statement::execute_one(&mut **tx, &write, now, &self.channel).await? {
+            Ok(())
+        } else {
+            Err(Error::Store(
+                format!(
+                    "saga {} could not be written by an operator's action; try the action again",
+                    stored.record.id
+                )
+                .into(),
+            ))
         }
     }
-    Ok(())
 }
 
 #[cfg(all(test, feature = "testing"))]

@@ -7,9 +7,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use saga_core::store::{
-    cancel_detail, cannot_cancel, completed_never_runs_again, never_began, operator_event,
-    settled_status, settled_step, settlement_detail,
+use saga_core::store::write::{
+    self, decide_cancel, decide_settle, CancelRequest, CreationPlan, LeaseChange, Precondition,
+    StepWrite, WritePlan,
 };
 use saga_core::{
     CancelOutcome, Change, Created, Error, Event, Intervention, InterventionId, InterventionStatus,
@@ -223,7 +223,7 @@ impl SqliteStore {
                     &mut tx,
                     saga,
                     now,
-                    saga_core::store::EventData {
+                    &saga_core::store::EventData {
                         kind: saga_core::EventKind::LeaseTakenOver,
                         step: None,
                         phase: None,
@@ -256,7 +256,7 @@ async fn insert_event(
     tx: &mut Transaction<'static, Sqlite>,
     saga: SagaId,
     at: Timestamp,
-    event: saga_core::store::EventData,
+    event: &saga_core::store::EventData,
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
@@ -268,7 +268,7 @@ async fn insert_event(
     .bind(event.step.as_ref().map(|step| step.as_str().to_owned()))
     .bind(event.phase.map(|phase| phase.as_str()))
     .bind(event.attempt.map(|attempt| i64::from(attempt.0)))
-    .bind(event.detail)
+    .bind(event.detail.as_deref())
     .execute(&mut **tx)
     .await
     .map_err(classify)?;
@@ -282,7 +282,7 @@ fn json_text(value: &serde_json::Value) -> String {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
-        saga_core::store::check_initial_changes(&saga)?;
+        let plan = CreationPlan::compile(&saga)?;
         let mut tx = self.write_tx().await?;
         if let Some(key) = &saga.idempotency_key {
             let existing =
@@ -324,7 +324,7 @@ impl Store for SqliteStore {
                 .map(|key| key.as_str().to_owned()),
         )
         .bind(millis(now))
-        .bind(i64::from(saga.lease.is_some()))
+        .bind(plan.token.0)
         .bind(&saga.trace_context)
         .bind(millis(now))
         .bind(millis(now))
@@ -348,25 +348,12 @@ impl Store for SqliteStore {
             }
             return Err(classify(err));
         }
-        insert_event(
-            &mut tx,
-            saga.id,
-            now,
-            saga_core::store::EventData {
-                kind: saga_core::EventKind::SagaStarted,
-                step: None,
-                phase: None,
-                attempt: None,
-                detail: Some(format!("{} v{}", saga.saga_type, saga.version)),
-            },
-        )
-        .await?;
         let id = saga.id.to_string();
-        for change in &saga.changes {
-            apply_change(&mut tx, saga.id, &id, change, now).await?;
-            if let Some(event) = change.event() {
-                insert_event(&mut tx, saga.id, now, event).await?;
-            }
+        for step in &plan.steps {
+            write_step(&mut tx, &id, step, now).await?;
+        }
+        for event in &plan.events {
+            insert_event(&mut tx, saga.id, now, event).await?;
         }
         tx.commit().await.map_err(classify)?;
         Ok(Created::New(saga.id))
@@ -433,7 +420,7 @@ impl Store for SqliteStore {
 
     async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
         let tx = self.write_tx().await?;
-        apply_in(tx, lease, changes).await
+        self.apply_in(tx, lease, changes).await
     }
 
     async fn begin_step_transaction(
@@ -455,7 +442,7 @@ impl Store for SqliteStore {
         changes: &[Change],
     ) -> Result<()> {
         match transaction.into_any().downcast::<SqliteStepTransaction>() {
-            Ok(tx) => apply_in(tx.0, lease, changes).await,
+            Ok(tx) => self.apply_in(tx.0, lease, changes).await,
             Err(_) => Err(Error::Store(
                 "a step transaction from another store was handed to SqliteStore".into(),
             )),
@@ -507,40 +494,8 @@ impl Store for SqliteStore {
         let snapshot = load_with(&mut tx, item.saga_id)
             .await?
             .ok_or(Error::SagaNotFound(item.saga_id))?;
-        let status = settled_status(&item, &snapshot, settlement.action)?;
-        let saga = item.saga_id.to_string();
-        if let Some(step) = settled_step(&item, settlement, now) {
-            sqlx::query(
-                "UPDATE saga_steps SET status = ?, next_attempt_at = ?, finished_at = ?,
-                        last_error = COALESCE(?, last_error)
-                  WHERE saga_id = ? AND step_index = ? AND phase = ?",
-            )
-            .bind(step.status.as_str())
-            .bind(step.next_attempt_at.map(millis))
-            .bind(millis(now))
-            .bind(step.last_error)
-            .bind(&saga)
-            .bind(i64::from(step.index.0))
-            .bind(step.phase.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-        let detail = settlement_detail(settlement);
-        sqlx::query(
-            "UPDATE saga_instances SET status = ?1, status_reason = ?2, next_run_at = ?3,
-                    cancel_requested = CASE WHEN ?1 = 'running' THEN cancel_requested END,
-                    updated_at = ?4
-              WHERE id = ?5",
-        )
-        .bind(status.as_str())
-        .bind(&detail)
-        .bind((!status.is_terminal()).then_some(millis(now)))
-        .bind(millis(now))
-        .bind(&saga)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
+        let (status, plan) = decide_settle(&item, &snapshot, settlement, now)?;
+        write_decided(&mut tx, &snapshot, &plan, now).await?;
         sqlx::query(
             "UPDATE saga_interventions SET status = 'resolved', resolved_at = ?, resolved_by = ?,
                     resolution = ?, resolution_reason = ?
@@ -554,7 +509,6 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(classify)?;
-        insert_event(&mut tx, item.saga_id, now, operator_event(detail)).await?;
         tx.commit().await.map_err(classify)?;
         Ok(status)
     }
@@ -570,48 +524,11 @@ impl Store for SqliteStore {
         let snapshot = load_with(&mut tx, id)
             .await?
             .ok_or(Error::SagaNotFound(id))?;
-        let record = &snapshot.record;
-        let request = cancel_detail(by, reason);
-        let outcome = match record.status {
-            SagaStatus::Compensating => return Ok(CancelOutcome::AlreadyCompensating),
-            SagaStatus::Running => {
-                let leased = record.lease_owner.is_some()
-                    && record.lease_expires_at.is_some_and(|at| at >= now);
-                if leased {
-                    sqlx::query(
-                        "UPDATE saga_instances SET cancel_requested = ?, updated_at = ? WHERE id = ?",
-                    )
-                    .bind(&request)
-                    .bind(millis(now))
-                    .bind(id.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                    CancelOutcome::Requested
-                } else {
-                    // The lease is taken away for good (owner cleared, token bumped): a
-                    // holder that was in fact alive cannot go on to complete a step.
-                    sqlx::query(
-                        "UPDATE saga_instances SET status = 'compensating', status_reason = ?,
-                                cancel_requested = NULL, next_run_at = ?, updated_at = ?,
-                                lease_owner = NULL, lease_expires_at = NULL,
-                                fencing_token = fencing_token + 1
-                          WHERE id = ?",
-                    )
-                    .bind(&request)
-                    .bind(millis(now))
-                    .bind(millis(now))
-                    .bind(id.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                    CancelOutcome::Compensating
-                }
-            }
-            other => return Err(cannot_cancel(id, other)),
-        };
-        insert_event(&mut tx, id, now, operator_event(request)).await?;
-        tx.commit().await.map_err(classify)?;
+        let (outcome, plan) = decide_cancel(&snapshot, by, reason, now)?;
+        if let Some(plan) = plan {
+            write_decided(&mut tx, &snapshot, &plan, now).await?;
+            tx.commit().await.map_err(classify)?;
+        }
         Ok(outcome)
     }
 
@@ -740,204 +657,205 @@ async fn load_with(conn: &mut SqliteConnection, id: SagaId) -> Result<Option<Sag
     Ok(Some(SagaSnapshot { record, steps }))
 }
 
-/// Fences, applies `changes` and their events, and commits, all in `tx`.
-async fn apply_in(
-    mut tx: Transaction<'static, Sqlite>,
-    lease: &Lease,
-    changes: &[Change],
-) -> Result<()> {
-    let now = saga_core::now();
-    let saga = lease.saga.to_string();
-    let fenced = sqlx::query(
-        "UPDATE saga_instances SET updated_at = ?
-          WHERE id = ? AND lease_owner = ? AND fencing_token = ?
-      RETURNING cancel_requested",
-    )
-    .bind(millis(now))
-    .bind(&saga)
-    .bind(lease.owner.as_str())
-    .bind(lease.token.0)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(classify)?;
-    let Some(fenced) = fenced else {
-        return Err(Error::LeaseLost(lease.saga));
-    };
-    let cancel: Option<String> = fenced.try_get("cancel_requested").map_err(classify)?;
-    if let Some(reason) = cancel {
-        if saga_core::store::begins_forward_step(changes) {
-            return Err(Error::CancelRequested {
-                saga: lease.saga,
-                reason,
-            });
+impl SqliteStore {
+    /// Writes `changes` in `tx`, fenced by `lease`, and commits; when the write is not
+    /// admitted, rolls back and says why, as every backend does.
+    async fn apply_in(
+        &self,
+        mut tx: Transaction<'static, Sqlite>,
+        lease: &Lease,
+        changes: &[Change],
+    ) -> Result<()> {
+        let compiled = WritePlan::compile(changes);
+        if let Ok(plan) = &compiled {
+            if write_plan(&mut tx, lease.saga, Some(lease), plan, saga_core::now()).await? {
+                return tx.commit().await.map_err(classify);
+            }
         }
+        tx.rollback().await.map_err(classify)?;
+        let stored = self.load(lease.saga).await?;
+        Err(write::not_admitted(stored.as_ref(), lease, &compiled))
     }
-    for change in changes {
-        apply_change(&mut tx, lease.saga, &saga, change, now).await?;
-        if let Some(event) = change.event() {
-            insert_event(&mut tx, lease.saga, now, event).await?;
-        }
-    }
-    tx.commit().await.map_err(classify)?;
-    Ok(())
 }
 
-async fn apply_change(
+/// Writes a plan an operator's action decided on `stored` (read in `tx`, which holds the write
+/// lock, so nothing changed since).
+async fn write_decided(
     tx: &mut Transaction<'static, Sqlite>,
-    id: SagaId,
-    saga: &str,
-    change: &Change,
+    stored: &SagaSnapshot,
+    plan: &WritePlan,
     now: Timestamp,
 ) -> Result<()> {
-    let illegal = |reason: String| Error::IllegalTransition { saga: id, reason };
-    match change {
-        Change::BeginStep {
-            index,
-            name,
-            phase,
-            attempt,
-            key,
-        } => {
-            let done = sqlx::query(
-                "INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempt,
-                     idempotency_key, started_at)
-                 VALUES (?, ?, ?, ?, 'in_progress', ?, ?, ?)
-                 ON CONFLICT (saga_id, step_index, phase) DO UPDATE
-                    SET status = 'in_progress', attempt = excluded.attempt,
-                        next_attempt_at = NULL, started_at = excluded.started_at,
-                        finished_at = NULL
-                  WHERE saga_steps.status <> 'completed'",
+    if write_plan(tx, stored.record.id, None, plan, now).await? {
+        Ok(())
+    } else {
+        Err(Error::Store(
+            format!(
+                "saga {} changed while an operator's action was written; try the action again",
+                stored.record.id
             )
-            .bind(saga)
-            .bind(i64::from(index.0))
-            .bind(phase.as_str())
-            .bind(name.as_str())
-            .bind(i64::from(attempt.0))
-            .bind(key.as_str())
-            .bind(millis(now))
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-            if done.rows_affected() == 0 {
-                return Err(illegal(completed_never_runs_again(name, *phase)));
-            }
-        }
-        Change::CompleteStep {
-            index,
-            name,
-            phase,
-            output,
-            ..
-        } => {
-            let done = sqlx::query(
-                "UPDATE saga_steps SET status = 'completed', output = ?, finished_at = ?,
-                        next_attempt_at = NULL
-                  WHERE saga_id = ? AND step_index = ? AND phase = ?",
-            )
-            .bind(output.as_ref().map(json_text))
-            .bind(millis(now))
-            .bind(saga)
-            .bind(i64::from(index.0))
-            .bind(phase.as_str())
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-            if done.rows_affected() == 0 {
-                return Err(illegal(never_began(name, *phase)));
-            }
-        }
-        Change::FailStep {
-            index,
-            name,
-            phase,
-            error,
-            retry_at,
-            ..
-        } => {
-            let status = change
-                .step_status()
-                .unwrap_or(saga_core::StepStatus::Failed)
-                .as_str();
-            let done = sqlx::query(
-                "UPDATE saga_steps SET status = ?, last_error = ?, next_attempt_at = ?,
-                        finished_at = ?
-                  WHERE saga_id = ? AND step_index = ? AND phase = ?",
-            )
-            .bind(status)
-            .bind(error.to_string())
-            .bind(retry_at.map(millis))
-            .bind(millis(now))
-            .bind(saga)
-            .bind(i64::from(index.0))
-            .bind(phase.as_str())
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-            if done.rows_affected() == 0 {
-                return Err(illegal(never_began(name, *phase)));
-            }
-        }
-        Change::SetStatus { status, reason } => {
-            sqlx::query(
-                "UPDATE saga_instances SET status = ?1, status_reason = ?2,
-                        cancel_requested = CASE WHEN ?1 = 'running' THEN cancel_requested END
-                  WHERE id = ?3",
-            )
-            .bind(status.as_str())
-            .bind(reason)
-            .bind(saga)
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-        }
-        Change::Escalate(item) => {
-            sqlx::query(
-                "UPDATE saga_instances SET status = 'needs_intervention', status_reason = ?
-                  WHERE id = ?",
-            )
-            .bind(&item.error)
-            .bind(saga)
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-            sqlx::query(
-                "INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
-                     idempotency_key, input, output, error, status, opened_at, parked_from)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?)
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(item.id.to_string())
-            .bind(saga)
-            .bind(item.kind.as_str())
-            .bind(item.step.as_ref().map(|(index, _)| i64::from(index.0)))
-            .bind(item.step.as_ref().map(|(_, name)| name.as_str().to_owned()))
-            .bind(item.phase.map(|phase| phase.as_str()))
-            .bind(
-                item.idempotency_key
-                    .as_ref()
-                    .map(|key| key.as_str().to_owned()),
-            )
-            .bind(item.input.as_ref().map(json_text))
-            .bind(item.output.as_ref().map(json_text))
-            .bind(&item.error)
-            .bind(millis(now))
-            .bind(item.parked_from.map(|status| status.as_str()))
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-        }
-        Change::Release { next_run_at } => {
-            sqlx::query(
-                "UPDATE saga_instances SET lease_owner = NULL, lease_expires_at = NULL,
-                        next_run_at = ?
-                  WHERE id = ?",
-            )
-            .bind(next_run_at.map(millis))
-            .bind(saga)
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
+            .into(),
+        ))
+    }
+}
+
+/// Writes `plan` to saga `id` in `tx` at `now`, fenced by `lease` when given (an operator's
+/// write has none): the saga row, the step phases, the interventions and the events.
+/// `Ok(false)`: the fence did not hold or a step phase refused the plan; roll `tx` back.
+async fn write_plan(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: SagaId,
+    lease: Option<&Lease>,
+    plan: &WritePlan,
+    now: Timestamp,
+) -> Result<bool> {
+    let saga = id.to_string();
+    let update = &plan.saga;
+    let (set_status, status, reason) = match &update.status {
+        Some((status, reason)) => (true, Some(status.as_str()), reason.as_deref()),
+        None => (false, None, None),
+    };
+    let (cancel, request) = match &update.cancel {
+        CancelRequest::Keep => ("keep", None),
+        CancelRequest::Clear => ("clear", None),
+        CancelRequest::Set(request) => ("set", Some(request.as_str())),
+    };
+    let fenced = sqlx::query(
+        "UPDATE saga_instances
+            SET updated_at = ?1,
+                status = CASE WHEN ?2 THEN ?3 ELSE status END,
+                status_reason = CASE WHEN ?2 THEN ?4 ELSE status_reason END,
+                cancel_requested = CASE ?5 WHEN 'clear' THEN NULL WHEN 'set' THEN ?6
+                                   ELSE cancel_requested END,
+                lease_owner = CASE WHEN ?7 THEN NULL ELSE lease_owner END,
+                lease_expires_at = CASE WHEN ?7 THEN NULL ELSE lease_expires_at END,
+                fencing_token = fencing_token + ?8,
+                next_run_at = CASE WHEN ?9 THEN ?10 ELSE next_run_at END
+          WHERE id = ?11
+            AND (?12 IS NULL OR (lease_owner = ?12 AND fencing_token = ?13))
+            AND (NOT ?14 OR cancel_requested IS NULL)",
+    )
+    .bind(millis(now))
+    .bind(set_status)
+    .bind(status)
+    .bind(reason)
+    .bind(cancel)
+    .bind(request)
+    .bind(update.lease != LeaseChange::Keep)
+    .bind(i64::from(update.lease == LeaseChange::Revoke))
+    .bind(update.next_run_at.is_some())
+    .bind(update.next_run_at.flatten().map(millis))
+    .bind(&saga)
+    .bind(lease.map(|lease| lease.owner.as_str().to_owned()))
+    .bind(lease.map_or(0, |lease| lease.token.0))
+    .bind(plan.begins_forward)
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    if fenced.rows_affected() == 0 {
+        return Ok(false);
+    }
+    for step in &plan.steps {
+        if !write_step(tx, &saga, step, now).await? {
+            return Ok(false);
         }
     }
-    Ok(())
+    for item in &plan.interventions {
+        sqlx::query(
+            "INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
+                 idempotency_key, input, output, error, status, opened_at, parked_from)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(item.id.to_string())
+        .bind(&saga)
+        .bind(item.kind.as_str())
+        .bind(item.step.as_ref().map(|(index, _)| i64::from(index.0)))
+        .bind(item.step.as_ref().map(|(_, name)| name.as_str().to_owned()))
+        .bind(item.phase.map(|phase| phase.as_str()))
+        .bind(
+            item.idempotency_key
+                .as_ref()
+                .map(|key| key.as_str().to_owned()),
+        )
+        .bind(item.input.as_ref().map(json_text))
+        .bind(item.output.as_ref().map(json_text))
+        .bind(&item.error)
+        .bind(millis(now))
+        .bind(item.parked_from.map(|status| status.as_str()))
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
+    for event in &plan.events {
+        insert_event(tx, id, now, event).await?;
+    }
+    Ok(true)
+}
+
+/// Writes one step phase: inserted when absent and the write may insert it, else updated if
+/// it meets the write's precondition. `Ok(false)`: it does not.
+async fn write_step(
+    tx: &mut Transaction<'static, Sqlite>,
+    saga: &str,
+    step: &StepWrite,
+    now: Timestamp,
+) -> Result<bool> {
+    let output = step
+        .output
+        .as_ref()
+        .map(|output| output.as_ref().map(json_text));
+    if let Some(key) = &step.key {
+        let inserted = sqlx::query(
+            "INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempt,
+                 idempotency_key, output, last_error, next_attempt_at, started_at, finished_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (saga_id, step_index, phase) DO NOTHING",
+        )
+        .bind(saga)
+        .bind(i64::from(step.index.0))
+        .bind(step.phase.as_str())
+        .bind(step.name.as_str())
+        .bind(step.status.as_str())
+        .bind(i64::from(step.attempt.map_or(0, |attempt| attempt.0)))
+        .bind(key.as_str())
+        .bind(output.clone().flatten())
+        .bind(&step.error)
+        .bind(step.next_attempt_at.map(millis))
+        .bind(step.began.then_some(millis(now)))
+        .bind(step.finished.then_some(millis(now)))
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+        if inserted.rows_affected() == 1 {
+            return Ok(true);
+        }
+    }
+    let updated = sqlx::query(
+        "UPDATE saga_steps
+            SET status = ?1, attempt = COALESCE(?2, attempt),
+                output = CASE WHEN ?3 THEN ?4 ELSE output END,
+                last_error = COALESCE(?5, last_error), next_attempt_at = ?6,
+                started_at = CASE WHEN ?7 THEN ?8 ELSE started_at END,
+                finished_at = CASE WHEN ?9 THEN ?8 END
+          WHERE saga_id = ?10 AND step_index = ?11 AND phase = ?12
+            AND (NOT ?13 OR status <> 'completed')",
+    )
+    .bind(step.status.as_str())
+    .bind(step.attempt.map(|attempt| i64::from(attempt.0)))
+    .bind(output.is_some())
+    .bind(output.flatten())
+    .bind(&step.error)
+    .bind(step.next_attempt_at.map(millis))
+    .bind(step.began)
+    .bind(millis(now))
+    .bind(step.finished)
+    .bind(saga)
+    .bind(i64::from(step.index.0))
+    .bind(step.phase.as_str())
+    .bind(step.requires == Precondition::NotCompleted)
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    Ok(updated.rows_affected() == 1)
 }

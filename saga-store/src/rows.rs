@@ -1,0 +1,210 @@
+//! Stored rows to saga-core records, for both SQL backends: a backend says how to read one
+//! column of its own types (its [`Columns`] implementation, on its row type); what each column
+//! means, and how an unreadable one is reported, is written here once.
+
+use saga_core::{
+    Attempt, Error, Event, FencingToken, IdempotencyKey, Intervention, InterventionId,
+    NewIntervention, SagaId, SagaRecord, SagaType, StepIndex, StepName, StepRecord, Timestamp,
+    WorkerId,
+};
+use serde_json::Value;
+
+/// One stored row, read column by column in the backend's own types. Each method gives the
+/// column's value (`None` for NULL), or why it could not be read.
+pub(crate) trait Columns {
+    /// A saga id (the row's own saga, or the saga it belongs to).
+    fn saga_id(&self, column: &str) -> Result<SagaId, String>;
+    /// An intervention id.
+    fn intervention_id(&self, column: &str) -> Result<InterventionId, String>;
+    /// A text.
+    fn text(&self, column: &str) -> Result<Option<String>, String>;
+    /// A small whole number (an index, an attempt, a version).
+    fn u32(&self, column: &str) -> Result<Option<u32>, String>;
+    /// A large whole number (a fencing token, a sequence number).
+    fn i64(&self, column: &str) -> Result<Option<i64>, String>;
+    /// A time.
+    fn time(&self, column: &str) -> Result<Option<Timestamp>, String>;
+    /// A JSON document.
+    fn json(&self, column: &str) -> Result<Option<Value>, String>;
+}
+
+/// Reads the columns of one row of one saga, turning every failure into
+/// [`Error::CorruptRecord`] naming the column.
+struct Reader<'r, C: ?Sized> {
+    row: &'r C,
+    saga: SagaId,
+}
+
+impl<'r, C: Columns + ?Sized> Reader<'r, C> {
+    /// The reader of a row whose saga id is in `column`.
+    fn of(row: &'r C, column: &str) -> Result<Self, Error> {
+        let saga = row.saga_id(column).map_err(|reason| {
+            Error::Store(format!("column `{column}` holds no saga id: {reason}").into())
+        })?;
+        Ok(Self { row, saga })
+    }
+
+    fn corrupt(&self, column: &str, reason: impl std::fmt::Display) -> Error {
+        Error::CorruptRecord {
+            saga: self.saga,
+            reason: format!("column `{column}`: {reason}"),
+        }
+    }
+
+    fn read<T>(&self, column: &str, value: Result<Option<T>, String>) -> Result<Option<T>, Error> {
+        value.map_err(|reason| self.corrupt(column, reason))
+    }
+
+    fn required<T>(&self, column: &str, value: Result<Option<T>, String>) -> Result<T, Error> {
+        self.read(column, value)?
+            .ok_or_else(|| self.corrupt(column, "is NULL"))
+    }
+
+    fn text(&self, column: &str) -> Result<String, Error> {
+        self.required(column, self.row.text(column))
+    }
+
+    fn opt_text(&self, column: &str) -> Result<Option<String>, Error> {
+        self.read(column, self.row.text(column))
+    }
+
+    fn u32(&self, column: &str) -> Result<u32, Error> {
+        self.required(column, self.row.u32(column))
+    }
+
+    fn opt_u32(&self, column: &str) -> Result<Option<u32>, Error> {
+        self.read(column, self.row.u32(column))
+    }
+
+    fn i64(&self, column: &str) -> Result<i64, Error> {
+        self.required(column, self.row.i64(column))
+    }
+
+    fn time(&self, column: &str) -> Result<Timestamp, Error> {
+        self.required(column, self.row.time(column))
+    }
+
+    fn opt_time(&self, column: &str) -> Result<Option<Timestamp>, Error> {
+        self.read(column, self.row.time(column))
+    }
+
+    fn json(&self, column: &str) -> Result<Value, Error> {
+        self.required(column, self.row.json(column))
+    }
+
+    fn opt_json(&self, column: &str) -> Result<Option<Value>, Error> {
+        self.read(column, self.row.json(column))
+    }
+
+    /// A text column holding a persisted enum (or anything else `FromStr` reads).
+    fn parsed<T>(&self, column: &str) -> Result<T, Error>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let text = self.text(column)?;
+        text.parse().map_err(|err| self.corrupt(column, err))
+    }
+
+    fn opt_parsed<T>(&self, column: &str) -> Result<Option<T>, Error>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        self.opt_text(column)?
+            .map(|text| text.parse().map_err(|err| self.corrupt(column, err)))
+            .transpose()
+    }
+}
+
+/// A saga row.
+pub(crate) fn saga_record(row: &(impl Columns + ?Sized)) -> Result<SagaRecord, Error> {
+    let r = Reader::of(row, "id")?;
+    Ok(SagaRecord {
+        id: r.saga,
+        saga_type: SagaType::new(r.text("saga_type")?),
+        version: r.u32("version")?,
+        fingerprint: r.text("fingerprint")?,
+        status: r.parsed("status")?,
+        status_reason: r.opt_text("status_reason")?,
+        input: r.json("input")?,
+        input_hash: r.text("input_hash")?,
+        idempotency_key: r.opt_text("idempotency_key")?.map(IdempotencyKey::new),
+        next_run_at: r.opt_time("next_run_at")?,
+        lease_owner: r.opt_text("lease_owner")?.map(WorkerId::new),
+        lease_expires_at: r.opt_time("lease_expires_at")?,
+        fencing_token: FencingToken(r.i64("fencing_token")?),
+        trace_context: r.opt_text("trace_context")?,
+        cancel_requested: r.opt_text("cancel_requested")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
+}
+
+/// A step row of `saga`.
+pub(crate) fn step_record(
+    row: &(impl Columns + ?Sized),
+    saga: SagaId,
+) -> Result<StepRecord, Error> {
+    let r = Reader { row, saga };
+    Ok(StepRecord {
+        index: StepIndex(r.u32("step_index")?),
+        phase: r.parsed("phase")?,
+        name: StepName::new(r.text("name")?),
+        status: r.parsed("status")?,
+        attempt: Attempt(r.u32("attempt")?),
+        idempotency_key: IdempotencyKey::new(r.text("idempotency_key")?),
+        output: r.opt_json("output")?,
+        last_error: r.opt_text("last_error")?,
+        next_attempt_at: r.opt_time("next_attempt_at")?,
+        started_at: r.opt_time("started_at")?,
+        finished_at: r.opt_time("finished_at")?,
+    })
+}
+
+/// An event row.
+pub(crate) fn event(row: &(impl Columns + ?Sized)) -> Result<Event, Error> {
+    let r = Reader::of(row, "saga_id")?;
+    Ok(Event {
+        seq: r.i64("seq")?,
+        saga_id: r.saga,
+        at: r.time("at")?,
+        kind: r.parsed("kind")?,
+        step: r.opt_text("step")?.map(StepName::new),
+        phase: r.opt_parsed("phase")?,
+        attempt: r.opt_u32("attempt")?.map(Attempt),
+        detail: r.opt_text("detail")?,
+    })
+}
+
+/// An intervention row.
+pub(crate) fn intervention(row: &(impl Columns + ?Sized)) -> Result<Intervention, Error> {
+    let r = Reader::of(row, "saga_id")?;
+    let step = match (r.opt_u32("step_index")?, r.opt_text("step_name")?) {
+        (Some(index), Some(name)) => Some((StepIndex(index), StepName::new(name))),
+        _ => None,
+    };
+    Ok(Intervention {
+        saga_id: r.saga,
+        item: NewIntervention {
+            id: r
+                .row
+                .intervention_id("id")
+                .map_err(|reason| r.corrupt("id", reason))?,
+            kind: r.parsed("kind")?,
+            step,
+            phase: r.opt_parsed("phase")?,
+            idempotency_key: r.opt_text("idempotency_key")?.map(IdempotencyKey::new),
+            input: r.opt_json("input")?,
+            output: r.opt_json("output")?,
+            error: r.text("error")?,
+            parked_from: r.opt_parsed("parked_from")?,
+        },
+        status: r.parsed("status")?,
+        opened_at: r.time("opened_at")?,
+        resolved_at: r.opt_time("resolved_at")?,
+        resolved_by: r.opt_text("resolved_by")?,
+        resolution: r.opt_text("resolution")?,
+        resolution_reason: r.opt_text("resolution_reason")?,
+    })
+}
