@@ -60,7 +60,23 @@ mod otlp;
 
 #[cfg(feature = "opentelemetry")]
 pub use otlp::{init_otlp, OtlpGuard};
-pub use saga_core::*;
+// Re-exported by name, so that what the facade offers is this list and nothing that
+// `saga-core` adds later by accident. Store implementors reach the write plans and operator
+// decisions through `store::write`.
+#[doc(hidden)]
+pub use saga_core::__private;
+pub use saga_core::{after, before, bounded_text, now};
+pub use saga_core::{plan, store, telemetry};
+pub use saga_core::{
+    Admin, Attempt, BatchResult, BoxError, CancelOutcome, Change, Config, Created, Error, Event,
+    EventKind, FailureKind, FencingToken, History, IdempotencyKey, Intervention, InterventionId,
+    InterventionKind, InterventionStatus, Lease, LifecycleEvent, MemoryStore, NewIntervention,
+    NewSaga, Orchestrator, Phase, Refusal, Result, ResultExt, RetryPolicy, Saga, SagaDefinition,
+    SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus, SagaType, SettleAction, Settlement,
+    Step, StepBuilder, StepContext, StepError, StepIndex, StepName, StepRecord, StepSpec,
+    StepStatus, StepTransaction, Store, Timestamp, TransactionSlot, UnknownValue, WorkerId,
+    DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES,
+};
 /// `#[derive(Saga)]`: implements the [`Saga`](trait@Saga) trait from `#[saga(...)]` and
 /// `#[step(...)]` attributes.
 #[cfg(feature = "derive")]
