@@ -1438,3 +1438,99 @@ async fn slow_transactional_steps_above_the_pool_size_lose_no_lease_and_burn_no_
     );
     orchestrator.shutdown().await;
 }
+
+/// Spans as a tracing subscriber sees them: name, the `n` or `sagas` field, and parent.
+#[derive(Clone, Default)]
+struct Spans(Arc<std::sync::Mutex<Vec<(u64, &'static str, Option<u64>, Option<u64>)>>>);
+
+struct Number<'a>(&'a mut Option<u64>);
+
+impl tracing::field::Visit for Number<'_> {
+    fn record_u64(&mut self, _: &tracing::field::Field, value: u64) {
+        *self.0 = Some(value);
+    }
+
+    fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+}
+
+impl<S> tracing_subscriber::Layer<S> for Spans
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut number = None;
+        attrs.record(&mut Number(&mut number));
+        let parent = ctx
+            .span(id)
+            .and_then(|span| span.parent())
+            .map(|parent| parent.id().into_u64());
+        self.0
+            .lock()
+            .unwrap()
+            .push((id.into_u64(), attrs.metadata().name(), number, parent));
+    }
+}
+
+/// A current-thread runtime, so that the subscriber set for this thread also sees the store's
+/// writer tasks.
+#[tokio::test]
+async fn each_write_shows_in_its_callers_trace_as_the_statement_that_wrote_it() {
+    use tracing::Instrument;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let spans = Spans::default();
+    let _subscriber = tracing_subscriber::registry()
+        .with(spans.clone())
+        .set_default();
+    let url = TestPg::fresh_database().await.unwrap();
+    let store = Arc::new(PgStore::connect(&url).await.unwrap());
+    let worker = saga_core::WorkerId::new("traced");
+    let until = saga_core::after(saga_core::now(), Duration::from_secs(60));
+    let sagas = running_sagas(&store, "traced", 24, &worker, until).await;
+    // All at once: the first caller writes alone, the others wait for the writers, which
+    // group them.
+    let writes = sagas.iter().enumerate().map(|(n, id)| {
+        let span = tracing::info_span!("caller", n = n as u64);
+        let store = Arc::clone(&store);
+        let lease = first_lease(*id, &worker, until);
+        let change = saga_core::Change::CompleteStep {
+            index: saga_core::StepIndex(0),
+            name: saga_core::StepName::new(FIRST),
+            phase: saga_core::Phase::Action,
+            attempt: saga_core::Attempt(1),
+            output: None,
+        };
+        async move { store.apply(&lease, &[change]).await }.instrument(span)
+    });
+    for outcome in futures_join_all(writes).await {
+        outcome.unwrap();
+    }
+    let spans = spans.0.lock().unwrap().clone();
+    let callers: Vec<u64> = spans
+        .iter()
+        .filter(|(_, name, _, _)| *name == "caller")
+        .map(|(id, ..)| *id)
+        .collect();
+    assert_eq!(callers.len(), 24);
+    let writes: Vec<(Option<u64>, Option<u64>)> = spans
+        .iter()
+        .filter(|(_, name, _, _)| *name == "store_write")
+        .map(|(_, _, sagas, parent)| (*sagas, *parent))
+        .collect();
+    for caller in &callers {
+        assert!(
+            writes.iter().any(|(_, parent)| parent == &Some(*caller)),
+            "every caller's trace shows the statement that wrote its saga: {writes:?}"
+        );
+    }
+    assert!(
+        writes.iter().any(|(sagas, _)| sagas.is_some_and(|n| n > 1)),
+        "some statements carried several sagas' writes: {writes:?}"
+    );
+    store.close().await;
+}
