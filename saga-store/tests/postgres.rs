@@ -1439,9 +1439,12 @@ async fn slow_transactional_steps_above_the_pool_size_lose_no_lease_and_burn_no_
     orchestrator.shutdown().await;
 }
 
-/// Spans as a tracing subscriber sees them: name, the `n` or `sagas` field, and parent.
+/// A span as a tracing subscriber sees it: id, name, its `n` or `sagas` field, and parent.
+type Seen = (u64, &'static str, Option<u64>, Option<u64>);
+
+/// The spans opened while it is the subscriber.
 #[derive(Clone, Default)]
-struct Spans(Arc<std::sync::Mutex<Vec<(u64, &'static str, Option<u64>, Option<u64>)>>>);
+struct Spans(Arc<std::sync::Mutex<Vec<Seen>>>);
 
 struct Number<'a>(&'a mut Option<u64>);
 
