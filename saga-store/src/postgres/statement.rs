@@ -79,8 +79,11 @@ inst AS (
     };
 }
 
-/// The step phases: $16..$29. A phase the write may insert (it has a key) is inserted when
-/// absent; every phase present is updated when it meets the write's precondition.
+/// The step phases: $16..$29. A phase whose first change in its write begins it (it has a key)
+/// is inserted, or updated if stored and not completed; such a write always begins an attempt
+/// (its start time and attempt are set) and sets an error only to a text, so only its output
+/// needs the row's own flag, read on the rare conflict. A phase that must be stored (its first
+/// change completes or fails it) is updated.
 macro_rules! steps {
     () => {
         "
@@ -91,16 +94,25 @@ x AS (
         AS x(saga, idx, phase, name, key, status, attempt, began, set_output, output, error,
              next_at, finished, w)
       JOIN inst ON inst.n = x.w),
-inserted AS (
-    INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempt, idempotency_key,
-        output, last_error, next_attempt_at, started_at, finished_at)
-    SELECT saga, idx, phase, name, status, attempt, key, output, error, next_at,
-           CASE WHEN began THEN $13::timestamptz END, CASE WHEN finished THEN $13::timestamptz END
+begun AS (
+    INSERT INTO saga_steps AS st (saga_id, step_index, phase, name, status, attempt,
+        idempotency_key, output, last_error, next_attempt_at, started_at, finished_at)
+    SELECT saga, idx, phase, name, status, attempt, key, output, error, next_at, $13,
+           CASE WHEN finished THEN $13::timestamptz END
       FROM x
      WHERE key IS NOT NULL
-    ON CONFLICT (saga_id, step_index, phase) DO NOTHING
+    ON CONFLICT (saga_id, step_index, phase) DO UPDATE
+       SET status = EXCLUDED.status, attempt = EXCLUDED.attempt,
+           output = CASE WHEN (SELECT x.set_output FROM x
+                                WHERE x.saga = EXCLUDED.saga_id AND x.idx = EXCLUDED.step_index
+                                  AND x.phase = EXCLUDED.phase)
+                         THEN EXCLUDED.output ELSE st.output END,
+           last_error = COALESCE(EXCLUDED.last_error, st.last_error),
+           next_attempt_at = EXCLUDED.next_attempt_at,
+           started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at
+     WHERE st.status <> 'completed'
     RETURNING 1),
-updated AS (
+finished AS (
     UPDATE saga_steps st
        SET status = x.status,
            attempt = COALESCE(x.attempt, st.attempt),
@@ -110,9 +122,9 @@ updated AS (
            started_at = CASE WHEN x.began THEN $13::timestamptz ELSE st.started_at END,
            finished_at = CASE WHEN x.finished THEN $13::timestamptz END
       FROM x
-     WHERE st.saga_id = ANY($16::uuid[])
+     WHERE x.key IS NULL
+       AND st.saga_id = ANY($16::uuid[])
        AND st.saga_id = x.saga AND st.step_index = x.idx AND st.phase = x.phase
-       AND (x.key IS NULL OR st.status <> 'completed')
     RETURNING 1),
 "
     };
@@ -202,7 +214,7 @@ macro_rules! answer {
 SELECT ARRAY(SELECT n FROM inst) AS fenced, ",
             $created,
             " AS created,
-       CASE WHEN (SELECT COUNT(*) FROM inserted) + (SELECT COUNT(*) FROM updated)
+       CASE WHEN (SELECT COUNT(*) FROM begun) + (SELECT COUNT(*) FROM finished)
                  < (SELECT COUNT(*) FROM x)
             THEN saga_refuse('a step write found its step phase in a state it cannot act on: a completed phase cannot begin again, and only a begun phase can complete or fail')
        END AS refused,
