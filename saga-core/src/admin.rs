@@ -16,6 +16,42 @@ use crate::store::{
 /// Operator actions over a store: needs no registered sagas and no workers, so a CLI or an admin
 /// API can use it on its own. Every action is recorded in the saga's history with who did it,
 /// when and why.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use std::time::Duration;
+/// # use saga_core::{Admin, CancelOutcome, Config, Error, MemoryStore, Orchestrator, Saga, SagaDefinition, SagaFilter, SagaStatus, Step, StepContext, StepError, Store};
+/// # struct Order;
+/// # async fn reserve(_: Arc<Order>, _: StepContext<u32>) -> Result<(), StepError> { Ok(()) }
+/// # async fn release(_: Arc<Order>, _: StepContext<u32>, _: ()) -> Result<(), StepError> { Ok(()) }
+/// # impl Saga for Order {
+/// #     type Input = u32;
+/// #     fn definition() -> SagaDefinition<Self> {
+/// #         SagaDefinition::new("order", 1).step(Step::new("reserve", reserve).compensate(release))
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+/// let orchestrator = Orchestrator::new(Arc::clone(&store), Config::default());
+/// orchestrator.register(Order)?;
+/// let id = orchestrator.start::<Order>(&7).await?; // stored; no worker runs yet
+///
+/// let admin = Admin::new(store); // on the same store, from anywhere
+/// assert_eq!(admin.list(&SagaFilter::default()).await?.len(), 1);
+/// // Nobody holds it: it moves to compensating at once.
+/// assert_eq!(admin.cancel_saga(id, "alice", "customer withdrew").await?, CancelOutcome::Compensating);
+/// assert!(admin.history(id).await?.render().contains("cancel requested by alice"));
+/// // Who and why are required.
+/// assert!(matches!(admin.cancel_saga(id, "", "no name").await, Err(Error::InvalidAction(_))));
+///
+/// orchestrator.run();
+/// assert_eq!(orchestrator.wait(id, Duration::from_secs(10)).await?.status, SagaStatus::Compensated);
+/// assert!(admin.interventions(true).await?.is_empty());
+/// orchestrator.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Admin {
     store: Arc<dyn Store>,

@@ -14,6 +14,20 @@
 //! - Workers hold sagas with fenced leases; a crashed worker's sagas resume elsewhere when its
 //!   lease expires.
 //!
+//! ## How it is built
+//!
+//! - [`plan`]: every decision of the data path, as pure functions over a stored saga (which step
+//!   runs next, retry or give up, compensate, escalate); it emits [`Change`]s.
+//! - [`store::write`]: what those changes mean, decided once: a batch compiles into a
+//!   [`WritePlan`](store::write::WritePlan) (the net effect on one saga's rows, each step write
+//!   with its precondition), refusals are judged in one order
+//!   ([`admit`](store::write::admit): lease, cancel request, then a [`Refusal`]), and operators'
+//!   actions are decided here too. Backends only carry plans out, so each write means the same
+//!   on every backend.
+//! - [`Store`]: the durable contract; [`MemoryStore`] here, SQLite and Postgres in `saga-store`.
+//! - [`Orchestrator`]: registers sagas, starts them, and runs the workers that claim, drive and
+//!   release them under fenced leases.
+//!
 //! ## Quickstart (on the in-memory store)
 //!
 //! ```

@@ -345,6 +345,31 @@ impl Orchestrator {
 
     /// Starts a saga of type `S` with no start key: every call starts a new saga.
     ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use saga_core::{Config, MemoryStore, Orchestrator, Saga, SagaDefinition, Step, StepContext, StepError};
+    /// struct Greet;
+    /// async fn hello(_: Arc<Greet>, ctx: StepContext<String>) -> Result<String, StepError> {
+    ///     Ok(format!("hello {}", ctx.input()))
+    /// }
+    /// impl Saga for Greet {
+    ///     type Input = String;
+    ///     fn definition() -> SagaDefinition<Self> {
+    ///         SagaDefinition::new("greet", 1).step(Step::new("hello", hello).irreversible())
+    ///     }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), saga_core::Error> {
+    /// let orchestrator = Orchestrator::new(Arc::new(MemoryStore::new()), Config::default());
+    /// orchestrator.register(Greet)?;
+    /// // Stored before it returns: the saga runs once workers run, here or in another process.
+    /// let first = orchestrator.start::<Greet>(&"ada".to_owned()).await?;
+    /// let second = orchestrator.start::<Greet>(&"ada".to_owned()).await?;
+    /// assert_ne!(first, second, "no start key: two sagas");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`Error::UnknownSagaType`], [`Error::PayloadTooLarge`], [`Error::Serialization`], store errors.
     pub async fn start<S: Saga>(&self, input: &S::Input) -> Result<SagaId> {
@@ -609,7 +634,40 @@ impl Orchestrator {
     }
 
     /// Waits until the saga is settled (completed, compensated, cancelled or needs
-    /// intervention), for at most `timeout`, and returns its record.
+    /// intervention), for at most `timeout`, and returns its record. The saga keeps running
+    /// when the wait times out.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use saga_core::{Config, Error, MemoryStore, Orchestrator, Saga, SagaDefinition, SagaStatus, Step, StepContext, StepError};
+    /// struct Slow;
+    /// async fn nap(_: Arc<Slow>, ctx: StepContext<u64>) -> Result<(), StepError> {
+    ///     tokio::time::sleep(Duration::from_millis(*ctx.input())).await;
+    ///     Ok(())
+    /// }
+    /// impl Saga for Slow {
+    ///     type Input = u64;
+    ///     fn definition() -> SagaDefinition<Self> {
+    ///         SagaDefinition::new("slow", 1).step(Step::new("nap", nap).irreversible())
+    ///     }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// let orchestrator = Orchestrator::new(Arc::new(MemoryStore::new()), Config::default());
+    /// orchestrator.register(Slow)?;
+    /// orchestrator.run();
+    /// let id = orchestrator.start::<Slow>(&300).await?;
+    /// assert!(matches!(
+    ///     orchestrator.wait(id, Duration::from_millis(10)).await,
+    ///     Err(Error::WaitTimeout { .. })
+    /// ));
+    /// let record = orchestrator.wait(id, Duration::from_secs(10)).await?;
+    /// assert_eq!(record.status, SagaStatus::Completed);
+    /// orchestrator.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`Error::SagaNotFound`], [`Error::WaitTimeout`], store errors.

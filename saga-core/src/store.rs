@@ -54,7 +54,7 @@ pub struct NewSaga {
     /// Step changes written with the creation, in the same transaction, as [`Store::apply`]
     /// would write them under the new lease: the first step's `BeginStep`, so that a saga
     /// driven by its starter needs no write of its own before its first step runs. Only
-    /// `BeginStep` is accepted, and only with `lease` (see [`CreationPlan::compile`]); ignored
+    /// `BeginStep` is accepted, and only with `lease` (see [`write::CreationPlan::compile`]); ignored
     /// when the key already started a saga.
     pub changes: Vec<Change>,
 }
@@ -583,7 +583,111 @@ impl SagaFilter {
 
 /// Durable storage of sagas. Object-safe, so a backend can be chosen at run time from a URL.
 ///
-/// Every backend passes the conformance suite in `saga-store` (feature `conformance`).
+/// Every backend passes the conformance suite in `saga-store` (feature `conformance`). What a
+/// write means is decided in [`mod@write`] (plans, refusals, operators' decisions); a backend only
+/// carries plans out, so that every backend means the same by each write.
+///
+/// The contract, method by method, on the in-memory store (every backend behaves alike):
+///
+/// ```
+/// use std::time::Duration;
+/// use saga_core::{
+///     now, Attempt, CancelOutcome, Change, Created, Error, IdempotencyKey, InterventionId,
+///     InterventionKind, MemoryStore, NewIntervention, NewSaga, Phase, Refusal, SagaFilter,
+///     SagaId, SagaStatus, SagaType, SettleAction, Settlement, StepIndex, StepName, StepStatus,
+///     Store, WorkerId,
+/// };
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// let store = MemoryStore::new();
+/// let id = SagaId::new();
+/// let new = NewSaga {
+///     id,
+///     saga_type: SagaType::new("checkout"),
+///     version: 1,
+///     fingerprint: "reserve_stock,charge_card".into(),
+///     input: serde_json::json!({ "order": 7 }),
+///     input_hash: "hash-of-type-and-input".into(),
+///     idempotency_key: Some(IdempotencyKey::new("order-7")),
+///     trace_context: None,
+///     lease: None,
+///     changes: Vec::new(),
+/// };
+///
+/// // create: a new saga, running and due now; the same start key and input finds it again.
+/// assert_eq!(store.create(new.clone()).await?, Created::New(id));
+/// assert_eq!(store.create(NewSaga { id: SagaId::new(), ..new }).await?, Created::Existing(id));
+///
+/// // claim: each due saga goes to one worker, with a fencing token every write carries.
+/// let worker = WorkerId::new("worker-1");
+/// let lease = store.claim(&worker, now(), Duration::from_secs(30), 10).await?.remove(0);
+/// assert!(store.claim(&WorkerId::new("worker-2"), now(), Duration::from_secs(30), 10).await?.is_empty());
+///
+/// // heartbeat: the holder extends its lease.
+/// let lease = store.heartbeat(&lease, saga_core::after(now(), Duration::from_secs(60))).await?;
+///
+/// // apply: changes written all or nothing, each appending one history event.
+/// let step = StepName::new("reserve_stock");
+/// let key = IdempotencyKey::for_step(id, &step, Phase::Action);
+/// store.apply(&lease, &[Change::BeginStep {
+///     index: StepIndex(0), name: step.clone(), phase: Phase::Action, attempt: Attempt(1), key,
+/// }]).await?;
+/// store.apply(&lease, &[Change::CompleteStep {
+///     index: StepIndex(0), name: step.clone(), phase: Phase::Action, attempt: Attempt(1),
+///     output: Some(serde_json::json!("reservation-1")),
+/// }]).await?;
+///
+/// // ...and refused alike on every backend, with nothing written: a completed step never
+/// // begins again.
+/// let again = Change::BeginStep {
+///     index: StepIndex(0), name: step.clone(), phase: Phase::Action, attempt: Attempt(2),
+///     key: IdempotencyKey::for_step(id, &step, Phase::Action),
+/// };
+/// assert!(matches!(
+///     store.apply(&lease, &[again]).await,
+///     Err(Error::Refused { refusal: Refusal::StepCompleted { .. }, .. })
+/// ));
+///
+/// // load, list, count_by_status, history: what is stored.
+/// let saga = store.load(id).await?.expect("stored");
+/// assert_eq!(saga.step(StepIndex(0), Phase::Action).map(|s| s.status), Some(StepStatus::Completed));
+/// assert_eq!(store.list(&SagaFilter::default()).await?.len(), 1);
+/// assert_eq!(store.count_by_status().await?, vec![(SagaStatus::Running, 1)]);
+/// assert_eq!(store.history(id).await?.len(), 3); // started, step started, step completed
+///
+/// // Escalate: parked for a person, one item in the intervention queue.
+/// let item = InterventionId::new();
+/// store.apply(&lease, &[Change::Escalate(NewIntervention {
+///     id: item, kind: InterventionKind::Unresumable, step: None, phase: None,
+///     idempotency_key: None, input: None, output: None,
+///     error: "definition changed".into(), parked_from: Some(SagaStatus::Running),
+/// }), Change::Release { next_run_at: None }]).await?;
+/// assert_eq!(store.count_open_interventions().await?, 1);
+/// assert_eq!(store.interventions(true).await?[0].item.id, item);
+///
+/// // settle: an operator's decision, recorded with who and why; one settlement wins.
+/// let cancel = Settlement {
+///     intervention: item, action: SettleAction::Cancel, by: "alice".into(),
+///     reason: "customer withdrew".into(),
+/// };
+/// assert_eq!(store.settle(&cancel).await?, SagaStatus::Cancelled);
+/// assert!(matches!(store.settle(&cancel).await, Err(Error::InterventionSettled(_))));
+/// assert!(store.intervention(item).await?.is_some());
+///
+/// // request_cancel: only running sagas can be cancelled.
+/// assert!(matches!(
+///     store.request_cancel(id, "bob", "too late", now()).await,
+///     Err(Error::InvalidAction(_))
+/// ));
+///
+/// // prune: finished sagas last changed before the cut-off go, with their history.
+/// assert_eq!(store.prune(saga_core::after(now(), Duration::from_secs(1)), 100).await?, 1);
+/// assert!(store.load(id).await?.is_none());
+/// # let _ = CancelOutcome::Requested;
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new saga in `running`, due now (leased to `saga.lease`'s worker with fencing
@@ -659,12 +763,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies `changes` atomically if `lease` still holds the saga's current fencing token,
     /// appending one history event per change (in order). A `SetStatus` away from `running`
-    /// clears a pending cancel request.
+    /// clears a pending cancel request. What the changes mean is
+    /// [`WritePlan::compile`](write::WritePlan::compile)'s; a backend writes that plan.
     ///
     /// # Errors
-    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the token is stale;
-    /// [`Error::CancelRequested`](crate::Error::CancelRequested) when an operator asked to cancel
-    /// the saga and `changes` would begin a forward step; store errors. Nothing is written then.
+    /// In this order, as [`admit`](write::admit) judges them: [`Error::LeaseLost`](crate::Error::LeaseLost)
+    /// when the token is stale; [`Error::CancelRequested`](crate::Error::CancelRequested) when an
+    /// operator asked to cancel the saga and `changes` would begin a forward step;
+    /// [`Error::Refused`](crate::Error::Refused) when a step phase cannot take its change (the
+    /// first in the batch's order); store errors. Nothing is written then.
     async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()>;
 
     /// Reads one saga with its step records, or `None` if it does not exist.

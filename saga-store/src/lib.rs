@@ -19,6 +19,12 @@
 //! # fn main() {}
 //! ```
 //!
+//! Each backend carries out the write plans compiled in `saga_core::store::write` and decides
+//! nothing of its own: SQLite writes a plan as a few statements in one transaction; Postgres lays
+//! the plans of many sagas out as the array columns of one statement, sent by writer tasks that
+//! group the writes waiting at the same time (one round trip and one commit for all of them).
+//! Both read rows through one reader.
+//!
 //! | feature | what it adds |
 //! |---|---|
 //! | `sqlite` (default) | `SqliteStore` |

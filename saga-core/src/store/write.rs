@@ -498,6 +498,7 @@ impl SagaSnapshot {
             });
         }
         let saga = self.record.id;
+        let mut inserted = false;
         for write in &plan.steps {
             match self
                 .steps
@@ -510,10 +511,13 @@ impl SagaSnapshot {
                         IdempotencyKey::for_step(saga, &write.name, write.phase)
                     });
                     self.steps.push(write.inserted(key, now));
+                    inserted = true;
                 }
             }
         }
-        self.steps.sort_by_key(|step| (step.index, step.phase));
+        if inserted {
+            self.steps.sort_by_key(|step| (step.index, step.phase));
+        }
         plan.saga.apply_to(&mut self.record, now);
         Ok(())
     }
