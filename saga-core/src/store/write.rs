@@ -931,6 +931,25 @@ mod tests {
         let (mut events, mut items) = (Vec::new(), Vec::new());
         let saga = snap.record.id;
         let refused = |refusal| Error::Refused { saga, refusal };
+        // The stored phase a completion or failure acts on, or the refusal.
+        fn begun<'s>(
+            snap: &'s mut SagaSnapshot,
+            index: StepIndex,
+            name: &StepName,
+            phase: Phase,
+        ) -> Result<&'s mut StepRecord> {
+            let saga = snap.record.id;
+            snap.steps
+                .iter_mut()
+                .find(|step| step.index == index && step.phase == phase)
+                .ok_or_else(|| Error::Refused {
+                    saga,
+                    refusal: Refusal::StepNotBegun {
+                        step: name.clone(),
+                        phase,
+                    },
+                })
+        }
         for change in changes {
             match change {
                 Change::BeginStep {
@@ -981,16 +1000,7 @@ mod tests {
                     output,
                     ..
                 } => {
-                    let Some(step) = snap
-                        .steps
-                        .iter_mut()
-                        .find(|step| step.index == *index && step.phase == *phase)
-                    else {
-                        return Err(refused(Refusal::StepNotBegun {
-                            step: name.clone(),
-                            phase: *phase,
-                        }));
-                    };
+                    let step = begun(&mut snap, *index, name, *phase)?;
                     step.status = StepStatus::Completed;
                     step.output = output.clone();
                     step.finished_at = Some(now);
@@ -1005,16 +1015,7 @@ mod tests {
                     ..
                 } => {
                     let status = change.step_status().unwrap();
-                    let Some(step) = snap
-                        .steps
-                        .iter_mut()
-                        .find(|step| step.index == *index && step.phase == *phase)
-                    else {
-                        return Err(refused(Refusal::StepNotBegun {
-                            step: name.clone(),
-                            phase: *phase,
-                        }));
-                    };
+                    let step = begun(&mut snap, *index, name, *phase)?;
                     step.status = status;
                     step.last_error = Some(error.to_string());
                     step.next_attempt_at = *retry_at;

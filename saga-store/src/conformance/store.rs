@@ -1622,16 +1622,13 @@ pub async fn a_refused_batch_reports_its_first_refusal_alike<S: Store>(store: Ar
         "a step never begun, then a completed one",
     );
     assert_eq!(written().await, before, "a refused batch writes nothing");
-    let got = store
-        .apply(
-            &lease,
-            &[
-                begin(id, 1, Phase::Action, 1),
-                complete(1, Phase::Action, 1, None),
-                begin(id, 1, Phase::Action, 2),
-            ],
-        )
-        .await;
+    // Begins step 1, completes it, and begins it again.
+    let contradicting = [
+        begin(id, 1, Phase::Action, 1),
+        complete(1, Phase::Action, 1, None),
+        begin(id, 1, Phase::Action, 2),
+    ];
+    let got = store.apply(&lease, &contradicting).await;
     same(
         got,
         refused(1, true),
@@ -1646,16 +1643,7 @@ pub async fn a_refused_batch_reports_its_first_refusal_alike<S: Store>(store: Ar
     // A stale lease is told first, whatever the batch holds.
     let mut stale = lease.clone();
     stale.token = saga_core::FencingToken(lease.token.0 - 1);
-    let got = store
-        .apply(
-            &stale,
-            &[
-                begin(id, 1, Phase::Action, 1),
-                complete(1, Phase::Action, 1, None),
-                begin(id, 1, Phase::Action, 2),
-            ],
-        )
-        .await;
+    let got = store.apply(&stale, &contradicting).await;
     same(
         got,
         Error::LeaseLost(id),
