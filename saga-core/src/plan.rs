@@ -164,6 +164,13 @@ fn settle_begun(
     let may_retry =
         record.next_attempt_at.is_some() || policy_for(spec, phase).allows_retry_after(attempt);
     if phase == Phase::Action && spec.probe {
+        // A probe that finds nothing is believed only once the attempt can no longer take
+        // effect: until its deadline, a request it sent may still land.
+        if let Some(until) = in_flight_until(record, spec) {
+            if until > now {
+                return Action::WaitUntil(until);
+            }
+        }
         return Action::Probe(Probing {
             index,
             attempt,
@@ -232,6 +239,22 @@ pub struct Attempted {
     pub phase: Phase,
     /// The attempt number.
     pub attempt: Attempt,
+}
+
+/// How far apart the clocks of the processes that record a step's start and plan its settling
+/// may be: a probe waits this long past an attempt's deadline.
+pub const CLOCK_MARGIN: Duration = Duration::from_secs(1);
+
+/// Until when an action attempt whose outcome is unknown may still take effect, if it ended
+/// before its deadline or never ended (its worker stopped): its start plus its timeout (the
+/// deadline its step passes downstream), plus [`CLOCK_MARGIN`]. `None` once it ran to its
+/// deadline (it timed out there: nothing it sent can land later).
+fn in_flight_until(record: &StepRecord, spec: &StepSpec) -> Option<Timestamp> {
+    let deadline = clock::after(record.started_at?, timeout_for(spec, record.phase));
+    record
+        .finished_at
+        .is_none_or(|finished| finished < deadline)
+        .then(|| clock::after(deadline, CLOCK_MARGIN))
 }
 
 /// The changes that record the outcome of one attempt: completion; a retry at a jittered delay;

@@ -748,7 +748,16 @@ impl Driver<'_> {
             key,
             input: self.input.clone(),
             outputs: Arc::new(self.completed_outputs()),
-            deadline: clock::after(clock::now(), timeout),
+            // From the attempt's start as this worker recorded it, on the store's clock: whoever
+            // settles the attempt later waits for this deadline before believing a probe that
+            // finds nothing (plan::CLOCK_MARGIN covers the clocks' differences).
+            deadline: clock::after(
+                self.snapshot
+                    .step(index, phase)
+                    .and_then(|step| step.started_at)
+                    .unwrap_or_else(|| self.inner.now()),
+                timeout,
+            ),
             transaction,
         };
         let action_output = match phase {
@@ -829,7 +838,7 @@ impl Driver<'_> {
                 key: key.clone(),
                 input: self.input.clone(),
                 outputs: Arc::new(self.completed_outputs()),
-                deadline: clock::after(clock::now(), spec.timeout),
+                deadline: clock::after(self.inner.now(), spec.timeout),
                 transaction: None,
             };
             let answer = guarded("probe", "probe timed out", "", spec.timeout, || {

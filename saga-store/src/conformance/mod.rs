@@ -81,6 +81,7 @@ macro_rules! conformance_suite {
                 a_probe_that_finds_the_effect_completes_the_step_without_running_it_again,
                 a_probe_that_finds_no_effect_lets_the_step_run_again,
                 a_probe_that_cannot_answer_escalates_the_unknown_outcome,
+                a_probe_waits_for_the_attempts_deadline_before_believing_it_found_nothing,
                 a_worker_whose_clock_runs_ahead_takes_over_no_live_lease,
                 a_retry_scheduled_by_a_worker_whose_clock_runs_ahead_is_not_delayed,
                 values_with_nul_characters_are_refused_or_cleaned_alike,

@@ -35,6 +35,9 @@ pub enum Outcome {
     OkWith(&'static str),
     /// Applies its effect, then fails as if its answer was lost: an unknown outcome.
     ApplyThenUnknown,
+    /// Fails at once as if its answer was lost (an unknown outcome), while its request is
+    /// still on its way: the effect lands after this pause (before the attempt's deadline).
+    UnknownThenLandsAfter(Duration),
 }
 
 /// One call of a step function.
@@ -69,6 +72,8 @@ pub struct Script {
     probe_failures: Mutex<u32>,
     /// Every probe call: the key asked about.
     probes: Mutex<Vec<String>>,
+    /// Requests still on their way: the key, and when its effect lands.
+    in_flight: Mutex<Vec<(String, std::time::Instant)>>,
 }
 
 impl Script {
@@ -100,8 +105,22 @@ impl Script {
             .collect()
     }
 
+    /// Lands the requests whose time has come.
+    fn land(&self) {
+        let now = std::time::Instant::now();
+        let mut in_flight = self.in_flight.lock().unwrap();
+        let mut ledger = self.ledger.lock().unwrap();
+        in_flight.retain(|(key, lands)| {
+            if *lands <= now {
+                ledger.entry(key.clone()).or_default().applied = 1;
+            }
+            *lands > now
+        });
+    }
+
     /// The downstream's record for one key.
     pub fn effect(&self, key: &IdempotencyKey) -> Effect {
+        self.land();
         self.ledger
             .lock()
             .unwrap()
@@ -131,6 +150,7 @@ impl Script {
     /// What the downstream says about `key`: its output when the effect applied, `None` when it
     /// did not, or an error while it cannot be asked.
     fn probe<I>(&self, ctx: &StepContext<I>) -> Result<Option<String>, StepError> {
+        self.land();
         self.probes
             .lock()
             .unwrap()
@@ -190,6 +210,15 @@ impl Script {
             Outcome::ApplyThenUnknown => {
                 self.apply(ctx.key());
                 Err(StepError::unknown("simulated: the answer was lost"))
+            }
+            Outcome::UnknownThenLandsAfter(pause) => {
+                self.in_flight.lock().unwrap().push((
+                    ctx.key().as_str().to_owned(),
+                    std::time::Instant::now() + pause,
+                ));
+                Err(StepError::unknown(
+                    "simulated: the answer was lost while the request is on its way",
+                ))
             }
         }
     }
@@ -2080,6 +2109,42 @@ pub async fn a_probe_that_finds_no_effect_lets_the_step_run_again<S: Store>(stor
     assert!(
         rendered.contains("the probe found that attempt 1 did not take effect"),
         "{rendered}"
+    );
+    orchestrator.shutdown().await;
+}
+
+pub async fn a_probe_waits_for_the_attempts_deadline_before_believing_it_found_nothing<S: Store>(
+    store: Arc<S>,
+) {
+    let script = Script::new();
+    // The last attempt loses its answer at once, while its charge is still on its way: it lands
+    // 300 ms later, before the attempt's 1 s deadline. A probe asked at once would find nothing,
+    // and with no attempt left the step would be recorded not applied and the saga compensated
+    // around a charge that then happens.
+    script.plan(
+        "charge_card",
+        Phase::Action,
+        &[
+            Outcome::Transient,
+            Outcome::Transient,
+            Outcome::UnknownThenLandsAfter(Duration::from_millis(300)),
+        ],
+    );
+    let (orchestrator, id) = run_probed(&store, &script, 76).await;
+    let history = orchestrator.history(id).await.unwrap().render();
+    assert_eq!(
+        orchestrator.snapshot(id).await.unwrap().record.status,
+        SagaStatus::Completed,
+        "the probe, asked after the deadline, found the charge: {history}"
+    );
+    assert_eq!(
+        script.calls_of("charge_card", Phase::Action).len(),
+        3,
+        "the charge is not made a fourth time"
+    );
+    assert!(
+        !script.probes().is_empty(),
+        "the probe was asked: {history}"
     );
     orchestrator.shutdown().await;
 }
