@@ -47,8 +47,10 @@ pub(super) struct Write {
     pub(super) plan: WritePlan,
 }
 
-/// The saga rows: $1..$12 each write's fence and the update of its saga row. $13 is the
-/// statement's time, $14 whether to wake idle workers, $15 the wake-up channel.
+/// The saga rows: $1..$12 each write's fence and the update of its saga row; $13 whether to
+/// wake idle workers, $14 the wake-up channel. Every time the statement records is the
+/// server's (`now()`, to the millisecond, as every store keeps times): the clock workers
+/// schedule by, whatever the clock of the process that writes.
 macro_rules! sagas {
     () => {
         "
@@ -61,7 +63,7 @@ WITH s AS (
              bump, set_next, next_run_at, n)),
 inst AS (
     UPDATE saga_instances i
-       SET updated_at = $13,
+       SET updated_at = date_trunc('milliseconds', now()),
            status = COALESCE(s.status, i.status),
            status_reason = CASE WHEN s.status IS NULL THEN i.status_reason ELSE s.reason END,
            cancel_requested = CASE WHEN s.clear_cancel THEN NULL
@@ -79,7 +81,7 @@ inst AS (
     };
 }
 
-/// The step phases: $16..$29. A phase whose first change in its write begins it (it has a key)
+/// The step phases: $15..$28. A phase whose first change in its write begins it (it has a key)
 /// is inserted, or updated if stored and not completed; such a write always begins an attempt
 /// (its start time and attempt are set) and sets an error only to a text, so only its output
 /// needs the row's own flag, read on the rare conflict. A phase that must be stored (its first
@@ -88,17 +90,17 @@ macro_rules! steps {
     () => {
         "
 x AS (
-    SELECT x.* FROM UNNEST($16::uuid[], $17::int4[], $18::text[], $19::text[], $20::text[],
-                           $21::text[], $22::int4[], $23::bool[], $24::bool[], $25::jsonb[],
-                           $26::text[], $27::timestamptz[], $28::bool[], $29::int8[])
+    SELECT x.* FROM UNNEST($15::uuid[], $16::int4[], $17::text[], $18::text[], $19::text[],
+                           $20::text[], $21::int4[], $22::bool[], $23::bool[], $24::jsonb[],
+                           $25::text[], $26::timestamptz[], $27::bool[], $28::int8[])
         AS x(saga, idx, phase, name, key, status, attempt, began, set_output, output, error,
              next_at, finished, w)
       JOIN inst ON inst.n = x.w),
 begun AS (
     INSERT INTO saga_steps AS st (saga_id, step_index, phase, name, status, attempt,
         idempotency_key, output, last_error, next_attempt_at, started_at, finished_at)
-    SELECT saga, idx, phase, name, status, attempt, key, output, error, next_at, $13,
-           CASE WHEN finished THEN $13::timestamptz END
+    SELECT saga, idx, phase, name, status, attempt, key, output, error, next_at, date_trunc('milliseconds', now()),
+           CASE WHEN finished THEN date_trunc('milliseconds', now()) END
       FROM x
      WHERE key IS NOT NULL
     ON CONFLICT (saga_id, step_index, phase) DO UPDATE
@@ -119,18 +121,18 @@ finished AS (
            output = CASE WHEN x.set_output THEN x.output ELSE st.output END,
            last_error = COALESCE(x.error, st.last_error),
            next_attempt_at = x.next_at,
-           started_at = CASE WHEN x.began THEN $13::timestamptz ELSE st.started_at END,
-           finished_at = CASE WHEN x.finished THEN $13::timestamptz END
+           started_at = CASE WHEN x.began THEN date_trunc('milliseconds', now()) ELSE st.started_at END,
+           finished_at = CASE WHEN x.finished THEN date_trunc('milliseconds', now()) END
       FROM x
      WHERE x.key IS NULL
-       AND st.saga_id = ANY($16::uuid[])
+       AND st.saga_id = ANY($15::uuid[])
        AND st.saga_id = x.saga AND st.step_index = x.idx AND st.phase = x.phase
     RETURNING 1),
 "
     };
 }
 
-/// Interventions: $30..$41.
+/// Interventions: $29..$40.
 macro_rules! escalate {
     () => {
         "
@@ -138,10 +140,10 @@ escalated AS (
     INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
         idempotency_key, input, output, error, status, opened_at, parked_from)
     SELECT e.id, e.saga, e.kind, e.idx, e.step, e.phase, e.key, e.input, e.output, e.error,
-           'open', $13, e.parked_from
-      FROM UNNEST($30::uuid[], $31::uuid[], $32::text[], $33::int4[], $34::text[], $35::text[],
-                  $36::text[], $37::jsonb[], $38::jsonb[], $39::text[], $40::text[],
-                  $41::int8[])
+           'open', date_trunc('milliseconds', now()), e.parked_from
+      FROM UNNEST($29::uuid[], $30::uuid[], $31::text[], $32::int4[], $33::text[], $34::text[],
+                  $35::text[], $36::jsonb[], $37::jsonb[], $38::text[], $39::text[],
+                  $40::int8[])
            AS e(id, saga, kind, idx, step, phase, key, input, output, error, parked_from, w)
       JOIN inst ON inst.n = e.w
     ON CONFLICT (id) DO NOTHING),
@@ -149,15 +151,15 @@ escalated AS (
     };
 }
 
-/// History events: $42..$48.
+/// History events: $41..$47.
 macro_rules! history {
     () => {
         "
 events AS (
     INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
-    SELECT v.saga, $13, v.kind, v.step, v.phase, v.attempt, v.detail
-      FROM UNNEST($42::uuid[], $43::text[], $44::text[], $45::text[], $46::int4[], $47::text[],
-                  $48::int8[])
+    SELECT v.saga, date_trunc('milliseconds', now()), v.kind, v.step, v.phase, v.attempt, v.detail
+      FROM UNNEST($41::uuid[], $42::text[], $43::text[], $44::text[], $45::int4[], $46::text[],
+                  $47::int8[])
            WITH ORDINALITY AS v(saga, kind, step, phase, attempt, detail, w, n)
       JOIN inst ON inst.n = v.w
      ORDER BY v.n)
@@ -165,7 +167,7 @@ events AS (
     };
 }
 
-/// Sagas created: $49..$59 the sagas, $60..$65 the steps begun with them, $66..$71 their
+/// Sagas created: $48..$58 the sagas, $59..$64 the steps begun with them, $65..$70 their
 /// events (no trailing comma: it also ends [`CREATE_SQL`]'s `WITH`). A start key that exists
 /// already creates nothing (the caller reads the saga it started); rows of the same creation
 /// join it by saga id.
@@ -177,9 +179,9 @@ new AS (
         idempotency_key, next_run_at, fencing_token, trace_context, created_at, updated_at,
         lease_owner, lease_expires_at)
     SELECT k.id, k.saga_type, k.version, k.fingerprint, 'running', k.input, k.input_hash,
-           k.key, $13, k.token, k.trace, $13, $13, k.owner, k.until
-      FROM UNNEST($49::uuid[], $50::text[], $51::int4[], $52::text[], $53::jsonb[], $54::text[],
-                  $55::text[], $56::text[], $57::text[], $58::timestamptz[], $59::int8[])
+           k.key, date_trunc('milliseconds', now()), k.token, k.trace, date_trunc('milliseconds', now()), date_trunc('milliseconds', now()), k.owner, k.until
+      FROM UNNEST($48::uuid[], $49::text[], $50::int4[], $51::text[], $52::jsonb[], $53::text[],
+                  $54::text[], $55::text[], $56::text[], $57::timestamptz[], $58::int8[])
            AS k(id, saga_type, version, fingerprint, input, input_hash, key, trace, owner,
                 until, token)
      -- One order for every statement, so that two of them inserting the same start keys wait
@@ -190,14 +192,14 @@ new AS (
 new_begun AS (
     INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempt, idempotency_key,
         started_at)
-    SELECT nb.saga, nb.idx, nb.phase, nb.name, 'in_progress', nb.attempt, nb.key, $13
-      FROM UNNEST($60::uuid[], $61::int4[], $62::text[], $63::text[], $64::int4[], $65::text[])
+    SELECT nb.saga, nb.idx, nb.phase, nb.name, 'in_progress', nb.attempt, nb.key, date_trunc('milliseconds', now())
+      FROM UNNEST($59::uuid[], $60::int4[], $61::text[], $62::text[], $63::int4[], $64::text[])
            AS nb(saga, idx, phase, name, attempt, key)
       JOIN new ON new.id = nb.saga),
 new_events AS (
     INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
-    SELECT nv.saga, $13, nv.kind, nv.step, nv.phase, nv.attempt, nv.detail
-      FROM UNNEST($66::uuid[], $67::text[], $68::text[], $69::text[], $70::int4[], $71::text[])
+    SELECT nv.saga, date_trunc('milliseconds', now()), nv.kind, nv.step, nv.phase, nv.attempt, nv.detail
+      FROM UNNEST($65::uuid[], $66::text[], $67::text[], $68::text[], $69::int4[], $70::text[])
            WITH ORDINALITY AS nv(saga, kind, step, phase, attempt, detail, n)
       JOIN new ON new.id = nv.saga
      ORDER BY nv.n)"
@@ -205,7 +207,7 @@ new_events AS (
 }
 
 /// The answer, and the refusal of step writes whose phase does not meet their precondition.
-/// `$created`: the ids of sagas created, and `$woken`: the condition (besides `$14`) for
+/// `$created`: the ids of sagas created, and `$woken`: the condition (besides `$13`) for
 /// waking idle workers.
 macro_rules! answer {
     ($created:expr, $woken:expr) => {
@@ -218,9 +220,9 @@ SELECT ARRAY(SELECT n FROM inst) AS fenced, ",
                  < (SELECT COUNT(*) FROM x)
             THEN saga_refuse('a step write found its step phase in a state it cannot act on: a completed phase cannot begin again, and only a begun phase can complete or fail')
        END AS refused,
-       CASE WHEN $14 AND (",
+       CASE WHEN $13 AND (",
             $woken,
-            ") THEN pg_notify($15, '')::text END AS woke"
+            ") THEN pg_notify($14, '')::text END AS woke"
         )
     };
 }
@@ -271,14 +273,14 @@ const WITH_CREATIONS_SQL: &str = statement!(writes and creations);
 const ESCALATE_WITH_CREATIONS_SQL: &str = statement!(writes and creations, escalate!());
 
 /// The statement for creations alone (a lone creation: the same parts as a group's, without the
-/// writes' parts, which the server would set up for nothing). Parameters other than $13, $14,
-/// $15 and $49..$71 are bound (empty) but not read.
+/// writes' parts, which the server would set up for nothing). Parameters other than $13,
+/// $14 and $48..$70 are bound (empty) but not read.
 const CREATE_SQL: &str = concat!(
     "\nWITH",
     creations!(),
     "
 SELECT '{}'::int8[] AS fenced, ARRAY(SELECT id FROM new) AS created,
-       CASE WHEN $14 AND EXISTS (SELECT 1 FROM new) THEN pg_notify($15, '')::text END AS woke"
+       CASE WHEN $13 AND EXISTS (SELECT 1 FROM new) THEN pg_notify($14, '')::text END AS woke"
 );
 
 /// A step index, attempt or version as the `integer` it is stored as.
@@ -352,7 +354,7 @@ impl SagaColumns {
     }
 }
 
-/// The step phases ($16..$29).
+/// The step phases ($15..$28).
 #[derive(Default)]
 struct StepColumns {
     saga: Vec<Uuid>,
@@ -413,7 +415,7 @@ impl StepColumns {
     }
 }
 
-/// Interventions ($30..$41).
+/// Interventions ($29..$40).
 #[derive(Default)]
 struct InterventionColumns {
     id: Vec<Uuid>,
@@ -470,7 +472,7 @@ impl InterventionColumns {
     }
 }
 
-/// History events ($42..$48 for writes, with the position of their write; $66..$71 for
+/// History events ($41..$47 for writes, with the position of their write; $65..$70 for
 /// creations, without).
 #[derive(Default)]
 struct EventColumns {
@@ -513,7 +515,7 @@ impl EventColumns {
     }
 }
 
-/// Sagas to create ($49..$59) and the steps begun with them ($60..$65).
+/// Sagas to create ($48..$58) and the steps begun with them ($59..$64).
 #[derive(Default)]
 struct CreationColumns {
     id: Vec<Uuid>,
@@ -634,9 +636,9 @@ impl Columns {
     }
 
     /// `sql` with every parameter bound, in the order of their numbers.
-    fn bind<'q>(self, sql: &'q str, now: Timestamp, channel: &str) -> Query<'q> {
+    fn bind<'q>(self, sql: &'q str, channel: &str) -> Query<'q> {
         let query = self.sagas.bind(sqlx::query(sql));
-        let query = query.bind(now).bind(self.wake).bind(channel.to_owned());
+        let query = query.bind(self.wake).bind(channel.to_owned());
         let query = self.steps.bind(query);
         let query = self.interventions.bind(query);
         let query = self.events.bind(query, true);
@@ -677,7 +679,7 @@ pub(super) async fn execute<'e>(
         (_, true, false) => ESCALATE_WITH_CREATIONS_SQL,
     };
     let row: PgRow = columns
-        .bind(sql, now, channel)
+        .bind(sql, channel)
         .fetch_one(executor)
         .await
         .map_err(|err| match (&err, creations) {
@@ -761,7 +763,7 @@ mod tests {
 
     #[test]
     fn every_parameter_a_statement_reads_is_bound_in_its_place() {
-        let mut query = Columns::default().bind(ESCALATE_WITH_CREATIONS_SQL, saga_core::now(), "c");
+        let mut query = Columns::default().bind(ESCALATE_WITH_CREATIONS_SQL, "c");
         let bound = query.take_arguments().unwrap().unwrap().len();
         assert_eq!(
             numbers(ESCALATE_WITH_CREATIONS_SQL),
@@ -775,14 +777,10 @@ mod tests {
             );
         }
         // The parts' comments give their ranges: the first and last number each part reads.
-        assert_eq!(numbers(sagas!()), (1..=13).collect::<Vec<_>>());
-        let steps = numbers(steps!());
-        assert_eq!((steps[0], steps[steps.len() - 1]), (13, 29));
-        assert_eq!(numbers(escalate!())[1..], (30..=41).collect::<Vec<_>>()[..]);
-        assert_eq!(numbers(history!())[1..], (42..=48).collect::<Vec<_>>()[..]);
-        assert_eq!(
-            numbers(creations!())[1..],
-            (49..=71).collect::<Vec<_>>()[..]
-        );
+        assert_eq!(numbers(sagas!()), (1..=12).collect::<Vec<_>>());
+        assert_eq!(numbers(steps!()), (15..=28).collect::<Vec<_>>());
+        assert_eq!(numbers(escalate!()), (29..=40).collect::<Vec<_>>());
+        assert_eq!(numbers(history!()), (41..=47).collect::<Vec<_>>());
+        assert_eq!(numbers(creations!()), (48..=70).collect::<Vec<_>>());
     }
 }
