@@ -570,33 +570,27 @@ impl CreationPlan {
                 saga.id
             )));
         }
-        if let Some(other) = saga
-            .changes
-            .iter()
-            .find(|change| !matches!(change, Change::BeginStep { .. }))
-        {
-            return Err(Error::InvalidAction(format!(
-                "saga {}: only BeginStep can be written with the creation, not {other:?}; apply it under the lease afterwards",
-                saga.id
-            )));
-        }
-        let plan = WritePlan::compile(&saga.changes)
-            .map_err(|contradiction| Error::InvalidAction(contradiction.refusal.to_string()))?;
-        if plan.steps.len() < saga.changes.len() {
-            let mut seen = std::collections::HashSet::new();
-            let twice = saga.changes.iter().find_map(|change| match change {
-                Change::BeginStep {
-                    index, name, phase, ..
-                } if !seen.insert((*index, *phase)) => Some((name, phase)),
-                _ => None,
-            });
-            if let Some((name, phase)) = twice {
-                return Err(Error::InvalidAction(format!(
-                    "saga {}: step {name} ({phase}) is begun twice in its creation; begin each step phase once",
-                    saga.id
-                )));
+        let mut seen = std::collections::HashSet::new();
+        for change in &saga.changes {
+            match change {
+                Change::BeginStep { index, phase, .. } if seen.insert((*index, *phase)) => {}
+                Change::BeginStep { name, phase, .. } => {
+                    return Err(Error::InvalidAction(format!(
+                        "saga {}: step {name} ({phase}) is begun twice in its creation; begin each step phase once",
+                        saga.id
+                    )))
+                }
+                other => {
+                    return Err(Error::InvalidAction(format!(
+                        "saga {}: only BeginStep can be written with the creation, not {other:?}; apply it under the lease afterwards",
+                        saga.id
+                    )))
+                }
             }
         }
+        // Each step phase begun once, nothing else: nothing to contradict.
+        let plan = WritePlan::compile(&saga.changes)
+            .map_err(|contradiction| Error::InvalidAction(contradiction.refusal.to_string()))?;
         let mut events = vec![EventData {
             kind: EventKind::SagaStarted,
             step: None,
@@ -1297,6 +1291,47 @@ mod tests {
         );
         assert_eq!(write.next_attempt_at, None, "the retry began");
         assert_eq!(plan.events.len(), 2, "one event per change");
+    }
+
+    #[test]
+    fn a_creation_begins_each_step_phase_once_and_nothing_else() {
+        let id = SagaId::new();
+        let step = name(0);
+        let begin = Change::BeginStep {
+            index: StepIndex(0),
+            name: step.clone(),
+            phase: Phase::Action,
+            attempt: Attempt(1),
+            key: IdempotencyKey::for_step(id, &step, Phase::Action),
+        };
+        let saga = |changes: Vec<Change>| NewSaga {
+            id,
+            saga_type: SagaType::new("order"),
+            version: 1,
+            fingerprint: "f".into(),
+            input: serde_json::json!({}),
+            input_hash: "h".into(),
+            idempotency_key: None,
+            trace_context: None,
+            lease: Some((WorkerId::new("w"), crate::clock::now())),
+            changes,
+        };
+        let plan = CreationPlan::compile(&saga(vec![begin.clone()])).unwrap();
+        assert_eq!(
+            (plan.token, plan.steps.len(), plan.events.len()),
+            (FencingToken(1), 1, 2)
+        );
+        let twice = CreationPlan::compile(&saga(vec![begin.clone(), begin.clone()]));
+        assert!(
+            matches!(&twice, Err(Error::InvalidAction(text)) if text.contains("begun twice")),
+            "{twice:?}"
+        );
+        let released =
+            CreationPlan::compile(&saga(vec![begin, Change::Release { next_run_at: None }]));
+        assert!(
+            matches!(&released, Err(Error::InvalidAction(text)) if text.contains("only BeginStep")),
+            "{released:?}"
+        );
     }
 
     #[test]
