@@ -96,6 +96,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 after: after.as_deref().map(parse_saga_id).transpose()?,
                 limit: Some(limit),
                 created_before: None,
+                waiting_for: None,
             };
             let sagas = match older_than {
                 Some(age) => admin.list_older_than(parse_age(&age)?, &filter).await?,

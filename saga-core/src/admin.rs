@@ -6,11 +6,15 @@ use std::time::Duration;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::history::History;
-use crate::id::{InterventionId, SagaId};
+use crate::id::{InterventionId, SagaId, StepName};
 use crate::status::SagaStatus;
 use crate::store::{
     CancelOutcome, Intervention, SagaFilter, SagaRecord, SagaSnapshot, SettleAction, Settlement,
     Store,
+};
+use crate::wait::{
+    approval_signal, Approval, ApprovalPolicy, Delivered, SignalDelivery, SignalKey,
+    WAITING_FOR_APPROVAL,
 };
 
 /// Operator actions over a store: needs no registered sagas and no workers, so a CLI or an admin
@@ -55,6 +59,7 @@ use crate::store::{
 #[derive(Clone)]
 pub struct Admin {
     store: Arc<dyn Store>,
+    approvals: Option<Arc<dyn ApprovalPolicy>>,
 }
 
 /// The result of one item of a batch retry.
@@ -71,7 +76,170 @@ pub struct BatchResult {
 impl Admin {
     /// An operator handle over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            approvals: None,
+        }
+    }
+
+    /// Sets who may approve or reject which saga type's approval steps (an [`Approvers`]
+    /// table, or any [`ApprovalPolicy`]). Without one, [`Admin::approve`] and
+    /// [`Admin::reject`] refuse everyone.
+    ///
+    /// [`Approvers`]: crate::Approvers
+    #[must_use]
+    pub fn with_approvals(mut self, policy: Arc<dyn ApprovalPolicy>) -> Self {
+        self.approvals = Some(policy);
+        self
+    }
+
+    /// Sagas waiting for a person's approval (oldest first), within `filter` (its type, key,
+    /// age, paging), with the step and until when.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn approvals(&self, filter: &SagaFilter) -> Result<Vec<PendingApproval>> {
+        let records = self
+            .store
+            .list(&SagaFilter {
+                waiting_for: Some(WAITING_FOR_APPROVAL.to_owned()),
+                ..filter.clone()
+            })
+            .await?;
+        Ok(records
+            .into_iter()
+            .filter_map(|saga| {
+                let step = saga
+                    .waiting_for
+                    .as_deref()?
+                    .strip_prefix(WAITING_FOR_APPROVAL)?;
+                Some(PendingApproval {
+                    step: StepName::new(step),
+                    until: saga.next_run_at,
+                    saga,
+                })
+            })
+            .collect())
+    }
+
+    /// Approves the approval step saga `id` waits at, as `by` (whom the approval policy must
+    /// allow), for `reason`: the step completes with the [`Approval`] (who and why), recorded in
+    /// the history, and the saga goes on. Approving twice as the same person is a duplicate.
+    ///
+    /// # Errors
+    /// [`Error::NotAuthorized`] (no policy, or the policy refuses `by`);
+    /// [`Error::InvalidAction`] (no reason, or the saga does not wait for an approval);
+    /// [`Error::SignalRefused`] (someone else decided first); [`Error::SagaNotFound`]; store
+    /// errors.
+    pub async fn approve(&self, id: SagaId, by: &str, reason: &str) -> Result<Delivered> {
+        self.decide(id, true, by, reason).await
+    }
+
+    /// Rejects the approval step saga `id` waits at: the step fails permanently with who and
+    /// why, and the saga compensates. As [`Admin::approve`] otherwise.
+    ///
+    /// # Errors
+    /// As [`Admin::approve`].
+    pub async fn reject(&self, id: SagaId, by: &str, reason: &str) -> Result<Delivered> {
+        self.decide(id, false, by, reason).await
+    }
+
+    /// Approves every saga waiting for an approval within `filter`, oldest first, provided
+    /// there are at most `max` of them: with more, nothing is approved and the error says how
+    /// many wait (narrow the filter or raise the bound). Each saga's outcome is reported on its
+    /// own.
+    ///
+    /// # Errors
+    /// [`Error::InvalidAction`] (over the bound, no reason); [`Error::NotAuthorized`] when no
+    /// policy is set; store errors.
+    pub async fn approve_all(
+        &self,
+        filter: &SagaFilter,
+        max: usize,
+        by: &str,
+        reason: &str,
+    ) -> Result<Vec<(SagaId, Result<Delivered>)>> {
+        checked(by, reason)?;
+        if self.approvals.is_none() {
+            return Err(not_authorized(by, "approve sagas", true));
+        }
+        let bound = u32::try_from(max.saturating_add(1)).unwrap_or(u32::MAX);
+        let pending = self
+            .approvals(&SagaFilter {
+                limit: Some(bound),
+                ..filter.clone()
+            })
+            .await?;
+        if pending.len() > max {
+            return Err(Error::InvalidAction(format!(
+                "more than {max} sagas wait for an approval within this filter, over the bound you gave; nothing was approved: narrow the filter (saga type, start key) or raise the bound"
+            )));
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for approval in pending {
+            let id = approval.saga.id;
+            results.push((id, self.approve(id, by, reason).await));
+        }
+        Ok(results)
+    }
+
+    async fn decide(
+        &self,
+        id: SagaId,
+        approved: bool,
+        by: &str,
+        reason: &str,
+    ) -> Result<Delivered> {
+        let (by, reason) = checked(by, reason)?;
+        let verb = if approved { "approve" } else { "reject" };
+        let Some(policy) = &self.approvals else {
+            return Err(not_authorized(&by, &format!("{verb} saga {id}"), true));
+        };
+        let saga = self.store.load(id).await?.ok_or(Error::SagaNotFound(id))?;
+        let Some(step) = saga
+            .record
+            .waiting_for
+            .as_deref()
+            .and_then(|waiting| waiting.strip_prefix(WAITING_FOR_APPROVAL))
+        else {
+            return Err(Error::InvalidAction(format!(
+                "saga {id} does not wait for an approval (it is {}{}); list pending approvals to find one",
+                saga.record.status,
+                saga.record
+                    .waiting_for
+                    .as_deref()
+                    .map(|waiting| format!(", waiting for {waiting}"))
+                    .unwrap_or_default()
+            )));
+        };
+        let step = StepName::new(step);
+        if !policy.may_decide(&by, &saga.record.saga_type, &step) {
+            return Err(not_authorized(
+                &by,
+                &format!(
+                    "{verb} step `{step}` of saga {id} (type `{}`)",
+                    saga.record.saga_type
+                ),
+                false,
+            ));
+        }
+        let decision = Approval {
+            approved,
+            by: by.clone(),
+            reason,
+        };
+        let payload = serde_json::to_value(&decision).map_err(|source| Error::Serialization {
+            what: "an approval".into(),
+            source,
+        })?;
+        self.store
+            .deliver_signal(&SignalDelivery {
+                saga: id,
+                name: approval_signal(&step),
+                key: SignalKey::new(format!("{verb}:{by}")),
+                payload,
+            })
+            .await
     }
 
     /// Sagas matching `filter`, in creation order.
@@ -230,6 +398,28 @@ impl Admin {
 }
 
 /// Who and why, trimmed; both required.
+fn not_authorized(who: &str, action: &str, no_policy: bool) -> Error {
+    Error::NotAuthorized {
+        who: who.to_owned(),
+        action: if no_policy {
+            format!("{action}: no approval policy is configured (Admin::with_approvals; the CLI reads SAGA_APPROVERS)")
+        } else {
+            action.to_owned()
+        },
+    }
+}
+
+/// A saga waiting for a person's approval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingApproval {
+    /// The saga.
+    pub saga: SagaRecord,
+    /// Its approval step.
+    pub step: StepName,
+    /// When the wait ends (its timeout, or the saga's deadline), if it does.
+    pub until: Option<crate::clock::Timestamp>,
+}
+
 fn checked(by: &str, reason: &str) -> Result<(String, String)> {
     let (by, reason) = (by.trim(), reason.trim());
     if by.is_empty() {

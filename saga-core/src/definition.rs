@@ -12,12 +12,14 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::clock::Timestamp;
 use crate::context::StepContext;
 use crate::error::{Error, Result};
 use crate::id::{SagaType, StepName};
 use crate::retry::RetryPolicy;
 use crate::saga::Saga;
 use crate::step::StepError;
+use crate::wait::{Approval, Signal, StepKind};
 
 /// Timeout of a step phase unless set: 30 s.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,6 +35,12 @@ pub(crate) type ProbeFn<S> = Arc<
             Arc<S>,
             StepContext<<S as Saga>::Input>,
         ) -> BoxFuture<'static, std::result::Result<Option<Value>, StepError>>
+        + Send
+        + Sync,
+>;
+
+pub(crate) type WakeFn<S> = Arc<
+    dyn Fn(&S, &StepContext<<S as Saga>::Input>) -> std::result::Result<Timestamp, StepError>
         + Send
         + Sync,
 >;
@@ -68,6 +76,10 @@ pub struct StepSpec {
     /// Whether the step declares a probe ([`StepBuilder::probe`]) that tells whether an attempt
     /// whose outcome is unknown took effect.
     pub probe: bool,
+    /// Whether it calls its action or waits (a timer, a signal, an approval).
+    pub kind: StepKind,
+    /// Whether it is the saga's point of no return ([`StepBuilder::pivot`]).
+    pub pivot: bool,
 }
 
 /// One step of a typed saga definition: built by [`Step::new`], finished by
@@ -78,6 +90,10 @@ pub struct Step<S: Saga> {
     action: ActionFn<S>,
     compensation: Option<CompensationFn<S>>,
     probe: Option<ProbeFn<S>>,
+    /// A sleep's end, computed (`Step::sleep_until`).
+    wake: Option<WakeFn<S>>,
+    /// Whether a signal payload decodes as the step's signal type.
+    decodes: Option<fn(&Value) -> std::result::Result<(), String>>,
 }
 
 /// A step while it is being declared, typed by its output `O` so that its compensation receives
@@ -140,14 +156,102 @@ impl<S: Saga> Step<S> {
                     compensation_timeout: DEFAULT_TIMEOUT,
                     transactional: false,
                     probe: false,
+                    kind: StepKind::Call,
+                    pivot: false,
                 },
                 irreversible: false,
                 action,
                 compensation: None,
                 probe: None,
+                wake: None,
+                decodes: None,
             },
             _output: std::marker::PhantomData,
         }
+    }
+
+    /// A waiting step of `kind`: it calls no action.
+    fn waiting<O>(name: &str, kind: StepKind) -> StepBuilder<S, O>
+    where
+        O: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let mut builder = Step::new(name, |_: Arc<S>, ctx: StepContext<S::Input>| async move {
+            Err::<O, _>(StepError::permanent(format!(
+                "step `{}` waits; it has no action to call",
+                ctx.step()
+            )))
+        });
+        builder.step.spec.kind = kind;
+        builder
+    }
+
+    /// A durable timer: the step sleeps for `duration` from when the saga reaches it, holding no
+    /// worker, lease or connection, and completes with its wake time (on the store's clock). A
+    /// restart mid-sleep changes nothing: the wake time is recorded when the sleep begins.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use saga_core::{Saga, SagaDefinition, Step};
+    /// # struct Reminder;
+    /// # impl Saga for Reminder {
+    /// #     type Input = String;
+    /// #     fn definition() -> SagaDefinition<Self> {
+    /// SagaDefinition::new("reminder", 1).step(Step::sleep("wait_a_day", Duration::from_secs(86_400)))
+    /// #     }
+    /// # }
+    /// ```
+    pub fn sleep(name: &str, duration: Duration) -> StepBuilder<S, Timestamp> {
+        Self::waiting(
+            name,
+            StepKind::Sleep {
+                duration: Some(duration),
+            },
+        )
+    }
+
+    /// A durable timer until a time computed from the input and earlier outputs when the saga
+    /// reaches the step (`Err` fails the step permanently, as a known failure). The computed
+    /// time is recorded then, so a restart mid-sleep does not compute it again.
+    pub fn sleep_until<F>(name: &str, wake: F) -> StepBuilder<S, Timestamp>
+    where
+        F: Fn(&S, &StepContext<S::Input>) -> std::result::Result<Timestamp, StepError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let mut builder = Self::waiting(name, StepKind::Sleep { duration: None });
+        builder.step.wake = Some(Arc::new(wake));
+        builder
+    }
+
+    /// A step that waits for the signal `T` (sent with
+    /// [`Orchestrator::signal`](crate::Orchestrator::signal)) and completes with its payload as
+    /// its output. A signal sent before the saga reaches the step is kept and consumed when it
+    /// gets there. Bound the wait with [`StepBuilder::timeout`]; at the timeout the step fails
+    /// permanently (the saga compensates) unless [`StepBuilder::or_default`] gives an output.
+    pub fn signal<T: Signal>(name: &str) -> StepBuilder<S, T> {
+        let mut builder = Self::waiting(
+            name,
+            StepKind::Signal {
+                name: T::NAME.to_owned(),
+                timeout: None,
+                default: None,
+            },
+        );
+        builder.step.decodes = Some(|value| {
+            serde_json::from_value::<T>(value.clone())
+                .map(drop)
+                .map_err(|err| err.to_string())
+        });
+        builder
+    }
+
+    /// A step that waits for a person's decision ([`Admin::approve`](crate::Admin::approve) or
+    /// [`Admin::reject`](crate::Admin::reject), by someone the approval policy allows). Approved,
+    /// it completes with the [`Approval`] (who and why); rejected, or undecided at its
+    /// [`StepBuilder::timeout`], it fails permanently and the saga compensates.
+    pub fn approval(name: &str) -> StepBuilder<S, Approval> {
+        Self::waiting(name, StepKind::Approval { timeout: None })
     }
 
     /// The static description of this step.
@@ -261,9 +365,35 @@ where
         self
     }
 
-    /// Sets the timeout of one attempt of the action.
+    /// Sets the timeout of one attempt of the action; for a step waiting for a signal or an
+    /// approval, how long it waits at most.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.step.spec.timeout = timeout;
+        match &mut self.step.spec.kind {
+            StepKind::Signal { timeout: limit, .. } | StepKind::Approval { timeout: limit } => {
+                *limit = Some(timeout);
+            }
+            StepKind::Call | StepKind::Sleep { .. } => self.step.spec.timeout = timeout,
+        }
+        self
+    }
+
+    /// The output a signal step records when its wait times out, instead of failing.
+    pub fn or_default(mut self, output: O) -> Self {
+        if let (StepKind::Signal { default, .. }, Ok(value)) =
+            (&mut self.step.spec.kind, serde_json::to_value(&output))
+        {
+            *default = Some(value);
+        }
+        self
+    }
+
+    /// Makes the step the saga's point of no return: once it completed, a later failure never
+    /// compensates it or the steps before it. The steps after it retry forward within their
+    /// policy and, when they give up, the saga waits for a person (a `past_pivot` item) instead
+    /// of compensating; a cancel or a deadline past it does the same. A pivot step has no
+    /// compensation (declare it `.irreversible()`).
+    pub fn pivot(mut self) -> Self {
+        self.step.spec.pivot = true;
         self
     }
 
@@ -293,6 +423,7 @@ pub struct SagaDefinition<S: Saga> {
     steps: Vec<Step<S>>,
     fingerprint_extra: Vec<String>,
     fingerprint_fixed: Option<String>,
+    deadline: Option<Duration>,
 }
 
 impl<S: Saga> SagaDefinition<S> {
@@ -304,7 +435,21 @@ impl<S: Saga> SagaDefinition<S> {
             steps: Vec::new(),
             fingerprint_extra: Vec::new(),
             fingerprint_fixed: None,
+            deadline: None,
         }
+    }
+
+    /// Sets the saga's deadline, counted from its start: past it, no new forward step begins
+    /// (a waiting step stops waiting) and the saga compensates, with the reason in its history.
+    /// A saga past its pivot step goes on forward instead.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The saga's deadline, counted from its start, if any.
+    pub fn deadline_after_start(&self) -> Option<Duration> {
+        self.deadline
     }
 
     /// Appends a step; steps run in the order they are added.
@@ -353,6 +498,13 @@ impl<S: Saga> SagaDefinition<S> {
             hasher.update(b"\x1f");
             hasher.update(step.spec.name.as_str().as_bytes());
             hasher.update(if step.spec.compensable { b"+c" } else { b"-c" });
+            // Only what steps of calls did not have, so that their fingerprints stay as they were.
+            if step.spec.kind != StepKind::Call {
+                hasher.update(format!("{:?}", step.spec.kind).as_bytes());
+            }
+            if step.spec.pivot {
+                hasher.update(b"+pivot");
+            }
         }
         for part in &self.fingerprint_extra {
             hasher.update(b"\x1e");
@@ -395,7 +547,7 @@ impl<S: Saga> SagaDefinition<S> {
                     "step name `{name}` is used twice; give each step its own name"
                 )));
             }
-            if step.compensation.is_none() && !step.irreversible {
+            if step.compensation.is_none() && !step.irreversible && !step.spec.kind.waits() {
                 return Err(invalid(format!(
                     "step `{name}` has no compensation; add `.compensate(..)` or declare it `.irreversible()`"
                 )));
@@ -403,6 +555,20 @@ impl<S: Saga> SagaDefinition<S> {
             if step.spec.timeout.is_zero() || step.spec.compensation_timeout.is_zero() {
                 return Err(invalid(format!(
                     "step `{name}` has a zero timeout; give each attempt some time"
+                )));
+            }
+            if step.spec.pivot && step.compensation.is_some() {
+                return Err(invalid(format!(
+                    "step `{name}` is the pivot (the point of no return) and has a compensation, which would never run; declare it `.irreversible()`"
+                )));
+            }
+            if let StepKind::Signal { name: signal, .. } = &step.spec.kind {
+                crate::wait::check_signal_name(signal)
+                    .map_err(|reason| invalid(format!("step `{name}`: {reason}")))?;
+            }
+            if step.spec.kind.limit().is_some_and(|limit| limit.is_zero()) {
+                return Err(invalid(format!(
+                    "step `{name}` waits for zero time; give it a positive duration"
                 )));
             }
             if step.spec.retry.max_attempts == 0 || step.spec.compensation_retry.max_attempts == 0 {
@@ -416,6 +582,17 @@ impl<S: Saga> SagaDefinition<S> {
 
     pub(crate) fn action(&self, index: usize) -> Option<&ActionFn<S>> {
         self.steps.get(index).map(|step| &step.action)
+    }
+
+    pub(crate) fn wake(&self, index: usize) -> Option<&WakeFn<S>> {
+        self.steps.get(index).and_then(|step| step.wake.as_ref())
+    }
+
+    pub(crate) fn decodes(
+        &self,
+        index: usize,
+    ) -> Option<fn(&Value) -> std::result::Result<(), String>> {
+        self.steps.get(index).and_then(|step| step.decodes)
     }
 
     pub(crate) fn probe(&self, index: usize) -> Option<&ProbeFn<S>> {

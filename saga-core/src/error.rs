@@ -132,6 +132,26 @@ pub enum Error {
         reason: String,
     },
 
+    /// A signal was refused; nothing was stored.
+    #[error("signal `{name}` to {target} refused: {refusal}")]
+    SignalRefused {
+        /// The saga (or start key) it was sent to.
+        target: String,
+        /// The signal's name.
+        name: String,
+        /// Why.
+        refusal: crate::wait::SignalRefusal,
+    },
+
+    /// The operator may not take this action.
+    #[error("{who} may not {action}; ask an operator the approval policy names (or extend it)")]
+    NotAuthorized {
+        /// Who tried.
+        who: String,
+        /// What, on which saga.
+        action: String,
+    },
+
     /// An operator action that does not apply to the saga or item in its current state.
     #[error("{0}")]
     InvalidAction(String),

@@ -46,6 +46,8 @@ impl History {
                 EventKind::OutcomeUnknown => {
                     format!("{step}  {phase}  outcome unknown  attempt={attempt}  {detail}")
                 }
+                EventKind::Waiting => format!("{step}  waiting  {detail}"),
+                EventKind::SignalReceived => format!("signal received  {detail}"),
             };
             let _ = writeln!(out, "{}", line.trim_end());
         }

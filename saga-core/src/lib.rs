@@ -96,9 +96,10 @@ mod status;
 mod step;
 pub mod store;
 pub mod telemetry;
+pub mod wait;
 mod worker;
 
-pub use admin::{Admin, BatchResult};
+pub use admin::{Admin, BatchResult, PendingApproval};
 pub use clock::{after, before, now, Timestamp};
 pub use config::Config;
 pub use context::{StepContext, TransactionSlot};
@@ -121,6 +122,10 @@ pub use store::{
     InterventionStatus, Lease, NewIntervention, NewSaga, Refusal, SagaFilter, SagaRecord,
     SagaSnapshot, SettleAction, Settlement, StepRecord, StepTransaction, Store,
 };
+pub use wait::{
+    Approval, ApprovalPolicy, Approvers, Delivered, Signal, SignalKey, SignalRecord, SignalRefusal,
+    SignalTarget, StepKind,
+};
 
 /// What `#[derive(Saga)]` expands to refers to these paths (through the facade's re-export), so
 /// that users depend on one crate only. Not a public API.
@@ -131,6 +136,7 @@ pub mod __private {
     pub use crate::retry::RetryPolicy;
     pub use crate::saga::Saga;
     pub use crate::step::StepError;
+    pub use crate::wait::{Approval, Signal};
     pub use std::sync::Arc;
     pub use std::time::Duration;
 }

@@ -24,6 +24,9 @@ use crate::store::{
 };
 use crate::store::{Change, InterventionKind, Lease, NewIntervention};
 use crate::telemetry::TraceContext;
+use crate::wait::{
+    check_signal_name, Delivered, Signal, SignalDelivery, SignalKey, SignalRefusal, SignalTarget,
+};
 use crate::worker;
 use crate::worker::Direct;
 
@@ -551,6 +554,131 @@ impl Orchestrator {
         }
     }
 
+    /// Sends the signal `T` to a saga (by id or start key), from any process: it is stored with
+    /// the saga once per `key` (a webhook delivered twice is one signal), kept if the saga has
+    /// not reached the step waiting for it yet, and wakes the saga if it waits for it now (on
+    /// Postgres through `NOTIFY`, in every process; here at once).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use saga_core::*;
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Paid { charge: String }
+    /// impl Signal for Paid { const NAME: &'static str = "paid"; }
+    ///
+    /// struct Order;
+    /// impl Saga for Order {
+    ///     type Input = u64;
+    ///     fn definition() -> SagaDefinition<Self> {
+    ///         SagaDefinition::new("order", 1)
+    ///             .step(Step::signal::<Paid>("payment").timeout(Duration::from_secs(60)))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// let orchestrator = Orchestrator::new(Arc::new(MemoryStore::new()), Config::default());
+    /// orchestrator.register(Order)?;
+    /// orchestrator.run();
+    /// let id = orchestrator.start_with_key::<Order>(IdempotencyKey::new("order-7"), &7).await?.id();
+    /// let paid = Paid { charge: "ch_1".into() };
+    /// let key = SignalKey::new("evt_1");
+    /// assert_eq!(orchestrator.signal(IdempotencyKey::new("order-7"), &paid, key.clone()).await?, Delivered::New(id));
+    /// assert_eq!(orchestrator.signal(id, &paid, key).await?, Delivered::Duplicate(id));
+    /// let done = orchestrator.wait(id, Duration::from_secs(10)).await?;
+    /// assert_eq!(done.status, SagaStatus::Completed);
+    /// # orchestrator.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::SignalRefused`] (the start key started no saga, the saga is finished or
+    /// compensating, no step of its type waits for `T`, the name was delivered with another key);
+    /// [`Error::SagaNotFound`]; store errors.
+    pub async fn signal<T: Signal>(
+        &self,
+        target: impl Into<SignalTarget>,
+        payload: &T,
+        key: SignalKey,
+    ) -> Result<Delivered> {
+        let value = serde_json::to_value(payload).map_err(|source| Error::Serialization {
+            what: format!("signal `{}`", T::NAME),
+            source,
+        })?;
+        self.signal_json(target, T::NAME, value, key).await
+    }
+
+    /// Sends a signal given as JSON (a webhook's body, say), as [`Orchestrator::signal`]. When
+    /// this process registered the saga's type, the payload is checked against the waiting
+    /// step's signal type before anything is stored.
+    ///
+    /// # Errors
+    /// As [`Orchestrator::signal`]; also [`Error::SignalRefused`] with
+    /// [`SignalRefusal::Payload`] when the payload does not decode, or
+    /// [`SignalRefusal::BadName`]; [`Error::PayloadTooLarge`] and [`Error::Unstorable`] as for
+    /// inputs.
+    pub async fn signal_json(
+        &self,
+        target: impl Into<SignalTarget>,
+        name: &str,
+        payload: serde_json::Value,
+        key: SignalKey,
+    ) -> Result<Delivered> {
+        let target = target.into();
+        let refused = |refusal| Error::SignalRefused {
+            target: target.to_string(),
+            name: name.to_owned(),
+            refusal,
+        };
+        check_signal_name(name).map_err(|reason| refused(SignalRefusal::BadName(reason)))?;
+        check_storable(
+            &format!("signal `{name}`"),
+            &payload,
+            self.inner.config.max_payload_bytes,
+        )?;
+        let id = resolve_target(self.inner.store.as_ref(), &target).await?;
+        let snapshot = self
+            .inner
+            .store
+            .load(id)
+            .await?
+            .ok_or(Error::SagaNotFound(id))?;
+        let record = &snapshot.record;
+        if let Lookup::Found(definition) = self.inner.definition(&record.saga_type, record.version)
+        {
+            let waiting = definition
+                .specs()
+                .iter()
+                .position(|spec| spec.kind.signal_name(&spec.name).as_deref() == Some(name));
+            let Some(position) = waiting else {
+                return Err(refused(SignalRefusal::NotAwaited {
+                    saga_type: record.saga_type.clone(),
+                    name: name.to_owned(),
+                }));
+            };
+            definition
+                .check_signal(position, &payload)
+                .map_err(|reason| refused(SignalRefusal::Payload(reason)))?;
+        }
+        let delivered = self
+            .inner
+            .store
+            .deliver_signal(&SignalDelivery {
+                saga: id,
+                name: name.to_owned(),
+                key,
+                payload,
+            })
+            .await?;
+        if matches!(delivered, Delivered::New(_)) {
+            self.inner.wake.notify_one();
+        }
+        Ok(delivered)
+    }
+
     /// The operator handle over this orchestrator's store.
     pub fn admin(&self) -> crate::admin::Admin {
         crate::admin::Admin::new(Arc::clone(&self.inner.store))
@@ -694,7 +822,7 @@ impl Orchestrator {
         }
     }
 
-    /// One saga with its step records.
+    /// One saga with its step records and the signals delivered to it.
     ///
     /// # Errors
     /// [`Error::SagaNotFound`], store errors.
@@ -741,6 +869,46 @@ impl Orchestrator {
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
+}
+
+/// The saga a signal is for.
+pub(crate) async fn resolve_target(store: &dyn Store, target: &SignalTarget) -> Result<SagaId> {
+    match target {
+        SignalTarget::Saga(id) => Ok(*id),
+        SignalTarget::StartKey(key) => store
+            .list(&SagaFilter {
+                idempotency_key: Some(key.clone()),
+                limit: Some(1),
+                ..SagaFilter::default()
+            })
+            .await?
+            .first()
+            .map(|record| record.id)
+            .ok_or_else(|| Error::SignalRefused {
+                target: target.to_string(),
+                name: String::new(),
+                refusal: SignalRefusal::UnknownStartKey(key.clone()),
+            }),
+    }
+}
+
+/// Refuses a payload no store can keep: over `limit` bytes, or holding a NUL character.
+fn check_storable(what: &str, payload: &serde_json::Value, limit: usize) -> Result<()> {
+    let size = payload.to_string().len();
+    if size > limit {
+        return Err(Error::PayloadTooLarge {
+            what: what.to_owned(),
+            size,
+            limit,
+        });
+    }
+    if crate::step::holds_nul(payload) {
+        return Err(Error::Unstorable {
+            what: what.to_owned(),
+            reason: "it holds a NUL character (\\u0000), which no store keeps; encode binary data (base64)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// The saga as just created leased to this worker, for driving it without reading it back.

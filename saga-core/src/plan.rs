@@ -10,6 +10,7 @@ use crate::retry::RetryPolicy;
 use crate::status::{Phase, SagaStatus, StepStatus};
 use crate::step::{FailureKind, StepError};
 use crate::store::{Change, InterventionKind, NewIntervention, SagaSnapshot, StepRecord};
+use crate::wait::{approval_signal, Approval, StepKind};
 
 /// What a worker holding a saga's lease does next.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +27,9 @@ pub enum Action {
     /// Ask the step's probe, with the action's key, whether an attempt whose outcome is unknown
     /// took effect, then record its answer with [`on_probe`].
     Probe(Probing),
+    /// A waiting step (a timer, a signal, an approval) waits: record it waiting (see [`wait`])
+    /// and give the lease back.
+    Wait(Waiting),
     /// Record these changes (no step runs), then plan again.
     Record(Vec<Change>),
     /// Nothing is due before this time: release the lease until then.
@@ -36,10 +40,33 @@ pub enum Action {
     Idle,
 }
 
-/// The next action for `snapshot`, whose definition has `steps`, at `now`.
+/// A waiting step about to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    /// The step.
+    pub index: StepIndex,
+    /// Whether the wait begins now (the step is not begun yet): its end is then computed by the
+    /// worker (the step's limit from now, or its wake function).
+    pub begins: bool,
+    /// When the wait ends, if it began already (`None`: when its signal comes).
+    pub until: Option<Timestamp>,
+}
+
+/// The next action for `snapshot`, whose definition has `steps` and no deadline, at `now`.
 pub fn next_action(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp) -> Action {
+    next_action_within(snapshot, steps, None, now)
+}
+
+/// The next action for `snapshot`, whose definition has `steps` and must end by `deadline`
+/// (see [`applicable_deadline`]), at `now`.
+pub fn next_action_within(
+    snapshot: &SagaSnapshot,
+    steps: &[StepSpec],
+    deadline: Option<Timestamp>,
+    now: Timestamp,
+) -> Action {
     match snapshot.record.status {
-        SagaStatus::Running => next_forward(snapshot, steps, now),
+        SagaStatus::Running => next_forward(snapshot, steps, deadline, now),
         SagaStatus::Compensating => next_compensation(snapshot, steps, now),
         SagaStatus::Completed
         | SagaStatus::Compensated
@@ -48,10 +75,37 @@ pub fn next_action(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp) 
     }
 }
 
-fn next_forward(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp) -> Action {
+fn next_forward(
+    snapshot: &SagaSnapshot,
+    steps: &[StepSpec],
+    deadline: Option<Timestamp>,
+    now: Timestamp,
+) -> Action {
+    // Past the pivot the saga only goes forward; before it, a passed deadline stops it.
+    let pivot = pivot_passed(snapshot, steps);
+    let overdue = deadline.filter(|at| *at <= now && pivot.is_none());
+    let stop_for_deadline = |at: Timestamp| {
+        Action::Record(vec![Change::SetStatus {
+            status: SagaStatus::Compensating,
+            reason: Some(format!(
+                "the saga's deadline ({}) passed before it finished",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            )),
+        }])
+    };
     for (position, spec) in steps.iter().enumerate() {
         let index = step_index(position);
         let Some(record) = snapshot.step(index, Phase::Action) else {
+            if let Some(at) = overdue {
+                return stop_for_deadline(at);
+            }
+            if spec.kind.waits() {
+                return Action::Wait(Waiting {
+                    index,
+                    begins: true,
+                    until: None,
+                });
+            }
             return Action::Run {
                 index,
                 phase: Phase::Action,
@@ -61,22 +115,211 @@ fn next_forward(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp) -> 
         match record.status {
             StepStatus::Completed => continue,
             StepStatus::Pending => {
-                return run_when_due(
+                if let Some(at) = overdue {
+                    return stop_for_deadline(at);
+                }
+                let attempt = record.attempt.next();
+                return match run_when_due(
                     index,
                     Phase::Action,
-                    record.attempt.next(),
+                    attempt,
                     record.next_attempt_at,
                     now,
-                )
+                ) {
+                    // The deadline may come before the retry: be woken for it.
+                    Action::WaitUntil(at) => Action::WaitUntil(
+                        bounded(Some(at), deadline, pivot.is_none()).unwrap_or(at),
+                    ),
+                    action => action,
+                };
+            }
+            StepStatus::InProgress if spec.kind.waits() => {
+                return settle_wait(snapshot, spec, record, now).unwrap_or_else(|| {
+                    overdue.map_or(
+                        Action::Wait(Waiting {
+                            index,
+                            begins: false,
+                            until: record.next_attempt_at,
+                        }),
+                        stop_for_deadline,
+                    )
+                })
             }
             StepStatus::InProgress => return settle_begun(snapshot, spec, record, now),
             StepStatus::Failed => {
                 let error = record.last_error.clone().unwrap_or_default();
+                if let Some(pivot) = &pivot {
+                    return Action::Record(vec![escalate_past_pivot(
+                        snapshot,
+                        Some((index, &spec.name)),
+                        format!(
+                            "step `{}` failed for good after the pivot step `{pivot}` completed, so the saga cannot be compensated: {error}",
+                            spec.name
+                        ),
+                    )]);
+                }
                 return Action::Record(vec![start_compensating(&spec.name, &error)]);
             }
         }
     }
     Action::Finish(SagaStatus::Completed)
+}
+
+/// The earlier of a wait's end and the saga's deadline (when the deadline still applies).
+fn bounded(
+    until: Option<Timestamp>,
+    deadline: Option<Timestamp>,
+    applies: bool,
+) -> Option<Timestamp> {
+    match (until, deadline.filter(|_| applies)) {
+        (Some(until), Some(deadline)) => Some(until.min(deadline)),
+        (until, deadline) => until.or(deadline),
+    }
+}
+
+/// The name of the pivot step that completed, if the saga passed its point of no return.
+pub fn pivot_passed(snapshot: &SagaSnapshot, steps: &[StepSpec]) -> Option<StepName> {
+    steps.iter().enumerate().find_map(|(position, spec)| {
+        let completed = snapshot
+            .step(step_index(position), Phase::Action)
+            .is_some_and(|step| step.status == StepStatus::Completed);
+        (spec.pivot && completed).then(|| spec.name.clone())
+    })
+}
+
+/// What a begun wait does now: complete with the signal that came (or the timer that rang),
+/// or end at its time (a default output, or a permanent failure); `None` while it still waits.
+fn settle_wait(
+    snapshot: &SagaSnapshot,
+    spec: &StepSpec,
+    record: &StepRecord,
+    now: Timestamp,
+) -> Option<Action> {
+    let (index, attempt) = (record.index, record.attempt);
+    let complete = |output: serde_json::Value| {
+        Action::Record(vec![Change::CompleteStep {
+            index,
+            name: spec.name.clone(),
+            phase: Phase::Action,
+            attempt,
+            output: Some(output),
+        }])
+    };
+    let fail = |message: String| {
+        Action::Record(vec![Change::FailStep {
+            index,
+            name: spec.name.clone(),
+            phase: Phase::Action,
+            attempt,
+            error: StepError::permanent(message),
+            retry_at: None,
+        }])
+    };
+    let rang = record.next_attempt_at.is_some_and(|until| until <= now);
+    match &spec.kind {
+        StepKind::Call => None,
+        StepKind::Sleep { .. } => {
+            let until = record.next_attempt_at.unwrap_or(now);
+            (rang || record.next_attempt_at.is_none())
+                .then(|| complete(serde_json::to_value(until).unwrap_or(serde_json::Value::Null)))
+        }
+        StepKind::Signal { name, default, .. } => {
+            if let Some(signal) = snapshot.signal(name) {
+                return Some(complete(signal.payload.clone()));
+            }
+            if !rang {
+                return None;
+            }
+            Some(match default {
+                Some(default) => complete(default.clone()),
+                None => fail(format!(
+                    "no signal `{name}` came before the wait ended{}",
+                    waited_since(record)
+                )),
+            })
+        }
+        StepKind::Approval { .. } => {
+            let signal = approval_signal(&spec.name);
+            if let Some(signal) = snapshot.signal(&signal) {
+                return Some(
+                    match serde_json::from_value::<Approval>(signal.payload.clone()) {
+                        Ok(decision) if decision.approved => complete(signal.payload.clone()),
+                        Ok(decision) => {
+                            fail(format!("rejected by {}: {}", decision.by, decision.reason))
+                        }
+                        Err(err) => fail(format!("the decision recorded is unreadable: {err}")),
+                    },
+                );
+            }
+            rang.then(|| {
+                fail(format!(
+                    "nobody approved or rejected it before the wait ended{}",
+                    waited_since(record)
+                ))
+            })
+        }
+    }
+}
+
+fn waited_since(record: &StepRecord) -> String {
+    record
+        .started_at
+        .map(|since| {
+            format!(
+                " (waiting since {})",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The changes that record a waiting step waiting until `until` (`begins`: the wait starts now,
+/// with the step's first attempt), and give the lease back until then — or until the saga's
+/// `deadline` (as [`applicable_deadline`] gives it), whichever comes first — unless a signal
+/// arrived since the worker read the saga.
+pub fn wait(
+    snapshot: &SagaSnapshot,
+    spec: &StepSpec,
+    waiting: Waiting,
+    until: Option<Timestamp>,
+    deadline: Option<Timestamp>,
+) -> Vec<Change> {
+    let mut changes = Vec::new();
+    if waiting.begins {
+        changes.push(Change::BeginStep {
+            index: waiting.index,
+            name: spec.name.clone(),
+            phase: Phase::Action,
+            attempt: Attempt::FIRST,
+            key: IdempotencyKey::for_step(snapshot.record.id, &spec.name, Phase::Action),
+        });
+    }
+    changes.push(Change::Wait {
+        index: waiting.index,
+        name: spec.name.clone(),
+        until,
+        waiting_for: spec
+            .kind
+            .waiting_for(&spec.name)
+            .unwrap_or_else(|| crate::wait::TIMER.to_owned()),
+        signals_seen: snapshot.record.signals_received,
+    });
+    changes.push(Change::Release {
+        next_run_at: bounded(until, deadline, true),
+    });
+    changes
+}
+
+/// The saga's deadline (its start plus the definition's `deadline`), while it still applies:
+/// past the pivot step the saga only goes forward.
+pub fn applicable_deadline(
+    snapshot: &SagaSnapshot,
+    steps: &[StepSpec],
+    deadline: Option<Duration>,
+) -> Option<Timestamp> {
+    deadline
+        .filter(|_| pivot_passed(snapshot, steps).is_none())
+        .map(|deadline| clock::after(snapshot.record.created_at, deadline))
 }
 
 fn next_compensation(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp) -> Action {
@@ -88,8 +331,29 @@ fn next_compensation(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp
             .step(step_index(position), Phase::Action)
             .filter(|step| step.status == StepStatus::InProgress)
         {
+            if spec.kind.waits() {
+                // Waiting takes no effect: the wait ends, known not to have happened.
+                return Action::Record(vec![Change::FailStep {
+                    index: record.index,
+                    name: spec.name.clone(),
+                    phase: Phase::Action,
+                    attempt: record.attempt,
+                    error: StepError::permanent("stopped waiting: the saga is compensating"),
+                    retry_at: None,
+                }]);
+            }
             return settle_begun(snapshot, spec, record, now);
         }
+    }
+    if let Some(pivot) = pivot_passed(snapshot, steps) {
+        return Action::Record(vec![escalate_past_pivot(
+            snapshot,
+            None,
+            format!(
+                "the saga was asked to compensate ({}) after its pivot step `{pivot}` completed; past that point it cannot be undone",
+                snapshot.record.status_reason.as_deref().unwrap_or("no reason recorded")
+            ),
+        )]);
     }
     for (position, spec) in steps.iter().enumerate().rev() {
         let index = step_index(position);
@@ -411,9 +675,8 @@ fn give_up(
         retry_at: None,
     };
     match phase {
-        Phase::Action if snapshot.record.status == SagaStatus::Running => {
-            vec![failed, start_compensating(&spec.name, &error.to_string())]
-        }
+        // What follows (compensation, or a person past the pivot) is the planner's to decide
+        // with every step in view: see `next_forward`.
         Phase::Action => vec![failed],
         Phase::Compensation => vec![failed, escalate(snapshot, spec, index, error.to_string())],
     }
@@ -481,6 +744,33 @@ fn escalate_unknown(
     })
 }
 
+fn escalate_past_pivot(
+    snapshot: &SagaSnapshot,
+    step: Option<(StepIndex, &StepName)>,
+    detail: String,
+) -> Change {
+    Change::Escalate(NewIntervention {
+        id: InterventionId::new(),
+        kind: InterventionKind::PastPivot,
+        step: step.map(|(index, name)| (index, name.clone())),
+        phase: step.map(|_| Phase::Action),
+        idempotency_key: step
+            .map(|(_, name)| IdempotencyKey::for_step(snapshot.record.id, name, Phase::Action)),
+        input: Some(snapshot.record.input.clone()),
+        output: None,
+        error: format!(
+            "{detail}. `retry` runs {} forward again (same key), {}`cancel` stops the saga where it is",
+            if step.is_some() { "the step" } else { "the saga" },
+            if step.is_some() {
+                "`resolve` records the step done by hand, "
+            } else {
+                ""
+            }
+        ),
+        parked_from: Some(SagaStatus::Running),
+    })
+}
+
 /// The changes that park a saga that cannot be resumed (unknown type, changed definition,
 /// unreadable data), with a readable reason.
 pub fn park(snapshot: Option<&SagaSnapshot>, reason: String) -> Vec<Change> {
@@ -537,6 +827,8 @@ mod tests {
             compensation_timeout: Duration::from_secs(1),
             transactional: false,
             probe: false,
+            kind: StepKind::Call,
+            pivot: false,
         }
     }
 
@@ -570,8 +862,11 @@ mod tests {
                 cancel_requested: None,
                 created_at: now,
                 updated_at: now,
+                waiting_for: None,
+                signals_received: 0,
             },
             steps: Vec::new(),
+            signals: Vec::new(),
         }
     }
 
@@ -787,7 +1082,7 @@ mod tests {
         assert!(
             matches!(
                 over.as_slice(),
-                [change @ Change::FailStep { retry_at: None, .. }, Change::SetStatus { status: SagaStatus::Compensating, .. }]
+                [change @ Change::FailStep { retry_at: None, .. }]
                     if change.step_status() == Some(StepStatus::Failed)
             ),
             "{over:?}"
@@ -974,13 +1269,33 @@ mod tests {
             now,
             0.5,
         );
-        assert_eq!(changes.len(), 2);
+        assert_failed_then_compensating(snap, &changes, now);
+    }
+
+    /// `changes` fail step 0 for good, and the planner then starts compensating.
+    fn assert_failed_then_compensating(mut snap: SagaSnapshot, changes: &[Change], now: Timestamp) {
+        let [failed @ Change::FailStep { retry_at: None, .. }] = changes else {
+            panic!("expected one final failure: {changes:?}");
+        };
+        assert_eq!(failed.step_status(), Some(StepStatus::Failed));
+        snap.apply_all(
+            &[Change::BeginStep {
+                index: StepIndex(0),
+                name: steps()[0].name.clone(),
+                phase: Phase::Action,
+                attempt: Attempt(1),
+                key: IdempotencyKey::for_step(snap.record.id, &steps()[0].name, Phase::Action),
+            }],
+            now,
+        )
+        .unwrap();
+        snap.apply_all(changes, now).unwrap();
         assert!(matches!(
-            changes[1],
-            Change::SetStatus {
-                status: SagaStatus::Compensating,
-                ..
-            }
+            next_action(&snap, &steps(), now).clone(),
+            Action::Record(record) if matches!(
+                record.as_slice(),
+                [Change::SetStatus { status: SagaStatus::Compensating, .. }]
+            )
         ));
     }
 
@@ -999,17 +1314,7 @@ mod tests {
             clock::now(),
             0.5,
         );
-        assert!(matches!(
-            changes[0],
-            Change::FailStep { retry_at: None, .. }
-        ));
-        assert!(matches!(
-            changes[1],
-            Change::SetStatus {
-                status: SagaStatus::Compensating,
-                ..
-            }
-        ));
+        assert_failed_then_compensating(snap, &changes, clock::now());
     }
 
     #[test]

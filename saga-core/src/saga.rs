@@ -53,6 +53,13 @@ pub(crate) trait ErasedSaga: Send + Sync {
     fn version(&self) -> u32;
     fn fingerprint(&self) -> &str;
     fn specs(&self) -> &[StepSpec];
+    /// The saga's deadline, counted from its start.
+    fn deadline(&self) -> Option<std::time::Duration>;
+    /// The computed end of sleep step `index` (`None`: its end is not computed).
+    fn wake_at(&self, index: usize, ctx: RawContext) -> Option<Result<Timestamp, StepError>>;
+    /// Whether `payload` decodes as the signal type of step `index` (`Ok` for a step that
+    /// declares no type).
+    fn check_signal(&self, index: usize, payload: &Value) -> Result<(), String>;
     /// Decodes a stored input; `Err` with a readable reason when it does not fit the input type.
     fn decode_input(&self, input: &Value) -> Result<DecodedInput, String>;
     /// Runs one step phase. `output` is the action's output, for a compensation.
@@ -105,6 +112,34 @@ impl<S: Saga> ErasedSaga for Registered<S> {
 
     fn specs(&self) -> &[StepSpec] {
         &self.specs
+    }
+
+    fn deadline(&self) -> Option<std::time::Duration> {
+        self.definition.deadline_after_start()
+    }
+
+    fn wake_at(&self, index: usize, raw: RawContext) -> Option<Result<Timestamp, StepError>> {
+        let wake = self.definition.wake(index)?;
+        let Some(ctx) = typed_context::<S>(raw) else {
+            return Some(Err(StepError::permanent(
+                "saga input has another type than this definition expects",
+            )));
+        };
+        let saga = Arc::clone(&self.saga);
+        Some(
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wake(&saga, &ctx)))
+                .unwrap_or_else(|_| {
+                    Err(StepError::permanent(
+                        "the step's wake-time function panicked",
+                    ))
+                }),
+        )
+    }
+
+    fn check_signal(&self, index: usize, payload: &Value) -> Result<(), String> {
+        self.definition
+            .decodes(index)
+            .map_or(Ok(()), |decodes| decodes(payload))
     }
 
     fn decode_input(&self, input: &Value) -> Result<DecodedInput, String> {

@@ -114,6 +114,12 @@ pub struct SagaRecord {
     pub created_at: Timestamp,
     /// When it last changed.
     pub updated_at: Timestamp,
+    /// What it waits for while a step waits (`timer`, `signal:<name>`; see [`crate::wait`]).
+    pub waiting_for: Option<String>,
+    /// How many signals were delivered to it: a worker that gives the saga back to wait asks the
+    /// store to make it due at once should this have grown since it read the saga, so that a
+    /// signal arriving meanwhile is not left waiting.
+    pub signals_received: u64,
 }
 
 /// One phase (action or compensation) of one step of one saga, as stored.
@@ -211,6 +217,22 @@ pub enum Change {
     },
     /// Park the saga in `needs_intervention` and open one item in the manual-intervention queue.
     Escalate(NewIntervention),
+    /// A waiting step (begun in the same batch or earlier) waits until `until` (`None`: until its
+    /// signal comes) for what `waiting_for` says; the saga records it. With the lease given back
+    /// in the same batch, the saga is due at once instead should a signal have been delivered
+    /// since the worker read `signals_seen` of them.
+    Wait {
+        /// The step.
+        index: StepIndex,
+        /// Its name.
+        name: StepName,
+        /// When the wait ends (its timeout, or the sleep's end).
+        until: Option<Timestamp>,
+        /// What the saga waits for (`timer`, `signal:<name>`).
+        waiting_for: String,
+        /// [`SagaRecord::signals_received`] as the worker read it.
+        signals_seen: u64,
+    },
     /// Give the lease back; the saga is due again at `next_run_at` (`None`: not until an operator acts).
     Release {
         /// When a worker should look at the saga again.
@@ -230,6 +252,11 @@ pub enum InterventionKind {
     /// interrupted or could not be recorded) and no probe could tell: a person decides whether to
     /// run it again with the same key (`retry`), record it as not applied (`resolve`), or stop.
     UnknownOutcome,
+    /// A step after a pivot step gave up (or the saga was asked to stop after its pivot
+    /// completed): the saga cannot be compensated past its point of no return, so a person
+    /// decides: `retry` runs the step forward again (same key), `resolve` records it done by
+    /// hand, `cancel` stops the saga where it is.
+    PastPivot,
 }
 
 persisted!(
@@ -239,6 +266,7 @@ persisted!(
         CompensationFailed => "compensation_failed",
         Unresumable => "unresumable",
         UnknownOutcome => "unknown_outcome",
+        PastPivot => "past_pivot",
     ]
 );
 
@@ -329,6 +357,10 @@ pub enum EventKind {
     /// A step attempt ended with an unknown outcome and no further attempt is due: it is
     /// settled by the step's probe or escalated.
     OutcomeUnknown,
+    /// A waiting step began (or resumed) waiting: for what, and until when.
+    Waiting,
+    /// A signal was delivered to the saga.
+    SignalReceived,
 }
 
 persisted!(
@@ -345,6 +377,8 @@ persisted!(
         LeaseTakenOver => "lease_taken_over",
         OperatorAction => "operator_action",
         OutcomeUnknown => "outcome_unknown",
+        Waiting => "waiting",
+        SignalReceived => "signal_received",
     ]
 );
 
@@ -393,7 +427,7 @@ impl Change {
     /// (retry due) or `failed` (for good).
     pub fn step_status(&self) -> Option<StepStatus> {
         match self {
-            Change::BeginStep { .. } => Some(StepStatus::InProgress),
+            Change::BeginStep { .. } | Change::Wait { .. } => Some(StepStatus::InProgress),
             Change::CompleteStep { .. } => Some(StepStatus::Completed),
             Change::FailStep {
                 error, retry_at, ..
@@ -465,6 +499,24 @@ impl Change {
                     Some(error.to_string()),
                 ))
             }
+            Change::Wait {
+                name,
+                until,
+                waiting_for,
+                ..
+            } => Some(EventData {
+                kind: EventKind::Waiting,
+                step: Some(name.clone()),
+                phase: Some(Phase::Action),
+                attempt: None,
+                detail: Some(match until {
+                    Some(until) => format!(
+                        "{waiting_for} until {}",
+                        until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    ),
+                    None => waiting_for.clone(),
+                }),
+            }),
             Change::SetStatus { status, reason } => Some(EventData {
                 kind: EventKind::StatusChanged,
                 step: None,
@@ -555,6 +607,9 @@ pub struct SagaFilter {
     pub after: Option<SagaId>,
     /// At most this many (default 100).
     pub limit: Option<u32>,
+    /// Only sagas waiting for something that starts with this (`""`: any wait; `"signal:"`:
+    /// any signal; [`WAITING_FOR_APPROVAL`](crate::wait::WAITING_FOR_APPROVAL): approvals).
+    pub waiting_for: Option<String>,
 }
 
 impl SagaFilter {
@@ -578,6 +633,12 @@ impl SagaFilter {
                 .created_before
                 .is_none_or(|before| record.created_at < before)
             && self.after.is_none_or(|after| record.id > after)
+            && self.waiting_for.as_ref().is_none_or(|prefix| {
+                record
+                    .waiting_for
+                    .as_ref()
+                    .is_some_and(|waiting| waiting.starts_with(prefix.as_str()))
+            })
     }
 }
 
@@ -827,6 +888,19 @@ pub trait Store: Send + Sync + 'static {
     /// [`Error::InvalidAction`](crate::Error::InvalidAction) (resolve on an unresumable saga);
     /// store errors.
     async fn settle(&self, settlement: &Settlement) -> Result<SagaStatus>;
+
+    /// Stores a signal with its saga, as [`write::decide_signal`] decides on the stored saga:
+    /// once per (name, key); a saga waiting for it becomes due at once (waking idle workers),
+    /// and a `signal_received` event is appended.
+    ///
+    /// # Errors
+    /// [`Error::SagaNotFound`](crate::Error::SagaNotFound);
+    /// [`Error::SignalRefused`](crate::Error::SignalRefused) when the saga is finished or
+    /// compensating, or the name was delivered with another key; store errors.
+    async fn deliver_signal(
+        &self,
+        delivery: &crate::wait::SignalDelivery,
+    ) -> Result<crate::wait::Delivered>;
 
     /// Asks a `running` saga to stop and compensate what completed. Without a live lease it moves
     /// to `compensating` at once; otherwise the request is recorded, and the holder's next write

@@ -493,7 +493,10 @@ impl Driver<'_> {
         }
         loop {
             let now = self.inner.now();
-            match plan::next_action(&self.snapshot, self.definition.specs(), now) {
+            let specs = self.definition.specs();
+            let deadline =
+                plan::applicable_deadline(&self.snapshot, specs, self.definition.deadline());
+            match plan::next_action_within(&self.snapshot, specs, deadline, now) {
                 Action::Run {
                     index,
                     phase,
@@ -517,6 +520,11 @@ impl Driver<'_> {
                         return self.flush().await;
                     }
                     self.probe_step(probing).await?;
+                }
+                Action::Wait(waiting) => {
+                    if !self.wait_step(waiting, deadline).await? {
+                        return Ok(());
+                    }
                 }
                 Action::Record(changes) => self.record(changes)?,
                 Action::WaitUntil(at) => {
@@ -622,6 +630,91 @@ impl Driver<'_> {
         )
         .await
         .map(|()| true)
+    }
+
+    /// Records a waiting step waiting (its wait begun now, with its end computed, or resumed)
+    /// and gives the saga back until the wait ends, the saga's deadline, or a signal. Returns
+    /// `true` when it did not wait and planning goes on (the wait's end could not be computed, or
+    /// a cancel came first).
+    async fn wait_step(
+        &mut self,
+        waiting: plan::Waiting,
+        deadline: Option<clock::Timestamp>,
+    ) -> Result<bool> {
+        let position = usize::try_from(waiting.index.0).unwrap_or(usize::MAX);
+        let Some(spec) = self.definition.specs().get(position).cloned() else {
+            return Err(Error::CorruptRecord {
+                saga: self.lease.saga,
+                reason: format!(
+                    "plan chose step {}, which the definition lacks",
+                    waiting.index
+                ),
+            });
+        };
+        let now = self.inner.now();
+        let until = if waiting.begins {
+            let key = IdempotencyKey::for_step(self.lease.saga, &spec.name, Phase::Action);
+            let ctx = RawContext {
+                saga_id: self.lease.saga,
+                step: spec.name.clone(),
+                phase: Phase::Action,
+                attempt: Attempt::FIRST,
+                key: key.clone(),
+                input: self.input.clone(),
+                outputs: Arc::new(self.completed_outputs()),
+                deadline: now,
+                transaction: None,
+            };
+            match self.definition.wake_at(position, ctx) {
+                Some(Ok(at)) => Some(at),
+                Some(Err(error)) => {
+                    // The end could not be computed: a known failure, nothing waited.
+                    self.record(vec![
+                        Change::BeginStep {
+                            index: waiting.index,
+                            name: spec.name.clone(),
+                            phase: Phase::Action,
+                            attempt: Attempt::FIRST,
+                            key,
+                        },
+                        Change::FailStep {
+                            index: waiting.index,
+                            name: spec.name.clone(),
+                            phase: Phase::Action,
+                            attempt: Attempt::FIRST,
+                            error: StepError::permanent(format!(
+                                "the wake time could not be computed: {}",
+                                error.message()
+                            )),
+                            retry_at: None,
+                        },
+                    ])?;
+                    return Ok(true);
+                }
+                None => spec.kind.limit().map(|limit| clock::after(now, limit)),
+            }
+        } else {
+            waiting.until
+        };
+        let changes = plan::wait(&self.snapshot, &spec, waiting, until, deadline);
+        let wake = changes.iter().find_map(|change| match change {
+            Change::Release { next_run_at } => *next_run_at,
+            _ => None,
+        });
+        self.record(changes)?;
+        match self.flush().await {
+            Ok(()) => {}
+            Err(Error::CancelRequested { reason, .. }) if waiting.begins => {
+                // Nothing waited: plan again, compensating.
+                self.honour_cancel(reason).await?;
+                return Ok(true);
+            }
+            Err(err) => return Err(err),
+        }
+        if let Some(at) = wake {
+            self.wake_at(at);
+        }
+        Ok(false)
     }
 
     /// Runs a step attempt whose `in_progress` record is durable, and records its outcome. A
@@ -940,7 +1033,8 @@ impl Driver<'_> {
                 Change::BeginStep {
                     phase: Phase::Action,
                     ..
-                }
+                } | Change::Wait { .. }
+                    | Change::Release { .. }
             )
         });
         changes.push(Change::SetStatus {

@@ -90,6 +90,12 @@ impl Store for FlakyHeartbeats {
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {
         self.inner.prune(before, limit).await
     }
+    async fn deliver_signal(
+        &self,
+        delivery: &saga_core::wait::SignalDelivery,
+    ) -> Result<saga_core::Delivered> {
+        self.inner.deliver_signal(delivery).await
+    }
 }
 
 /// Two steps; the first takes `work` and counts its calls.

@@ -272,8 +272,11 @@ impl Stored {
                 cancel_requested: self.cancel.then(|| "cancel requested by op: model".into()),
                 created_at: epoch(),
                 updated_at: epoch(),
+                waiting_for: None,
+                signals_received: 0,
             },
             steps,
+            signals: Vec::new(),
         }
     }
 
@@ -364,6 +367,7 @@ impl Queued {
                 item.parked_from,
             ),
             Change::Release { next_run_at } => Queued::Release(next_run_at.map(tick)),
+            Change::Wait { .. } => unreachable!("the modelled saga has no waiting step"),
         }
     }
 
@@ -997,6 +1001,12 @@ impl Model {
                 }
                 // Explored above, by `probe_moves`, while the lease lasts.
                 Action::Probe(_) => {}
+                Action::Wait(_) => {
+                    return Err(
+                        "the planner chose to wait, but the modelled saga has no waiting step"
+                            .into(),
+                    )
+                }
                 Action::Record(changes) => {
                     let local = self.record(&local, &mut queued, &changes, now)?;
                     after.workers[w] = holding(local, queued.clone());

@@ -4,8 +4,8 @@
 
 use saga_core::{
     Attempt, Error, Event, FencingToken, IdempotencyKey, Intervention, InterventionId,
-    NewIntervention, SagaId, SagaRecord, SagaType, StepIndex, StepName, StepRecord, Timestamp,
-    WorkerId,
+    NewIntervention, SagaId, SagaRecord, SagaType, SignalKey, SignalRecord, StepIndex, StepName,
+    StepRecord, Timestamp, WorkerId,
 };
 use serde_json::Value;
 
@@ -138,6 +138,22 @@ pub(crate) fn saga_record(row: &(impl Columns + ?Sized)) -> Result<SagaRecord, E
         cancel_requested: r.opt_text("cancel_requested")?,
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
+        waiting_for: r.opt_text("waiting_for")?,
+        signals_received: u64::try_from(r.i64("signals_received")?).unwrap_or(0),
+    })
+}
+
+/// A signal row of `saga`.
+pub(crate) fn signal_record(
+    row: &(impl Columns + ?Sized),
+    saga: SagaId,
+) -> Result<SignalRecord, Error> {
+    let r = Reader { row, saga };
+    Ok(SignalRecord {
+        name: r.text("name")?,
+        key: SignalKey::new(r.text("signal_key")?),
+        payload: r.json("payload")?,
+        received_at: r.time("received_at")?,
     })
 }
 

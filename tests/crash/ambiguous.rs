@@ -281,6 +281,18 @@ impl Store for AmbiguousStore {
         self.inner.prune(before, limit)
     }
 
+    fn deliver_signal<'s, 'd, 'a>(
+        &'s self,
+        delivery: &'d saga::wait::SignalDelivery,
+    ) -> Boxed<'a, Result<saga::Delivered>>
+    where
+        's: 'a,
+        'd: 'a,
+        Self: 'a,
+    {
+        self.inner.deliver_signal(delivery)
+    }
+
     fn wait_for_work<'s, 'a>(&'s self, max: Duration) -> Boxed<'a, ()>
     where
         's: 'a,

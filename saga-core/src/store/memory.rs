@@ -12,11 +12,12 @@ use crate::error::{Error, Result};
 use crate::id::{FencingToken, IdempotencyKey, InterventionId, SagaId, WorkerId};
 use crate::status::SagaStatus;
 
-use super::write::{admit, decide_cancel, decide_settle, CreationPlan, WritePlan};
+use super::write::{admit, decide_cancel, decide_settle, decide_signal, CreationPlan, WritePlan};
 use super::{
     CancelOutcome, Change, Created, Event, EventData, EventKind, Intervention, InterventionStatus,
     Lease, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, Settlement, Store,
 };
+use crate::wait::{Delivered, SignalDelivery};
 
 /// An in-memory [`Store`]. Cloning is not supported; share it behind an `Arc`.
 #[derive(Debug, Default)]
@@ -335,6 +336,19 @@ impl Store for MemoryStore {
             state.write(id, &plan, now)?;
         }
         Ok(outcome)
+    }
+
+    async fn deliver_signal(&self, delivery: &SignalDelivery) -> Result<Delivered> {
+        let mut state = self.state()?;
+        let now = clock::now();
+        let id = delivery.saga;
+        let snap = state.sagas.get_mut(&id).ok_or(Error::SagaNotFound(id))?;
+        let Some(write) = decide_signal(snap, delivery)? else {
+            return Ok(Delivered::Duplicate(id));
+        };
+        write.apply_to(snap, delivery, now);
+        state.push_event(id, now, write.event);
+        Ok(Delivered::New(id))
     }
 
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {

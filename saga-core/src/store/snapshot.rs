@@ -13,6 +13,8 @@ pub struct SagaSnapshot {
     pub record: SagaRecord,
     /// Its step phases that ever started, ordered by (index, phase).
     pub steps: Vec<StepRecord>,
+    /// The signals delivered to it, in the order they arrived.
+    pub signals: Vec<crate::wait::SignalRecord>,
 }
 
 impl SagaSnapshot {
@@ -21,6 +23,11 @@ impl SagaSnapshot {
         self.steps
             .iter()
             .find(|step| step.index == index && step.phase == phase)
+    }
+
+    /// The signal of this name delivered to the saga, if any.
+    pub fn signal(&self, name: &str) -> Option<&crate::wait::SignalRecord> {
+        self.signals.iter().find(|signal| signal.name == name)
     }
 
     /// Whether this snapshot, freshly loaded, already shows `changes` written under `lease`: no

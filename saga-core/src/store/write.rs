@@ -24,6 +24,8 @@ use crate::error::{Error, Result};
 use crate::id::{Attempt, FencingToken, IdempotencyKey, StepIndex, StepName};
 use crate::status::{Phase, SagaStatus, StepStatus};
 
+use crate::wait::{SignalDelivery, SignalRecord, SignalRefusal};
+
 use super::{
     CancelOutcome, Change, EventData, EventKind, Intervention, InterventionKind, Lease,
     NewIntervention, NewSaga, SagaRecord, SagaSnapshot, SettleAction, Settlement, StepRecord,
@@ -189,6 +191,10 @@ impl StepWrite {
                 self.finished = true;
                 self.next_attempt_at = *retry_at;
             }
+            Change::Wait { until, .. } => {
+                self.finished = false;
+                self.next_attempt_at = *until;
+            }
             Change::SetStatus { .. } | Change::Escalate(_) | Change::Release { .. } => {}
         }
         if let Some(status) = change.step_status() {
@@ -197,28 +203,22 @@ impl StepWrite {
         Ok(())
     }
 
-    /// The write of the first change to a phase in a batch (`None` for saga changes).
-    fn first(change: &Change) -> Option<Self> {
-        let (index, phase, name, key) = match change {
-            Change::BeginStep {
-                index,
-                phase,
-                name,
-                key,
-                ..
-            } => (*index, *phase, name, Some(key.clone())),
-            Change::CompleteStep {
-                index, phase, name, ..
+    /// The write of the first change to step phase (`index`, `phase`) in a batch: a phase that
+    /// the change begins (it carries a key) must not be completed; any other must be stored.
+    fn first(change: &Change, index: StepIndex, phase: Phase) -> Self {
+        let (name, key) = match change {
+            Change::BeginStep { name, key, .. } => (name.clone(), Some(key.clone())),
+            Change::CompleteStep { name, .. }
+            | Change::FailStep { name, .. }
+            | Change::Wait { name, .. } => (name.clone(), None),
+            Change::SetStatus { .. } | Change::Escalate(_) | Change::Release { .. } => {
+                (StepName::new(""), None)
             }
-            | Change::FailStep {
-                index, phase, name, ..
-            } => (*index, *phase, name, None),
-            Change::SetStatus { .. } | Change::Escalate(_) | Change::Release { .. } => return None,
         };
-        Some(StepWrite {
+        StepWrite {
             index,
             phase,
-            name: name.clone(),
+            name,
             requires: if key.is_some() {
                 Precondition::NotCompleted
             } else {
@@ -232,7 +232,7 @@ impl StepWrite {
             error: None,
             next_attempt_at: None,
             finished: false,
-        })
+        }
     }
 }
 
@@ -272,6 +272,11 @@ pub struct SagaUpdate {
     pub lease: LeaseChange,
     /// Its new due time, when set (`Some(None)`: due never, until an operator acts).
     pub next_run_at: Option<Option<Timestamp>>,
+    /// What it waits for, when set (`Some(None)`: it no longer waits).
+    pub waiting: Option<Option<String>>,
+    /// Due at once instead of at `next_run_at` should the saga have received more signals than
+    /// this when the update is written (a signal arrived since the worker read the saga).
+    pub wake_if_signalled: Option<u64>,
 }
 
 impl SagaUpdate {
@@ -295,6 +300,15 @@ impl SagaUpdate {
         }
         if let Some(next_run_at) = self.next_run_at {
             record.next_run_at = next_run_at;
+            if self
+                .wake_if_signalled
+                .is_some_and(|seen| record.signals_received > seen)
+            {
+                record.next_run_at = Some(now);
+            }
+        }
+        if let Some(waiting) = &self.waiting {
+            record.waiting_for = waiting.clone();
         }
         record.updated_at = now;
     }
@@ -380,24 +394,22 @@ impl WritePlan {
             Change::BeginStep { index, phase, .. }
             | Change::CompleteStep { index, phase, .. }
             | Change::FailStep { index, phase, .. } => {
-                let position = self
-                    .steps
-                    .iter()
-                    .position(|step| step.index == *index && step.phase == *phase);
-                let step = match position {
-                    Some(position) => &mut self.steps[position],
-                    None => match StepWrite::first(change) {
-                        Some(first) => {
-                            self.steps.push(first);
-                            let last = self.steps.len() - 1;
-                            &mut self.steps[last]
-                        }
-                        None => return Ok(()),
-                    },
-                };
-                step.fold(change)?;
+                self.saga.waiting = Some(None);
+                self.step_write(change, *index, *phase).fold(change)?;
+            }
+            Change::Wait {
+                index,
+                waiting_for,
+                signals_seen,
+                ..
+            } => {
+                self.step_write(change, *index, Phase::Action)
+                    .fold(change)?;
+                self.saga.waiting = Some(Some(waiting_for.clone()));
+                self.saga.wake_if_signalled = Some(*signals_seen);
             }
             Change::SetStatus { status, reason } => {
+                self.saga.waiting = Some(None);
                 self.saga.status = Some((*status, reason.clone()));
                 if *status != SagaStatus::Running {
                     self.saga.cancel = CancelRequest::Clear;
@@ -407,6 +419,7 @@ impl WritePlan {
                 // A pending cancel request outlives the escalation: a saga re-driven forward by
                 // an operator still begins no new step, and compensates instead.
                 self.saga.status = Some((SagaStatus::NeedsIntervention, Some(item.error.clone())));
+                self.saga.waiting = Some(None);
                 self.interventions.push(item.clone());
             }
             Change::Release { next_run_at } => {
@@ -416,6 +429,23 @@ impl WritePlan {
         }
         self.events.extend(change.event());
         Ok(())
+    }
+
+    /// The write to the phase a step change touches: the one this batch already has, or a new
+    /// one started from the change.
+    fn step_write(&mut self, change: &Change, index: StepIndex, phase: Phase) -> &mut StepWrite {
+        let position = match self
+            .steps
+            .iter()
+            .position(|step| step.index == index && step.phase == phase)
+        {
+            Some(position) => position,
+            None => {
+                self.steps.push(StepWrite::first(change, index, phase));
+                self.steps.len() - 1
+            }
+        };
+        &mut self.steps[position]
     }
 
     /// The first refusal of this plan's step writes on `stored`, in the batch's order.
@@ -628,8 +658,11 @@ impl CreationPlan {
                 cancel_requested: None,
                 created_at: now,
                 updated_at: now,
+                waiting_for: None,
+                signals_received: 0,
             },
             steps: Vec::new(),
+            signals: Vec::new(),
         };
         for write in &self.steps {
             let key = write
@@ -678,6 +711,8 @@ pub fn decide_settle(
             },
             lease: LeaseChange::Keep,
             next_run_at: Some((!status.is_terminal()).then_some(now)),
+            waiting: None,
+            wake_if_signalled: None,
         },
         events: vec![operator_event(detail)],
         ..WritePlan::default()
@@ -724,6 +759,8 @@ pub fn decide_cancel(
                     cancel: CancelRequest::Clear,
                     lease: LeaseChange::Revoke,
                     next_run_at: Some(Some(now)),
+                    waiting: Some(None),
+                    wake_if_signalled: None,
                 }
             }
         }
@@ -753,6 +790,80 @@ pub fn decide_cancel(
     Ok((outcome, Some(plan)))
 }
 
+/// A signal's delivery, decided on the stored saga: `None` when a signal of this name and key
+/// is stored already (a duplicate: nothing to write); else what to write besides the signal
+/// itself.
+///
+/// # Errors
+/// [`Error::SignalRefused`] when the saga is finished or compensating (it waits for nothing), or
+/// a signal of this name was delivered with another key.
+pub fn decide_signal(
+    stored: &SagaSnapshot,
+    delivery: &SignalDelivery,
+) -> Result<Option<SignalWrite>> {
+    let record = &stored.record;
+    let refused = |refusal| Error::SignalRefused {
+        target: format!("saga {}", record.id),
+        name: delivery.name.clone(),
+        refusal,
+    };
+    if let Some(existing) = stored.signal(&delivery.name) {
+        if existing.key == delivery.key {
+            return Ok(None);
+        }
+        return Err(refused(SignalRefusal::AlreadyDelivered {
+            key: existing.key.clone(),
+        }));
+    }
+    match record.status {
+        SagaStatus::Running | SagaStatus::NeedsIntervention => {}
+        SagaStatus::Compensating => return Err(refused(SignalRefusal::Compensating)),
+        status => return Err(refused(SignalRefusal::Finished(status))),
+    }
+    Ok(Some(SignalWrite {
+        wake: record.status == SagaStatus::Running
+            && record.waiting_for.as_deref()
+                == Some(crate::wait::waiting_for_signal(&delivery.name).as_str()),
+        event: EventData {
+            kind: EventKind::SignalReceived,
+            step: None,
+            phase: None,
+            attempt: None,
+            detail: Some(format!(
+                "{} (key {})",
+                delivery.name,
+                crate::step::bounded_text(delivery.key.as_str(), MAX_REASON_BYTES)
+            )),
+        },
+    }))
+}
+
+/// What storing a signal writes besides the signal row: the count of signals received grows
+/// by one, and the event is appended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalWrite {
+    /// Whether the saga waits for this signal: it becomes due now (idle workers are woken).
+    pub wake: bool,
+    /// The `signal_received` event.
+    pub event: EventData,
+}
+
+impl SignalWrite {
+    /// Applies the write (and the signal) to the stored saga at `now`.
+    pub fn apply_to(&self, stored: &mut SagaSnapshot, delivery: &SignalDelivery, now: Timestamp) {
+        stored.signals.push(SignalRecord {
+            name: delivery.name.clone(),
+            key: delivery.key.clone(),
+            payload: delivery.payload.clone(),
+            received_at: now,
+        });
+        stored.record.signals_received += 1;
+        if self.wake {
+            stored.record.next_run_at = Some(now);
+        }
+    }
+}
+
 /// The status a settlement moves the saga to.
 fn settled_status(
     item: &Intervention,
@@ -780,6 +891,15 @@ fn settled_status(
         }
         // The action did not take effect: what completed before it is compensated.
         (SettleAction::Resolve, InterventionKind::UnknownOutcome) => Ok(SagaStatus::Compensating),
+        // Past the point of no return the saga only goes forward.
+        (SettleAction::Retry, InterventionKind::PastPivot) => Ok(SagaStatus::Running),
+        (SettleAction::Resolve, InterventionKind::PastPivot) if item.item.step.is_some() => {
+            Ok(SagaStatus::Running)
+        }
+        (SettleAction::Resolve, InterventionKind::PastPivot) => Err(Error::InvalidAction(format!(
+            "intervention {} names no step to mark done (saga {} was asked to stop after its pivot step completed): `retry` continues it forward, `cancel` stops it where it is",
+            item.item.id, stored.record.id
+        ))),
         (SettleAction::Resolve, InterventionKind::Unresumable) => Err(Error::InvalidAction(format!(
             "intervention {} parked saga {} because it cannot be resumed; there is no step to mark done: fix the code and `retry` to re-drive it, or `cancel` it",
             item.item.id, stored.record.id
@@ -811,6 +931,25 @@ fn settled_step(
             None,
             Some(format!(
                 "not applied, as settled by an operator ({})",
+                settlement_detail(settlement)
+            )),
+        ),
+        // Forward again with the same key: a phase whose outcome is unknown stays so.
+        (InterventionKind::PastPivot, SettleAction::Retry) => (
+            Phase::Action,
+            match stored.step(*index, Phase::Action).map(|step| step.status) {
+                Some(StepStatus::InProgress) => StepStatus::InProgress,
+                _ => StepStatus::Pending,
+            },
+            Some(now),
+            None,
+        ),
+        (InterventionKind::PastPivot, SettleAction::Resolve) => (
+            Phase::Action,
+            StepStatus::Completed,
+            None,
+            Some(format!(
+                "done by hand, as settled by an operator ({})",
                 settlement_detail(settlement)
             )),
         ),
@@ -944,6 +1083,7 @@ mod tests {
                     },
                 })
         }
+        let (mut seen, mut released) = (None, false);
         for change in changes {
             match change {
                 Change::BeginStep {
@@ -1015,6 +1155,20 @@ mod tests {
                     step.next_attempt_at = *retry_at;
                     step.finished_at = Some(now);
                 }
+                Change::Wait {
+                    index,
+                    name,
+                    until,
+                    waiting_for,
+                    signals_seen,
+                } => {
+                    let step = begun(&mut snap, *index, name, Phase::Action)?;
+                    step.status = StepStatus::InProgress;
+                    step.next_attempt_at = *until;
+                    step.finished_at = None;
+                    snap.record.waiting_for = Some(waiting_for.clone());
+                    seen = Some(*signals_seen);
+                }
                 Change::SetStatus { status, reason } => {
                     snap.record.status = *status;
                     snap.record.status_reason = reason.clone();
@@ -1031,10 +1185,18 @@ mod tests {
                     snap.record.lease_owner = None;
                     snap.record.lease_expires_at = None;
                     snap.record.next_run_at = *next_run_at;
+                    released = true;
                 }
+            }
+            if !matches!(change, Change::Wait { .. } | Change::Release { .. }) {
+                snap.record.waiting_for = None;
             }
             events.extend(change.event());
             snap.record.updated_at = now;
+        }
+        // A signal that arrived since the worker read the saga makes it due now.
+        if released && seen.is_some_and(|seen| snap.record.signals_received > seen) {
+            snap.record.next_run_at = Some(now);
         }
         Ok((snap, events, items))
     }
@@ -1140,8 +1302,11 @@ mod tests {
                 cancel_requested: (draw.below(3) == 0).then(|| "cancel requested by x: y".into()),
                 created_at: now,
                 updated_at: now,
+                waiting_for: draw.flip().then(|| "signal:paid".to_owned()),
+                signals_received: draw.below(3),
             },
             steps,
+            signals: Vec::new(),
         }
     }
 
@@ -1150,7 +1315,7 @@ mod tests {
         let (step, phase) = (name(index), phase(draw));
         let index = StepIndex(u32::try_from(index).unwrap());
         let attempt = Attempt(u32::try_from(draw.below(4)).unwrap() + 1);
-        match draw.below(9) {
+        match draw.below(10) {
             0..=2 => Change::BeginStep {
                 index,
                 key: IdempotencyKey::for_step(saga, &step, phase),
@@ -1197,6 +1362,13 @@ mod tests {
                     status: SagaStatus::Running,
                     reason: None,
                 },
+            },
+            8 => Change::Wait {
+                index,
+                name: step,
+                until: draw.flip().then(|| draw.time(now)),
+                waiting_for: "signal:paid".into(),
+                signals_seen: draw.below(3),
             },
             _ => Change::Release {
                 next_run_at: draw.flip().then(|| draw.time(now)),

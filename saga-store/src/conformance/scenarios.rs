@@ -1534,6 +1534,12 @@ impl<S: Store> Store for LosesFirstAnswers<S> {
     async fn prune(&self, before: saga_core::Timestamp, limit: u32) -> saga_core::Result<u64> {
         self.inner.prune(before, limit).await
     }
+    async fn deliver_signal(
+        &self,
+        delivery: &saga_core::wait::SignalDelivery,
+    ) -> saga_core::Result<saga_core::Delivered> {
+        self.inner.deliver_signal(delivery).await
+    }
 }
 
 /// Found by the crash suite (ambiguous commits): a write that committed but whose answer was

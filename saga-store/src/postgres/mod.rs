@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use saga_core::store::write::{self, decide_cancel, decide_settle, CreationPlan, WritePlan};
+use saga_core::wait::{Delivered, SignalDelivery};
 use saga_core::{
     CancelOutcome, Change, Created, Error, Event, FencingToken, Intervention, InterventionId,
     Lease, NewSaga, Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus, Settlement,
@@ -522,7 +523,29 @@ impl Store for PgStore {
             .await
             .map_err(classify)?
         };
+        // Signals only for the sagas that received any (nearly none): no round trip otherwise.
+        let signalled: Vec<Uuid> = sagas
+            .iter()
+            .filter(|row| {
+                row.try_get::<i64, _>("signals_received")
+                    .is_ok_and(|n| n > 0)
+            })
+            .filter_map(|row| row.try_get::<Uuid, _>("id").ok())
+            .collect();
+        let signal_rows = if signalled.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query("SELECT * FROM saga_signals WHERE saga_id = ANY($1) ORDER BY seq")
+                .bind(&signalled)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(classify)?
+        };
         tx.commit().await.map_err(classify)?;
+        let of = |row: &sqlx::postgres::PgRow, id: SagaId| {
+            row.try_get::<Uuid, _>("saga_id")
+                .is_ok_and(|saga| saga == id.as_uuid())
+        };
         let mut claimed = Vec::with_capacity(sagas.len());
         for row in &sagas {
             let lease = claimed_lease(row, owner, expires_at)?;
@@ -530,13 +553,19 @@ impl Store for PgStore {
             let snapshot = rows::saga_record(row).and_then(|record| {
                 let steps = step_rows
                     .iter()
-                    .filter(|step| {
-                        step.try_get::<Uuid, _>("saga_id")
-                            .is_ok_and(|saga| saga == id.as_uuid())
-                    })
+                    .filter(|step| of(step, id))
                     .map(|step| rows::step_record(step, id))
                     .collect::<Result<Vec<_>>>()?;
-                Ok(SagaSnapshot { record, steps })
+                let signals = signal_rows
+                    .iter()
+                    .filter(|signal| of(signal, id))
+                    .map(|signal| rows::signal_record(signal, id))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(SagaSnapshot {
+                    record,
+                    steps,
+                    signals,
+                })
             });
             claimed.push((lease, Some(snapshot)));
         }
@@ -696,6 +725,45 @@ impl Store for PgStore {
         Ok(outcome)
     }
 
+    async fn deliver_signal(&self, delivery: &SignalDelivery) -> Result<Delivered> {
+        let id = delivery.saga;
+        let mut tx = begin_operator(&self.pool).await?;
+        let stored = load_with(&mut tx, id, true)
+            .await?
+            .ok_or(Error::SagaNotFound(id))?;
+        let Some(write) = write::decide_signal(&stored, delivery)? else {
+            return Ok(Delivered::Duplicate(id));
+        };
+        sqlx::query(
+            "WITH signal AS (
+                 INSERT INTO saga_signals (saga_id, name, signal_key, payload, received_at)
+                 VALUES ($1, $2, $3, $4, date_trunc('milliseconds', now()))),
+             saga AS (
+                 UPDATE saga_instances
+                    SET signals_received = signals_received + 1,
+                        next_run_at = CASE WHEN $5 THEN date_trunc('milliseconds', now())
+                                           ELSE next_run_at END
+                  WHERE id = $1),
+             event AS (
+                 INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
+                 VALUES ($1, date_trunc('milliseconds', now()), $6, NULL, NULL, NULL, $7))
+             SELECT CASE WHEN $5 THEN pg_notify($8, '')::text END",
+        )
+        .bind(id.as_uuid())
+        .bind(&delivery.name)
+        .bind(delivery.key.as_str())
+        .bind(&delivery.payload)
+        .bind(write.wake)
+        .bind(write.event.kind.as_str())
+        .bind(write.event.detail.as_deref())
+        .bind(&self.channel)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(Delivered::New(id))
+    }
+
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {
         let row = sqlx::query(
             "WITH doomed AS (
@@ -706,6 +774,7 @@ impl Store for PgStore {
              steps AS (DELETE FROM saga_steps WHERE saga_id IN (SELECT id FROM doomed)),
              events AS (DELETE FROM saga_events WHERE saga_id IN (SELECT id FROM doomed)),
              items AS (DELETE FROM saga_interventions WHERE saga_id IN (SELECT id FROM doomed)),
+             signals AS (DELETE FROM saga_signals WHERE saga_id IN (SELECT id FROM doomed)),
              gone AS (DELETE FROM saga_instances WHERE id IN (SELECT id FROM doomed) RETURNING id)
              SELECT COUNT(*) AS n FROM gone",
         )
@@ -726,6 +795,7 @@ impl Store for PgStore {
                 AND ($3::text IS NULL OR idempotency_key = $3)
                 AND ($4::timestamptz IS NULL OR created_at < $4)
                 AND ($5::uuid IS NULL OR id > $5)
+                AND ($7::text IS NULL OR starts_with(waiting_for, $7))
               ORDER BY id
               LIMIT $6",
         )
@@ -735,6 +805,7 @@ impl Store for PgStore {
         .bind(filter.created_before)
         .bind(filter.after.map(|id| id.as_uuid()))
         .bind(i64::from(filter.limit_or_default()))
+        .bind(filter.waiting_for.as_deref())
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?
@@ -909,7 +980,23 @@ async fn load_with(
             .iter()
             .map(|row| rows::step_record(row, id))
             .collect::<Result<Vec<_>>>()?;
-    Ok(Some(SagaSnapshot { record, steps }))
+    let signals = if record.signals_received == 0 {
+        Vec::new()
+    } else {
+        sqlx::query("SELECT * FROM saga_signals WHERE saga_id = $1 ORDER BY seq")
+            .bind(id.as_uuid())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|row| rows::signal_record(row, id))
+            .collect::<Result<Vec<_>>>()?
+    };
+    Ok(Some(SagaSnapshot {
+        record,
+        steps,
+        signals,
+    }))
 }
 
 /// The server's time at the start of the transaction, to the millisecond (as stored).

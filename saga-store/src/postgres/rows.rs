@@ -7,7 +7,7 @@ use sqlx::postgres::PgRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-pub(super) use crate::rows::{event, intervention, saga_record, step_record};
+pub(super) use crate::rows::{event, intervention, saga_record, signal_record, step_record};
 
 fn get<T>(row: &PgRow, column: &str) -> Result<Option<T>, String>
 where

@@ -47,8 +47,9 @@ pub(super) struct Write {
     pub(super) plan: WritePlan,
 }
 
-/// The saga rows: $1..$12 each write's fence and the update of its saga row; $13 whether to
-/// wake idle workers, $14 the wake-up channel. Every time the statement records is the
+/// The saga rows: $1..$15 each write's fence and the update of its saga row (what it waits
+/// for, and when a signal that arrived meanwhile makes it due now); $16 whether to wake idle
+/// workers, $17 the wake-up channel. Every time the statement records is the
 /// server's (`now()`, to the millisecond, as every store keeps times): the clock workers
 /// schedule by, whatever the clock of the process that writes.
 macro_rules! sagas {
@@ -57,10 +58,10 @@ macro_rules! sagas {
 WITH s AS (
     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::bool[], $5::text[], $6::text[],
                          $7::bool[], $8::text[], $9::bool[], $10::bool[], $11::bool[],
-                         $12::timestamptz[])
+                         $12::timestamptz[], $13::int8[], $14::bool[], $15::text[])
         WITH ORDINALITY
         AS t(id, owner, token, forward, status, reason, clear_cancel, cancel_request, release,
-             bump, set_next, next_run_at, n)),
+             bump, set_next, next_run_at, wake_seen, set_waiting, waiting, n)),
 inst AS (
     UPDATE saga_instances i
        SET updated_at = date_trunc('milliseconds', now()),
@@ -71,7 +72,12 @@ inst AS (
            lease_owner = CASE WHEN s.release THEN NULL ELSE i.lease_owner END,
            lease_expires_at = CASE WHEN s.release THEN NULL ELSE i.lease_expires_at END,
            fencing_token = CASE WHEN s.bump THEN i.fencing_token + 1 ELSE i.fencing_token END,
-           next_run_at = CASE WHEN s.set_next THEN s.next_run_at ELSE i.next_run_at END
+           next_run_at = CASE WHEN NOT s.set_next THEN i.next_run_at
+                              -- A signal arrived since the worker read the saga: due now.
+                              WHEN s.wake_seen IS NOT NULL AND i.signals_received > s.wake_seen
+                                   THEN date_trunc('milliseconds', now())
+                              ELSE s.next_run_at END,
+           waiting_for = CASE WHEN s.set_waiting THEN s.waiting ELSE i.waiting_for END
       FROM s
      WHERE i.id = ANY($1::uuid[]) AND i.id = s.id
        AND (s.owner IS NULL OR (i.lease_owner = s.owner AND i.fencing_token = s.token))
@@ -81,7 +87,7 @@ inst AS (
     };
 }
 
-/// The step phases: $15..$28. A phase whose first change in its write begins it (it has a key)
+/// The step phases: $18..$31. A phase whose first change in its write begins it (it has a key)
 /// is inserted, or updated if stored and not completed; such a write always begins an attempt
 /// (its start time and attempt are set) and sets an error only to a text, so only its output
 /// needs the row's own flag, read on the rare conflict. A phase that must be stored (its first
@@ -90,9 +96,9 @@ macro_rules! steps {
     () => {
         "
 x AS (
-    SELECT x.* FROM UNNEST($15::uuid[], $16::int4[], $17::text[], $18::text[], $19::text[],
-                           $20::text[], $21::int4[], $22::bool[], $23::bool[], $24::jsonb[],
-                           $25::text[], $26::timestamptz[], $27::bool[], $28::int8[])
+    SELECT x.* FROM UNNEST($18::uuid[], $19::int4[], $20::text[], $21::text[], $22::text[],
+                           $23::text[], $24::int4[], $25::bool[], $26::bool[], $27::jsonb[],
+                           $28::text[], $29::timestamptz[], $30::bool[], $31::int8[])
         AS x(saga, idx, phase, name, key, status, attempt, began, set_output, output, error,
              next_at, finished, w)
       JOIN inst ON inst.n = x.w),
@@ -125,14 +131,14 @@ finished AS (
            finished_at = CASE WHEN x.finished THEN date_trunc('milliseconds', now()) END
       FROM x
      WHERE x.key IS NULL
-       AND st.saga_id = ANY($15::uuid[])
+       AND st.saga_id = ANY($18::uuid[])
        AND st.saga_id = x.saga AND st.step_index = x.idx AND st.phase = x.phase
     RETURNING 1),
 "
     };
 }
 
-/// Interventions: $29..$40.
+/// Interventions: $32..$43.
 macro_rules! escalate {
     () => {
         "
@@ -141,9 +147,9 @@ escalated AS (
         idempotency_key, input, output, error, status, opened_at, parked_from)
     SELECT e.id, e.saga, e.kind, e.idx, e.step, e.phase, e.key, e.input, e.output, e.error,
            'open', date_trunc('milliseconds', now()), e.parked_from
-      FROM UNNEST($29::uuid[], $30::uuid[], $31::text[], $32::int4[], $33::text[], $34::text[],
-                  $35::text[], $36::jsonb[], $37::jsonb[], $38::text[], $39::text[],
-                  $40::int8[])
+      FROM UNNEST($32::uuid[], $33::uuid[], $34::text[], $35::int4[], $36::text[], $37::text[],
+                  $38::text[], $39::jsonb[], $40::jsonb[], $41::text[], $42::text[],
+                  $43::int8[])
            AS e(id, saga, kind, idx, step, phase, key, input, output, error, parked_from, w)
       JOIN inst ON inst.n = e.w
     ON CONFLICT (id) DO NOTHING),
@@ -151,15 +157,15 @@ escalated AS (
     };
 }
 
-/// History events: $41..$47.
+/// History events: $44..$50.
 macro_rules! history {
     () => {
         "
 events AS (
     INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
     SELECT v.saga, date_trunc('milliseconds', now()), v.kind, v.step, v.phase, v.attempt, v.detail
-      FROM UNNEST($41::uuid[], $42::text[], $43::text[], $44::text[], $45::int4[], $46::text[],
-                  $47::int8[])
+      FROM UNNEST($44::uuid[], $45::text[], $46::text[], $47::text[], $48::int4[], $49::text[],
+                  $50::int8[])
            WITH ORDINALITY AS v(saga, kind, step, phase, attempt, detail, w, n)
       JOIN inst ON inst.n = v.w
      ORDER BY v.n)
@@ -167,7 +173,7 @@ events AS (
     };
 }
 
-/// Sagas created: $48..$58 the sagas, $59..$64 the steps begun with them, $65..$70 their
+/// Sagas created: $51..$61 the sagas, $62..$67 the steps begun with them, $68..$73 their
 /// events (no trailing comma: it also ends [`CREATE_SQL`]'s `WITH`). A start key that exists
 /// already creates nothing (the caller reads the saga it started); rows of the same creation
 /// join it by saga id.
@@ -180,8 +186,8 @@ new AS (
         lease_owner, lease_expires_at)
     SELECT k.id, k.saga_type, k.version, k.fingerprint, 'running', k.input, k.input_hash,
            k.key, date_trunc('milliseconds', now()), k.token, k.trace, date_trunc('milliseconds', now()), date_trunc('milliseconds', now()), k.owner, k.until
-      FROM UNNEST($48::uuid[], $49::text[], $50::int4[], $51::text[], $52::jsonb[], $53::text[],
-                  $54::text[], $55::text[], $56::text[], $57::timestamptz[], $58::int8[])
+      FROM UNNEST($51::uuid[], $52::text[], $53::int4[], $54::text[], $55::jsonb[], $56::text[],
+                  $57::text[], $58::text[], $59::text[], $60::timestamptz[], $61::int8[])
            AS k(id, saga_type, version, fingerprint, input, input_hash, key, trace, owner,
                 until, token)
      -- One order for every statement, so that two of them inserting the same start keys wait
@@ -193,13 +199,13 @@ new_begun AS (
     INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempt, idempotency_key,
         started_at)
     SELECT nb.saga, nb.idx, nb.phase, nb.name, 'in_progress', nb.attempt, nb.key, date_trunc('milliseconds', now())
-      FROM UNNEST($59::uuid[], $60::int4[], $61::text[], $62::text[], $63::int4[], $64::text[])
+      FROM UNNEST($62::uuid[], $63::int4[], $64::text[], $65::text[], $66::int4[], $67::text[])
            AS nb(saga, idx, phase, name, attempt, key)
       JOIN new ON new.id = nb.saga),
 new_events AS (
     INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
     SELECT nv.saga, date_trunc('milliseconds', now()), nv.kind, nv.step, nv.phase, nv.attempt, nv.detail
-      FROM UNNEST($65::uuid[], $66::text[], $67::text[], $68::text[], $69::int4[], $70::text[])
+      FROM UNNEST($68::uuid[], $69::text[], $70::text[], $71::text[], $72::int4[], $73::text[])
            WITH ORDINALITY AS nv(saga, kind, step, phase, attempt, detail, n)
       JOIN new ON new.id = nv.saga
      ORDER BY nv.n)"
@@ -207,7 +213,7 @@ new_events AS (
 }
 
 /// The answer, and the refusal of step writes whose phase does not meet their precondition.
-/// `$created`: the ids of sagas created, and `$woken`: the condition (besides `$13`) for
+/// `$created`: the ids of sagas created, and `$woken`: the condition (besides `$16`) for
 /// waking idle workers.
 macro_rules! answer {
     ($created:expr, $woken:expr) => {
@@ -220,9 +226,9 @@ SELECT ARRAY(SELECT n FROM inst) AS fenced, ",
                  < (SELECT COUNT(*) FROM x)
             THEN saga_refuse('a step write found its step phase in a state it cannot act on: a completed phase cannot begin again, and only a begun phase can complete or fail')
        END AS refused,
-       CASE WHEN $13 AND (",
+       CASE WHEN $16 AND (",
             $woken,
-            ") THEN pg_notify($14, '')::text END AS woke"
+            ") THEN pg_notify($17, '')::text END AS woke"
         )
     };
 }
@@ -273,14 +279,14 @@ const WITH_CREATIONS_SQL: &str = statement!(writes and creations);
 const ESCALATE_WITH_CREATIONS_SQL: &str = statement!(writes and creations, escalate!());
 
 /// The statement for creations alone (a lone creation: the same parts as a group's, without the
-/// writes' parts, which the server would set up for nothing). Parameters other than $13,
-/// $14 and $48..$70 are bound (empty) but not read.
+/// writes' parts, which the server would set up for nothing). Parameters other than $16,
+/// $17 and $51..$73 are bound (empty) but not read.
 const CREATE_SQL: &str = concat!(
     "\nWITH",
     creations!(),
     "
 SELECT '{}'::int8[] AS fenced, ARRAY(SELECT id FROM new) AS created,
-       CASE WHEN $13 AND EXISTS (SELECT 1 FROM new) THEN pg_notify($14, '')::text END AS woke"
+       CASE WHEN $16 AND EXISTS (SELECT 1 FROM new) THEN pg_notify($17, '')::text END AS woke"
 );
 
 /// A step index, attempt or version as the `integer` it is stored as.
@@ -288,7 +294,7 @@ pub(super) fn int(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
-/// The saga rows ($1..$12).
+/// The saga rows ($1..$15).
 #[derive(Default)]
 struct SagaColumns {
     id: Vec<Uuid>,
@@ -303,6 +309,9 @@ struct SagaColumns {
     bump: Vec<bool>,
     set_next: Vec<bool>,
     next_run_at: Vec<Option<Timestamp>>,
+    wake_seen: Vec<Option<i64>>,
+    set_waiting: Vec<bool>,
+    waiting: Vec<Option<String>>,
 }
 
 impl SagaColumns {
@@ -335,6 +344,13 @@ impl SagaColumns {
         self.bump.push(update.lease == LeaseChange::Revoke);
         self.set_next.push(update.next_run_at.is_some());
         self.next_run_at.push(update.next_run_at.flatten());
+        self.wake_seen.push(
+            update
+                .wake_if_signalled
+                .map(|seen| i64::try_from(seen).unwrap_or(i64::MAX)),
+        );
+        self.set_waiting.push(update.waiting.is_some());
+        self.waiting.push(update.waiting.clone().flatten());
     }
 
     fn bind(self, query: Query<'_>) -> Query<'_> {
@@ -351,10 +367,13 @@ impl SagaColumns {
             .bind(self.bump)
             .bind(self.set_next)
             .bind(self.next_run_at)
+            .bind(self.wake_seen)
+            .bind(self.set_waiting)
+            .bind(self.waiting)
     }
 }
 
-/// The step phases ($15..$28).
+/// The step phases ($18..$31).
 #[derive(Default)]
 struct StepColumns {
     saga: Vec<Uuid>,
@@ -415,7 +434,7 @@ impl StepColumns {
     }
 }
 
-/// Interventions ($29..$40).
+/// Interventions ($32..$43).
 #[derive(Default)]
 struct InterventionColumns {
     id: Vec<Uuid>,
@@ -472,7 +491,7 @@ impl InterventionColumns {
     }
 }
 
-/// History events ($41..$47 for writes, with the position of their write; $65..$70 for
+/// History events ($44..$50 for writes, with the position of their write; $68..$73 for
 /// creations, without).
 #[derive(Default)]
 struct EventColumns {
@@ -515,7 +534,7 @@ impl EventColumns {
     }
 }
 
-/// Sagas to create ($48..$58) and the steps begun with them ($59..$64).
+/// Sagas to create ($51..$61) and the steps begun with them ($62..$67).
 #[derive(Default)]
 struct CreationColumns {
     id: Vec<Uuid>,
@@ -777,10 +796,10 @@ mod tests {
             );
         }
         // The parts' comments give their ranges: the first and last number each part reads.
-        assert_eq!(numbers(sagas!()), (1..=12).collect::<Vec<_>>());
-        assert_eq!(numbers(steps!()), (15..=28).collect::<Vec<_>>());
-        assert_eq!(numbers(escalate!()), (29..=40).collect::<Vec<_>>());
-        assert_eq!(numbers(history!()), (41..=47).collect::<Vec<_>>());
-        assert_eq!(numbers(creations!()), (48..=70).collect::<Vec<_>>());
+        assert_eq!(numbers(sagas!()), (1..=15).collect::<Vec<_>>());
+        assert_eq!(numbers(steps!()), (18..=31).collect::<Vec<_>>());
+        assert_eq!(numbers(escalate!()), (32..=43).collect::<Vec<_>>());
+        assert_eq!(numbers(history!()), (44..=50).collect::<Vec<_>>());
+        assert_eq!(numbers(creations!()), (51..=73).collect::<Vec<_>>());
     }
 }

@@ -11,6 +11,7 @@ use saga_core::store::write::{
     self, decide_cancel, decide_settle, CancelRequest, CreationPlan, LeaseChange, Precondition,
     StepWrite, WritePlan,
 };
+use saga_core::wait::{Delivered, SignalDelivery};
 use saga_core::{
     CancelOutcome, Change, Created, Error, Event, Intervention, InterventionId, InterventionStatus,
     Lease, NewSaga, Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus, Settlement,
@@ -532,12 +533,51 @@ impl Store for SqliteStore {
         Ok(outcome)
     }
 
+    async fn deliver_signal(&self, delivery: &SignalDelivery) -> Result<Delivered> {
+        let id = delivery.saga;
+        let mut tx = self.write_tx().await?;
+        let stored = load_with(&mut tx, id)
+            .await?
+            .ok_or(Error::SagaNotFound(id))?;
+        let Some(write) = write::decide_signal(&stored, delivery)? else {
+            return Ok(Delivered::Duplicate(id));
+        };
+        let now = saga_core::now();
+        sqlx::query(
+            "INSERT INTO saga_signals (saga_id, name, signal_key, payload, received_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(&delivery.name)
+        .bind(delivery.key.as_str())
+        .bind(json_text(&delivery.payload))
+        .bind(millis(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        sqlx::query(
+            "UPDATE saga_instances
+                SET signals_received = signals_received + 1,
+                    next_run_at = CASE WHEN ?1 THEN ?2 ELSE next_run_at END
+              WHERE id = ?3",
+        )
+        .bind(write.wake)
+        .bind(millis(now))
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        insert_event(&mut tx, id, now, &write.event).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(Delivered::New(id))
+    }
+
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {
         let mut tx = self.write_tx().await?;
         let doomed = "SELECT id FROM saga_instances
                        WHERE status IN ('completed', 'compensated', 'cancelled') AND updated_at < ?
                        ORDER BY updated_at LIMIT ?";
-        for table in ["saga_events", "saga_interventions"] {
+        for table in ["saga_events", "saga_interventions", "saga_signals"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE saga_id IN ({doomed})"))
                 .bind(millis(before))
                 .bind(i64::from(limit))
@@ -566,6 +606,7 @@ impl Store for SqliteStore {
                 AND (?3 IS NULL OR idempotency_key = ?3)
                 AND (?4 IS NULL OR created_at < ?4)
                 AND (?5 IS NULL OR id > ?5)
+                AND (?7 IS NULL OR substr(waiting_for, 1, length(?7)) = ?7)
               ORDER BY id
               LIMIT ?6",
         )
@@ -580,6 +621,7 @@ impl Store for SqliteStore {
         .bind(filter.created_before.map(millis))
         .bind(filter.after.map(|id| id.to_string()))
         .bind(i64::from(filter.limit_or_default()))
+        .bind(filter.waiting_for.clone())
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?
@@ -654,7 +696,23 @@ async fn load_with(conn: &mut SqliteConnection, id: SagaId) -> Result<Option<Sag
             .iter()
             .map(|row| rows::step_record(row, id))
             .collect::<Result<Vec<_>>>()?;
-    Ok(Some(SagaSnapshot { record, steps }))
+    let signals = if record.signals_received == 0 {
+        Vec::new()
+    } else {
+        sqlx::query("SELECT * FROM saga_signals WHERE saga_id = ? ORDER BY received_at, rowid")
+            .bind(id.to_string())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|row| rows::signal_record(row, id))
+            .collect::<Result<Vec<_>>>()?
+    };
+    Ok(Some(SagaSnapshot {
+        record,
+        steps,
+        signals,
+    }))
 }
 
 impl SqliteStore {
@@ -730,7 +788,10 @@ async fn write_plan(
                 lease_owner = CASE WHEN ?7 THEN NULL ELSE lease_owner END,
                 lease_expires_at = CASE WHEN ?7 THEN NULL ELSE lease_expires_at END,
                 fencing_token = fencing_token + ?8,
-                next_run_at = CASE WHEN ?9 THEN ?10 ELSE next_run_at END
+                next_run_at = CASE WHEN NOT ?9 THEN next_run_at
+                                   WHEN ?15 IS NOT NULL AND signals_received > ?15 THEN ?1
+                                   ELSE ?10 END,
+                waiting_for = CASE WHEN ?16 THEN ?17 ELSE waiting_for END
           WHERE id = ?11
             AND (?12 IS NULL OR (lease_owner = ?12 AND fencing_token = ?13))
             AND (NOT ?14 OR cancel_requested IS NULL)",
@@ -749,6 +810,13 @@ async fn write_plan(
     .bind(lease.map(|lease| lease.owner.as_str().to_owned()))
     .bind(lease.map_or(0, |lease| lease.token.0))
     .bind(plan.begins_forward)
+    .bind(
+        update
+            .wake_if_signalled
+            .map(|seen| i64::try_from(seen).unwrap_or(i64::MAX)),
+    )
+    .bind(update.waiting.is_some())
+    .bind(update.waiting.clone().flatten())
     .execute(&mut **tx)
     .await
     .map_err(classify)?;

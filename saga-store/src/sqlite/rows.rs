@@ -7,7 +7,7 @@ use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-pub(super) use crate::rows::{event, intervention, saga_record, step_record};
+pub(super) use crate::rows::{event, intervention, saga_record, signal_record, step_record};
 
 /// Milliseconds since the epoch, as stored.
 pub(super) fn millis(at: Timestamp) -> i64 {
