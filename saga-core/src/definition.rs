@@ -45,6 +45,9 @@ pub(crate) type WakeFn<S> = Arc<
         + Sync,
 >;
 
+/// Whether a signal payload decodes as a step's signal type (why not, when it does not).
+pub(crate) type DecodeFn = fn(&Value) -> std::result::Result<(), String>;
+
 pub(crate) type CompensationFn<S> = Arc<
     dyn Fn(
             Arc<S>,
@@ -93,7 +96,7 @@ pub struct Step<S: Saga> {
     /// A sleep's end, computed (`Step::sleep_until`).
     wake: Option<WakeFn<S>>,
     /// Whether a signal payload decodes as the step's signal type.
-    decodes: Option<fn(&Value) -> std::result::Result<(), String>>,
+    decodes: Option<DecodeFn>,
 }
 
 /// A step while it is being declared, typed by its output `O` so that its compensation receives
@@ -588,10 +591,7 @@ impl<S: Saga> SagaDefinition<S> {
         self.steps.get(index).and_then(|step| step.wake.as_ref())
     }
 
-    pub(crate) fn decodes(
-        &self,
-        index: usize,
-    ) -> Option<fn(&Value) -> std::result::Result<(), String>> {
+    pub(crate) fn decodes(&self, index: usize) -> Option<DecodeFn> {
         self.steps.get(index).and_then(|step| step.decodes)
     }
 

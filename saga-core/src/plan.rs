@@ -10,7 +10,7 @@ use crate::retry::RetryPolicy;
 use crate::status::{Phase, SagaStatus, StepStatus};
 use crate::step::{FailureKind, StepError};
 use crate::store::{Change, InterventionKind, NewIntervention, SagaSnapshot, StepRecord};
-use crate::wait::{approval_signal, Approval, StepKind};
+use crate::wait::{Approval, StepKind};
 
 /// What a worker holding a saga's lease does next.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +100,22 @@ fn next_forward(
                 return stop_for_deadline(at);
             }
             if spec.kind.waits() {
+                // A signal that came before the saga got here is consumed at once.
+                if let Some(settled) = received(snapshot, spec, index, Attempt::FIRST) {
+                    let mut changes = vec![Change::BeginStep {
+                        index,
+                        name: spec.name.clone(),
+                        phase: Phase::Action,
+                        attempt: Attempt::FIRST,
+                        key: IdempotencyKey::for_step(
+                            snapshot.record.id,
+                            &spec.name,
+                            Phase::Action,
+                        ),
+                    }];
+                    changes.extend(settled);
+                    return Action::Record(changes);
+                }
                 return Action::Wait(Waiting {
                     index,
                     begins: true,
@@ -196,68 +212,109 @@ fn settle_wait(
     now: Timestamp,
 ) -> Option<Action> {
     let (index, attempt) = (record.index, record.attempt);
-    let complete = |output: serde_json::Value| {
-        Action::Record(vec![Change::CompleteStep {
+    if let Some(changes) = received(snapshot, spec, index, attempt) {
+        return Some(Action::Record(changes));
+    }
+    if record.next_attempt_at.is_none_or(|until| until > now) {
+        // Not over yet; a sleep without a recorded end (never written so) ends now.
+        return (matches!(spec.kind, StepKind::Sleep { .. }) && record.next_attempt_at.is_none())
+            .then(|| {
+                let now = serde_json::to_value(now).unwrap_or(serde_json::Value::Null);
+                Action::Record(vec![complete(spec, index, attempt, now)])
+            });
+    }
+    let until = record.next_attempt_at.unwrap_or(now);
+    Some(Action::Record(vec![match &spec.kind {
+        StepKind::Call => return None,
+        StepKind::Sleep { .. } => complete(
+            spec,
             index,
-            name: spec.name.clone(),
-            phase: Phase::Action,
             attempt,
-            output: Some(output),
-        }])
-    };
-    let fail = |message: String| {
-        Action::Record(vec![Change::FailStep {
+            serde_json::to_value(until).unwrap_or(serde_json::Value::Null),
+        ),
+        StepKind::Signal {
+            default: Some(default),
+            ..
+        } => complete(spec, index, attempt, default.clone()),
+        StepKind::Signal { name, .. } => fail(
+            spec,
             index,
-            name: spec.name.clone(),
-            phase: Phase::Action,
             attempt,
-            error: StepError::permanent(message),
-            retry_at: None,
-        }])
-    };
-    let rang = record.next_attempt_at.is_some_and(|until| until <= now);
-    match &spec.kind {
-        StepKind::Call => None,
-        StepKind::Sleep { .. } => {
-            let until = record.next_attempt_at.unwrap_or(now);
-            (rang || record.next_attempt_at.is_none())
-                .then(|| complete(serde_json::to_value(until).unwrap_or(serde_json::Value::Null)))
-        }
-        StepKind::Signal { name, default, .. } => {
-            if let Some(signal) = snapshot.signal(name) {
-                return Some(complete(signal.payload.clone()));
-            }
-            if !rang {
-                return None;
-            }
-            Some(match default {
-                Some(default) => complete(default.clone()),
-                None => fail(format!(
-                    "no signal `{name}` came before the wait ended{}",
-                    waited_since(record)
-                )),
-            })
-        }
+            format!(
+                "no signal `{name}` came before the wait ended{}",
+                waited_since(record)
+            ),
+        ),
+        StepKind::Approval { .. } => fail(
+            spec,
+            index,
+            attempt,
+            format!(
+                "nobody approved or rejected it before the wait ended{}",
+                waited_since(record)
+            ),
+        ),
+    }]))
+}
+
+/// What the signal a step waits for decides, once it came: its payload completes the step (an
+/// approval's rejection fails it); `None` while it has not come.
+fn received(
+    snapshot: &SagaSnapshot,
+    spec: &StepSpec,
+    index: StepIndex,
+    attempt: Attempt,
+) -> Option<Vec<Change>> {
+    let signal = snapshot.signal(&spec.kind.signal_name(&spec.name)?)?;
+    let change = match &spec.kind {
         StepKind::Approval { .. } => {
-            let signal = approval_signal(&spec.name);
-            if let Some(signal) = snapshot.signal(&signal) {
-                return Some(
-                    match serde_json::from_value::<Approval>(signal.payload.clone()) {
-                        Ok(decision) if decision.approved => complete(signal.payload.clone()),
-                        Ok(decision) => {
-                            fail(format!("rejected by {}: {}", decision.by, decision.reason))
-                        }
-                        Err(err) => fail(format!("the decision recorded is unreadable: {err}")),
-                    },
-                );
+            match serde_json::from_value::<Approval>(signal.payload.clone()) {
+                Ok(decision) if decision.approved => {
+                    complete(spec, index, attempt, signal.payload.clone())
+                }
+                Ok(decision) => fail(
+                    spec,
+                    index,
+                    attempt,
+                    format!("rejected by {}: {}", decision.by, decision.reason),
+                ),
+                Err(err) => fail(
+                    spec,
+                    index,
+                    attempt,
+                    format!("the decision recorded is unreadable: {err}"),
+                ),
             }
-            rang.then(|| {
-                fail(format!(
-                    "nobody approved or rejected it before the wait ended{}",
-                    waited_since(record)
-                ))
-            })
         }
+        _ => complete(spec, index, attempt, signal.payload.clone()),
+    };
+    Some(vec![change])
+}
+
+fn complete(
+    spec: &StepSpec,
+    index: StepIndex,
+    attempt: Attempt,
+    output: serde_json::Value,
+) -> Change {
+    Change::CompleteStep {
+        index,
+        name: spec.name.clone(),
+        phase: Phase::Action,
+        attempt,
+        output: Some(output),
+    }
+}
+
+/// A waiting step's known failure: waiting took no effect.
+fn fail(spec: &StepSpec, index: StepIndex, attempt: Attempt, message: String) -> Change {
+    Change::FailStep {
+        index,
+        name: spec.name.clone(),
+        phase: Phase::Action,
+        attempt,
+        error: StepError::permanent(message),
+        retry_at: None,
     }
 }
 

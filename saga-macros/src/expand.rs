@@ -13,7 +13,7 @@ use crate::constants::{self, constant_ident, StepConstant};
 use crate::fingerprint::fingerprint;
 use crate::function_paths::referenced;
 use crate::parse::{self, DurationInput, Errors, RetryInput, SagaInput};
-use crate::validate::{self, default_crate, Compensation, SagaModel, StepModel};
+use crate::validate::{self, default_crate, Compensation, SagaModel, StepKind, StepModel};
 
 /// The whole derive: `impl Saga for ...` and the step-name constants, or every problem found in
 /// the declaration followed by [`fallback`] items, so that those problems are the only errors.
@@ -43,6 +43,10 @@ fn expand(saga: &SagaModel) -> TokenStream {
     let name = &saga.name;
     let version = Literal::u32_unsuffixed(saga.version);
     let fingerprint = LitStr::new(&fingerprint(saga), Span::call_site());
+    let deadline = saga.deadline.as_ref().map(|deadline| {
+        let deadline = duration(deadline, &private);
+        quote!(.deadline(#deadline))
+    });
     let steps = saga.steps.iter().map(|step| expand_step(step, krate));
     let constants = constants::expand(
         ident,
@@ -65,6 +69,7 @@ fn expand(saga: &SagaModel) -> TokenStream {
             fn definition() -> #private::SagaDefinition<Self> {
                 #private::SagaDefinition::new(#name, #version)
                     .with_fingerprint(#fingerprint)
+                    #deadline
                     #( .step(#steps) )*
             }
         }
@@ -120,8 +125,9 @@ fn fallback(saga: &SagaInput) -> TokenStream {
     }
 }
 
-/// One step: `Step::<Self>::new(Self::NAME, action)`, then one builder call per option, each
-/// taking the previous one's result:
+/// One step: `Step::<Self>::new(Self::NAME, action)` (for a waiting step `Step::<Self>::sleep`,
+/// `sleep_until`, `signal::<T>` or `approval`), then one builder call per option, each taking
+/// the previous one's result:
 ///
 /// ```text
 /// {
@@ -138,22 +144,44 @@ fn fallback(saga: &SagaInput) -> TokenStream {
 /// reported once per missing trait, on the action, instead of also as "method exists but its
 /// trait bounds were not satisfied" on `#[derive(Saga)]`. The calls that take the user's
 /// functions carry the span of the function path, so that a missing function or a wrong
-/// signature is reported on the user's `#[step(...)]` token.
+/// signature is reported on the user's `#[step(...)]` token. A waiting step is built on the
+/// span of what it waits for, so that a signal type that is not a `Signal` is reported on the
+/// type.
 fn expand_step(step: &StepModel, krate: &Path) -> TokenStream {
-    let span = step.action.span();
+    let span = step.kind.span();
     let var = Ident::new(&step.local_name(), span);
     let builder = respan(quote!(#krate::StepBuilder), span);
     let private_here = respan(quote!(#krate::__private), span);
     let private = quote!(#krate::__private);
     let constant = &step.constant;
     let functions = step.function_names();
-    let action = referenced(&step.action, &functions);
-    let mut calls = vec![(
-        span,
-        quote_spanned! {span=>
-            #private_here::Step::<Self>::new(Self::#constant, #action)
+    let first = match &step.kind {
+        StepKind::Call(action) => {
+            let action = referenced(action, &functions);
+            quote_spanned! {span=>
+                #private_here::Step::<Self>::new(Self::#constant, #action)
+            }
+        }
+        StepKind::Sleep(length) => {
+            let length = duration(length, &private);
+            quote_spanned! {span=>
+                #private_here::Step::<Self>::sleep(Self::#constant, #length)
+            }
+        }
+        StepKind::SleepUntil(wake) => {
+            let wake = referenced(wake, &functions);
+            quote_spanned! {span=>
+                #private_here::Step::<Self>::sleep_until(Self::#constant, #wake)
+            }
+        }
+        StepKind::Signal { ty, .. } => quote_spanned! {span=>
+            #private_here::Step::<Self>::signal::<#ty>(Self::#constant)
         },
-    )];
+        StepKind::Approval(_) => quote_spanned! {span=>
+            #private_here::Step::<Self>::approval(Self::#constant)
+        },
+    };
+    let mut calls = vec![(span, first)];
     let mut call = |span: Span, method: &str, argument: Option<TokenStream>| {
         let method = Ident::new(method, span);
         let builder = respan(builder.clone(), span);
@@ -172,6 +200,7 @@ fn expand_step(step: &StepModel, krate: &Path) -> TokenStream {
             );
         }
         Compensation::Irreversible => call(span, "irreversible", None),
+        Compensation::NothingToUndo => {}
     }
     if let Some(path) = &step.probe {
         call(path.span(), "probe", Some(referenced(path, &functions)));
@@ -199,7 +228,31 @@ fn expand_step(step: &StepModel, krate: &Path) -> TokenStream {
             Some(duration(timeout, &private)),
         );
     }
-    // There is always a last call: `compensate` or `irreversible`.
+    if let StepKind::Signal {
+        ty,
+        default: Some(default),
+    } = &step.kind
+    {
+        // The user's function as a `fn() -> T`, on its path: a wrong signature is reported
+        // there as such ("expected fn pointer `fn() -> T`"), where a call of it would have
+        // rustc suggest building `T` around the path, which `default = ...` does not accept.
+        let default_span = default.span();
+        let default = referenced(default, &functions);
+        call(
+            default_span,
+            "or_default",
+            Some(quote_spanned! {default_span=>
+                {
+                    let default: fn() -> #ty = #default;
+                    default()
+                }
+            }),
+        );
+    }
+    if step.pivot {
+        call(span, "pivot", None);
+    }
+    // There is always a last call: the constructor, if nothing follows it.
     let last = calls.pop().map(|(_, call)| call);
     let statements = calls
         .into_iter()
@@ -343,6 +396,24 @@ mod tests {
         });
         insta::assert_snapshot!("unit_enum_methods", code);
         insta::assert_snapshot!("unit_enum_methods_fingerprint", fingerprint);
+    }
+
+    #[test]
+    fn waiting_steps_a_pivot_and_a_deadline() {
+        let (code, fingerprint) = expansion(syn::parse_quote! {
+            #[derive(Saga)]
+            #[saga(name = "promotion", version = 1, input = Order, deadline = "2h")]
+            #[step(reserve_budget, compensate = release_budget)]
+            #[step(remind_later, sleep = "24h")]
+            #[step(remind_at, sleep_until = Self::remind_time)]
+            #[step(payment_confirmed, await_signal = webhooks::Payment, timeout = "30m",
+                   default = no_payment, compensate = refund_payment)]
+            #[step(approve_budget, approval, timeout = "2h")]
+            #[step(publish, irreversible, pivot)]
+            struct Promotion;
+        });
+        insta::assert_snapshot!("waiting", code);
+        insta::assert_snapshot!("waiting_fingerprint", fingerprint);
     }
 
     #[test]

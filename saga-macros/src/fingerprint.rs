@@ -4,14 +4,23 @@
 //!
 //! It covers what an in-flight saga depends on: the saga name, the input type, and for each step
 //! in order its name, whether it is compensable and the path of its action (which stands for its
-//! output type, invisible to a macro). Retry policies and timeouts are left out: changing them
-//! is safe for sagas in flight. Types and paths are hashed token by token, so formatting does not
-//! matter, but `crate::Order` and `Order` are different spellings and so different fingerprints.
+//! output type, invisible to a macro). Retry policies and the timeouts of actions are left out:
+//! changing them is safe for sagas in flight. Types and paths are hashed token by token, so
+//! formatting does not matter, but `crate::Order` and `Order` are different spellings and so
+//! different fingerprints.
+//!
+//! Waiting steps, pivots and a saga deadline add fields only where they are declared, so that
+//! the fingerprint of a saga without them is the one it always had: a waiting step hashes what it
+//! waits for (a sleep's length, a wake-time function's path, a signal type as written, whether
+//! it has a default) and how long (a wait's `timeout`), as the core's own fingerprint does. Each
+//! such field is text that no step name (an identifier) and no action path (tokens separated by
+//! spaces) can be, so no two declarations hash the same fields.
 
 use proc_macro2::{Delimiter, TokenStream, TokenTree};
 use quote::ToTokens;
 
-use crate::validate::{Compensation, SagaModel};
+use crate::duration;
+use crate::validate::{Compensation, SagaModel, StepKind, StepModel};
 
 /// Bumped if the hashed layout ever changes, which changes every fingerprint.
 const LAYOUT: &str = "saga-derive-fingerprint/1";
@@ -22,15 +31,57 @@ pub(crate) fn fingerprint(saga: &SagaModel) -> String {
     hash.field(LAYOUT);
     hash.field(&saga.name.value());
     hash.field(&canonical(saga.input.to_token_stream()));
+    if let Some(deadline) = &saga.deadline {
+        hash.field(&format!("deadline:{}", duration::literal(deadline.millis)));
+    }
     for step in &saga.steps {
         hash.field(&step.name_text);
         hash.field(match step.compensation {
             Compensation::Compensate(_) => "compensable",
             Compensation::Irreversible => "irreversible",
+            Compensation::NothingToUndo => "nothing to undo",
         });
-        hash.field(&canonical(step.action.to_token_stream()));
+        match &step.kind {
+            StepKind::Call(action) => hash.field(&canonical(action.to_token_stream())),
+            _ => wait_fields(&mut hash, step),
+        }
+        if step.pivot {
+            hash.field("+pivot");
+        }
     }
     format!("{:016x}", hash.0)
+}
+
+/// The fields of a waiting step after its compensation: `wait:<kind>`, then what it waits for.
+fn wait_fields(hash: &mut Fnv1a, step: &StepModel) {
+    let timeout = |hash: &mut Fnv1a| {
+        if let Some(timeout) = &step.timeout {
+            hash.field(&format!("timeout:{}", duration::literal(timeout.millis)));
+        }
+    };
+    match &step.kind {
+        StepKind::Call(_) => {}
+        StepKind::Sleep(length) => {
+            hash.field("wait:sleep");
+            hash.field(&duration::literal(length.millis));
+        }
+        StepKind::SleepUntil(wake) => {
+            hash.field("wait:sleep_until");
+            hash.field(&canonical(wake.to_token_stream()));
+        }
+        StepKind::Signal { ty, default } => {
+            hash.field("wait:signal");
+            hash.field(&canonical(ty.to_token_stream()));
+            timeout(hash);
+            if default.is_some() {
+                hash.field("+default");
+            }
+        }
+        StepKind::Approval(_) => {
+            hash.field("wait:approval");
+            timeout(hash);
+        }
+    }
 }
 
 /// FNV-1a over length-prefixed fields, so that no two field lists hash the same bytes.
@@ -200,6 +251,176 @@ mod tests {
         for (index, fingerprint) in changed.iter().enumerate() {
             assert_ne!(fingerprint, &base, "change {index} kept the fingerprint");
         }
+    }
+
+    /// A saga with every new attribute, each changed in turn below.
+    fn waiting() -> String {
+        fingerprint_of(syn::parse_quote! {
+            #[saga(name = "checkout", version = 1, input = Order, deadline = "2h")]
+            #[step(reserve_stock, compensate = release_stock)]
+            #[step(charge_card, compensate = refund)]
+            #[step(remind_later, sleep = "24h")]
+            #[step(paid, await_signal = Paid, timeout = "30m", default = unpaid)]
+            #[step(approve, approval, timeout = "2h", pivot)]
+            struct Checkout;
+        })
+    }
+
+    #[test]
+    fn the_new_attributes_count_only_where_declared() {
+        // Writing a sleep as "1440m" rather than "24h", or reordering options, keeps it.
+        let same = fingerprint_of(syn::parse_quote! {
+            #[saga(deadline = "120m", name = "checkout", version = 2, input = Order)]
+            #[step(reserve_stock, compensate = release_stock)]
+            #[step(charge_card, compensate = refund, timeout = "5s")]
+            #[step(remind_later, sleep = "1440m")]
+            #[step(paid, default = other_default, timeout = "1800s", await_signal = Paid)]
+            #[step(approve, pivot, timeout = "2h", approval)]
+            struct Checkout;
+        });
+        assert_eq!(same, waiting());
+        assert_ne!(waiting(), base());
+    }
+
+    #[test]
+    fn each_new_attribute_changes_it() {
+        let changed = [
+            // No deadline, another deadline.
+            fingerprint_of(syn::parse_quote! {
+                #[saga(name = "checkout", version = 1, input = Order)]
+                #[step(reserve_stock, compensate = release_stock)]
+                #[step(charge_card, compensate = refund)]
+                #[step(remind_later, sleep = "24h")]
+                #[step(paid, await_signal = Paid, timeout = "30m", default = unpaid)]
+                #[step(approve, approval, timeout = "2h", pivot)]
+                struct Checkout;
+            }),
+            fingerprint_of(syn::parse_quote! {
+                #[saga(name = "checkout", version = 1, input = Order, deadline = "3h")]
+                #[step(reserve_stock, compensate = release_stock)]
+                #[step(charge_card, compensate = refund)]
+                #[step(remind_later, sleep = "24h")]
+                #[step(paid, await_signal = Paid, timeout = "30m", default = unpaid)]
+                #[step(approve, approval, timeout = "2h", pivot)]
+                struct Checkout;
+            }),
+            // Another sleep, a computed sleep.
+            fingerprint_of(syn::parse_quote! {
+                #[saga(name = "checkout", version = 1, input = Order, deadline = "2h")]
+                #[step(reserve_stock, compensate = release_stock)]
+                #[step(charge_card, compensate = refund)]
+                #[step(remind_later, sleep = "25h")]
+                #[step(paid, await_signal = Paid, timeout = "30m", default = unpaid)]
+                #[step(approve, approval, timeout = "2h", pivot)]
+                struct Checkout;
+            }),
+            fingerprint_of(syn::parse_quote! {
+                #[saga(name = "checkout", version = 1, input = Order, deadline = "2h")]
+                #[step(reserve_stock, compensate = release_stock)]
+                #[step(charge_card, compensate = refund)]
+                #[step(remind_later, sleep_until = tomorrow)]
+                #[step(paid, await_signal = Paid, timeout = "30m", default = unpaid)]
+                #[step(approve, approval, timeout = "2h", pivot)]
+                struct Checkout;
+            }),
+            // Another signal type, no timeout, no default, a compensation.
+            fingerprint_of(syn::parse_quote! {
+                #[saga(name = "checkout", version = 1, input = Order, deadline = "2h")]
+                #[step(reserve_stock, compensate = release_stock)]
+                #[step(charge_card, compensate = refund)]
+                #[step(remind_later, sleep = "24h")]
+                #[step(paid, await_signal = webhooks::Paid, timeout = "30m", default = unpaid)]
+                #[step(approve, approval, timeout = "2h", pivot)]
+                struct Checkout;
+            }),
+            fingerprint_of(syn::parse_quote! {
+                #[saga(name = "checkout", version = 1, input = Order, deadline = "2h")]
+                #[step(reserve_stock, compensate = release_stock)]
+                #[step(charge_card, compensate = refund)]
+                #[step(remind_later, sleep = "24h")]
+                #[step(paid, await_signal = Paid, default = unpaid)]
+                #[step(approve, approval, timeout = "2h", pivot)]
+                struct Checkout;
+            }),
+            fingerprint_of(syn::parse_quote! {
+                #[saga(name = "checkout", version = 1, input = Order, deadline = "2h")]
+                #[step(reserve_stock, compensate = release_stock)]
+                #[step(charge_card, compensate = refund)]
+                #[step(remind_later, sleep = "24h")]
+                #[step(paid, await_signal = Paid, timeout = "30m")]
+                #[step(approve, approval, timeout = "2h", pivot)]
+                struct Checkout;
+            }),
+            fingerprint_of(syn::parse_quote! {
+                #[saga(name = "checkout", version = 1, input = Order, deadline = "2h")]
+                #[step(reserve_stock, compensate = release_stock)]
+                #[step(charge_card, compensate = refund)]
+                #[step(remind_later, sleep = "24h")]
+                #[step(paid, await_signal = Paid, timeout = "30m", default = unpaid, compensate = refund_paid)]
+                #[step(approve, approval, timeout = "2h", pivot)]
+                struct Checkout;
+            }),
+            // Another approval timeout, no pivot, the pivot elsewhere, a signal for the approval.
+            fingerprint_of(syn::parse_quote! {
+                #[saga(name = "checkout", version = 1, input = Order, deadline = "2h")]
+                #[step(reserve_stock, compensate = release_stock)]
+                #[step(charge_card, compensate = refund)]
+                #[step(remind_later, sleep = "24h")]
+                #[step(paid, await_signal = Paid, timeout = "30m", default = unpaid)]
+                #[step(approve, approval, timeout = "1h", pivot)]
+                struct Checkout;
+            }),
+            fingerprint_of(syn::parse_quote! {
+                #[saga(name = "checkout", version = 1, input = Order, deadline = "2h")]
+                #[step(reserve_stock, compensate = release_stock)]
+                #[step(charge_card, compensate = refund)]
+                #[step(remind_later, sleep = "24h")]
+                #[step(paid, await_signal = Paid, timeout = "30m", default = unpaid)]
+                #[step(approve, approval, timeout = "2h")]
+                struct Checkout;
+            }),
+            fingerprint_of(syn::parse_quote! {
+                #[saga(name = "checkout", version = 1, input = Order, deadline = "2h")]
+                #[step(reserve_stock, compensate = release_stock)]
+                #[step(charge_card, compensate = refund)]
+                #[step(remind_later, sleep = "24h", pivot)]
+                #[step(paid, await_signal = Paid, timeout = "30m", default = unpaid)]
+                #[step(approve, approval, timeout = "2h")]
+                struct Checkout;
+            }),
+            fingerprint_of(syn::parse_quote! {
+                #[saga(name = "checkout", version = 1, input = Order, deadline = "2h")]
+                #[step(reserve_stock, compensate = release_stock)]
+                #[step(charge_card, compensate = refund)]
+                #[step(remind_later, sleep = "24h")]
+                #[step(paid, await_signal = Paid, timeout = "30m", default = unpaid)]
+                #[step(approve, await_signal = Approval, timeout = "2h", pivot)]
+                struct Checkout;
+            }),
+        ];
+        let waiting = waiting();
+        for (index, fingerprint) in changed.iter().enumerate() {
+            assert_ne!(fingerprint, &waiting, "change {index} kept the fingerprint");
+        }
+        let distinct: std::collections::HashSet<&String> = changed.iter().collect();
+        assert_eq!(distinct.len(), changed.len(), "two changes hashed the same");
+    }
+
+    #[test]
+    fn a_pivot_on_a_step_that_calls_its_action_changes_it() {
+        let pivot = fingerprint_of(syn::parse_quote! {
+            #[saga(name = "checkout", version = 1, input = Order)]
+            #[step(reserve_stock, compensate = release_stock)]
+            #[step(charge_card, irreversible, pivot)]
+            struct Checkout;
+        });
+        let no_pivot = fingerprint_of(syn::parse_quote! {
+            #[saga(name = "checkout", version = 1, input = Order)]
+            #[step(reserve_stock, compensate = release_stock)]
+            #[step(charge_card, irreversible)]
+            struct Checkout;
+        });
+        assert_ne!(pivot, no_pivot);
     }
 
     #[test]

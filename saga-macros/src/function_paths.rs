@@ -7,16 +7,22 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{ExprPath, Ident};
 
-use crate::validate::{Compensation, StepModel};
+use crate::validate::{Compensation, StepKind, StepModel};
 
 impl StepModel {
-    /// The step's function paths: its action, then its compensation and probe if any.
+    /// The step's function paths: its action or wake-time function, then its compensation,
+    /// probe and signal default if any.
     fn paths(&self) -> impl Iterator<Item = &ExprPath> {
+        let (own, default) = match &self.kind {
+            StepKind::Call(path) | StepKind::SleepUntil(path) => (Some(path), None),
+            StepKind::Signal { default, .. } => (None, default.as_ref()),
+            StepKind::Sleep(_) | StepKind::Approval(_) => (None, None),
+        };
         let compensation = match &self.compensation {
             Compensation::Compensate(path) => Some(path),
-            Compensation::Irreversible => None,
+            Compensation::Irreversible | Compensation::NothingToUndo => None,
         };
-        [Some(&self.action), compensation, self.probe.as_ref()]
+        [own, compensation, self.probe.as_ref(), default]
             .into_iter()
             .flatten()
     }
@@ -113,7 +119,10 @@ mod tests {
             struct X;
         });
         let names = step.function_names();
-        let action = referenced(&step.action, &names).to_string();
+        let StepKind::Call(action) = &step.kind else {
+            panic!("the step calls an action");
+        };
+        let action = referenced(action, &names).to_string();
         assert_eq!(action, "{ fn release_stock () { } reserve_stock }");
         let Compensation::Compensate(compensation) = &step.compensation else {
             panic!("the step is compensable");

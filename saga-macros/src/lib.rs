@@ -12,6 +12,7 @@ mod fingerprint;
 mod function_paths;
 mod parse;
 mod validate;
+mod wait;
 
 use proc_macro::TokenStream;
 
@@ -92,6 +93,7 @@ use proc_macro::TokenStream;
 /// | `version = 1` | yes | the definition version; bump it when the steps change (see below) |
 /// | `input = Order` | yes | the input type: `Serialize + DeserializeOwned + Send + Sync + 'static` |
 /// | `crate = path` | no | the path of the `saga` crate if it was renamed, e.g. `crate = ::my_saga` (default `::saga`) |
+/// | `deadline = "2h"` | no | how long the saga may run, from its start (`SagaDefinition::deadline`) |
 ///
 /// # `#[step(...)]`
 ///
@@ -107,10 +109,11 @@ use proc_macro::TokenStream;
 /// | `timeout = "10s"` | timeout of one attempt of the action |
 /// | `compensation_retry(...)` | retry policy of the compensation, same keys as `retry` |
 /// | `compensation_timeout = "10s"` | timeout of one attempt of the compensation |
+/// | `pivot` | the step is the saga's point of no return (`StepBuilder::pivot`); it has no `compensate` |
 ///
-/// Every step has exactly one of `compensate` and `irreversible`, so a forgotten compensation is
-/// a compile error rather than a silent gap; an `irreversible` step takes no `compensation_*`
-/// options. Unset options keep the builder's defaults
+/// Every step that calls an action has exactly one of `compensate` and `irreversible`, so a
+/// forgotten compensation is a compile error rather than a silent gap; an `irreversible` step
+/// takes no `compensation_*` options. Unset options keep the builder's defaults
 /// (`RetryPolicy::default()`: 3 attempts, 100 ms base, 30 s cap; timeouts of 30 s).
 /// `max_attempts` counts the first attempt and is at least 1. Durations are string literals of a
 /// whole number and a unit, `ms`, `s`, `m` or `h`, checked at compile time.
@@ -123,6 +126,69 @@ use proc_macro::TokenStream;
 /// ```text
 /// async fn action(saga: Arc<S>, ctx: StepContext<I>) -> Result<O, StepError>
 /// async fn compensation(saga: Arc<S>, ctx: StepContext<I>, output: O) -> Result<(), StepError>
+/// ```
+///
+/// # Waiting steps
+///
+/// A step with one of these options waits instead of calling an action; it holds no worker
+/// while it waits:
+///
+/// | option | the step | its output |
+/// |---|---|---|
+/// | `sleep = "24h"` | sleeps this long from when the saga reaches it (`Step::sleep`) | its wake time |
+/// | `sleep_until = path` | sleeps until the time `path` computes then (`Step::sleep_until`) | its wake time |
+/// | `await_signal = Type` | waits for the signal `Type`, which implements `Signal` (`Step::signal`) | the signal's payload |
+/// | `approval` | waits for a person's decision (`Step::approval`) | the `Approval` |
+///
+/// `timeout = "30m"` bounds the wait of an `await_signal` or `approval` step: at the timeout it
+/// fails and the saga compensates, unless an `await_signal` step has `default = path`, a
+/// `fn() -> Type` whose value is then its output. A sleep takes no `timeout` (its length is its
+/// duration). A waiting step needs neither `compensate` nor `irreversible` and takes none of an
+/// action's options (`action`, `probe`, `retry`, `transactional`); an `await_signal` step may
+/// have `compensate = path`, whose compensation receives the signal's payload. It may be the
+/// `pivot`. The functions have these shapes:
+///
+/// ```text
+/// fn wake_time(saga: &S, ctx: &StepContext<I>) -> Result<Timestamp, StepError>   // sleep_until
+/// fn default_payload() -> Type                                                     // default
+/// async fn compensation(saga: Arc<S>, ctx: StepContext<I>, payload: Type) -> Result<(), StepError>
+/// ```
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use saga::{Saga, Signal, StepContext, StepError, StepKind, Timestamp};
+/// # use saga_macros::Saga;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct PaymentWebhook { paid: bool }
+/// impl Signal for PaymentWebhook {
+///     const NAME: &'static str = "payment_webhook";
+/// }
+///
+/// #[derive(Saga)]
+/// #[saga(name = "promotion", version = 1, input = u64, deadline = "72h")]
+/// #[step(remind_later, sleep = "24h")]
+/// #[step(payment_confirmed, await_signal = PaymentWebhook, timeout = "30m", default = unpaid)]
+/// #[step(approve_budget, approval, timeout = "2h")]
+/// #[step(publish, irreversible, pivot)]
+/// struct Promotion;
+///
+/// fn unpaid() -> PaymentWebhook {
+///     PaymentWebhook { paid: false }
+/// }
+/// async fn publish(_: Arc<Promotion>, ctx: StepContext<u64>) -> Result<(), StepError> {
+///     let _woke_at: Timestamp = ctx.output(Promotion::REMIND_LATER)?;
+///     let _payment: PaymentWebhook = ctx.output(Promotion::PAYMENT_CONFIRMED)?;
+///     Ok(())
+/// }
+///
+/// let definition = Promotion::definition();
+/// assert_eq!(definition.deadline_after_start(), Some(Duration::from_secs(72 * 3_600)));
+/// let specs = definition.specs();
+/// assert_eq!(specs[0].kind, StepKind::Sleep { duration: Some(Duration::from_secs(86_400)) });
+/// assert!(specs[3].pivot);
 /// ```
 ///
 /// Paths may name functions in other modules (`payments::refund`), associated functions
@@ -153,15 +219,21 @@ use proc_macro::TokenStream;
 /// type as written, and per step its name, order, whether it is compensable and its action's path
 /// as written. Each saga records the fingerprint it started with; a saga whose definition changed
 /// without a version bump is parked with a readable reason rather than run against other steps.
-/// Read it with `Checkout::definition().fingerprint()`. Retry policies and timeouts are not part
-/// of it: changing them is safe for sagas in flight.
+/// Read it with `Checkout::definition().fingerprint()`. Retry policies and the timeouts of
+/// actions are not part of it: changing them is safe for sagas in flight. Waiting steps, pivots
+/// and a deadline are, where declared: what a step waits for (a sleep's length, the path of
+/// `sleep_until`, the signal type as written, whether it has a `default`), the `timeout` of its
+/// wait, the `pivot` mark and the saga's `deadline`. A saga that declares none of them keeps the
+/// fingerprint it had before they existed.
 ///
 /// # Errors
 ///
 /// Every mistake in a declaration is reported in one build, on the offending token, with how to
 /// fix it: a missing `#[saga(...)]` key, an unknown option, an invalid duration, `max_attempts =
 /// 0`, a saga with no steps, two steps with one name, a step with both or neither of `compensate`
-/// and `irreversible`. Those are then the only errors: the derive still implements `Saga` (with
+/// and `irreversible`, a waiting step with two wait kinds or with an option it does not take
+/// (an action's options, `compensate` on a sleep or an approval, `timeout` on a sleep),
+/// `default` without `await_signal`, a `pivot` with `compensate`. Those are then the only errors: the derive still implements `Saga` (with
 /// no steps) and the constants of the steps it could read, so code using the type does not add
 /// "no function `definition` found" and the like.
 ///
@@ -169,7 +241,8 @@ use proc_macro::TokenStream;
 /// `#[step(...)]`: a function that does not exist ("cannot find value"), one with the wrong
 /// signature, including one written for another saga type (expected `fn(Arc<Checkout>, ...)`,
 /// found `fn(Arc<Other>, ...)`), and an action whose output does not implement `Serialize` or
-/// `DeserializeOwned`.
+/// `DeserializeOwned`. Likewise a `sleep_until` or `default` function with the wrong signature,
+/// and an `await_signal` type that does not implement `Signal`, are reported on the token.
 #[proc_macro_derive(Saga, attributes(saga, step))]
 pub fn derive_saga(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);

@@ -14,10 +14,10 @@ use syn::{
 use crate::duration;
 
 /// The options of `#[saga(...)]`, for error messages.
-pub(crate) const SAGA_OPTIONS: &str = "name, version, input, crate";
+pub(crate) const SAGA_OPTIONS: &str = "name, version, input, crate, deadline";
 /// The options of `#[step(...)]`, for error messages.
 pub(crate) const STEP_OPTIONS: &str =
-    "action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout";
+    "action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, pivot";
 /// The options of `retry(...)` and `compensation_retry(...)`, for error messages.
 pub(crate) const RETRY_OPTIONS: &str = "max_attempts, base, max_delay";
 
@@ -69,6 +69,8 @@ pub(crate) struct SagaInput {
     pub(crate) input: Option<Type>,
     /// `crate = path`.
     pub(crate) krate: Option<Path>,
+    /// `deadline = "..."`: how long the saga may run, counted from its start.
+    pub(crate) deadline: Option<DurationInput>,
     /// The steps that were read, in order.
     pub(crate) steps: Vec<StepInput>,
     /// How many `#[step(...)]` attributes there are, including unreadable ones.
@@ -97,14 +99,70 @@ pub(crate) struct StepInput {
     pub(crate) compensation_retry: Option<RetryInput>,
     /// `compensation_timeout = "..."`.
     pub(crate) compensation_timeout: Option<DurationInput>,
+    /// What the step waits for, if it waits: `sleep`, `sleep_until`, `await_signal` or
+    /// `approval`.
+    pub(crate) wait: Option<WaitInput>,
+    /// `default = path`: the output of a signal step whose wait times out.
+    pub(crate) default: Option<ExprPath>,
+    /// The `pivot` flag.
+    pub(crate) pivot: Option<Span>,
     /// An option of this step had an unreadable value, so cross-checks on it are skipped.
     pub(crate) broken: bool,
+}
+
+/// The wait of a waiting step, as written; the key is kept even when its value is unreadable,
+/// so that the options a waiting step does not take are still reported.
+pub(crate) struct WaitInput {
+    /// Where the key (`sleep`, `await_signal`, ...) was written.
+    pub(crate) span: Span,
+    /// What it waits for.
+    pub(crate) kind: WaitKindInput,
+}
+
+/// What a waiting step waits for.
+pub(crate) enum WaitKindInput {
+    /// `sleep = "24h"`; `None` when the duration is unreadable.
+    Sleep(Option<DurationInput>),
+    /// `sleep_until = path`; `None` when the path is unreadable.
+    SleepUntil(Option<ExprPath>),
+    /// `await_signal = Type`.
+    Signal(Box<Type>),
+    /// The `approval` flag.
+    Approval,
+}
+
+impl WaitKindInput {
+    /// The key it is written with.
+    pub(crate) fn key(&self) -> &'static str {
+        match self {
+            WaitKindInput::Sleep(_) => "sleep",
+            WaitKindInput::SleepUntil(_) => "sleep_until",
+            WaitKindInput::Signal(_) => "await_signal",
+            WaitKindInput::Approval => "approval",
+        }
+    }
 }
 
 impl StepInput {
     /// The name as the orchestrator sees it (`r#type` is the step `type`).
     pub(crate) fn name_text(&self) -> String {
         self.name.unraw().to_string()
+    }
+
+    /// The compensation settings given, with where they were written.
+    pub(crate) fn compensation_settings(&self) -> impl Iterator<Item = (&'static str, Span)> {
+        [
+            (
+                "compensation_retry",
+                self.compensation_retry.map(|r| r.span),
+            ),
+            (
+                "compensation_timeout",
+                self.compensation_timeout.map(|d| d.span),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, span)| Some((key, span?)))
     }
 }
 
@@ -143,6 +201,7 @@ pub(crate) fn saga_input(input: &DeriveInput, errors: &mut Errors) -> SagaInput 
         version: None,
         input: None,
         krate: None,
+        deadline: None,
         steps: Vec::new(),
         step_attrs: 0,
     };
@@ -205,6 +264,10 @@ fn saga_option(
             value.call(Path::parse_mod_style)?
         };
         set_once(&mut saga.krate, krate, path, "#[saga(...)]", errors);
+    } else if path.is_ident("deadline") {
+        if let Some(deadline) = duration_value(meta, "deadline", errors)? {
+            set_once(&mut saga.deadline, deadline, path, "#[saga(...)]", errors);
+        }
     } else {
         errors.push(syn::Error::new_spanned(
             path,
@@ -265,6 +328,9 @@ fn step_name(meta: &ParseNestedMeta<'_>) -> syn::Result<StepInput> {
         timeout: None,
         compensation_retry: None,
         compensation_timeout: None,
+        wait: None,
+        default: None,
+        pivot: None,
         broken: false,
     })
 }
@@ -278,38 +344,54 @@ fn step_option(
     let path = &meta.path;
     let place = format!("step `{}`", step.name_text());
     if path.is_ident("action") {
-        match function_path(meta, "action", "action = charge_card", errors)? {
+        match function_path(meta, "action", ASYNC_FN, "action = charge_card", errors)? {
             Some(value) => set_once(&mut step.action, value, path, &place, errors),
             None => step.broken = true,
         }
     } else if path.is_ident("compensate") {
-        match function_path(meta, "compensate", "compensate = refund", errors)? {
+        match function_path(meta, "compensate", ASYNC_FN, "compensate = refund", errors)? {
             Some(value) => set_once(&mut step.compensate, value, path, &place, errors),
             None => step.broken = true,
         }
     } else if path.is_ident("probe") {
-        match function_path(meta, "probe", "probe = charge_status", errors)? {
+        match function_path(meta, "probe", ASYNC_FN, "probe = charge_status", errors)? {
             Some(value) => set_once(&mut step.probe, value, path, &place, errors),
             None => step.broken = true,
         }
     } else if path.is_ident("irreversible") {
-        if !(meta.input.is_empty() || meta.input.peek(Token![,])) {
-            errors.push(syn::Error::new_spanned(
-                path,
-                "`irreversible` is a flag and takes no value; write just `irreversible`",
-            ));
-            skip_value(meta)?;
-        }
+        flag(meta, "irreversible", errors)?;
         set_once(&mut step.irreversible, path.span(), path, &place, errors);
     } else if path.is_ident("transactional") {
-        if !(meta.input.is_empty() || meta.input.peek(Token![,])) {
-            errors.push(syn::Error::new_spanned(
-                path,
-                "`transactional` is a flag and takes no value; write just `transactional`",
-            ));
-            skip_value(meta)?;
-        }
+        flag(meta, "transactional", errors)?;
         set_once(&mut step.transactional, path.span(), path, &place, errors);
+    } else if path.is_ident("pivot") {
+        flag(meta, "pivot", errors)?;
+        set_once(&mut step.pivot, path.span(), path, &place, errors);
+    } else if path.is_ident("sleep") {
+        let duration = duration_value(meta, "sleep", errors)?;
+        step.broken |= duration.is_none();
+        set_wait(step, WaitKindInput::Sleep(duration), path, errors);
+    } else if path.is_ident("sleep_until") {
+        let wake = function_path(
+            meta,
+            "sleep_until",
+            PLAIN_FN,
+            "sleep_until = remind_at",
+            errors,
+        )?;
+        step.broken |= wake.is_none();
+        set_wait(step, WaitKindInput::SleepUntil(wake), path, errors);
+    } else if path.is_ident("await_signal") {
+        let ty: Type = meta.value()?.parse()?;
+        set_wait(step, WaitKindInput::Signal(Box::new(ty)), path, errors);
+    } else if path.is_ident("approval") {
+        flag(meta, "approval", errors)?;
+        set_wait(step, WaitKindInput::Approval, path, errors);
+    } else if path.is_ident("default") {
+        match function_path(meta, "default", PLAIN_FN, "default = no_payment", errors)? {
+            Some(value) => set_once(&mut step.default, value, path, &place, errors),
+            None => step.broken = true,
+        }
     } else if path.is_ident("retry") || path.is_ident("compensation_retry") {
         let key = path_text(path);
         match retry_input(meta, &key, errors)? {
@@ -337,6 +419,47 @@ fn step_option(
         skip_value(meta)?;
     }
     Ok(())
+}
+
+/// Checks that a flag (`irreversible`, `pivot`, ...) has no value, reporting and skipping one.
+fn flag(meta: &ParseNestedMeta<'_>, key: &str, errors: &mut Errors) -> syn::Result<()> {
+    if !(meta.input.is_empty() || meta.input.peek(Token![,])) {
+        errors.push(syn::Error::new_spanned(
+            &meta.path,
+            format!("`{key}` is a flag and takes no value; write just `{key}`"),
+        ));
+        skip_value(meta)?;
+    }
+    Ok(())
+}
+
+/// Sets the step's wait unless it already has one: a step waits for one thing.
+fn set_wait(step: &mut StepInput, kind: WaitKindInput, path: &Path, errors: &mut Errors) {
+    match &step.wait {
+        Some(first) if first.kind.key() == kind.key() => errors.push(syn::Error::new_spanned(
+            path,
+            format!(
+                "`{}` is given twice in step `{}`; keep one",
+                kind.key(),
+                step.name_text()
+            ),
+        )),
+        Some(first) => errors.push(syn::Error::new_spanned(
+            path,
+            format!(
+                "step `{}` already waits (`{}`), and a step waits for one thing; remove `{}`, or give it a step of its own",
+                step.name_text(),
+                first.kind.key(),
+                kind.key()
+            ),
+        )),
+        None => {
+            step.wait = Some(WaitInput {
+                span: path.span(),
+                kind,
+            });
+        }
+    }
 }
 
 /// `retry(max_attempts = N, base = "...", max_delay = "...")`; `None` when unreadable.
@@ -485,11 +608,17 @@ where
     }
 }
 
+/// What `action`, `compensate` and `probe` name, for error messages.
+const ASYNC_FN: &str = "an async fn";
+/// What `sleep_until` and `default` name, for error messages.
+const PLAIN_FN: &str = "a fn (not async)";
+
 /// The path of a function (`charge_card`, `payments::refund`, `Self::refund`); `None` (with an
-/// error added) for anything else.
+/// error added) for anything else. `what` says which kind of function, e.g. [`ASYNC_FN`].
 fn function_path(
     meta: &ParseNestedMeta<'_>,
     key: &str,
+    what: &str,
     example: &str,
     errors: &mut Errors,
 ) -> syn::Result<Option<ExprPath>> {
@@ -499,7 +628,7 @@ fn function_path(
         other => {
             errors.push(syn::Error::new_spanned(
                 &other,
-                format!("`{key}` takes the path of an async fn, e.g. `{example}`"),
+                format!("`{key}` takes the path of {what}, e.g. `{example}`"),
             ));
             Ok(None)
         }
@@ -587,6 +716,58 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_wait_options_and_the_deadline() {
+        let (saga, errors) = read(syn::parse_quote! {
+            #[saga(name = "promotion", version = 1, input = Order, deadline = "2h")]
+            #[step(remind_later, sleep = "24h")]
+            #[step(remind_at, sleep_until = Self::remind_time)]
+            #[step(payment_confirmed, await_signal = webhooks::Payment<u64>, timeout = "30m",
+                   default = no_payment)]
+            #[step(approve_budget, approval, timeout = "2h", pivot)]
+            struct Promotion;
+        });
+        assert_eq!(errors, Vec::<String>::new());
+        assert_eq!(saga.deadline.map(|d| d.millis), Some(7_200_000));
+        let waits: Vec<&str> = saga
+            .steps
+            .iter()
+            .filter_map(|step| step.wait.as_ref().map(|wait| wait.kind.key()))
+            .collect();
+        assert_eq!(waits, ["sleep", "sleep_until", "await_signal", "approval"]);
+        let Some(WaitKindInput::Sleep(Some(length))) = saga.steps[0].wait.as_ref().map(|w| &w.kind)
+        else {
+            panic!("the first step sleeps");
+        };
+        assert_eq!(length.millis, 86_400_000);
+        assert!(saga.steps[2].default.is_some());
+        assert_eq!(saga.steps[2].timeout.map(|d| d.millis), Some(1_800_000));
+        assert!(saga.steps[3].pivot.is_some());
+        assert!(saga.steps[3].compensate.is_none() && saga.steps[3].irreversible.is_none());
+    }
+
+    #[test]
+    fn wait_flags_take_no_value_and_durations_are_checked() {
+        let (saga, errors) = read(syn::parse_quote! {
+            #[saga(name = "x", version = 1, input = u32, deadline = 2)]
+            #[step(a, approval = true, pivot(yes))]
+            #[step(b, sleep = "1.5h", default = || 0)]
+            struct X;
+        });
+        assert_eq!(
+            errors,
+            [
+                "`deadline` takes a duration string: write a whole number followed by a unit (ms, s, m or h), e.g. \"200ms\", \"10s\" or \"1m\"",
+                "`approval` is a flag and takes no value; write just `approval`",
+                "`pivot` is a flag and takes no value; write just `pivot`",
+                "invalid `sleep`: `1.5h` is not a whole number; use a smaller unit instead, e.g. \"1500ms\" rather than \"1.5s\"",
+                "`default` takes the path of a fn (not async), e.g. `default = no_payment`",
+            ]
+        );
+        assert!(saga.steps[0].wait.is_some() && saga.steps[0].pivot.is_some());
+        assert!(saga.steps[1].broken);
+    }
+
+    #[test]
     fn crate_may_be_a_string() {
         let (saga, errors) = read(syn::parse_quote! {
             #[saga(name = "x", version = 1, input = u32, crate = "my_saga")]
@@ -611,8 +792,8 @@ mod tests {
         assert_eq!(
             errors,
             [
-                "unknown saga option `versio`; expected one of: name, version, input, crate",
-                "unknown step option `retries`; expected one of: action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout",
+                "unknown saga option `versio`; expected one of: name, version, input, crate, deadline",
+                "unknown step option `retries`; expected one of: action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, pivot",
                 "unknown option `attempts` in `retry(...)`; expected one of: max_attempts, base, max_delay",
             ]
         );

@@ -1,7 +1,7 @@
 //! Second stage of the derive: the checks that need the whole declaration (required keys, at
-//! least one step, unique step names and step-name constants, each step either compensable or
-//! declared irreversible), turning a [`SagaInput`] into a [`SagaModel`] that the expansion can
-//! trust.
+//! least one step, unique step names and step-name constants, each step that calls an action
+//! either compensable or declared irreversible, each waiting step with only the options a wait
+//! takes), turning a [`SagaInput`] into a [`SagaModel`] that the expansion can trust.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,7 +10,10 @@ use syn::spanned::Spanned;
 use syn::{ExprPath, Generics, Ident, LitStr, Path, Type, Visibility};
 
 use crate::constants::constant_ident;
-use crate::parse::{DurationInput, Errors, RetryInput, SagaInput, StepInput};
+use crate::parse::{
+    DurationInput, Errors, RetryInput, SagaInput, StepInput, WaitInput, WaitKindInput,
+};
+use crate::wait;
 
 /// A declaration with everything required present and consistent.
 pub(crate) struct SagaModel {
@@ -28,6 +31,8 @@ pub(crate) struct SagaModel {
     pub(crate) input: Type,
     /// The path of the facade crate (`::saga` unless `crate = ...`).
     pub(crate) krate: Path,
+    /// `deadline = "..."`, if given: how long the saga may run, counted from its start.
+    pub(crate) deadline: Option<DurationInput>,
     /// The steps, in order.
     pub(crate) steps: Vec<StepModel>,
 }
@@ -37,9 +42,9 @@ pub(crate) struct StepModel {
     /// The associated constant holding the name, spanned on the name as written:
     /// `reserve_stock` → `RESERVE_STOCK`.
     pub(crate) constant: Ident,
-    /// The action: `action = path`, or the function named like the step.
-    pub(crate) action: ExprPath,
-    /// Its compensation, or the explicit `irreversible` mark.
+    /// What the step does: call its action, or wait.
+    pub(crate) kind: StepKind,
+    /// Its compensation, the explicit `irreversible` mark, or nothing for a waiting step.
     pub(crate) compensation: Compensation,
     /// `probe = path`, if given: tells whether an attempt with an unknown outcome took effect.
     pub(crate) probe: Option<ExprPath>,
@@ -47,22 +52,58 @@ pub(crate) struct StepModel {
     pub(crate) transactional: bool,
     /// `retry(...)`, if given.
     pub(crate) retry: Option<RetryInput>,
-    /// `timeout = "..."`, if given.
+    /// `timeout = "..."`, if given: of one attempt of the action, or of the wait of a signal or
+    /// approval step (never on a sleep).
     pub(crate) timeout: Option<DurationInput>,
     /// `compensation_retry(...)`, if given.
     pub(crate) compensation_retry: Option<RetryInput>,
     /// `compensation_timeout = "..."`, if given.
     pub(crate) compensation_timeout: Option<DurationInput>,
+    /// The `pivot` flag: the step is the saga's point of no return.
+    pub(crate) pivot: bool,
     /// The step name as the orchestrator sees it.
     pub(crate) name_text: String,
 }
 
+/// What a step does.
+pub(crate) enum StepKind {
+    /// Calls this action: `action = path`, or the function named like the step.
+    Call(ExprPath),
+    /// `sleep = "..."`: sleeps this long from when the saga reaches the step.
+    Sleep(DurationInput),
+    /// `sleep_until = path`: sleeps until the time this function computes.
+    SleepUntil(ExprPath),
+    /// `await_signal = Type`: waits for the signal of this type, whose payload is the output.
+    Signal {
+        /// The signal type, as written.
+        ty: Box<Type>,
+        /// `default = path`: makes the output recorded when the wait times out.
+        default: Option<ExprPath>,
+    },
+    /// `approval`: waits for a person's decision; the span is the flag's.
+    Approval(Span),
+}
+
+impl StepKind {
+    /// Where errors about building the step point: the action, or what the step waits for.
+    pub(crate) fn span(&self) -> Span {
+        match self {
+            StepKind::Call(path) | StepKind::SleepUntil(path) => path.span(),
+            StepKind::Sleep(duration) => duration.span,
+            StepKind::Signal { ty, .. } => ty.span(),
+            StepKind::Approval(span) => *span,
+        }
+    }
+}
+
 /// How a step is undone.
 pub(crate) enum Compensation {
-    /// By this function, which receives the action's output.
+    /// By this function, which receives the action's output (a signal step's: the payload).
     Compensate(ExprPath),
     /// Not at all, on purpose.
     Irreversible,
+    /// Not at all, and nothing to declare: a waiting step has no effect of its own to undo.
+    NothingToUndo,
 }
 
 /// Checks the declaration as a whole.
@@ -81,6 +122,7 @@ pub(crate) fn validate(input: SagaInput, mut errors: Errors) -> syn::Result<Saga
         version,
         input: input_type,
         krate,
+        deadline,
         steps,
         step_attrs,
     } = input;
@@ -169,6 +211,7 @@ pub(crate) fn validate(input: SagaInput, mut errors: Errors) -> syn::Result<Saga
             version,
             input,
             krate: krate.unwrap_or_else(default_crate),
+            deadline,
             steps: checked,
         }),
         _ => Err(syn::Error::new(
@@ -178,15 +221,72 @@ pub(crate) fn validate(input: SagaInput, mut errors: Errors) -> syn::Result<Saga
     }
 }
 
-/// Checks one step: a compensation or the `irreversible` mark, exactly one of them, and no
-/// compensation settings on a step that has no compensation.
+/// Checks one step: a step calling an action has a compensation or the `irreversible` mark,
+/// exactly one of them, and no compensation settings without a compensation; a waiting step has
+/// only the options a wait takes (see [`wait::checked`]); `default` belongs to a signal step, and
+/// a pivot has no compensation.
 fn step_model(
-    step: StepInput,
+    mut step: StepInput,
     name_text: String,
     constant: Ident,
     errors: &mut Errors,
 ) -> Option<StepModel> {
-    let compensation = match (step.compensate, step.irreversible) {
+    let awaits_signal = matches!(
+        step.wait,
+        Some(WaitInput {
+            kind: WaitKindInput::Signal(_),
+            ..
+        })
+    );
+    if let (Some(path), false) = (&step.default, awaits_signal) {
+        errors.at(
+            path.span(),
+            format!(
+                "`default` is the output an `await_signal` step records when its wait times out, and step `{name_text}` waits for no signal; remove `default`, or make the step wait with `await_signal = SignalType`"
+            ),
+        );
+    }
+    // A sleep or an approval takes no `compensate` at all, which `wait::checked` reports.
+    let may_compensate = step.wait.is_none() || awaits_signal;
+    if let (Some(span), Some(_), true) = (step.pivot, &step.compensate, may_compensate) {
+        let fix = if awaits_signal {
+            "remove `compensate`"
+        } else {
+            "replace `compensate` with `irreversible`"
+        };
+        errors.at(
+            span,
+            format!(
+                "step `{name_text}` is the pivot, the saga's point of no return, so its compensation would never run; {fix}, or make another step the pivot"
+            ),
+        );
+    }
+    let (kind, compensation) = match step.wait.take() {
+        None => call_step(&mut step, &name_text, errors)?,
+        Some(wait) => wait::checked(wait, &mut step, &name_text, errors)?,
+    };
+    Some(StepModel {
+        constant,
+        kind,
+        compensation,
+        probe: step.probe,
+        transactional: step.transactional.is_some(),
+        retry: step.retry,
+        timeout: step.timeout,
+        compensation_retry: step.compensation_retry,
+        compensation_timeout: step.compensation_timeout,
+        pivot: step.pivot.is_some(),
+        name_text,
+    })
+}
+
+/// The kind and compensation of a step that calls an action; `None` when they are unclear.
+fn call_step(
+    step: &mut StepInput,
+    name_text: &str,
+    errors: &mut Errors,
+) -> Option<(StepKind, Compensation)> {
+    let compensation = match (step.compensate.take(), step.irreversible) {
         (Some(path), None) => Compensation::Compensate(path),
         (None, Some(_)) => Compensation::Irreversible,
         (Some(_), Some(flag)) => {
@@ -210,44 +310,21 @@ fn step_model(
         }
     };
     if matches!(compensation, Compensation::Irreversible) {
-        let settings = [
-            (
-                "compensation_retry",
-                step.compensation_retry.map(|r| r.span),
-            ),
-            (
-                "compensation_timeout",
-                step.compensation_timeout.map(|d| d.span),
-            ),
-        ];
-        for (key, span) in settings {
-            if let Some(span) = span {
-                errors.at(
-                    span,
-                    format!(
-                        "step `{name_text}` is irreversible, so it has no compensation to configure; remove `{key}`"
-                    ),
-                );
-            }
+        for (key, span) in step.compensation_settings() {
+            errors.at(
+                span,
+                format!(
+                    "step `{name_text}` is irreversible, so it has no compensation to configure; remove `{key}`"
+                ),
+            );
         }
     }
-    let action = step.action.unwrap_or_else(|| ExprPath {
+    let action = step.action.take().unwrap_or_else(|| ExprPath {
         attrs: Vec::new(),
         qself: None,
-        path: Path::from(step.name),
+        path: Path::from(step.name.clone()),
     });
-    Some(StepModel {
-        constant,
-        action,
-        compensation,
-        probe: step.probe,
-        transactional: step.transactional.is_some(),
-        retry: step.retry,
-        timeout: step.timeout,
-        compensation_retry: step.compensation_retry,
-        compensation_timeout: step.compensation_timeout,
-        name_text,
-    })
+    Some((StepKind::Call(action), compensation))
 }
 
 /// `::saga`, the facade crate.
@@ -304,7 +381,9 @@ mod tests {
             .steps
             .iter()
             .map(|step| {
-                let action = &step.action;
+                let StepKind::Call(action) = &step.kind else {
+                    panic!("the step calls an action");
+                };
                 quote::quote!(#action).to_string()
             })
             .collect();

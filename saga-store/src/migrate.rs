@@ -26,6 +26,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "parked_from",
         include_str!("../migrations/sqlite/0003_parked_from.sql"),
     ),
+    (
+        4,
+        "waiting",
+        include_str!("../migrations/sqlite/0004_waiting.sql"),
+    ),
 ];
 
 fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
@@ -74,6 +79,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         5,
         "parked_from",
         include_str!("../migrations/postgres/0005_parked_from.sql"),
+    ),
+    (
+        6,
+        "waiting",
+        include_str!("../migrations/postgres/0006_waiting.sql"),
     ),
 ];
 

@@ -807,18 +807,20 @@ pub fn decide_signal(
         name: delivery.name.clone(),
         refusal,
     };
-    if let Some(existing) = stored.signal(&delivery.name) {
-        if existing.key == delivery.key {
-            return Ok(None);
-        }
-        return Err(refused(SignalRefusal::AlreadyDelivered {
-            key: existing.key.clone(),
-        }));
+    let existing = stored.signal(&delivery.name);
+    if existing.is_some_and(|existing| existing.key == delivery.key) {
+        // Delivered again (a webhook retried): whatever the saga did since, nothing to write.
+        return Ok(None);
     }
     match record.status {
         SagaStatus::Running | SagaStatus::NeedsIntervention => {}
         SagaStatus::Compensating => return Err(refused(SignalRefusal::Compensating)),
         status => return Err(refused(SignalRefusal::Finished(status))),
+    }
+    if let Some(existing) = existing {
+        return Err(refused(SignalRefusal::AlreadyDelivered {
+            key: existing.key.clone(),
+        }));
     }
     Ok(Some(SignalWrite {
         wake: record.status == SagaStatus::Running

@@ -5,11 +5,13 @@
 //!   transitions, history, interventions).
 //! - [`scenarios`]: the orchestrator's guarantees end to end on that backend (compensation order,
 //!   retries, escalation, crash and resume, parking of unresumable sagas).
+//! - [`waiting`]: sagas that wait (timers, signals, approvals, deadlines, pivot steps).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod scenarios;
 pub mod store;
+pub mod waiting;
 
 /// Generates one `#[tokio::test]` per conformance function in a module named `$backend`.
 /// `$make` is an async expression (evaluated once per test) that yields a fresh, empty store.
@@ -85,7 +87,18 @@ macro_rules! conformance_suite {
                 a_worker_whose_clock_runs_ahead_takes_over_no_live_lease,
                 a_retry_scheduled_by_a_worker_whose_clock_runs_ahead_is_not_delayed,
                 values_with_nul_characters_are_refused_or_cleaned_alike,
-                a_cancel_requested_before_an_escalation_holds_when_the_operator_retries,
+                a_cancel_requested_before_an_escalation_holds_when_the_operator_retries;
+                // Sagas that wait
+                a_signal_sent_before_the_wait_is_kept_and_consumed_once,
+                a_signal_during_the_wait_wakes_the_saga_which_held_nothing_meanwhile,
+                signals_to_unknown_finished_or_mismatched_sagas_are_refused,
+                a_wait_that_times_out_compensates_or_records_its_default,
+                a_timer_fires_once_after_a_restart_mid_sleep,
+                cancelling_a_waiting_saga_compensates_it,
+                approval_by_an_authorized_operator_continues_and_others_are_refused,
+                bulk_approval_honours_its_bound,
+                a_saga_past_its_deadline_stops_waiting_and_compensates,
+                past_the_pivot_a_failure_waits_for_a_person_and_nothing_is_compensated,
             );
         }
     };
@@ -94,7 +107,7 @@ macro_rules! conformance_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_tests {
-    ($make:expr; $($store_test:ident),* ; $($scenario:ident),* $(,)?) => {
+    ($make:expr; $($store_test:ident),* ; $($scenario:ident),* ; $($waiting:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $store_test() {
@@ -107,6 +120,13 @@ macro_rules! __conformance_tests {
             async fn $scenario() {
                 let store = $make.await;
                 $crate::conformance::scenarios::$scenario(::std::sync::Arc::new(store)).await;
+            }
+        )*
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $waiting() {
+                let store = $make.await;
+                $crate::conformance::waiting::$waiting(::std::sync::Arc::new(store)).await;
             }
         )*
     };
