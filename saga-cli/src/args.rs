@@ -3,9 +3,10 @@
 
 use clap::{Parser, Subcommand};
 
-/// Operate sagas: list them, read their history, settle the manual-intervention queue.
+/// Operate sagas: list them, read their history, settle the manual-intervention queue, decide
+/// approvals.
 #[derive(Debug, Parser)]
-#[command(name = "saga", version)]
+#[command(name = "saga", version, after_help = EXIT_CODES)]
 pub(crate) struct Cli {
     /// Store URL: sqlite://path.db or postgres://user:password@host/database.
     #[arg(long, env = "SAGA_DATABASE_URL", global = true, hide_env_values = true)]
@@ -19,6 +20,18 @@ pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
 }
+
+/// The exit codes scripts can rely on, as `saga --help` lists them.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done
+  1  anything else
+  2  bad input: arguments, ids, durations, store URL, login, schema version, a malformed
+     SAGA_APPROVERS, an unconfirmed large prune or heavy migration
+  3  no such saga or item
+  4  refused: already settled, not applicable now, not authorized (SAGA_APPROVERS unset, or not
+     naming who decides), an approval already decided, more approvals waiting than --max
+  5  store unavailable (safe to retry)";
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
@@ -38,6 +51,14 @@ pub(crate) enum Command {
     /// Work the manual-intervention queue.
     #[command(subcommand)]
     Interventions(InterventionsCommand),
+    /// Decide the approval steps sagas wait at.
+    ///
+    /// Who may approve or reject which saga type is read from SAGA_APPROVERS, e.g.
+    /// `promotion=alice,bob; *=root` (`*`: every type); without it every decision is refused
+    /// (exit 4). --by (default: $SAGA_OPERATOR, else $USER) is checked against it and recorded
+    /// in the history.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Delete finished sagas (completed, compensated, cancelled) older than an age; never
     /// running sagas nor open interventions.
     Prune {
@@ -85,6 +106,9 @@ pub(crate) enum SagasCommand {
         /// Start after this saga id (the last id of the previous page).
         #[arg(long)]
         after: Option<String>,
+        /// Only sagas waiting for something (a timer, a signal, an approval).
+        #[arg(long)]
+        waiting: bool,
     },
     /// Cancel a running saga: no further step begins, completed steps are compensated.
     Cancel {
@@ -113,7 +137,8 @@ pub(crate) enum InterventionsCommand {
         id: String,
     },
     /// Run the failed compensation again with the same key and continue compensating (or
-    /// re-drive a parked saga once its code is fixed).
+    /// re-drive a parked saga once its code is fixed; for a `past_pivot` item, run the step
+    /// forward again with the same key).
     Retry {
         /// The item id (or --all).
         id: Option<String>,
@@ -132,7 +157,8 @@ pub(crate) enum InterventionsCommand {
     },
     /// The step was undone by hand: mark the compensation done and continue compensating. For
     /// an unknown outcome (the action may or may not have taken effect), with --not-applied:
-    /// record that it did not, and compensate what completed before it.
+    /// record that it did not, and compensate what completed before it. For a `past_pivot`
+    /// item: the step was done by hand, and the saga goes on forward.
     Resolve {
         /// The item id.
         id: String,
@@ -154,6 +180,51 @@ pub(crate) enum InterventionsCommand {
         #[arg(long)]
         reason: String,
         /// Who is acting (default: $SAGA_OPERATOR, else $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ApprovalsCommand {
+    /// List the sagas waiting for an approval, oldest first: the step, and until when it waits.
+    List {
+        /// Only this saga type.
+        #[arg(long = "type")]
+        saga_type: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Approve the approval step a saga waits at: the step completes and the saga goes on.
+    Approve {
+        /// The saga id (or --all).
+        id: Option<String>,
+        /// Approve every saga waiting for an approval (of --type, if given), provided at most
+        /// --max wait; with more, nothing is approved.
+        #[arg(long, conflicts_with = "id", requires = "max")]
+        all: bool,
+        /// The bound of --all.
+        #[arg(long, requires = "all")]
+        max: Option<usize>,
+        /// With --all: only sagas of this type.
+        #[arg(long = "type", requires = "all")]
+        saga_type: Option<String>,
+        /// Why (required; recorded in the history).
+        #[arg(long)]
+        reason: String,
+        /// Who is deciding (default: $SAGA_OPERATOR, else $USER); SAGA_APPROVERS must name them.
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Reject the approval step a saga waits at: the step fails and the saga compensates.
+    Reject {
+        /// The saga id.
+        id: String,
+        /// Why (required; recorded in the history).
+        #[arg(long)]
+        reason: String,
+        /// Who is deciding (default: $SAGA_OPERATOR, else $USER); SAGA_APPROVERS must name them.
         #[arg(long)]
         by: Option<String>,
     },

@@ -5,9 +5,12 @@
 //! store's schema is this CLI's and otherwise stop, saying which version they found.
 //!
 //! Exit codes scripts can rely on: 0 done; 2 bad input (arguments, ids, durations, store URL,
-//! login, schema version, an unconfirmed large prune or heavy migration); 3 no such saga or
-//! item; 4 refused (already settled, not applicable now); 5 store unavailable; 1 anything else.
+//! login, schema version, a malformed SAGA_APPROVERS, an unconfirmed large prune or heavy
+//! migration); 3 no such saga or item; 4 refused (already settled, not applicable now, not
+//! authorized: SAGA_APPROVERS unset or not naming who decides, an approval someone else already
+//! decided, more approvals waiting than `--max`); 5 store unavailable; 1 anything else.
 
+mod approvals;
 mod args;
 mod migrate;
 mod output;
@@ -18,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use saga::{Admin, Error, InterventionId, SagaFilter, SagaId, SagaStatus, SagaType};
+use saga::{Admin, Error, InterventionId, SagaFilter, SagaId, SagaStatus, SagaType, SignalRefusal};
 
 use args::{Cli, Command, InterventionsCommand, SagasCommand};
 use output::Output;
@@ -34,15 +37,27 @@ impl From<Error> for Failure {
     fn from(err: Error) -> Self {
         let code = match &err {
             Error::SagaNotFound(_) | Error::InterventionNotFound(_) => 3,
-            Error::InterventionSettled(_) | Error::InvalidAction(_) | Error::Conflict { .. } => 4,
+            Error::SignalRefused {
+                refusal: SignalRefusal::UnknownStartKey(_),
+                ..
+            } => 3,
+            Error::InterventionSettled(_)
+            | Error::InvalidAction(_)
+            | Error::Conflict { .. }
+            | Error::NotAuthorized { .. }
+            | Error::SignalRefused { .. } => 4,
             Error::StoreUnavailable(_) => 5,
             Error::Configuration(_) => 2,
             _ => 1,
         };
-        Failure {
-            code,
-            message: err.to_string(),
-        }
+        let message = match &err {
+            // The library names its policy hook; the CLI's policy is an environment variable.
+            Error::NotAuthorized { .. } => format!(
+                "{err}; this CLI reads the policy from SAGA_APPROVERS (`saga_type=name,name; *=name`)"
+            ),
+            _ => err.to_string(),
+        };
+        Failure { code, message }
     }
 }
 
@@ -88,6 +103,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             older_than,
             limit,
             after,
+            waiting,
         }) => {
             let filter = SagaFilter {
                 status: status.as_deref().map(parse_status).transpose()?,
@@ -96,7 +112,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 after: after.as_deref().map(parse_saga_id).transpose()?,
                 limit: Some(limit),
                 created_before: None,
-                waiting_for: None,
+                // The empty prefix: waiting for anything.
+                waiting_for: waiting.then(String::new),
             };
             let sagas = match older_than {
                 Some(age) => admin.list_older_than(parse_age(&age)?, &filter).await?,
@@ -117,6 +134,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             out.history(id, &admin.history(id).await?);
         }
         Command::Interventions(command) => return interventions(&admin, &out, command).await,
+        Command::Approvals(command) => return approvals::run(admin, &out, command).await,
         Command::Prune {
             older_than,
             limit,
@@ -216,7 +234,7 @@ async fn interventions(
 }
 
 /// The reason an action needs: recorded in the saga's history, so it may not be blank.
-fn required_reason(text: &str) -> Result<&str, Failure> {
+pub(crate) fn required_reason(text: &str) -> Result<&str, Failure> {
     if text.trim().is_empty() {
         Err(bad_input(
             "give a reason with --reason; it is recorded in the saga's history for whoever looks next".into(),
@@ -226,7 +244,7 @@ fn required_reason(text: &str) -> Result<&str, Failure> {
     }
 }
 
-fn operator(by: Option<String>) -> Result<String, Failure> {
+pub(crate) fn operator(by: Option<String>) -> Result<String, Failure> {
     by.or_else(|| std::env::var("SAGA_OPERATOR").ok())
         .or_else(|| std::env::var("USER").ok())
         .filter(|name| !name.trim().is_empty())
@@ -235,7 +253,7 @@ fn operator(by: Option<String>) -> Result<String, Failure> {
         })
 }
 
-fn parse_saga_id(text: &str) -> Result<SagaId, Failure> {
+pub(crate) fn parse_saga_id(text: &str) -> Result<SagaId, Failure> {
     text.parse().map_err(|_| {
         bad_input(format!(
             "`{text}` is not a saga id (a UUID); `saga sagas list` shows them"

@@ -1,10 +1,8 @@
-//! What the CLI prints: aligned tables for people, JSON (`--json`) for scripts.
+//! What the CLI prints: aligned tables for people, JSON (`--json`) for scripts. Sagas are
+//! printed in `sagas`, approvals in `approvals`, the intervention queue here.
 
 use chrono::SecondsFormat;
-use saga::{
-    BatchResult, CancelOutcome, History, Intervention, InterventionId, SagaId, SagaRecord,
-    SagaSnapshot, SagaStatus, Timestamp,
-};
+use saga::{BatchResult, Intervention, InterventionId, SagaStatus, Timestamp};
 use serde_json::{json, Value};
 
 /// Writes a line to stdout; a closed pipe (`saga ... | head`) ends the output quietly instead
@@ -18,6 +16,9 @@ macro_rules! emit {
         let _ = writeln!(std::io::stdout().lock(), $($arg)*);
     }};
 }
+
+pub(crate) mod approvals;
+mod sagas;
 
 /// Prints results as tables or JSON.
 pub(crate) struct Output {
@@ -78,24 +79,6 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn saga_json(record: &SagaRecord) -> Value {
-    json!({
-        "id": record.id,
-        "type": record.saga_type.as_str(),
-        "version": record.version,
-        "status": record.status,
-        "reason": record.status_reason,
-        "idempotency_key": record.idempotency_key.as_ref().map(|key| key.as_str()),
-        "input": record.input,
-        "next_run_at": record.next_run_at.map(json_time),
-        "lease_owner": record.lease_owner.as_ref().map(|owner| owner.as_str()),
-        "lease_expires_at": record.lease_expires_at.map(json_time),
-        "cancel_requested": record.cancel_requested,
-        "created_at": json_time(record.created_at),
-        "updated_at": json_time(record.updated_at),
-    })
-}
-
 fn item_json(item: &Intervention) -> Value {
     json!({
         "id": item.item.id,
@@ -137,146 +120,6 @@ impl Output {
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
         );
-    }
-
-    pub(crate) fn sagas(&self, sagas: &[SagaRecord]) {
-        if self.json {
-            return self.print_json(&Value::Array(sagas.iter().map(saga_json).collect()));
-        }
-        let rows: Vec<Vec<String>> = sagas
-            .iter()
-            .map(|record| {
-                vec![
-                    record.id.to_string(),
-                    record.saga_type.to_string(),
-                    record.version.to_string(),
-                    record.status.to_string(),
-                    time(record.created_at),
-                    record
-                        .idempotency_key
-                        .as_ref()
-                        .map_or("-".to_owned(), |key| key.to_string()),
-                ]
-            })
-            .collect();
-        emit!(
-            "{}",
-            table(&["ID", "TYPE", "V", "STATUS", "CREATED", "KEY"], &rows)
-        );
-        emit!(
-            "({} saga{})",
-            sagas.len(),
-            if sagas.len() == 1 { "" } else { "s" }
-        );
-    }
-
-    pub(crate) fn saga(&self, snapshot: &SagaSnapshot) {
-        let record = &snapshot.record;
-        if self.json {
-            let mut value = saga_json(record);
-            value["steps"] = Value::Array(
-                snapshot
-                    .steps
-                    .iter()
-                    .map(|step| {
-                        json!({
-                            "index": step.index.0,
-                            "step": step.name.as_str(),
-                            "phase": step.phase,
-                            "status": step.status,
-                            "attempt": step.attempt.0,
-                            "idempotency_key": step.idempotency_key.as_str(),
-                            "output": step.output,
-                            "last_error": step.last_error,
-                            "next_attempt_at": step.next_attempt_at.map(json_time),
-                            "started_at": step.started_at.map(json_time),
-                            "finished_at": step.finished_at.map(json_time),
-                        })
-                    })
-                    .collect(),
-            );
-            return self.print_json(&value);
-        }
-        let lease = match (&record.lease_owner, record.lease_expires_at) {
-            (Some(owner), Some(until)) => format!("{owner} until {}", time(until)),
-            _ => "none".to_owned(),
-        };
-        let fields = [
-            ("saga", record.id.to_string()),
-            ("type", format!("{} v{}", record.saga_type, record.version)),
-            ("status", record.status.to_string()),
-            (
-                "reason",
-                record.status_reason.clone().unwrap_or_else(|| "-".into()),
-            ),
-            (
-                "key",
-                record
-                    .idempotency_key
-                    .as_ref()
-                    .map_or("-".to_owned(), |key| key.to_string()),
-            ),
-            ("input", clip(&record.input.to_string(), 100)),
-            ("created", time(record.created_at)),
-            ("updated", time(record.updated_at)),
-            ("next run", opt_time(record.next_run_at)),
-            ("lease", lease),
-        ];
-        for (name, value) in fields {
-            emit!("{name:<9} {value}");
-        }
-        if let Some(request) = &record.cancel_requested {
-            emit!("{:<9} {request}", "cancel");
-        }
-        emit!();
-        let rows: Vec<Vec<String>> = snapshot
-            .steps
-            .iter()
-            .map(|step| {
-                vec![
-                    step.name.to_string(),
-                    step.phase.to_string(),
-                    step.status.to_string(),
-                    step.attempt.to_string(),
-                    step.output
-                        .as_ref()
-                        .map_or("-".to_owned(), |output| clip(&output.to_string(), 40)),
-                    step.last_error.clone().unwrap_or_else(|| "-".into()),
-                ]
-            })
-            .collect();
-        emit!(
-            "{}",
-            table(
-                &["STEP", "PHASE", "STATUS", "ATTEMPT", "OUTPUT", "LAST ERROR"],
-                &rows
-            )
-        );
-    }
-
-    pub(crate) fn history(&self, id: SagaId, history: &History) {
-        if self.json {
-            let events: Vec<Value> = history
-                .events
-                .iter()
-                .map(|event| {
-                    json!({
-                        "seq": event.seq,
-                        "at": json_time(event.at),
-                        "kind": event.kind.as_str(),
-                        "step": event.step.as_ref().map(|step| step.as_str()),
-                        "phase": event.phase,
-                        "attempt": event.attempt.map(|attempt| attempt.0),
-                        "detail": event.detail,
-                    })
-                })
-                .collect();
-            return self.print_json(&json!({ "saga": id, "events": events }));
-        }
-        let rendered = history.render();
-        for (event, line) in history.events.iter().zip(rendered.lines()) {
-            emit!("{}  {line}", time(event.at));
-        }
     }
 
     pub(crate) fn interventions(&self, items: &[Intervention]) {
@@ -395,19 +238,5 @@ impl Output {
             .filter(|result| result.outcome.is_err())
             .count();
         emit!("({} retried, {refused} refused)", results.len() - refused);
-    }
-
-    pub(crate) fn cancelled(&self, id: SagaId, outcome: CancelOutcome) {
-        let text = match outcome {
-            CancelOutcome::Compensating => "compensating now",
-            CancelOutcome::Requested => {
-                "cancel requested; the worker holding it begins no further step and compensates"
-            }
-            CancelOutcome::AlreadyCompensating => "already compensating; nothing to do",
-        };
-        if self.json {
-            return self.print_json(&json!({ "saga": id, "outcome": text }));
-        }
-        emit!("saga {id}: {text}");
     }
 }

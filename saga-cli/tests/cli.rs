@@ -499,6 +499,10 @@ fn non_migrating_commands(id: &str) -> Vec<Vec<String>> {
         [vec!["interventions", "resolve", id], act.to_vec()].concat(),
         [vec!["interventions", "cancel", id], act.to_vec()].concat(),
         [vec!["sagas", "cancel", id], act.to_vec()].concat(),
+        vec!["sagas", "list", "--waiting"],
+        vec!["approvals", "list"],
+        [vec!["approvals", "approve", id], act.to_vec()].concat(),
+        [vec!["approvals", "reject", id], act.to_vec()].concat(),
         vec!["prune", "--older-than", "0s", "--yes"],
     ]
     .into_iter()
@@ -573,7 +577,7 @@ async fn sqlite_reads_and_actions_never_migrate_and_saga_migrate_does() {
             every_command_refuses(
                 &db,
                 &[],
-                &["schema version: none", "needs version 3", "`saga migrate`"],
+                &["schema version: none", "needs version 4", "`saga migrate`"],
             )
         }
     })
@@ -602,8 +606,8 @@ async fn sqlite_reads_and_actions_never_migrate_and_saga_migrate_does() {
                 &[],
                 &[
                     "schema is at version 1",
-                    "needs version 3",
-                    "not applied: 2 operator, 3 parked_from",
+                    "needs version 4",
+                    "not applied: 2 operator, 3 parked_from, 4 waiting",
                     "run `saga migrate`",
                 ],
             );
@@ -615,7 +619,7 @@ async fn sqlite_reads_and_actions_never_migrate_and_saga_migrate_does() {
     assert_eq!(migrated.code, 0, "{}", migrated.stderr);
     assert_eq!(
         migrated.stdout,
-        "the schema is at version 1; 2 migrations to apply:\n    2  operator\n    3  parked_from\napplied 2 migrations; the schema is at version 3\n"
+        "the schema is at version 1; 3 migrations to apply:\n    2  operator\n    3  parked_from\n    4  waiting\napplied 3 migrations; the schema is at version 4\n"
     );
     assert_eq!(listed.code, 0, "{}", listed.stderr);
 
@@ -691,7 +695,7 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
                 &[
                     "Postgres schema `saga` holds no saga tables",
                     "schema version: none",
-                    "needs version 5",
+                    "needs version 6",
                     "--schema",
                     "`saga migrate`",
                 ],
@@ -720,7 +724,7 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
                 &[],
                 &[
                     "schema is at version 2",
-                    "not applied: 3 one_statement_writes, 4 steps_without_foreign_key, 5 parked_from",
+                    "not applied: 3 one_statement_writes, 4 steps_without_foreign_key, 5 parked_from, 6 waiting",
                     "run `saga migrate`",
                 ],
             );
@@ -732,7 +736,7 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
     assert_eq!(refused.code, 2, "{}{}", refused.stdout, refused.stderr);
     assert_eq!(
         refused.stdout,
-        "the schema is at version 2; 3 migrations to apply:\n    3  one_statement_writes  (heavy)\n    4  steps_without_foreign_key\n    5  parked_from\n"
+        "the schema is at version 2; 4 migrations to apply:\n    3  one_statement_writes  (heavy)\n    4  steps_without_foreign_key\n    5  parked_from\n    6  waiting\n"
     );
     assert!(
         refused
@@ -757,10 +761,10 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
     assert_eq!(migrated.code, 0, "{}", migrated.stderr);
     let migrated: serde_json::Value = serde_json::from_str(&migrated.stdout).unwrap();
     assert_eq!(migrated["from"], 2);
-    assert_eq!(migrated["to"], 5);
+    assert_eq!(migrated["to"], 6);
     assert_eq!(migrated["applied"][0]["name"], "one_statement_writes");
     assert_eq!(listed.code, 0, "{}", listed.stderr);
-    assert_eq!(pg_versions(&url).await, [1, 2, 3, 4, 5]);
+    assert_eq!(pg_versions(&url).await, [1, 2, 3, 4, 5, 6]);
 
     // A database without saga tables has nothing for a heavy migration to rebuild.
     let fresh = saga_store::testing::TestPg::fresh_database().await.unwrap();
@@ -773,11 +777,11 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stdout
-            .ends_with("applied 5 migrations; the schema is at version 5\n"),
+            .ends_with("applied 6 migrations; the schema is at version 6\n"),
         "{}",
         run.stdout
     );
-    assert_eq!(pg_versions(&fresh).await, [1, 2, 3, 4, 5]);
+    assert_eq!(pg_versions(&fresh).await, [1, 2, 3, 4, 5, 6]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,7 +82,10 @@ inst AS (
      WHERE i.id = ANY($1::uuid[]) AND i.id = s.id
        AND (s.owner IS NULL OR (i.lease_owner = s.owner AND i.fencing_token = s.token))
        AND (NOT s.forward OR i.cancel_requested IS NULL)
-    RETURNING i.id, s.n),
+    RETURNING i.id, s.n,
+              -- Made due now by a signal that raced the wait: wake idle workers for it.
+              (s.set_next AND s.wake_seen IS NOT NULL AND i.signals_received > s.wake_seen)
+                  AS signalled),
 "
     };
 }
@@ -226,9 +229,10 @@ SELECT ARRAY(SELECT n FROM inst) AS fenced, ",
                  < (SELECT COUNT(*) FROM x)
             THEN saga_refuse('a step write found its step phase in a state it cannot act on: a completed phase cannot begin again, and only a begun phase can complete or fail')
        END AS refused,
-       CASE WHEN $16 AND (",
+       CASE WHEN ($16 AND (",
             $woken,
-            ") THEN pg_notify($17, '')::text END AS woke"
+            ")) OR EXISTS (SELECT 1 FROM inst WHERE signalled)
+            THEN pg_notify($17, '')::text END AS woke"
         )
     };
 }
