@@ -5,6 +5,13 @@
 //!   `201` with the new saga; the same key and body again returns the existing saga (`200`); the
 //!   same key with another body is `409` with a message.
 //! - `GET /orders/{id}` returns the saga's status, steps and history.
+//! - `POST /transfers` (same headers and body) starts an order paid by bank transfer: it reserves
+//!   the stock, then waits up to 3 days for the bank's webhook, holding no worker meanwhile.
+//! - `POST /webhooks/bank` is that webhook: `{"event_id", "order_key", "amount_cents"}` becomes
+//!   the `TransferReceived` signal of the order started with `order_key`, delivered once per
+//!   `event_id` (`202` the first time, `200` for a repeat, as providers expect a 2xx; `404` for
+//!   an unknown order, `409` for an order that no longer waits, `422` for a malformed body). On
+//!   Postgres the order goes on at once in whichever instance claims it.
 //! - SIGTERM (or Ctrl-C) stops accepting requests, lets running steps finish and releases
 //!   leases, so another instance continues at once.
 //!
@@ -19,6 +26,9 @@
 //! curl -X POST localhost:3001/orders -H 'Idempotency-Key: order-1' \
 //!      -H 'Content-Type: application/json' \
 //!      -d '{"customer":"ada@example.com","sku":"SKU-1","quantity":1,"amount_cents":1200}'
+//! curl -X POST localhost:3001/transfers -H 'Idempotency-Key: order-2' ... # same body
+//! curl -X POST localhost:3002/webhooks/bank -H 'Content-Type: application/json' \
+//!      -d '{"event_id":"evt_1","order_key":"order-2","amount_cents":1200}'
 //! ```
 
 use std::net::SocketAddr;
@@ -31,8 +41,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
 use saga::{
-    Config, Created, Error, IdempotencyKey, Orchestrator, ResultExt, Saga, SagaId, SqliteStore,
-    StepContext, StepError, Store, WorkerId,
+    Config, Created, Delivered, Error, IdempotencyKey, Orchestrator, ResultExt, Saga, SagaId,
+    Signal, SignalKey, SignalRefusal, SqliteStore, StepContext, StepError, Store, WorkerId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -86,15 +96,15 @@ struct Checkout {
     charge_latency: Duration,
 }
 
-async fn reserve_stock(_: Arc<Checkout>, ctx: StepContext<Order>) -> Result<String, StepError> {
+async fn reserve_stock<S>(_: Arc<S>, ctx: StepContext<Order>) -> Result<String, StepError> {
     if ctx.input().quantity == 0 {
         return Err(StepError::permanent("quantity must be at least 1"));
     }
     Ok(format!("reservation-{}", ctx.key()))
 }
 
-async fn release_stock(
-    _: Arc<Checkout>,
+async fn release_stock<S>(
+    _: Arc<S>,
     _: StepContext<Order>,
     _reservation: String,
 ) -> Result<(), StepError> {
@@ -146,6 +156,38 @@ async fn record_order(saga: Arc<Checkout>, ctx: StepContext<Order>) -> Result<()
     Ok(())
 }
 
+/// The bank's word that a transfer arrived: the signal an order paid by transfer waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TransferReceived {
+    event_id: String,
+    amount_cents: u64,
+}
+
+impl Signal for TransferReceived {
+    const NAME: &'static str = "transfer_received";
+}
+
+/// An order paid by bank transfer: stock is held until the bank's webhook says the money came
+/// (3 days at most; then the reservation is released).
+#[derive(Saga)]
+#[saga(name = "transfer_order", version = 1, input = Order)]
+#[step(reserve_stock, compensate = release_stock)]
+#[step(transfer_received, await_signal = TransferReceived, timeout = "72h")]
+#[step(confirm_order, irreversible)]
+struct TransferOrder;
+
+async fn confirm_order(_: Arc<TransferOrder>, ctx: StepContext<Order>) -> Result<(), StepError> {
+    let paid: TransferReceived = ctx.output(TransferOrder::TRANSFER_RECEIVED)?;
+    if paid.amount_cents < ctx.input().amount_cents {
+        return Err(StepError::permanent(format!(
+            "the transfer ({} cents) does not cover the order ({} cents)",
+            paid.amount_cents,
+            ctx.input().amount_cents
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Clone)]
 struct App {
     orchestrator: Orchestrator,
@@ -166,6 +208,79 @@ fn error_reply(err: &Error) -> Reply {
 
 async fn create_order(
     State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Json<Order>, axum::extract::rejection::JsonRejection>,
+) -> Reply {
+    start_order::<Checkout>(app, headers, body).await
+}
+
+async fn create_transfer_order(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Json<Order>, axum::extract::rejection::JsonRejection>,
+) -> Reply {
+    start_order::<TransferOrder>(app, headers, body).await
+}
+
+/// The bank's webhook.
+#[derive(Debug, Deserialize)]
+struct BankWebhook {
+    event_id: String,
+    order_key: String,
+    amount_cents: u64,
+}
+
+async fn bank_webhook(
+    State(app): State<App>,
+    body: Result<Json<BankWebhook>, axum::extract::rejection::JsonRejection>,
+) -> Reply {
+    let Json(event) = match body {
+        Ok(event) => event,
+        Err(rejection) => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "error": format!("the body is not a bank webhook: {rejection}") })),
+            )
+        }
+    };
+    let signal = TransferReceived {
+        event_id: event.event_id.clone(),
+        amount_cents: event.amount_cents,
+    };
+    // The bank's event id is the signal's key: a webhook delivered twice is one signal.
+    let delivered = app
+        .orchestrator
+        .signal(
+            IdempotencyKey::new(event.order_key),
+            &signal,
+            SignalKey::new(event.event_id),
+        )
+        .await;
+    match delivered {
+        Ok(Delivered::New(id)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "order": id, "delivered": "new" })),
+        ),
+        Ok(Delivered::Duplicate(id)) => (
+            StatusCode::OK,
+            Json(json!({ "order": id, "delivered": "duplicate" })),
+        ),
+        Err(Error::SignalRefused { refusal, .. }) => {
+            let status = match refusal {
+                SignalRefusal::UnknownStartKey(_) => StatusCode::NOT_FOUND,
+                SignalRefusal::Payload(_) | SignalRefusal::BadName(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                _ => StatusCode::CONFLICT,
+            };
+            (status, Json(json!({ "error": refusal.to_string() })))
+        }
+        Err(err) => error_reply(&err),
+    }
+}
+
+async fn start_order<S: Saga<Input = Order>>(
+    app: App,
     headers: HeaderMap,
     body: Result<Json<Order>, axum::extract::rejection::JsonRejection>,
 ) -> Reply {
@@ -192,7 +307,7 @@ async fn create_order(
     };
     match app
         .orchestrator
-        .start_with_key::<Checkout>(IdempotencyKey::new(key), &order)
+        .start_with_key::<S>(IdempotencyKey::new(key), &order)
         .await
     {
         Ok(Created::New(id)) => (
@@ -333,11 +448,14 @@ async fn run(args: Args) -> Result<(), Error> {
         instance,
         charge_latency: Duration::from_millis(args.charge_latency_ms),
     })?;
+    orchestrator.register(TransferOrder)?;
     orchestrator.run();
 
     let app = Router::new()
         .route("/orders", post(create_order))
         .route("/orders/{id}", get(show_order))
+        .route("/transfers", post(create_transfer_order))
+        .route("/webhooks/bank", post(bank_webhook))
         .with_state(App {
             orchestrator: orchestrator.clone(),
         });

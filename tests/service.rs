@@ -199,6 +199,81 @@ async fn two_instances_share_one_database_and_shut_down_gracefully() {
     .await;
     assert_eq!(status, 404);
 
+    // An order paid by transfer, started on one instance, waits for the bank; its webhook comes
+    // to the other instance, twice, and the order goes on once.
+    let (status, body) = request(
+        ports[0],
+        "POST",
+        "/transfers",
+        &[
+            ("Idempotency-Key", "transfer-1"),
+            ("Content-Type", "application/json"),
+        ],
+        &order(7),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let transfer = body["id"].as_str().unwrap().to_owned();
+    let webhook = |event: &str, key: &str| {
+        format!(r#"{{"event_id":"{event}","order_key":"{key}","amount_cents":1007}}"#)
+    };
+    let json = [("Content-Type", "application/json")];
+    let (status, body) = request(
+        ports[1],
+        "POST",
+        "/webhooks/bank",
+        &json,
+        &webhook("evt_1", "transfer-1"),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = request(
+        ports[1],
+        "POST",
+        "/webhooks/bank",
+        &json,
+        &webhook("evt_1", "transfer-1"),
+    )
+    .await;
+    assert_eq!(status, 200, "a repeated webhook is one signal: {body}");
+    assert_eq!(body["delivered"], "duplicate");
+    let (status, _) = request(
+        ports[1],
+        "POST",
+        "/webhooks/bank",
+        &json,
+        &webhook("evt_2", "no-such"),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = request(
+        ports[1],
+        "POST",
+        "/webhooks/bank",
+        &json,
+        "{\"event_id\":1}",
+    )
+    .await;
+    assert_eq!(status, 422);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = request(ports[0], "GET", &format!("/orders/{transfer}"), &[], "").await;
+        if body["status"] == "completed" {
+            let history = body["history"].as_array().unwrap();
+            let received = history
+                .iter()
+                .filter(|line| line.as_str().unwrap_or("").contains("signal received"))
+                .count();
+            assert_eq!(received, 1, "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the transfer order did not complete: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Both instances drove sagas: the transactional step records which one recorded each order.
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let rows = sqlx::query("SELECT recorded_by, COUNT(*) AS n FROM public.orders GROUP BY recorded_by ORDER BY recorded_by")
