@@ -11,6 +11,11 @@ const COMPENSABLE: &str =
     ('crash_five', 's4'), ('big_output', 's1'), ('panicky', 's1'), ('hangs', 's1'))
     AS compensable(saga_type, step)";
 
+/// Steps that wait (for a signal): they complete with no effect of their own in the ledger.
+/// (saga type, step, signal).
+const WAITING: &str =
+    "(VALUES ('crash_signal', 'paid', 'paid')) AS waiting(saga_type, step, signal)";
+
 /// Each invariant: a name and a query selecting the saga (as text) of each violation.
 const CHECKS: &[(&str, &str)] = &[
     (
@@ -55,10 +60,37 @@ const CHECKS: &[(&str, &str)] = &[
           WHERE st.status = 'completed' AND c.attempt > st.attempt",
     ),
     (
-        "every completed step phase has its effect in the ledger",
+        "every completed step phase has its effect in the ledger (a waiting step, its signal)",
         "SELECT st.saga_id::text FROM saga.saga_steps st
+           JOIN saga.saga_instances s ON s.id = st.saga_id
           WHERE st.status = 'completed'
-            AND NOT EXISTS (SELECT 1 FROM public.ledger_effects e WHERE e.key = st.idempotency_key)",
+            AND NOT EXISTS (SELECT 1 FROM public.ledger_effects e WHERE e.key = st.idempotency_key)
+            AND NOT EXISTS (SELECT 1 FROM WAITING
+                              JOIN saga.saga_signals g ON g.name = waiting.signal
+                             WHERE waiting.saga_type = s.saga_type AND waiting.step = st.name
+                               AND st.phase = 'action' AND g.saga_id = st.saga_id)",
+    ),
+    (
+        "a waiting step that completed holds the payload of its signal, which came once",
+        "SELECT st.saga_id::text FROM saga.saga_steps st
+           JOIN saga.saga_instances s ON s.id = st.saga_id
+           JOIN WAITING ON waiting.saga_type = s.saga_type AND waiting.step = st.name
+          WHERE st.phase = 'action' AND st.status = 'completed'
+            AND st.output IS DISTINCT FROM (SELECT g.payload FROM saga.saga_signals g
+                                             WHERE g.saga_id = st.saga_id
+                                               AND g.name = waiting.signal)",
+    ),
+    (
+        "each signal stored is counted on its saga and recorded once in its history",
+        "SELECT s.id::text FROM saga.saga_instances s
+          WHERE s.signals_received <> (SELECT COUNT(*) FROM saga.saga_signals g WHERE g.saga_id = s.id)
+             OR s.signals_received <> (SELECT COUNT(*) FROM saga.saga_events e
+                                        WHERE e.saga_id = s.id AND e.kind = 'signal_received')",
+    ),
+    (
+        "no settled saga still records a wait",
+        "SELECT id::text FROM saga.saga_instances
+          WHERE waiting_for IS NOT NULL AND status NOT IN ('running', 'compensating')",
     ),
     (
         "every effect in the ledger belongs to a completed step phase or to the open item that \
@@ -256,7 +288,9 @@ pub(crate) async fn check(pool: &PgPool, started: i64, kills: u64) -> Summary {
         ));
     }
     for (name, sql) in CHECKS {
-        let sql = sql.replace("COMPENSABLE", COMPENSABLE);
+        let sql = sql
+            .replace("COMPENSABLE", COMPENSABLE)
+            .replace("WAITING", WAITING);
         let count = scalar(pool, &format!("SELECT COUNT(*) FROM ({sql}) violations")).await;
         if count != 0 {
             let example: String = sqlx::query_scalar(&format!("{sql} LIMIT 1"))

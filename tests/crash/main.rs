@@ -30,7 +30,7 @@ use scenarios::Report;
 
 type Run = fn(u64) -> Pin<Box<dyn Future<Output = Report> + Send>>;
 
-const SCENARIOS: [(&str, Run); 8] = [
+const SCENARIOS: [(&str, Run); 9] = [
     ("kill_random_workers", |seed| {
         Box::pin(scenarios::kill_random::run(seed))
     }),
@@ -54,6 +54,9 @@ const SCENARIOS: [(&str, Run); 8] = [
     }),
     ("cancel_under_kills", |seed| {
         Box::pin(scenarios::cancel_under_kills::run(seed))
+    }),
+    ("signals_under_kills", |seed| {
+        Box::pin(scenarios::signals_under_kills::run(seed))
     }),
 ];
 

@@ -368,6 +368,56 @@ impl Saga for Bulky {
     }
 }
 
+/// The payment webhook `crash_signal` sagas wait for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Paid {
+    pub(crate) charge: String,
+}
+
+impl saga::Signal for Paid {
+    const NAME: &'static str = "paid";
+}
+
+/// `s1` (compensable), then the step `paid` waiting for the signal `Paid`, then `s3`
+/// (irreversible): sagas whose signals are sent from another process while workers die.
+pub(crate) struct CrashSignal(pub Ledger);
+
+async fn signal_step(
+    saga: Arc<CrashSignal>,
+    ctx: StepContext<u64>,
+    index: u32,
+) -> Result<Receipt, StepError> {
+    // Long enough that kills land mid-step.
+    work(u32::try_from(ctx.input() % 7 * 15).unwrap_or(0)).await;
+    let receipt = saga.0.call(&ctx, index, None).await?;
+    Ok(Receipt { receipt })
+}
+
+impl Saga for CrashSignal {
+    type Input = u64;
+
+    fn definition() -> SagaDefinition<Self> {
+        SagaDefinition::new("crash_signal", 1)
+            .step(
+                Step::new("s1", |saga, ctx| signal_step(saga, ctx, 1))
+                    .compensate(
+                        |saga: Arc<Self>, ctx: StepContext<u64>, receipt: Receipt| async move {
+                            saga.0.call(&ctx, 1, Some(&receipt.receipt)).await.map(drop)
+                        },
+                    )
+                    .retry(retry())
+                    .timeout(STEP_TIMEOUT),
+            )
+            .step(Step::signal::<Paid>("paid").timeout(Duration::from_secs(600)))
+            .step(
+                Step::new("s3", |saga, ctx| signal_step(saga, ctx, 3))
+                    .irreversible()
+                    .retry(retry())
+                    .timeout(STEP_TIMEOUT),
+            )
+    }
+}
+
 /// Which saga types a process registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Registry {
@@ -386,6 +436,7 @@ pub(crate) fn register(
     ledger: &Ledger,
 ) -> saga::Result<()> {
     orchestrator.register(Crash(ledger.clone()))?;
+    orchestrator.register(CrashSignal(ledger.clone()))?;
     match registry {
         Registry::Standard => {}
         Registry::PoisonWorker => {

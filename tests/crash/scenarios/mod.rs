@@ -8,6 +8,7 @@ pub(crate) mod fault_points;
 pub(crate) mod kill_random;
 pub(crate) mod pg_restart;
 pub(crate) mod poison;
+pub(crate) mod signals_under_kills;
 pub(crate) mod zombie;
 
 use std::sync::Arc;
