@@ -717,6 +717,15 @@ impl SagaFilter {
 /// assert_eq!(store.count_by_status().await?, vec![(SagaStatus::Running, 1)]);
 /// assert_eq!(store.history(id).await?.len(), 3); // started, step started, step completed
 ///
+/// // deliver_signal: stored with the saga once per (name, key), kept until its step takes it.
+/// let paid = saga_core::wait::SignalDelivery {
+///     saga: id, name: "paid".into(), key: saga_core::SignalKey::new("evt-1"),
+///     payload: serde_json::json!({ "charge": "ch_1" }),
+/// };
+/// assert_eq!(store.deliver_signal(&paid).await?, saga_core::Delivered::New(id));
+/// assert_eq!(store.deliver_signal(&paid).await?, saga_core::Delivered::Duplicate(id));
+/// assert_eq!(store.load(id).await?.expect("stored").signals.len(), 1);
+///
 /// // Escalate: parked for a person, one item in the intervention queue.
 /// let item = InterventionId::new();
 /// store.apply(&lease, &[Change::Escalate(NewIntervention {
@@ -735,6 +744,13 @@ impl SagaFilter {
 /// assert_eq!(store.settle(&cancel).await?, SagaStatus::Cancelled);
 /// assert!(matches!(store.settle(&cancel).await, Err(Error::InterventionSettled(_))));
 /// assert!(store.intervention(item).await?.is_some());
+///
+/// // deliver_signal: a finished saga takes no new signal (a repeat is still a duplicate).
+/// let late = saga_core::wait::SignalDelivery { name: "shipped".into(), ..paid.clone() };
+/// assert!(matches!(
+///     store.deliver_signal(&late).await,
+///     Err(Error::SignalRefused { refusal: saga_core::SignalRefusal::Finished(SagaStatus::Cancelled), .. })
+/// ));
 ///
 /// // request_cancel: only running sagas can be cancelled.
 /// assert!(matches!(

@@ -7,8 +7,10 @@ mod pgutil;
 mod report;
 mod run;
 mod sagas;
+mod signal;
 mod track;
 mod w3;
+mod waiting;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +34,13 @@ enum Cmd {
     W3Worker(w3::WorkerArgs),
     /// Peak RSS with 10,000 sagas in flight.
     Rss(w3::RssArgs),
+    /// Signal-to-step latency: orders waiting for a signal, signalled from a second orchestrator.
+    Signal(signal::SignalArgs),
+    /// The cost of waiting sagas: claims, W1 and RSS with and without them.
+    Waiting(waiting::WaitingArgs),
+    /// Starts orders and returns once each waits for its signal (used by waiting).
+    #[command(hide = true)]
+    WaitingFill(waiting::FillArgs),
     /// Prints a free TCP port on 127.0.0.1.
     FreePort,
     /// Prints the table and the name=value lines.
@@ -57,6 +66,9 @@ fn main() -> std::process::ExitCode {
             Cmd::W3(args) => w3::w3(args).await.map(Some),
             Cmd::W3Worker(args) => w3::worker(args).await.map(|()| None),
             Cmd::Rss(args) => w3::rss(args).await.map(Some),
+            Cmd::Signal(args) => signal::signal(args).await.map(Some),
+            Cmd::Waiting(args) => waiting::waiting(args).await.map(Some),
+            Cmd::WaitingFill(args) => waiting::fill(args).await.map(Some),
             Cmd::FreePort => std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map(|addr| {

@@ -1,10 +1,13 @@
 //! The benchmark sagas: five no-op steps, each with a no-op compensation, so that what is measured
 //! is the orchestration itself. W1: every step succeeds. W2: step 4 fails for good (a permanent
-//! error), so steps 3, 2, 1 are compensated.
+//! error), so steps 3, 2, 1 are compensated. Order: a saga that waits for a signal between two
+//! no-op steps.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use saga::{Saga, SagaDefinition, Step, StepContext, StepError};
+use saga::{Saga, SagaDefinition, Signal, Step, StepContext, StepError};
+use serde::{Deserialize, Serialize};
 
 use crate::track::Tracker;
 
@@ -28,6 +31,32 @@ pub trait Tracked: Send + Sync + 'static {
 pub struct W1(pub Option<Arc<Tracker>>);
 /// W2: step 4 fails for good; steps 3..1 compensate.
 pub struct W2(pub Option<Arc<Tracker>>);
+
+/// Order: `reserve` -> `await_signal` (waits for [`Paid`], up to a day) -> `ship`.
+pub struct Order(pub Option<Arc<Tracker>>);
+
+/// The signal an [`Order`] waits for.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Paid {
+    pub n: u64,
+}
+
+impl Signal for Paid {
+    const NAME: &'static str = "paid";
+}
+
+/// What a waiting [`Order`] records as `waiting_for`.
+pub const ORDER_WAITING_FOR: &str = "signal:paid";
+
+/// How long an [`Order`] waits for its signal: far beyond any run, so that no waiting order
+/// falls due by itself while it is measured.
+pub const ORDER_SIGNAL_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+impl Tracked for Order {
+    fn tracker(&self) -> Option<&Tracker> {
+        self.0.as_deref()
+    }
+}
 
 impl Tracked for W1 {
     fn tracker(&self) -> Option<&Tracker> {
@@ -93,5 +122,16 @@ impl Saga for W2 {
                 )
             }
         })
+    }
+}
+
+impl Saga for Order {
+    type Input = u64;
+
+    fn definition() -> SagaDefinition<Self> {
+        SagaDefinition::new("bench_order", 1)
+            .step(Step::new("reserve", ok_step::<Order>).compensate(compensation::<Order>))
+            .step(Step::signal::<Paid>("await_signal").timeout(ORDER_SIGNAL_TIMEOUT))
+            .step(Step::new("ship", ok_step::<Order>).compensate(compensation::<Order>))
     }
 }

@@ -14,10 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use saga::wait::SignalDelivery;
 use saga::{
-    CancelOutcome, Change, Created, Event, Intervention, InterventionId, Lease, NewSaga, Result,
-    SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus, Settlement, StepTransaction, Store,
-    Timestamp, WorkerId,
+    CancelOutcome, Change, Created, Delivered, Event, Intervention, InterventionId, Lease, NewSaga,
+    Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus, Settlement, StepTransaction,
+    Store, Timestamp, WorkerId,
 };
 use tokio::sync::oneshot;
 
@@ -36,7 +37,16 @@ pub struct Calls {
     pub apply: AtomicU64,
     pub load: AtomicU64,
     pub step_tx: AtomicU64,
+    pub signal: AtomicU64,
     pub other: AtomicU64,
+}
+
+/// One claim call: when it began, how long it took, how many sagas it claimed.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimTiming {
+    pub at: Instant,
+    pub seconds: f64,
+    pub claimed: usize,
 }
 
 /// Settled sagas and step timestamps, shared by the store wrapper, the step functions and the
@@ -45,6 +55,7 @@ pub struct Calls {
 pub struct Tracker {
     slots: Mutex<HashMap<SagaId, Slot>>,
     steps: Mutex<HashMap<SagaId, Vec<Instant>>>,
+    claims: Mutex<Vec<ClaimTiming>>,
     pub calls: Calls,
 }
 
@@ -64,6 +75,28 @@ impl Tracker {
             .ok()
             .and_then(|mut steps| steps.remove(&saga))
             .unwrap_or_default()
+    }
+
+    /// Every claim call's timing so far (what `saga_claim_duration_seconds` records).
+    pub fn claims(&self) -> Vec<ClaimTiming> {
+        self.claims
+            .lock()
+            .map(|claims| claims.clone())
+            .unwrap_or_default()
+    }
+
+    fn claimed(&self, at: Instant, claimed: usize) {
+        let seconds = at.elapsed().as_secs_f64();
+        self.calls
+            .claimed
+            .fetch_add(claimed as u64, Ordering::Relaxed);
+        if let Ok(mut claims) = self.claims.lock() {
+            claims.push(ClaimTiming {
+                at,
+                seconds,
+                claimed,
+            });
+        }
     }
 
     fn settled(&self, saga: SagaId, status: SagaStatus) {
@@ -139,11 +172,9 @@ impl Store for TrackingStore {
         limit: u32,
     ) -> Result<Vec<Lease>> {
         Self::count(&self.tracker.calls.claim);
+        let at = Instant::now();
         let leases = self.inner.claim(owner, now, lease_for, limit).await?;
-        self.tracker
-            .calls
-            .claimed
-            .fetch_add(leases.len() as u64, Ordering::Relaxed);
+        self.tracker.claimed(at, leases.len());
         Ok(leases)
     }
 
@@ -155,14 +186,12 @@ impl Store for TrackingStore {
         limit: u32,
     ) -> Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>> {
         Self::count(&self.tracker.calls.claim);
+        let at = Instant::now();
         let claimed = self
             .inner
             .claim_loaded(owner, now, lease_for, limit)
             .await?;
-        self.tracker
-            .calls
-            .claimed
-            .fetch_add(claimed.len() as u64, Ordering::Relaxed);
+        self.tracker.claimed(at, claimed.len());
         Ok(claimed)
     }
 
@@ -225,6 +254,11 @@ impl Store for TrackingStore {
     async fn settle(&self, settlement: &Settlement) -> Result<SagaStatus> {
         Self::count(&self.tracker.calls.other);
         self.inner.settle(settlement).await
+    }
+
+    async fn deliver_signal(&self, delivery: &SignalDelivery) -> Result<Delivered> {
+        Self::count(&self.tracker.calls.signal);
+        self.inner.deliver_signal(delivery).await
     }
 
     async fn request_cancel(
