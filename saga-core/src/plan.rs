@@ -84,21 +84,23 @@ fn next_forward(
     // Past the pivot the saga only goes forward; before it, a passed deadline stops it.
     let pivot = pivot_passed(snapshot, steps);
     let overdue = deadline.filter(|at| *at <= now && pivot.is_none());
+    // Written only if no signal came since this snapshot was read: a signal might have let
+    // the saga go on.
     let stop_for_deadline = |at: Timestamp| {
-        Action::Record(vec![Change::SetStatus {
-            status: SagaStatus::Compensating,
-            reason: Some(format!(
-                "the saga's deadline ({}) passed before it finished",
-                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            )),
-        }])
+        Action::Record(vec![
+            Change::SetStatus {
+                status: SagaStatus::Compensating,
+                reason: Some(format!(
+                    "the saga's deadline ({}) passed before it finished",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                )),
+            },
+            no_signal_since(snapshot),
+        ])
     };
     for (position, spec) in steps.iter().enumerate() {
         let index = step_index(position);
         let Some(record) = snapshot.step(index, Phase::Action) else {
-            if let Some(at) = overdue {
-                return stop_for_deadline(at);
-            }
             if spec.kind.waits() {
                 // A signal that came before the saga got here is consumed at once.
                 if let Some(settled) = received(snapshot, spec, index, Attempt::FIRST) {
@@ -116,11 +118,17 @@ fn next_forward(
                     changes.extend(settled);
                     return Action::Record(changes);
                 }
+                if let Some(at) = overdue {
+                    return stop_for_deadline(at);
+                }
                 return Action::Wait(Waiting {
                     index,
                     begins: true,
                     until: None,
                 });
+            }
+            if let Some(at) = overdue {
+                return stop_for_deadline(at);
             }
             return Action::Run {
                 index,
@@ -224,7 +232,7 @@ fn settle_wait(
             });
     }
     let until = record.next_attempt_at.unwrap_or(now);
-    Some(Action::Record(vec![match &spec.kind {
+    let ended = match &spec.kind {
         StepKind::Call => return None,
         StepKind::Sleep { .. } => complete(
             spec,
@@ -254,7 +262,18 @@ fn settle_wait(
                 waited_since(record)
             ),
         ),
-    }]))
+    };
+    // A wait that ends without its signal is written only if none came since this snapshot.
+    Some(Action::Record(match &spec.kind {
+        StepKind::Sleep { .. } => vec![ended],
+        _ => vec![ended, no_signal_since(snapshot)],
+    }))
+}
+
+fn no_signal_since(snapshot: &SagaSnapshot) -> Change {
+    Change::NoSignalSince {
+        signals_seen: snapshot.record.signals_received,
+    }
 }
 
 /// What the signal a step waits for decides, once it came: its payload completes the step (an

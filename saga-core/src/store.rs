@@ -233,6 +233,14 @@ pub enum Change {
         /// [`SagaRecord::signals_received`] as the worker read it.
         signals_seen: u64,
     },
+    /// A condition, not a change: the batch is written only if no signal was delivered to the
+    /// saga since the worker read `signals_seen` of them (otherwise it is refused with
+    /// [`Refusal::SignalArrived`] and nothing is written). A wait that ends for want of a signal
+    /// is recorded with it, so that a signal stored in the meantime is never passed over.
+    NoSignalSince {
+        /// [`SagaRecord::signals_received`] as the worker read it.
+        signals_seen: u64,
+    },
     /// Give the lease back; the saga is due again at `next_run_at` (`None`: not until an operator acts).
     Release {
         /// When a worker should look at the saga again.
@@ -438,7 +446,10 @@ impl Change {
             } else {
                 StepStatus::Failed
             }),
-            Change::SetStatus { .. } | Change::Escalate(_) | Change::Release { .. } => None,
+            Change::SetStatus { .. }
+            | Change::Escalate(_)
+            | Change::Release { .. }
+            | Change::NoSignalSince { .. } => None,
         }
     }
 
@@ -534,7 +545,7 @@ impl Change {
                 attempt: None,
                 detail: Some(format!("{}: {}", item.kind.as_str(), item.error)),
             }),
-            Change::Release { .. } => None,
+            Change::Release { .. } | Change::NoSignalSince { .. } => None,
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::saga::{DecodedInput, ErasedSaga, RawContext};
 use crate::slots::Slot;
 use crate::status::{Phase, StepStatus};
 use crate::step::StepError;
-use crate::store::{Change, Lease, SagaSnapshot};
+use crate::store::{Change, Lease, Refusal, SagaSnapshot};
 use crate::telemetry::{names, TraceContext};
 
 /// The claim loop: keeps up to `concurrency` sagas in flight until shutdown.
@@ -526,7 +526,25 @@ impl Driver<'_> {
                         return Ok(());
                     }
                 }
-                Action::Record(changes) => self.record(changes)?,
+                Action::Record(changes) => {
+                    // A decision made for want of a signal is written at once: should a signal
+                    // have come since the saga was read, it is refused, and the saga is read
+                    // again and planned anew.
+                    let guarded = changes
+                        .iter()
+                        .any(|change| matches!(change, Change::NoSignalSince { .. }));
+                    self.record(changes)?;
+                    if guarded {
+                        match self.flush().await {
+                            Ok(()) => {}
+                            Err(Error::Refused {
+                                refusal: Refusal::SignalArrived,
+                                ..
+                            }) => self.reload().await?,
+                            Err(err) => return Err(err),
+                        }
+                    }
+                }
                 Action::WaitUntil(at) => {
                     self.record(vec![Change::Release {
                         next_run_at: Some(at),
@@ -1056,6 +1074,19 @@ impl Driver<'_> {
         )
         .await?;
         self.snapshot = snapshot;
+        Ok(())
+    }
+
+    /// Reads the saga again, dropping what was queued (decided on the copy read before).
+    async fn reload(&mut self) -> Result<()> {
+        tracing::info!(saga.id = %self.lease.saga, "a signal arrived meanwhile; reading the saga again");
+        self.pending.clear();
+        self.snapshot = self
+            .inner
+            .store
+            .load(self.lease.saga)
+            .await?
+            .ok_or(Error::SagaNotFound(self.lease.saga))?;
         Ok(())
     }
 

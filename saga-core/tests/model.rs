@@ -367,7 +367,9 @@ impl Queued {
                 item.parked_from,
             ),
             Change::Release { next_run_at } => Queued::Release(next_run_at.map(tick)),
-            Change::Wait { .. } => unreachable!("the modelled saga has no waiting step"),
+            Change::Wait { .. } | Change::NoSignalSince { .. } => {
+                unreachable!("the modelled saga has no waiting step")
+            }
         }
     }
 

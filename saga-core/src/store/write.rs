@@ -50,6 +50,10 @@ pub enum Refusal {
         /// Action or compensation.
         phase: Phase,
     },
+    /// A signal was delivered to the saga since the writer read it, and the write decided
+    /// something (a wait ended for want of a signal) that the signal may change: read the saga
+    /// again and decide anew.
+    SignalArrived,
 }
 
 impl std::fmt::Display for Refusal {
@@ -61,6 +65,10 @@ impl std::fmt::Display for Refusal {
             Refusal::StepNotBegun { step, phase } => write!(
                 f,
                 "step {step} ({phase}) never began, so it cannot complete or fail"
+            ),
+            Refusal::SignalArrived => write!(
+                f,
+                "a signal arrived since the saga was read, and the write would pass it over; read the saga again"
             ),
         }
     }
@@ -195,7 +203,10 @@ impl StepWrite {
                 self.finished = false;
                 self.next_attempt_at = *until;
             }
-            Change::SetStatus { .. } | Change::Escalate(_) | Change::Release { .. } => {}
+            Change::SetStatus { .. }
+            | Change::Escalate(_)
+            | Change::Release { .. }
+            | Change::NoSignalSince { .. } => {}
         }
         if let Some(status) = change.step_status() {
             self.status = status;
@@ -211,9 +222,10 @@ impl StepWrite {
             Change::CompleteStep { name, .. }
             | Change::FailStep { name, .. }
             | Change::Wait { name, .. } => (name.clone(), None),
-            Change::SetStatus { .. } | Change::Escalate(_) | Change::Release { .. } => {
-                (StepName::new(""), None)
-            }
+            Change::SetStatus { .. }
+            | Change::Escalate(_)
+            | Change::Release { .. }
+            | Change::NoSignalSince { .. } => (StepName::new(""), None),
         };
         StepWrite {
             index,
@@ -334,6 +346,9 @@ pub struct WritePlan {
     pub interventions: Vec<NewIntervention>,
     /// History events to append, in order.
     pub events: Vec<EventData>,
+    /// Written only if the saga received at most this many signals (see
+    /// [`Change::NoSignalSince`]).
+    pub signals_at_most: Option<u64>,
 }
 
 /// A batch that contradicts itself (it begins a step phase it completed): refused whatever is
@@ -426,6 +441,12 @@ impl WritePlan {
                 self.saga.lease = LeaseChange::Release;
                 self.saga.next_run_at = Some(*next_run_at);
             }
+            Change::NoSignalSince { signals_seen } => {
+                self.signals_at_most = Some(
+                    self.signals_at_most
+                        .map_or(*signals_seen, |at_most| at_most.min(*signals_seen)),
+                );
+            }
         }
         self.events.extend(change.event());
         Ok(())
@@ -459,8 +480,8 @@ impl WritePlan {
 /// Whether a fenced write, compiled, is admitted on the saga as stored; the error every backend
 /// returns when it is not, checked in this order: [`Error::LeaseLost`] (another worker claimed
 /// the saga), [`Error::CancelRequested`] (a cancel request refuses a forward step),
-/// [`Error::Refused`] (a step phase is not in the state the batch needs, or the batch
-/// contradicts itself).
+/// [`Error::Refused`] (a signal arrived that the batch would pass over, a step phase is not in
+/// the state the batch needs, or the batch contradicts itself).
 ///
 /// # Errors
 /// As listed.
@@ -487,6 +508,13 @@ pub fn admit<'p>(
         saga: lease.saga,
         refusal,
     };
+    let signals_at_most = match compiled {
+        Ok(plan) => plan.signals_at_most,
+        Err(contradiction) => contradiction.before.signals_at_most,
+    };
+    if signals_at_most.is_some_and(|at_most| record.signals_received > at_most) {
+        return Err(refused(Refusal::SignalArrived));
+    }
     match compiled {
         Ok(plan) => match plan.refusal_on(stored) {
             Some(refusal) => Err(refused(refusal)),
@@ -1062,6 +1090,14 @@ mod tests {
                 reason: reason.clone(),
             });
         }
+        if changes.iter().any(|change| {
+            matches!(change, Change::NoSignalSince { signals_seen } if record.signals_received > *signals_seen)
+        }) {
+            return Err(Error::Refused {
+                saga: lease.saga,
+                refusal: Refusal::SignalArrived,
+            });
+        }
         let mut snap = stored.clone();
         let (mut events, mut items) = (Vec::new(), Vec::new());
         let saga = snap.record.id;
@@ -1189,8 +1225,13 @@ mod tests {
                     snap.record.next_run_at = *next_run_at;
                     released = true;
                 }
+                // A condition, checked above.
+                Change::NoSignalSince { .. } => {}
             }
-            if !matches!(change, Change::Wait { .. } | Change::Release { .. }) {
+            if !matches!(
+                change,
+                Change::Wait { .. } | Change::Release { .. } | Change::NoSignalSince { .. }
+            ) {
                 snap.record.waiting_for = None;
             }
             events.extend(change.event());
@@ -1393,9 +1434,17 @@ mod tests {
                 expires_at: now,
                 taken_over_from: None,
             };
-            let changes: Vec<Change> = (0..=draw.below(6))
+            let mut changes: Vec<Change> = (0..=draw.below(6))
                 .map(|_| change(&mut draw, stored.record.id, now))
                 .collect();
+            if draw.below(5) == 0 {
+                changes.insert(
+                    0,
+                    Change::NoSignalSince {
+                        signals_seen: draw.below(3),
+                    },
+                );
+            }
             let expected = one_by_one(&stored, &lease, &changes, now);
             let actual = planned(&stored, &lease, &changes, now);
             match (&expected, &actual) {

@@ -1681,3 +1681,114 @@ pub async fn a_refused_batch_reports_its_first_refusal_alike<S: Store>(store: Ar
     );
     assert_eq!(written().await, before, "refused after the cancel request");
 }
+
+/// A signal delivered while a worker holds a waiting saga: the worker's write that ends the
+/// wait for want of a signal is refused whole (`Refusal::SignalArrived`), and its release of a
+/// wait makes the saga due at once; a signal's delivery is recorded once per key, and counted.
+pub async fn a_signal_delivered_meanwhile_refuses_a_timeout_and_wakes_a_wait<S: Store>(
+    store: Arc<S>,
+) {
+    use saga_core::wait::SignalDelivery;
+    let id = create(&*store, new_saga("order", None, json!({}))).await;
+    let t0 = now();
+    let lease = claim_one(&*store, "worker-a", t0, LEASE).await;
+    let until = after(t0, Duration::from_secs(3600));
+    let wait = Change::Wait {
+        index: StepIndex(0),
+        name: name(0),
+        until: Some(until),
+        waiting_for: "signal:paid".into(),
+        signals_seen: 0,
+    };
+    apply_ok(
+        &*store,
+        &lease,
+        &[begin(id, 0, Phase::Action, 1), wait.clone()],
+    )
+    .await;
+    let saga = snapshot(&*store, id).await;
+    assert_eq!(saga.record.waiting_for.as_deref(), Some("signal:paid"));
+    let step = saga.step(StepIndex(0), Phase::Action).unwrap();
+    assert_eq!(
+        (step.status, step.next_attempt_at),
+        (StepStatus::InProgress, Some(until))
+    );
+
+    // The signal arrives while the worker holds the saga (it read none).
+    let delivery = SignalDelivery {
+        saga: id,
+        name: "paid".into(),
+        key: saga_core::SignalKey::new("evt-1"),
+        payload: json!({ "charge": "ch_1" }),
+    };
+    let before = history_len(&*store, id).await;
+    assert_eq!(
+        store.deliver_signal(&delivery).await.unwrap(),
+        saga_core::Delivered::New(id)
+    );
+    assert_eq!(
+        store.deliver_signal(&delivery).await.unwrap(),
+        saga_core::Delivered::Duplicate(id)
+    );
+    let saga = snapshot(&*store, id).await;
+    assert_eq!(saga.record.signals_received, 1);
+    assert_eq!(saga.signals.len(), 1);
+    assert_eq!(saga.signals[0].payload, json!({ "charge": "ch_1" }));
+    assert_eq!(
+        history_len(&*store, id).await,
+        before + 1,
+        "one signal_received event"
+    );
+
+    // Deciding the wait timed out, on the copy read before the signal: refused, nothing written.
+    let timed_out = [
+        fail(
+            0,
+            Phase::Action,
+            1,
+            StepError::permanent("no signal came"),
+            None,
+        ),
+        Change::NoSignalSince { signals_seen: 0 },
+    ];
+    match store.apply(&lease, &timed_out).await {
+        Err(Error::Refused {
+            refusal: Refusal::SignalArrived,
+            ..
+        }) => {}
+        other => panic!("a write passing over a signal must be refused, got {other:?}"),
+    }
+    let unchanged = snapshot(&*store, id).await;
+    assert_eq!(
+        unchanged.step(StepIndex(0), Phase::Action).unwrap().status,
+        StepStatus::InProgress
+    );
+    // Giving the saga back to wait, on that copy: due at once instead of in an hour.
+    apply_ok(&*store, &lease, &[wait, release(Some(until))]).await;
+    let saga = snapshot(&*store, id).await;
+    assert!(saga.record.lease_owner.is_none());
+    assert!(
+        saga.record
+            .next_run_at
+            .is_some_and(|due| due < until && due <= after(now(), LEASE)),
+        "a signal that raced the wait makes the saga due now: {:?}",
+        saga.record.next_run_at
+    );
+    // With the signal read, the same decision is written.
+    let lease = claim_one(&*store, "worker-b", now(), LEASE).await;
+    apply_ok(
+        &*store,
+        &lease,
+        &[
+            complete(0, Phase::Action, 1, Some(json!({ "charge": "ch_1" }))),
+            Change::NoSignalSince { signals_seen: 1 },
+        ],
+    )
+    .await;
+    let saga = snapshot(&*store, id).await;
+    assert_eq!(saga.record.waiting_for, None);
+    assert_eq!(
+        saga.step(StepIndex(0), Phase::Action).unwrap().status,
+        StepStatus::Completed
+    );
+}

@@ -47,9 +47,10 @@ pub(super) struct Write {
     pub(super) plan: WritePlan,
 }
 
-/// The saga rows: $1..$15 each write's fence and the update of its saga row (what it waits
-/// for, and when a signal that arrived meanwhile makes it due now); $16 whether to wake idle
-/// workers, $17 the wake-up channel. Every time the statement records is the
+/// The saga rows: $1..$16 each write's fence and the update of its saga row (what it waits
+/// for, when a signal that arrived meanwhile makes it due now, and the signals it may have
+/// received for the write to hold); $17 whether to wake idle workers, $18 the wake-up channel.
+/// Every time the statement records is the
 /// server's (`now()`, to the millisecond, as every store keeps times): the clock workers
 /// schedule by, whatever the clock of the process that writes.
 macro_rules! sagas {
@@ -58,10 +59,11 @@ macro_rules! sagas {
 WITH s AS (
     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::bool[], $5::text[], $6::text[],
                          $7::bool[], $8::text[], $9::bool[], $10::bool[], $11::bool[],
-                         $12::timestamptz[], $13::int8[], $14::bool[], $15::text[])
+                         $12::timestamptz[], $13::int8[], $14::bool[], $15::text[],
+                         $16::int8[])
         WITH ORDINALITY
         AS t(id, owner, token, forward, status, reason, clear_cancel, cancel_request, release,
-             bump, set_next, next_run_at, wake_seen, set_waiting, waiting, n)),
+             bump, set_next, next_run_at, wake_seen, set_waiting, waiting, signals_at_most, n)),
 inst AS (
     UPDATE saga_instances i
        SET updated_at = date_trunc('milliseconds', now()),
@@ -82,6 +84,7 @@ inst AS (
      WHERE i.id = ANY($1::uuid[]) AND i.id = s.id
        AND (s.owner IS NULL OR (i.lease_owner = s.owner AND i.fencing_token = s.token))
        AND (NOT s.forward OR i.cancel_requested IS NULL)
+       AND (s.signals_at_most IS NULL OR i.signals_received <= s.signals_at_most)
     RETURNING i.id, s.n,
               -- Made due now by a signal that raced the wait: wake idle workers for it.
               (s.set_next AND s.wake_seen IS NOT NULL AND i.signals_received > s.wake_seen)
@@ -90,7 +93,7 @@ inst AS (
     };
 }
 
-/// The step phases: $18..$31. A phase whose first change in its write begins it (it has a key)
+/// The step phases: $19..$32. A phase whose first change in its write begins it (it has a key)
 /// is inserted, or updated if stored and not completed; such a write always begins an attempt
 /// (its start time and attempt are set) and sets an error only to a text, so only its output
 /// needs the row's own flag, read on the rare conflict. A phase that must be stored (its first
@@ -99,9 +102,9 @@ macro_rules! steps {
     () => {
         "
 x AS (
-    SELECT x.* FROM UNNEST($18::uuid[], $19::int4[], $20::text[], $21::text[], $22::text[],
-                           $23::text[], $24::int4[], $25::bool[], $26::bool[], $27::jsonb[],
-                           $28::text[], $29::timestamptz[], $30::bool[], $31::int8[])
+    SELECT x.* FROM UNNEST($19::uuid[], $20::int4[], $21::text[], $22::text[], $23::text[],
+                           $24::text[], $25::int4[], $26::bool[], $27::bool[], $28::jsonb[],
+                           $29::text[], $30::timestamptz[], $31::bool[], $32::int8[])
         AS x(saga, idx, phase, name, key, status, attempt, began, set_output, output, error,
              next_at, finished, w)
       JOIN inst ON inst.n = x.w),
@@ -134,14 +137,14 @@ finished AS (
            finished_at = CASE WHEN x.finished THEN date_trunc('milliseconds', now()) END
       FROM x
      WHERE x.key IS NULL
-       AND st.saga_id = ANY($18::uuid[])
+       AND st.saga_id = ANY($19::uuid[])
        AND st.saga_id = x.saga AND st.step_index = x.idx AND st.phase = x.phase
     RETURNING 1),
 "
     };
 }
 
-/// Interventions: $32..$43.
+/// Interventions: $33..$44.
 macro_rules! escalate {
     () => {
         "
@@ -150,9 +153,9 @@ escalated AS (
         idempotency_key, input, output, error, status, opened_at, parked_from)
     SELECT e.id, e.saga, e.kind, e.idx, e.step, e.phase, e.key, e.input, e.output, e.error,
            'open', date_trunc('milliseconds', now()), e.parked_from
-      FROM UNNEST($32::uuid[], $33::uuid[], $34::text[], $35::int4[], $36::text[], $37::text[],
-                  $38::text[], $39::jsonb[], $40::jsonb[], $41::text[], $42::text[],
-                  $43::int8[])
+      FROM UNNEST($33::uuid[], $34::uuid[], $35::text[], $36::int4[], $37::text[], $38::text[],
+                  $39::text[], $40::jsonb[], $41::jsonb[], $42::text[], $43::text[],
+                  $44::int8[])
            AS e(id, saga, kind, idx, step, phase, key, input, output, error, parked_from, w)
       JOIN inst ON inst.n = e.w
     ON CONFLICT (id) DO NOTHING),
@@ -160,15 +163,15 @@ escalated AS (
     };
 }
 
-/// History events: $44..$50.
+/// History events: $45..$51.
 macro_rules! history {
     () => {
         "
 events AS (
     INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
     SELECT v.saga, date_trunc('milliseconds', now()), v.kind, v.step, v.phase, v.attempt, v.detail
-      FROM UNNEST($44::uuid[], $45::text[], $46::text[], $47::text[], $48::int4[], $49::text[],
-                  $50::int8[])
+      FROM UNNEST($45::uuid[], $46::text[], $47::text[], $48::text[], $49::int4[], $50::text[],
+                  $51::int8[])
            WITH ORDINALITY AS v(saga, kind, step, phase, attempt, detail, w, n)
       JOIN inst ON inst.n = v.w
      ORDER BY v.n)
@@ -176,7 +179,7 @@ events AS (
     };
 }
 
-/// Sagas created: $51..$61 the sagas, $62..$67 the steps begun with them, $68..$73 their
+/// Sagas created: $52..$62 the sagas, $63..$68 the steps begun with them, $69..$74 their
 /// events (no trailing comma: it also ends [`CREATE_SQL`]'s `WITH`). A start key that exists
 /// already creates nothing (the caller reads the saga it started); rows of the same creation
 /// join it by saga id.
@@ -189,8 +192,8 @@ new AS (
         lease_owner, lease_expires_at)
     SELECT k.id, k.saga_type, k.version, k.fingerprint, 'running', k.input, k.input_hash,
            k.key, date_trunc('milliseconds', now()), k.token, k.trace, date_trunc('milliseconds', now()), date_trunc('milliseconds', now()), k.owner, k.until
-      FROM UNNEST($51::uuid[], $52::text[], $53::int4[], $54::text[], $55::jsonb[], $56::text[],
-                  $57::text[], $58::text[], $59::text[], $60::timestamptz[], $61::int8[])
+      FROM UNNEST($52::uuid[], $53::text[], $54::int4[], $55::text[], $56::jsonb[], $57::text[],
+                  $58::text[], $59::text[], $60::text[], $61::timestamptz[], $62::int8[])
            AS k(id, saga_type, version, fingerprint, input, input_hash, key, trace, owner,
                 until, token)
      -- One order for every statement, so that two of them inserting the same start keys wait
@@ -202,13 +205,13 @@ new_begun AS (
     INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempt, idempotency_key,
         started_at)
     SELECT nb.saga, nb.idx, nb.phase, nb.name, 'in_progress', nb.attempt, nb.key, date_trunc('milliseconds', now())
-      FROM UNNEST($62::uuid[], $63::int4[], $64::text[], $65::text[], $66::int4[], $67::text[])
+      FROM UNNEST($63::uuid[], $64::int4[], $65::text[], $66::text[], $67::int4[], $68::text[])
            AS nb(saga, idx, phase, name, attempt, key)
       JOIN new ON new.id = nb.saga),
 new_events AS (
     INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
     SELECT nv.saga, date_trunc('milliseconds', now()), nv.kind, nv.step, nv.phase, nv.attempt, nv.detail
-      FROM UNNEST($68::uuid[], $69::text[], $70::text[], $71::text[], $72::int4[], $73::text[])
+      FROM UNNEST($69::uuid[], $70::text[], $71::text[], $72::text[], $73::int4[], $74::text[])
            WITH ORDINALITY AS nv(saga, kind, step, phase, attempt, detail, n)
       JOIN new ON new.id = nv.saga
      ORDER BY nv.n)"
@@ -216,7 +219,7 @@ new_events AS (
 }
 
 /// The answer, and the refusal of step writes whose phase does not meet their precondition.
-/// `$created`: the ids of sagas created, and `$woken`: the condition (besides `$16`) for
+/// `$created`: the ids of sagas created, and `$woken`: the condition (besides `$17`) for
 /// waking idle workers.
 macro_rules! answer {
     ($created:expr, $woken:expr) => {
@@ -229,10 +232,10 @@ SELECT ARRAY(SELECT n FROM inst) AS fenced, ",
                  < (SELECT COUNT(*) FROM x)
             THEN saga_refuse('a step write found its step phase in a state it cannot act on: a completed phase cannot begin again, and only a begun phase can complete or fail')
        END AS refused,
-       CASE WHEN ($16 AND (",
+       CASE WHEN ($17 AND (",
             $woken,
             ")) OR EXISTS (SELECT 1 FROM inst WHERE signalled)
-            THEN pg_notify($17, '')::text END AS woke"
+            THEN pg_notify($18, '')::text END AS woke"
         )
     };
 }
@@ -283,14 +286,14 @@ const WITH_CREATIONS_SQL: &str = statement!(writes and creations);
 const ESCALATE_WITH_CREATIONS_SQL: &str = statement!(writes and creations, escalate!());
 
 /// The statement for creations alone (a lone creation: the same parts as a group's, without the
-/// writes' parts, which the server would set up for nothing). Parameters other than $16,
-/// $17 and $51..$73 are bound (empty) but not read.
+/// writes' parts, which the server would set up for nothing). Parameters other than $17,
+/// $18 and $52..$74 are bound (empty) but not read.
 const CREATE_SQL: &str = concat!(
     "\nWITH",
     creations!(),
     "
 SELECT '{}'::int8[] AS fenced, ARRAY(SELECT id FROM new) AS created,
-       CASE WHEN $16 AND EXISTS (SELECT 1 FROM new) THEN pg_notify($17, '')::text END AS woke"
+       CASE WHEN $17 AND EXISTS (SELECT 1 FROM new) THEN pg_notify($18, '')::text END AS woke"
 );
 
 /// A step index, attempt or version as the `integer` it is stored as.
@@ -298,7 +301,7 @@ pub(super) fn int(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
-/// The saga rows ($1..$15).
+/// The saga rows ($1..$16).
 #[derive(Default)]
 struct SagaColumns {
     id: Vec<Uuid>,
@@ -316,6 +319,7 @@ struct SagaColumns {
     wake_seen: Vec<Option<i64>>,
     set_waiting: Vec<bool>,
     waiting: Vec<Option<String>>,
+    signals_at_most: Vec<Option<i64>>,
 }
 
 impl SagaColumns {
@@ -355,6 +359,12 @@ impl SagaColumns {
         );
         self.set_waiting.push(update.waiting.is_some());
         self.waiting.push(update.waiting.clone().flatten());
+        self.signals_at_most.push(
+            write
+                .plan
+                .signals_at_most
+                .map(|at_most| i64::try_from(at_most).unwrap_or(i64::MAX)),
+        );
     }
 
     fn bind(self, query: Query<'_>) -> Query<'_> {
@@ -374,10 +384,11 @@ impl SagaColumns {
             .bind(self.wake_seen)
             .bind(self.set_waiting)
             .bind(self.waiting)
+            .bind(self.signals_at_most)
     }
 }
 
-/// The step phases ($18..$31).
+/// The step phases ($19..$32).
 #[derive(Default)]
 struct StepColumns {
     saga: Vec<Uuid>,
@@ -438,7 +449,7 @@ impl StepColumns {
     }
 }
 
-/// Interventions ($32..$43).
+/// Interventions ($33..$44).
 #[derive(Default)]
 struct InterventionColumns {
     id: Vec<Uuid>,
@@ -495,7 +506,7 @@ impl InterventionColumns {
     }
 }
 
-/// History events ($44..$50 for writes, with the position of their write; $68..$73 for
+/// History events ($45..$51 for writes, with the position of their write; $69..$74 for
 /// creations, without).
 #[derive(Default)]
 struct EventColumns {
@@ -538,7 +549,7 @@ impl EventColumns {
     }
 }
 
-/// Sagas to create ($51..$61) and the steps begun with them ($62..$67).
+/// Sagas to create ($52..$62) and the steps begun with them ($63..$68).
 #[derive(Default)]
 struct CreationColumns {
     id: Vec<Uuid>,
@@ -800,10 +811,10 @@ mod tests {
             );
         }
         // The parts' comments give their ranges: the first and last number each part reads.
-        assert_eq!(numbers(sagas!()), (1..=15).collect::<Vec<_>>());
-        assert_eq!(numbers(steps!()), (18..=31).collect::<Vec<_>>());
-        assert_eq!(numbers(escalate!()), (32..=43).collect::<Vec<_>>());
-        assert_eq!(numbers(history!()), (44..=50).collect::<Vec<_>>());
-        assert_eq!(numbers(creations!()), (51..=73).collect::<Vec<_>>());
+        assert_eq!(numbers(sagas!()), (1..=16).collect::<Vec<_>>());
+        assert_eq!(numbers(steps!()), (19..=32).collect::<Vec<_>>());
+        assert_eq!(numbers(escalate!()), (33..=44).collect::<Vec<_>>());
+        assert_eq!(numbers(history!()), (45..=51).collect::<Vec<_>>());
+        assert_eq!(numbers(creations!()), (52..=74).collect::<Vec<_>>());
     }
 }

@@ -165,10 +165,19 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// Opens a write transaction (`BEGIN IMMEDIATE`: the file's one write lock) in a task of its
+    /// own, so that it is cancel-safe.
+    ///
+    /// sqlx 0.8's `begin_with` is not, for a custom BEGIN on SQLite: a caller dropped after the
+    /// BEGIN was answered but before the transaction was made (a worker killed, a drive whose
+    /// lease was lost) leaves the pooled connection holding the write lock with nothing to end
+    /// it, and every other writer waits out its busy timeout. Run to completion in a task, the
+    /// transaction is always made; one nobody takes any more is dropped there and rolled back.
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
+        let pool = self.pool.clone();
+        tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await })
             .await
+            .map_err(|err| Error::Store(Box::new(err)))?
             .map_err(classify)
     }
 
@@ -794,7 +803,8 @@ async fn write_plan(
                 waiting_for = CASE WHEN ?16 THEN ?17 ELSE waiting_for END
           WHERE id = ?11
             AND (?12 IS NULL OR (lease_owner = ?12 AND fencing_token = ?13))
-            AND (NOT ?14 OR cancel_requested IS NULL)",
+            AND (NOT ?14 OR cancel_requested IS NULL)
+            AND (?18 IS NULL OR signals_received <= ?18)",
     )
     .bind(millis(now))
     .bind(set_status)
@@ -817,6 +827,10 @@ async fn write_plan(
     )
     .bind(update.waiting.is_some())
     .bind(update.waiting.clone().flatten())
+    .bind(
+        plan.signals_at_most
+            .map(|at_most| i64::try_from(at_most).unwrap_or(i64::MAX)),
+    )
     .execute(&mut **tx)
     .await
     .map_err(classify)?;
