@@ -30,9 +30,23 @@
 //! compensated, cancelled) or reach a person, by the workers' moves alone (no further crash or
 //! operator action).
 //!
+//! A waiting variant makes the last step wait for a signal (`Step::signal`, three ticks at most)
+//! that the world may deliver at any moment, twice with one key; the workers then also use the
+//! real `plan::wait` and the stores' `decide_signal`. Its own properties:
+//! - the waiting step is recorded completed only with its signal stored;
+//! - a saga given back while it waits for a signal that is stored is due at once (a signal that
+//!   raced the start of the wait is never left waiting);
+//! - a signal stored while the saga could still use it never sees its waiting step fail, unless
+//!   an operator's cancel stops the saga.
+//!
+//! The model has one clock: a worker whose clock runs ahead (and so ends a wait a moment early,
+//! with a copy read before a signal came) is not modelled; `Change::NoSignalSince` covers that
+//! case and the store conformance suite checks it.
+//!
 //! `cargo test -p saga-core --test model` checks the small size (two steps, two workers, one
 //! crash, one cancel, one settlement, time jumping ahead three times: about 230,000 states, 20 s
-//! in a debug build); `SAGA_MODEL=large` lets time jump four times (about 1,000,000 states, two
+//! in a debug build), and the waiting variant (the same bounds and two deliveries: about 315,000
+//! states); `SAGA_MODEL=large` lets time jump four times in the first (about 1,000,000 states, two
 //! minutes). `SAGA_MODEL_CAP` bounds the states explored (default 4,000,000).
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -47,8 +61,8 @@ use saga_core::{
     Attempt, Change, Error, FailureKind, FencingToken, IdempotencyKey, Intervention,
     InterventionId, InterventionKind, InterventionStatus, Lease, NewIntervention, Phase,
     RetryPolicy, Saga, SagaDefinition, SagaId, SagaRecord, SagaSnapshot, SagaStatus, SagaType,
-    SettleAction, Settlement, Step, StepContext, StepError, StepIndex, StepRecord, StepSpec,
-    StepStatus, Timestamp, WorkerId,
+    SettleAction, Settlement, Signal, Step, StepContext, StepError, StepIndex, StepRecord,
+    StepSpec, StepStatus, Timestamp, WorkerId,
 };
 
 // ----------------------------------------------------------------------------- the saga
@@ -74,6 +88,28 @@ impl Saga for Modelled {
     fn definition() -> SagaDefinition<Self> {
         unreachable!("the model builds its definitions with `definition(steps)`")
     }
+}
+
+/// The signal the waiting variant's last step waits for.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Paid(u32);
+
+impl Signal for Paid {
+    const NAME: &'static str = "paid";
+}
+
+/// How long the waiting step waits for its signal, in ticks.
+const WAIT: Tick = 3;
+
+/// As [`definition`], the last step waiting for the signal `paid` (for [`WAIT`] ticks) instead
+/// of calling an action.
+fn waiting_definition(steps: usize) -> Vec<StepSpec> {
+    let mut specs = definition(steps - 1);
+    let wait = SagaDefinition::<Modelled>::new("modelled", 1).step(
+        Step::signal::<Paid>(&format!("s{}", steps - 1)).timeout(Duration::from_secs(WAIT as u64)),
+    );
+    specs.extend(wait.specs());
+    specs
 }
 
 fn definition(steps: usize) -> Vec<StepSpec> {
@@ -195,6 +231,12 @@ struct Stored {
     next_run: Option<Tick>,
     /// Per step: action, compensation.
     steps: Vec<[Option<PhaseRec>; 2]>,
+    /// Whether it records that it waits for the signal.
+    waiting: bool,
+    /// How many signals it received (0 or 1).
+    signals: u8,
+    /// Whether the signal is stored with it.
+    signal: bool,
 }
 
 fn slot(phase: Phase) -> usize {
@@ -222,6 +264,9 @@ impl Stored {
             expires: None,
             next_run: Some(0),
             steps: vec![[None, None]; steps],
+            waiting: false,
+            signals: 0,
+            signal: false,
         }
     }
 
@@ -272,11 +317,22 @@ impl Stored {
                 cancel_requested: self.cancel.then(|| "cancel requested by op: model".into()),
                 created_at: epoch(),
                 updated_at: epoch(),
-                waiting_for: None,
-                signals_received: 0,
+                waiting_for: self
+                    .waiting
+                    .then(|| saga_core::wait::waiting_for_signal(Paid::NAME)),
+                signals_received: u64::from(self.signals),
             },
             steps,
-            signals: Vec::new(),
+            signals: if self.signal {
+                vec![saga_core::SignalRecord {
+                    name: Paid::NAME.into(),
+                    key: saga_core::SignalKey::new("evt"),
+                    payload: serde_json::json!(1),
+                    received_at: epoch(),
+                }]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -294,6 +350,9 @@ impl Stored {
             expires: record.lease_expires_at.map(tick),
             next_run: record.next_run_at.map(tick),
             steps: vec![[None, None]; steps],
+            waiting: record.waiting_for.is_some(),
+            signals: u8::try_from(record.signals_received).unwrap(),
+            signal: snapshot.signal(Paid::NAME).is_some(),
         };
         for step in &snapshot.steps {
             saga.steps[step.index.0 as usize][slot(step.phase)] = Some(PhaseRec {
@@ -327,6 +386,8 @@ enum Queued {
         Option<SagaStatus>,
     ),
     Release(Option<Tick>),
+    Wait(u32, Option<Tick>, u8),
+    NoSignalSince(u8),
 }
 
 impl Queued {
@@ -367,8 +428,18 @@ impl Queued {
                 item.parked_from,
             ),
             Change::Release { next_run_at } => Queued::Release(next_run_at.map(tick)),
-            Change::Wait { .. } | Change::NoSignalSince { .. } => {
-                unreachable!("the modelled saga has no waiting step")
+            Change::Wait {
+                index,
+                until,
+                signals_seen,
+                ..
+            } => Queued::Wait(
+                index.0,
+                until.map(tick),
+                u8::try_from(*signals_seen).unwrap_or(u8::MAX),
+            ),
+            Change::NoSignalSince { signals_seen } => {
+                Queued::NoSignalSince(u8::try_from(*signals_seen).unwrap_or(u8::MAX))
             }
         }
     }
@@ -415,6 +486,16 @@ impl Queued {
             }),
             Queued::Release(next) => Change::Release {
                 next_run_at: next.map(at),
+            },
+            Queued::Wait(index, until, seen) => Change::Wait {
+                index: StepIndex(index),
+                name: name(index),
+                until: until.map(at),
+                waiting_for: saga_core::wait::waiting_for_signal(Paid::NAME),
+                signals_seen: u64::from(seen),
+            },
+            Queued::NoSignalSince(seen) => Change::NoSignalSince {
+                signals_seen: u64::from(seen),
             },
         }
     }
@@ -506,6 +587,11 @@ struct State {
     begun_at_cancel: Option<Vec<bool>>,
     /// The phases ever recorded completed.
     completed_ever: Vec<[bool; 2]>,
+    /// How many more times the signal may be delivered.
+    signals_left: u8,
+    /// Whether the signal was stored while the saga could still use it (its wait had not
+    /// ended): the waiting step must then not fail, unless an operator's cancel stops the saga.
+    signal_in_time: bool,
 }
 
 /// The bounds of one check.
@@ -518,6 +604,9 @@ struct Size {
     settles: u8,
     /// How many times time may jump ahead.
     time_jumps: u8,
+    /// Whether the last step waits for a signal (delivered at most `signals` times).
+    wait: bool,
+    signals: u8,
 }
 
 impl Size {
@@ -529,6 +618,18 @@ impl Size {
             cancels: 1,
             settles: 1,
             time_jumps: 3,
+            wait: false,
+            signals: 0,
+        }
+    }
+
+    /// The waiting variant: the last step waits for a signal, delivered twice at most (the
+    /// second with the same key: a duplicate).
+    fn waiting() -> Self {
+        Size {
+            wait: true,
+            signals: 2,
+            ..Size::small()
         }
     }
 
@@ -547,6 +648,9 @@ impl Size {
 enum Planner {
     Real,
     SkipsBegunActionsWhileCompensating,
+    /// Waits and ends waits with no thought of signals that came since the saga was read (no
+    /// wake-up on release, no `NoSignalSince`), as a first cut of waiting might.
+    IgnoresSignalsThatCameMeanwhile,
 }
 
 struct Model {
@@ -573,7 +677,36 @@ impl Model {
             settles_left: self.size.settles,
             begun_at_cancel: None,
             completed_ever: vec![[false; 2]; self.size.steps],
+            signals_left: self.size.signals,
+            signal_in_time: false,
         }
+    }
+
+    /// What the worker records, as the planner (or its mutant) wrote it.
+    fn planned(&self, changes: Vec<Change>) -> Vec<Change> {
+        if self.planner != Planner::IgnoresSignalsThatCameMeanwhile {
+            return changes;
+        }
+        changes
+            .into_iter()
+            .filter(|change| !matches!(change, Change::NoSignalSince { .. }))
+            .map(|change| match change {
+                Change::Wait {
+                    index,
+                    name,
+                    until,
+                    waiting_for,
+                    ..
+                } => Change::Wait {
+                    index,
+                    name,
+                    until,
+                    waiting_for,
+                    signals_seen: u64::from(u8::MAX),
+                },
+                other => other,
+            })
+            .collect()
     }
 
     fn next_action(&self, local: &Stored, now: Tick) -> Action {
@@ -607,6 +740,13 @@ impl Model {
         let compiled = WritePlan::compile(changes);
         let plan = match admit(&stored, &lease, &compiled) {
             Ok(plan) => plan,
+            // Expected: the worker read the saga before a signal came.
+            Err(
+                err @ Error::Refused {
+                    refusal: saga_core::Refusal::SignalArrived,
+                    ..
+                },
+            ) => return Ok(Err(err)),
             Err(err @ Error::Refused { .. }) => {
                 return Err(format!(
                 "worker w{worker}'s own write was refused ({err}): its view of the saga was wrong"
@@ -675,6 +815,41 @@ impl Model {
                     after.begun_at_cancel = Some(begun);
                 }
                 out.push(Ok((format!("operator cancels: {outcome:?}"), false, after)));
+            }
+        }
+        if state.signals_left > 0 {
+            let stored = state.store.snapshot(&self.specs);
+            let delivery = saga_core::wait::SignalDelivery {
+                saga: saga_id(),
+                name: Paid::NAME.into(),
+                key: saga_core::SignalKey::new("evt"),
+                payload: serde_json::json!(1),
+            };
+            if let Ok(Some(write)) = saga_core::store::write::decide_signal(&stored, &delivery) {
+                let mut next = stored.clone();
+                write.apply_to(&mut next, &delivery, at(state.now));
+                let mut after = state.clone();
+                after.signals_left -= 1;
+                after.store = Stored::of(&next, self.size.steps);
+                // Its wait had not ended: the step is not begun, or begun and still waiting.
+                let last = self.size.steps - 1;
+                after.signal_in_time = match &state.store.steps[last][0] {
+                    None => true,
+                    Some(rec) => {
+                        rec.status == StepStatus::InProgress
+                            && rec.next_at.is_none_or(|until| until > state.now)
+                    }
+                };
+                out.push(Ok(("the signal arrives".into(), false, after)));
+            } else {
+                // A duplicate, or a saga that waits for nothing: nothing is stored.
+                let mut after = state.clone();
+                after.signals_left -= 1;
+                out.push(Ok((
+                    "the signal arrives again or too late".into(),
+                    false,
+                    after,
+                )));
             }
         }
         if state.settles_left > 0 {
@@ -1003,15 +1178,76 @@ impl Model {
                 }
                 // Explored above, by `probe_moves`, while the lease lasts.
                 Action::Probe(_) => {}
-                Action::Wait(_) => {
-                    return Err(
-                        "the planner chose to wait, but the modelled saga has no waiting step"
-                            .into(),
-                    )
+                Action::Wait(waiting) => {
+                    // worker.rs's wait_step: the wait's end, recorded with the release.
+                    let spec = &self.specs[waiting.index.0 as usize];
+                    let until = if waiting.begins {
+                        spec.kind
+                            .limit()
+                            .map(|limit| at(now + limit.as_secs() as Tick))
+                    } else {
+                        waiting.until
+                    };
+                    let snapshot = local.snapshot(&self.specs);
+                    let changes = self.planned(plan::wait(&snapshot, spec, waiting, until, None));
+                    self.record(&local, &mut queued, &changes, now)?;
+                    match self.flush(&mut after, id, token, &queued)? {
+                        Ok(()) => after.workers[w] = Worker::Idle,
+                        Err(Error::CancelRequested { .. }) if waiting.begins => {
+                            let mut changes: Vec<Change> = queued
+                                .iter()
+                                .filter(|q| {
+                                    !matches!(
+                                        q,
+                                        Queued::Begin(_, Phase::Action, _)
+                                            | Queued::Wait(..)
+                                            | Queued::Release(_)
+                                    )
+                                })
+                                .map(|q| q.change(&self.specs))
+                                .collect();
+                            changes.push(Change::SetStatus {
+                                status: SagaStatus::Compensating,
+                                reason: None,
+                            });
+                            let mut stored = after.store.snapshot(&self.specs);
+                            after.workers[w] = Worker::Idle;
+                            if stored.apply_all(&changes, at(now)).is_ok()
+                                && self.write(&mut after, id, token, &changes)?.is_ok()
+                            {
+                                after.workers[w] =
+                                    holding(Stored::of(&stored, self.size.steps), Vec::new());
+                            }
+                        }
+                        Err(_) => after.workers[w] = Worker::Idle,
+                    }
                 }
                 Action::Record(changes) => {
+                    let changes = self.planned(changes);
+                    let guarded = changes
+                        .iter()
+                        .any(|change| matches!(change, Change::NoSignalSince { .. }));
                     let local = self.record(&local, &mut queued, &changes, now)?;
                     after.workers[w] = holding(local, queued.clone());
+                    if guarded {
+                        // Written at once; refused when a signal came since: read again.
+                        match self.flush(&mut after, id, token, &queued)? {
+                            Ok(()) => {
+                                if let Worker::Holding { queued, .. } = &mut after.workers[w] {
+                                    queued.clear();
+                                }
+                            }
+                            Err(Error::Refused {
+                                refusal: saga_core::Refusal::SignalArrived,
+                                ..
+                            }) => {
+                                let mut fresh = after.store.clone();
+                                fresh.owner = Some(id);
+                                after.workers[w] = holding(fresh, Vec::new());
+                            }
+                            Err(_) => after.workers[w] = Worker::Idle,
+                        }
+                    }
                 }
                 Action::WaitUntil(_) | Action::Finish(_) | Action::Idle => {
                     let changes = match action {
@@ -1135,7 +1371,14 @@ impl Model {
                         "step {n} {phase} was recorded completed, then moved on"
                     ));
                 }
+                let waits = phase == Phase::Action && self.specs[n].kind.waits();
+                if completed && waits && !store.signal {
+                    return Some(format!(
+                        "step {n} waited for a signal and is recorded completed without one"
+                    ));
+                }
                 if completed
+                    && !waits
                     && !state.effects[n][slot(phase)]
                     && !(phase == Phase::Compensation && self.resolved_by_hand(state, n))
                 {
@@ -1163,7 +1406,9 @@ impl Model {
             }
         }
         if store.status == SagaStatus::Completed {
-            if let Some(n) = (0..self.specs.len()).find(|&n| !state.effects[n][0]) {
+            if let Some(n) = (0..self.specs.len())
+                .find(|&n| !state.effects[n][0] && !(self.specs[n].kind.waits() && store.signal))
+            {
                 return Some(format!(
                     "the saga is completed but step {n}'s action never took effect"
                 ));
@@ -1181,6 +1426,32 @@ impl Model {
             .count();
         if holders > 1 {
             return Some(format!("{holders} workers hold the current fencing token"));
+        }
+        if store.owner.is_none()
+            && store.status == SagaStatus::Running
+            && store.waiting
+            && store.signal
+            && store.next_run.is_none_or(|due| due > state.now)
+        {
+            return Some(
+                "the saga waits for a signal that is stored, given back, and not due now: the signal is left waiting"
+                    .into(),
+            );
+        }
+        let last = self.size.steps - 1;
+        let wait_failed = store.steps[last][0]
+            .as_ref()
+            .is_some_and(|rec| rec.status == StepStatus::Failed);
+        if self.size.wait
+            && wait_failed
+            && state.signal_in_time
+            && store.signal
+            && state.begun_at_cancel.is_none()
+        {
+            return Some(
+                "the signal came while the saga could still use it, yet its waiting step failed"
+                    .into(),
+            );
         }
         let open = state.items.iter().filter(|item| item.open).count();
         if open > 1 {
@@ -1293,9 +1564,9 @@ fn normalize(state: &mut State) {
                 stored(local);
                 for change in queued {
                     match change {
-                        Queued::Fail(_, _, _, _, Some(t)) | Queued::Release(Some(t)) => {
-                            *t = due(*t)
-                        }
+                        Queued::Fail(_, _, _, _, Some(t))
+                        | Queued::Release(Some(t))
+                        | Queued::Wait(_, Some(t), _) => *t = due(*t),
                         _ => {}
                     }
                 }
@@ -1483,13 +1754,19 @@ fn summary(state: &State) -> String {
         })
         .collect();
     format!(
-        "t={} {}{} lease={:?}/{} due={:?} {} items={} workers={:?}",
+        "t={} {}{}{} lease={:?}/{} due={:?} {} items={} workers={:?}",
         state.now,
         store.status,
         if store.cancel {
             " (cancel requested)"
         } else {
             ""
+        },
+        match (store.waiting, store.signal) {
+            (true, true) => " (waits; signal stored)",
+            (true, false) => " (waits)",
+            (false, true) => " (signal stored)",
+            (false, false) => "",
         },
         store.owner,
         store.token,
@@ -1563,5 +1840,47 @@ fn the_checker_finds_the_leak_of_a_planner_that_compensates_around_an_unknown_ac
     assert!(
         trace.contains("neither compensated nor named"),
         "the leak is what breaks: {trace}"
+    );
+}
+
+#[test]
+fn a_signal_racing_a_wait_is_consumed_once_and_never_left_waiting() {
+    let size = Size::waiting();
+    let model = Model {
+        specs: waiting_definition(size.steps),
+        size,
+        planner: Planner::Real,
+    };
+    let report = check(&model);
+    println!(
+        "{size:?}: {} states, {} transitions explored",
+        report.states, report.transitions
+    );
+    if let Some(trace) = report.counterexample {
+        panic!("a property is broken:\n  {trace}");
+    }
+    assert!(
+        report.states > 1_000,
+        "the model explored {} states",
+        report.states
+    );
+}
+
+#[test]
+fn the_checker_finds_a_signal_passed_over_by_a_planner_blind_to_signals_that_came_meanwhile() {
+    let size = Size::waiting();
+    let model = Model {
+        specs: waiting_definition(size.steps),
+        size,
+        planner: Planner::IgnoresSignalsThatCameMeanwhile,
+    };
+    let report = check(&model);
+    let trace = report
+        .counterexample
+        .expect("a planner blind to signals that came since it read the saga passes one over");
+    println!("{trace}");
+    assert!(
+        trace.contains("the signal arrives"),
+        "the counterexample involves the signal: {trace}"
     );
 }
