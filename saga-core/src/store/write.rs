@@ -859,13 +859,34 @@ pub fn decide_signal(
             step: None,
             phase: None,
             attempt: None,
-            detail: Some(format!(
-                "{} (key {})",
-                delivery.name,
-                crate::step::bounded_text(delivery.key.as_str(), MAX_REASON_BYTES)
-            )),
+            detail: Some(signal_detail(delivery)),
         },
     }))
+}
+
+/// The history text of a delivered signal: its name and key; for a person's decision on an
+/// approval, also who decided what and why.
+fn signal_detail(delivery: &SignalDelivery) -> String {
+    let key = crate::step::bounded_text(delivery.key.as_str(), MAX_REASON_BYTES);
+    let decision = delivery
+        .name
+        .starts_with("approval:")
+        .then(|| serde_json::from_value::<crate::wait::Approval>(delivery.payload.clone()).ok())
+        .flatten();
+    match decision {
+        Some(decision) => format!(
+            "{} (key {key}): {} by {}: {}",
+            delivery.name,
+            if decision.approved {
+                "approved"
+            } else {
+                "rejected"
+            },
+            crate::step::bounded_text(&decision.by, MAX_REASON_BYTES),
+            crate::step::bounded_text(&decision.reason, MAX_REASON_BYTES)
+        ),
+        None => format!("{} (key {key})", delivery.name),
+    }
 }
 
 /// What storing a signal writes besides the signal row: the count of signals received grows

@@ -557,7 +557,10 @@ pub async fn approval_by_an_authorized_operator_continues_and_others_are_refused
         }
     );
     let rendered = admin.history(id).await.unwrap().render();
-    assert!(rendered.contains("approve:alice"), "{rendered}");
+    assert!(
+        rendered.contains("(key approve:alice): approved by alice: budget ok"),
+        "who decided what and why is in the history: {rendered}"
+    );
 
     // Rejected: the saga compensates, with who and why in its history.
     let id = orchestrator.start::<Approved>(&9).await.unwrap();
