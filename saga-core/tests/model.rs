@@ -1377,11 +1377,10 @@ impl Model {
                         "step {n} waited for a signal and is recorded completed without one"
                     ));
                 }
-                if completed
-                    && !waits
-                    && !state.effects[n][slot(phase)]
-                    && !(phase == Phase::Compensation && self.resolved_by_hand(state, n))
-                {
+                let accounted = waits
+                    || state.effects[n][slot(phase)]
+                    || (phase == Phase::Compensation && self.resolved_by_hand(state, n));
+                if completed && !accounted {
                     return Some(format!(
                         "step {n} {phase} is recorded completed but never took effect"
                     ));
@@ -1407,7 +1406,7 @@ impl Model {
         }
         if store.status == SagaStatus::Completed {
             if let Some(n) = (0..self.specs.len())
-                .find(|&n| !state.effects[n][0] && !(self.specs[n].kind.waits() && store.signal))
+                .find(|&n| !(state.effects[n][0] || (self.specs[n].kind.waits() && store.signal)))
             {
                 return Some(format!(
                     "the saga is completed but step {n}'s action never took effect"

@@ -8,6 +8,8 @@ use serde_json::Value;
 
 use crate::pgutil::{err, Res};
 
+mod waiting;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReportArgs {
     /// The JSON lines file the runs appended to.
@@ -375,6 +377,8 @@ pub fn report(args: ReportArgs) -> Res<()> {
             if partial { "1".into() } else { "0".into() },
         ));
     }
+
+    waiting::section(&rows, &mut out, &mut kvs);
 
     // Ratios and targets.
     let _ = writeln!(out);
