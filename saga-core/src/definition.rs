@@ -97,6 +97,9 @@ pub struct Step<S: Saga> {
     wake: Option<WakeFn<S>>,
     /// Whether a signal payload decodes as the step's signal type.
     decodes: Option<DecodeFn>,
+    /// Why the declaration cannot be used (reported by `validate`), e.g. a default output
+    /// that does not serialize.
+    unusable: Option<String>,
 }
 
 /// A step while it is being declared, typed by its output `O` so that its compensation receives
@@ -168,6 +171,7 @@ impl<S: Saga> Step<S> {
                 probe: None,
                 wake: None,
                 decodes: None,
+                unusable: None,
             },
             _output: std::marker::PhantomData,
         }
@@ -382,10 +386,19 @@ where
 
     /// The output a signal step records when its wait times out, instead of failing.
     pub fn or_default(mut self, output: O) -> Self {
-        if let (StepKind::Signal { default, .. }, Ok(value)) =
-            (&mut self.step.spec.kind, serde_json::to_value(&output))
-        {
-            *default = Some(value);
+        let name = self.step.spec.name.clone();
+        match (&mut self.step.spec.kind, serde_json::to_value(&output)) {
+            (StepKind::Signal { default, .. }, Ok(value)) => *default = Some(value),
+            (StepKind::Signal { .. }, Err(err)) => {
+                self.step.unusable = Some(format!(
+                    "the default output of step `{name}` does not serialize ({err}); give one that does"
+                ));
+            }
+            _ => {
+                self.step.unusable = Some(format!(
+                    "step `{name}` has a default output but waits for no signal; a default is what a signal step records when its wait times out"
+                ));
+            }
         }
         self
     }
@@ -538,8 +551,19 @@ impl<S: Saga> SagaDefinition<S> {
             return Err(invalid("it has no steps; add at least one step".into()));
         }
         let mut seen = HashSet::new();
+        let mut signals = HashSet::new();
         for step in &self.steps {
             let name = step.spec.name.as_str();
+            if let Some(reason) = &step.unusable {
+                return Err(invalid(reason.clone()));
+            }
+            if let Some(signal) = step.spec.kind.signal_name(&step.spec.name) {
+                if !signals.insert(signal.clone()) {
+                    return Err(invalid(format!(
+                        "step `{name}` waits for the signal `{signal}`, which an earlier step waits for already; a saga receives each signal once, so give each waiting step a signal of its own"
+                    )));
+                }
+            }
             if name.trim().is_empty() || name.contains(':') {
                 return Err(invalid(format!(
                     "step name `{name}` is empty or contains `:`; use a plain identifier"
@@ -603,5 +627,51 @@ impl<S: Saga> SagaDefinition<S> {
         self.steps
             .get(index)
             .and_then(|step| step.compensation.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Paid;
+
+    impl Signal for Paid {
+        const NAME: &'static str = "paid";
+    }
+
+    struct Twice;
+
+    impl Saga for Twice {
+        type Input = u32;
+        fn definition() -> SagaDefinition<Self> {
+            SagaDefinition::new("twice", 1)
+                .step(Step::signal::<Paid>("first"))
+                .step(Step::signal::<Paid>("second"))
+        }
+    }
+
+    #[test]
+    fn two_steps_waiting_for_one_signal_are_refused() {
+        let Err(Error::InvalidDefinition { reason, .. }) = Twice::definition().validate() else {
+            panic!("two waits for one signal must be refused");
+        };
+        assert!(reason.contains("signal `paid`"), "{reason}");
+    }
+
+    #[test]
+    fn a_default_on_a_step_that_waits_for_no_signal_is_refused() {
+        let definition = SagaDefinition::<Twice>::new("default", 1).step(
+            Step::approval("approve").or_default(Approval {
+                approved: true,
+                by: "nobody".into(),
+                reason: "default".into(),
+            }),
+        );
+        assert!(matches!(
+            definition.validate(),
+            Err(Error::InvalidDefinition { .. })
+        ));
     }
 }

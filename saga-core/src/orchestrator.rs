@@ -25,7 +25,8 @@ use crate::store::{
 use crate::store::{Change, InterventionKind, Lease, NewIntervention};
 use crate::telemetry::TraceContext;
 use crate::wait::{
-    check_signal_name, Delivered, Signal, SignalDelivery, SignalKey, SignalRefusal, SignalTarget,
+    check_signal_key, check_signal_name, Delivered, Signal, SignalDelivery, SignalKey,
+    SignalRefusal, SignalTarget,
 };
 use crate::worker;
 use crate::worker::Direct;
@@ -634,12 +635,13 @@ impl Orchestrator {
             refusal,
         };
         check_signal_name(name).map_err(|reason| refused(SignalRefusal::BadName(reason)))?;
+        check_signal_key(&key).map_err(|reason| refused(SignalRefusal::BadKey(reason)))?;
         check_storable(
             &format!("signal `{name}`"),
             &payload,
             self.inner.config.max_payload_bytes,
         )?;
-        let id = resolve_target(self.inner.store.as_ref(), &target).await?;
+        let id = resolve_target(self.inner.store.as_ref(), &target, name).await?;
         let snapshot = self
             .inner
             .store
@@ -652,8 +654,10 @@ impl Orchestrator {
             let waiting = definition
                 .specs()
                 .iter()
-                .position(|spec| spec.kind.signal_name(&spec.name).as_deref() == Some(name));
-            let Some(position) = waiting else {
+                .enumerate()
+                .find(|(_, spec)| spec.kind.signal_name(&spec.name).as_deref() == Some(name))
+                .map(|(position, spec)| (position, spec.name.clone()));
+            let Some((position, step)) = waiting else {
                 return Err(refused(SignalRefusal::NotAwaited {
                     saga_type: record.saga_type.clone(),
                     name: name.to_owned(),
@@ -662,6 +666,29 @@ impl Orchestrator {
             definition
                 .check_signal(position, &payload)
                 .map_err(|reason| refused(SignalRefusal::Payload(reason)))?;
+            // A wait that ended already (a default at its timeout, a failure) takes nothing
+            // more: say so, rather than store a signal nothing will read. A repeat of the
+            // signal that step took is still told it is a duplicate (by the store, below).
+            let index = crate::id::StepIndex(u32::try_from(position).unwrap_or(u32::MAX));
+            let settled = snapshot
+                .step(index, crate::status::Phase::Action)
+                .is_some_and(|step| {
+                    matches!(
+                        step.status,
+                        crate::status::StepStatus::Completed | crate::status::StepStatus::Failed
+                    )
+                });
+            let same = snapshot
+                .signal(name)
+                .is_some_and(|signal| signal.key == key);
+            // A finished or compensating saga is told so by the store.
+            let active = matches!(
+                record.status,
+                crate::status::SagaStatus::Running | crate::status::SagaStatus::NeedsIntervention
+            );
+            if settled && !same && active {
+                return Err(refused(SignalRefusal::TooLate { step }));
+            }
         }
         let delivered = self
             .inner
@@ -872,7 +899,11 @@ impl Orchestrator {
 }
 
 /// The saga a signal is for.
-pub(crate) async fn resolve_target(store: &dyn Store, target: &SignalTarget) -> Result<SagaId> {
+pub(crate) async fn resolve_target(
+    store: &dyn Store,
+    target: &SignalTarget,
+    name: &str,
+) -> Result<SagaId> {
     match target {
         SignalTarget::Saga(id) => Ok(*id),
         SignalTarget::StartKey(key) => store
@@ -886,7 +917,7 @@ pub(crate) async fn resolve_target(store: &dyn Store, target: &SignalTarget) -> 
             .map(|record| record.id)
             .ok_or_else(|| Error::SignalRefused {
                 target: target.to_string(),
-                name: String::new(),
+                name: name.to_owned(),
                 refusal: SignalRefusal::UnknownStartKey(key.clone()),
             }),
     }

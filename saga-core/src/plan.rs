@@ -138,6 +138,17 @@ fn next_forward(
         };
         match record.status {
             StepStatus::Completed => continue,
+            StepStatus::Pending if spec.kind.waits() => {
+                // Sent forward again by a person (a `retry` past the pivot): wait anew.
+                if let Some(at) = overdue {
+                    return stop_for_deadline(at);
+                }
+                return Action::Wait(Waiting {
+                    index,
+                    begins: true,
+                    until: None,
+                });
+            }
             StepStatus::Pending => {
                 if let Some(at) = overdue {
                     return stop_for_deadline(at);
@@ -366,7 +377,10 @@ pub fn wait(
             index: waiting.index,
             name: spec.name.clone(),
             phase: Phase::Action,
-            attempt: Attempt::FIRST,
+            // A wait begun again (sent forward by a person) is its step's next attempt.
+            attempt: snapshot
+                .step(waiting.index, Phase::Action)
+                .map_or(Attempt::FIRST, |step| step.attempt.next()),
             key: IdempotencyKey::for_step(snapshot.record.id, &spec.name, Phase::Action),
         });
     }
@@ -402,26 +416,38 @@ fn next_compensation(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp
     // A cancel begins no step that had not begun; an action that had begun and whose outcome
     // is unknown may have taken effect, so it is settled (probe, retry with its key, or a
     // person) before anything is compensated.
+    // Past the pivot nothing is undone: a waiting step is left waiting for the person who
+    // decides (a `retry` sends the saga on forward, to that wait).
+    let pivot = pivot_passed(snapshot, steps);
     for (position, spec) in steps.iter().enumerate() {
         if let Some(record) = snapshot
             .step(step_index(position), Phase::Action)
             .filter(|step| step.status == StepStatus::InProgress)
         {
             if spec.kind.waits() {
-                // Waiting takes no effect: the wait ends, known not to have happened.
-                return Action::Record(vec![Change::FailStep {
-                    index: record.index,
-                    name: spec.name.clone(),
-                    phase: Phase::Action,
-                    attempt: record.attempt,
-                    error: StepError::permanent("stopped waiting: the saga is compensating"),
-                    retry_at: None,
-                }]);
+                if pivot.is_some() {
+                    continue;
+                }
+                // A signal that came is taken (its step is then compensated like any other);
+                // otherwise the wait ends, known to have had no effect — written only if no
+                // signal came since this snapshot was read.
+                if let Some(changes) = received(snapshot, spec, record.index, record.attempt) {
+                    return Action::Record(changes);
+                }
+                return Action::Record(vec![
+                    fail(
+                        spec,
+                        record.index,
+                        record.attempt,
+                        "stopped waiting: the saga is compensating".into(),
+                    ),
+                    no_signal_since(snapshot),
+                ]);
             }
             return settle_begun(snapshot, spec, record, now);
         }
     }
-    if let Some(pivot) = pivot_passed(snapshot, steps) {
+    if let Some(pivot) = pivot {
         return Action::Record(vec![escalate_past_pivot(
             snapshot,
             None,
@@ -1468,5 +1494,87 @@ mod tests {
                 Action::Idle
             );
         }
+    }
+
+    /// A saga waiting at step 1 for the signal `paid` (step 0 completed).
+    fn waiting_for_paid(status: SagaStatus, pivot: bool) -> (SagaSnapshot, Vec<StepSpec>) {
+        let mut steps = vec![spec("reserve_stock", !pivot), spec("payment", false)];
+        steps[0].pivot = pivot;
+        steps[1].kind = StepKind::Signal {
+            name: "paid".into(),
+            timeout: Some(Duration::from_secs(60)),
+            default: None,
+        };
+        let mut snap = snapshot(status);
+        for (index, step) in steps.iter().enumerate() {
+            snap.steps.push(StepRecord {
+                index: StepIndex(index as u32),
+                phase: Phase::Action,
+                idempotency_key: IdempotencyKey::for_step(
+                    snap.record.id,
+                    &step.name,
+                    Phase::Action,
+                ),
+                name: step.name.clone(),
+                status: if index == 0 {
+                    StepStatus::Completed
+                } else {
+                    StepStatus::InProgress
+                },
+                attempt: Attempt(1),
+                output: None,
+                last_error: None,
+                next_attempt_at: (index == 1)
+                    .then(|| clock::after(clock::now(), Duration::from_secs(60))),
+                started_at: None,
+                finished_at: None,
+            });
+        }
+        (snap, steps)
+    }
+
+    #[test]
+    fn a_cancel_takes_a_signal_that_came_then_compensates_and_otherwise_ends_the_wait_guarded() {
+        let (mut snap, steps) = waiting_for_paid(SagaStatus::Compensating, false);
+        let Action::Record(changes) = next_action(&snap, &steps, clock::now()) else {
+            panic!("expected the wait ended");
+        };
+        assert!(
+            matches!(
+                changes.as_slice(),
+                [
+                    Change::FailStep { retry_at: None, .. },
+                    Change::NoSignalSince { signals_seen: 0 }
+                ]
+            ),
+            "ended, known, only if no signal came since: {changes:?}"
+        );
+        snap.record.signals_received = 1;
+        snap.signals.push(crate::wait::SignalRecord {
+            name: "paid".into(),
+            key: crate::wait::SignalKey::new("evt"),
+            payload: json!({"charge": "ch"}),
+            received_at: clock::now(),
+        });
+        let Action::Record(changes) = next_action(&snap, &steps, clock::now()) else {
+            panic!("expected the signal taken");
+        };
+        assert!(
+            matches!(changes.as_slice(), [Change::CompleteStep { output: Some(output), .. }] if output == &json!({"charge": "ch"})),
+            "{changes:?}"
+        );
+    }
+
+    #[test]
+    fn past_the_pivot_a_cancel_leaves_a_wait_as_it_is_and_asks_a_person() {
+        let (snap, steps) = waiting_for_paid(SagaStatus::Compensating, true);
+        let Action::Record(changes) = next_action(&snap, &steps, clock::now()) else {
+            panic!("expected an escalation");
+        };
+        let [Change::Escalate(item)] = changes.as_slice() else {
+            panic!("expected only an escalation, the wait untouched: {changes:?}");
+        };
+        assert_eq!(item.kind, InterventionKind::PastPivot);
+        assert_eq!(item.parked_from, Some(SagaStatus::Running));
     }
 }

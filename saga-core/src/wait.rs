@@ -107,6 +107,21 @@ pub fn approval_signal(step: &StepName) -> String {
     format!("approval:{step}")
 }
 
+/// Checks a signal key: non-empty, at most 200 bytes, no NUL character.
+///
+/// # Errors
+/// A sentence saying what is wrong with it.
+pub fn check_signal_key(key: &SignalKey) -> Result<(), String> {
+    let key = key.as_str();
+    if key.is_empty() || key.len() > 200 || key.contains('\0') {
+        return Err(format!(
+            "signal key `{}` must be 1 to 200 bytes long, without NUL characters; use the sender's event or delivery id",
+            crate::step::bounded_text(key, 200)
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a signal name: non-empty, at most 100 bytes, letters, digits, `_`, `-` and `.` only
 /// (`:` is kept for the library's own names, such as approvals').
 ///
@@ -269,6 +284,14 @@ pub enum SignalRefusal {
     },
     /// The signal name is malformed.
     BadName(String),
+    /// The signal key is empty, over 200 bytes, or holds a NUL character.
+    BadKey(String),
+    /// The step that waits for this signal is already settled (completed — by a default at its
+    /// timeout, say — or failed): the signal would change nothing.
+    TooLate {
+        /// The step.
+        step: StepName,
+    },
 }
 
 impl fmt::Display for SignalRefusal {
@@ -298,7 +321,11 @@ impl fmt::Display for SignalRefusal {
                 f,
                 "a signal of this name was already delivered with key `{key}`; each signal is delivered once (send it again with that key to be told it is a duplicate)"
             ),
-            SignalRefusal::BadName(reason) => f.write_str(reason),
+            SignalRefusal::BadName(reason) | SignalRefusal::BadKey(reason) => f.write_str(reason),
+            SignalRefusal::TooLate { step } => write!(
+                f,
+                "step `{step}`, which waits for it, is already settled (its wait ended); the signal would change nothing"
+            ),
         }
     }
 }

@@ -533,6 +533,11 @@ impl Driver<'_> {
                     let guarded = changes
                         .iter()
                         .any(|change| matches!(change, Change::NoSignalSince { .. }));
+                    if guarded {
+                        // What was queued before (a step's outcome) is written first, on its
+                        // own: only the guarded decision may be refused and decided again.
+                        self.flush().await?;
+                    }
                     self.record(changes)?;
                     if guarded {
                         match self.flush().await {
@@ -722,8 +727,8 @@ impl Driver<'_> {
         self.record(changes)?;
         match self.flush().await {
             Ok(()) => {}
-            Err(Error::CancelRequested { reason, .. }) if waiting.begins => {
-                // Nothing waited: plan again, compensating.
+            Err(Error::CancelRequested { reason, .. }) => {
+                // Asked to stop: no wait is recorded; plan again, compensating.
                 self.honour_cancel(reason).await?;
                 return Ok(true);
             }

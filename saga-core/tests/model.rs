@@ -1193,7 +1193,7 @@ impl Model {
                     self.record(&local, &mut queued, &changes, now)?;
                     match self.flush(&mut after, id, token, &queued)? {
                         Ok(()) => after.workers[w] = Worker::Idle,
-                        Err(Error::CancelRequested { .. }) if waiting.begins => {
+                        Err(Error::CancelRequested { .. }) => {
                             let mut changes: Vec<Change> = queued
                                 .iter()
                                 .filter(|q| {
@@ -1227,6 +1227,16 @@ impl Model {
                     let guarded = changes
                         .iter()
                         .any(|change| matches!(change, Change::NoSignalSince { .. }));
+                    if guarded {
+                        // What was queued before is written first, on its own.
+                        match self.flush(&mut after, id, token, &queued)? {
+                            Ok(()) => queued.clear(),
+                            Err(_) => {
+                                after.workers[w] = Worker::Idle;
+                                return Ok(());
+                            }
+                        }
+                    }
                     let local = self.record(&local, &mut queued, &changes, now)?;
                     after.workers[w] = holding(local, queued.clone());
                     if guarded {

@@ -335,8 +335,8 @@ impl SagaUpdate {
 /// The net effect of one write on one saga's rows.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WritePlan {
-    /// Whether the write begins a forward step (an action): refused while a cancel request is
-    /// pending.
+    /// Whether the write begins a forward step (an action) or waits: refused while a cancel
+    /// request is pending.
     pub begins_forward: bool,
     /// The update of the saga row.
     pub saga: SagaUpdate,
@@ -382,13 +382,14 @@ impl WritePlan {
     /// A [`Contradiction`] when a change cannot follow an earlier one of the batch.
     pub fn compile(changes: &[Change]) -> Compiled {
         let mut plan = WritePlan {
+            // Beginning an action, or waiting (again): both go forward.
             begins_forward: changes.iter().any(|change| {
                 matches!(
                     change,
                     Change::BeginStep {
                         phase: Phase::Action,
                         ..
-                    }
+                    } | Change::Wait { .. }
                 )
             }),
             ..WritePlan::default()
@@ -1102,7 +1103,7 @@ mod tests {
                 Change::BeginStep {
                     phase: Phase::Action,
                     ..
-                }
+                } | Change::Wait { .. }
             )
         });
         if let (Some(reason), true) = (&record.cancel_requested, forward) {

@@ -1791,4 +1791,28 @@ pub async fn a_signal_delivered_meanwhile_refuses_a_timeout_and_wakes_a_wait<S: 
         saga.step(StepIndex(0), Phase::Action).unwrap().status,
         StepStatus::Completed
     );
+
+    // A cancel requested of a holder refuses its going back to wait, as it refuses a step.
+    let id = create(&*store, new_saga("order", None, json!({ "n": 2 }))).await;
+    let lease = claim_one(&*store, "worker-c", now(), LEASE).await;
+    let wait = Change::Wait {
+        index: StepIndex(0),
+        name: name(0),
+        until: Some(until),
+        waiting_for: "signal:paid".into(),
+        signals_seen: 0,
+    };
+    apply_ok(&*store, &lease, &[begin(id, 0, Phase::Action, 1)]).await;
+    assert_eq!(
+        store
+            .request_cancel(id, "erin", "customer withdrew", now())
+            .await
+            .unwrap(),
+        CancelOutcome::Requested
+    );
+    assert!(matches!(
+        store.apply(&lease, &[wait, release(Some(until))]).await,
+        Err(Error::CancelRequested { .. })
+    ));
+    assert_eq!(snapshot(&*store, id).await.record.waiting_for, None);
 }

@@ -135,7 +135,7 @@ ledgered!(
 
 ledgered!(
     WaitsWithDefault,
-    "reserve, wait for `paid` 300 ms at most (else a default payment), ship.",
+    "reserve, wait for `paid` 300 ms at most (else a default payment), sleep 1 s, ship.",
     SagaDefinition::new("waits_with_default", 1)
         .step(Step::new("reserve", reserve::<Self>).compensate(release::<Self>))
         .step(
@@ -145,6 +145,36 @@ ledgered!(
                     charge: "invoice-later".into(),
                 })
         )
+        .step(Step::sleep("cool_off", Duration::from_secs(1)))
+        .step(Step::new("ship", ship::<Self>).irreversible())
+);
+
+async fn refund(saga: Arc<Refunds>, ctx: StepContext<u64>, paid: Paid) -> Result<(), StepError> {
+    saga.0
+        .record(format!("refund {} {}", paid.charge, ctx.input()));
+    Ok(())
+}
+
+ledgered!(
+    Refunds,
+    "reserve, wait for `paid` (refunded when compensated), ship.",
+    SagaDefinition::new("refunds", 1)
+        .step(Step::new("reserve", reserve::<Self>).compensate(release::<Self>))
+        .step(
+            Step::signal::<Paid>("payment")
+                .timeout(Duration::from_secs(60))
+                .compensate(refund)
+        )
+        .step(Step::new("ship", ship::<Self>).irreversible())
+);
+
+ledgered!(
+    ApprovedAfterPivot,
+    "reserve, charge (the pivot), wait 300 ms at most for an approval, ship.",
+    SagaDefinition::new("approved_after_pivot", 1)
+        .step(Step::new("reserve", reserve::<Self>).compensate(release::<Self>))
+        .step(Step::new("charge", reserve::<Self>).irreversible().pivot())
+        .step(Step::approval("approve_shipping").timeout(Duration::from_millis(300)))
         .step(Step::new("ship", ship::<Self>).irreversible())
 );
 
@@ -179,9 +209,15 @@ ledgered!(
 const WAIT: Duration = Duration::from_secs(30);
 
 fn running<S: Store>(store: &Arc<S>, register: impl Fn(&Orchestrator)) -> Orchestrator {
+    let orchestrator = orchestrator_for(store, register);
+    orchestrator.run();
+    orchestrator
+}
+
+/// An orchestrator with the types registered, not running.
+fn orchestrator_for<S: Store>(store: &Arc<S>, register: impl Fn(&Orchestrator)) -> Orchestrator {
     let orchestrator = orchestrator(store, Duration::from_secs(5));
     register(&orchestrator);
-    orchestrator.run();
     orchestrator
 }
 
@@ -370,6 +406,16 @@ pub async fn signals_to_unknown_finished_or_mismatched_sagas_are_refused<S: Stor
         ),
         SignalRefusal::BadName(_)
     ));
+    for key in ["", "evt\u{0}1"] {
+        assert!(matches!(
+            refusal(
+                orchestrator
+                    .signal(id, &paid("x"), SignalKey::new(key))
+                    .await
+            ),
+            SignalRefusal::BadKey(_)
+        ));
+    }
     // Nothing refused was stored: the saga still waits, without a signal.
     let saga = store.load(id).await.unwrap().unwrap();
     assert!(saga.signals.is_empty());
@@ -425,9 +471,22 @@ pub async fn a_wait_that_times_out_compensates_or_records_its_default<S: Store>(
     );
 
     let id = orchestrator.start::<WaitsWithDefault>(&5).await.unwrap();
+    // Past its wait (the default recorded), asleep: a signal now would change nothing.
+    waiting(&store, id, "timer").await;
+    assert_eq!(
+        refusal(
+            orchestrator
+                .signal(id, &paid("late"), SignalKey::new("late"))
+                .await
+        ),
+        SignalRefusal::TooLate {
+            step: saga_core::StepName::new("payment")
+        }
+    );
     let record = orchestrator.wait(id, WAIT).await.unwrap();
     assert_eq!(record.status, SagaStatus::Completed);
     assert!(ledger.calls().contains(&"ship 5 invoice-later".to_owned()));
+    assert!(store.load(id).await.unwrap().unwrap().signals.is_empty());
     orchestrator.shutdown().await;
 }
 
@@ -499,6 +558,31 @@ pub async fn cancelling_a_waiting_saga_compensates_it<S: Store>(store: Arc<S>) {
         "known: waiting did nothing"
     );
     orchestrator.shutdown().await;
+
+    // A signal that came before the cancel (no worker ran to take it) is taken first, and the
+    // step it completed is compensated: the payment is refunded.
+    let refunds = running(&store, |o| o.register(Refunds(ledger.clone())).unwrap());
+    let id = refunds.start::<Refunds>(&8).await.unwrap();
+    waiting(&store, id, "signal:paid").await;
+    refunds.shutdown().await;
+    let stopped = orchestrator_for(&store, |o| o.register(Refunds(ledger.clone())).unwrap());
+    stopped
+        .signal(id, &paid("ch_8"), SignalKey::new("evt_8"))
+        .await
+        .unwrap();
+    stopped
+        .admin()
+        .cancel_saga(id, "erin", "customer withdrew")
+        .await
+        .unwrap();
+    let again = running(&store, |o| o.register(Refunds(ledger.clone())).unwrap());
+    assert_eq!(
+        again.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::Compensated
+    );
+    assert_eq!(ledger.count("refund ch_8 8"), 1, "{:?}", ledger.calls());
+    assert_eq!(ledger.count("release reservation-8 8"), 1);
+    again.shutdown().await;
 }
 
 fn approvers(admin: Admin) -> Admin {
@@ -701,4 +785,41 @@ pub async fn past_the_pivot_a_failure_waits_for_a_person_and_nothing_is_compensa
     );
     assert_eq!(ledger.count("release"), 0);
     orchestrator.shutdown().await;
+
+    // An approval past the pivot that nobody gave in time: a person sends the saga forward
+    // again, and the step waits anew (its next attempt) until someone approves.
+    let after_pivot = running(&store, |o| {
+        o.register(ApprovedAfterPivot(ledger.clone())).unwrap()
+    });
+    let id = after_pivot.start::<ApprovedAfterPivot>(&17).await.unwrap();
+    assert_eq!(
+        after_pivot.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::NeedsIntervention
+    );
+    let admin = approvers(after_pivot.admin());
+    let item = admin
+        .interventions(true)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|item| item.saga_id == id)
+        .unwrap();
+    assert_eq!(item.item.kind, InterventionKind::PastPivot);
+    admin
+        .retry(item.item.id, "erin", "the approver is back")
+        .await
+        .unwrap();
+    let saga = waiting(&store, id, "signal:approval:approve_shipping").await;
+    assert_eq!(
+        saga.step(StepIndex(2), Phase::Action).unwrap().attempt,
+        saga_core::Attempt(2)
+    );
+    admin.approve(id, "root", "ship it").await.unwrap();
+    assert_eq!(
+        after_pivot.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::Completed
+    );
+    assert_eq!(ledger.count("ship 17"), 1);
+    assert_eq!(ledger.count("release reservation-17"), 0);
+    after_pivot.shutdown().await;
 }
