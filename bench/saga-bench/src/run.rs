@@ -310,6 +310,7 @@ pub async fn run(args: RunArgs) -> Res<Value> {
         "claims_nonempty": claims.iter().filter(|c| c.claimed > 0).count(),
         "claim_p50_ms": percentile(&claim_ms, 0.50),
         "claim_p99_ms": percentile(&claim_ms, 0.99),
+        "claim_ms": claim_ms,
         "store_calls_per_saga": {
             "create": per_saga(calls.create.load(Ordering::Relaxed)),
             "claim": per_saga(calls.claim.load(Ordering::Relaxed)),
