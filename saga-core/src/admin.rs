@@ -60,6 +60,9 @@ use crate::wait::{
 pub struct Admin {
     store: Arc<dyn Store>,
     approvals: Option<Arc<dyn ApprovalPolicy>>,
+    /// The workers of the orchestrator this handle came from, woken when an action makes a saga
+    /// due now (other processes are woken by the store, or poll).
+    wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The result of one item of a batch retry.
@@ -79,6 +82,20 @@ impl Admin {
         Self {
             store,
             approvals: None,
+            wake: None,
+        }
+    }
+
+    /// Wakes `wake`'s waiters whenever an action makes a saga due now: how
+    /// [`Orchestrator::admin`](crate::Orchestrator::admin) has this process's workers go on at once.
+    pub(crate) fn waking(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.wake = Some(wake);
+        self
+    }
+
+    fn woken(&self) {
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
         }
     }
 
@@ -232,14 +249,17 @@ impl Admin {
             what: "an approval".into(),
             source,
         })?;
-        self.store
+        let delivered = self
+            .store
             .deliver_signal(&SignalDelivery {
                 saga: id,
                 name: approval_signal(&step),
                 key: SignalKey::new(format!("{verb}:{by}")),
                 payload,
             })
-            .await
+            .await?;
+        self.woken();
+        Ok(delivered)
     }
 
     /// Sagas matching `filter`, in creation order.
@@ -341,14 +361,17 @@ impl Admin {
         reason: &str,
     ) -> Result<SagaStatus> {
         let (by, reason) = checked(by, reason)?;
-        self.store
+        let status = self
+            .store
             .settle(&Settlement {
                 intervention: id,
                 action,
                 by,
                 reason,
             })
-            .await
+            .await?;
+        self.woken();
+        Ok(status)
     }
 
     /// Retries at most `max` open items, oldest first, and reports each result; one refusal does
@@ -381,9 +404,12 @@ impl Admin {
     /// As [`Store::request_cancel`]; [`Error::InvalidAction`] without a reason.
     pub async fn cancel_saga(&self, id: SagaId, by: &str, reason: &str) -> Result<CancelOutcome> {
         let (by, reason) = checked(by, reason)?;
-        self.store
+        let outcome = self
+            .store
             .request_cancel(id, &by, &reason, clock::now())
-            .await
+            .await?;
+        self.woken();
+        Ok(outcome)
     }
 
     /// Deletes finished sagas (completed, compensated, cancelled) unchanged for `age`, at most

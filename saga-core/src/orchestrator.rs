@@ -706,9 +706,10 @@ impl Orchestrator {
         Ok(delivered)
     }
 
-    /// The operator handle over this orchestrator's store.
+    /// The operator handle over this orchestrator's store. Its actions that make a saga due now
+    /// (an approval, a settlement, a cancel) wake this process's workers at once.
     pub fn admin(&self) -> crate::admin::Admin {
-        crate::admin::Admin::new(Arc::clone(&self.inner.store))
+        crate::admin::Admin::new(Arc::clone(&self.inner.store)).waking(Arc::clone(&self.inner.wake))
     }
 
     /// Starts the workers in the background (on the current tokio runtime): they claim due
