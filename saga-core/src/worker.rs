@@ -35,6 +35,10 @@ pub(crate) struct Direct {
     pub(crate) slot: Slot,
 }
 
+/// How much earlier than `run()` a lease must have been granted to be taken back as an earlier
+/// run's (see `dispatch`).
+const RECLAIM_MARGIN: Duration = Duration::from_millis(20);
+
 /// How often a dispatcher measures its offset to the store's clock again.
 const CLOCK_SYNC_EVERY: Duration = Duration::from_secs(30);
 
@@ -69,11 +73,16 @@ pub(crate) async fn dispatch(
     // already); measured again every so often.
     let store_now = inner.synced_now().await;
     let mut last_clock_sync = std::time::Instant::now();
-    // The store's time when `run` was called, plus a lease, less a margin for the measurement:
-    // every lease granted since expires after it (see `reclaim`).
-    let since_run = run_at.elapsed().saturating_add(Duration::from_millis(100));
+    // The store's time when `run` was called, plus a lease, less a margin: every lease granted
+    // since (by this process's reckoning of the store's clock, the one it grants leases by)
+    // expires after it. The margin covers the reckoning moving between the two readings; kept
+    // small, so that a process restarted a fraction of a second after it was killed still takes
+    // back the leases its earlier run granted just before (see `reclaim`).
+    let since_run = run_at.elapsed().saturating_add(RECLAIM_MARGIN);
     let reclaim_before = clock::after(clock::before(store_now, since_run), inner.config.lease_ttl);
-    reclaim(&inner, &mut drives, reclaim_before).await;
+    // Sagas this worker id held before a restart: taken back as slots allow, now and whenever
+    // slots free up, until none is left (the rest would otherwise wait for their leases).
+    let mut reclaiming = reclaim(&inner, &mut drives, reclaim_before).await;
     let mut claim_now = true;
     let mut backlog = false;
     let mut next_poll = tokio::time::Instant::now();
@@ -98,13 +107,16 @@ pub(crate) async fn dispatch(
             // slot to come free, whoever held it, or for the poll.
             tokio::select! {
                 () = inner.slots.given_back() => {
-                    claim_now |= backlog || tokio::time::Instant::now() >= next_poll;
+                    claim_now |= backlog || reclaiming || tokio::time::Instant::now() >= next_poll;
                 }
                 () = tokio::time::sleep_until(next_poll) => overdue = true,
                 Some(work) = direct.recv() => start(&mut drives, work),
                 _ = shutdown.changed() => {}
             }
             continue;
+        }
+        if reclaiming {
+            reclaiming = reclaim(&inner, &mut drives, reclaim_before).await;
         }
         if claim_now || tokio::time::Instant::now() >= next_poll {
             claim_now = false;
@@ -192,14 +204,19 @@ pub(crate) async fn dispatch(
     }
 }
 
-/// Takes back, at start-up, the sagas an earlier run of this worker id still holds (killed or
-/// crashed, restarted under the same id): they resume now, not when their leases expire. As
-/// many as there are free slots; the rest wait for their leases to expire.
-async fn reclaim(inner: &Arc<Inner>, drives: &mut JoinSet<()>, granted_before: clock::Timestamp) {
+/// Takes back the sagas an earlier run of this worker id still holds (killed or crashed,
+/// restarted under the same id): they resume now, not when their leases expire. As many as
+/// there are free slots; returns whether more may be left (then it is called again as slots
+/// free up).
+async fn reclaim(
+    inner: &Arc<Inner>,
+    drives: &mut JoinSet<()>,
+    granted_before: clock::Timestamp,
+) -> bool {
     loop {
         let free = inner.slots.free();
         if free == 0 {
-            return;
+            return true;
         }
         let limit = u32::try_from(free.min(inner.config.claim_batch.max(1))).unwrap_or(u32::MAX);
         let leases = match inner
@@ -216,7 +233,7 @@ async fn reclaim(inner: &Arc<Inner>, drives: &mut JoinSet<()>, granted_before: c
             Ok(leases) => leases,
             Err(err) => {
                 tracing::warn!(error = %err, "taking back this worker's leases from before a restart failed; they resume when they expire");
-                return;
+                return false;
             }
         };
         let full = leases.len() >= usize::try_from(limit).unwrap_or(usize::MAX);
@@ -232,7 +249,7 @@ async fn reclaim(inner: &Arc<Inner>, drives: &mut JoinSet<()>, granted_before: c
             drives.spawn(drive(Arc::clone(inner), lease, None, None, slot));
         }
         if !full {
-            return;
+            return false;
         }
     }
 }

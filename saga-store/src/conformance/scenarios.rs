@@ -1643,7 +1643,7 @@ pub async fn a_worker_restarted_under_its_id_resumes_its_sagas_without_waiting_f
     );
 
     // The same worker id, restarted, takes it back at once and finishes it.
-    let second = Orchestrator::new(dyn_store, config());
+    let second = Orchestrator::new(Arc::clone(&dyn_store), config());
     second.register(Probe(script.clone())).unwrap();
     second.run();
     let record = second.wait(id, Duration::from_secs(20)).await.unwrap();
@@ -1661,6 +1661,26 @@ pub async fn a_worker_restarted_under_its_id_resumes_its_sagas_without_waiting_f
         "a completed step never runs again"
     );
     second.shutdown().await;
+
+    // Killed a moment after it took a lease (here, by starting the saga) and restarted at
+    // once: the lease its earlier run granted just before is still taken back.
+    script.plan("charge_card", Phase::Action, &[Outcome::ApplyThenHang]);
+    let third = Orchestrator::new(Arc::clone(&dyn_store), config());
+    third.register(Probe(script.clone())).unwrap();
+    third.run();
+    let quick = third.start::<Probe>(&input(12)).await.unwrap();
+    wait_until("charge_card runs again", || {
+        script.calls_of("charge_card", Phase::Action).len() == 3
+    })
+    .await;
+    third.kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let fourth = Orchestrator::new(Arc::clone(&dyn_store), config());
+    fourth.register(Probe(script.clone())).unwrap();
+    fourth.run();
+    let record = fourth.wait(quick, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(record.status, SagaStatus::Completed);
+    fourth.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------------------------
