@@ -377,9 +377,27 @@ impl Orchestrator {
     /// # Errors
     /// [`Error::UnknownSagaType`], [`Error::PayloadTooLarge`], [`Error::Serialization`], store errors.
     pub async fn start<S: Saga>(&self, input: &S::Input) -> Result<SagaId> {
-        self.create::<S>(input, None, TraceContext::current_or_new())
+        self.create::<S>(input, None, TraceContext::current_or_new(), None)
             .await
             .map(Created::id)
+    }
+
+    /// Starts a saga of type `S` that must finish `within` this long (from now, on the store's
+    /// clock): past it no new forward step begins, a waiting step stops waiting and the saga
+    /// compensates, as for a deadline its type sets (the earlier of the two applies). With a
+    /// `key`, as [`Orchestrator::start_with_key`].
+    ///
+    /// # Errors
+    /// As [`Orchestrator::start_with_key`].
+    pub async fn start_within<S: Saga>(
+        &self,
+        key: Option<IdempotencyKey>,
+        input: &S::Input,
+        within: Duration,
+    ) -> Result<Created> {
+        let deadline = clock::after(self.inner.synced_now().await, within);
+        self.create::<S>(input, key, TraceContext::current_or_new(), Some(deadline))
+            .await
     }
 
     /// Starts a saga of type `S` once per `key`: a repeated call with the same key and input
@@ -393,7 +411,7 @@ impl Orchestrator {
         key: IdempotencyKey,
         input: &S::Input,
     ) -> Result<Created> {
-        self.create::<S>(input, Some(key), TraceContext::current_or_new())
+        self.create::<S>(input, Some(key), TraceContext::current_or_new(), None)
             .await
     }
 
@@ -409,7 +427,7 @@ impl Orchestrator {
         input: &S::Input,
         trace: TraceContext,
     ) -> Result<Created> {
-        self.create::<S>(input, key, trace).await
+        self.create::<S>(input, key, trace, None).await
     }
 
     async fn create<S: Saga>(
@@ -417,6 +435,7 @@ impl Orchestrator {
         input: &S::Input,
         key: Option<IdempotencyKey>,
         trace: TraceContext,
+        deadline: Option<Timestamp>,
     ) -> Result<Created> {
         let definition = self.registered::<S>()?;
         let text = serde_json::to_string(input).map_err(|source| Error::Serialization {
@@ -461,6 +480,7 @@ impl Orchestrator {
             trace_context: Some(trace.to_string()),
             lease: lease.clone(),
             changes: Vec::new(),
+            deadline,
         };
         // A saga driven by its starter begins its first step in the same write that creates
         // it: one commit less, and the step runs as soon as the creation returns.

@@ -400,16 +400,22 @@ pub fn wait(
     changes
 }
 
-/// The saga's deadline (its start plus the definition's `deadline`), while it still applies:
-/// past the pivot step the saga only goes forward.
+/// The saga's deadline — its start plus the definition's `deadline`, or the one its start call
+/// set, whichever comes first — while it still applies: past the pivot step the saga only goes
+/// forward.
 pub fn applicable_deadline(
     snapshot: &SagaSnapshot,
     steps: &[StepSpec],
     deadline: Option<Duration>,
 ) -> Option<Timestamp> {
-    deadline
-        .filter(|_| pivot_passed(snapshot, steps).is_none())
-        .map(|deadline| clock::after(snapshot.record.created_at, deadline))
+    if pivot_passed(snapshot, steps).is_some() {
+        return None;
+    }
+    let by_type = deadline.map(|deadline| clock::after(snapshot.record.created_at, deadline));
+    match (by_type, snapshot.record.deadline) {
+        (Some(by_type), Some(by_start)) => Some(by_type.min(by_start)),
+        (by_type, by_start) => by_type.or(by_start),
+    }
 }
 
 fn next_compensation(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp) -> Action {
@@ -965,6 +971,7 @@ mod tests {
                 created_at: now,
                 updated_at: now,
                 waiting_for: None,
+                deadline: None,
                 signals_received: 0,
             },
             steps: Vec::new(),

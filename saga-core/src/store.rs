@@ -57,6 +57,9 @@ pub struct NewSaga {
     /// `BeginStep` is accepted, and only with `lease` (see [`write::CreationPlan::compile`]); ignored
     /// when the key already started a saga.
     pub changes: Vec<Change>,
+    /// The time (on the store's clock) by which the saga must have finished, set by its start
+    /// call; its type's deadline applies as well, whichever comes first.
+    pub deadline: Option<Timestamp>,
 }
 
 /// What [`Store::create`] did.
@@ -116,6 +119,8 @@ pub struct SagaRecord {
     pub updated_at: Timestamp,
     /// What it waits for while a step waits (`timer`, `signal:<name>`; see [`crate::wait`]).
     pub waiting_for: Option<String>,
+    /// The deadline its start call set, if any (see [`NewSaga::deadline`]).
+    pub deadline: Option<Timestamp>,
     /// How many signals were delivered to it: a worker that gives the saga back to wait asks the
     /// store to make it due at once should this have grown since it read the saga, so that a
     /// signal arriving meanwhile is not left waiting.
@@ -685,6 +690,7 @@ impl SagaFilter {
 ///     trace_context: None,
 ///     lease: None,
 ///     changes: Vec::new(),
+///     deadline: None,
 /// };
 ///
 /// // create: a new saga, running and due now; the same start key and input finds it again.

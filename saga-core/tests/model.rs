@@ -321,6 +321,7 @@ impl Stored {
                     .waiting
                     .then(|| saga_core::wait::waiting_for_signal(Paid::NAME)),
                 signals_received: u64::from(self.signals),
+                deadline: None,
             },
             steps,
             signals: if self.signal {

@@ -139,6 +139,7 @@ pub(crate) fn saga_record(row: &(impl Columns + ?Sized)) -> Result<SagaRecord, E
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
         waiting_for: r.opt_text("waiting_for")?,
+        deadline: r.opt_time("deadline_at")?,
         signals_received: u64::try_from(r.i64("signals_received")?).unwrap_or(0),
     })
 }

@@ -28,6 +28,7 @@ fn new_saga(saga_type: &str, n: u32) -> saga_core::NewSaga {
         trace_context: None,
         lease: None,
         changes: Vec::new(),
+        deadline: None,
     }
 }
 

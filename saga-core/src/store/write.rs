@@ -688,6 +688,7 @@ impl CreationPlan {
                 created_at: now,
                 updated_at: now,
                 waiting_for: None,
+                deadline: saga.deadline,
                 signals_received: 0,
             },
             steps: Vec::new(),
@@ -1368,6 +1369,7 @@ mod tests {
                 created_at: now,
                 updated_at: now,
                 waiting_for: draw.flip().then(|| "signal:paid".to_owned()),
+                deadline: None,
                 signals_received: draw.below(3),
             },
             steps,
@@ -1560,6 +1562,7 @@ mod tests {
             trace_context: None,
             lease: Some((WorkerId::new("w"), crate::clock::now())),
             changes,
+            deadline: None,
         };
         let plan = CreationPlan::compile(&saga(vec![begin.clone()])).unwrap();
         assert_eq!(

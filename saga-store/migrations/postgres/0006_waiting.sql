@@ -3,6 +3,8 @@
 -- Neither is indexed, so writes that change them stay HOT.
 ALTER TABLE saga_instances ADD COLUMN waiting_for TEXT;
 ALTER TABLE saga_instances ADD COLUMN signals_received BIGINT NOT NULL DEFAULT 0;
+-- The deadline a start call set, if any.
+ALTER TABLE saga_instances ADD COLUMN deadline_at TIMESTAMPTZ;
 
 -- Signals delivered to sagas: one per (saga, name); the key makes a repeated delivery a
 -- duplicate. Kept until the saga is pruned.

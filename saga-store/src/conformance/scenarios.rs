@@ -1720,6 +1720,7 @@ async fn begun_charge<S: Store>(
                 saga_core::after(saga_core::now(), Duration::from_secs(60)),
             )),
             changes: vec![begin(0, "reserve_stock")],
+            deadline: None,
         })
         .await
         .unwrap();

@@ -29,6 +29,7 @@ fn new_saga(saga_type: &str, key: Option<&str>, input: Value) -> NewSaga {
         trace_context: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
         lease: None,
         changes: Vec::new(),
+        deadline: None,
     }
 }
 
@@ -175,13 +176,27 @@ async fn history_len<S: Store>(store: &S, id: SagaId) -> usize {
 pub async fn create_then_load_round_trips<S: Store>(store: Arc<S>) {
     let before = now();
     let input = json!({ "sku": "A-1", "qty": 3, "gift": true, "tags": ["x", "y"], "note": null });
-    let saga = new_saga("order", Some("order-42"), input.clone());
+    let deadline = after(before, DAY);
+    let saga = NewSaga {
+        deadline: Some(deadline),
+        ..new_saga("order", Some("order-42"), input.clone())
+    };
     let id = create(&*store, saga.clone()).await;
     let after_create = now();
 
     let snap = snapshot(&*store, id).await;
     let record = &snap.record;
     assert_eq!(record.id, id, "load returned another saga");
+    assert_eq!(
+        record.deadline,
+        Some(deadline),
+        "the deadline a start call set must round-trip"
+    );
+    assert_eq!(
+        (record.waiting_for.as_deref(), record.signals_received),
+        (None, 0),
+        "a new saga waits for nothing and received no signal"
+    );
     assert_eq!(
         record.status,
         SagaStatus::Running,

@@ -729,6 +729,24 @@ pub async fn a_saga_past_its_deadline_stops_waiting_and_compensates<S: Store>(st
     let rendered = orchestrator.history(id).await.unwrap().render();
     assert!(rendered.contains("deadline"), "{rendered}");
     orchestrator.shutdown().await;
+
+    // A start call may set a deadline of its own, for a type that has none.
+    let orchestrator = running(&store, |o| o.register(Waits(ledger.clone())).unwrap());
+    let id = orchestrator
+        .start_within::<Waits>(None, &18, Duration::from_millis(400))
+        .await
+        .unwrap()
+        .id();
+    let saga = waiting(&store, id, "signal:paid").await;
+    assert!(saga.record.deadline.is_some());
+    assert_eq!(
+        orchestrator.wait(id, WAIT).await.unwrap().status,
+        SagaStatus::Compensated
+    );
+    assert_eq!(ledger.count("release reservation-18 18"), 1);
+    let rendered = orchestrator.history(id).await.unwrap().render();
+    assert!(rendered.contains("deadline"), "{rendered}");
+    orchestrator.shutdown().await;
 }
 
 pub async fn past_the_pivot_a_failure_waits_for_a_person_and_nothing_is_compensated<S: Store>(

@@ -179,7 +179,7 @@ events AS (
     };
 }
 
-/// Sagas created: $52..$62 the sagas, $63..$68 the steps begun with them, $69..$74 their
+/// Sagas created: $52..$63 the sagas, $64..$69 the steps begun with them, $70..$75 their
 /// events (no trailing comma: it also ends [`CREATE_SQL`]'s `WITH`). A start key that exists
 /// already creates nothing (the caller reads the saga it started); rows of the same creation
 /// join it by saga id.
@@ -189,13 +189,15 @@ macro_rules! creations {
 new AS (
     INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input, input_hash,
         idempotency_key, next_run_at, fencing_token, trace_context, created_at, updated_at,
-        lease_owner, lease_expires_at)
+        lease_owner, lease_expires_at, deadline_at)
     SELECT k.id, k.saga_type, k.version, k.fingerprint, 'running', k.input, k.input_hash,
-           k.key, date_trunc('milliseconds', now()), k.token, k.trace, date_trunc('milliseconds', now()), date_trunc('milliseconds', now()), k.owner, k.until
+           k.key, date_trunc('milliseconds', now()), k.token, k.trace, date_trunc('milliseconds', now()), date_trunc('milliseconds', now()), k.owner, k.until,
+           k.deadline
       FROM UNNEST($52::uuid[], $53::text[], $54::int4[], $55::text[], $56::jsonb[], $57::text[],
-                  $58::text[], $59::text[], $60::text[], $61::timestamptz[], $62::int8[])
+                  $58::text[], $59::text[], $60::text[], $61::timestamptz[], $62::int8[],
+                  $63::timestamptz[])
            AS k(id, saga_type, version, fingerprint, input, input_hash, key, trace, owner,
-                until, token)
+                until, token, deadline)
      -- One order for every statement, so that two of them inserting the same start keys wait
      -- for each other in turn instead of deadlocking.
      ORDER BY k.key, k.id
@@ -205,13 +207,13 @@ new_begun AS (
     INSERT INTO saga_steps (saga_id, step_index, phase, name, status, attempt, idempotency_key,
         started_at)
     SELECT nb.saga, nb.idx, nb.phase, nb.name, 'in_progress', nb.attempt, nb.key, date_trunc('milliseconds', now())
-      FROM UNNEST($63::uuid[], $64::int4[], $65::text[], $66::text[], $67::int4[], $68::text[])
+      FROM UNNEST($64::uuid[], $65::int4[], $66::text[], $67::text[], $68::int4[], $69::text[])
            AS nb(saga, idx, phase, name, attempt, key)
       JOIN new ON new.id = nb.saga),
 new_events AS (
     INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
     SELECT nv.saga, date_trunc('milliseconds', now()), nv.kind, nv.step, nv.phase, nv.attempt, nv.detail
-      FROM UNNEST($69::uuid[], $70::text[], $71::text[], $72::text[], $73::int4[], $74::text[])
+      FROM UNNEST($70::uuid[], $71::text[], $72::text[], $73::text[], $74::int4[], $75::text[])
            WITH ORDINALITY AS nv(saga, kind, step, phase, attempt, detail, n)
       JOIN new ON new.id = nv.saga
      ORDER BY nv.n)"
@@ -287,7 +289,7 @@ const ESCALATE_WITH_CREATIONS_SQL: &str = statement!(writes and creations, escal
 
 /// The statement for creations alone (a lone creation: the same parts as a group's, without the
 /// writes' parts, which the server would set up for nothing). Parameters other than $17,
-/// $18 and $52..$74 are bound (empty) but not read.
+/// $18 and $52..$75 are bound (empty) but not read.
 const CREATE_SQL: &str = concat!(
     "\nWITH",
     creations!(),
@@ -506,7 +508,7 @@ impl InterventionColumns {
     }
 }
 
-/// History events ($45..$51 for writes, with the position of their write; $69..$74 for
+/// History events ($45..$51 for writes, with the position of their write; $70..$75 for
 /// creations, without).
 #[derive(Default)]
 struct EventColumns {
@@ -549,7 +551,7 @@ impl EventColumns {
     }
 }
 
-/// Sagas to create ($52..$62) and the steps begun with them ($63..$68).
+/// Sagas to create ($52..$63) and the steps begun with them ($64..$69).
 #[derive(Default)]
 struct CreationColumns {
     id: Vec<Uuid>,
@@ -563,6 +565,7 @@ struct CreationColumns {
     owner: Vec<Option<String>>,
     until: Vec<Option<Timestamp>>,
     token: Vec<i64>,
+    deadline: Vec<Option<Timestamp>>,
     b_saga: Vec<Uuid>,
     b_index: Vec<i32>,
     b_phase: Vec<&'static str>,
@@ -594,6 +597,7 @@ impl CreationColumns {
         self.until
             .push(saga.lease.as_ref().map(|(_, until)| *until));
         self.token.push(plan.token.0);
+        self.deadline.push(saga.deadline);
         // A creation's step phases are all begun, new (`CreationPlan` accepts nothing else).
         for step in &plan.steps {
             self.b_saga.push(id);
@@ -623,6 +627,7 @@ impl CreationColumns {
             .bind(self.owner)
             .bind(self.until)
             .bind(self.token)
+            .bind(self.deadline)
             .bind(self.b_saga)
             .bind(self.b_index)
             .bind(self.b_phase)
@@ -815,6 +820,6 @@ mod tests {
         assert_eq!(numbers(steps!()), (19..=32).collect::<Vec<_>>());
         assert_eq!(numbers(escalate!()), (33..=44).collect::<Vec<_>>());
         assert_eq!(numbers(history!()), (45..=51).collect::<Vec<_>>());
-        assert_eq!(numbers(creations!()), (52..=74).collect::<Vec<_>>());
+        assert_eq!(numbers(creations!()), (52..=75).collect::<Vec<_>>());
     }
 }

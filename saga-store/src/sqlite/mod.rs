@@ -319,8 +319,8 @@ impl Store for SqliteStore {
         let inserted = sqlx::query(
             "INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input,
                  input_hash, idempotency_key, next_run_at, fencing_token, trace_context,
-                 created_at, updated_at, lease_owner, lease_expires_at)
-             VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 created_at, updated_at, lease_owner, lease_expires_at, deadline_at)
+             VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(saga.id.to_string())
         .bind(saga.saga_type.as_str())
@@ -344,6 +344,7 @@ impl Store for SqliteStore {
                 .map(|(owner, _)| owner.as_str().to_owned()),
         )
         .bind(saga.lease.as_ref().map(|(_, until)| millis(*until)))
+        .bind(saga.deadline.map(millis))
         .execute(&mut *tx)
         .await;
         if let Err(err) = inserted {
