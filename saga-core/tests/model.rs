@@ -1154,25 +1154,8 @@ impl Model {
                             }
                         }
                         Err(Error::CancelRequested { .. }) if phase == Phase::Action => {
-                            // honour_cancel: what was queued, without the action's begin, and
-                            // the move to compensating, on the saga as stored.
-                            let mut changes: Vec<Change> = queued
-                                .iter()
-                                .filter(|q| !matches!(q, Queued::Begin(_, Phase::Action, _)))
-                                .map(|q| q.change(&self.specs))
-                                .collect();
-                            changes.push(Change::SetStatus {
-                                status: SagaStatus::Compensating,
-                                reason: None,
-                            });
-                            let mut stored = after.store.snapshot(&self.specs);
-                            after.workers[w] = Worker::Idle;
-                            if stored.apply_all(&changes, at(now)).is_ok()
-                                && self.write(&mut after, id, token, &changes)?.is_ok()
-                            {
-                                after.workers[w] =
-                                    holding(Stored::of(&stored, self.size.steps), Vec::new());
-                            }
+                            after.workers[w] =
+                                self.honour_cancel(&mut after, id, token, expires, &queued, now)?;
                         }
                         Err(_) => after.workers[w] = Worker::Idle,
                     }
@@ -1195,30 +1178,8 @@ impl Model {
                     match self.flush(&mut after, id, token, &queued)? {
                         Ok(()) => after.workers[w] = Worker::Idle,
                         Err(Error::CancelRequested { .. }) => {
-                            let mut changes: Vec<Change> = queued
-                                .iter()
-                                .filter(|q| {
-                                    !matches!(
-                                        q,
-                                        Queued::Begin(_, Phase::Action, _)
-                                            | Queued::Wait(..)
-                                            | Queued::Release(_)
-                                    )
-                                })
-                                .map(|q| q.change(&self.specs))
-                                .collect();
-                            changes.push(Change::SetStatus {
-                                status: SagaStatus::Compensating,
-                                reason: None,
-                            });
-                            let mut stored = after.store.snapshot(&self.specs);
-                            after.workers[w] = Worker::Idle;
-                            if stored.apply_all(&changes, at(now)).is_ok()
-                                && self.write(&mut after, id, token, &changes)?.is_ok()
-                            {
-                                after.workers[w] =
-                                    holding(Stored::of(&stored, self.size.steps), Vec::new());
-                            }
+                            after.workers[w] =
+                                self.honour_cancel(&mut after, id, token, expires, &queued, now)?;
                         }
                         Err(_) => after.workers[w] = Worker::Idle,
                     }
@@ -1301,6 +1262,46 @@ impl Model {
             .map_err(|err| format!("a worker's plan was refused by its own copy: {err}"))?;
         queued.extend(changes.iter().map(Queued::of));
         Ok(Stored::of(&snapshot, self.size.steps))
+    }
+
+    /// `Driver::honour_cancel`: what was queued, without a forward step's begin or a wait and
+    /// its release, and the move to compensating, written on the saga as stored. The worker goes
+    /// on holding it, or stops when that write fails.
+    fn honour_cancel(
+        &self,
+        after: &mut State,
+        worker: u8,
+        token: i64,
+        expires: Tick,
+        queued: &[Queued],
+        now: Tick,
+    ) -> Result<Worker, String> {
+        let mut changes: Vec<Change> = queued
+            .iter()
+            .filter(|q| {
+                !matches!(
+                    q,
+                    Queued::Begin(_, Phase::Action, _) | Queued::Wait(..) | Queued::Release(_)
+                )
+            })
+            .map(|q| q.change(&self.specs))
+            .collect();
+        changes.push(Change::SetStatus {
+            status: SagaStatus::Compensating,
+            reason: None,
+        });
+        let mut stored = after.store.snapshot(&self.specs);
+        if stored.apply_all(&changes, at(now)).is_ok()
+            && self.write(after, worker, token, &changes)?.is_ok()
+        {
+            return Ok(Worker::Holding {
+                token,
+                expires,
+                local: Stored::of(&stored, self.size.steps),
+                queued: Vec::new(),
+            });
+        }
+        Ok(Worker::Idle)
     }
 
     /// Writes what a worker queued, as `Driver::flush` does.
