@@ -7,6 +7,7 @@ use crate::clock;
 use crate::error::{Error, Result};
 use crate::history::History;
 use crate::id::{InterventionId, SagaId, StepName};
+use crate::policy::{Pause, PauseRequest, PauseScope};
 use crate::status::SagaStatus;
 use crate::store::{
     CancelOutcome, Intervention, SagaFilter, SagaRecord, SagaSnapshot, SettleAction, Settlement,
@@ -63,6 +64,9 @@ pub struct Admin {
     /// The workers of the orchestrator this handle came from, woken when an action makes a saga
     /// due now (other processes are woken by the store, or poll).
     wake: Option<Arc<tokio::sync::Notify>>,
+    /// Tells the orchestrator this handle came from that the pauses changed, so its workers read
+    /// them again before their next step instead of at the next poll.
+    pauses_changed: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// The result of one item of a batch retry.
@@ -83,6 +87,7 @@ impl Admin {
             store,
             approvals: None,
             wake: None,
+            pauses_changed: None,
         }
     }
 
@@ -91,6 +96,17 @@ impl Admin {
     pub(crate) fn waking(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
         self.wake = Some(wake);
         self
+    }
+
+    pub(crate) fn on_pauses_changed(mut self, changed: Arc<dyn Fn() + Send + Sync>) -> Self {
+        self.pauses_changed = Some(changed);
+        self
+    }
+
+    fn pauses_changed(&self) {
+        if let Some(changed) = &self.pauses_changed {
+            changed();
+        }
     }
 
     fn woken(&self) {
@@ -412,6 +428,51 @@ impl Admin {
         Ok(outcome)
     }
 
+    /// Pauses a saga type (`step: None`) or one of its steps: no new attempt of it begins in any
+    /// process (each reads the pauses at least once per poll interval); sagas that reach it wait,
+    /// holding no worker, until [`Admin::resume`]. Who and why are recorded with the pause.
+    /// Returns the pause in force and whether this call made it (pausing twice keeps the first).
+    ///
+    /// # Errors
+    /// [`Error::InvalidAction`] without who, why or a type; store errors.
+    pub async fn pause(&self, scope: PauseScope, by: &str, reason: &str) -> Result<(Pause, bool)> {
+        let request = pause_request(scope, by, reason)?;
+        let paused = self.store.pause(&request, clock::now()).await?;
+        self.pauses_changed();
+        Ok(paused)
+    }
+
+    /// Lifts the pause on a saga type or step, recording who and why, and makes the sagas it
+    /// held due at once. Returns the lifted pause and how many sagas were woken.
+    ///
+    /// # Errors
+    /// [`Error::InvalidAction`] without who or why, or when nothing is paused there; store
+    /// errors.
+    pub async fn resume(&self, scope: PauseScope, by: &str, reason: &str) -> Result<(Pause, u64)> {
+        let request = pause_request(scope, by, reason)?;
+        let resumed = self
+            .store
+            .resume(&request, clock::now())
+            .await?
+            .ok_or_else(|| {
+                Error::InvalidAction(format!(
+                    "{} is not paused; list the pauses in force with `saga pauses`",
+                    request.scope
+                ))
+            })?;
+        self.pauses_changed();
+        self.woken();
+        Ok(resumed)
+    }
+
+    /// The pauses in force, or (`all`) also the lifted ones, with who paused and resumed, and why.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn pauses(&self, all: bool) -> Result<Vec<Pause>> {
+        self.store.pauses(all).await
+    }
+
     /// Deletes finished sagas (completed, compensated, cancelled) unchanged for `age`, at most
     /// `limit`; never running sagas nor open interventions. Returns how many were deleted.
     ///
@@ -421,6 +482,22 @@ impl Admin {
         let cutoff = clock::before(clock::now(), age);
         self.store.prune(cutoff, limit).await
     }
+}
+
+/// A pause request with who and why checked, and a type named.
+fn pause_request(scope: PauseScope, by: &str, reason: &str) -> Result<PauseRequest> {
+    let (by, reason) = checked(by, reason)?;
+    if scope.saga_type.as_str().trim().is_empty()
+        || scope
+            .step
+            .as_ref()
+            .is_some_and(|step| step.as_str().trim().is_empty())
+    {
+        return Err(Error::InvalidAction(
+            "name the saga type to pause (and the step, if only one step)".into(),
+        ));
+    }
+    Ok(PauseRequest { scope, by, reason })
 }
 
 /// Who and why, trimmed; both required.

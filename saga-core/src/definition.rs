@@ -16,10 +16,38 @@ use crate::clock::Timestamp;
 use crate::context::StepContext;
 use crate::error::{Error, Result};
 use crate::id::{SagaType, StepName};
+use crate::policy::{Policy, PolicyKind};
 use crate::retry::RetryPolicy;
 use crate::saga::Saga;
 use crate::step::StepError;
 use crate::wait::{Approval, Signal, StepKind};
+
+/// Why a policy declaration cannot be used, in words that say how to fix it.
+fn check_policy(step: &str, kind: &StepKind, policy: &Policy) -> std::result::Result<(), String> {
+    let what = policy.describe();
+    if kind.waits() {
+        return Err(format!(
+            "step `{step}` waits and calls nothing, so {what} has nothing to count; declare it on the step that calls"
+        ));
+    }
+    if policy.name.trim().is_empty() || policy.name.contains(':') || policy.name.len() > 200 {
+        return Err(format!(
+            "step `{step}`: the policy name `{}` is empty, over 200 bytes or contains `:`; use a plain name like `email`",
+            policy.name
+        ));
+    }
+    if policy.kind != PolicyKind::Cap && policy.max == 0 {
+        return Err(format!(
+            "step `{step}`: {what} lets nothing through and would hold sagas forever; give it a max of at least 1"
+        ));
+    }
+    if policy.kind != PolicyKind::Concurrency && policy.per.is_zero() {
+        return Err(format!(
+            "step `{step}`: {what} has a zero window; give it a positive duration"
+        ));
+    }
+    Ok(())
+}
 
 /// Timeout of a step phase unless set: 30 s.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -83,6 +111,10 @@ pub struct StepSpec {
     pub kind: StepKind,
     /// Whether it is the saga's point of no return ([`StepBuilder::pivot`]).
     pub pivot: bool,
+    /// The policies checked before each attempt of its action begins, in the order declared
+    /// ([`StepBuilder::cap`], [`StepBuilder::rate_limit`], [`StepBuilder::concurrency`],
+    /// [`StepBuilder::retry_budget`]).
+    pub policies: Vec<Policy>,
 }
 
 /// One step of a typed saga definition: built by [`Step::new`], finished by
@@ -100,7 +132,13 @@ pub struct Step<S: Saga> {
     /// Why the declaration cannot be used (reported by `validate`), e.g. a default output
     /// that does not serialize.
     unusable: Option<String>,
+    /// The key function of each policy in `spec.policies` (`None`: a rate limit, keyed by its
+    /// name alone).
+    policy_keys: Vec<Option<KeyFn<S>>>,
 }
+
+/// The key (entity) a policy counts a saga under, from its input: a customer, a cart.
+pub(crate) type KeyFn<S> = Arc<dyn Fn(&<S as Saga>::Input) -> String + Send + Sync>;
 
 /// A step while it is being declared, typed by its output `O` so that its compensation receives
 /// that output.
@@ -164,6 +202,7 @@ impl<S: Saga> Step<S> {
                     probe: false,
                     kind: StepKind::Call,
                     pivot: false,
+                    policies: Vec::new(),
                 },
                 irreversible: false,
                 action,
@@ -172,6 +211,7 @@ impl<S: Saga> Step<S> {
                 wake: None,
                 decodes: None,
                 unusable: None,
+                policy_keys: Vec::new(),
             },
             _output: std::marker::PhantomData,
         }
@@ -413,6 +453,97 @@ where
         self
     }
 
+    fn with_policy(
+        mut self,
+        kind: PolicyKind,
+        name: &str,
+        max: u32,
+        per: Duration,
+        key: Option<KeyFn<S>>,
+    ) -> Self {
+        self.step.spec.policies.push(Policy {
+            kind,
+            name: name.to_owned(),
+            max,
+            per,
+        });
+        self.step.policy_keys.push(key);
+        self
+    }
+
+    /// A frequency cap: at most `max` effects of the cap `name` per entity (the `key` of the
+    /// saga's input: a customer, a cart) in any window of `per`, across every saga, step and
+    /// process on the store. Checked and counted before the action's first attempt; once the cap
+    /// is reached the step is **skipped**: recorded as a no-op with the reason (in the history,
+    /// `saga show`, and the `saga_policy_skips_total` metric), never compensated, and the saga
+    /// goes on with its next step. A step counts once, however many attempts it takes.
+    ///
+    /// ```
+    /// # use std::{sync::Arc, time::Duration};
+    /// # use saga_core::{Saga, SagaDefinition, Step, StepContext, StepError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct Cart { customer: String }
+    /// # struct Recovery;
+    /// # impl Saga for Recovery {
+    /// #     type Input = Cart;
+    /// #     fn definition() -> SagaDefinition<Self> {
+    /// #         SagaDefinition::new("recovery", 1).step(
+    /// Step::new("send_email", |_: Arc<Recovery>, _ctx: StepContext<Cart>| async {
+    ///     Ok::<_, StepError>(())
+    /// })
+    /// .irreversible()
+    /// // One email per customer per day, whatever else is running.
+    /// .cap("email", 1, Duration::from_secs(86_400), |cart: &Cart| cart.customer.clone())
+    /// #         )
+    /// #     }
+    /// # }
+    /// ```
+    pub fn cap<K>(self, name: &str, max: u32, per: Duration, key: K) -> Self
+    where
+        K: Fn(&S::Input) -> String + Send + Sync + 'static,
+    {
+        self.with_policy(PolicyKind::Cap, name, max, per, Some(Arc::new(key)))
+    }
+
+    /// A rate limit on the integration `name` (a partner's API): at most `max` attempts in any
+    /// window of `per`, shared by every step, saga type and process that names it. An attempt
+    /// over the limit waits (the saga gives its worker back) without spending an attempt. When a
+    /// step of the integration returns [`StepError::throttled`], the whole integration backs off
+    /// until the time the partner asked for.
+    pub fn rate_limit(self, name: &str, max: u32, per: Duration) -> Self {
+        self.with_policy(PolicyKind::RateLimit, name, max, per, None)
+    }
+
+    /// Per-key concurrency: at most `max` sagas that passed this step, per key of the input, run
+    /// at once (the slot is taken before the step's first attempt and held until the saga ends:
+    /// completed, compensated, cancelled). The excess waits in the store, holding no worker,
+    /// and goes on when a slot frees. Declare it on the first step to bound whole sagas ("one
+    /// recovery flow per cart").
+    pub fn concurrency<K>(self, name: &str, max: u32, key: K) -> Self
+    where
+        K: Fn(&S::Input) -> String + Send + Sync + 'static,
+    {
+        self.with_policy(
+            PolicyKind::Concurrency,
+            name,
+            max,
+            Duration::ZERO,
+            Some(Arc::new(key)),
+        )
+    }
+
+    /// A retry budget per entity: besides the step's own attempts, at most `max` retries (second
+    /// and later attempts) counted under `name` per key in any window of `per`, across every
+    /// saga and process, so that one noisy entity cannot take every worker. When it is spent the
+    /// step fails for good (a known failure: the attempt never began) and the saga compensates;
+    /// the `saga_policy_budget_exhausted_total` metric counts it.
+    pub fn retry_budget<K>(self, name: &str, max: u32, per: Duration, key: K) -> Self
+    where
+        K: Fn(&S::Input) -> String + Send + Sync + 'static,
+    {
+        self.with_policy(PolicyKind::RetryBudget, name, max, per, Some(Arc::new(key)))
+    }
+
     /// Sets the retry policy of the compensation.
     pub fn compensation_retry(mut self, policy: RetryPolicy) -> Self {
         self.step.spec.compensation_retry = policy;
@@ -598,6 +729,9 @@ impl<S: Saga> SagaDefinition<S> {
                     "step `{name}` waits for zero time; give it a positive duration"
                 )));
             }
+            for policy in &step.spec.policies {
+                check_policy(name, &step.spec.kind, policy).map_err(invalid)?;
+            }
             if step.spec.retry.max_attempts == 0 || step.spec.compensation_retry.max_attempts == 0 {
                 return Err(invalid(format!(
                     "step `{name}` allows zero attempts; max_attempts counts the first attempt and must be at least 1"
@@ -605,6 +739,17 @@ impl<S: Saga> SagaDefinition<S> {
             }
         }
         Ok(())
+    }
+
+    /// The keys the policies of step `index` count this input under (empty for a rate limit),
+    /// in the order of [`StepSpec::policies`].
+    pub(crate) fn policy_keys(&self, index: usize, input: &S::Input) -> Vec<String> {
+        self.steps.get(index).map_or_else(Vec::new, |step| {
+            step.policy_keys
+                .iter()
+                .map(|key| key.as_ref().map_or_else(String::new, |key| key(input)))
+                .collect()
+        })
     }
 
     pub(crate) fn action(&self, index: usize) -> Option<&ActionFn<S>> {

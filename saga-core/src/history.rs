@@ -48,6 +48,8 @@ impl History {
                 }
                 EventKind::Waiting => format!("{step}  waiting  {detail}"),
                 EventKind::SignalReceived => format!("signal received  {detail}"),
+                EventKind::StepSkipped => format!("{step}  {phase}  skipped  {detail}"),
+                EventKind::Held => format!("held  {step}  {detail}"),
             };
             let _ = writeln!(out, "{}", line.trim_end());
         }

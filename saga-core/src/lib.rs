@@ -89,6 +89,7 @@ mod id;
 mod orchestrator;
 mod persisted;
 pub mod plan;
+pub mod policy;
 mod retry;
 mod saga;
 mod slots;
@@ -112,6 +113,7 @@ pub use id::{
 };
 pub use orchestrator::{LifecycleEvent, Orchestrator};
 pub use persisted::UnknownValue;
+pub use policy::{Pause, PauseScope, Policy, PolicyKind};
 pub use retry::RetryPolicy;
 pub use saga::Saga;
 pub use status::{Phase, SagaStatus, StepStatus};

@@ -68,6 +68,9 @@ pub(crate) struct Inner {
     clock_offset_ms: std::sync::atomic::AtomicI64,
     /// Whether the offset was measured at least once.
     clock_synced: std::sync::atomic::AtomicBool,
+    /// The pauses in force as last read from the store, and when (read again after a poll
+    /// interval, so a pause stops new attempts in every process within one).
+    pauses: Mutex<Option<(tokio::time::Instant, Arc<Vec<crate::policy::Pause>>)>>,
 }
 
 /// A subscriber to lifecycle events.
@@ -168,6 +171,31 @@ impl Inner {
 
     /// The time by the store's clock, as last measured: what leases, due times and retry times
     /// are computed from.
+    /// The pauses in force, read from the store at most once per poll interval.
+    pub(crate) async fn pauses(&self) -> Result<Arc<Vec<crate::policy::Pause>>> {
+        let fresh = self.config.poll_interval.min(Duration::from_secs(1));
+        if let Ok(cached) = self.pauses.lock() {
+            if let Some((at, pauses)) = cached.as_ref() {
+                if at.elapsed() < fresh {
+                    return Ok(Arc::clone(pauses));
+                }
+            }
+        }
+        let pauses = Arc::new(self.store.pauses(false).await?);
+        if let Ok(mut cached) = self.pauses.lock() {
+            *cached = Some((tokio::time::Instant::now(), Arc::clone(&pauses)));
+        }
+        Ok(pauses)
+    }
+
+    /// Forgets the pauses read, so the next step reads them again (after this process paused
+    /// or resumed something).
+    pub(crate) fn forget_pauses(&self) {
+        if let Ok(mut cached) = self.pauses.lock() {
+            *cached = None;
+        }
+    }
+
     pub(crate) fn now(&self) -> Timestamp {
         let offset = self
             .clock_offset_ms
@@ -306,6 +334,7 @@ impl Orchestrator {
                 direct: Mutex::new(None),
                 clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
                 clock_synced: std::sync::atomic::AtomicBool::new(false),
+                pauses: Mutex::new(None),
             }),
         }
     }
@@ -487,10 +516,11 @@ impl Orchestrator {
         let mut begun = None;
         let snapshot = match &lease {
             Some(_) => {
+                let pauses = self.inner.pauses().await?;
                 let now = self.inner.now();
                 let mut snapshot = CreationPlan::compile(&new)?.snapshot(&new, now);
                 if let Some((change, attempted)) =
-                    first_step(&snapshot, definition.as_ref(), new.id, now)
+                    first_step(&snapshot, definition.as_ref(), new.id, now, &pauses)
                 {
                     snapshot.apply(&change, self.inner.now())?;
                     new.changes.push(change);
@@ -729,7 +759,14 @@ impl Orchestrator {
     /// The operator handle over this orchestrator's store. Its actions that make a saga due now
     /// (an approval, a settlement, a cancel) wake this process's workers at once.
     pub fn admin(&self) -> crate::admin::Admin {
-        crate::admin::Admin::new(Arc::clone(&self.inner.store)).waking(Arc::clone(&self.inner.wake))
+        let inner = Arc::downgrade(&self.inner);
+        crate::admin::Admin::new(Arc::clone(&self.inner.store))
+            .waking(Arc::clone(&self.inner.wake))
+            .on_pauses_changed(Arc::new(move || {
+                if let Some(inner) = inner.upgrade() {
+                    inner.forget_pauses();
+                }
+            }))
     }
 
     /// Starts the workers in the background (on the current tokio runtime): they claim due
@@ -970,6 +1007,7 @@ fn first_step(
     definition: &dyn ErasedSaga,
     id: SagaId,
     now: Timestamp,
+    pauses: &[crate::policy::Pause],
 ) -> Option<(Change, crate::plan::Attempted)> {
     match crate::plan::next_action(snapshot, definition.specs(), now) {
         crate::plan::Action::Run {
@@ -980,7 +1018,12 @@ fn first_step(
             let spec = definition.specs().get(usize::try_from(index.0).ok()?)?;
             // A transactional step is begun by the worker, which orders its transaction and its
             // `in_progress` record as the store needs (`run_step`).
-            if spec.transactional {
+            // So is a step under a policy or a pause: the worker asks for its permit first.
+            if spec.transactional
+                || !spec.policies.is_empty()
+                || crate::policy::pause_covering(pauses, definition.saga_type(), &spec.name)
+                    .is_some()
+            {
                 return None;
             }
             Some((

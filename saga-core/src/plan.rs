@@ -137,7 +137,8 @@ fn next_forward(
             };
         };
         match record.status {
-            StepStatus::Completed => continue,
+            // A skipped step (a cap reached) is a recorded no-op: the saga goes on past it.
+            StepStatus::Completed | StepStatus::Skipped => continue,
             StepStatus::Pending if spec.kind.waits() => {
                 // Sent forward again by a person (a `retry` past the pivot): wait anew.
                 if let Some(at) = overdue {
@@ -479,7 +480,7 @@ fn next_compensation(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp
             };
         };
         match record.status {
-            StepStatus::Completed => continue,
+            StepStatus::Completed | StepStatus::Skipped => continue,
             StepStatus::Pending => {
                 return run_when_due(
                     index,
@@ -680,7 +681,10 @@ pub fn on_outcome(
     let retry = policy.allows_retry_after(attempt)
         && (error.is_unknown() || (!error.is_permanent() && forward));
     if retry {
-        let delay = policy.backoff(attempt, unit);
+        // A throttled call is retried no sooner than the downstream asked.
+        let delay = policy
+            .backoff(attempt, unit)
+            .max(error.retry_after().unwrap_or_default());
         return vec![Change::FailStep {
             index,
             name: spec.name.clone(),

@@ -57,6 +57,10 @@ pub(crate) trait ErasedSaga: Send + Sync {
     fn deadline(&self) -> Option<std::time::Duration>;
     /// The computed end of sleep step `index` (`None`: its end is not computed).
     fn wake_at(&self, index: usize, ctx: RawContext) -> Option<Result<Timestamp, StepError>>;
+    /// The keys the policies of step `index` count this saga under (see
+    /// [`StepSpec::policies`](crate::StepSpec::policies)); an error when the input has another
+    /// type or a key function panicked.
+    fn policy_keys(&self, index: usize, input: &DecodedInput) -> Result<Vec<String>, StepError>;
     /// Whether `payload` decodes as the signal type of step `index` (`Ok` for a step that
     /// declares no type).
     fn check_signal(&self, index: usize, payload: &Value) -> Result<(), String>;
@@ -116,6 +120,18 @@ impl<S: Saga> ErasedSaga for Registered<S> {
 
     fn deadline(&self) -> Option<std::time::Duration> {
         self.definition.deadline_after_start()
+    }
+
+    fn policy_keys(&self, index: usize, input: &DecodedInput) -> Result<Vec<String>, StepError> {
+        let Some(input) = input.0.downcast_ref::<S::Input>() else {
+            return Err(StepError::permanent(
+                "saga input has another type than this definition expects",
+            ));
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.definition.policy_keys(index, input)
+        }))
+        .map_err(|_| StepError::permanent("a policy's key function panicked"))
     }
 
     fn wake_at(&self, index: usize, raw: RawContext) -> Option<Result<Timestamp, StepError>> {

@@ -86,6 +86,9 @@ pub enum StepStatus {
     Completed,
     /// Failed for good.
     Failed,
+    /// Not run on purpose: a policy (a frequency cap) made it a recorded no-op. It has no
+    /// output, is never compensated, and the saga goes on past it.
+    Skipped,
 }
 
 impl StepStatus {
@@ -101,6 +104,8 @@ impl StepStatus {
                 | (InProgress, InProgress)
                 | (Failed, Pending)
                 | (Failed, Completed)
+                | (Pending, Skipped)
+                | (InProgress, Skipped)
         )
     }
 }
@@ -113,6 +118,7 @@ persisted!(
         InProgress => "in_progress",
         Completed => "completed",
         Failed => "failed",
+        Skipped => "skipped",
     ]
 );
 

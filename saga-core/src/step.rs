@@ -59,6 +59,9 @@ impl fmt::Display for FailureKind {
 pub struct StepError {
     kind: FailureKind,
     message: String,
+    /// Set when the downstream refused the call for load (HTTP 429): wait this long (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
 }
 
 /// The longest message a [`StepError`] keeps, in bytes; the rest is cut with a marker.
@@ -100,7 +103,24 @@ impl StepError {
         Self {
             kind,
             message: bounded_text(&message.to_string(), MAX_MESSAGE_BYTES),
+            retry_after_ms: None,
         }
+    }
+
+    /// The downstream refused the call for load (an HTTP 429, a "slow down"), so the effect did
+    /// not happen: retried like a transient failure, not before `retry_after`. When the step
+    /// declares a [rate limit](crate::StepBuilder::rate_limit), the whole integration backs off
+    /// until then, in every process, so that retries never add to the partner's load.
+    pub fn throttled(retry_after: std::time::Duration, message: impl fmt::Display) -> Self {
+        Self {
+            retry_after_ms: Some(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX)),
+            ..Self::new(FailureKind::Transient, message)
+        }
+    }
+
+    /// How long the downstream asked to wait, when it refused the call for load.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after_ms.map(std::time::Duration::from_millis)
     }
 
     /// A failure worth retrying that did not take effect (503, connection refused).

@@ -246,6 +246,32 @@ pub enum Change {
         /// [`SagaRecord::signals_received`] as the worker read it.
         signals_seen: u64,
     },
+    /// A step's action is not called: a policy (a frequency cap reached) makes it a recorded
+    /// no-op, `skipped`, with the reason. A skipped step has no output and is never compensated;
+    /// the saga goes on with the next step.
+    SkipStep {
+        /// The step.
+        index: StepIndex,
+        /// Its name.
+        name: StepName,
+        /// The attempt that would have run.
+        attempt: Attempt,
+        /// The stable key of the step's action (the phase is recorded with it).
+        key: IdempotencyKey,
+        /// Why, in words an operator understands.
+        reason: String,
+    },
+    /// The saga is held back before a step (a pause, a rate limit, a concurrency limit) and
+    /// records what it waits for; with `reason` set, the history says why (a worker sets it when
+    /// the saga was not held for the same thing already, so a long hold appends one event).
+    Hold {
+        /// What it waits for (`paused:<type>`, `policy:rate_limit:<name>`).
+        waiting_for: String,
+        /// The step held back.
+        step: Option<StepName>,
+        /// Why, for the history.
+        reason: Option<String>,
+    },
     /// Give the lease back; the saga is due again at `next_run_at` (`None`: not until an operator acts).
     Release {
         /// When a worker should look at the saga again.
@@ -374,6 +400,10 @@ pub enum EventKind {
     Waiting,
     /// A signal was delivered to the saga.
     SignalReceived,
+    /// A policy made a step a recorded no-op (a frequency cap was reached).
+    StepSkipped,
+    /// The saga was held back before a step: a pause, a rate limit, a concurrency limit.
+    Held,
 }
 
 persisted!(
@@ -392,6 +422,8 @@ persisted!(
         OutcomeUnknown => "outcome_unknown",
         Waiting => "waiting",
         SignalReceived => "signal_received",
+        StepSkipped => "step_skipped",
+        Held => "held",
     ]
 );
 
@@ -442,6 +474,7 @@ impl Change {
         match self {
             Change::BeginStep { .. } | Change::Wait { .. } => Some(StepStatus::InProgress),
             Change::CompleteStep { .. } => Some(StepStatus::Completed),
+            Change::SkipStep { .. } => Some(StepStatus::Skipped),
             Change::FailStep {
                 error, retry_at, ..
             } => Some(if error.is_unknown() {
@@ -454,6 +487,7 @@ impl Change {
             Change::SetStatus { .. }
             | Change::Escalate(_)
             | Change::Release { .. }
+            | Change::Hold { .. }
             | Change::NoSignalSince { .. } => None,
         }
     }
@@ -549,6 +583,25 @@ impl Change {
                 phase: item.phase,
                 attempt: None,
                 detail: Some(format!("{}: {}", item.kind.as_str(), item.error)),
+            }),
+            Change::SkipStep {
+                name,
+                attempt,
+                reason,
+                ..
+            } => Some(step_event(
+                EventKind::StepSkipped,
+                name,
+                Phase::Action,
+                *attempt,
+                Some(reason.clone()),
+            )),
+            Change::Hold { step, reason, .. } => reason.as_ref().map(|reason| EventData {
+                kind: EventKind::Held,
+                step: step.clone(),
+                phase: step.as_ref().map(|_| Phase::Action),
+                attempt: None,
+                detail: Some(reason.clone()),
             }),
             Change::Release { .. } | Change::NoSignalSince { .. } => None,
         }
@@ -934,6 +987,57 @@ pub trait Store: Send + Sync + 'static {
         &self,
         delivery: &crate::wait::SignalDelivery,
     ) -> Result<crate::wait::Delivered>;
+
+    /// Decides a permit for an attempt of a step's action under its policies, as
+    /// [`policy::decide_permit`](crate::policy::decide_permit) decides on what the policies
+    /// counted so far, and counts the uses a granted permit takes, in one transaction under a
+    /// lock per counted key, so that every process on the store sees one count. Uses whose window
+    /// ended are forgotten on the way.
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn permit(
+        &self,
+        request: &crate::policy::PermitRequest,
+        now: Timestamp,
+    ) -> Result<crate::policy::Permit>;
+
+    /// Makes the integration (rate limit) `name` back off until `until` for every saga in every
+    /// process: a step reported throttling. A later back-off that ends sooner shortens nothing.
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn throttle(&self, name: &str, until: Timestamp) -> Result<()>;
+
+    /// Pauses a saga type or one of its steps: no new attempt of it begins in any process (a
+    /// worker holds the saga, holding no worker slot, until the pause is lifted). Returns the
+    /// pause in force and whether this request made it (a scope paused already stays as it was).
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn pause(
+        &self,
+        request: &crate::policy::PauseRequest,
+        now: Timestamp,
+    ) -> Result<(crate::policy::Pause, bool)>;
+
+    /// Lifts the pause in force on the scope, recording who and why, and makes the sagas it held
+    /// due at once. Returns the lifted pause and how many sagas were woken; `None` when nothing
+    /// was paused there.
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn resume(
+        &self,
+        request: &crate::policy::PauseRequest,
+        now: Timestamp,
+    ) -> Result<Option<(crate::policy::Pause, u64)>>;
+
+    /// The pauses: those in force, or (`all`) also the lifted ones, oldest first.
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn pauses(&self, all: bool) -> Result<Vec<crate::policy::Pause>>;
 
     /// Asks a `running` saga to stop and compensate what completed. Without a live lease it moves
     /// to `compensating` at once; otherwise the request is recorded, and the holder's next write

@@ -22,6 +22,11 @@
 //! | `saga_claim_duration_seconds` | histogram | |
 //! | `saga_claimed_total` | counter | |
 //! | `saga_interventions_open` | gauge | |
+//! | `saga_policy_held_total` | counter | `saga_type`, `step`, `policy` (paused, rate_limit, concurrency) |
+//! | `saga_policy_skips_total` | counter | `saga_type`, `step`, `policy` (the cap's name) |
+//! | `saga_policy_budget_exhausted_total` | counter | `saga_type`, `step`, `policy` (the budget's name) |
+//! | `saga_policy_throttled_total` | counter | `integration` |
+//! | `saga_integration_duration_seconds` | histogram | `integration` (a step's rate limit name) |
 
 use std::fmt;
 use std::sync::Arc;
@@ -153,6 +158,11 @@ pub(crate) mod names {
     pub(crate) const CLAIM_DURATION: &str = "saga_claim_duration_seconds";
     pub(crate) const CLAIMED: &str = "saga_claimed_total";
     pub(crate) const INTERVENTIONS_OPEN: &str = "saga_interventions_open";
+    pub(crate) const POLICY_HELD: &str = "saga_policy_held_total";
+    pub(crate) const POLICY_SKIPS: &str = "saga_policy_skips_total";
+    pub(crate) const POLICY_BUDGET_EXHAUSTED: &str = "saga_policy_budget_exhausted_total";
+    pub(crate) const POLICY_THROTTLED: &str = "saga_policy_throttled_total";
+    pub(crate) const INTEGRATION_DURATION: &str = "saga_integration_duration_seconds";
 }
 
 #[cfg(feature = "opentelemetry")]

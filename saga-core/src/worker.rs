@@ -614,6 +614,9 @@ impl Driver<'_> {
                 reason: format!("plan chose step {index}, which the definition lacks"),
             });
         };
+        if let Some(planned) = self.gate(&spec, index, phase, attempt).await? {
+            return Ok(planned);
+        }
         // A transactional step's transaction is opened before `in_progress` is written: when
         // no connection can be had (every one busy with other steps), the step has not run
         // and no attempt is spent; the saga is handed back and tried again shortly. Where the
@@ -670,6 +673,171 @@ impl Driver<'_> {
         )
         .await
         .map(|()| true)
+    }
+
+    /// The policies before an attempt begins: a pause of the saga type or the step holds the
+    /// saga (either phase); for an action, the store's permit under the step's policies grants
+    /// the attempt, holds the saga (a rate limit, a concurrency slot), skips the step (a cap)
+    /// or fails it (a spent retry budget). `None`: the attempt begins. `Some(true)`: something
+    /// was recorded instead and planning goes on; `Some(false)`: the saga was handed back.
+    async fn gate(
+        &mut self,
+        spec: &StepSpec,
+        index: StepIndex,
+        phase: Phase,
+        attempt: Attempt,
+    ) -> Result<Option<bool>> {
+        let saga_type = self.definition.saga_type().clone();
+        let pauses = self.inner.pauses().await?;
+        if let Some(pause) = crate::policy::pause_covering(&pauses, &saga_type, &spec.name) {
+            let until = clock::after(self.inner.now(), crate::policy::PAUSE_RECHECK);
+            let reason = format!(
+                "{} paused by {} at {}: {}",
+                pause.scope,
+                pause.paused_by,
+                pause
+                    .paused_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                pause.reason
+            );
+            return self
+                .hold(spec, "paused", pause.scope.waiting_for(), reason, until)
+                .await
+                .map(Some);
+        }
+        if phase != Phase::Action || spec.policies.is_empty() {
+            return Ok(None);
+        }
+        let position = usize::try_from(index.0).unwrap_or(usize::MAX);
+        let keys = match self.definition.policy_keys(position, &self.input) {
+            Ok(keys) => keys,
+            Err(error) => {
+                // No key, no count: a known failure, nothing was called.
+                let key = IdempotencyKey::for_step(self.lease.saga, &spec.name, phase);
+                self.record(vec![
+                    Change::BeginStep {
+                        index,
+                        name: spec.name.clone(),
+                        phase,
+                        attempt,
+                        key,
+                    },
+                    Change::FailStep {
+                        index,
+                        name: spec.name.clone(),
+                        phase,
+                        attempt,
+                        error,
+                        retry_at: None,
+                    },
+                ])?;
+                return Ok(Some(true));
+            }
+        };
+        let request = crate::policy::PermitRequest {
+            saga: self.lease.saga,
+            saga_type,
+            index,
+            step: spec.name.clone(),
+            attempt,
+            uses: spec
+                .policies
+                .iter()
+                .zip(keys.into_iter().chain(std::iter::repeat(String::new())))
+                .map(|(policy, key)| crate::policy::PolicyUse {
+                    policy: policy.clone(),
+                    key,
+                })
+                .collect(),
+        };
+        let now = self.inner.now();
+        let labels = |policy: &str| {
+            [
+                ("saga_type", self.definition.saga_type().as_str().to_owned()),
+                ("step", spec.name.as_str().to_owned()),
+                ("policy", policy.to_owned()),
+            ]
+        };
+        match self.inner.store.permit(&request, now).await? {
+            crate::policy::Permit::Granted => Ok(None),
+            crate::policy::Permit::Wait {
+                until,
+                waiting_for,
+                reason,
+            } => {
+                let kind = waiting_for
+                    .strip_prefix("policy:")
+                    .and_then(|rest| rest.split(':').next())
+                    .unwrap_or("policy")
+                    .to_owned();
+                self.hold(spec, &kind, waiting_for, reason, until)
+                    .await
+                    .map(Some)
+            }
+            crate::policy::Permit::Skip { reason } => {
+                metrics::counter!(names::POLICY_SKIPS, &labels(cap_name(&reason))).increment(1);
+                tracing::info!(saga.id = %self.lease.saga, step = %spec.name, %reason, "step skipped by a policy");
+                self.record(vec![Change::SkipStep {
+                    index,
+                    name: spec.name.clone(),
+                    attempt,
+                    key: IdempotencyKey::for_step(self.lease.saga, &spec.name, phase),
+                    reason,
+                }])?;
+                Ok(Some(true))
+            }
+            crate::policy::Permit::Fail { reason } => {
+                metrics::counter!(names::POLICY_BUDGET_EXHAUSTED, &labels(cap_name(&reason)))
+                    .increment(1);
+                tracing::warn!(saga.id = %self.lease.saga, step = %spec.name, %reason, "retry budget spent; the step fails for good");
+                // A budget counts retries, so the phase is stored (an earlier attempt began).
+                self.record(vec![Change::FailStep {
+                    index,
+                    name: spec.name.clone(),
+                    phase,
+                    attempt,
+                    error: StepError::permanent(reason),
+                    retry_at: None,
+                }])?;
+                Ok(Some(true))
+            }
+        }
+    }
+
+    /// Holds the saga back before step `spec` until `until`, holding no worker: records what it
+    /// waits for (and why, unless it waited for the same already) and gives the lease back.
+    async fn hold(
+        &mut self,
+        spec: &StepSpec,
+        kind: &str,
+        waiting_for: String,
+        reason: String,
+        until: clock::Timestamp,
+    ) -> Result<bool> {
+        let again = self.snapshot.record.waiting_for.as_deref() == Some(waiting_for.as_str());
+        metrics::counter!(
+            names::POLICY_HELD,
+            &[
+                ("saga_type", self.definition.saga_type().as_str().to_owned()),
+                ("step", spec.name.as_str().to_owned()),
+                ("policy", kind.to_owned()),
+            ]
+        )
+        .increment(1);
+        tracing::debug!(saga.id = %self.lease.saga, step = %spec.name, %reason, "held before the step");
+        self.record(vec![
+            Change::Hold {
+                waiting_for,
+                step: Some(spec.name.clone()),
+                reason: (!again).then_some(reason),
+            },
+            Change::Release {
+                next_run_at: Some(until),
+            },
+        ])?;
+        self.flush().await?;
+        self.wake_at(until);
+        Ok(false)
     }
 
     /// Records a waiting step waiting (its wait begun now, with its end computed, or resumed)
@@ -834,6 +1002,17 @@ impl Driver<'_> {
             _ => None,
         };
         self.observe(&span, &spec, phase, &outcome, started.elapsed());
+        if let (Err(error), Some(limit)) = (&outcome, rate_limit(&spec)) {
+            if let Some(wait) = error.retry_after() {
+                // The partner asked everyone to slow down: the whole integration backs off.
+                metrics::counter!(names::POLICY_THROTTLED, "integration" => limit.to_owned())
+                    .increment(1);
+                let until = clock::after(self.inner.now(), wait);
+                if let Err(err) = self.inner.store.throttle(limit, until).await {
+                    tracing::warn!(integration = limit, error = %err, "the integration's back-off could not be recorded; this saga still waits it out");
+                }
+            }
+        }
         let changes = plan::on_outcome(
             &self.snapshot,
             &spec,
@@ -1037,6 +1216,10 @@ impl Driver<'_> {
             ("phase", phase.as_str().to_owned()),
         ];
         metrics::histogram!(names::STEP_DURATION, &labels).record(took.as_secs_f64());
+        if let (Phase::Action, Some(limit)) = (phase, rate_limit(spec)) {
+            metrics::histogram!(names::INTEGRATION_DURATION, "integration" => limit.to_owned())
+                .record(took.as_secs_f64());
+        }
         let result = match outcome {
             Ok(output) => {
                 if let Some(output) = output
@@ -1195,6 +1378,19 @@ async fn guarded<T>(
         Ok(Err(panic)) => Err(panicked(panic)),
         Ok(Ok(result)) => result,
     }
+}
+
+/// The name of the step's rate limit (its integration), if it declares one.
+fn rate_limit(spec: &StepSpec) -> Option<&str> {
+    spec.policies
+        .iter()
+        .find(|policy| policy.kind == crate::policy::PolicyKind::RateLimit)
+        .map(|policy| policy.name.as_str())
+}
+
+/// The policy name quoted first in a permit's reason ("cap `email`: …" gives `email`).
+fn cap_name(reason: &str) -> &str {
+    reason.split('`').nth(1).unwrap_or("policy")
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -96,6 +96,38 @@ impl Store for FlakyHeartbeats {
     ) -> Result<saga_core::Delivered> {
         self.inner.deliver_signal(delivery).await
     }
+
+    async fn permit(
+        &self,
+        request: &saga_core::policy::PermitRequest,
+        now: saga_core::Timestamp,
+    ) -> saga_core::Result<saga_core::policy::Permit> {
+        self.inner.permit(request, now).await
+    }
+
+    async fn throttle(&self, name: &str, until: saga_core::Timestamp) -> saga_core::Result<()> {
+        self.inner.throttle(name, until).await
+    }
+
+    async fn pause(
+        &self,
+        request: &saga_core::policy::PauseRequest,
+        now: saga_core::Timestamp,
+    ) -> saga_core::Result<(saga_core::Pause, bool)> {
+        self.inner.pause(request, now).await
+    }
+
+    async fn resume(
+        &self,
+        request: &saga_core::policy::PauseRequest,
+        now: saga_core::Timestamp,
+    ) -> saga_core::Result<Option<(saga_core::Pause, u64)>> {
+        self.inner.resume(request, now).await
+    }
+
+    async fn pauses(&self, all: bool) -> saga_core::Result<Vec<saga_core::Pause>> {
+        self.inner.pauses(all).await
+    }
 }
 
 /// Two steps; the first takes `work` and counts its calls.

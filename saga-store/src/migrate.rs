@@ -31,6 +31,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "waiting",
         include_str!("../migrations/sqlite/0004_waiting.sql"),
     ),
+    (
+        5,
+        "policies",
+        include_str!("../migrations/sqlite/0005_policies.sql"),
+    ),
 ];
 
 fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
@@ -84,6 +89,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         6,
         "waiting",
         include_str!("../migrations/postgres/0006_waiting.sql"),
+    ),
+    (
+        7,
+        "policies",
+        include_str!("../migrations/postgres/0007_policies.sql"),
     ),
 ];
 

@@ -225,3 +225,38 @@ pub(crate) fn intervention(row: &(impl Columns + ?Sized)) -> Result<Intervention
         resolution_reason: r.opt_text("resolution_reason")?,
     })
 }
+
+/// A pause row (`saga_pauses`).
+pub(crate) fn pause(row: &(impl Columns + ?Sized)) -> Result<saga_core::Pause, Error> {
+    let bad = |column: &str, reason: String| {
+        Error::Store(format!("saga_pauses column `{column}`: {reason}").into())
+    };
+    let text = |column: &str| {
+        row.text(column)
+            .map_err(|reason| bad(column, reason))?
+            .ok_or_else(|| bad(column, "is NULL".into()))
+    };
+    let opt_text = |column: &str| row.text(column).map_err(|reason| bad(column, reason));
+    let step = text("step")?;
+    Ok(saga_core::Pause {
+        id: row
+            .i64("id")
+            .map_err(|reason| bad("id", reason))?
+            .ok_or_else(|| bad("id", "is NULL".into()))?,
+        scope: saga_core::PauseScope {
+            saga_type: SagaType::new(text("saga_type")?),
+            step: (!step.is_empty()).then(|| StepName::new(step)),
+        },
+        paused_by: text("paused_by")?,
+        reason: text("reason")?,
+        paused_at: row
+            .time("paused_at")
+            .map_err(|reason| bad("paused_at", reason))?
+            .ok_or_else(|| bad("paused_at", "is NULL".into()))?,
+        resumed_at: row
+            .time("resumed_at")
+            .map_err(|reason| bad("resumed_at", reason))?,
+        resumed_by: opt_text("resumed_by")?,
+        resume_reason: opt_text("resume_reason")?,
+    })
+}

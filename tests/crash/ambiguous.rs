@@ -293,6 +293,66 @@ impl Store for AmbiguousStore {
         self.inner.deliver_signal(delivery)
     }
 
+    fn permit<'s, 'r, 'a>(
+        &'s self,
+        request: &'r saga::policy::PermitRequest,
+        now: saga::Timestamp,
+    ) -> Boxed<'a, Result<saga::policy::Permit>>
+    where
+        's: 'a,
+        'r: 'a,
+        Self: 'a,
+    {
+        self.inner.permit(request, now)
+    }
+
+    fn throttle<'s, 'n, 'a>(
+        &'s self,
+        name: &'n str,
+        until: saga::Timestamp,
+    ) -> Boxed<'a, Result<()>>
+    where
+        's: 'a,
+        'n: 'a,
+        Self: 'a,
+    {
+        self.inner.throttle(name, until)
+    }
+
+    fn pause<'s, 'r, 'a>(
+        &'s self,
+        request: &'r saga::policy::PauseRequest,
+        now: saga::Timestamp,
+    ) -> Boxed<'a, Result<(saga::Pause, bool)>>
+    where
+        's: 'a,
+        'r: 'a,
+        Self: 'a,
+    {
+        self.inner.pause(request, now)
+    }
+
+    fn resume<'s, 'r, 'a>(
+        &'s self,
+        request: &'r saga::policy::PauseRequest,
+        now: saga::Timestamp,
+    ) -> Boxed<'a, Result<Option<(saga::Pause, u64)>>>
+    where
+        's: 'a,
+        'r: 'a,
+        Self: 'a,
+    {
+        self.inner.resume(request, now)
+    }
+
+    fn pauses<'s, 'a>(&'s self, all: bool) -> Boxed<'a, Result<Vec<saga::Pause>>>
+    where
+        's: 'a,
+        Self: 'a,
+    {
+        self.inner.pauses(all)
+    }
+
     fn wait_for_work<'s, 'a>(&'s self, max: Duration) -> Boxed<'a, ()>
     where
         's: 'a,

@@ -261,6 +261,38 @@ impl Store for TrackingStore {
         self.inner.deliver_signal(delivery).await
     }
 
+    async fn permit(
+        &self,
+        request: &saga::policy::PermitRequest,
+        now: saga::Timestamp,
+    ) -> saga::Result<saga::policy::Permit> {
+        self.inner.permit(request, now).await
+    }
+
+    async fn throttle(&self, name: &str, until: saga::Timestamp) -> saga::Result<()> {
+        self.inner.throttle(name, until).await
+    }
+
+    async fn pause(
+        &self,
+        request: &saga::policy::PauseRequest,
+        now: saga::Timestamp,
+    ) -> saga::Result<(saga::Pause, bool)> {
+        self.inner.pause(request, now).await
+    }
+
+    async fn resume(
+        &self,
+        request: &saga::policy::PauseRequest,
+        now: saga::Timestamp,
+    ) -> saga::Result<Option<(saga::Pause, u64)>> {
+        self.inner.resume(request, now).await
+    }
+
+    async fn pauses(&self, all: bool) -> saga::Result<Vec<saga::Pause>> {
+        self.inner.pauses(all).await
+    }
+
     async fn request_cancel(
         &self,
         id: SagaId,

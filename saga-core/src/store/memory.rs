@@ -9,7 +9,12 @@ use async_trait::async_trait;
 
 use crate::clock::{self, Timestamp};
 use crate::error::{Error, Result};
+use crate::id::StepIndex;
 use crate::id::{FencingToken, IdempotencyKey, InterventionId, SagaId, WorkerId};
+use crate::policy::{
+    decide_permit, use_expires_at, Pause, PauseRequest, Permit, PermitRequest, PolicyKind,
+    PolicyState, UseState,
+};
 use crate::status::SagaStatus;
 
 use super::write::{admit, decide_cancel, decide_settle, decide_signal, CreationPlan, WritePlan};
@@ -31,6 +36,20 @@ struct State {
     keys: HashMap<IdempotencyKey, SagaId>,
     events: Vec<Event>,
     interventions: BTreeMap<InterventionId, Intervention>,
+    /// Policy uses counted: (kind, name, key) -> the uses.
+    uses: HashMap<(PolicyKind, String, String), Vec<UseRow>>,
+    /// Integrations backing off: name -> until.
+    blocks: HashMap<String, Timestamp>,
+    pauses: Vec<Pause>,
+}
+
+/// One counted use of a policy.
+#[derive(Debug, Clone)]
+struct UseRow {
+    saga: SagaId,
+    step: StepIndex,
+    attempt: u32,
+    expires_at: Option<Timestamp>,
 }
 
 impl State {
@@ -374,6 +393,150 @@ impl Store for MemoryStore {
             .interventions
             .retain(|_, item| !doomed.contains(&item.saga_id));
         Ok(u64::try_from(doomed.len()).unwrap_or(u64::MAX))
+    }
+
+    async fn permit(&self, request: &PermitRequest, now: Timestamp) -> Result<Permit> {
+        let mut state = self.state()?;
+        let mut read = PolicyState::default();
+        for wanted in &request.uses {
+            let group = (
+                wanted.policy.kind,
+                wanted.policy.name.clone(),
+                wanted.key.clone(),
+            );
+            let live: Vec<UseRow> = state
+                .uses
+                .get(&group)
+                .map(|rows| {
+                    rows.iter()
+                        .filter(|row| match row.expires_at {
+                            Some(expires) => expires > now,
+                            None => state
+                                .sagas
+                                .get(&row.saga)
+                                .is_some_and(|snap| !snap.record.status.is_terminal()),
+                        })
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let (step, attempt) = (
+                wanted.counted_step(request.index),
+                wanted.counted_attempt(request.attempt),
+            );
+            let is_mine = |row: &UseRow| {
+                row.saga == request.saga && row.step == step && row.attempt == attempt
+            };
+            let others: Vec<&UseRow> = live
+                .iter()
+                .filter(|row| {
+                    !is_mine(row)
+                        && !(wanted.policy.kind == PolicyKind::Concurrency
+                            && row.saga == request.saga)
+                })
+                .collect();
+            read.uses.push(UseState {
+                mine: live.iter().any(is_mine)
+                    || (wanted.policy.kind == PolicyKind::Concurrency
+                        && live.iter().any(|row| row.saga == request.saga)),
+                counted: u32::try_from(others.len()).unwrap_or(u32::MAX),
+                frees_at: others.iter().filter_map(|row| row.expires_at).min(),
+                blocked_until: (wanted.policy.kind == PolicyKind::RateLimit)
+                    .then(|| state.blocks.get(&wanted.policy.name).copied())
+                    .flatten(),
+                holder: others.first().map(|row| row.saga),
+            });
+            state.uses.insert(group, live);
+        }
+        let decided = decide_permit(request, &read, now);
+        for position in &decided.record {
+            let Some(wanted) = request.uses.get(*position) else {
+                continue;
+            };
+            state
+                .uses
+                .entry((
+                    wanted.policy.kind,
+                    wanted.policy.name.clone(),
+                    wanted.key.clone(),
+                ))
+                .or_default()
+                .push(UseRow {
+                    saga: request.saga,
+                    step: wanted.counted_step(request.index),
+                    attempt: wanted.counted_attempt(request.attempt),
+                    expires_at: use_expires_at(&wanted.policy, now),
+                });
+        }
+        Ok(decided.permit)
+    }
+
+    async fn throttle(&self, name: &str, until: Timestamp) -> Result<()> {
+        let mut state = self.state()?;
+        let entry = state.blocks.entry(name.to_owned()).or_insert(until);
+        *entry = (*entry).max(until);
+        Ok(())
+    }
+
+    async fn pause(&self, request: &PauseRequest, now: Timestamp) -> Result<(Pause, bool)> {
+        let mut state = self.state()?;
+        if let Some(existing) = state
+            .pauses
+            .iter()
+            .find(|pause| pause.resumed_at.is_none() && pause.scope == request.scope)
+        {
+            return Ok((existing.clone(), false));
+        }
+        let pause = Pause {
+            id: i64::try_from(state.pauses.len()).unwrap_or(i64::MAX) + 1,
+            scope: request.scope.clone(),
+            paused_by: request.by.clone(),
+            reason: request.reason.clone(),
+            paused_at: now,
+            resumed_at: None,
+            resumed_by: None,
+            resume_reason: None,
+        };
+        state.pauses.push(pause.clone());
+        Ok((pause, true))
+    }
+
+    async fn resume(&self, request: &PauseRequest, now: Timestamp) -> Result<Option<(Pause, u64)>> {
+        let mut state = self.state()?;
+        let Some(pause) = state
+            .pauses
+            .iter_mut()
+            .find(|pause| pause.resumed_at.is_none() && pause.scope == request.scope)
+        else {
+            return Ok(None);
+        };
+        pause.resumed_at = Some(now);
+        pause.resumed_by = Some(request.by.clone());
+        pause.resume_reason = Some(request.reason.clone());
+        let lifted = pause.clone();
+        let held = request.scope.waiting_for();
+        let mut woken = 0;
+        for snap in state.sagas.values_mut() {
+            let record = &mut snap.record;
+            if record.status.is_active()
+                && record.waiting_for.as_deref() == Some(held.as_str())
+                && record.lease_owner.is_none()
+            {
+                record.next_run_at = Some(now);
+                woken += 1;
+            }
+        }
+        Ok(Some((lifted, woken)))
+    }
+
+    async fn pauses(&self, all: bool) -> Result<Vec<Pause>> {
+        Ok(self
+            .state()?
+            .pauses
+            .iter()
+            .filter(|pause| all || pause.resumed_at.is_none())
+            .cloned()
+            .collect())
     }
 
     async fn interventions(&self, open_only: bool) -> Result<Vec<Intervention>> {

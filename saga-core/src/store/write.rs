@@ -203,9 +203,25 @@ impl StepWrite {
                 self.finished = false;
                 self.next_attempt_at = *until;
             }
+            Change::SkipStep {
+                attempt, reason, ..
+            } => {
+                if self.status == StepStatus::Completed {
+                    return Err(Refusal::StepCompleted {
+                        step: self.name.clone(),
+                        phase: self.phase,
+                    });
+                }
+                self.attempt = Some(*attempt);
+                self.output = Some(None);
+                self.error = Some(reason.clone());
+                self.finished = true;
+                self.next_attempt_at = None;
+            }
             Change::SetStatus { .. }
             | Change::Escalate(_)
             | Change::Release { .. }
+            | Change::Hold { .. }
             | Change::NoSignalSince { .. } => {}
         }
         if let Some(status) = change.step_status() {
@@ -218,13 +234,16 @@ impl StepWrite {
     /// the change begins (it carries a key) must not be completed; any other must be stored.
     fn first(change: &Change, index: StepIndex, phase: Phase) -> Self {
         let (name, key) = match change {
-            Change::BeginStep { name, key, .. } => (name.clone(), Some(key.clone())),
+            Change::BeginStep { name, key, .. } | Change::SkipStep { name, key, .. } => {
+                (name.clone(), Some(key.clone()))
+            }
             Change::CompleteStep { name, .. }
             | Change::FailStep { name, .. }
             | Change::Wait { name, .. } => (name.clone(), None),
             Change::SetStatus { .. }
             | Change::Escalate(_)
             | Change::Release { .. }
+            | Change::Hold { .. }
             | Change::NoSignalSince { .. } => (StepName::new(""), None),
         };
         StepWrite {
@@ -412,6 +431,14 @@ impl WritePlan {
             | Change::FailStep { index, phase, .. } => {
                 self.saga.waiting = Some(None);
                 self.step_write(change, *index, *phase).fold(change)?;
+            }
+            Change::SkipStep { index, .. } => {
+                self.saga.waiting = Some(None);
+                self.step_write(change, *index, Phase::Action)
+                    .fold(change)?;
+            }
+            Change::Hold { waiting_for, .. } => {
+                self.saga.waiting = Some(Some(waiting_for.clone()));
             }
             Change::Wait {
                 index,

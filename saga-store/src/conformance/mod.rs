@@ -6,9 +6,12 @@
 //! - [`scenarios`]: the orchestrator's guarantees end to end on that backend (compensation order,
 //!   retries, escalation, crash and resume, parking of unresumable sagas).
 //! - [`waiting`]: sagas that wait (timers, signals, approvals, deadlines, pivot steps).
+//! - [`policies`]: policies before side effects (caps, rate limits, throttling, per-key
+//!   concurrency, retry budgets, pauses).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod policies;
 pub mod scenarios;
 pub mod store;
 pub mod waiting;
@@ -99,7 +102,16 @@ macro_rules! conformance_suite {
                 approval_by_an_authorized_operator_continues_and_others_are_refused,
                 bulk_approval_honours_its_bound,
                 a_saga_past_its_deadline_stops_waiting_and_compensates,
-                past_the_pivot_a_failure_waits_for_a_person_and_nothing_is_compensated,
+                past_the_pivot_a_failure_waits_for_a_person_and_nothing_is_compensated;
+                // Policies before side effects
+                a_cap_lets_one_effect_per_entity_through_and_skips_the_rest,
+                a_cap_counts_a_step_once_across_its_attempts,
+                a_cap_frees_after_its_window,
+                a_rate_limit_is_never_exceeded_and_spends_no_attempt,
+                throttling_backs_off_the_whole_integration,
+                per_key_concurrency_holds_the_excess_until_a_slot_frees,
+                a_spent_retry_budget_fails_the_step_and_the_saga_compensates,
+                a_pause_holds_new_attempts_until_resumed,
             );
         }
     };
@@ -108,7 +120,7 @@ macro_rules! conformance_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_tests {
-    ($make:expr; $($store_test:ident),* ; $($scenario:ident),* ; $($waiting:ident),* $(,)?) => {
+    ($make:expr; $($store_test:ident),* ; $($scenario:ident),* ; $($waiting:ident),* ; $($policy:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $store_test() {
@@ -128,6 +140,13 @@ macro_rules! __conformance_tests {
             async fn $waiting() {
                 let store = $make.await;
                 $crate::conformance::waiting::$waiting(::std::sync::Arc::new(store)).await;
+            }
+        )*
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $policy() {
+                let store = $make.await;
+                $crate::conformance::policies::$policy(::std::sync::Arc::new(store)).await;
             }
         )*
     };

@@ -12,6 +12,10 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use saga_core::policy::{
+    decide_permit, lock_name, use_expires_at, Pause, PauseRequest, Permit, PermitRequest,
+    PolicyKind, PolicyState, PolicyUse, UseState,
+};
 use saga_core::store::write::{self, decide_cancel, decide_settle, CreationPlan, WritePlan};
 use saga_core::wait::{Delivered, SignalDelivery};
 use saga_core::{
@@ -762,6 +766,233 @@ impl Store for PgStore {
         .map_err(classify)?;
         tx.commit().await.map_err(classify)?;
         Ok(Delivered::New(id))
+    }
+
+    async fn permit(&self, request: &PermitRequest, now: Timestamp) -> Result<Permit> {
+        let mut tx = begin(&self.pool).await?;
+        // The uses counted here stand only once the attempt's `in_progress` is written, with
+        // a synchronous commit that makes them durable too (the log is written in order); a
+        // crash before that loses them and the attempt alike. So this commit need not wait.
+        tx.execute(
+            "SET LOCAL synchronous_commit = off; SET LOCAL idle_in_transaction_session_timeout = 10000",
+        )
+        .await
+        .map_err(classify)?;
+        // One lock per counted key, taken in one order by every process: the count read is
+        // the count written against.
+        let mut locks: Vec<String> = request.uses.iter().map(lock_name).collect();
+        locks.sort();
+        locks.dedup();
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended(l, 0))
+               FROM unnest($1::text[]) AS l ORDER BY l",
+        )
+        .bind(&locks)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let mut read = PolicyState::default();
+        for wanted in &request.uses {
+            let row = sqlx::query(
+                "WITH gone AS (
+                     DELETE FROM saga_policy_uses u
+                      WHERE kind = $1 AND name = $2 AND use_key = $3
+                        AND (expires_at <= $4
+                             OR (expires_at IS NULL AND NOT EXISTS (
+                                    SELECT 1 FROM saga_instances i
+                                     WHERE i.id = u.saga_id
+                                       AND i.status NOT IN ('completed', 'compensated', 'cancelled'))))
+                  RETURNING saga_id, step_index, attempt),
+                 live AS (
+                     SELECT u.saga_id, u.expires_at,
+                            (u.saga_id = $5 AND u.step_index = $6 AND u.attempt = $7) AS mine
+                       FROM saga_policy_uses u
+                      WHERE kind = $1 AND name = $2 AND use_key = $3
+                        AND NOT EXISTS (SELECT 1 FROM gone g
+                                         WHERE g.saga_id = u.saga_id AND g.step_index = u.step_index
+                                           AND g.attempt = u.attempt))
+                 SELECT COUNT(*) FILTER (WHERE mine) AS mine,
+                        COUNT(*) FILTER (WHERE NOT mine) AS counted,
+                        MIN(expires_at) FILTER (WHERE NOT mine) AS frees_at,
+                        MIN(saga_id::text) FILTER (WHERE saga_id <> $5) AS holder,
+                        (SELECT until FROM saga_integration_backoffs WHERE name = $2) AS blocked_until
+                   FROM live",
+            )
+            .bind(wanted.policy.kind.as_str())
+            .bind(&wanted.policy.name)
+            .bind(&wanted.key)
+            .bind(now)
+            .bind(request.saga.as_uuid())
+            .bind(i32::try_from(wanted.counted_step(request.index).0).unwrap_or(i32::MAX))
+            .bind(i32::try_from(wanted.counted_attempt(request.attempt)).unwrap_or(i32::MAX))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify)?;
+            let count = |column: &str| -> Result<u32> {
+                let value: i64 = row.try_get(column).map_err(classify)?;
+                Ok(u32::try_from(value).unwrap_or(u32::MAX))
+            };
+            let holder: Option<String> = row.try_get("holder").map_err(classify)?;
+            read.uses.push(UseState {
+                mine: count("mine")? > 0,
+                counted: count("counted")?,
+                frees_at: row.try_get("frees_at").map_err(classify)?,
+                blocked_until: if wanted.policy.kind == PolicyKind::RateLimit {
+                    row.try_get("blocked_until").map_err(classify)?
+                } else {
+                    None
+                },
+                holder: holder.and_then(|holder| holder.parse().ok()),
+            });
+        }
+        let decided = decide_permit(request, &read, now);
+        let counted: Vec<&PolicyUse> = decided
+            .record
+            .iter()
+            .filter_map(|position| request.uses.get(*position))
+            .collect();
+        if !counted.is_empty() {
+            let column = |pick: &dyn Fn(&PolicyUse) -> String| -> Vec<String> {
+                counted.iter().map(|wanted| pick(wanted)).collect()
+            };
+            sqlx::query(
+                "INSERT INTO saga_policy_uses
+                     (kind, name, use_key, saga_id, step_index, attempt, used_at, expires_at)
+                 SELECT kind, name, use_key, $4, step_index, attempt, $5, expires_at
+                   FROM unnest($1::text[], $2::text[], $3::text[], $6::int[], $7::int[],
+                               $8::timestamptz[])
+                        AS u(kind, name, use_key, step_index, attempt, expires_at)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(column(&|wanted| wanted.policy.kind.as_str().to_owned()))
+            .bind(column(&|wanted| wanted.policy.name.clone()))
+            .bind(column(&|wanted| wanted.key.clone()))
+            .bind(request.saga.as_uuid())
+            .bind(now)
+            .bind(
+                counted
+                    .iter()
+                    .map(|wanted| {
+                        i32::try_from(wanted.counted_step(request.index).0).unwrap_or(i32::MAX)
+                    })
+                    .collect::<Vec<i32>>(),
+            )
+            .bind(
+                counted
+                    .iter()
+                    .map(|wanted| {
+                        i32::try_from(wanted.counted_attempt(request.attempt)).unwrap_or(i32::MAX)
+                    })
+                    .collect::<Vec<i32>>(),
+            )
+            .bind(
+                counted
+                    .iter()
+                    .map(|wanted| use_expires_at(&wanted.policy, now))
+                    .collect::<Vec<Option<Timestamp>>>(),
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(decided.permit)
+    }
+
+    async fn throttle(&self, name: &str, until: Timestamp) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO saga_integration_backoffs (name, until) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE
+                SET until = GREATEST(saga_integration_backoffs.until, excluded.until)",
+        )
+        .bind(name)
+        .bind(until)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn pause(&self, request: &PauseRequest, now: Timestamp) -> Result<(Pause, bool)> {
+        let mut tx = begin_operator(&self.pool).await?;
+        let step = request.scope.step.as_ref().map_or("", |step| step.as_str());
+        let inserted = sqlx::query(
+            "INSERT INTO saga_pauses (saga_type, step, paused_by, reason, paused_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (saga_type, step) WHERE resumed_at IS NULL DO NOTHING",
+        )
+        .bind(request.scope.saga_type.as_str())
+        .bind(step)
+        .bind(&request.by)
+        .bind(&request.reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected()
+            > 0;
+        let row = sqlx::query(
+            "SELECT * FROM saga_pauses WHERE saga_type = $1 AND step = $2 AND resumed_at IS NULL",
+        )
+        .bind(request.scope.saga_type.as_str())
+        .bind(step)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let pause = crate::rows::pause(&row)?;
+        tx.commit().await.map_err(classify)?;
+        Ok((pause, inserted))
+    }
+
+    async fn resume(&self, request: &PauseRequest, now: Timestamp) -> Result<Option<(Pause, u64)>> {
+        let mut tx = begin_operator(&self.pool).await?;
+        let step = request.scope.step.as_ref().map_or("", |step| step.as_str());
+        let Some(row) = sqlx::query(
+            "UPDATE saga_pauses SET resumed_at = $3, resumed_by = $4, resume_reason = $5
+              WHERE saga_type = $1 AND step = $2 AND resumed_at IS NULL
+          RETURNING *",
+        )
+        .bind(request.scope.saga_type.as_str())
+        .bind(step)
+        .bind(now)
+        .bind(&request.by)
+        .bind(&request.reason)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?
+        else {
+            return Ok(None);
+        };
+        let pause = crate::rows::pause(&row)?;
+        let woken = sqlx::query(
+            "UPDATE saga_instances SET next_run_at = $1
+              WHERE waiting_for = $2 AND status IN ('running', 'compensating')
+                AND lease_owner IS NULL",
+        )
+        .bind(now)
+        .bind(request.scope.waiting_for())
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&self.channel)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(Some((pause, woken)))
+    }
+
+    async fn pauses(&self, all: bool) -> Result<Vec<Pause>> {
+        let rows = sqlx::query(
+            "SELECT * FROM saga_pauses WHERE $1 OR resumed_at IS NULL ORDER BY paused_at, id",
+        )
+        .bind(all)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.iter().map(|row| crate::rows::pause(row)).collect()
     }
 
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {

@@ -7,6 +7,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use saga_core::policy::{
+    decide_permit, use_expires_at, Pause, PauseRequest, Permit, PermitRequest, PolicyKind,
+    PolicyState, UseState,
+};
 use saga_core::store::write::{
     self, decide_cancel, decide_settle, CancelRequest, CreationPlan, LeaseChange, Precondition,
     StepWrite, WritePlan,
@@ -580,6 +584,197 @@ impl Store for SqliteStore {
         insert_event(&mut tx, id, now, &write.event).await?;
         tx.commit().await.map_err(classify)?;
         Ok(Delivered::New(id))
+    }
+
+    async fn permit(&self, request: &PermitRequest, now: Timestamp) -> Result<Permit> {
+        // BEGIN IMMEDIATE: one writer at a time on the file, so the count read is the count
+        // written against.
+        let mut tx = self.write_tx().await?;
+        let mut read = PolicyState::default();
+        for wanted in &request.uses {
+            let (kind, name, key) = (
+                wanted.policy.kind.as_str(),
+                wanted.policy.name.as_str(),
+                wanted.key.as_str(),
+            );
+            sqlx::query(
+                "DELETE FROM saga_policy_uses
+                  WHERE kind = ?1 AND name = ?2 AND use_key = ?3
+                    AND (expires_at <= ?4
+                         OR (expires_at IS NULL AND NOT EXISTS (
+                                SELECT 1 FROM saga_instances i
+                                 WHERE i.id = saga_policy_uses.saga_id
+                                   AND i.status NOT IN ('completed', 'compensated', 'cancelled'))))",
+            )
+            .bind(kind)
+            .bind(name)
+            .bind(key)
+            .bind(millis(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            let mine = (
+                request.saga.to_string(),
+                i64::from(wanted.counted_step(request.index).0),
+                i64::from(wanted.counted_attempt(request.attempt)),
+            );
+            let row = sqlx::query(
+                "SELECT COALESCE(SUM(saga_id = ?4 AND step_index = ?5 AND attempt = ?6), 0) AS mine,
+                        COALESCE(SUM(NOT (saga_id = ?4 AND step_index = ?5 AND attempt = ?6)), 0) AS counted,
+                        MIN(CASE WHEN NOT (saga_id = ?4 AND step_index = ?5 AND attempt = ?6) THEN expires_at END) AS frees_at,
+                        MIN(CASE WHEN saga_id <> ?4 THEN saga_id END) AS holder,
+                        (SELECT until FROM saga_integration_backoffs WHERE name = ?2) AS blocked_until
+                   FROM saga_policy_uses
+                  WHERE kind = ?1 AND name = ?2 AND use_key = ?3",
+            )
+            .bind(kind)
+            .bind(name)
+            .bind(key)
+            .bind(&mine.0)
+            .bind(mine.1)
+            .bind(mine.2)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify)?;
+            let number = |column: &str| -> Result<i64> {
+                row.try_get::<Option<i64>, _>(column)
+                    .map(Option::unwrap_or_default)
+                    .map_err(classify)
+            };
+            let time = |column: &str| -> Result<Option<Timestamp>> {
+                Ok(row
+                    .try_get::<Option<i64>, _>(column)
+                    .map_err(classify)?
+                    .and_then(chrono::DateTime::from_timestamp_millis))
+            };
+            let holder: Option<String> = row.try_get("holder").map_err(classify)?;
+            read.uses.push(UseState {
+                mine: number("mine")? > 0,
+                counted: u32::try_from(number("counted")?).unwrap_or(u32::MAX),
+                frees_at: time("frees_at")?,
+                blocked_until: if wanted.policy.kind == PolicyKind::RateLimit {
+                    time("blocked_until")?
+                } else {
+                    None
+                },
+                holder: holder.and_then(|holder| holder.parse().ok()),
+            });
+        }
+        let decided = decide_permit(request, &read, now);
+        for position in &decided.record {
+            let Some(wanted) = request.uses.get(*position) else {
+                continue;
+            };
+            sqlx::query(
+                "INSERT OR IGNORE INTO saga_policy_uses
+                     (kind, name, use_key, saga_id, step_index, attempt, used_at, expires_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(wanted.policy.kind.as_str())
+            .bind(&wanted.policy.name)
+            .bind(&wanted.key)
+            .bind(request.saga.to_string())
+            .bind(i64::from(wanted.counted_step(request.index).0))
+            .bind(i64::from(wanted.counted_attempt(request.attempt)))
+            .bind(millis(now))
+            .bind(use_expires_at(&wanted.policy, now).map(millis))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(decided.permit)
+    }
+
+    async fn throttle(&self, name: &str, until: Timestamp) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO saga_integration_backoffs (name, until) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET until = MAX(until, excluded.until)",
+        )
+        .bind(name)
+        .bind(millis(until))
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn pause(&self, request: &PauseRequest, now: Timestamp) -> Result<(Pause, bool)> {
+        let mut tx = self.write_tx().await?;
+        let step = request.scope.step.as_ref().map_or("", |step| step.as_str());
+        let inserted = sqlx::query(
+            "INSERT INTO saga_pauses (saga_type, step, paused_by, reason, paused_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (saga_type, step) WHERE resumed_at IS NULL DO NOTHING",
+        )
+        .bind(request.scope.saga_type.as_str())
+        .bind(step)
+        .bind(&request.by)
+        .bind(&request.reason)
+        .bind(millis(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected()
+            > 0;
+        let row = sqlx::query(
+            "SELECT * FROM saga_pauses WHERE saga_type = ? AND step = ? AND resumed_at IS NULL",
+        )
+        .bind(request.scope.saga_type.as_str())
+        .bind(step)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let pause = crate::rows::pause(&row)?;
+        tx.commit().await.map_err(classify)?;
+        Ok((pause, inserted))
+    }
+
+    async fn resume(&self, request: &PauseRequest, now: Timestamp) -> Result<Option<(Pause, u64)>> {
+        let mut tx = self.write_tx().await?;
+        let step = request.scope.step.as_ref().map_or("", |step| step.as_str());
+        let Some(row) = sqlx::query(
+            "UPDATE saga_pauses SET resumed_at = ?3, resumed_by = ?4, resume_reason = ?5
+              WHERE saga_type = ?1 AND step = ?2 AND resumed_at IS NULL
+          RETURNING *",
+        )
+        .bind(request.scope.saga_type.as_str())
+        .bind(step)
+        .bind(millis(now))
+        .bind(&request.by)
+        .bind(&request.reason)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?
+        else {
+            return Ok(None);
+        };
+        let pause = crate::rows::pause(&row)?;
+        let woken = sqlx::query(
+            "UPDATE saga_instances SET next_run_at = ?1
+              WHERE waiting_for = ?2 AND status IN ('running', 'compensating')
+                AND lease_owner IS NULL",
+        )
+        .bind(millis(now))
+        .bind(request.scope.waiting_for())
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        tx.commit().await.map_err(classify)?;
+        Ok(Some((pause, woken)))
+    }
+
+    async fn pauses(&self, all: bool) -> Result<Vec<Pause>> {
+        let rows = sqlx::query(
+            "SELECT * FROM saga_pauses WHERE ?1 OR resumed_at IS NULL ORDER BY paused_at, id",
+        )
+        .bind(all)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.iter().map(|row| crate::rows::pause(row)).collect()
     }
 
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {

@@ -1,0 +1,39 @@
+-- Policies checked before a step's side effect, shared by every process on the database.
+
+-- One row per counted use of a policy (a cap, a rate limit, a concurrency slot, a retry
+-- budget) under its key. A use is keyed by saga, step and attempt, so counting it again is a
+-- no-op. A use with an expiry counts until then; a concurrency slot (no expiry) counts while
+-- its saga has not ended.
+CREATE TABLE saga_policy_uses (
+    kind       TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    use_key    TEXT NOT NULL,
+    saga_id    UUID NOT NULL,
+    step_index INTEGER NOT NULL,
+    attempt    INTEGER NOT NULL,
+    used_at    TIMESTAMPTZ NOT NULL,
+    expires_at TIMESTAMPTZ,
+    PRIMARY KEY (kind, name, use_key, saga_id, step_index, attempt)
+);
+CREATE INDEX saga_policy_uses_expiry ON saga_policy_uses (kind, name, use_key, expires_at);
+
+-- Integrations backing off because a step reported throttling: until when .
+CREATE TABLE saga_integration_backoffs (
+    name  TEXT PRIMARY KEY,
+    until TIMESTAMPTZ NOT NULL
+);
+
+-- Operators' pauses of a saga type ('' step) or one step: who, when, why; kept once lifted,
+-- with who lifted it and why. At most one in force per scope.
+CREATE TABLE saga_pauses (
+    id            BIGSERIAL PRIMARY KEY,
+    saga_type     TEXT NOT NULL,
+    step          TEXT NOT NULL DEFAULT '',
+    paused_by     TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    paused_at     TIMESTAMPTZ NOT NULL,
+    resumed_at    TIMESTAMPTZ,
+    resumed_by    TEXT,
+    resume_reason TEXT
+);
+CREATE UNIQUE INDEX saga_pauses_in_force ON saga_pauses (saga_type, step) WHERE resumed_at IS NULL;
