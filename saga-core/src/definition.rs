@@ -571,6 +571,7 @@ pub struct SagaDefinition<S: Saga> {
     fingerprint_extra: Vec<String>,
     fingerprint_fixed: Option<String>,
     deadline: Option<Duration>,
+    dedup_window: Option<Duration>,
 }
 
 impl<S: Saga> SagaDefinition<S> {
@@ -583,6 +584,7 @@ impl<S: Saga> SagaDefinition<S> {
             fingerprint_extra: Vec::new(),
             fingerprint_fixed: None,
             deadline: None,
+            dedup_window: None,
         }
     }
 
@@ -597,6 +599,21 @@ impl<S: Saga> SagaDefinition<S> {
     /// The saga's deadline, counted from its start, if any.
     pub fn deadline_after_start(&self) -> Option<Duration> {
         self.deadline
+    }
+
+    /// A dedup window for starts with a key: a start with a key inside `window` from the
+    /// creation of the saga holding it returns that saga; after the window the key starts a
+    /// new saga ("one recovery flow per customer and store per 5 minutes": derive the key from
+    /// the customer and the store). The saga is kept from pruning until its window ends. Without
+    /// one, a key dedups for as long as its saga is kept.
+    pub fn dedup_window(mut self, window: Duration) -> Self {
+        self.dedup_window = Some(window);
+        self
+    }
+
+    /// The dedup window of starts with a key, if any.
+    pub fn dedup_window_of_starts(&self) -> Option<Duration> {
+        self.dedup_window
     }
 
     /// Appends a step; steps run in the order they are added.

@@ -406,7 +406,7 @@ impl Orchestrator {
     /// # Errors
     /// [`Error::UnknownSagaType`], [`Error::PayloadTooLarge`], [`Error::Serialization`], store errors.
     pub async fn start<S: Saga>(&self, input: &S::Input) -> Result<SagaId> {
-        self.create::<S>(input, None, TraceContext::current_or_new(), None)
+        self.create::<S>(input, None, TraceContext::current_or_new(), None, None)
             .await
             .map(Created::id)
     }
@@ -425,8 +425,14 @@ impl Orchestrator {
         within: Duration,
     ) -> Result<Created> {
         let deadline = clock::after(self.inner.synced_now().await, within);
-        self.create::<S>(input, key, TraceContext::current_or_new(), Some(deadline))
-            .await
+        self.create::<S>(
+            input,
+            key,
+            TraceContext::current_or_new(),
+            Some(deadline),
+            None,
+        )
+        .await
     }
 
     /// Starts a saga of type `S` once per `key`: a repeated call with the same key and input
@@ -440,8 +446,55 @@ impl Orchestrator {
         key: IdempotencyKey,
         input: &S::Input,
     ) -> Result<Created> {
-        self.create::<S>(input, Some(key), TraceContext::current_or_new(), None)
+        self.create::<S>(input, Some(key), TraceContext::current_or_new(), None, None)
             .await
+    }
+
+    /// Starts a saga of type `S` once per `key` within `window`: a repeat with the key inside
+    /// the window (from the creation of the saga holding it) returns that saga; after it, the
+    /// key starts a new saga. It overrides the type's [dedup
+    /// window](crate::SagaDefinition::dedup_window) for this start.
+    ///
+    /// ```
+    /// # use std::{sync::Arc, time::Duration};
+    /// # use saga_core::{Config, Created, MemoryStore, Orchestrator, Saga, SagaDefinition, Step, StepContext, StepError, IdempotencyKey};
+    /// # struct Nudge;
+    /// # impl Saga for Nudge {
+    /// #     type Input = String;
+    /// #     fn definition() -> SagaDefinition<Self> {
+    /// #         SagaDefinition::new("nudge", 1).step(Step::new("send", |_: Arc<Nudge>, _: StepContext<String>| async { Ok::<_, StepError>(()) }).irreversible())
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> saga_core::Result<()> {
+    /// let orchestrator = Orchestrator::new(Arc::new(MemoryStore::new()), Config::default());
+    /// orchestrator.register(Nudge)?;
+    /// // One nudge per customer and store per five minutes.
+    /// let key = IdempotencyKey::new("nudge:ann:store-7");
+    /// let window = Duration::from_secs(300);
+    /// let first = orchestrator.start_within_window::<Nudge>(key.clone(), &"ann".into(), window).await?;
+    /// let again = orchestrator.start_within_window::<Nudge>(key, &"ann".into(), window).await?;
+    /// assert_eq!(again, Created::Existing(first.id()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Orchestrator::start_with_key`].
+    pub async fn start_within_window<S: Saga>(
+        &self,
+        key: IdempotencyKey,
+        input: &S::Input,
+        window: Duration,
+    ) -> Result<Created> {
+        self.create::<S>(
+            input,
+            Some(key),
+            TraceContext::current_or_new(),
+            None,
+            Some(window),
+        )
+        .await
     }
 
     /// Starts a saga of type `S` in the caller's trace (for example the `traceparent` header of
@@ -456,7 +509,7 @@ impl Orchestrator {
         input: &S::Input,
         trace: TraceContext,
     ) -> Result<Created> {
-        self.create::<S>(input, key, trace, None).await
+        self.create::<S>(input, key, trace, None, None).await
     }
 
     async fn create<S: Saga>(
@@ -465,6 +518,7 @@ impl Orchestrator {
         key: Option<IdempotencyKey>,
         trace: TraceContext,
         deadline: Option<Timestamp>,
+        dedup_window: Option<Duration>,
     ) -> Result<Created> {
         let definition = self.registered::<S>()?;
         let text = serde_json::to_string(input).map_err(|source| Error::Serialization {
@@ -510,6 +564,7 @@ impl Orchestrator {
             lease: lease.clone(),
             changes: Vec::new(),
             deadline,
+            dedup_window: dedup_window.or_else(|| definition.dedup_window()),
         };
         // A saga driven by its starter begins its first step in the same write that creates
         // it: one commit less, and the step runs as soon as the creation returns.

@@ -941,6 +941,7 @@ mod tests {
             probe: false,
             kind: StepKind::Call,
             pivot: false,
+            policies: Vec::new(),
         }
     }
 

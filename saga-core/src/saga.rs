@@ -55,6 +55,8 @@ pub(crate) trait ErasedSaga: Send + Sync {
     fn specs(&self) -> &[StepSpec];
     /// The saga's deadline, counted from its start.
     fn deadline(&self) -> Option<std::time::Duration>;
+    /// The dedup window of starts with a key.
+    fn dedup_window(&self) -> Option<std::time::Duration>;
     /// The computed end of sleep step `index` (`None`: its end is not computed).
     fn wake_at(&self, index: usize, ctx: RawContext) -> Option<Result<Timestamp, StepError>>;
     /// The keys the policies of step `index` count this saga under (see
@@ -120,6 +122,10 @@ impl<S: Saga> ErasedSaga for Registered<S> {
 
     fn deadline(&self) -> Option<std::time::Duration> {
         self.definition.deadline_after_start()
+    }
+
+    fn dedup_window(&self) -> Option<std::time::Duration> {
+        self.definition.dedup_window_of_starts()
     }
 
     fn policy_keys(&self, index: usize, input: &DecodedInput) -> Result<Vec<String>, StepError> {

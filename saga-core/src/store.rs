@@ -60,6 +60,18 @@ pub struct NewSaga {
     /// The time (on the store's clock) by which the saga must have finished, set by its start
     /// call; its type's deadline applies as well, whichever comes first.
     pub deadline: Option<Timestamp>,
+    /// With an idempotency key: how long the key dedups starts. A start with the key inside the
+    /// window (from the creation of the saga holding it) returns that saga; after it, the key
+    /// passes to a new saga (the earlier one keeps a key of its own, `<key>#<its id>`). The
+    /// saga is not pruned before its window ends. `None`: the key dedups for as long as the
+    /// saga is kept.
+    pub dedup_window: Option<std::time::Duration>,
+}
+
+/// The key a saga whose start key passed on to a later saga (its dedup window ended) keeps:
+/// `<key>#<its id>`, unique, and telling where it came from.
+pub fn retired_key(key: &IdempotencyKey, id: SagaId) -> IdempotencyKey {
+    IdempotencyKey::new(format!("{}#{id}", key.as_str()))
 }
 
 /// What [`Store::create`] did.
@@ -744,6 +756,7 @@ impl SagaFilter {
 ///     lease: None,
 ///     changes: Vec::new(),
 ///     deadline: None,
+///     dedup_window: None,
 /// };
 ///
 /// // create: a new saga, running and due now; the same start key and input finds it again.
@@ -839,7 +852,10 @@ impl SagaFilter {
 pub trait Store: Send + Sync + 'static {
     /// Stores a new saga in `running`, due now (leased to `saga.lease`'s worker with fencing
     /// token 1 when given), and appends its `saga_started` event; or, when its start key exists
-    /// with the same input hash, returns the existing saga.
+    /// with the same input hash, returns the existing saga. With a [dedup
+    /// window](NewSaga::dedup_window), only a saga created within the window counts: an older
+    /// one gives the key up ([`retired_key`]) and a new saga is created; and a saga is not
+    /// pruned before its window ends.
     ///
     /// # Errors
     /// [`Error::Conflict`](crate::Error::Conflict) when the key exists with another input hash;

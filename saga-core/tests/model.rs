@@ -389,6 +389,10 @@ enum Queued {
     Release(Option<Tick>),
     Wait(u32, Option<Tick>, u8),
     NoSignalSince(u8),
+    /// A step skipped by a policy (the sagas modelled here declare none, so never queued).
+    Skip(u32, u32),
+    /// A saga held back before a step (a pause, a limit: not modelled, never queued).
+    Hold,
 }
 
 impl Queued {
@@ -442,6 +446,8 @@ impl Queued {
             Change::NoSignalSince { signals_seen } => {
                 Queued::NoSignalSince(u8::try_from(*signals_seen).unwrap_or(u8::MAX))
             }
+            Change::SkipStep { index, attempt, .. } => Queued::Skip(index.0, attempt.0),
+            Change::Hold { .. } => Queued::Hold,
         }
     }
 
@@ -497,6 +503,18 @@ impl Queued {
             },
             Queued::NoSignalSince(seen) => Change::NoSignalSince {
                 signals_seen: u64::from(seen),
+            },
+            Queued::Skip(index, attempt) => Change::SkipStep {
+                index: StepIndex(index),
+                name: name(index),
+                attempt: Attempt(attempt),
+                key: IdempotencyKey::for_step(saga_id(), &name(index), Phase::Action),
+                reason: "cap".into(),
+            },
+            Queued::Hold => Change::Hold {
+                waiting_for: "paused:model".into(),
+                step: None,
+                reason: None,
             },
         }
     }

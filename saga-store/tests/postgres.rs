@@ -29,6 +29,7 @@ fn new_saga(saga_type: &str, n: u32) -> saga_core::NewSaga {
         lease: None,
         changes: Vec::new(),
         deadline: None,
+        dedup_window: None,
     }
 }
 

@@ -41,6 +41,8 @@ struct State {
     /// Integrations backing off: name -> until.
     blocks: HashMap<String, Timestamp>,
     pauses: Vec<Pause>,
+    /// Sagas kept from pruning until their start key's dedup window ends.
+    windows: HashMap<SagaId, Timestamp>,
 }
 
 /// One counted use of a policy.
@@ -170,6 +172,22 @@ impl Store for MemoryStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
         let plan = CreationPlan::compile(&saga)?;
         let mut state = self.state()?;
+        let now = clock::now();
+        if let (Some(key), Some(window)) = (&saga.idempotency_key, saga.dedup_window) {
+            // A saga holding the key since before the window gives it up.
+            let expired = state.keys.get(key).copied().filter(|existing| {
+                state
+                    .sagas
+                    .get(existing)
+                    .is_some_and(|found| clock::after(found.record.created_at, window) <= now)
+            });
+            if let Some(existing) = expired {
+                state.keys.remove(key);
+                if let Some(found) = state.sagas.get_mut(&existing) {
+                    found.record.idempotency_key = Some(super::retired_key(key, existing));
+                }
+            }
+        }
         if let Some(key) = &saga.idempotency_key {
             if let Some(existing) = state.keys.get(key).copied() {
                 let same = state
@@ -186,9 +204,11 @@ impl Store for MemoryStore {
                 };
             }
         }
-        let now = clock::now();
         if let Some(key) = &saga.idempotency_key {
             state.keys.insert(key.clone(), saga.id);
+        }
+        if let Some(window) = saga.dedup_window.filter(|_| saga.idempotency_key.is_some()) {
+            state.windows.insert(saga.id, clock::after(now, window));
         }
         state.sagas.insert(saga.id, plan.snapshot(&saga, now));
         for event in plan.events {
@@ -376,9 +396,17 @@ impl Store for MemoryStore {
             .sagas
             .values()
             .filter(|snap| snap.record.status.is_terminal() && snap.record.updated_at < before)
+            .filter(|snap| {
+                state
+                    .windows
+                    .get(&snap.record.id)
+                    .is_none_or(|until| *until <= clock::now())
+            })
             .map(|snap| snap.record.id)
             .take(usize::try_from(limit).unwrap_or(usize::MAX))
             .collect();
+        let now = clock::now();
+        state.windows.retain(|_, until| *until > now);
         for id in &doomed {
             if let Some(snap) = state.sagas.remove(id) {
                 if let Some(key) = snap.record.idempotency_key {
@@ -430,9 +458,9 @@ impl Store for MemoryStore {
             let others: Vec<&UseRow> = live
                 .iter()
                 .filter(|row| {
-                    !is_mine(row)
-                        && !(wanted.policy.kind == PolicyKind::Concurrency
-                            && row.saga == request.saga)
+                    let own_slot =
+                        wanted.policy.kind == PolicyKind::Concurrency && row.saga == request.saga;
+                    !(is_mine(row) || own_slot)
                 })
                 .collect();
             read.uses.push(UseState {

@@ -1275,12 +1275,60 @@ mod tests {
                     snap.record.next_run_at = *next_run_at;
                     released = true;
                 }
+                Change::SkipStep {
+                    index,
+                    name,
+                    attempt,
+                    key,
+                    reason,
+                } => match snap
+                    .steps
+                    .iter_mut()
+                    .find(|step| step.index == *index && step.phase == Phase::Action)
+                {
+                    Some(step) if step.status == StepStatus::Completed => {
+                        return Err(refused(Refusal::StepCompleted {
+                            step: name.clone(),
+                            phase: Phase::Action,
+                        }))
+                    }
+                    Some(step) => {
+                        step.status = StepStatus::Skipped;
+                        step.attempt = *attempt;
+                        step.output = None;
+                        step.last_error = Some(reason.clone());
+                        step.next_attempt_at = None;
+                        step.finished_at = Some(now);
+                    }
+                    None => {
+                        snap.steps.push(StepRecord {
+                            index: *index,
+                            phase: Phase::Action,
+                            name: name.clone(),
+                            status: StepStatus::Skipped,
+                            attempt: *attempt,
+                            idempotency_key: key.clone(),
+                            output: None,
+                            last_error: Some(reason.clone()),
+                            next_attempt_at: None,
+                            started_at: None,
+                            finished_at: Some(now),
+                        });
+                        snap.steps.sort_by_key(|step| (step.index, step.phase));
+                    }
+                },
+                Change::Hold { waiting_for, .. } => {
+                    snap.record.waiting_for = Some(waiting_for.clone());
+                }
                 // A condition, checked above.
                 Change::NoSignalSince { .. } => {}
             }
             if !matches!(
                 change,
-                Change::Wait { .. } | Change::Release { .. } | Change::NoSignalSince { .. }
+                Change::Wait { .. }
+                    | Change::Hold { .. }
+                    | Change::Release { .. }
+                    | Change::NoSignalSince { .. }
             ) {
                 snap.record.waiting_for = None;
             }
@@ -1457,12 +1505,26 @@ mod tests {
                     reason: None,
                 },
             },
-            8 => Change::Wait {
-                index,
-                name: step,
-                until: draw.flip().then(|| draw.time(now)),
-                waiting_for: "signal:paid".into(),
-                signals_seen: draw.below(3),
+            8 => match draw.below(3) {
+                0 => Change::SkipStep {
+                    index,
+                    key: IdempotencyKey::for_step(saga, &step, Phase::Action),
+                    name: step,
+                    attempt,
+                    reason: "cap `email`: 1 per 1d reached".into(),
+                },
+                1 => Change::Hold {
+                    waiting_for: "policy:rate_limit:partner".into(),
+                    step: Some(step),
+                    reason: draw.flip().then(|| "over the limit".to_owned()),
+                },
+                _ => Change::Wait {
+                    index,
+                    name: step,
+                    until: draw.flip().then(|| draw.time(now)),
+                    waiting_for: "signal:paid".into(),
+                    signals_seen: draw.below(3),
+                },
             },
             _ => Change::Release {
                 next_run_at: draw.flip().then(|| draw.time(now)),
@@ -1579,6 +1641,7 @@ mod tests {
             key: IdempotencyKey::for_step(id, &step, Phase::Action),
         };
         let saga = |changes: Vec<Change>| NewSaga {
+            dedup_window: None,
             id,
             saga_type: SagaType::new("order"),
             version: 1,

@@ -37,3 +37,10 @@ CREATE TABLE saga_pauses (
     resume_reason TEXT
 );
 CREATE UNIQUE INDEX saga_pauses_in_force ON saga_pauses (saga_type, step) WHERE resumed_at IS NULL;
+
+-- Sagas started with a dedup window on their start key: kept from pruning until the window
+-- ends (a repeat start inside it still finds them).
+CREATE TABLE saga_start_windows (
+    saga_id UUID PRIMARY KEY,
+    until   TIMESTAMPTZ NOT NULL
+);

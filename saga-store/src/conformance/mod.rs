@@ -112,6 +112,7 @@ macro_rules! conformance_suite {
                 per_key_concurrency_holds_the_excess_until_a_slot_frees,
                 a_spent_retry_budget_fails_the_step_and_the_saga_compensates,
                 a_pause_holds_new_attempts_until_resumed,
+                a_dedup_window_returns_the_saga_inside_it_and_starts_anew_after,
             );
         }
     };

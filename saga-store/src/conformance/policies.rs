@@ -699,3 +699,76 @@ pub async fn a_pause_holds_new_attempts_until_resumed<S: Store>(store: Arc<S>) {
     );
     orchestrator.shutdown().await;
 }
+
+ledgered!(
+    Nudge,
+    "email (a start key dedups starts for 400 ms).",
+    SagaDefinition::new("nudge", 1)
+        .dedup_window(Duration::from_millis(400))
+        .step(Step::new("email", email::<Self>).irreversible())
+);
+
+/// A start key with a dedup window: a repeat inside the window returns the saga that holds
+/// the key (a different input is a conflict), after it the key starts a new saga (the earlier
+/// one keeps a retired key); and a saga inside its window is not pruned.
+pub async fn a_dedup_window_returns_the_saga_inside_it_and_starts_anew_after<S: Store>(
+    store: Arc<S>,
+) {
+    use saga_core::{Created, Error, IdempotencyKey};
+    let ledger = Arc::new(Ledger::default());
+    let orchestrator = running(&store, |o| o.register(Nudge(ledger.clone())).unwrap());
+    let key = IdempotencyKey::new("nudge:ann:store-7");
+    let input = cart("ann", "c1");
+    let first = orchestrator
+        .start_with_key::<Nudge>(key.clone(), &input)
+        .await
+        .unwrap();
+    assert!(matches!(first, Created::New(_)));
+    let repeat = orchestrator
+        .start_with_key::<Nudge>(key.clone(), &input)
+        .await
+        .unwrap();
+    assert_eq!(
+        repeat,
+        Created::Existing(first.id()),
+        "a repeat inside the window"
+    );
+    assert!(matches!(
+        orchestrator
+            .start_with_key::<Nudge>(key.clone(), &cart("ann", "other"))
+            .await,
+        Err(Error::Conflict { .. })
+    ));
+    finished(&orchestrator, first.id()).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let later = orchestrator
+        .start_with_key::<Nudge>(key.clone(), &input)
+        .await
+        .unwrap();
+    assert!(
+        matches!(later, Created::New(id) if id != first.id()),
+        "after the window the key starts a new saga: {later:?}"
+    );
+    finished(&orchestrator, later.id()).await;
+    let retired = store.load(first.id()).await.unwrap().unwrap();
+    assert_eq!(
+        retired.record.idempotency_key,
+        Some(saga_core::store::retired_key(&key, first.id())),
+        "the earlier saga keeps a retired key"
+    );
+    assert_eq!(ledger.calls("email").len(), 2);
+    // Pruning everything finished: the first saga's window ended, the later one's has not.
+    let far = saga_core::after(saga_core::now(), Duration::from_secs(3600));
+    assert_eq!(store.prune(far, 100).await.unwrap(), 1);
+    assert!(store.load(first.id()).await.unwrap().is_none());
+    assert!(
+        store.load(later.id()).await.unwrap().is_some(),
+        "kept inside its window"
+    );
+    let again = orchestrator
+        .start_with_key::<Nudge>(key.clone(), &input)
+        .await
+        .unwrap();
+    assert_eq!(again, Created::Existing(later.id()));
+    orchestrator.shutdown().await;
+}

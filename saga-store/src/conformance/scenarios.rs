@@ -1753,6 +1753,7 @@ async fn begun_charge<S: Store>(
             )),
             changes: vec![begin(0, "reserve_stock")],
             deadline: None,
+            dedup_window: None,
         })
         .await
         .unwrap();

@@ -30,6 +30,7 @@ fn new_saga(saga_type: &str, key: Option<&str>, input: Value) -> NewSaga {
         lease: None,
         changes: Vec::new(),
         deadline: None,
+        dedup_window: None,
     }
 }
 

@@ -431,8 +431,35 @@ impl Store for PgStore {
             saga.idempotency_key.clone(),
             saga.input_hash.clone(),
         );
+        let window = saga.dedup_window.filter(|_| key.is_some());
+        if let (Some(key), Some(window)) = (&key, window) {
+            // A saga holding the key since before the window gives it up.
+            sqlx::query(
+                "UPDATE saga_instances SET idempotency_key = idempotency_key || '#' || id::text
+                  WHERE idempotency_key = $1 AND created_at <= $2",
+            )
+            .bind(key.as_str())
+            .bind(saga_core::before(saga_core::now(), window))
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        }
         // With the step writes waiting at the same time, in one statement and one commit.
         if self.writers.create(saga, plan).await? {
+            if let Some(window) = window {
+                // Kept from pruning until the window ends (should this write be lost, the
+                // saga is only kept as any other, and a repeat start still finds it while it
+                // is).
+                sqlx::query(
+                    "INSERT INTO saga_start_windows (saga_id, until) VALUES ($1, $2)
+                     ON CONFLICT (saga_id) DO NOTHING",
+                )
+                .bind(id.as_uuid())
+                .bind(saga_core::after(saga_core::now(), window))
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?;
+            }
             return Ok(Created::New(id));
         }
         let Some(key) = &key else {
@@ -992,14 +1019,20 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?;
-        rows.iter().map(|row| crate::rows::pause(row)).collect()
+        rows.iter().map(crate::rows::pause).collect()
     }
 
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {
+        sqlx::query("DELETE FROM saga_start_windows WHERE until <= now()")
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        // A saga whose start key's dedup window is open is kept: a repeat start finds it.
         let row = sqlx::query(
             "WITH doomed AS (
                  SELECT id FROM saga_instances
                   WHERE status IN ('completed', 'compensated', 'cancelled') AND updated_at < $1
+                    AND id NOT IN (SELECT saga_id FROM saga_start_windows)
                   LIMIT $2
                   FOR UPDATE SKIP LOCKED),
              steps AS (DELETE FROM saga_steps WHERE saga_id IN (SELECT id FROM doomed)),

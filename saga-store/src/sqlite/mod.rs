@@ -298,6 +298,19 @@ impl Store for SqliteStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
         let plan = CreationPlan::compile(&saga)?;
         let mut tx = self.write_tx().await?;
+        let now = saga_core::now();
+        if let (Some(key), Some(window)) = (&saga.idempotency_key, saga.dedup_window) {
+            // A saga holding the key since before the window gives it up.
+            sqlx::query(
+                "UPDATE saga_instances SET idempotency_key = idempotency_key || '#' || id
+                  WHERE idempotency_key = ? AND created_at <= ?",
+            )
+            .bind(key.as_str())
+            .bind(millis(saga_core::before(now, window)))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
         if let Some(key) = &saga.idempotency_key {
             let existing =
                 sqlx::query("SELECT id, input_hash FROM saga_instances WHERE idempotency_key = ?")
@@ -319,7 +332,14 @@ impl Store for SqliteStore {
                 };
             }
         }
-        let now = saga_core::now();
+        if let Some(window) = saga.dedup_window.filter(|_| saga.idempotency_key.is_some()) {
+            sqlx::query("INSERT INTO saga_start_windows (saga_id, until) VALUES (?, ?)")
+                .bind(saga.id.to_string())
+                .bind(millis(saga_core::after(now, window)))
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+        }
         let inserted = sqlx::query(
             "INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input,
                  input_hash, idempotency_key, next_run_at, fencing_token, trace_context,
@@ -774,14 +794,22 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?;
-        rows.iter().map(|row| crate::rows::pause(row)).collect()
+        rows.iter().map(crate::rows::pause).collect()
     }
 
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {
         let mut tx = self.write_tx().await?;
+        let now = millis(saga_core::now());
+        // A saga whose start key's dedup window is open is kept: a repeat start finds it.
+        sqlx::query("DELETE FROM saga_start_windows WHERE until <= ?")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
         let doomed = "SELECT id FROM saga_instances
-                       WHERE status IN ('completed', 'compensated', 'cancelled') AND updated_at < ?
-                       ORDER BY updated_at LIMIT ?";
+                       WHERE status IN ('completed', 'compensated', 'cancelled') AND updated_at < ?1
+                         AND id NOT IN (SELECT saga_id FROM saga_start_windows)
+                       ORDER BY updated_at LIMIT ?2";
         for table in ["saga_events", "saga_interventions", "saga_signals"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE saga_id IN ({doomed})"))
                 .bind(millis(before))
