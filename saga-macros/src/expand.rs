@@ -7,12 +7,13 @@ use std::collections::HashSet;
 use proc_macro2::{Group, Literal, Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
-use syn::{DeriveInput, Ident, LitStr, Path};
+use syn::{DeriveInput, Ident, LitStr, Path, Type};
 
 use crate::constants::{self, constant_ident, StepConstant};
 use crate::fingerprint::fingerprint;
 use crate::function_paths::referenced;
 use crate::parse::{self, DurationInput, Errors, RetryInput, SagaInput};
+use crate::policy;
 use crate::validate::{self, default_crate, Compensation, SagaModel, StepKind, StepModel};
 
 /// The whole derive: `impl Saga for ...` and the step-name constants, or every problem found in
@@ -47,7 +48,10 @@ fn expand(saga: &SagaModel) -> TokenStream {
         let deadline = duration(deadline, &private);
         quote!(.deadline(#deadline))
     });
-    let steps = saga.steps.iter().map(|step| expand_step(step, krate));
+    let steps = saga
+        .steps
+        .iter()
+        .map(|step| expand_step(step, krate, input));
     let constants = constants::expand(
         ident,
         &saga.vis,
@@ -147,7 +151,7 @@ fn fallback(saga: &SagaInput) -> TokenStream {
 /// signature is reported on the user's `#[step(...)]` token. A waiting step is built on the
 /// span of what it waits for, so that a signal type that is not a `Signal` is reported on the
 /// type.
-fn expand_step(step: &StepModel, krate: &Path) -> TokenStream {
+fn expand_step(step: &StepModel, krate: &Path, input: &Type) -> TokenStream {
     let span = step.kind.span();
     let var = Ident::new(&step.local_name(), span);
     let builder = respan(quote!(#krate::StepBuilder), span);
@@ -228,6 +232,10 @@ fn expand_step(step: &StepModel, krate: &Path) -> TokenStream {
             Some(duration(timeout, &private)),
         );
     }
+    for policy in &step.policies {
+        let arguments = policy::arguments(policy, input, &private, &functions);
+        call(policy.span, policy.kind.key(), Some(arguments));
+    }
     if let StepKind::Signal {
         ty,
         default: Some(default),
@@ -302,7 +310,7 @@ fn retry_policy(policy: &RetryInput, private: &TokenStream) -> TokenStream {
 }
 
 /// `Duration::from_secs(10)` or `Duration::from_millis(200)`.
-fn duration(duration: &DurationInput, private: &TokenStream) -> TokenStream {
+pub(crate) fn duration(duration: &DurationInput, private: &TokenStream) -> TokenStream {
     if duration.millis % 1_000 == 0 {
         let secs = Literal::u64_unsuffixed(duration.millis / 1_000);
         quote!(#private::Duration::from_secs(#secs))
@@ -414,6 +422,38 @@ mod tests {
         });
         insta::assert_snapshot!("waiting", code);
         insta::assert_snapshot!("waiting_fingerprint", fingerprint);
+    }
+
+    #[test]
+    fn policies_expand_to_builder_calls_in_the_order_written() {
+        let (code, _) = expansion(syn::parse_quote! {
+            #[derive(Saga)]
+            #[saga(name = "outreach", version = 1, input = Contact)]
+            #[step(hold_cart, irreversible, concurrency(name = "cart", key = cart_id, max = 1))]
+            #[step(send_email, irreversible, timeout = "10s",
+                   cap(name = "email", key = customer, max = 1, per = "24h"),
+                   rate_limit(name = "partner_api", max = 50, per = "1s"),
+                   retry_budget(name = "contact", key_fn = contacts::key, max = 5, per = "1h"))]
+            struct Outreach;
+        });
+        insta::assert_snapshot!("policies", code);
+    }
+
+    #[test]
+    fn policies_leave_the_fingerprint_as_it_was() {
+        let (_, with) = expansion(syn::parse_quote! {
+            #[saga(name = "outreach", version = 1, input = Contact)]
+            #[step(send_email, irreversible,
+                   cap(name = "email", key = customer, max = 1, per = "24h"),
+                   concurrency(name = "cart", key_fn = cart_of, max = 1))]
+            struct Outreach;
+        });
+        let (_, without) = expansion(syn::parse_quote! {
+            #[saga(name = "outreach", version = 1, input = Contact)]
+            #[step(send_email, irreversible)]
+            struct Outreach;
+        });
+        assert_eq!(with, without);
     }
 
     #[test]

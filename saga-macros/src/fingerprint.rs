@@ -34,6 +34,7 @@ pub(crate) fn fingerprint(saga: &SagaModel) -> String {
     if let Some(deadline) = &saga.deadline {
         hash.field(&format!("deadline:{}", duration::literal(deadline.millis)));
     }
+    // Step policies are left out: changing a cap must not strand sagas in flight.
     for step in &saga.steps {
         hash.field(&step.name_text);
         hash.field(match step.compensation {

@@ -7,11 +7,12 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{ExprPath, Ident};
 
+use crate::policy::PolicyKey;
 use crate::validate::{Compensation, StepKind, StepModel};
 
 impl StepModel {
     /// The step's function paths: its action or wake-time function, then its compensation,
-    /// probe and signal default if any.
+    /// probe and signal default if any, then its policies' key functions.
     fn paths(&self) -> impl Iterator<Item = &ExprPath> {
         let (own, default) = match &self.kind {
             StepKind::Call(path) | StepKind::SleepUntil(path) => (Some(path), None),
@@ -22,9 +23,14 @@ impl StepModel {
             Compensation::Compensate(path) => Some(path),
             Compensation::Irreversible | Compensation::NothingToUndo => None,
         };
+        let keys = self.policies.iter().filter_map(|policy| match &policy.key {
+            Some(PolicyKey::Function(path)) => Some(path),
+            Some(PolicyKey::Field(_)) | None => None,
+        });
         [own, compensation, self.probe.as_ref(), default]
             .into_iter()
             .flatten()
+            .chain(keys)
     }
 
     /// The step's functions written as a bare name (`release_stock`, not `payments::refund`).

@@ -11,6 +11,7 @@ mod expand;
 mod fingerprint;
 mod function_paths;
 mod parse;
+mod policy;
 mod validate;
 mod wait;
 
@@ -110,6 +111,7 @@ use proc_macro::TokenStream;
 /// | `compensation_retry(...)` | retry policy of the compensation, same keys as `retry` |
 /// | `compensation_timeout = "10s"` | timeout of one attempt of the compensation |
 /// | `pivot` | the step is the saga's point of no return (`StepBuilder::pivot`); it has no `compensate` |
+/// | `cap(...)`, `rate_limit(...)`, `concurrency(...)`, `retry_budget(...)` | policies checked before each attempt of the action (see [Step policies](#step-policies)) |
 ///
 /// Every step that calls an action has exactly one of `compensate` and `irreversible`, so a
 /// forgotten compensation is a compile error rather than a silent gap; an `irreversible` step
@@ -191,6 +193,65 @@ use proc_macro::TokenStream;
 /// assert!(specs[3].pivot);
 /// ```
 ///
+/// # Step policies
+///
+/// A step that calls an action may declare policies, which the worker checks against the store
+/// before each attempt of the action, across every saga and process on the store (the builder
+/// calls in the table say what each counts). Write one group per policy, several per step if
+/// need be, in any order; a step may have several caps.
+///
+/// | group | builder call | past the bound |
+/// |---|---|---|
+/// | `cap(name = "email", key = customer, max = 1, per = "24h")` | `StepBuilder::cap` | the step is skipped (`StepStatus::Skipped`) and the saga goes on |
+/// | `rate_limit(name = "partner_api", max = 50, per = "1s")` | `StepBuilder::rate_limit` | the attempt waits, holding no worker |
+/// | `concurrency(name = "cart", key = cart_id, max = 1)` | `StepBuilder::concurrency` | the saga waits for a running one to end |
+/// | `retry_budget(name = "contact", key = customer, max = 5, per = "1h")` | `StepBuilder::retry_budget` | the step fails for good and the saga compensates |
+///
+/// `name` is shared by every step and saga type that declares it: a string, not empty and
+/// without `:`. `max` is the bound, at least 1 (a cap may be 0: its step is always skipped).
+/// `per` is the window, a duration string; `concurrency` has none, since it counts the sagas
+/// running now. A cap, a concurrency limit and a retry budget count per key of the input, given
+/// as exactly one of `key = field`, a field of the input type whose value is turned into text
+/// with `ToString`, and `key_fn = path`, a `fn(&Input) -> String`. A rate limit counts per
+/// integration, so it takes neither. A waiting step calls nothing and takes no policy.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use saga::{Policy, PolicyKind, Saga, StepContext, StepError};
+/// # use saga_macros::Saga;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Cart { customer: String, cart_id: u64 }
+///
+/// fn contact_of(cart: &Cart) -> String {
+///     cart.customer.to_lowercase()
+/// }
+///
+/// #[derive(Saga)]
+/// #[saga(name = "cart_recovery", version = 1, input = Cart)]
+/// #[step(hold_cart, irreversible, concurrency(name = "cart", key = cart_id, max = 1))]
+/// #[step(send_email, irreversible,
+///        cap(name = "email", key = customer, max = 1, per = "24h"),
+///        rate_limit(name = "partner_api", max = 50, per = "1s"),
+///        retry_budget(name = "contact", key_fn = contact_of, max = 5, per = "1h"))]
+/// struct CartRecovery;
+///
+/// async fn hold_cart(_: Arc<CartRecovery>, _: StepContext<Cart>) -> Result<(), StepError> {
+///     Ok(())
+/// }
+/// async fn send_email(_: Arc<CartRecovery>, _: StepContext<Cart>) -> Result<(), StepError> {
+///     Ok(())
+/// }
+///
+/// let specs = CartRecovery::definition().specs();
+/// assert_eq!(
+///     specs[1].policies[0],
+///     Policy { kind: PolicyKind::Cap, name: "email".into(), max: 1, per: Duration::from_secs(86_400) },
+/// );
+/// ```
+///
 /// Paths may name functions in other modules (`payments::refund`), associated functions
 /// (`Self::refund`) or generic functions (`post::<C>`). Generic types work: the impl carries the
 /// type's generics and where clause.
@@ -219,8 +280,9 @@ use proc_macro::TokenStream;
 /// type as written, and per step its name, order, whether it is compensable and its action's path
 /// as written. Each saga records the fingerprint it started with; a saga whose definition changed
 /// without a version bump is parked with a readable reason rather than run against other steps.
-/// Read it with `Checkout::definition().fingerprint()`. Retry policies and the timeouts of
-/// actions are not part of it: changing them is safe for sagas in flight. Waiting steps, pivots
+/// Read it with `Checkout::definition().fingerprint()`. Retry policies, step policies (`cap`,
+/// `rate_limit`, `concurrency`, `retry_budget`) and the timeouts of actions are not part of it:
+/// changing them is safe for sagas in flight. Waiting steps, pivots
 /// and a deadline are, where declared: what a step waits for (a sleep's length, the path of
 /// `sleep_until`, the signal type as written, whether it has a `default`), the `timeout` of its
 /// wait, the `pivot` mark and the saga's `deadline`. A saga that declares none of them keeps the
@@ -233,7 +295,9 @@ use proc_macro::TokenStream;
 /// 0`, a saga with no steps, two steps with one name, a step with both or neither of `compensate`
 /// and `irreversible`, a waiting step with two wait kinds or with an option it does not take
 /// (an action's options, `compensate` on a sleep or an approval, `timeout` on a sleep),
-/// `default` without `await_signal`, a `pivot` with `compensate`. Those are then the only errors: the derive still implements `Saga` (with
+/// `default` without `await_signal`, a `pivot` with `compensate`, a policy with an unknown or a
+/// missing option, `max = 0` (but in a cap), a name that is empty or contains `:`, both `key`
+/// and `key_fn`, or on a waiting step. Those are then the only errors: the derive still implements `Saga` (with
 /// no steps) and the constants of the steps it could read, so code using the type does not add
 /// "no function `definition` found" and the like.
 ///

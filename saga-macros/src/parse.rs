@@ -12,12 +12,13 @@ use syn::{
 };
 
 use crate::duration;
+use crate::policy::{self, PolicyInput, PolicyKind};
 
 /// The options of `#[saga(...)]`, for error messages.
 pub(crate) const SAGA_OPTIONS: &str = "name, version, input, crate, deadline";
 /// The options of `#[step(...)]`, for error messages.
 pub(crate) const STEP_OPTIONS: &str =
-    "action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, pivot";
+    "action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, pivot, cap, rate_limit, concurrency, retry_budget";
 /// The options of `retry(...)` and `compensation_retry(...)`, for error messages.
 pub(crate) const RETRY_OPTIONS: &str = "max_attempts, base, max_delay";
 
@@ -106,6 +107,9 @@ pub(crate) struct StepInput {
     pub(crate) default: Option<ExprPath>,
     /// The `pivot` flag.
     pub(crate) pivot: Option<Span>,
+    /// `cap(...)`, `rate_limit(...)`, `concurrency(...)` and `retry_budget(...)`, in the order
+    /// written.
+    pub(crate) policies: Vec<PolicyInput>,
     /// An option of this step had an unreadable value, so cross-checks on it are skipped.
     pub(crate) broken: bool,
 }
@@ -331,6 +335,7 @@ fn step_name(meta: &ParseNestedMeta<'_>) -> syn::Result<StepInput> {
         wait: None,
         default: None,
         pivot: None,
+        policies: Vec::new(),
         broken: false,
     })
 }
@@ -408,6 +413,10 @@ fn step_option(
             Some(value) => set_once(&mut step.compensation_timeout, value, path, &place, errors),
             None => step.broken = true,
         }
+    } else if let Some(kind) = PolicyKind::from_path(path) {
+        let policy = policy::policy_input(meta, kind, errors)?;
+        step.broken |= policy.readable.is_none();
+        step.policies.push(policy);
     } else {
         errors.push(syn::Error::new_spanned(
             path,
@@ -549,7 +558,7 @@ fn retry_input(
 }
 
 /// A duration string literal; `None` (with an error added) when it is not one or is invalid.
-fn duration_value(
+pub(crate) fn duration_value(
     meta: &ParseNestedMeta<'_>,
     key: &str,
     errors: &mut Errors,
@@ -578,7 +587,7 @@ fn duration_value(
 }
 
 /// An integer literal that fits `T`; `None` (with an error added) otherwise.
-fn integer_value<T>(
+pub(crate) fn integer_value<T>(
     meta: &ParseNestedMeta<'_>,
     key: &str,
     example: &str,
@@ -615,7 +624,7 @@ const PLAIN_FN: &str = "a fn (not async)";
 
 /// The path of a function (`charge_card`, `payments::refund`, `Self::refund`); `None` (with an
 /// error added) for anything else. `what` says which kind of function, e.g. [`ASYNC_FN`].
-fn function_path(
+pub(crate) fn function_path(
     meta: &ParseNestedMeta<'_>,
     key: &str,
     what: &str,
@@ -636,7 +645,7 @@ fn function_path(
 }
 
 /// Consumes the value of an option that is reported as an error, so that reading goes on.
-fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+pub(crate) fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
     if meta.input.peek(Token![=]) {
         meta.value()?.parse::<Expr>()?;
     } else if meta.input.peek(syn::token::Paren) {
@@ -648,7 +657,13 @@ fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
 }
 
 /// Sets `slot` unless it is already set, in which case the repetition is an error.
-fn set_once<T>(slot: &mut Option<T>, value: T, path: &Path, place: &str, errors: &mut Errors) {
+pub(crate) fn set_once<T>(
+    slot: &mut Option<T>,
+    value: T,
+    path: &Path,
+    place: &str,
+    errors: &mut Errors,
+) {
     if slot.is_some() {
         errors.push(syn::Error::new_spanned(
             path,
@@ -660,7 +675,7 @@ fn set_once<T>(slot: &mut Option<T>, value: T, path: &Path, place: &str, errors:
 }
 
 /// A path as written, for messages (`crate`, `retries`, `a::b`).
-fn path_text(path: &Path) -> String {
+pub(crate) fn path_text(path: &Path) -> String {
     let segments: Vec<String> = path
         .segments
         .iter()
@@ -793,7 +808,7 @@ mod tests {
             errors,
             [
                 "unknown saga option `versio`; expected one of: name, version, input, crate, deadline",
-                "unknown step option `retries`; expected one of: action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, pivot",
+                "unknown step option `retries`; expected one of: action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, pivot, cap, rate_limit, concurrency, retry_budget",
                 "unknown option `attempts` in `retry(...)`; expected one of: max_attempts, base, max_delay",
             ]
         );

@@ -1,7 +1,8 @@
 //! Second stage of the derive: the checks that need the whole declaration (required keys, at
 //! least one step, unique step names and step-name constants, each step that calls an action
 //! either compensable or declared irreversible, each waiting step with only the options a wait
-//! takes), turning a [`SagaInput`] into a [`SagaModel`] that the expansion can trust.
+//! takes, policies included), turning a [`SagaInput`] into a [`SagaModel`] that the expansion
+//! can trust.
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,6 +14,7 @@ use crate::constants::constant_ident;
 use crate::parse::{
     DurationInput, Errors, RetryInput, SagaInput, StepInput, WaitInput, WaitKindInput,
 };
+use crate::policy::PolicyModel;
 use crate::wait;
 
 /// A declaration with everything required present and consistent.
@@ -61,6 +63,8 @@ pub(crate) struct StepModel {
     pub(crate) compensation_timeout: Option<DurationInput>,
     /// The `pivot` flag: the step is the saga's point of no return.
     pub(crate) pivot: bool,
+    /// Its policies, in the order written; only a step that calls an action has any.
+    pub(crate) policies: Vec<PolicyModel>,
     /// The step name as the orchestrator sees it.
     pub(crate) name_text: String,
 }
@@ -276,6 +280,11 @@ fn step_model(
         compensation_retry: step.compensation_retry,
         compensation_timeout: step.compensation_timeout,
         pivot: step.pivot.is_some(),
+        policies: step
+            .policies
+            .into_iter()
+            .filter_map(|policy| policy.readable)
+            .collect(),
         name_text,
     })
 }

@@ -1,6 +1,6 @@
 //! Validation of waiting steps (`sleep`, `sleep_until`, `await_signal`, `approval`): a wait
-//! calls no action, so it takes none of an action's options, and only a signal step, whose
-//! output is the signal's payload, has something a compensation could undo.
+//! calls no action, so it takes none of an action's options (its policies included), and only a
+//! signal step, whose output is the signal's payload, has something a compensation could undo.
 
 use syn::spanned::Spanned;
 
@@ -43,6 +43,15 @@ pub(crate) fn checked(
         if let Some(span) = span {
             errors.at(span, format!("{waits} and {why}"));
         }
+    }
+    for policy in &step.policies {
+        let key = policy.kind.key();
+        errors.push(syn::Error::new_spanned(
+            &policy.written,
+            format!(
+                "{waits} and calls nothing, so `{key}(...)` would have nothing to count; remove it, or declare it on the step whose action it limits"
+            ),
+        ));
     }
 
     let sleeps = match &wait.kind {
