@@ -48,6 +48,11 @@ fn expand(saga: &SagaModel) -> TokenStream {
         let deadline = duration(deadline, &private);
         quote!(.deadline(#deadline))
     });
+    // Not in the fingerprint: how starts dedup does not change what a saga does.
+    let dedup_window = saga.dedup_window.as_ref().map(|window| {
+        let window = duration(window, &private);
+        quote!(.dedup_window(#window))
+    });
     let steps = saga
         .steps
         .iter()
@@ -74,6 +79,7 @@ fn expand(saga: &SagaModel) -> TokenStream {
                 #private::SagaDefinition::new(#name, #version)
                     .with_fingerprint(#fingerprint)
                     #deadline
+                    #dedup_window
                     #( .step(#steps) )*
             }
         }

@@ -95,6 +95,7 @@ use proc_macro::TokenStream;
 /// | `input = Order` | yes | the input type: `Serialize + DeserializeOwned + Send + Sync + 'static` |
 /// | `crate = path` | no | the path of the `saga` crate if it was renamed, e.g. `crate = ::my_saga` (default `::saga`) |
 /// | `deadline = "2h"` | no | how long the saga may run, from its start (`SagaDefinition::deadline`) |
+/// | `dedup_window = "5m"` | no | how long a start key dedups starts (`SagaDefinition::dedup_window`) |
 ///
 /// # `#[step(...)]`
 ///

@@ -15,7 +15,7 @@ use crate::duration;
 use crate::policy::{self, PolicyInput, PolicyKind};
 
 /// The options of `#[saga(...)]`, for error messages.
-pub(crate) const SAGA_OPTIONS: &str = "name, version, input, crate, deadline";
+pub(crate) const SAGA_OPTIONS: &str = "name, version, input, crate, deadline, dedup_window";
 /// The options of `#[step(...)]`, for error messages.
 pub(crate) const STEP_OPTIONS: &str =
     "action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, pivot, cap, rate_limit, concurrency, retry_budget";
@@ -72,6 +72,8 @@ pub(crate) struct SagaInput {
     pub(crate) krate: Option<Path>,
     /// `deadline = "..."`: how long the saga may run, counted from its start.
     pub(crate) deadline: Option<DurationInput>,
+    /// `dedup_window = "..."`: how long a start key dedups starts.
+    pub(crate) dedup_window: Option<DurationInput>,
     /// The steps that were read, in order.
     pub(crate) steps: Vec<StepInput>,
     /// How many `#[step(...)]` attributes there are, including unreadable ones.
@@ -206,6 +208,7 @@ pub(crate) fn saga_input(input: &DeriveInput, errors: &mut Errors) -> SagaInput 
         input: None,
         krate: None,
         deadline: None,
+        dedup_window: None,
         steps: Vec::new(),
         step_attrs: 0,
     };
@@ -271,6 +274,10 @@ fn saga_option(
     } else if path.is_ident("deadline") {
         if let Some(deadline) = duration_value(meta, "deadline", errors)? {
             set_once(&mut saga.deadline, deadline, path, "#[saga(...)]", errors);
+        }
+    } else if path.is_ident("dedup_window") {
+        if let Some(window) = duration_value(meta, "dedup_window", errors)? {
+            set_once(&mut saga.dedup_window, window, path, "#[saga(...)]", errors);
         }
     } else {
         errors.push(syn::Error::new_spanned(
@@ -807,7 +814,7 @@ mod tests {
         assert_eq!(
             errors,
             [
-                "unknown saga option `versio`; expected one of: name, version, input, crate, deadline",
+                "unknown saga option `versio`; expected one of: name, version, input, crate, deadline, dedup_window",
                 "unknown step option `retries`; expected one of: action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, pivot, cap, rate_limit, concurrency, retry_budget",
                 "unknown option `attempts` in `retry(...)`; expected one of: max_attempts, base, max_delay",
             ]

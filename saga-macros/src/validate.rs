@@ -35,6 +35,8 @@ pub(crate) struct SagaModel {
     pub(crate) krate: Path,
     /// `deadline = "..."`, if given: how long the saga may run, counted from its start.
     pub(crate) deadline: Option<DurationInput>,
+    /// `dedup_window = "..."`, if given: how long a start key dedups starts.
+    pub(crate) dedup_window: Option<DurationInput>,
     /// The steps, in order.
     pub(crate) steps: Vec<StepModel>,
 }
@@ -127,6 +129,7 @@ pub(crate) fn validate(input: SagaInput, mut errors: Errors) -> syn::Result<Saga
         input: input_type,
         krate,
         deadline,
+        dedup_window,
         steps,
         step_attrs,
     } = input;
@@ -216,6 +219,7 @@ pub(crate) fn validate(input: SagaInput, mut errors: Errors) -> syn::Result<Saga
             input,
             krate: krate.unwrap_or_else(default_crate),
             deadline,
+            dedup_window,
             steps: checked,
         }),
         _ => Err(syn::Error::new(

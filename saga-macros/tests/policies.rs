@@ -187,3 +187,23 @@ async fn a_cap_keyed_by_a_function_counts_what_the_function_returns() {
     assert_eq!(first, (SagaStatus::Completed, vec![StepStatus::Completed]));
     assert_eq!(same_key, (SagaStatus::Completed, vec![StepStatus::Skipped]));
 }
+
+/// A dedup window on the saga's start keys.
+#[derive(Saga)]
+#[saga(name = "nudge", version = 1, input = Contact, dedup_window = "5m")]
+#[step(remind_once, irreversible)]
+struct Nudge;
+
+async fn remind_once(_: Arc<Nudge>, _: StepContext<Contact>) -> Result<(), StepError> {
+    Ok(())
+}
+
+#[test]
+fn a_dedup_window_is_read_into_the_definition() {
+    use saga::Saga as _;
+    assert_eq!(
+        Nudge::definition().dedup_window_of_starts(),
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(Reminder::definition().dedup_window_of_starts(), None);
+}
