@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 
 /// Operate sagas: list them, read their history, settle the manual-intervention queue, decide
-/// approvals.
+/// approvals, pause and resume saga types.
 #[derive(Debug, Parser)]
 #[command(name = "saga", version, after_help = EXIT_CODES)]
 pub(crate) struct Cli {
@@ -29,8 +29,9 @@ Exit codes:
   2  bad input: arguments, ids, durations, store URL, login, schema version, a malformed
      SAGA_APPROVERS, an unconfirmed large prune or heavy migration
   3  no such saga or item
-  4  refused: already settled, not applicable now, not authorized (SAGA_APPROVERS unset, or not
-     naming who decides), an approval already decided, more approvals waiting than --max
+  4  refused: already settled, not applicable now (a resume where nothing is paused), not
+     authorized (SAGA_APPROVERS unset, or not naming who decides), an approval already
+     decided, more approvals waiting than --max
   5  store unavailable (safe to retry)";
 
 #[derive(Debug, Subcommand)]
@@ -59,6 +60,51 @@ pub(crate) enum Command {
     /// in the history.
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// Pause a saga type, or one of its steps, in every process.
+    ///
+    /// No new attempt of it begins in any process (each reads the pauses at least once per poll
+    /// interval); a step running now finishes. Sagas that reach a paused step wait, holding no
+    /// worker, until `saga resume`; `saga show` says they are held. Pausing what is paused
+    /// already changes nothing and says so (exit 0). --by (default: $SAGA_OPERATOR, else
+    /// $USER) and --reason are recorded with the pause.
+    Pause {
+        /// The saga type.
+        saga_type: String,
+        /// Only this step of it (default: every step).
+        #[arg(long)]
+        step: Option<String>,
+        /// Why (required; recorded with the pause and in each held saga's history).
+        #[arg(long)]
+        reason: String,
+        /// Who is acting (default: $SAGA_OPERATOR, else $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Lift the pause on a saga type, or one of its steps.
+    ///
+    /// The sagas it held are due at once; the output says how many. Name the scope as it was
+    /// paused (`saga pauses` lists them): resuming a type does not lift a pause on one of its
+    /// steps. Nothing paused there is refused (exit 4). --by and --reason are recorded with the
+    /// pause.
+    Resume {
+        /// The saga type.
+        saga_type: String,
+        /// The step, when the pause was on one step (as `saga pauses` lists it).
+        #[arg(long)]
+        step: Option<String>,
+        /// Why (required; recorded with the pause).
+        #[arg(long)]
+        reason: String,
+        /// Who is acting (default: $SAGA_OPERATOR, else $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// List the pauses in force: what, who paused it, when and why.
+    Pauses {
+        /// Also the lifted pauses, with who resumed them and why.
+        #[arg(long)]
+        all: bool,
+    },
     /// Delete finished sagas (completed, compensated, cancelled) older than an age; never
     /// running sagas nor open interventions.
     Prune {
@@ -106,7 +152,8 @@ pub(crate) enum SagasCommand {
         /// Start after this saga id (the last id of the previous page).
         #[arg(long)]
         after: Option<String>,
-        /// Only sagas waiting for something (a timer, a signal, an approval).
+        /// Only sagas waiting for something (a timer, a signal, an approval), or held back
+        /// before a step (a pause, a rate limit, a concurrency limit).
         #[arg(long)]
         waiting: bool,
     },

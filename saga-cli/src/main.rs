@@ -1,19 +1,22 @@
-//! `saga`: the operator CLI. Finds and reads sagas and works the manual-intervention queue on any
-//! store, by URL (`--db` or `SAGA_DATABASE_URL`).
+//! `saga`: the operator CLI. Finds and reads sagas, works the manual-intervention queue, decides
+//! approvals and pauses or resumes saga types on any store, by URL (`--db` or
+//! `SAGA_DATABASE_URL`).
 //!
 //! No command creates or migrates the schema except `saga migrate`: the others check that the
 //! store's schema is this CLI's and otherwise stop, saying which version they found.
 //!
 //! Exit codes scripts can rely on: 0 done; 2 bad input (arguments, ids, durations, store URL,
 //! login, schema version, a malformed SAGA_APPROVERS, an unconfirmed large prune or heavy
-//! migration); 3 no such saga or item; 4 refused (already settled, not applicable now, not
-//! authorized: SAGA_APPROVERS unset or not naming who decides, an approval someone else already
-//! decided, more approvals waiting than `--max`); 5 store unavailable; 1 anything else.
+//! migration); 3 no such saga or item; 4 refused (already settled, not applicable now: a resume
+//! where nothing is paused; not authorized: SAGA_APPROVERS unset or not naming who decides, an
+//! approval someone else already decided, more approvals waiting than `--max`); 5 store
+//! unavailable; 1 anything else.
 
 mod approvals;
 mod args;
 mod migrate;
 mod output;
+mod pauses;
 mod prune;
 mod store;
 
@@ -135,6 +138,25 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Interventions(command) => return interventions(&admin, &out, command).await,
         Command::Approvals(command) => return approvals::run(admin, &out, command).await,
+        Command::Pause {
+            saga_type,
+            step,
+            reason,
+            by,
+        } => {
+            let target = pauses::Target { saga_type, step };
+            return pauses::pause(&admin, &out, target, &reason, by).await;
+        }
+        Command::Resume {
+            saga_type,
+            step,
+            reason,
+            by,
+        } => {
+            let target = pauses::Target { saga_type, step };
+            return pauses::resume(&admin, &out, target, &reason, by).await;
+        }
+        Command::Pauses { all } => return pauses::list(&admin, &out, all).await,
         Command::Prune {
             older_than,
             limit,

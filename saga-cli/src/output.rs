@@ -1,5 +1,5 @@
 //! What the CLI prints: aligned tables for people, JSON (`--json`) for scripts. Sagas are
-//! printed in `sagas`, approvals in `approvals`, the intervention queue here.
+//! printed in `sagas`, approvals in `approvals`, pauses in `pauses`, the intervention queue here.
 
 use chrono::SecondsFormat;
 use saga::{BatchResult, Intervention, InterventionId, SagaStatus, Timestamp};
@@ -18,6 +18,7 @@ macro_rules! emit {
 }
 
 pub(crate) mod approvals;
+pub(crate) mod pauses;
 mod sagas;
 
 /// Prints results as tables or JSON.

@@ -504,6 +504,9 @@ fn non_migrating_commands(id: &str) -> Vec<Vec<String>> {
         [vec!["approvals", "approve", id], act.to_vec()].concat(),
         [vec!["approvals", "reject", id], act.to_vec()].concat(),
         vec!["prune", "--older-than", "0s", "--yes"],
+        [vec!["pause", "probe"], act.to_vec()].concat(),
+        [vec!["resume", "probe"], act.to_vec()].concat(),
+        vec!["pauses", "--all"],
     ]
     .into_iter()
     .map(|args| args.into_iter().map(str::to_owned).collect())
@@ -577,7 +580,7 @@ async fn sqlite_reads_and_actions_never_migrate_and_saga_migrate_does() {
             every_command_refuses(
                 &db,
                 &[],
-                &["schema version: none", "needs version 4", "`saga migrate`"],
+                &["schema version: none", "needs version 5", "`saga migrate`"],
             )
         }
     })
@@ -606,8 +609,8 @@ async fn sqlite_reads_and_actions_never_migrate_and_saga_migrate_does() {
                 &[],
                 &[
                     "schema is at version 1",
-                    "needs version 4",
-                    "not applied: 2 operator, 3 parked_from, 4 waiting",
+                    "needs version 5",
+                    "not applied: 2 operator, 3 parked_from, 4 waiting, 5 policies",
                     "run `saga migrate`",
                 ],
             );
@@ -619,7 +622,7 @@ async fn sqlite_reads_and_actions_never_migrate_and_saga_migrate_does() {
     assert_eq!(migrated.code, 0, "{}", migrated.stderr);
     assert_eq!(
         migrated.stdout,
-        "the schema is at version 1; 3 migrations to apply:\n    2  operator\n    3  parked_from\n    4  waiting\napplied 3 migrations; the schema is at version 4\n"
+        "the schema is at version 1; 4 migrations to apply:\n    2  operator\n    3  parked_from\n    4  waiting\n    5  policies\napplied 4 migrations; the schema is at version 5\n"
     );
     assert_eq!(listed.code, 0, "{}", listed.stderr);
 
@@ -695,7 +698,7 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
                 &[
                     "Postgres schema `saga` holds no saga tables",
                     "schema version: none",
-                    "needs version 6",
+                    "needs version 7",
                     "--schema",
                     "`saga migrate`",
                 ],
@@ -724,7 +727,7 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
                 &[],
                 &[
                     "schema is at version 2",
-                    "not applied: 3 one_statement_writes, 4 steps_without_foreign_key, 5 parked_from, 6 waiting",
+                    "not applied: 3 one_statement_writes, 4 steps_without_foreign_key, 5 parked_from, 6 waiting, 7 policies",
                     "run `saga migrate`",
                 ],
             );
@@ -736,7 +739,7 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
     assert_eq!(refused.code, 2, "{}{}", refused.stdout, refused.stderr);
     assert_eq!(
         refused.stdout,
-        "the schema is at version 2; 4 migrations to apply:\n    3  one_statement_writes  (heavy)\n    4  steps_without_foreign_key\n    5  parked_from\n    6  waiting\n"
+        "the schema is at version 2; 5 migrations to apply:\n    3  one_statement_writes  (heavy)\n    4  steps_without_foreign_key\n    5  parked_from\n    6  waiting\n    7  policies\n"
     );
     assert!(
         refused
@@ -761,10 +764,10 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
     assert_eq!(migrated.code, 0, "{}", migrated.stderr);
     let migrated: serde_json::Value = serde_json::from_str(&migrated.stdout).unwrap();
     assert_eq!(migrated["from"], 2);
-    assert_eq!(migrated["to"], 6);
+    assert_eq!(migrated["to"], 7);
     assert_eq!(migrated["applied"][0]["name"], "one_statement_writes");
     assert_eq!(listed.code, 0, "{}", listed.stderr);
-    assert_eq!(pg_versions(&url).await, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(pg_versions(&url).await, [1, 2, 3, 4, 5, 6, 7]);
 
     // A database without saga tables has nothing for a heavy migration to rebuild.
     let fresh = saga_store::testing::TestPg::fresh_database().await.unwrap();
@@ -777,11 +780,11 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stdout
-            .ends_with("applied 6 migrations; the schema is at version 6\n"),
+            .ends_with("applied 7 migrations; the schema is at version 7\n"),
         "{}",
         run.stdout
     );
-    assert_eq!(pg_versions(&fresh).await, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(pg_versions(&fresh).await, [1, 2, 3, 4, 5, 6, 7]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

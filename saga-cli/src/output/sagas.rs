@@ -1,10 +1,36 @@
 //! What the CLI prints about sagas: lists, one saga with its steps, waits and signals, its
 //! history, a cancel.
 
-use saga::{CancelOutcome, History, SagaId, SagaRecord, SagaSnapshot};
+use saga::{
+    CancelOutcome, History, SagaId, SagaRecord, SagaSnapshot, SagaType, StepName, StepRecord,
+    StepStatus,
+};
+use saga_core::policy::PAUSED;
+use saga_core::PauseScope;
 use serde_json::{json, Value};
 
+use super::pauses::resume_command;
 use super::{clip, json_time, opt_time, table, time, Output};
+
+/// The prefix of `waiting_for` of a saga a policy holds back (`policy:rate_limit:partner`).
+const HELD_BY_POLICY: &str = "policy:";
+/// The prefix of `waiting_for` of a saga waiting for a concurrency slot.
+const HELD_BY_CONCURRENCY: &str = "policy:concurrency:";
+
+/// Why a step was skipped: a policy (a cap reached) made it a recorded no-op, and the store
+/// keeps the reason where a failed step keeps its error.
+fn skip_reason(step: &StepRecord) -> Option<&str> {
+    (step.status == StepStatus::Skipped)
+        .then_some(step.last_error.as_deref())
+        .flatten()
+}
+
+/// A step's last error: none for a skipped step, whose `last_error` holds why it was skipped.
+fn last_error(step: &StepRecord) -> Option<&str> {
+    (step.status != StepStatus::Skipped)
+        .then_some(step.last_error.as_deref())
+        .flatten()
+}
 
 /// A saga record as JSON (`sagas list`, and `show` with its steps and signals added).
 fn saga_json(record: &SagaRecord) -> Value {
@@ -33,6 +59,50 @@ fn until(record: &SagaRecord) -> String {
         (Some(_), Some(at)) => time(at),
         _ => "-".to_owned(),
     }
+}
+
+/// What a saga held back before a step waits for, as `saga show` says it: a pause lasts until an
+/// operator lifts it, a concurrency slot until another saga frees it (the worker looks again at
+/// `next_run_at` either way), a rate limit until its window lets an attempt through.
+fn held_text(held: &str, record: &SagaRecord) -> String {
+    let again = record
+        .next_run_at
+        .map(|at| format!("; checked again at {}", time(at)))
+        .unwrap_or_default();
+    if let Some(scope) = held.strip_prefix(PAUSED) {
+        format!(
+            "{held} until resumed (`{}`; `saga pauses` says who paused it and why){again}",
+            resume_command(&paused_scope(scope))
+        )
+    } else if held.starts_with(HELD_BY_CONCURRENCY) {
+        format!("{held} until a running saga frees a slot{again}")
+    } else {
+        match record.next_run_at {
+            Some(at) => format!("{held} until {}", time(at)),
+            None => format!("{held} (no end recorded)"),
+        }
+    }
+}
+
+/// The scope of a pause from what a saga it holds waits for, less the `paused:` prefix:
+/// `checkout`, or `checkout/charge_card` for one step (the form `PauseScope::waiting_for` writes).
+fn paused_scope(scope: &str) -> PauseScope {
+    match scope.split_once('/') {
+        Some((saga_type, step)) => PauseScope {
+            saga_type: SagaType::new(saga_type),
+            step: Some(StepName::new(step)),
+        },
+        None => PauseScope {
+            saga_type: SagaType::new(scope),
+            step: None,
+        },
+    }
+}
+
+/// Whether `waiting_for` says the saga is held back before a step (a pause, a policy) rather
+/// than waiting at one (a timer, a signal, an approval).
+fn is_held(waiting_for: &str) -> bool {
+    waiting_for.starts_with(PAUSED) || waiting_for.starts_with(HELD_BY_POLICY)
 }
 
 /// What a saga waits for and until when, as `saga show` says it.
@@ -121,7 +191,8 @@ impl Output {
                             "attempt": step.attempt.0,
                             "idempotency_key": step.idempotency_key.as_str(),
                             "output": step.output,
-                            "last_error": step.last_error,
+                            "last_error": last_error(step),
+                            "skip_reason": skip_reason(step),
                             "next_attempt_at": step.next_attempt_at.map(json_time),
                             "started_at": step.started_at.map(json_time),
                             "finished_at": step.finished_at.map(json_time),
@@ -176,8 +247,10 @@ impl Output {
         if let Some(request) = &record.cancel_requested {
             emit!("{:<9} {request}", "cancel");
         }
-        if let Some(waiting) = &record.waiting_for {
-            emit!("{:<9} {}", "waiting", waiting_text(waiting, record));
+        match record.waiting_for.as_deref() {
+            Some(held) if is_held(held) => emit!("{:<9} {}", "held", held_text(held, record)),
+            Some(waiting) => emit!("{:<9} {}", "waiting", waiting_text(waiting, record)),
+            None => {}
         }
         emit!();
         let rows: Vec<Vec<String>> = snapshot
@@ -192,7 +265,7 @@ impl Output {
                     step.output
                         .as_ref()
                         .map_or("-".to_owned(), |output| clip(&output.to_string(), 40)),
-                    step.last_error.clone().unwrap_or_else(|| "-".into()),
+                    last_error(step).unwrap_or("-").to_owned(),
                 ]
             })
             .collect();
@@ -203,6 +276,21 @@ impl Output {
                 &rows
             )
         );
+        let skipped: Vec<Vec<String>> = snapshot
+            .steps
+            .iter()
+            .filter(|step| step.status == StepStatus::Skipped)
+            .map(|step| {
+                vec![
+                    step.name.to_string(),
+                    skip_reason(step).unwrap_or("-").to_owned(),
+                ]
+            })
+            .collect();
+        if !skipped.is_empty() {
+            emit!();
+            emit!("{}", table(&["SKIPPED", "WHY"], &skipped));
+        }
         if !snapshot.signals.is_empty() {
             let rows: Vec<Vec<String>> = snapshot
                 .signals
@@ -257,5 +345,39 @@ impl Output {
             return self.print_json(&json!({ "saga": id, "outcome": text }));
         }
         emit!("saga {id}: {text}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_held, paused_scope};
+    use saga_core::PauseScope;
+
+    #[test]
+    fn a_pause_is_read_back_from_what_the_sagas_it_holds_wait_for() {
+        for scope in [
+            PauseScope {
+                saga_type: saga::SagaType::new("checkout"),
+                step: None,
+            },
+            PauseScope {
+                saga_type: saga::SagaType::new("checkout"),
+                step: Some(saga::StepName::new("charge_card")),
+            },
+        ] {
+            let waiting_for = scope.waiting_for();
+            assert!(is_held(&waiting_for), "{waiting_for}");
+            let rest = waiting_for.strip_prefix("paused:").unwrap_or_default();
+            assert_eq!(paused_scope(rest), scope);
+        }
+    }
+
+    #[test]
+    fn policies_hold_and_waits_at_a_step_do_not() {
+        assert!(is_held("policy:rate_limit:partner"));
+        assert!(is_held("policy:concurrency:cart:42"));
+        for waiting in ["signal:approval:approve_budget", "signal:paid", "timer"] {
+            assert!(!is_held(waiting), "{waiting}");
+        }
     }
 }
