@@ -2,7 +2,7 @@
 //! process while something it calls is broken, and lift the pause once it is fixed.
 
 use saga::{Admin, Error, SagaType, StepName};
-use saga_core::PauseScope;
+use saga::PauseScope;
 
 use crate::output::pauses::resume_command;
 use crate::output::Output;

@@ -1,7 +1,7 @@
 //! What `saga pause`, `saga resume` and `saga pauses` print: a pause with who, when and why,
 //! and, once lifted, who lifted it and why.
 
-use saga_core::{Pause, PauseScope};
+use saga::{Pause, PauseScope};
 use serde_json::{json, Value};
 
 use super::{clip, json_time, opt_time, table, time, Output};

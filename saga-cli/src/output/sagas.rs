@@ -5,8 +5,8 @@ use saga::{
     CancelOutcome, History, SagaId, SagaRecord, SagaSnapshot, SagaType, StepName, StepRecord,
     StepStatus,
 };
-use saga_core::policy::PAUSED;
-use saga_core::PauseScope;
+use saga::policy::PAUSED;
+use saga::PauseScope;
 use serde_json::{json, Value};
 
 use super::pauses::resume_command;
@@ -351,7 +351,7 @@ impl Output {
 #[cfg(test)]
 mod tests {
     use super::{is_held, paused_scope};
-    use saga_core::PauseScope;
+    use saga::PauseScope;
 
     #[test]
     fn a_pause_is_read_back_from_what_the_sagas_it_holds_wait_for() {
