@@ -1,8 +1,8 @@
 //! `saga pause`, `saga resume`, `saga pauses`: stop a saga type, or one of its steps, in every
 //! process while something it calls is broken, and lift the pause once it is fixed.
 
-use saga::{Admin, Error, SagaType, StepName};
 use saga::PauseScope;
+use saga::{Admin, Error, SagaType, StepName};
 
 use crate::output::pauses::resume_command;
 use crate::output::Output;

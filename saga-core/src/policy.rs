@@ -182,23 +182,96 @@ pub struct PermitRequest {
     pub uses: Vec<PolicyUse>,
 }
 
-/// What a store read for one use of a [`PermitRequest`], under the use's lock.
+/// What a store read for one use of a [`PermitRequest`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UseState {
     /// Whether this saga's use (same saga, step and counted attempt) is recorded already.
     pub mine: bool,
-    /// How many other uses count now: in the window (caps, limits, budgets), or held by sagas
-    /// that have not ended (concurrency).
+    /// How many other uses count now: in the window (caps, budgets), or held by sagas that have
+    /// not ended (concurrency).
     pub counted: u32,
-    /// When the earliest of the counted uses leaves the window (caps, limits, budgets).
+    /// When the earliest of the counted uses leaves the window (caps, budgets).
     pub frees_at: Option<Timestamp>,
-    /// Until when the integration backs off, because a step reported throttling (limits).
-    pub blocked_until: Option<Timestamp>,
+    /// A rate limit's state.
+    pub limit: LimitState,
     /// One saga holding a slot (concurrency), for the history.
     pub holder: Option<SagaId>,
 }
 
-/// What the store read for a permit: one [`UseState`] per use, in the request's order.
+/// A rate limit as stored: one row per integration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitState {
+    /// When the next call may be granted (`None`: now).
+    pub next_at: Option<Timestamp>,
+    /// Until when the integration backs off because a step reported throttling.
+    pub backoff_until: Option<Timestamp>,
+}
+
+/// The interval a rate limit spaces calls by: `per / max`. Calls granted at least this far
+/// apart never number more than `max` in any window of `per`, in every process together.
+pub fn spacing(policy: &Policy) -> Duration {
+    policy.per / policy.max.max(1)
+}
+
+/// How far ahead of `now` a rate limit's next free time may be and a call still be granted:
+/// none while the spacing is a millisecond or more (the precision of the stores' clocks), else
+/// the grants of one millisecond (a limit over 1,000 per second is kept to within one
+/// millisecond's worth of calls).
+pub fn tolerance(policy: &Policy) -> Duration {
+    let spacing = spacing(policy);
+    if spacing >= Duration::from_millis(1) || spacing.is_zero() {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(1).saturating_sub(spacing)
+}
+
+/// A rate limit's grant at `now`: the limit's next free time once granted, or the permit that
+/// holds the call (the back-off or the limit). The one rule every backend applies: a call is
+/// granted when neither the back-off nor the spacing since the last grant forbids it, and the
+/// next call may come one spacing after the later of the last next-free time and now.
+///
+/// # Errors
+/// The [`Permit::Wait`] that holds the call.
+pub fn take_limit(
+    policy: &Policy,
+    state: &LimitState,
+    now: Timestamp,
+) -> std::result::Result<Timestamp, Permit> {
+    let waiting_for = format!("policy:rate_limit:{}", policy.name);
+    if let Some(until) = state.backoff_until.filter(|until| *until > now) {
+        return Err(Permit::Wait {
+            until,
+            waiting_for,
+            reason: format!(
+                "integration `{}` backs off until {} (a step reported throttling)",
+                policy.name,
+                until.to_rfc3339()
+            ),
+        });
+    }
+    if let Some(until) = state
+        .next_at
+        .filter(|next| *next > now + tolerance_of(policy))
+    {
+        return Err(Permit::Wait {
+            until,
+            waiting_for,
+            reason: format!("{} reached", policy.describe()),
+        });
+    }
+    let from = state.next_at.map_or(now, |next| next.max(now));
+    // Not rounded to the millisecond: a spacing under one adds up.
+    Ok(chrono::Duration::from_std(spacing(policy))
+        .ok()
+        .and_then(|spacing| from.checked_add_signed(spacing))
+        .unwrap_or(from))
+}
+
+fn tolerance_of(policy: &Policy) -> chrono::Duration {
+    chrono::Duration::from_std(tolerance(policy)).unwrap_or_default()
+}
+
+/// What a store read for a permit: one [`UseState`] per use, in the request's order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyState {
     /// The state of each use.
@@ -208,7 +281,7 @@ pub struct PolicyState {
 /// Why an attempt does not begin now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Permit {
-    /// It begins: the uses listed in [`PermitWrite::record`] are counted.
+    /// It begins.
     Granted,
     /// It waits until `until`, holding no worker; no attempt is spent.
     Wait {
@@ -231,126 +304,125 @@ pub enum Permit {
     },
 }
 
-/// A permit decided, and the uses it counts (`record`, indexes into the request's uses; empty
-/// unless granted).
+/// A permit decided, and what it writes (empty unless granted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PermitWrite {
     /// The decision.
     pub permit: Permit,
-    /// The uses to record (positions in [`PermitRequest::uses`]).
+    /// The counted uses to record (positions in [`PermitRequest::uses`]).
     pub record: Vec<usize>,
+    /// The rate limits granted, with their next free time (positions in the request's uses).
+    pub limits: Vec<(usize, Timestamp)>,
 }
 
-/// Decides a permit on what the store read, at `now`: the one meaning every backend carries out.
-///
-/// Precedence: a concurrency slot that is not free holds the saga back before anything else; a
-/// cap reached skips the step (no call, so no limit applies); a spent retry budget fails it; a
-/// rate limit (or the integration's back-off) makes it wait. Only a granted permit counts uses.
+/// The order in which a permit looks at its uses: a concurrency slot first (a saga held back
+/// does nothing else), then caps (a capped step calls nothing, so no limit applies), retry
+/// budgets, and rate limits last.
+pub fn precedence(kind: PolicyKind) -> u8 {
+    match kind {
+        PolicyKind::Concurrency => 0,
+        PolicyKind::Cap => 1,
+        PolicyKind::RetryBudget => 2,
+        PolicyKind::RateLimit => 3,
+    }
+}
+
+/// The positions of the request's uses that count for its attempt, in [`precedence`] order.
+pub fn in_precedence(request: &PermitRequest) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..request.uses.len())
+        .filter(|position| request.uses[*position].applies_to(request.attempt))
+        .collect();
+    order.sort_by_key(|position| precedence(request.uses[*position].policy.kind));
+    order
+}
+
+/// What one counted use (a cap, a budget, a concurrency slot) decides on what was read: `None`
+/// when it lets the attempt through, else the permit that stops it. (A rate limit decides with
+/// [`take_limit`].)
+pub fn judge(
+    request: &PermitRequest,
+    wanted: &PolicyUse,
+    read: &UseState,
+    now: Timestamp,
+) -> Option<Permit> {
+    if read.mine || read.counted < wanted.policy.max {
+        return None;
+    }
+    match wanted.policy.kind {
+        PolicyKind::Concurrency => Some(Permit::Wait {
+            until: clock::after(now, HOLD_RECHECK),
+            waiting_for: format!("policy:concurrency:{}:{}", wanted.policy.name, wanted.key),
+            reason: format!(
+                "{} held by {} running saga(s) for key `{}`{}",
+                wanted.policy.describe(),
+                read.counted,
+                wanted.key,
+                read.holder
+                    .map(|holder| format!(" (one is {holder})"))
+                    .unwrap_or_default()
+            ),
+        }),
+        PolicyKind::Cap => Some(Permit::Skip {
+            reason: format!(
+                "{} reached for key `{}` ({} counted{}); step skipped, nothing was called",
+                wanted.policy.describe(),
+                wanted.key,
+                read.counted,
+                read.frees_at
+                    .map(|at| format!(", the next frees at {}", at.to_rfc3339()))
+                    .unwrap_or_default()
+            ),
+        }),
+        PolicyKind::RetryBudget => Some(Permit::Fail {
+            reason: format!(
+                "{} spent for key `{}` ({} retries counted); attempt {} of step `{}` not begun",
+                wanted.policy.describe(),
+                wanted.key,
+                read.counted,
+                request.attempt,
+                request.step
+            ),
+        }),
+        PolicyKind::RateLimit => None,
+    }
+}
+
+/// Decides a permit on what the store read, at `now`, looking at the uses in [`precedence`]
+/// order: the first that stops the attempt decides; else it is granted, and the write counts
+/// the uses not counted yet and moves the rate limits on. A backend that reads everything
+/// under one lock (SQLite, memory) writes this; one that takes each use atomically on its own
+/// (Postgres) applies [`judge`] and [`take_limit`] use by use in the same order.
 pub fn decide_permit(request: &PermitRequest, state: &PolicyState, now: Timestamp) -> PermitWrite {
     let unread = UseState::default();
-    let uses = || {
-        request
-            .uses
-            .iter()
-            .zip(state.uses.iter().chain(std::iter::repeat(&unread)))
-            .filter(|(wanted, _)| wanted.applies_to(request.attempt))
-    };
     let refuse = |permit| PermitWrite {
         permit,
         record: Vec::new(),
+        limits: Vec::new(),
     };
-    for (wanted, read) in uses() {
-        if wanted.policy.kind == PolicyKind::Concurrency
-            && !read.mine
-            && read.counted >= wanted.policy.max
-        {
-            return refuse(Permit::Wait {
-                until: clock::after(now, HOLD_RECHECK),
-                waiting_for: format!("policy:concurrency:{}:{}", wanted.policy.name, wanted.key),
-                reason: format!(
-                    "{} held by {} running saga(s) for key `{}`{}",
-                    wanted.policy.describe(),
-                    read.counted,
-                    wanted.key,
-                    read.holder
-                        .map(|holder| format!(" (one is {holder})"))
-                        .unwrap_or_default()
-                ),
-            });
-        }
-    }
-    for (wanted, read) in uses() {
-        if wanted.policy.kind == PolicyKind::Cap && !read.mine && read.counted >= wanted.policy.max
-        {
-            return refuse(Permit::Skip {
-                reason: format!(
-                    "{} reached for key `{}` ({} counted{}); step skipped, nothing was called",
-                    wanted.policy.describe(),
-                    wanted.key,
-                    read.counted,
-                    read.frees_at
-                        .map(|at| format!(", the next frees at {}", at.to_rfc3339()))
-                        .unwrap_or_default()
-                ),
-            });
-        }
-    }
-    for (wanted, read) in uses() {
-        if wanted.policy.kind == PolicyKind::RetryBudget
-            && !read.mine
-            && read.counted >= wanted.policy.max
-        {
-            return refuse(Permit::Fail {
-                reason: format!(
-                    "{} spent for key `{}` ({} retries counted); attempt {} of step `{}` not begun",
-                    wanted.policy.describe(),
-                    wanted.key,
-                    read.counted,
-                    request.attempt,
-                    request.step
-                ),
-            });
-        }
-    }
-    for (wanted, read) in uses() {
-        if wanted.policy.kind != PolicyKind::RateLimit || read.mine {
+    let mut granted = PermitWrite {
+        permit: Permit::Granted,
+        record: Vec::new(),
+        limits: Vec::new(),
+    };
+    for position in in_precedence(request) {
+        let wanted = &request.uses[position];
+        let read = state.uses.get(position).unwrap_or(&unread);
+        if wanted.policy.kind == PolicyKind::RateLimit {
+            match take_limit(&wanted.policy, &read.limit, now) {
+                Ok(next_at) => granted.limits.push((position, next_at)),
+                Err(permit) => return refuse(permit),
+            }
             continue;
         }
-        let waiting_for = format!("policy:rate_limit:{}", wanted.policy.name);
-        if let Some(until) = read.blocked_until.filter(|until| *until > now) {
-            return refuse(Permit::Wait {
-                until,
-                waiting_for,
-                reason: format!(
-                    "integration `{}` backs off until {} (a step reported throttling)",
-                    wanted.policy.name,
-                    until.to_rfc3339()
-                ),
-            });
+        if let Some(permit) = judge(request, wanted, read, now) {
+            return refuse(permit);
         }
-        if read.counted >= wanted.policy.max {
-            let until = read
-                .frees_at
-                .filter(|at| *at > now)
-                .unwrap_or_else(|| clock::after(now, Duration::from_millis(1)));
-            return refuse(Permit::Wait {
-                until,
-                waiting_for,
-                reason: format!("{} reached", wanted.policy.describe()),
-            });
+        if !read.mine {
+            granted.record.push(position);
         }
     }
-    PermitWrite {
-        permit: Permit::Granted,
-        record: request
-            .uses
-            .iter()
-            .enumerate()
-            .zip(state.uses.iter().chain(std::iter::repeat(&unread)))
-            .filter(|((_, wanted), read)| wanted.applies_to(request.attempt) && !read.mine)
-            .map(|((position, _), _)| position)
-            .collect(),
-    }
+    granted.record.sort_unstable();
+    granted
 }
 
 /// When a recorded use stops counting: at the end of its window (caps, limits, budgets); a
@@ -518,14 +590,24 @@ mod tests {
     }
 
     #[test]
-    fn a_rate_limit_reached_waits_until_the_oldest_use_leaves_the_window() {
+    fn a_rate_limit_spaces_grants_by_its_window_over_its_bound() {
         let now = clock::now();
-        let frees = clock::after(now, Duration::from_millis(300));
         let request = request(vec![policy_use(PolicyKind::RateLimit, 2)], 1);
-        let mut read = state(&[2]);
-        read.uses[0].frees_at = Some(frees);
-        let decided = decide_permit(&request, &read, now);
-        assert!(matches!(decided.permit, Permit::Wait { until, .. } if until == frees));
+        // 2 per minute: 30 s apart.
+        let first = decide_permit(&request, &state(&[0]), now);
+        let next = clock::after(now, Duration::from_secs(30));
+        assert_eq!(first.limits, vec![(0, next)]);
+        let mut read = state(&[0]);
+        read.uses[0].limit.next_at = Some(next);
+        let second = decide_permit(&request, &read, clock::after(now, Duration::from_secs(1)));
+        assert!(matches!(second.permit, Permit::Wait { until, .. } if until == next));
+        assert!(second.limits.is_empty());
+        // Granted at its time, the next one is one spacing on.
+        let third = decide_permit(&request, &read, next);
+        assert_eq!(
+            third.limits,
+            vec![(0, clock::after(next, Duration::from_secs(30)))]
+        );
     }
 
     #[test]
@@ -534,7 +616,7 @@ mod tests {
         let until = clock::after(now, Duration::from_secs(5));
         let request = request(vec![policy_use(PolicyKind::RateLimit, 50)], 1);
         let mut read = state(&[0]);
-        read.uses[0].blocked_until = Some(until);
+        read.uses[0].limit.backoff_until = Some(until);
         let decided = decide_permit(&request, &read, now);
         assert!(
             matches!(decided.permit, Permit::Wait { until: at, ref reason, .. } if at == until && reason.contains("throttling"))

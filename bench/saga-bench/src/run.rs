@@ -10,7 +10,7 @@ use saga::{Config, Orchestrator, PgOptions, PgStore, SagaStatus, SqliteStore, St
 use serde_json::{json, Value};
 
 use crate::pgutil::{self, err, percentile, Meter, Res};
-use crate::sagas::{transitions_per_saga, Order, W1, W2};
+use crate::sagas::{transitions_per_saga, Order, W1Cap, W1Limit, W1, W2};
 use crate::track::{Tracker, TrackingStore};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -18,7 +18,7 @@ pub struct RunArgs {
     /// pg or sqlite
     #[arg(long, default_value = "pg")]
     pub backend: String,
-    /// w1 or w2
+    /// w1, w2, w1cap (W1 with a cap on each step) or w1limit (W1 with a rate limit on each step)
     #[arg(long, default_value = "w1")]
     pub workload: String,
     /// Sagas in flight (clients, and the orchestrator's concurrency).
@@ -109,6 +109,8 @@ pub async fn run(args: RunArgs) -> Res<Value> {
     match args.workload.as_str() {
         "w1" => orchestrator.register(W1(Some(Arc::clone(&tracker)))),
         "w2" => orchestrator.register(W2(Some(Arc::clone(&tracker)))),
+        "w1cap" => orchestrator.register(W1Cap(Some(Arc::clone(&tracker)))),
+        "w1limit" => orchestrator.register(W1Limit(Some(Arc::clone(&tracker)))),
         other => return Err(format!("unknown workload {other}")),
     }
     .map_err(err("register"))?;
@@ -151,6 +153,8 @@ pub async fn run(args: RunArgs) -> Res<Value> {
                 let started = Instant::now();
                 let id = match workload.as_str() {
                     "w2" => orchestrator.start::<W2>(&n).await,
+                    "w1cap" => orchestrator.start::<W1Cap>(&n).await,
+                    "w1limit" => orchestrator.start::<W1Limit>(&n).await,
                     _ => orchestrator.start::<W1>(&n).await,
                 };
                 n += 1 << 20;

@@ -32,6 +32,13 @@ pub struct W1(pub Option<Arc<Tracker>>);
 /// W2: step 4 fails for good; steps 3..1 compensate.
 pub struct W2(pub Option<Arc<Tracker>>);
 
+/// W1 with a frequency cap on every step, keyed by the saga's input (unique per saga, so
+/// never reached): what checking and counting a cap costs.
+pub struct W1Cap(pub Option<Arc<Tracker>>);
+/// W1 with one rate limit shared by every step, far above the rate reached (never waits):
+/// what checking and counting a rate limit costs.
+pub struct W1Limit(pub Option<Arc<Tracker>>);
+
 /// Order: `reserve` -> `await_signal` (waits for [`Paid`], up to a day) -> `ship`.
 pub struct Order(pub Option<Arc<Tracker>>);
 
@@ -59,6 +66,18 @@ impl Tracked for Order {
 }
 
 impl Tracked for W1 {
+    fn tracker(&self) -> Option<&Tracker> {
+        self.0.as_deref()
+    }
+}
+
+impl Tracked for W1Cap {
+    fn tracker(&self) -> Option<&Tracker> {
+        self.0.as_deref()
+    }
+}
+
+impl Tracked for W1Limit {
     fn tracker(&self) -> Option<&Tracker> {
         self.0.as_deref()
     }
@@ -102,6 +121,39 @@ impl Saga for W1 {
         (1..=STEPS).fold(SagaDefinition::new("bench_w1", 1), |definition, n| {
             definition
                 .step(Step::new(&format!("step_{n}"), ok_step::<W1>).compensate(compensation::<W1>))
+        })
+    }
+}
+
+impl Saga for W1Cap {
+    type Input = u64;
+
+    fn definition() -> SagaDefinition<Self> {
+        (1..=STEPS).fold(SagaDefinition::new("bench_w1_cap", 1), |definition, n| {
+            definition.step(
+                Step::new(&format!("step_{n}"), ok_step::<W1Cap>)
+                    .compensate(compensation::<W1Cap>)
+                    .cap(
+                        &format!("bench_cap_{n}"),
+                        1,
+                        Duration::from_secs(3600),
+                        |n: &u64| n.to_string(),
+                    ),
+            )
+        })
+    }
+}
+
+impl Saga for W1Limit {
+    type Input = u64;
+
+    fn definition() -> SagaDefinition<Self> {
+        (1..=STEPS).fold(SagaDefinition::new("bench_w1_limit", 1), |definition, n| {
+            definition.step(
+                Step::new(&format!("step_{n}"), ok_step::<W1Limit>)
+                    .compensate(compensation::<W1Limit>)
+                    .rate_limit("bench_partner", 1_000_000, Duration::from_secs(1)),
+            )
         })
     }
 }

@@ -1,12 +1,12 @@
 //! What the CLI prints about sagas: lists, one saga with its steps, waits and signals, its
 //! history, a cancel.
 
+use saga::policy::PAUSED;
+use saga::PauseScope;
 use saga::{
     CancelOutcome, History, SagaId, SagaRecord, SagaSnapshot, SagaType, StepName, StepRecord,
     StepStatus,
 };
-use saga::policy::PAUSED;
-use saga::PauseScope;
 use serde_json::{json, Value};
 
 use super::pauses::resume_command;

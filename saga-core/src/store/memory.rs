@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::id::StepIndex;
 use crate::id::{FencingToken, IdempotencyKey, InterventionId, SagaId, WorkerId};
 use crate::policy::{
-    decide_permit, use_expires_at, Pause, PauseRequest, Permit, PermitRequest, PolicyKind,
-    PolicyState, UseState,
+    decide_permit, use_expires_at, LimitState, Pause, PauseRequest, Permit, PermitRequest,
+    PolicyKind, PolicyState, UseState,
 };
 use crate::status::SagaStatus;
 
@@ -38,8 +38,8 @@ struct State {
     interventions: BTreeMap<InterventionId, Intervention>,
     /// Policy uses counted: (kind, name, key) -> the uses.
     uses: HashMap<(PolicyKind, String, String), Vec<UseRow>>,
-    /// Integrations backing off: name -> until.
-    blocks: HashMap<String, Timestamp>,
+    /// Rate limits: name -> their state.
+    limits: HashMap<String, LimitState>,
     pauses: Vec<Pause>,
     /// Sagas kept from pruning until their start key's dedup window ends.
     windows: HashMap<SagaId, Timestamp>,
@@ -425,6 +425,8 @@ impl Store for MemoryStore {
 
     async fn permit(&self, request: &PermitRequest, now: Timestamp) -> Result<Permit> {
         let mut state = self.state()?;
+        // Read under the lock: a time read before waiting for it would let grants bunch.
+        let now = now.max(clock::now());
         let mut read = PolicyState::default();
         for wanted in &request.uses {
             let group = (
@@ -469,14 +471,25 @@ impl Store for MemoryStore {
                         && live.iter().any(|row| row.saga == request.saga)),
                 counted: u32::try_from(others.len()).unwrap_or(u32::MAX),
                 frees_at: others.iter().filter_map(|row| row.expires_at).min(),
-                blocked_until: (wanted.policy.kind == PolicyKind::RateLimit)
-                    .then(|| state.blocks.get(&wanted.policy.name).copied())
-                    .flatten(),
+                limit: state
+                    .limits
+                    .get(&wanted.policy.name)
+                    .copied()
+                    .unwrap_or_default(),
                 holder: others.first().map(|row| row.saga),
             });
             state.uses.insert(group, live);
         }
         let decided = decide_permit(request, &read, now);
+        for (position, next_at) in &decided.limits {
+            if let Some(wanted) = request.uses.get(*position) {
+                state
+                    .limits
+                    .entry(wanted.policy.name.clone())
+                    .or_default()
+                    .next_at = Some(*next_at);
+            }
+        }
         for position in &decided.record {
             let Some(wanted) = request.uses.get(*position) else {
                 continue;
@@ -501,8 +514,8 @@ impl Store for MemoryStore {
 
     async fn throttle(&self, name: &str, until: Timestamp) -> Result<()> {
         let mut state = self.state()?;
-        let entry = state.blocks.entry(name.to_owned()).or_insert(until);
-        *entry = (*entry).max(until);
+        let limit = state.limits.entry(name.to_owned()).or_default();
+        limit.backoff_until = Some(limit.backoff_until.map_or(until, |known| known.max(until)));
         Ok(())
     }
 

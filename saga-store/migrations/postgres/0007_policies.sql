@@ -17,10 +17,13 @@ CREATE TABLE saga_policy_uses (
 );
 CREATE INDEX saga_policy_uses_expiry ON saga_policy_uses (kind, name, use_key, expires_at);
 
--- Integrations backing off because a step reported throttling: until when .
-CREATE TABLE saga_integration_backoffs (
-    name  TEXT PRIMARY KEY,
-    until TIMESTAMPTZ NOT NULL
+-- Rate limits, one row per integration: when the next call may be granted (calls are spaced
+-- by the limit's window over its bound), and until when the integration backs off because a
+-- step reported throttling.
+CREATE TABLE saga_rate_limits (
+    name          TEXT PRIMARY KEY,
+    next_at       TIMESTAMPTZ,
+    backoff_until TIMESTAMPTZ
 );
 
 -- Operators' pauses of a saga type ('' step) or one step: who, when, why; kept once lifted,
@@ -43,4 +46,19 @@ CREATE UNIQUE INDEX saga_pauses_in_force ON saga_pauses (saga_type, step) WHERE 
 CREATE TABLE saga_start_windows (
     saga_id UUID PRIMARY KEY,
     until   TIMESTAMPTZ NOT NULL
+);
+
+-- Caps and retry budgets, counted in slots: at most `max` per key, each held by one use until
+-- the use leaves its window. A use takes a free slot (or finds its own) in one statement,
+-- without a lock of its own; two uses racing for one slot are ordered by its row.
+CREATE TABLE saga_policy_slots (
+    kind       TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    use_key    TEXT NOT NULL,
+    slot       INTEGER NOT NULL,
+    saga_id    UUID NOT NULL,
+    step_index INTEGER NOT NULL,
+    attempt    INTEGER NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (kind, name, use_key, slot)
 );

@@ -17,10 +17,13 @@ CREATE TABLE saga_policy_uses (
 );
 CREATE INDEX saga_policy_uses_expiry ON saga_policy_uses (kind, name, use_key, expires_at);
 
--- Integrations backing off because a step reported throttling: until when (milliseconds).
-CREATE TABLE saga_integration_backoffs (
-    name  TEXT PRIMARY KEY,
-    until INTEGER NOT NULL
+-- Rate limits, one row per integration: when the next call may be granted (calls are spaced
+-- by the limit's window over its bound), and until when the integration backs off because a
+-- step reported throttling.
+CREATE TABLE saga_rate_limits (
+    name          TEXT PRIMARY KEY,
+    next_at       INTEGER,
+    backoff_until INTEGER
 );
 
 -- Operators' pauses of a saga type ('' step) or one step: who, when, why; kept once lifted,

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use saga_core::policy::{
-    decide_permit, lock_name, use_expires_at, Pause, PauseRequest, Permit, PermitRequest,
-    PolicyKind, PolicyState, PolicyUse, UseState,
+    in_precedence, lock_name, use_expires_at, LimitState, Pause, PauseRequest, Permit,
+    PermitRequest, PolicyKind, PolicyUse, UseState,
 };
 use saga_core::store::write::{self, decide_cancel, decide_settle, CreationPlan, WritePlan};
 use saga_core::wait::{Delivered, SignalDelivery};
@@ -144,6 +144,10 @@ pub struct PgStore {
     /// Connections for the workers' own traffic — step transitions, claims, heartbeats, loads,
     /// the clock — which steps' transactions (on `pool`) can never take (see `connect_with`).
     write_pool: PgPool,
+    /// Connections for policy permits, committing without waiting for the log to be flushed:
+    /// a permit stands only once the attempt's `in_progress` is written by a synchronous
+    /// commit, which flushes the log up to it, so the permit too (a crash before loses both).
+    permit_pool: PgPool,
     channel: String,
     wakeup: Arc<Wakeup>,
     writers: Arc<writers::Writers>,
@@ -245,9 +249,18 @@ impl PgStore {
             channel.clone(),
             options.writers,
         ));
+        let permit_pool = open_pool(
+            &connect,
+            &schema,
+            options.max_connections.clamp(2, PERMIT_CONNECTIONS),
+            &options,
+            Some("SET synchronous_commit = off".to_owned()),
+        )
+        .await?;
         Ok(Self {
             pool,
             write_pool,
+            permit_pool,
             channel,
             wakeup,
             writers,
@@ -266,6 +279,7 @@ impl PgStore {
     /// clones cannot be used afterwards.
     pub async fn close(&self) {
         self.write_pool.close().await;
+        self.permit_pool.close().await;
         self.pool.close().await;
         self.wakeup.stop();
     }
@@ -420,6 +434,218 @@ async fn begin_operator(pool: &PgPool) -> Result<Transaction<'static, Postgres>>
     let mut tx = begin(pool).await?;
     tx.execute(OPERATOR_IDLE_LIMIT).await.map_err(classify)?;
     Ok(tx)
+}
+
+/// Connections for policy permits, at most.
+const PERMIT_CONNECTIONS: u32 = 8;
+
+/// How many times a use races for a slot before the saga is held back briefly instead.
+const SLOT_RACES: u32 = 8;
+
+impl PgStore {
+    /// A rate limit's grant, in one statement: granted when neither the back-off nor the
+    /// spacing since the last grant forbids it (the rule of [`saga_core::policy::take_limit`]),
+    /// moving the next free time on; else the wait, read back and decided by the core.
+    async fn take_rate_limit(&self, wanted: &PolicyUse, now: Timestamp) -> Result<Option<Permit>> {
+        let spacing = saga_core::policy::spacing(&wanted.policy);
+        for _ in 0..SLOT_RACES {
+            let granted = sqlx::query(
+                "INSERT INTO saga_rate_limits AS l (name, next_at)
+                 VALUES ($1, GREATEST($2, now()) + make_interval(secs => $3))
+                 ON CONFLICT (name) DO UPDATE
+                    SET next_at = GREATEST(l.next_at, $2, now()) + make_interval(secs => $3)
+                  WHERE COALESCE(l.next_at, $2) <= GREATEST($2, now()) + make_interval(secs => $4)
+                    AND COALESCE(l.backoff_until, $2) <= GREATEST($2, now())
+                 RETURNING next_at",
+            )
+            .bind(&wanted.policy.name)
+            .bind(now)
+            .bind(spacing.as_secs_f64())
+            .bind(saga_core::policy::tolerance(&wanted.policy).as_secs_f64())
+            .fetch_optional(&self.permit_pool)
+            .await
+            .map_err(classify)?;
+            if granted.is_some() {
+                return Ok(None);
+            }
+            let row =
+                sqlx::query("SELECT next_at, backoff_until FROM saga_rate_limits WHERE name = $1")
+                    .bind(&wanted.policy.name)
+                    .fetch_optional(&self.permit_pool)
+                    .await
+                    .map_err(classify)?;
+            let state = match row {
+                Some(row) => LimitState {
+                    next_at: row.try_get("next_at").map_err(classify)?,
+                    backoff_until: row.try_get("backoff_until").map_err(classify)?,
+                },
+                None => LimitState::default(),
+            };
+            // Freed between the two statements: take it again.
+            if let Err(permit) = saga_core::policy::take_limit(&wanted.policy, &state, now) {
+                return Ok(Some(permit));
+            }
+        }
+        Ok(Some(raced(wanted, now)))
+    }
+
+    /// A cap's or a retry budget's use, in one statement: this attempt's own slot, or a free
+    /// one taken; else the refusal the core decides on the count read.
+    async fn take_slot(
+        &self,
+        request: &PermitRequest,
+        wanted: &PolicyUse,
+        now: Timestamp,
+    ) -> Result<Option<Permit>> {
+        let expires_at = use_expires_at(&wanted.policy, now).unwrap_or(now);
+        let step = i32::try_from(wanted.counted_step(request.index).0).unwrap_or(i32::MAX);
+        let attempt = i32::try_from(wanted.counted_attempt(request.attempt)).unwrap_or(i32::MAX);
+        let max = i32::try_from(wanted.policy.max).unwrap_or(i32::MAX);
+        for _ in 0..SLOT_RACES {
+            let row = sqlx::query(
+                "WITH mine AS (
+                     SELECT slot FROM saga_policy_slots
+                      WHERE kind = $1 AND name = $2 AND use_key = $3 AND saga_id = $4
+                        AND step_index = $5 AND attempt = $6 AND expires_at > $7),
+                 held AS (
+                     SELECT slot, expires_at FROM saga_policy_slots
+                      WHERE kind = $1 AND name = $2 AND use_key = $3 AND expires_at > $7),
+                 free AS (
+                     SELECT s FROM generate_series(0, $8 - 1) AS s
+                      WHERE NOT EXISTS (SELECT 1 FROM mine)
+                        AND s NOT IN (SELECT slot FROM held)
+                      ORDER BY s LIMIT 1),
+                 took AS (
+                     INSERT INTO saga_policy_slots AS p
+                            (kind, name, use_key, slot, saga_id, step_index, attempt, expires_at)
+                     SELECT $1, $2, $3, s, $4, $5, $6, $9 FROM free
+                     ON CONFLICT (kind, name, use_key, slot) DO UPDATE
+                        SET saga_id = excluded.saga_id, step_index = excluded.step_index,
+                            attempt = excluded.attempt, expires_at = excluded.expires_at
+                      WHERE p.expires_at <= $7
+                     RETURNING slot)
+                 SELECT (SELECT COUNT(*) FROM mine) AS mine,
+                        (SELECT COUNT(*) FROM took) AS took,
+                        (SELECT COUNT(*) FROM free) AS free,
+                        (SELECT COUNT(*) FROM held) AS counted,
+                        (SELECT MIN(expires_at) FROM held) AS frees_at",
+            )
+            .bind(wanted.policy.kind.as_str())
+            .bind(&wanted.policy.name)
+            .bind(&wanted.key)
+            .bind(request.saga.as_uuid())
+            .bind(step)
+            .bind(attempt)
+            .bind(now)
+            .bind(max)
+            .bind(expires_at)
+            .fetch_one(&self.permit_pool)
+            .await
+            .map_err(classify)?;
+            let count = |column: &str| -> Result<i64> { row.try_get(column).map_err(classify) };
+            if count("mine")? > 0 || count("took")? > 0 {
+                return Ok(None);
+            }
+            if count("free")? > 0 {
+                // Another use took the free slot first: look again.
+                continue;
+            }
+            let read = UseState {
+                counted: u32::try_from(count("counted")?).unwrap_or(u32::MAX),
+                frees_at: row.try_get("frees_at").map_err(classify)?,
+                ..UseState::default()
+            };
+            return Ok(saga_core::policy::judge(request, wanted, &read, now));
+        }
+        Ok(Some(raced(wanted, now)))
+    }
+
+    /// A concurrency slot: counted among the sagas of the key that have not ended, under a
+    /// lock per key, and taken when one is free.
+    async fn take_concurrency(
+        &self,
+        request: &PermitRequest,
+        wanted: &PolicyUse,
+        now: Timestamp,
+    ) -> Result<Option<Permit>> {
+        let mut tx = begin(&self.permit_pool).await?;
+        tx.execute("SET LOCAL idle_in_transaction_session_timeout = 10000")
+            .await
+            .map_err(classify)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(lock_name(wanted))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let row = sqlx::query(
+            "WITH gone AS (
+                 DELETE FROM saga_policy_uses u
+                  WHERE kind = $1 AND name = $2 AND use_key = $3
+                    AND NOT EXISTS (SELECT 1 FROM saga_instances i
+                                     WHERE i.id = u.saga_id
+                                       AND i.status NOT IN ('completed', 'compensated', 'cancelled'))
+              RETURNING saga_id),
+             live AS (
+                 SELECT u.saga_id FROM saga_policy_uses u
+                  WHERE kind = $1 AND name = $2 AND use_key = $3
+                    AND u.saga_id NOT IN (SELECT saga_id FROM gone))
+             SELECT COUNT(*) FILTER (WHERE saga_id = $4) AS mine,
+                    COUNT(*) FILTER (WHERE saga_id <> $4) AS counted,
+                    MIN(saga_id::text) FILTER (WHERE saga_id <> $4) AS holder
+               FROM live",
+        )
+        .bind(wanted.policy.kind.as_str())
+        .bind(&wanted.policy.name)
+        .bind(&wanted.key)
+        .bind(request.saga.as_uuid())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let count = |column: &str| -> Result<u32> {
+            let value: i64 = row.try_get(column).map_err(classify)?;
+            Ok(u32::try_from(value).unwrap_or(u32::MAX))
+        };
+        let holder: Option<String> = row.try_get("holder").map_err(classify)?;
+        let read = UseState {
+            mine: count("mine")? > 0,
+            counted: count("counted")?,
+            holder: holder.and_then(|holder| holder.parse().ok()),
+            ..UseState::default()
+        };
+        if let Some(permit) = saga_core::policy::judge(request, wanted, &read, now) {
+            return Ok(Some(permit));
+        }
+        if !read.mine {
+            sqlx::query(
+                "INSERT INTO saga_policy_uses
+                     (kind, name, use_key, saga_id, step_index, attempt, used_at, expires_at)
+                 VALUES ($1, $2, $3, $4, 0, 0, $5, NULL)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(wanted.policy.kind.as_str())
+            .bind(&wanted.policy.name)
+            .bind(&wanted.key)
+            .bind(request.saga.as_uuid())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(None)
+    }
+}
+
+/// Holds a saga back briefly after its use lost the race for a free slot several times over.
+fn raced(wanted: &PolicyUse, now: Timestamp) -> Permit {
+    Permit::Wait {
+        until: saga_core::after(now, Duration::from_millis(50)),
+        waiting_for: format!("policy:{}:{}", wanted.policy.kind, wanted.policy.name),
+        reason: format!(
+            "{}: many sagas raced for it at once; looking again shortly",
+            wanted.policy.describe()
+        ),
+    }
 }
 
 #[async_trait]
@@ -796,141 +1022,30 @@ impl Store for PgStore {
     }
 
     async fn permit(&self, request: &PermitRequest, now: Timestamp) -> Result<Permit> {
-        let mut tx = begin(&self.pool).await?;
-        // The uses counted here stand only once the attempt's `in_progress` is written, with
-        // a synchronous commit that makes them durable too (the log is written in order); a
-        // crash before that loses them and the attempt alike. So this commit need not wait.
-        tx.execute(
-            "SET LOCAL synchronous_commit = off; SET LOCAL idle_in_transaction_session_timeout = 10000",
-        )
-        .await
-        .map_err(classify)?;
-        // One lock per counted key, taken in one order by every process: the count read is
-        // the count written against.
-        let mut locks: Vec<String> = request.uses.iter().map(lock_name).collect();
-        locks.sort();
-        locks.dedup();
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended(l, 0))
-               FROM unnest($1::text[]) AS l ORDER BY l",
-        )
-        .bind(&locks)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        let mut read = PolicyState::default();
-        for wanted in &request.uses {
-            let row = sqlx::query(
-                "WITH gone AS (
-                     DELETE FROM saga_policy_uses u
-                      WHERE kind = $1 AND name = $2 AND use_key = $3
-                        AND (expires_at <= $4
-                             OR (expires_at IS NULL AND NOT EXISTS (
-                                    SELECT 1 FROM saga_instances i
-                                     WHERE i.id = u.saga_id
-                                       AND i.status NOT IN ('completed', 'compensated', 'cancelled'))))
-                  RETURNING saga_id, step_index, attempt),
-                 live AS (
-                     SELECT u.saga_id, u.expires_at,
-                            (u.saga_id = $5 AND u.step_index = $6 AND u.attempt = $7) AS mine
-                       FROM saga_policy_uses u
-                      WHERE kind = $1 AND name = $2 AND use_key = $3
-                        AND NOT EXISTS (SELECT 1 FROM gone g
-                                         WHERE g.saga_id = u.saga_id AND g.step_index = u.step_index
-                                           AND g.attempt = u.attempt))
-                 SELECT COUNT(*) FILTER (WHERE mine) AS mine,
-                        COUNT(*) FILTER (WHERE NOT mine) AS counted,
-                        MIN(expires_at) FILTER (WHERE NOT mine) AS frees_at,
-                        MIN(saga_id::text) FILTER (WHERE saga_id <> $5) AS holder,
-                        (SELECT until FROM saga_integration_backoffs WHERE name = $2) AS blocked_until
-                   FROM live",
-            )
-            .bind(wanted.policy.kind.as_str())
-            .bind(&wanted.policy.name)
-            .bind(&wanted.key)
-            .bind(now)
-            .bind(request.saga.as_uuid())
-            .bind(i32::try_from(wanted.counted_step(request.index).0).unwrap_or(i32::MAX))
-            .bind(i32::try_from(wanted.counted_attempt(request.attempt)).unwrap_or(i32::MAX))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(classify)?;
-            let count = |column: &str| -> Result<u32> {
-                let value: i64 = row.try_get(column).map_err(classify)?;
-                Ok(u32::try_from(value).unwrap_or(u32::MAX))
+        // Each use is taken atomically on its own, in the order the core decides them: a use
+        // taken stays taken should a later one hold the attempt back, which is harmless, since
+        // a use is keyed by saga, step and attempt and the same attempt finds it taken by itself.
+        for position in in_precedence(request) {
+            let wanted = &request.uses[position];
+            let stopped = match wanted.policy.kind {
+                PolicyKind::RateLimit => self.take_rate_limit(wanted, now).await?,
+                PolicyKind::Concurrency => self.take_concurrency(request, wanted, now).await?,
+                PolicyKind::Cap | PolicyKind::RetryBudget => {
+                    self.take_slot(request, wanted, now).await?
+                }
             };
-            let holder: Option<String> = row.try_get("holder").map_err(classify)?;
-            read.uses.push(UseState {
-                mine: count("mine")? > 0,
-                counted: count("counted")?,
-                frees_at: row.try_get("frees_at").map_err(classify)?,
-                blocked_until: if wanted.policy.kind == PolicyKind::RateLimit {
-                    row.try_get("blocked_until").map_err(classify)?
-                } else {
-                    None
-                },
-                holder: holder.and_then(|holder| holder.parse().ok()),
-            });
+            if let Some(permit) = stopped {
+                return Ok(permit);
+            }
         }
-        let decided = decide_permit(request, &read, now);
-        let counted: Vec<&PolicyUse> = decided
-            .record
-            .iter()
-            .filter_map(|position| request.uses.get(*position))
-            .collect();
-        if !counted.is_empty() {
-            let column = |pick: &dyn Fn(&PolicyUse) -> String| -> Vec<String> {
-                counted.iter().map(|wanted| pick(wanted)).collect()
-            };
-            sqlx::query(
-                "INSERT INTO saga_policy_uses
-                     (kind, name, use_key, saga_id, step_index, attempt, used_at, expires_at)
-                 SELECT kind, name, use_key, $4, step_index, attempt, $5, expires_at
-                   FROM unnest($1::text[], $2::text[], $3::text[], $6::int[], $7::int[],
-                               $8::timestamptz[])
-                        AS u(kind, name, use_key, step_index, attempt, expires_at)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(column(&|wanted| wanted.policy.kind.as_str().to_owned()))
-            .bind(column(&|wanted| wanted.policy.name.clone()))
-            .bind(column(&|wanted| wanted.key.clone()))
-            .bind(request.saga.as_uuid())
-            .bind(now)
-            .bind(
-                counted
-                    .iter()
-                    .map(|wanted| {
-                        i32::try_from(wanted.counted_step(request.index).0).unwrap_or(i32::MAX)
-                    })
-                    .collect::<Vec<i32>>(),
-            )
-            .bind(
-                counted
-                    .iter()
-                    .map(|wanted| {
-                        i32::try_from(wanted.counted_attempt(request.attempt)).unwrap_or(i32::MAX)
-                    })
-                    .collect::<Vec<i32>>(),
-            )
-            .bind(
-                counted
-                    .iter()
-                    .map(|wanted| use_expires_at(&wanted.policy, now))
-                    .collect::<Vec<Option<Timestamp>>>(),
-            )
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-        tx.commit().await.map_err(classify)?;
-        Ok(decided.permit)
+        Ok(Permit::Granted)
     }
 
     async fn throttle(&self, name: &str, until: Timestamp) -> Result<()> {
         sqlx::query(
-            "INSERT INTO saga_integration_backoffs (name, until) VALUES ($1, $2)
+            "INSERT INTO saga_rate_limits AS l (name, backoff_until) VALUES ($1, $2)
              ON CONFLICT (name) DO UPDATE
-                SET until = GREATEST(saga_integration_backoffs.until, excluded.until)",
+                SET backoff_until = GREATEST(l.backoff_until, excluded.backoff_until)",
         )
         .bind(name)
         .bind(until)

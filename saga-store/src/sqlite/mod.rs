@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use saga_core::policy::{
-    decide_permit, use_expires_at, Pause, PauseRequest, Permit, PermitRequest, PolicyKind,
-    PolicyState, UseState,
+    decide_permit, use_expires_at, LimitState, Pause, PauseRequest, Permit, PermitRequest,
+    PolicyKind, PolicyState, UseState,
 };
 use saga_core::store::write::{
     self, decide_cancel, decide_settle, CancelRequest, CreationPlan, LeaseChange, Precondition,
@@ -610,8 +610,37 @@ impl Store for SqliteStore {
         // BEGIN IMMEDIATE: one writer at a time on the file, so the count read is the count
         // written against.
         let mut tx = self.write_tx().await?;
+        // Read once the write lock is held: a time read before waiting for it would let
+        // grants bunch.
+        let now = now.max(saga_core::now());
         let mut read = PolicyState::default();
         for wanted in &request.uses {
+            if wanted.policy.kind == PolicyKind::RateLimit {
+                let row = sqlx::query(
+                    "SELECT next_at, backoff_until FROM saga_rate_limits WHERE name = ?",
+                )
+                .bind(&wanted.policy.name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?;
+                let time = |column: &str| -> Result<Option<Timestamp>> {
+                    Ok(match &row {
+                        Some(row) => row
+                            .try_get::<Option<i64>, _>(column)
+                            .map_err(classify)?
+                            .and_then(chrono::DateTime::from_timestamp_millis),
+                        None => None,
+                    })
+                };
+                read.uses.push(UseState {
+                    limit: LimitState {
+                        next_at: time("next_at")?,
+                        backoff_until: time("backoff_until")?,
+                    },
+                    ..UseState::default()
+                });
+                continue;
+            }
             let (kind, name, key) = (
                 wanted.policy.kind.as_str(),
                 wanted.policy.name.as_str(),
@@ -642,8 +671,7 @@ impl Store for SqliteStore {
                 "SELECT COALESCE(SUM(saga_id = ?4 AND step_index = ?5 AND attempt = ?6), 0) AS mine,
                         COALESCE(SUM(NOT (saga_id = ?4 AND step_index = ?5 AND attempt = ?6)), 0) AS counted,
                         MIN(CASE WHEN NOT (saga_id = ?4 AND step_index = ?5 AND attempt = ?6) THEN expires_at END) AS frees_at,
-                        MIN(CASE WHEN saga_id <> ?4 THEN saga_id END) AS holder,
-                        (SELECT until FROM saga_integration_backoffs WHERE name = ?2) AS blocked_until
+                        MIN(CASE WHEN saga_id <> ?4 THEN saga_id END) AS holder
                    FROM saga_policy_uses
                   WHERE kind = ?1 AND name = ?2 AND use_key = ?3",
             )
@@ -672,15 +700,25 @@ impl Store for SqliteStore {
                 mine: number("mine")? > 0,
                 counted: u32::try_from(number("counted")?).unwrap_or(u32::MAX),
                 frees_at: time("frees_at")?,
-                blocked_until: if wanted.policy.kind == PolicyKind::RateLimit {
-                    time("blocked_until")?
-                } else {
-                    None
-                },
+                limit: LimitState::default(),
                 holder: holder.and_then(|holder| holder.parse().ok()),
             });
         }
         let decided = decide_permit(request, &read, now);
+        for (position, next_at) in &decided.limits {
+            let Some(wanted) = request.uses.get(*position) else {
+                continue;
+            };
+            sqlx::query(
+                "INSERT INTO saga_rate_limits (name, next_at) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET next_at = excluded.next_at",
+            )
+            .bind(&wanted.policy.name)
+            .bind(millis(*next_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
         for position in &decided.record {
             let Some(wanted) = request.uses.get(*position) else {
                 continue;
@@ -709,8 +747,9 @@ impl Store for SqliteStore {
     async fn throttle(&self, name: &str, until: Timestamp) -> Result<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query(
-            "INSERT INTO saga_integration_backoffs (name, until) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET until = MAX(until, excluded.until)",
+            "INSERT INTO saga_rate_limits (name, backoff_until) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE
+                SET backoff_until = MAX(COALESCE(backoff_until, 0), excluded.backoff_until)",
         )
         .bind(name)
         .bind(millis(until))
