@@ -1,7 +1,7 @@
 //! Metrics in Prometheus format: runs a known checkout workload and serves what the library
 //! measured at `GET /metrics` (sagas started, finished, escalated; step attempts, retries and
 //! durations; lease takeovers; dedup hits on start; the intervention queue's depth; claim
-//! latency).
+//! latency; policies: steps skipped by a cap, the payment integration's latency).
 //!
 //! ```text
 //! cargo run --example metrics -- --sagas 40 --listen 127.0.0.1:9464
@@ -10,7 +10,9 @@
 //!
 //! The workload: order i is started twice with the key `order-<i>` (the second start is a dedup
 //! hit); `pay` declines every 4th order (compensated) and fails once, transiently, for the
-//! order after it (retried). Logs go to stderr (`RUST_LOG=saga_core=info` shows the spans).
+//! order after it (retried); `pay` names the `payments_api` integration (a rate limit far above
+//! the workload); `notify` is capped at 10 notices per hour in all, so of the 30 orders that get
+//! there, 20 skip it. Logs go to stderr (`RUST_LOG=saga_core=info` shows the spans).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,9 +42,20 @@ struct Args {
 #[derive(Saga)]
 #[saga(name = "checkout", version = 1, input = u64)]
 #[step(reserve, compensate = release)]
-#[step(pay, compensate = refund, retry(max_attempts = 3, base = "5ms"))]
+#[step(pay, compensate = refund, retry(max_attempts = 3, base = "5ms"),
+       rate_limit(name = "payments_api", max = 1000, per = "1s"))]
 #[step(ship, irreversible)]
+#[step(notify, irreversible, cap(name = "order_notices", key_fn = every_order, max = 10, per = "1h"))]
 struct Checkout;
+
+/// One count for all orders: the cap bounds the notices of the whole shop.
+fn every_order(_: &u64) -> String {
+    "shop".to_owned()
+}
+
+async fn notify(_: Arc<Checkout>, _: StepContext<u64>) -> Result<(), StepError> {
+    Ok(())
+}
 
 async fn reserve(_: Arc<Checkout>, ctx: StepContext<u64>) -> Result<u64, StepError> {
     Ok(*ctx.input())

@@ -143,6 +143,18 @@ async fn prometheus_counters_match_a_known_workload() {
             r#"saga_step_attempts_total{saga_type="checkout",step="ship",phase="action",outcome="ok"}"#,
             30.0,
         ),
+        (
+            r#"saga_step_attempts_total{saga_type="checkout",step="notify",phase="action",outcome="ok"}"#,
+            10.0,
+        ),
+        (
+            r#"saga_policy_skips_total{saga_type="checkout",step="notify",policy="order_notices"}"#,
+            20.0,
+        ),
+        (
+            r#"saga_integration_duration_seconds_count{integration="payments_api"}"#,
+            50.0,
+        ),
     ];
     for (series, value) in expect {
         assert_eq!(sample(&metrics, series), Some(value), "{series}\n{metrics}");
