@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::pgutil::{err, Res};
 
+mod policies;
 mod waiting;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -379,6 +380,7 @@ pub fn report(args: ReportArgs) -> Res<()> {
     }
 
     waiting::section(&rows, &mut out, &mut kvs);
+    policies::section(&rows, &mut out, &mut kvs);
 
     // Ratios and targets.
     let _ = writeln!(out);

@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Run exactly this many sagas instead of for a duration (for profiling).
     #[arg(long)]
     pub sagas: Option<u64>,
+    /// The workload's name in the result line (default: the workload), to tell a run measured
+    /// beside others (the W1 of the policies section) from the main one.
+    #[arg(long)]
+    pub label: Option<String>,
     /// Use this existing database (pg, migrated) instead of creating one; the order saga type
     /// (`bench_order`, whose sagas may be waiting there) is registered too.
     #[arg(long)]
@@ -294,7 +298,7 @@ pub async fn run(args: RunArgs) -> Res<Value> {
     Ok(json!({
         "engine": "saga",
         "backend": args.backend,
-        "workload": args.workload,
+        "workload": args.label.clone().unwrap_or_else(|| args.workload.clone()),
         "inflight": args.inflight,
         "sagas": in_window,
         "total_sagas": total,
