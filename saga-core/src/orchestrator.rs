@@ -181,6 +181,11 @@ impl Inner {
                 }
             }
         }
+        self.pauses_now().await
+    }
+
+    /// The pauses in force, read from the store now (and kept for the next poll interval).
+    pub(crate) async fn pauses_now(&self) -> Result<Arc<Vec<crate::policy::Pause>>> {
         let pauses = Arc::new(self.store.pauses(false).await?);
         if let Ok(mut cached) = self.pauses.lock() {
             *cached = Some((tokio::time::Instant::now(), Arc::clone(&pauses)));

@@ -40,8 +40,9 @@ use crate::id::{Attempt, SagaId, SagaType, StepIndex, StepName};
 pub const HOLD_RECHECK: Duration = Duration::from_secs(1);
 
 /// How often a saga held by a pause looks again, at the latest: a resume wakes the sagas it held
-/// at once, so this only bounds the wait should a process have held a saga on a pause it read
-/// just before the resume.
+/// at once (and a worker about to hold a saga on a pause reads the pauses from the store first,
+/// so a lifted pause holds nothing), so this only bounds the wait should a resume and a hold
+/// cross each other.
 pub const PAUSE_RECHECK: Duration = Duration::from_secs(30);
 
 /// What a policy counts.

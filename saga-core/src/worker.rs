@@ -688,7 +688,12 @@ impl Driver<'_> {
         attempt: Attempt,
     ) -> Result<Option<bool>> {
         let saga_type = self.definition.saga_type().clone();
-        let pauses = self.inner.pauses().await?;
+        let mut pauses = self.inner.pauses().await?;
+        if crate::policy::pause_covering(&pauses, &saga_type, &spec.name).is_some() {
+            // Held for a while on what this process read up to a poll interval ago: read again,
+            // so that a saga a resume just woke is not held anew on a pause already lifted.
+            pauses = self.inner.pauses_now().await?;
+        }
         if let Some(pause) = crate::policy::pause_covering(&pauses, &saga_type, &spec.name) {
             let until = clock::after(self.inner.now(), crate::policy::PAUSE_RECHECK);
             let reason = format!(
