@@ -1131,7 +1131,9 @@ impl Store for PgStore {
             "SELECT * FROM saga_pauses WHERE $1 OR resumed_at IS NULL ORDER BY paused_at, id",
         )
         .bind(all)
-        .fetch_all(&self.pool)
+        // Read by workers before steps and by starts: on the workers' own connections, which
+        // steps' transactions can never take.
+        .fetch_all(&self.write_pool)
         .await
         .map_err(classify)?;
         rows.iter().map(crate::rows::pause).collect()
