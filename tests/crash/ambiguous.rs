@@ -1,6 +1,10 @@
 //! Ambiguous commits, injected at the store boundary: a decorator over the real store whose
 //! `apply` commits and then, now and then, reports `StoreUnavailable` — the caller cannot tell
 //! whether its write took effect, as when a connection drops between COMMIT and its answer.
+//! It can also kill its process right after a permit under a cap was granted (the use is
+//! counted, the attempt's `in_progress` not yet written), a dangerous instant the library has
+//! no fault point for; it reports that as the fault point `after_permit`, naming the saga and
+//! the step.
 //!
 //! `Store` is an `async_trait` trait; its methods are written here in the desugared form that
 //! macro produces (a boxed future), which forwards to the wrapped store. Every method is
@@ -45,10 +49,13 @@ fn target(changes: &[Change]) -> Option<&'static str> {
         .then_some("completion")
 }
 
-/// A store whose targeted writes commit and then, with probability `odds`, report an error.
+/// A store whose targeted writes commit and then, with probability `odds`, report an error;
+/// and whose process dies, with probability `permit_deaths`, once a permit under a cap was
+/// granted to a first attempt.
 pub(crate) struct AmbiguousStore {
     inner: Arc<dyn Store>,
     odds: f64,
+    permit_deaths: f64,
     rng: Mutex<Rng>,
 }
 
@@ -57,15 +64,25 @@ impl AmbiguousStore {
         Self {
             inner,
             odds,
+            permit_deaths: 0.0,
             rng: Mutex::new(Rng::new(seed)),
         }
     }
 
-    fn draw(&self) -> bool {
-        self.rng
-            .lock()
-            .map(|mut rng| rng.chance(self.odds))
-            .unwrap_or(false)
+    /// Also aborts the process, with probability `odds`, right after a permit under a cap was
+    /// granted to a first attempt and before the worker writes the attempt's `in_progress`.
+    pub(crate) fn dying_after_permits(mut self, odds: f64) -> Self {
+        self.permit_deaths = odds;
+        self
+    }
+
+    fn draw(&self, odds: f64) -> bool {
+        odds > 0.0
+            && self
+                .rng
+                .lock()
+                .map(|mut rng| rng.chance(odds))
+                .unwrap_or(false)
     }
 }
 
@@ -188,7 +205,7 @@ impl Store for AmbiguousStore {
         Box::pin(async move {
             self.inner.apply(lease, changes).await?;
             match target(changes) {
-                Some(what) if self.draw() => {
+                Some(what) if self.draw(self.odds) => {
                     eprintln!("CRASH-HARNESS ambiguous {what}");
                     Err(Error::StoreUnavailable(
                         format!("injected: the {what} committed, but its answer was lost").into(),
@@ -303,7 +320,26 @@ impl Store for AmbiguousStore {
         'r: 'a,
         Self: 'a,
     {
-        self.inner.permit(request, now)
+        Box::pin(async move {
+            let permit = self.inner.permit(request, now).await?;
+            // A first attempt's permit (the attempt of a permit whose worker died is still the
+            // first), so that one saga's retries do not die over and over.
+            let capped = request.attempt.0 == 1
+                && request
+                    .uses
+                    .iter()
+                    .any(|wanted| wanted.policy.kind == saga::policy::PolicyKind::Cap);
+            if permit == saga::policy::Permit::Granted && capped && self.draw(self.permit_deaths) {
+                // As a SIGKILL would stop it: no destructor runs, nothing more is written.
+                eprintln!(
+                    "CRASH-HARNESS permit death {} {}",
+                    request.saga, request.step
+                );
+                eprintln!("fault injected at after_permit: aborting");
+                std::process::abort();
+            }
+            Ok(permit)
+        })
     }
 
     fn throttle<'s, 'n, 'a>(

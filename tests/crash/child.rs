@@ -29,6 +29,10 @@ pub(crate) struct WorkerSpec {
     pub(crate) poll_ms: u64,
     /// Odds that a committed step completion or status change is answered with an error.
     pub(crate) ambiguous: Option<f64>,
+    /// Odds that the process dies right after a permit under a cap was granted to a first
+    /// attempt.
+    #[serde(default)]
+    pub(crate) permit_deaths: Option<f64>,
     pub(crate) seed: u64,
 }
 
@@ -119,13 +123,16 @@ async fn worker(spec: WorkerSpec) -> ExitCode {
         let store = saga::connect(&spec.url).await.expect("open the store");
         (store, Ledger::new(None, spec.name.clone()))
     };
-    let store: Arc<dyn Store> = match spec.ambiguous {
-        Some(odds) => Arc::new(AmbiguousStore::new(
-            store,
-            odds,
-            spec.seed ^ u64::from(std::process::id()),
-        )),
-        None => store,
+    let store: Arc<dyn Store> = match (spec.ambiguous, spec.permit_deaths) {
+        (None, None) => store,
+        (odds, permit_deaths) => Arc::new(
+            AmbiguousStore::new(
+                store,
+                odds.unwrap_or(0.0),
+                spec.seed ^ u64::from(std::process::id()),
+            )
+            .dying_after_permits(permit_deaths.unwrap_or(0.0)),
+        ),
     };
     let orchestrator = Orchestrator::new(
         store,

@@ -21,6 +21,8 @@ pub(crate) struct Reports {
     pub(crate) leases_lost: BTreeMap<String, u64>,
     /// Drives a worker abandoned on a store error (it writes nothing more for that saga).
     pub drives_abandoned: BTreeMap<String, u64>,
+    /// (saga, step) of each permit under a cap whose worker died right after it was granted.
+    pub(crate) permit_deaths: Vec<(String, String)>,
     /// Times a worker logged a step panic.
     pub(crate) panics: u64,
     /// Worker processes that came up (all incarnations).
@@ -37,6 +39,11 @@ impl Reports {
         }
         if let Some(what) = line.strip_prefix("CRASH-HARNESS ambiguous ") {
             *self.ambiguous.entry(what.trim().to_owned()).or_default() += 1;
+        }
+        if let Some(what) = line.strip_prefix("CRASH-HARNESS permit death ") {
+            if let Some((saga, step)) = what.trim().split_once(' ') {
+                self.permit_deaths.push((saga.to_owned(), step.to_owned()));
+            }
         }
         if line.contains("lease lost") || line.contains("stopped writing") {
             *self.leases_lost.entry(worker.to_owned()).or_default() += 1;

@@ -8,8 +8,15 @@ use sqlx::{PgPool, Row};
 /// Compensable steps of the types the suite runs: (saga type, step).
 const COMPENSABLE: &str =
     "(VALUES ('crash_five', 's1'), ('crash_five', 's2'), ('crash_five', 's3'),
-    ('crash_five', 's4'), ('big_output', 's1'), ('panicky', 's1'), ('hangs', 's1'))
+    ('crash_five', 's4'), ('big_output', 's1'), ('panicky', 's1'), ('hangs', 's1'),
+    ('crash_policy', 'reserve'), ('crash_policy', 'issue_code'), ('crash_policy', 'partner'))
     AS compensable(saga_type, step)";
+
+/// Steps under a frequency cap: (saga type, step, cap, max per entity and window, the input
+/// field the cap counts under). Every window is longer than a run, so every effect counts.
+const CAPPED: &str = "(VALUES ('crash_policy', 'notify', 'notice', 1, 'customer'),
+    ('crash_policy', 'issue_code', 'code', 1, 'customer'))
+    AS capped(saga_type, step, cap, max, entity)";
 
 /// Steps that wait (for a signal): they complete with no effect of their own in the ledger.
 /// (saga type, step, signal).
@@ -176,12 +183,14 @@ const CHECKS: &[(&str, &str)] = &[
                                AND c.phase = 'compensation' AND c.status = 'completed')",
     ),
     (
-        "a completed saga completed every action and compensated nothing",
+        "a completed saga completed every action (or skipped it under a reached cap: see the \
+         checks of skipped steps) and compensated nothing",
         "SELECT s.id::text FROM saga.saga_instances s
           WHERE s.status = 'completed'
             AND EXISTS (SELECT 1 FROM saga.saga_steps st
                          WHERE st.saga_id = s.id
-                           AND (st.phase = 'compensation' OR st.status <> 'completed'))",
+                           AND (st.phase = 'compensation'
+                                OR st.status NOT IN ('completed', 'skipped')))",
     ),
     (
         "each crash_five saga ended as its plan says (completed / compensated / needs_intervention), \
@@ -197,6 +206,86 @@ const CHECKS: &[(&str, &str)] = &[
                                WHEN input->'comp_fail_at' = 'null'::jsonb THEN 'compensated'
                                ELSE 'needs_intervention' END",
     ),
+    (
+        "each crash_policy saga ended as its plan says: compensated if declined, else completed \
+         (no exception)",
+        "SELECT id::text FROM saga.saga_instances
+          WHERE saga_type = 'crash_policy'
+            AND status IS DISTINCT FROM CASE WHEN (input->>'decline')::boolean THEN 'compensated'
+                                             ELSE 'completed' END",
+    ),
+    (
+        "no compensation took effect without its action's effect (ledger)",
+        "SELECT c.saga_id FROM public.ledger_effects c
+          WHERE c.phase = 'compensation'
+            AND NOT EXISTS (SELECT 1 FROM public.ledger_effects a
+                             WHERE a.saga_id = c.saga_id AND a.step = c.step
+                               AND a.phase = 'action')",
+    ),
+    (
+        "every effect of a capped step names the entity its cap counts under",
+        "SELECT e.saga_id FROM public.ledger_effects e
+           JOIN saga.saga_instances s ON s.id::text = e.saga_id
+           JOIN CAPPED ON capped.saga_type = s.saga_type AND capped.step = e.step
+          WHERE e.entity IS DISTINCT FROM s.input->>capped.entity",
+    ),
+    (
+        "no entity got more effects of a capped step than its cap allows, counting every saga, \
+         process and restart",
+        "SELECT (ARRAY_AGG(e.saga_id ORDER BY e.seq DESC))[1] FROM public.ledger_effects e
+           JOIN saga.saga_instances s ON s.id::text = e.saga_id
+           JOIN CAPPED ON capped.saga_type = s.saga_type AND capped.step = e.step
+          WHERE e.phase = 'action'
+          GROUP BY capped.cap, capped.max, e.entity
+         HAVING COUNT(*) > capped.max",
+    ),
+    (
+        "only a capped step is skipped: its action, with its cap's reason, recorded once in its \
+         history",
+        "SELECT st.saga_id::text FROM saga.saga_steps st
+           JOIN saga.saga_instances s ON s.id = st.saga_id
+          WHERE st.status = 'skipped'
+            AND (st.phase <> 'action'
+                 OR NOT EXISTS (SELECT 1 FROM CAPPED
+                                 WHERE capped.saga_type = s.saga_type AND capped.step = st.name
+                                   AND st.last_error LIKE 'cap `' || capped.cap || '`:%reached%')
+                 OR (SELECT COUNT(*) FROM saga.saga_events e
+                      WHERE e.saga_id = st.saga_id AND e.kind = 'step_skipped'
+                        AND e.step = st.name) <> 1)",
+    ),
+    (
+        "a skipped step never began and called nothing: no attempt started, no call and no \
+         effect under its key",
+        "SELECT st.saga_id::text FROM saga.saga_steps st
+          WHERE st.status = 'skipped'
+            AND (EXISTS (SELECT 1 FROM saga.saga_events e
+                          WHERE e.saga_id = st.saga_id AND e.step = st.name
+                            AND e.phase = 'action' AND e.kind = 'step_started')
+                 OR EXISTS (SELECT 1 FROM public.ledger_calls c
+                             WHERE c.saga_id = st.saga_id::text
+                               AND c.key = st.saga_id::text || ':' || st.name || ':action')
+                 OR EXISTS (SELECT 1 FROM public.ledger_effects e
+                             WHERE e.saga_id = st.saga_id::text AND e.step = st.name
+                               AND e.phase = 'action'))",
+    ),
+    (
+        "a skipped step is never compensated: no compensation recorded, started, called or \
+         taken effect",
+        "SELECT a.saga_id::text FROM saga.saga_steps a
+          WHERE a.phase = 'action' AND a.status = 'skipped'
+            AND (EXISTS (SELECT 1 FROM saga.saga_steps c
+                          WHERE c.saga_id = a.saga_id AND c.step_index = a.step_index
+                            AND c.phase = 'compensation')
+                 OR EXISTS (SELECT 1 FROM saga.saga_events e
+                             WHERE e.saga_id = a.saga_id AND e.step = a.name
+                               AND e.phase = 'compensation')
+                 OR EXISTS (SELECT 1 FROM public.ledger_calls c
+                             WHERE c.saga_id = a.saga_id::text
+                               AND c.key = a.saga_id::text || ':' || a.name || ':compensation')
+                 OR EXISTS (SELECT 1 FROM public.ledger_effects e
+                             WHERE e.saga_id = a.saga_id::text AND e.step = a.name
+                               AND e.phase = 'compensation'))",
+    ),
 ];
 
 /// Figures of one scenario run.
@@ -211,6 +300,7 @@ pub(crate) struct Summary {
     pub(crate) duplicates: i64,
     pub(crate) open_items: i64,
     pub(crate) unknown_outcomes: i64,
+    pub(crate) skipped: i64,
 }
 
 impl fmt::Display for Summary {
@@ -239,6 +329,9 @@ impl fmt::Display for Summary {
                 self.unknown_outcomes
             )?;
         }
+        if self.skipped > 0 {
+            write!(f, "; steps skipped by a cap {}", self.skipped)?;
+        }
         Ok(())
     }
 }
@@ -254,7 +347,7 @@ async fn describe(pool: &PgPool, saga: &str) -> String {
             .join("\n      ")
     };
     format!(
-        "    saga: {}\n    steps:\n      {}\n    history:\n      {}\n    ledger calls:\n      {}",
+        "    saga: {}\n    steps:\n      {}\n    history:\n      {}\n    ledger calls:\n      {}\n    ledger effects:\n      {}\n    policy uses:\n      {}",
         lines("SELECT saga_type || ' ' || status || ' ' || COALESCE(status_reason, '') || ' input ' || input::text
                  FROM saga.saga_instances WHERE id::text = $1").await,
         lines("SELECT step_index || ' ' || name || ' ' || phase || ' ' || status || ' attempt ' || attempt
@@ -265,6 +358,16 @@ async fn describe(pool: &PgPool, saga: &str) -> String {
                  FROM saga.saga_events WHERE saga_id::text = $1 ORDER BY seq").await,
         lines("SELECT id || ' ' || key || ' attempt ' || attempt || ' by ' || worker
                  FROM public.ledger_calls WHERE saga_id = $1 ORDER BY id").await,
+        lines("SELECT seq || ' ' || key || ' calls ' || calls || ' first attempt ' || first_attempt
+                      || ' by ' || first_worker || COALESCE(' entity ' || entity, '')
+                 FROM public.ledger_effects WHERE saga_id = $1 ORDER BY seq").await,
+        lines("SELECT kind || ' ' || name || ' key ' || use_key || ' step ' || step_index
+                      || ' attempt ' || attempt || ' slot ' || slot || ' expires ' || expires_at
+                 FROM saga.saga_policy_slots WHERE saga_id::text = $1
+                UNION ALL
+               SELECT kind || ' ' || name || ' key ' || use_key || ' step ' || step_index
+                      || ' attempt ' || attempt || ' at ' || used_at
+                 FROM saga.saga_policy_uses WHERE saga_id::text = $1").await,
     )
 }
 
@@ -290,7 +393,8 @@ pub(crate) async fn check(pool: &PgPool, started: i64, kills: u64) -> Summary {
     for (name, sql) in CHECKS {
         let sql = sql
             .replace("COMPENSABLE", COMPENSABLE)
-            .replace("WAITING", WAITING);
+            .replace("WAITING", WAITING)
+            .replace("CAPPED", CAPPED);
         let count = scalar(pool, &format!("SELECT COUNT(*) FROM ({sql}) violations")).await;
         if count != 0 {
             let example: String = sqlx::query_scalar(&format!("{sql} LIMIT 1"))
@@ -357,6 +461,11 @@ pub(crate) async fn check(pool: &PgPool, started: i64, kills: u64) -> Summary {
             pool,
             "SELECT COUNT(*) FROM saga.saga_interventions
               WHERE status = 'open' AND kind = 'unknown_outcome'",
+        )
+        .await,
+        skipped: scalar(
+            pool,
+            "SELECT COUNT(*) FROM saga.saga_steps WHERE status = 'skipped'",
         )
         .await,
     };

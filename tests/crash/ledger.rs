@@ -1,7 +1,8 @@
 //! The external effects ledger: a downstream service that honours idempotency keys, the way a
 //! well-behaved payment API does. Every call is logged (key, attempt, worker); the effect of a
 //! key is applied once (a unique key); a repeated call is counted and answered with the first
-//! call's receipt, never applied again.
+//! call's receipt, never applied again. A step under a frequency cap also records the entity
+//! its cap counts under (the customer), so that the checks count effects per entity.
 
 use saga::{StepContext, StepError};
 use sqlx::{PgPool, Row};
@@ -20,6 +21,7 @@ pub(crate) const SCHEMA: [&str; 2] = [
          first_worker text NOT NULL,
          receipt      text NOT NULL,
          refund_of    text,
+         entity       text,
          calls        integer NOT NULL)",
     "CREATE TABLE IF NOT EXISTS public.ledger_calls (
          id        bigserial PRIMARY KEY,
@@ -60,6 +62,18 @@ impl Ledger {
         index: u32,
         refund_of: Option<&str>,
     ) -> Result<String, StepError> {
+        self.call_for(ctx, index, refund_of, None).await
+    }
+
+    /// [`call`](Self::call), recording the effect against `entity` (the key a cap counts it
+    /// under: a customer).
+    pub(crate) async fn call_for<I>(
+        &self,
+        ctx: &StepContext<I>,
+        index: u32,
+        refund_of: Option<&str>,
+        entity: Option<&str>,
+    ) -> Result<String, StepError> {
         let Some(pool) = &self.pool else {
             return Err(StepError::permanent(
                 "this worker has no ledger (SQLite run); the step cannot reach its downstream",
@@ -73,8 +87,8 @@ impl Ledger {
                  INSERT INTO public.ledger_calls (key, saga_id, step_index, phase, attempt, worker)
                  VALUES ($1, $2, $4, $5, $6, $7))
              INSERT INTO public.ledger_effects AS e (key, saga_id, step, step_index, phase,
-                 first_attempt, first_worker, receipt, refund_of, calls)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1)
+                 first_attempt, first_worker, receipt, refund_of, entity, calls)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1)
              ON CONFLICT (key) DO UPDATE SET calls = e.calls + 1
              RETURNING receipt",
         )
@@ -87,6 +101,7 @@ impl Ledger {
         .bind(&self.worker)
         .bind(&receipt)
         .bind(refund_of)
+        .bind(entity)
         .fetch_one(pool)
         .await
         .map_err(|err| StepError::transient(format!("ledger unreachable: {err}")))?;

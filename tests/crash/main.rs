@@ -13,6 +13,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod ambiguous;
+mod capped;
 mod child;
 mod harness;
 mod invariants;
@@ -30,7 +31,7 @@ use scenarios::Report;
 
 type Run = fn(u64) -> Pin<Box<dyn Future<Output = Report> + Send>>;
 
-const SCENARIOS: [(&str, Run); 9] = [
+const SCENARIOS: [(&str, Run); 10] = [
     ("kill_random_workers", |seed| {
         Box::pin(scenarios::kill_random::run(seed))
     }),
@@ -57,6 +58,9 @@ const SCENARIOS: [(&str, Run); 9] = [
     }),
     ("signals_under_kills", |seed| {
         Box::pin(scenarios::signals_under_kills::run(seed))
+    }),
+    ("policies_under_kills", |seed| {
+        Box::pin(scenarios::policies_under_kills::run(seed))
     }),
 ];
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use saga::{Orchestrator, RetryPolicy, Saga, SagaDefinition, Step, StepContext, StepError};
 use serde::{Deserialize, Serialize};
 
+use crate::capped::Capped;
 use crate::ledger::Ledger;
 use crate::rng::Rng;
 
@@ -87,14 +88,14 @@ fn retry() -> RetryPolicy {
         .with_max_delay(Duration::from_millis(400))
 }
 
-async fn work(ms: u32) {
+pub(crate) async fn work(ms: u32) {
     if ms > 0 {
         tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
     }
 }
 
-/// The timeout of each attempt of `crash_five`'s steps.
-const STEP_TIMEOUT: Duration = Duration::from_secs(4);
+/// The timeout of each attempt of `crash_five`'s (and `crash_policy`'s) steps.
+pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Five steps against the ledger, with planned failures.
 pub(crate) struct Crash(pub Ledger);
@@ -421,7 +422,7 @@ impl Saga for CrashSignal {
 /// Which saga types a process registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Registry {
-    /// `crash_five` only.
+    /// `crash_five`, `crash_signal` and `crash_policy`.
     Standard,
     /// What the poison scenario's workers run: the types they know, with the changed
     /// definitions (and no `ghost`).
@@ -437,6 +438,7 @@ pub(crate) fn register(
 ) -> saga::Result<()> {
     orchestrator.register(Crash(ledger.clone()))?;
     orchestrator.register(CrashSignal(ledger.clone()))?;
+    orchestrator.register(Capped(ledger.clone()))?;
     match registry {
         Registry::Standard => {}
         Registry::PoisonWorker => {

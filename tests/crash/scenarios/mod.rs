@@ -8,6 +8,7 @@ pub(crate) mod fault_points;
 pub(crate) mod kill_random;
 pub(crate) mod pg_restart;
 pub(crate) mod poison;
+pub(crate) mod policies_under_kills;
 pub(crate) mod signals_under_kills;
 pub(crate) mod zombie;
 
@@ -155,6 +156,7 @@ pub(crate) fn specs(
             concurrency: 16,
             poll_ms: 100,
             ambiguous: None,
+            permit_deaths: None,
             seed: seed.wrapping_add(u64::try_from(i).unwrap_or(0)),
         })
         .collect()

@@ -42,6 +42,7 @@ fn worker(url: &str, name: &str, seed: u64) -> WorkerSpec {
         concurrency: 16,
         poll_ms: 100,
         ambiguous: None,
+        permit_deaths: None,
         seed,
     }
 }
