@@ -407,6 +407,11 @@ impl Store for MemoryStore {
             .collect();
         let now = clock::now();
         state.windows.retain(|_, until| *until > now);
+        // Policy uses that count no more: their window ended.
+        for rows in state.uses.values_mut() {
+            rows.retain(|row| row.expires_at.is_none_or(|expires| expires > now));
+        }
+        state.uses.retain(|_, rows| !rows.is_empty());
         for id in &doomed {
             if let Some(snap) = state.sagas.remove(id) {
                 if let Some(key) = snap.record.idempotency_key {

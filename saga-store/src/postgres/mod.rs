@@ -252,7 +252,7 @@ impl PgStore {
         let permit_pool = open_pool(
             &connect,
             &schema,
-            options.max_connections.clamp(2, PERMIT_CONNECTIONS),
+            options.max_connections.clamp(4, PERMIT_CONNECTIONS),
             &options,
             Some("SET synchronous_commit = off".to_owned()),
         )
@@ -437,7 +437,7 @@ async fn begin_operator(pool: &PgPool) -> Result<Transaction<'static, Postgres>>
 }
 
 /// Connections for policy permits, at most.
-const PERMIT_CONNECTIONS: u32 = 8;
+const PERMIT_CONNECTIONS: u32 = 32;
 
 /// How many times a use races for a slot before the saga is held back briefly instead.
 const SLOT_RACES: u32 = 8;
@@ -1141,6 +1141,15 @@ impl Store for PgStore {
 
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {
         sqlx::query("DELETE FROM saga_start_windows WHERE until <= now()")
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        // Policy uses and slots that count no more: their window ended.
+        sqlx::query("DELETE FROM saga_policy_slots WHERE expires_at <= now()")
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        sqlx::query("DELETE FROM saga_policy_uses WHERE expires_at <= now()")
             .execute(&self.pool)
             .await
             .map_err(classify)?;

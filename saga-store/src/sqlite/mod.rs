@@ -100,6 +100,8 @@ impl Default for SqliteOptions {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Whether commits wait for the disk (`SqliteOptions::durable`).
+    durable: bool,
 }
 
 impl SqliteStore {
@@ -161,7 +163,10 @@ impl SqliteStore {
                 .await
                 .map_err(migration)?;
         }
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            durable: options.durable && !in_memory,
+        })
     }
 
     /// The connection pool, for applications that keep their own tables in the same file.
@@ -264,6 +269,144 @@ impl SqliteStore {
         tx.commit().await.map_err(classify)?;
         Ok(leases)
     }
+}
+
+/// A permit decided and written in the transaction open on `conn`.
+async fn permit_in(
+    conn: &mut SqliteConnection,
+    request: &PermitRequest,
+    now: Timestamp,
+) -> Result<Permit> {
+    // Read once the write lock is held: a time read before waiting for it would let
+    // grants bunch.
+    let now = now.max(saga_core::now());
+    let mut read = PolicyState::default();
+    for wanted in &request.uses {
+        if wanted.policy.kind == PolicyKind::RateLimit {
+            let row =
+                sqlx::query("SELECT next_at, backoff_until FROM saga_rate_limits WHERE name = ?")
+                    .bind(&wanted.policy.name)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(classify)?;
+            let time = |column: &str| -> Result<Option<Timestamp>> {
+                Ok(match &row {
+                    Some(row) => row
+                        .try_get::<Option<i64>, _>(column)
+                        .map_err(classify)?
+                        .and_then(chrono::DateTime::from_timestamp_millis),
+                    None => None,
+                })
+            };
+            read.uses.push(UseState {
+                limit: LimitState {
+                    next_at: time("next_at")?,
+                    backoff_until: time("backoff_until")?,
+                },
+                ..UseState::default()
+            });
+            continue;
+        }
+        let (kind, name, key) = (
+            wanted.policy.kind.as_str(),
+            wanted.policy.name.as_str(),
+            wanted.key.as_str(),
+        );
+        sqlx::query(
+                "DELETE FROM saga_policy_uses
+                  WHERE kind = ?1 AND name = ?2 AND use_key = ?3
+                    AND (expires_at <= ?4
+                         OR (expires_at IS NULL AND NOT EXISTS (
+                                SELECT 1 FROM saga_instances i
+                                 WHERE i.id = saga_policy_uses.saga_id
+                                   AND i.status NOT IN ('completed', 'compensated', 'cancelled'))))",
+            )
+            .bind(kind)
+            .bind(name)
+            .bind(key)
+            .bind(millis(now))
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        let mine = (
+            request.saga.to_string(),
+            i64::from(wanted.counted_step(request.index).0),
+            i64::from(wanted.counted_attempt(request.attempt)),
+        );
+        let row = sqlx::query(
+                "SELECT COALESCE(SUM(saga_id = ?4 AND step_index = ?5 AND attempt = ?6), 0) AS mine,
+                        COALESCE(SUM(NOT (saga_id = ?4 AND step_index = ?5 AND attempt = ?6)), 0) AS counted,
+                        MIN(CASE WHEN NOT (saga_id = ?4 AND step_index = ?5 AND attempt = ?6) THEN expires_at END) AS frees_at,
+                        MIN(CASE WHEN saga_id <> ?4 THEN saga_id END) AS holder
+                   FROM saga_policy_uses
+                  WHERE kind = ?1 AND name = ?2 AND use_key = ?3",
+            )
+            .bind(kind)
+            .bind(name)
+            .bind(key)
+            .bind(&mine.0)
+            .bind(mine.1)
+            .bind(mine.2)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(classify)?;
+        let number = |column: &str| -> Result<i64> {
+            row.try_get::<Option<i64>, _>(column)
+                .map(Option::unwrap_or_default)
+                .map_err(classify)
+        };
+        let time = |column: &str| -> Result<Option<Timestamp>> {
+            Ok(row
+                .try_get::<Option<i64>, _>(column)
+                .map_err(classify)?
+                .and_then(chrono::DateTime::from_timestamp_millis))
+        };
+        let holder: Option<String> = row.try_get("holder").map_err(classify)?;
+        read.uses.push(UseState {
+            mine: number("mine")? > 0,
+            counted: u32::try_from(number("counted")?).unwrap_or(u32::MAX),
+            frees_at: time("frees_at")?,
+            limit: LimitState::default(),
+            holder: holder.and_then(|holder| holder.parse().ok()),
+        });
+    }
+    let decided = decide_permit(request, &read, now);
+    for (position, next_at) in &decided.limits {
+        let Some(wanted) = request.uses.get(*position) else {
+            continue;
+        };
+        sqlx::query(
+            "INSERT INTO saga_rate_limits (name, next_at) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET next_at = excluded.next_at",
+        )
+        .bind(&wanted.policy.name)
+        .bind(millis(*next_at))
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    }
+    for position in &decided.record {
+        let Some(wanted) = request.uses.get(*position) else {
+            continue;
+        };
+        sqlx::query(
+            "INSERT OR IGNORE INTO saga_policy_uses
+                     (kind, name, use_key, saga_id, step_index, attempt, used_at, expires_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(wanted.policy.kind.as_str())
+        .bind(&wanted.policy.name)
+        .bind(&wanted.key)
+        .bind(request.saga.to_string())
+        .bind(i64::from(wanted.counted_step(request.index).0))
+        .bind(i64::from(wanted.counted_attempt(request.attempt)))
+        .bind(millis(now))
+        .bind(use_expires_at(&wanted.policy, now).map(millis))
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    }
+    Ok(decided.permit)
 }
 
 async fn insert_event(
@@ -607,141 +750,44 @@ impl Store for SqliteStore {
     }
 
     async fn permit(&self, request: &PermitRequest, now: Timestamp) -> Result<Permit> {
-        // BEGIN IMMEDIATE: one writer at a time on the file, so the count read is the count
-        // written against.
-        let mut tx = self.write_tx().await?;
-        // Read once the write lock is held: a time read before waiting for it would let
-        // grants bunch.
-        let now = now.max(saga_core::now());
-        let mut read = PolicyState::default();
-        for wanted in &request.uses {
-            if wanted.policy.kind == PolicyKind::RateLimit {
-                let row = sqlx::query(
-                    "SELECT next_at, backoff_until FROM saga_rate_limits WHERE name = ?",
-                )
-                .bind(&wanted.policy.name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(classify)?;
-                let time = |column: &str| -> Result<Option<Timestamp>> {
-                    Ok(match &row {
-                        Some(row) => row
-                            .try_get::<Option<i64>, _>(column)
-                            .map_err(classify)?
-                            .and_then(chrono::DateTime::from_timestamp_millis),
-                        None => None,
-                    })
-                };
-                read.uses.push(UseState {
-                    limit: LimitState {
-                        next_at: time("next_at")?,
-                        backoff_until: time("backoff_until")?,
-                    },
-                    ..UseState::default()
-                });
-                continue;
+        // Run to completion in a task of its own, so that the connection's durability setting
+        // is always put back (see write_tx for why a transaction is begun in a task).
+        let (pool, request, durable) = (self.pool.clone(), request.clone(), self.durable);
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await.map_err(classify)?;
+            // A permit stands only once the attempt's `in_progress` is written by a synchronous
+            // commit to the same log, which makes it durable too (a crash before loses both):
+            // its own commit need not wait for the disk.
+            if durable {
+                sqlx::query("PRAGMA synchronous = NORMAL")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(classify)?;
             }
-            let (kind, name, key) = (
-                wanted.policy.kind.as_str(),
-                wanted.policy.name.as_str(),
-                wanted.key.as_str(),
-            );
-            sqlx::query(
-                "DELETE FROM saga_policy_uses
-                  WHERE kind = ?1 AND name = ?2 AND use_key = ?3
-                    AND (expires_at <= ?4
-                         OR (expires_at IS NULL AND NOT EXISTS (
-                                SELECT 1 FROM saga_instances i
-                                 WHERE i.id = saga_policy_uses.saga_id
-                                   AND i.status NOT IN ('completed', 'compensated', 'cancelled'))))",
-            )
-            .bind(kind)
-            .bind(name)
-            .bind(key)
-            .bind(millis(now))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-            let mine = (
-                request.saga.to_string(),
-                i64::from(wanted.counted_step(request.index).0),
-                i64::from(wanted.counted_attempt(request.attempt)),
-            );
-            let row = sqlx::query(
-                "SELECT COALESCE(SUM(saga_id = ?4 AND step_index = ?5 AND attempt = ?6), 0) AS mine,
-                        COALESCE(SUM(NOT (saga_id = ?4 AND step_index = ?5 AND attempt = ?6)), 0) AS counted,
-                        MIN(CASE WHEN NOT (saga_id = ?4 AND step_index = ?5 AND attempt = ?6) THEN expires_at END) AS frees_at,
-                        MIN(CASE WHEN saga_id <> ?4 THEN saga_id END) AS holder
-                   FROM saga_policy_uses
-                  WHERE kind = ?1 AND name = ?2 AND use_key = ?3",
-            )
-            .bind(kind)
-            .bind(name)
-            .bind(key)
-            .bind(&mine.0)
-            .bind(mine.1)
-            .bind(mine.2)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(classify)?;
-            let number = |column: &str| -> Result<i64> {
-                row.try_get::<Option<i64>, _>(column)
-                    .map(Option::unwrap_or_default)
-                    .map_err(classify)
-            };
-            let time = |column: &str| -> Result<Option<Timestamp>> {
-                Ok(row
-                    .try_get::<Option<i64>, _>(column)
-                    .map_err(classify)?
-                    .and_then(chrono::DateTime::from_timestamp_millis))
-            };
-            let holder: Option<String> = row.try_get("holder").map_err(classify)?;
-            read.uses.push(UseState {
-                mine: number("mine")? > 0,
-                counted: u32::try_from(number("counted")?).unwrap_or(u32::MAX),
-                frees_at: time("frees_at")?,
-                limit: LimitState::default(),
-                holder: holder.and_then(|holder| holder.parse().ok()),
-            });
-        }
-        let decided = decide_permit(request, &read, now);
-        for (position, next_at) in &decided.limits {
-            let Some(wanted) = request.uses.get(*position) else {
-                continue;
-            };
-            sqlx::query(
-                "INSERT INTO saga_rate_limits (name, next_at) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET next_at = excluded.next_at",
-            )
-            .bind(&wanted.policy.name)
-            .bind(millis(*next_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-        for position in &decided.record {
-            let Some(wanted) = request.uses.get(*position) else {
-                continue;
-            };
-            sqlx::query(
-                "INSERT OR IGNORE INTO saga_policy_uses
-                     (kind, name, use_key, saga_id, step_index, attempt, used_at, expires_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(wanted.policy.kind.as_str())
-            .bind(&wanted.policy.name)
-            .bind(&wanted.key)
-            .bind(request.saga.to_string())
-            .bind(i64::from(wanted.counted_step(request.index).0))
-            .bind(i64::from(wanted.counted_attempt(request.attempt)))
-            .bind(millis(now))
-            .bind(use_expires_at(&wanted.policy, now).map(millis))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-        tx.commit().await.map_err(classify)?;
-        Ok(decided.permit)
+            let decided = async {
+                // BEGIN IMMEDIATE: one writer at a time on the file, so the count read is the
+                // count written against.
+                let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE")
+                    .await
+                    .map_err(classify)?;
+                let permit = permit_in(&mut tx, &request, now).await?;
+                tx.commit().await.map_err(classify)?;
+                Ok(permit)
+            }
+            .await;
+            if durable
+                && sqlx::query("PRAGMA synchronous = FULL")
+                    .execute(&mut *conn)
+                    .await
+                    .is_err()
+            {
+                // Never given back to the pool less durable than the rest.
+                drop(conn.detach());
+            }
+            decided
+        })
+        .await
+        .map_err(|err| Error::Store(Box::new(err)))?
     }
 
     async fn throttle(&self, name: &str, until: Timestamp) -> Result<()> {
@@ -841,6 +887,12 @@ impl Store for SqliteStore {
         let now = millis(saga_core::now());
         // A saga whose start key's dedup window is open is kept: a repeat start finds it.
         sqlx::query("DELETE FROM saga_start_windows WHERE until <= ?")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        // Policy uses that count no more: their window ended.
+        sqlx::query("DELETE FROM saga_policy_uses WHERE expires_at <= ?")
             .bind(now)
             .execute(&mut *tx)
             .await
