@@ -71,8 +71,8 @@ pub(crate) struct Inner {
     /// The pauses in force as last read from the store, and when (read again after a poll
     /// interval, so a pause stops new attempts in every process within one).
     pauses: Mutex<Option<(tokio::time::Instant, Arc<Vec<crate::policy::Pause>>)>>,
-    /// Whether a step of this process is reading the pauses again.
-    pauses_refreshing: std::sync::atomic::AtomicBool,
+    /// Held by the step of this process that reads the pauses again.
+    pauses_reading: tokio::sync::Mutex<()>,
 }
 
 /// A subscriber to lifecycle events.
@@ -175,29 +175,19 @@ impl Inner {
     /// are computed from.
     /// The pauses in force, read from the store at most once per poll interval.
     pub(crate) async fn pauses(&self) -> Result<Arc<Vec<crate::policy::Pause>>> {
-        use std::sync::atomic::Ordering;
         let fresh = self.config.poll_interval.min(Duration::from_secs(1));
-        let stale = match self.pauses.lock() {
-            Ok(cached) => match cached.as_ref() {
-                Some((at, pauses)) if at.elapsed() < fresh => return Ok(Arc::clone(pauses)),
-                Some((_, pauses)) => Some(Arc::clone(pauses)),
-                None => None,
-            },
-            Err(_) => None,
+        let cached = || -> Option<Arc<Vec<crate::policy::Pause>>> {
+            let cached = self.pauses.lock().ok()?;
+            let (at, pauses) = cached.as_ref()?;
+            (at.elapsed() < fresh).then(|| Arc::clone(pauses))
         };
-        // One step of this process reads them again; the others go on with what was read
-        // meanwhile (a read that fails leaves the copy to be read again by the next).
-        if let Some(stale) = stale {
-            if self
-                .pauses_refreshing
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
-                return Ok(stale);
-            }
-            let read = self.pauses_now().await;
-            self.pauses_refreshing.store(false, Ordering::Release);
-            return read;
+        if let Some(pauses) = cached() {
+            return Ok(pauses);
+        }
+        // One step of this process reads them again; the others wait for that read.
+        let _reading = self.pauses_reading.lock().await;
+        if let Some(pauses) = cached() {
+            return Ok(pauses);
         }
         self.pauses_now().await
     }
@@ -358,7 +348,7 @@ impl Orchestrator {
                 clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
                 clock_synced: std::sync::atomic::AtomicBool::new(false),
                 pauses: Mutex::new(None),
-                pauses_refreshing: std::sync::atomic::AtomicBool::new(false),
+                pauses_reading: tokio::sync::Mutex::new(()),
             }),
         }
     }

@@ -660,6 +660,44 @@ impl Driver<'_> {
             }
             Err(err) => return Err(err),
         }
+        // Paused while `in_progress` was being written (a write can take a while under load):
+        // the step is not called; the attempt is recorded as not run, and the saga is held.
+        let pauses = self.inner.pauses().await?;
+        if let Some(pause) =
+            crate::policy::pause_covering(&pauses, self.definition.saga_type(), &spec.name)
+        {
+            let until = clock::after(self.inner.now(), crate::policy::PAUSE_RECHECK);
+            let reason = format!(
+                "{} paused by {}: {}",
+                pause.scope, pause.paused_by, pause.reason
+            );
+            // Not run says nothing of an earlier attempt whose outcome is unknown: it stays so.
+            let earlier_unknown = self
+                .snapshot
+                .step(index, phase)
+                .and_then(|step| step.last_error.as_deref())
+                .is_some_and(|last| last.starts_with(crate::step::FailureKind::Unknown.as_str()));
+            let not_run = format!("not run: {reason}");
+            self.record(vec![Change::FailStep {
+                index,
+                name: spec.name.clone(),
+                phase,
+                attempt,
+                error: if earlier_unknown {
+                    StepError::unknown(format!(
+                        "{not_run} (an earlier attempt's outcome is unknown)"
+                    ))
+                } else {
+                    StepError::transient(not_run)
+                },
+                // Due as soon as the saga is: a resume makes it due at once.
+                retry_at: Some(self.inner.now()),
+            }])?;
+            let waiting_for = pause.scope.waiting_for();
+            self.hold(&spec, "paused", waiting_for, reason, until)
+                .await?;
+            return Ok(false);
+        }
         if spec.transactional && !open_first {
             transaction = self.inner.store.begin_step_transaction(self.lease).await?;
         }
