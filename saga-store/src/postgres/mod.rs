@@ -205,6 +205,7 @@ impl PgStore {
             options.max_connections.max(2),
             &options,
             None,
+            false,
         )
         .await?;
         if options.migrate {
@@ -242,6 +243,7 @@ impl PgStore {
             write_connections,
             &options,
             Some(write_settings(options.write_lock_timeout)),
+            false,
         )
         .await?;
         let writers = Arc::new(writers::Writers::start(
@@ -255,6 +257,9 @@ impl PgStore {
             options.max_connections.clamp(4, PERMIT_CONNECTIONS),
             &options,
             Some("SET synchronous_commit = off".to_owned()),
+            // Opened when a first permit is asked for: a store whose sagas declare no policy
+            // never opens one.
+            true,
         )
         .await?;
         Ok(Self {
@@ -310,9 +315,10 @@ async fn open_pool(
     size: u32,
     options: &PgOptions,
     settings: Option<String>,
+    lazy: bool,
 ) -> Result<PgPool> {
     let search_path = format!("SET search_path TO \"{schema}\", public");
-    PgPoolOptions::new()
+    let pool = PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(options.acquire_timeout)
         // sqlx pings every connection it hands out, a round trip per store call; ping only
@@ -340,9 +346,11 @@ async fn open_pool(
                 Ok(())
             })
         })
-        .connect_with(connect.clone())
-        .await
-        .map_err(classify)
+        ;
+    if lazy {
+        return Ok(pool.connect_lazy_with(connect.clone()));
+    }
+    pool.connect_with(connect.clone()).await.map_err(classify)
 }
 
 /// The URL without its password, for error messages.
