@@ -591,6 +591,83 @@ fn settle_begun(
     }])
 }
 
+/// Whether the last attempt of step phase (`index`, `phase`) ended with an unknown outcome that
+/// nothing settled since (its last error is an unknown one).
+pub fn earlier_attempt_unknown(snapshot: &SagaSnapshot, index: StepIndex, phase: Phase) -> bool {
+    snapshot
+        .step(index, phase)
+        .and_then(|step| step.last_error.as_deref())
+        .is_some_and(|last| last.starts_with(FailureKind::Unknown.as_str()))
+}
+
+/// Why a policy refuses an attempt of a step's action for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyRefusal {
+    /// A cap is reached: the step is skipped.
+    Skip(String),
+    /// The retry budget is spent: the step fails.
+    Fail(String),
+}
+
+/// What a policy's refusal records for the attempt `attempted` of `spec`'s action: the step
+/// skipped (a cap) or failed for good (a spent retry budget) — both say the effect did not
+/// happen, which is true only while no earlier attempt's outcome is unknown. After one, the
+/// phase stays unknown and no attempt follows: the step's probe settles it, else a person (an
+/// `unknown_outcome` item).
+pub fn on_policy_refusal(
+    snapshot: &SagaSnapshot,
+    spec: &StepSpec,
+    attempted: Attempted,
+    refusal: PolicyRefusal,
+) -> Vec<Change> {
+    let Attempted {
+        index,
+        phase,
+        attempt,
+    } = attempted;
+    let reason = match &refusal {
+        PolicyRefusal::Skip(reason) | PolicyRefusal::Fail(reason) => reason.clone(),
+    };
+    if earlier_attempt_unknown(snapshot, index, phase) {
+        let stored = snapshot
+            .step(index, phase)
+            .map_or(attempt, |step| step.attempt);
+        let detail = format!(
+            "{reason}; an earlier attempt's outcome is unknown, so the step is neither skipped nor failed"
+        );
+        let mut changes = vec![Change::FailStep {
+            index,
+            name: spec.name.clone(),
+            phase,
+            attempt: stored,
+            error: StepError::unknown(detail.clone()),
+            retry_at: None,
+        }];
+        if !spec.probe {
+            changes.push(escalate_unknown(snapshot, spec, index, stored, detail));
+        }
+        return changes;
+    }
+    vec![match refusal {
+        PolicyRefusal::Skip(reason) => Change::SkipStep {
+            index,
+            name: spec.name.clone(),
+            attempt,
+            key: IdempotencyKey::for_step(snapshot.record.id, &spec.name, phase),
+            reason,
+        },
+        // A budget counts retries, so the phase is stored (an earlier attempt began).
+        PolicyRefusal::Fail(reason) => Change::FailStep {
+            index,
+            name: spec.name.clone(),
+            phase,
+            attempt,
+            error: StepError::permanent(reason),
+            retry_at: None,
+        },
+    }]
+}
+
 /// An action attempt whose outcome is unknown, to settle with the step's probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probing {
@@ -664,11 +741,9 @@ pub fn on_outcome(
     // A transient failure says that this attempt did not take effect, not that an earlier one
     // whose outcome is unknown did not: the phase stays unknown until something settles it (a
     // success, a permanent answer for its key, the probe, or a person).
-    let earlier_unknown = snapshot
-        .step(index, phase)
-        .and_then(|step| step.last_error.as_deref())
-        .is_some_and(|last| last.starts_with(FailureKind::Unknown.as_str()));
-    let error = if earlier_unknown && error.kind() == FailureKind::Transient {
+    let error = if earlier_attempt_unknown(snapshot, index, phase)
+        && error.kind() == FailureKind::Transient
+    {
         StepError::unknown(format!(
             "{} (an earlier attempt's outcome is unknown, and this failure does not settle it)",
             error.message()
@@ -1588,5 +1663,75 @@ mod tests {
         };
         assert_eq!(item.kind, InterventionKind::PastPivot);
         assert_eq!(item.parked_from, Some(SagaStatus::Running));
+    }
+
+    #[test]
+    fn a_policy_refusal_skips_or_fails_only_when_no_earlier_outcome_is_unknown() {
+        let specs = steps();
+        let attempted = Attempted {
+            index: StepIndex(1),
+            phase: Phase::Action,
+            attempt: Attempt(2),
+        };
+        let known = with_step(
+            snapshot(SagaStatus::Running),
+            1,
+            Phase::Action,
+            StepStatus::Pending,
+            1,
+        );
+        let skip = on_policy_refusal(
+            &known,
+            &specs[1],
+            attempted,
+            PolicyRefusal::Skip("cap".into()),
+        );
+        assert!(matches!(skip.as_slice(), [Change::SkipStep { .. }]));
+        let fail = on_policy_refusal(
+            &known,
+            &specs[1],
+            attempted,
+            PolicyRefusal::Fail("budget".into()),
+        );
+        assert!(
+            matches!(fail.as_slice(), [Change::FailStep { error, retry_at: None, .. }] if error.is_permanent())
+        );
+
+        // The attempt before timed out: it may have taken effect.
+        let mut unknown = with_step(
+            snapshot(SagaStatus::Running),
+            1,
+            Phase::Action,
+            StepStatus::InProgress,
+            1,
+        );
+        unknown.steps[0].last_error = Some(StepError::unknown("timed out").to_string());
+        for refusal in [
+            PolicyRefusal::Skip("cap".into()),
+            PolicyRefusal::Fail("budget".into()),
+        ] {
+            let changes = on_policy_refusal(&unknown, &specs[1], attempted, refusal);
+            assert!(
+                matches!(&changes[0], Change::FailStep { error, retry_at: None, .. } if error.is_unknown()),
+                "{changes:?}"
+            );
+            assert!(
+                matches!(&changes[1], Change::Escalate(item) if item.kind == InterventionKind::UnknownOutcome),
+                "without a probe, a person settles it: {changes:?}"
+            );
+        }
+        let mut probed = specs[1].clone();
+        probed.probe = true;
+        let changes = on_policy_refusal(
+            &unknown,
+            &probed,
+            attempted,
+            PolicyRefusal::Fail("budget".into()),
+        );
+        assert_eq!(
+            changes.len(),
+            1,
+            "with a probe, the probe settles it: {changes:?}"
+        );
     }
 }

@@ -672,11 +672,7 @@ impl Driver<'_> {
                 pause.scope, pause.paused_by, pause.reason
             );
             // Not run says nothing of an earlier attempt whose outcome is unknown: it stays so.
-            let earlier_unknown = self
-                .snapshot
-                .step(index, phase)
-                .and_then(|step| step.last_error.as_deref())
-                .is_some_and(|last| last.starts_with(crate::step::FailureKind::Unknown.as_str()));
+            let earlier_unknown = plan::earlier_attempt_unknown(&self.snapshot, index, phase);
             let not_run = format!("not run: {reason}");
             self.record(vec![Change::FailStep {
                 index,
@@ -820,31 +816,50 @@ impl Driver<'_> {
             crate::policy::Permit::Skip { reason } => {
                 metrics::counter!(names::POLICY_SKIPS, &labels(cap_name(&reason))).increment(1);
                 tracing::info!(saga.id = %self.lease.saga, step = %spec.name, %reason, "step skipped by a policy");
-                self.record(vec![Change::SkipStep {
+                self.refused(
+                    spec,
                     index,
-                    name: spec.name.clone(),
+                    phase,
                     attempt,
-                    key: IdempotencyKey::for_step(self.lease.saga, &spec.name, phase),
-                    reason,
-                }])?;
-                Ok(Some(true))
+                    plan::PolicyRefusal::Skip(reason),
+                )
             }
             crate::policy::Permit::Fail { reason } => {
                 metrics::counter!(names::POLICY_BUDGET_EXHAUSTED, &labels(cap_name(&reason)))
                     .increment(1);
                 tracing::warn!(saga.id = %self.lease.saga, step = %spec.name, %reason, "retry budget spent; the step fails for good");
-                // A budget counts retries, so the phase is stored (an earlier attempt began).
-                self.record(vec![Change::FailStep {
+                self.refused(
+                    spec,
                     index,
-                    name: spec.name.clone(),
                     phase,
                     attempt,
-                    error: StepError::permanent(reason),
-                    retry_at: None,
-                }])?;
-                Ok(Some(true))
+                    plan::PolicyRefusal::Fail(reason),
+                )
             }
         }
+    }
+
+    /// Records a policy's refusal of an attempt (see [`plan::on_policy_refusal`]); planning goes on.
+    fn refused(
+        &mut self,
+        spec: &StepSpec,
+        index: StepIndex,
+        phase: Phase,
+        attempt: Attempt,
+        refusal: plan::PolicyRefusal,
+    ) -> Result<Option<bool>> {
+        let attempted = plan::Attempted {
+            index,
+            phase,
+            attempt,
+        };
+        self.record(plan::on_policy_refusal(
+            &self.snapshot,
+            spec,
+            attempted,
+            refusal,
+        ))?;
+        Ok(Some(true))
     }
 
     /// Holds the saga back before step `spec` until `until`, holding no worker: records what it

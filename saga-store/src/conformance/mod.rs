@@ -113,6 +113,7 @@ macro_rules! conformance_suite {
                 a_spent_retry_budget_fails_the_step_and_the_saga_compensates,
                 a_pause_holds_new_attempts_until_resumed,
                 a_dedup_window_returns_the_saga_inside_it_and_starts_anew_after,
+                a_spent_retry_budget_after_an_unknown_outcome_escalates_it,
             );
         }
     };

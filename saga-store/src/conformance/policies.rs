@@ -773,3 +773,66 @@ pub async fn a_dedup_window_returns_the_saga_inside_it_and_starts_anew_after<S: 
     assert_eq!(again, Created::Existing(later.id()));
     orchestrator.shutdown().await;
 }
+
+async fn lost_answer<S: Ledgered>(saga: Arc<S>, ctx: StepContext<Cart>) -> Result<(), StepError> {
+    saga.ledger().record("lost", ctx.input());
+    Err(StepError::unknown("the partner's answer was lost"))
+}
+
+ledgered!(
+    Unanswered,
+    "reserve, call a partner whose answers are lost (10 attempts; 1 retry per customer per hour).",
+    SagaDefinition::new("unanswered", 1)
+        .step(Step::new("reserve", reserve::<Self>).compensate(release::<Self>))
+        .step(
+            Step::new("call", lost_answer::<Self>)
+                .compensate(unsend::<Self>)
+                .retry(RetryPolicy::exponential(10, Duration::from_millis(5)))
+                .retry_budget("unanswered", 1, Duration::from_secs(3600), customer)
+        )
+);
+
+/// A retry budget spent after an attempt whose outcome is unknown neither fails the step nor
+/// compensates the saga: the call may have taken effect, so a person settles it (an
+/// `unknown_outcome` item), and nothing is compensated meanwhile.
+pub async fn a_spent_retry_budget_after_an_unknown_outcome_escalates_it<S: Store>(store: Arc<S>) {
+    use saga_core::InterventionKind;
+    let ledger = Arc::new(Ledger::default());
+    let orchestrator = running(&store, |o| o.register(Unanswered(ledger.clone())).unwrap());
+    let id = orchestrator
+        .start::<Unanswered>(&cart("una", "c1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        finished(&orchestrator, id).await,
+        SagaStatus::NeedsIntervention
+    );
+    assert_eq!(
+        ledger.calls("lost").len(),
+        2,
+        "the first attempt and the one retry the budget allows"
+    );
+    let items = store.interventions(true).await.unwrap();
+    let item = items
+        .iter()
+        .find(|item| item.saga_id == id)
+        .expect("an intervention item for the saga");
+    assert_eq!(item.item.kind, InterventionKind::UnknownOutcome);
+    assert!(
+        item.item.error.contains("retry budget `unanswered`"),
+        "{}",
+        item.item.error
+    );
+    let snapshot = store.load(id).await.unwrap().unwrap();
+    let step = snapshot.step(StepIndex(1), Phase::Action).unwrap();
+    assert_eq!(
+        step.status,
+        StepStatus::InProgress,
+        "its outcome stays unknown"
+    );
+    assert!(
+        ledger.calls("release").is_empty() && ledger.calls("unsend").is_empty(),
+        "nothing is compensated while the outcome is unknown"
+    );
+    orchestrator.shutdown().await;
+}
