@@ -721,6 +721,14 @@ impl Driver<'_> {
         phase: Phase,
         attempt: Attempt,
     ) -> Result<Option<bool>> {
+        // A cancel asked for meanwhile comes first: a saga held back (a pause, a limit) would
+        // otherwise give its lease back each time without acting on it.
+        if phase == Phase::Action {
+            if let Some(reason) = self.snapshot.record.cancel_requested.clone() {
+                self.honour_cancel(reason).await?;
+                return Ok(Some(true));
+            }
+        }
         let saga_type = self.definition.saga_type().clone();
         let mut pauses = self.inner.pauses().await?;
         if crate::policy::pause_covering(&pauses, &saga_type, &spec.name).is_some() {
@@ -750,6 +758,20 @@ impl Driver<'_> {
         let position = usize::try_from(index.0).unwrap_or(usize::MAX);
         let keys = match self.definition.policy_keys(position, &self.input) {
             Ok(keys) => keys,
+            Err(error) if self.snapshot.step(index, phase).is_some() => {
+                // No key, no count, no call; after an earlier attempt, as a policy's refusal
+                // (which keeps an unknown outcome unknown).
+                return self.refused(
+                    spec,
+                    index,
+                    phase,
+                    attempt,
+                    plan::PolicyRefusal::Fail(format!(
+                        "the policies' keys could not be computed: {}",
+                        error.message()
+                    )),
+                );
+            }
             Err(error) => {
                 // No key, no count: a known failure, nothing was called.
                 let key = IdempotencyKey::for_step(self.lease.saga, &spec.name, phase);
@@ -872,6 +894,13 @@ impl Driver<'_> {
         reason: String,
         until: clock::Timestamp,
     ) -> Result<bool> {
+        // Back when the saga's deadline passes, if that comes first: it then compensates.
+        let deadline = plan::applicable_deadline(
+            &self.snapshot,
+            self.definition.specs(),
+            self.definition.deadline(),
+        );
+        let until = deadline.map_or(until, |deadline| until.min(deadline));
         let again = self.snapshot.record.waiting_for.as_deref() == Some(waiting_for.as_str());
         metrics::counter!(
             names::POLICY_HELD,

@@ -674,7 +674,7 @@ impl Store for PgStore {
             )
             .bind(key.as_str())
             .bind(saga_core::before(saga_core::now(), window))
-            .execute(&self.pool)
+            .execute(&self.write_pool)
             .await
             .map_err(classify)?;
         }
@@ -690,7 +690,7 @@ impl Store for PgStore {
                 )
                 .bind(id.as_uuid())
                 .bind(saga_core::after(saga_core::now(), window))
-                .execute(&self.pool)
+                .execute(&self.write_pool)
                 .await
                 .map_err(classify)?;
             }
@@ -1057,7 +1057,7 @@ impl Store for PgStore {
         )
         .bind(name)
         .bind(until)
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await
         .map_err(classify)?;
         Ok(())
