@@ -9,6 +9,7 @@ use crate::history::History;
 use crate::id::{InterventionId, SagaId, StepName};
 use crate::policy::{Pause, PauseRequest, PauseScope};
 use crate::status::SagaStatus;
+use crate::store::overview::{Overview, OverviewQuery};
 use crate::store::{
     CancelOutcome, Intervention, SagaFilter, SagaRecord, SagaSnapshot, SettleAction, Settlement,
     Store,
@@ -302,6 +303,27 @@ impl Admin {
                 ..filter.clone()
             })
             .await
+    }
+
+    /// The overview of the store over the last `window` in buckets of `bucket`: sagas per type
+    /// and status, sagas started, completed, compensated and escalated per bucket, step phases
+    /// begun longer than `stuck_after` ago in running or compensating sagas, and the
+    /// intervention queue's depth and oldest item. Reads every saga row for the counts: on a
+    /// store with millions of sagas, ask for it at a human pace, not in a tight loop.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a window or bucket the overview refuses (see
+    /// [`OverviewQuery::new`]); store errors.
+    pub async fn overview(
+        &self,
+        window: Duration,
+        bucket: Duration,
+        stuck_after: Duration,
+    ) -> Result<Overview> {
+        let now = self.store.clock().await?;
+        let query = OverviewQuery::new(now, window, bucket, stuck_after)?;
+        let parts = self.store.overview(&query).await?;
+        Ok(Overview::assemble(&query, parts))
     }
 
     /// One saga with its steps (status, attempts, keys, outputs, last errors).

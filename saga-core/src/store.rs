@@ -6,6 +6,7 @@
 //! event per change.
 
 pub mod memory;
+pub mod overview;
 mod snapshot;
 pub mod write;
 
@@ -25,6 +26,7 @@ use crate::persisted::persisted;
 use crate::status::{Phase, SagaStatus, StepStatus};
 use crate::step::StepError;
 
+pub use overview::{Overview, OverviewParts, OverviewQuery};
 pub use snapshot::SagaSnapshot;
 pub use write::{Refusal, MAX_REASON_BYTES};
 
@@ -954,6 +956,15 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// Store errors.
     async fn count_by_status(&self) -> Result<Vec<(SagaStatus, u64)>>;
+
+    /// The aggregates of an operator's overview (see [`overview`]): sagas per type and
+    /// status, sagas started, finished and escalated per bucket of the query's window, stuck
+    /// step phases, and the intervention queue's depth and oldest item. Assemble them with
+    /// [`Overview::assemble`].
+    ///
+    /// # Errors
+    /// Store errors.
+    async fn overview(&self, query: &OverviewQuery) -> Result<OverviewParts>;
 
     /// The full history of one saga, oldest first.
     ///

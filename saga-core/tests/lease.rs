@@ -66,6 +66,12 @@ impl Store for FlakyHeartbeats {
     async fn count_by_status(&self) -> Result<Vec<(SagaStatus, u64)>> {
         self.inner.count_by_status().await
     }
+    async fn overview(
+        &self,
+        query: &saga_core::store::OverviewQuery,
+    ) -> Result<saga_core::store::OverviewParts> {
+        self.inner.overview(query).await
+    }
     async fn history(&self, id: SagaId) -> Result<Vec<Event>> {
         self.inner.history(id).await
     }

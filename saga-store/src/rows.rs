@@ -260,3 +260,75 @@ pub(crate) fn pause(row: &(impl Columns + ?Sized)) -> Result<saga_core::Pause, E
         resume_reason: opt_text("resume_reason")?,
     })
 }
+
+/// A column of an aggregate row, or a store error naming it.
+fn aggregate<T>(column: &str, value: Result<Option<T>, String>) -> Result<T, Error> {
+    value
+        .map_err(|reason| Error::Store(format!("overview column `{column}`: {reason}").into()))?
+        .ok_or_else(|| Error::Store(format!("overview column `{column}` is NULL").into()))
+}
+
+fn count(row: &(impl Columns + ?Sized)) -> Result<u64, Error> {
+    Ok(u64::try_from(aggregate("n", row.i64("n"))?).unwrap_or(0))
+}
+
+/// An overview row of (`saga_type`, `status`, `n`).
+pub(crate) fn type_count(
+    row: &(impl Columns + ?Sized),
+) -> Result<(SagaType, saga_core::SagaStatus, u64), Error> {
+    let status = aggregate("status", row.text("status"))?;
+    let status = status
+        .parse()
+        .map_err(|err| Error::Store(format!("overview column `status`: {err}").into()))?;
+    Ok((
+        SagaType::new(aggregate("saga_type", row.text("saga_type"))?),
+        status,
+        count(row)?,
+    ))
+}
+
+/// An overview row of (`kind`, `bucket`, `n`); `kind` is `started`, `completed`,
+/// `compensated` or `escalated`.
+pub(crate) fn series_count(
+    row: &(impl Columns + ?Sized),
+) -> Result<(saga_core::store::overview::SeriesKind, usize, u64), Error> {
+    use saga_core::store::overview::SeriesKind;
+    let kind = match aggregate("kind", row.text("kind"))?.as_str() {
+        "started" => SeriesKind::Started,
+        "completed" => SeriesKind::Completed,
+        "compensated" => SeriesKind::Compensated,
+        "escalated" => SeriesKind::Escalated,
+        other => {
+            return Err(Error::Store(
+                format!("overview column `kind` holds `{other}`").into(),
+            ))
+        }
+    };
+    let bucket = usize::try_from(aggregate("bucket", row.i64("bucket"))?)
+        .map_err(|err| Error::Store(format!("overview column `bucket`: {err}").into()))?;
+    Ok((kind, bucket, count(row)?))
+}
+
+/// An overview row of (`saga_type`, `name`, `phase`, `n`, `since`).
+pub(crate) fn stuck_step(
+    row: &(impl Columns + ?Sized),
+) -> Result<saga_core::store::overview::StuckStep, Error> {
+    let phase = aggregate("phase", row.text("phase"))?;
+    Ok(saga_core::store::overview::StuckStep {
+        saga_type: SagaType::new(aggregate("saga_type", row.text("saga_type"))?),
+        step: StepName::new(aggregate("name", row.text("name"))?),
+        phase: phase
+            .parse()
+            .map_err(|err| Error::Store(format!("overview column `phase`: {err}").into()))?,
+        sagas: count(row)?,
+        since: aggregate("since", row.time("since"))?,
+    })
+}
+
+/// The intervention queue's row of (`n`, `oldest`).
+pub(crate) fn queue(row: &(impl Columns + ?Sized)) -> Result<(u64, Option<Timestamp>), Error> {
+    let oldest = row
+        .time("oldest")
+        .map_err(|reason| Error::Store(format!("overview column `oldest`: {reason}").into()))?;
+    Ok((count(row)?, oldest))
+}

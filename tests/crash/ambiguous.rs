@@ -241,6 +241,18 @@ impl Store for AmbiguousStore {
         self.inner.count_by_status()
     }
 
+    fn overview<'s, 'q, 'a>(
+        &'s self,
+        query: &'q saga::store::OverviewQuery,
+    ) -> Boxed<'a, Result<saga::store::OverviewParts>>
+    where
+        's: 'a,
+        'q: 'a,
+        Self: 'a,
+    {
+        self.inner.overview(query)
+    }
+
     fn history<'s, 'a>(&'s self, id: SagaId) -> Boxed<'a, Result<Vec<Event>>>
     where
         's: 'a,

@@ -236,6 +236,14 @@ impl Store for TrackingStore {
         self.inner.count_by_status().await
     }
 
+    async fn overview(
+        &self,
+        query: &saga::store::OverviewQuery,
+    ) -> Result<saga::store::OverviewParts> {
+        Self::count(&self.tracker.calls.other);
+        self.inner.overview(query).await
+    }
+
     async fn history(&self, id: SagaId) -> Result<Vec<Event>> {
         Self::count(&self.tracker.calls.other);
         self.inner.history(id).await

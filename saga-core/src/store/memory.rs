@@ -10,13 +10,14 @@ use async_trait::async_trait;
 use crate::clock::{self, Timestamp};
 use crate::error::{Error, Result};
 use crate::id::StepIndex;
-use crate::id::{FencingToken, IdempotencyKey, InterventionId, SagaId, WorkerId};
+use crate::id::{FencingToken, IdempotencyKey, InterventionId, SagaId, SagaType, WorkerId};
 use crate::policy::{
     decide_permit, use_expires_at, LimitState, Pause, PauseRequest, Permit, PermitRequest,
     PolicyKind, PolicyState, UseState,
 };
-use crate::status::SagaStatus;
+use crate::status::{SagaStatus, StepStatus};
 
+use super::overview::{OverviewParts, OverviewQuery, SeriesKind, StuckStep};
 use super::write::{admit, decide_cancel, decide_settle, decide_signal, CreationPlan, WritePlan};
 use super::{
     CancelOutcome, Change, Created, Event, EventData, EventKind, Intervention, InterventionStatus,
@@ -318,6 +319,91 @@ impl Store for MemoryStore {
             entry.1 += 1;
         }
         Ok(counts.into_values().collect())
+    }
+
+    async fn overview(&self, query: &OverviewQuery) -> Result<OverviewParts> {
+        let state = self.state()?;
+        let mut counts: BTreeMap<(String, &'static str), (SagaType, SagaStatus, u64)> =
+            BTreeMap::new();
+        let mut series: BTreeMap<(SeriesKind, usize), u64> = BTreeMap::new();
+        let mut stuck: BTreeMap<(String, String, &'static str), StuckStep> = BTreeMap::new();
+        let stuck_before = query.stuck_before();
+        for snap in state.sagas.values() {
+            let record = &snap.record;
+            if query.totals {
+                counts
+                    .entry((record.saga_type.as_str().to_owned(), record.status.as_str()))
+                    .or_insert((record.saga_type.clone(), record.status, 0))
+                    .2 += 1;
+                if let Some(bucket) = query.bucket_of(record.created_at) {
+                    *series.entry((SeriesKind::Started, bucket)).or_default() += 1;
+                }
+                let ended = match record.status {
+                    SagaStatus::Completed => Some(SeriesKind::Completed),
+                    SagaStatus::Compensated => Some(SeriesKind::Compensated),
+                    _ => None,
+                };
+                if let Some((kind, bucket)) =
+                    ended.and_then(|kind| Some((kind, query.bucket_of(record.updated_at)?)))
+                {
+                    *series.entry((kind, bucket)).or_default() += 1;
+                }
+            }
+            if !matches!(
+                record.status,
+                SagaStatus::Running | SagaStatus::Compensating
+            ) {
+                continue;
+            }
+            for step in &snap.steps {
+                let Some(began) = step.started_at else {
+                    continue;
+                };
+                if !matches!(step.status, StepStatus::InProgress | StepStatus::Pending)
+                    || began >= stuck_before
+                {
+                    continue;
+                }
+                let entry = stuck
+                    .entry((
+                        record.saga_type.as_str().to_owned(),
+                        step.name.as_str().to_owned(),
+                        step.phase.as_str(),
+                    ))
+                    .or_insert_with(|| StuckStep {
+                        saga_type: record.saga_type.clone(),
+                        step: step.name.clone(),
+                        phase: step.phase,
+                        sagas: 0,
+                        since: began,
+                    });
+                entry.sagas += 1;
+                entry.since = entry.since.min(began);
+            }
+        }
+        let mut open_interventions = 0;
+        let mut oldest_open_intervention: Option<Timestamp> = None;
+        for item in state.interventions.values() {
+            if let Some(bucket) = query.bucket_of(item.opened_at).filter(|_| query.totals) {
+                *series.entry((SeriesKind::Escalated, bucket)).or_default() += 1;
+            }
+            if item.status == InterventionStatus::Open {
+                open_interventions += 1;
+                oldest_open_intervention = Some(
+                    oldest_open_intervention.map_or(item.opened_at, |at| at.min(item.opened_at)),
+                );
+            }
+        }
+        Ok(OverviewParts {
+            counts: counts.into_values().collect(),
+            series: series
+                .into_iter()
+                .map(|((kind, bucket), count)| (kind, bucket, count))
+                .collect(),
+            stuck: stuck.into_values().collect(),
+            open_interventions,
+            oldest_open_intervention,
+        })
     }
 
     async fn history(&self, id: SagaId) -> Result<Vec<Event>> {

@@ -50,7 +50,8 @@ macro_rules! conformance_suite {
                 an_immediate_cancel_fences_off_a_holder_that_was_still_alive,
                 one_batch_that_fails_and_begins_a_phase_writes_its_net_effect,
                 a_refused_batch_reports_its_first_refusal_alike,
-                a_signal_delivered_meanwhile_refuses_a_timeout_and_wakes_a_wait;
+                a_signal_delivered_meanwhile_refuses_a_timeout_and_wakes_a_wait,
+                the_overview_counts_by_type_series_stuck_steps_and_the_queue;
                 // Orchestrator scenarios
                 saga_completes_with_full_history,
                 permanent_failure_compensates_in_reverse_order,

@@ -1504,6 +1504,12 @@ impl<S: Store> Store for LosesFirstAnswers<S> {
     async fn count_by_status(&self) -> saga_core::Result<Vec<(SagaStatus, u64)>> {
         self.inner.count_by_status().await
     }
+    async fn overview(
+        &self,
+        query: &saga_core::store::OverviewQuery,
+    ) -> saga_core::Result<saga_core::store::OverviewParts> {
+        self.inner.overview(query).await
+    }
     async fn history(&self, id: SagaId) -> saga_core::Result<Vec<saga_core::Event>> {
         self.inner.history(id).await
     }

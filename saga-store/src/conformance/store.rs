@@ -1832,3 +1832,192 @@ pub async fn a_signal_delivered_meanwhile_refuses_a_timeout_and_wakes_a_wait<S: 
     ));
     assert_eq!(snapshot(&*store, id).await.record.waiting_for, None);
 }
+
+pub async fn the_overview_counts_by_type_series_stuck_steps_and_the_queue<S: Store>(store: Arc<S>) {
+    use saga_core::store::{Overview, OverviewQuery};
+    const HOUR: Duration = Duration::from_secs(60 * 60);
+    let read = |store: Arc<S>, stuck_after: Duration| async move {
+        let now = after(
+            store.clock().await.expect("clock failed"),
+            Duration::from_secs(1),
+        );
+        let query = OverviewQuery::new(now, 2 * HOUR, HOUR, stuck_after).expect("a valid query");
+        let parts = store.overview(&query).await.expect("overview failed");
+        Overview::assemble(&query, parts)
+    };
+    let empty = read(Arc::clone(&store), Duration::ZERO).await;
+    assert!(
+        empty.counts.is_empty(),
+        "an empty store counts nothing: {empty:?}"
+    );
+    assert_eq!(
+        empty.series.len(),
+        3,
+        "two hours in hourly buckets, now's included"
+    );
+    assert!(empty.stuck.is_empty() && empty.open_interventions == 0);
+    assert_eq!(empty.oldest_open_intervention, None);
+
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(create(&*store, new_saga("order", None, json!({ "n": n }))).await);
+    }
+    let refund = create(&*store, new_saga("refund", None, json!({ "n": 9 }))).await;
+    let before_escalation = now();
+    let t = now();
+    let mut all = ids.clone();
+    all.push(refund);
+    let leases = claim_all(&*store, &all, t).await;
+    // ids[0] completes; ids[1] ends compensated.
+    apply_ok(
+        &*store,
+        &leases[&ids[0]],
+        &[
+            begin(ids[0], 0, Phase::Action, 1),
+            complete(0, Phase::Action, 1, None),
+            set_status(SagaStatus::Completed),
+            release(None),
+        ],
+    )
+    .await;
+    apply_ok(
+        &*store,
+        &leases[&ids[1]],
+        &[
+            set_status(SagaStatus::Compensating),
+            set_status(SagaStatus::Compensated),
+            release(None),
+        ],
+    )
+    .await;
+    // ids[2] is inside its second step's action; ids[3] inside its first step's compensation.
+    apply_ok(
+        &*store,
+        &leases[&ids[2]],
+        &[
+            begin(ids[2], 0, Phase::Action, 1),
+            complete(0, Phase::Action, 1, None),
+            begin(ids[2], 1, Phase::Action, 1),
+            release(Some(after(t, HOUR))),
+        ],
+    )
+    .await;
+    apply_ok(
+        &*store,
+        &leases[&ids[3]],
+        &[
+            begin(ids[3], 0, Phase::Action, 1),
+            complete(0, Phase::Action, 1, None),
+            set_status(SagaStatus::Compensating),
+            begin(ids[3], 0, Phase::Compensation, 1),
+            release(Some(after(t, HOUR))),
+        ],
+    )
+    .await;
+    // ids[4] waits for a person.
+    apply_ok(
+        &*store,
+        &leases[&ids[4]],
+        &[Change::Escalate(intervention(ids[4])), release(None)],
+    )
+    .await;
+    apply_ok(
+        &*store,
+        &leases[&refund],
+        &[
+            begin(refund, 1, Phase::Action, 2),
+            release(Some(after(t, HOUR))),
+        ],
+    )
+    .await;
+    let after_escalation = now();
+
+    let overview = read(Arc::clone(&store), Duration::ZERO).await;
+    let counts: Vec<(&str, SagaStatus, u64)> = overview
+        .counts
+        .iter()
+        .map(|count| (count.saga_type.as_str(), count.status, count.sagas))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![
+            ("order", SagaStatus::Compensated, 1),
+            ("order", SagaStatus::Compensating, 1),
+            ("order", SagaStatus::Completed, 1),
+            ("order", SagaStatus::NeedsIntervention, 1),
+            ("order", SagaStatus::Running, 1),
+            ("refund", SagaStatus::Running, 1),
+        ],
+        "counts per type and status, sorted by type then status"
+    );
+    let total = |field: fn(&saga_core::store::overview::SeriesPoint) -> u64| {
+        overview.series.iter().map(field).sum::<u64>()
+    };
+    assert_eq!(
+        total(|p| p.started),
+        6,
+        "six sagas started in the window: {overview:?}"
+    );
+    assert_eq!(total(|p| p.completed), 1, "one completed in the window");
+    assert_eq!(total(|p| p.compensated), 1, "one compensated in the window");
+    assert_eq!(total(|p| p.escalated), 1, "one item opened in the window");
+    assert_eq!(
+        overview.series[0].started + overview.series[0].escalated,
+        0,
+        "nothing happened two hours ago"
+    );
+    let stuck: Vec<(&str, &str, Phase, u64)> = overview
+        .stuck
+        .iter()
+        .map(|s| (s.saga_type.as_str(), s.step.as_str(), s.phase, s.sagas))
+        .collect::<Vec<_>>();
+    let mut sorted = stuck.clone();
+    sorted.sort_by_key(|(saga_type, step, phase, _)| (*saga_type, *step, phase.as_str()));
+    assert_eq!(
+        sorted,
+        vec![
+            ("order", "step_0", Phase::Compensation, 1),
+            ("order", "step_1", Phase::Action, 1),
+            ("refund", "step_1", Phase::Action, 1),
+        ],
+        "the begun, unfinished phase of each running or compensating saga, and nothing of \
+         finished or parked ones"
+    );
+    for window in overview.stuck.windows(2) {
+        assert!(
+            window[0].since <= window[1].since,
+            "longest stuck first: {stuck:?}"
+        );
+    }
+    assert_eq!(overview.open_interventions, 1, "one item is open");
+    let oldest = overview
+        .oldest_open_intervention
+        .expect("the open item's age");
+    assert!(
+        oldest >= before_escalation - chrono::Duration::milliseconds(5)
+            && oldest <= after_escalation + chrono::Duration::milliseconds(5),
+        "the oldest open item was opened at {oldest}, between {before_escalation} and {after_escalation}"
+    );
+
+    let fresh = read(Arc::clone(&store), HOUR).await;
+    assert!(
+        fresh.stuck.is_empty(),
+        "nothing has been begun for an hour: {:?}",
+        fresh.stuck
+    );
+    let queues = store
+        .overview(&OverviewQuery::queues(
+            after(
+                store.clock().await.expect("clock failed"),
+                Duration::from_secs(1),
+            ),
+            Duration::ZERO,
+        ))
+        .await
+        .expect("overview failed");
+    assert!(
+        queues.counts.is_empty() && queues.series.is_empty(),
+        "a queues-only read leaves the totals out: {queues:?}"
+    );
+    assert_eq!((queues.stuck.len(), queues.open_interventions), (3, 1));
+}

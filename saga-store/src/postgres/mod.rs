@@ -17,6 +17,7 @@ use saga_core::policy::{
     PermitRequest, PolicyKind, PolicyUse, UseState,
 };
 use saga_core::store::write::{self, decide_cancel, decide_settle, CreationPlan, WritePlan};
+use saga_core::store::{OverviewParts, OverviewQuery};
 use saga_core::wait::{Delivered, SignalDelivery};
 use saga_core::{
     CancelOutcome, Change, Created, Error, Event, FencingToken, Intervention, InterventionId,
@@ -1229,6 +1230,83 @@ impl Store for PgStore {
             Ok((status, u64::try_from(count).unwrap_or(0)))
         })
         .collect()
+    }
+
+    async fn overview(&self, query: &OverviewQuery) -> Result<OverviewParts> {
+        let mut parts = OverviewParts::default();
+        if query.totals {
+            parts.counts = sqlx::query(
+                "SELECT saga_type, status, COUNT(*) AS n FROM saga_instances
+                  GROUP BY saga_type, status",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(crate::rows::type_count)
+            .collect::<Result<_>>()?;
+            // Buckets as `OverviewQuery::bucket_of` numbers them: (at - since) / bucket, in
+            // whole milliseconds.
+            parts.series = sqlx::query(
+                "WITH w AS (SELECT $1::bigint AS since, $2::bigint AS width,
+                                   $3::timestamptz AS since_at, $4::timestamptz AS now_at)
+                 SELECT 'started' AS kind,
+                        (floor(extract(epoch FROM created_at) * 1000)::bigint - w.since) / w.width
+                          AS bucket,
+                        COUNT(*) AS n
+                   FROM saga_instances, w
+                  WHERE created_at >= w.since_at AND created_at <= w.now_at
+                  GROUP BY 2
+                 UNION ALL
+                 SELECT status AS kind,
+                        (floor(extract(epoch FROM updated_at) * 1000)::bigint - w.since) / w.width,
+                        COUNT(*)
+                   FROM saga_instances, w
+                  WHERE status IN ('completed', 'compensated')
+                    AND updated_at >= w.since_at AND updated_at <= w.now_at
+                  GROUP BY 1, 2
+                 UNION ALL
+                 SELECT 'escalated' AS kind,
+                        (floor(extract(epoch FROM opened_at) * 1000)::bigint - w.since) / w.width,
+                        COUNT(*)
+                   FROM saga_interventions, w
+                  WHERE opened_at >= w.since_at AND opened_at <= w.now_at
+                  GROUP BY 2",
+            )
+            .bind(query.since_millis())
+            .bind(query.bucket_millis())
+            .bind(query.since)
+            .bind(query.now)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(crate::rows::series_count)
+            .collect::<Result<_>>()?;
+        }
+        parts.stuck = sqlx::query(
+            "SELECT i.saga_type, s.name, s.phase, COUNT(*) AS n, MIN(s.started_at) AS since
+               FROM saga_instances i JOIN saga_steps s ON s.saga_id = i.id
+              WHERE i.status IN ('running', 'compensating')
+                AND s.status IN ('in_progress', 'pending') AND s.started_at < $1
+              GROUP BY i.saga_type, s.name, s.phase",
+        )
+        .bind(query.stuck_before())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(crate::rows::stuck_step)
+        .collect::<Result<_>>()?;
+        let queue = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(opened_at) AS oldest
+               FROM saga_interventions WHERE status = 'open'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
+        (parts.open_interventions, parts.oldest_open_intervention) = crate::rows::queue(&queue)?;
+        Ok(parts)
     }
 
     async fn history(&self, id: SagaId) -> Result<Vec<Event>> {

@@ -15,6 +15,7 @@ use saga_core::store::write::{
     self, decide_cancel, decide_settle, CancelRequest, CreationPlan, LeaseChange, Precondition,
     StepWrite, WritePlan,
 };
+use saga_core::store::{OverviewParts, OverviewQuery};
 use saga_core::wait::{Delivered, SignalDelivery};
 use saga_core::{
     CancelOutcome, Change, Created, Error, Event, Intervention, InterventionId, InterventionStatus,
@@ -971,6 +972,70 @@ impl Store for SqliteStore {
             Ok((status, u64::try_from(count).unwrap_or(0)))
         })
         .collect()
+    }
+
+    async fn overview(&self, query: &OverviewQuery) -> Result<OverviewParts> {
+        let mut parts = OverviewParts::default();
+        if query.totals {
+            parts.counts = sqlx::query(
+                "SELECT saga_type, status, COUNT(*) AS n FROM saga_instances
+                  GROUP BY saga_type, status",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(crate::rows::type_count)
+            .collect::<Result<_>>()?;
+            // Buckets as `OverviewQuery::bucket_of` numbers them: (at - since) / bucket.
+            parts.series = sqlx::query(
+                "SELECT 'started' AS kind, (created_at - ?1) / ?2 AS bucket, COUNT(*) AS n
+                   FROM saga_instances WHERE created_at >= ?1 AND created_at <= ?3
+                  GROUP BY bucket
+                 UNION ALL
+                 SELECT status AS kind, (updated_at - ?1) / ?2 AS bucket, COUNT(*) AS n
+                   FROM saga_instances
+                  WHERE status IN ('completed', 'compensated')
+                    AND updated_at >= ?1 AND updated_at <= ?3
+                  GROUP BY status, bucket
+                 UNION ALL
+                 SELECT 'escalated' AS kind, (opened_at - ?1) / ?2 AS bucket, COUNT(*) AS n
+                   FROM saga_interventions WHERE opened_at >= ?1 AND opened_at <= ?3
+                  GROUP BY bucket",
+            )
+            .bind(query.since_millis())
+            .bind(query.bucket_millis())
+            .bind(millis(query.now))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(crate::rows::series_count)
+            .collect::<Result<_>>()?;
+        }
+        parts.stuck = sqlx::query(
+            "SELECT i.saga_type, s.name, s.phase, COUNT(*) AS n, MIN(s.started_at) AS since
+               FROM saga_instances i JOIN saga_steps s ON s.saga_id = i.id
+              WHERE i.status IN ('running', 'compensating')
+                AND s.status IN ('in_progress', 'pending') AND s.started_at < ?
+              GROUP BY i.saga_type, s.name, s.phase",
+        )
+        .bind(millis(query.stuck_before()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(crate::rows::stuck_step)
+        .collect::<Result<_>>()?;
+        let queue = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(opened_at) AS oldest
+               FROM saga_interventions WHERE status = 'open'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
+        (parts.open_interventions, parts.oldest_open_intervention) = crate::rows::queue(&queue)?;
+        Ok(parts)
     }
 
     async fn history(&self, id: SagaId) -> Result<Vec<Event>> {
