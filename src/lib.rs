@@ -65,7 +65,7 @@ pub use otlp::{init_otlp, OtlpGuard};
 // decisions through `store::write`.
 #[doc(hidden)]
 pub use saga_core::__private;
-pub use saga_core::{after, before, bounded_text, now};
+pub use saga_core::{after, before, bounded_text, now, parse_age};
 pub use saga_core::{plan, policy, store, telemetry, wait};
 pub use saga_core::{
     Admin, Approval, ApprovalPolicy, Approvers, Attempt, BatchResult, BoxError, CancelOutcome,

@@ -301,27 +301,7 @@ fn parse_status(text: &str) -> Result<SagaStatus, Failure> {
 
 /// `30d`, `12h`, `15m`, `90s`, `0s`.
 fn parse_age(text: &str) -> Result<Duration, Failure> {
-    let invalid = || {
-        bad_input(format!(
-            "`{text}` is not an age; write a number and a unit: 90s, 15m, 12h, 30d"
-        ))
-    };
-    let unit_at = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(invalid)?;
-    let (number, unit) = text.split_at(unit_at);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        _ => return Err(invalid()),
-    };
-    number
-        .checked_mul(seconds)
-        .map(Duration::from_secs)
-        .ok_or_else(invalid)
+    saga::parse_age(text).map_err(bad_input)
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ pub mod wait;
 mod worker;
 
 pub use admin::{Admin, BatchResult, PendingApproval};
-pub use clock::{after, before, now, Timestamp};
+pub use clock::{after, before, now, parse_age, Timestamp};
 pub use config::Config;
 pub use context::{StepContext, TransactionSlot};
 pub use definition::{SagaDefinition, Step, StepBuilder, StepSpec, DEFAULT_TIMEOUT};
