@@ -8,11 +8,11 @@ use crate::error::{Error, Result};
 use crate::history::History;
 use crate::id::{InterventionId, SagaId, StepName};
 use crate::policy::{Pause, PauseRequest, PauseScope};
-use crate::status::SagaStatus;
+use crate::status::{Phase, SagaStatus};
 use crate::store::overview::{Overview, OverviewQuery};
 use crate::store::{
-    CancelOutcome, Intervention, SagaFilter, SagaRecord, SagaSnapshot, SettleAction, Settlement,
-    Store,
+    CancelOutcome, Intervention, InterventionKind, SagaFilter, SagaRecord, SagaSnapshot,
+    SettleAction, Settlement, Store,
 };
 use crate::wait::{
     approval_signal, Approval, ApprovalPolicy, Delivered, SignalDelivery, SignalKey,
@@ -409,7 +409,26 @@ impl Admin {
             })
             .await?;
         self.woken();
+        if status == SagaStatus::Compensating && action == SettleAction::Resolve {
+            // An action whose outcome was unknown, resolved as not applied, starts compensation
+            // (a failed compensation sent back to compensating was counted when it started).
+            if let Ok(Some(item)) = self.store.intervention(id).await {
+                if item.item.kind == InterventionKind::UnknownOutcome
+                    && item.item.phase == Some(Phase::Action)
+                {
+                    self.count_compensation_start(item.saga_id).await;
+                }
+            }
+        }
         Ok(status)
+    }
+
+    /// Counts a saga this handle moved to `compensating` (in this process's metrics recorder):
+    /// the store made the move, so no worker's write did.
+    async fn count_compensation_start(&self, saga: SagaId) {
+        if let Ok(Some(snapshot)) = self.store.load(saga).await {
+            crate::telemetry::count_compensation_start(snapshot.record.saga_type.as_str());
+        }
     }
 
     /// Retries at most `max` open items, oldest first, and reports each result; one refusal does
@@ -447,6 +466,9 @@ impl Admin {
             .request_cancel(id, &by, &reason, clock::now())
             .await?;
         self.woken();
+        if outcome == CancelOutcome::Compensating {
+            self.count_compensation_start(id).await;
+        }
         Ok(outcome)
     }
 

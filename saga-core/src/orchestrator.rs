@@ -16,7 +16,7 @@ use crate::history::History;
 use crate::id::{Attempt, IdempotencyKey, SagaId, SagaType, StepName};
 use crate::saga::{ErasedSaga, Registered, Saga};
 use crate::slots::{Slot, Slots};
-use crate::status::Phase;
+use crate::status::{Phase, SagaStatus};
 use crate::step::StepError;
 use crate::store::{
     write::CreationPlan, Created, Intervention, NewSaga, SagaFilter, SagaRecord, SagaSnapshot,
@@ -119,11 +119,29 @@ struct Registry {
     by_version: HashMap<(SagaType, u32), Arc<dyn ErasedSaga>>,
 }
 
-/// Counts finishes, escalations and retries in `changes`.
-fn record_metrics(saga_type: &str, changes: &[Change]) {
+/// Counts finishes, escalations, retries and starts of compensation in `changes`, and times
+/// the end of a compensation: `compensating_for` is how long the saga has been compensating,
+/// when it was before `changes` or they move it there.
+fn record_metrics(saga_type: &str, changes: &[Change], compensating_for: Option<Duration>) {
     use crate::telemetry::names;
+    let compensation_ended = |outcome: &'static str| {
+        if let Some(took) = compensating_for {
+            metrics::histogram!(
+                names::COMPENSATION_DURATION,
+                "saga_type" => saga_type.to_owned(),
+                "outcome" => outcome
+            )
+            .record(took.as_secs_f64());
+        }
+    };
     for change in changes {
         match change {
+            // Written only by the batch that moves a running saga (a saga sent back to
+            // compensating by an operator is moved by the store, not by a worker's batch).
+            Change::SetStatus {
+                status: SagaStatus::Compensating,
+                ..
+            } => crate::telemetry::count_compensation_start(saga_type),
             Change::SetStatus { status, .. } if status.is_terminal() => {
                 metrics::counter!(
                     names::FINISHED,
@@ -131,6 +149,9 @@ fn record_metrics(saga_type: &str, changes: &[Change]) {
                     "status" => status.as_str()
                 )
                 .increment(1);
+                if *status == SagaStatus::Compensated {
+                    compensation_ended(SagaStatus::Compensated.as_str());
+                }
             }
             Change::Escalate(item) => {
                 metrics::counter!(
@@ -139,6 +160,7 @@ fn record_metrics(saga_type: &str, changes: &[Change]) {
                     "kind" => item.kind.as_str()
                 )
                 .increment(1);
+                compensation_ended(SagaStatus::NeedsIntervention.as_str());
             }
             Change::FailStep {
                 name,
@@ -256,9 +278,18 @@ impl Inner {
     }
 
     /// Tells the metrics and the subscribers what `changes`, just written for a saga of type
-    /// `saga_type`, mean.
-    pub(crate) fn notify_lifecycle(&self, saga: SagaId, saga_type: &str, changes: &[Change]) {
-        record_metrics(saga_type, changes);
+    /// `saga_type`, mean. `compensating_since` is when the saga began compensating, if it was
+    /// compensating before `changes` or they move it there.
+    pub(crate) fn notify_lifecycle(
+        &self,
+        saga: SagaId,
+        saga_type: &str,
+        changes: &[Change],
+        compensating_since: Option<Timestamp>,
+    ) {
+        let compensating_for =
+            compensating_since.map(|since| (self.now() - since).to_std().unwrap_or(Duration::ZERO));
+        record_metrics(saga_type, changes, compensating_for);
         let Ok(hooks) = self.hooks.read() else {
             return;
         };

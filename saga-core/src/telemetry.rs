@@ -13,6 +13,8 @@
 //! | `saga_started_total` | counter | `saga_type` |
 //! | `saga_start_dedup_total` | counter | `saga_type` |
 //! | `saga_finished_total` | counter | `saga_type`, `status` (completed, compensated) |
+//! | `saga_compensations_started_total` | counter | `saga_type` |
+//! | `saga_compensation_duration_seconds` | histogram | `saga_type`, `outcome` (compensated, needs_intervention) |
 //! | `saga_escalated_total` | counter | `saga_type`, `kind` (compensation_failed, unresumable) |
 //! | `saga_step_attempts_total` | counter | `saga_type`, `step`, `phase`, `outcome` (ok, transient, permanent) |
 //! | `saga_step_retries_total` | counter | `saga_type`, `step`, `phase` |
@@ -27,12 +29,32 @@
 //! | `saga_policy_budget_exhausted_total` | counter | `saga_type`, `step`, `policy` (the budget's name) |
 //! | `saga_policy_throttled_total` | counter | `integration` |
 //! | `saga_integration_duration_seconds` | histogram | `integration` (a step's rate limit name) |
+//!
+//! `saga_compensations_started_total` counts each saga once, when it first moves to
+//! `compensating`: in the worker that writes the move (a step failed for good, the deadline
+//! passed, the saga's holder honoured a cancel), or, when an operator's action moves it in the
+//! store (a cancel of a saga no worker held, an unknown outcome resolved as not applied), in the
+//! process that called [`Admin`](crate::Admin). A saga an operator sends back to compensating
+//! after a failed compensation is not counted again.
+//!
+//! `saga_compensation_duration_seconds` is observed by the worker that writes the end of a
+//! compensation (`compensated`, or `needs_intervention` when a compensation fails for good or
+//! the saga is parked), from when the saga began compensating as that worker knows it: the time
+//! of the write that moved it, when that worker made it; else when the step whose failure started
+//! it failed for good; else when its earliest compensation attempt still recorded started (which
+//! leaves out the time a worker took to claim a saga an operator cancelled, and the earlier
+//! attempts of a first compensation that was retried); else the saga's last write. A saga that
+//! compensates again after an operator's retry is observed again, from the same start.
 
 use std::fmt;
 use std::sync::Arc;
 
 use rand::Rng;
 use serde_json::Value;
+
+use crate::clock::Timestamp;
+use crate::status::{Phase, SagaStatus, StepStatus};
+use crate::store::SagaSnapshot;
 
 /// A W3C trace context (`traceparent`: `00-<trace id>-<parent span id>-<flags>`), stored with each
 /// saga when it starts so that every later step attempt continues the caller's trace.
@@ -149,6 +171,11 @@ pub(crate) mod names {
     pub(crate) const STARTED: &str = "saga_started_total";
     pub(crate) const START_DEDUP: &str = "saga_start_dedup_total";
     pub(crate) const FINISHED: &str = "saga_finished_total";
+    /// Sagas that moved to `compensating` for the first time (see the module docs).
+    pub(crate) const COMPENSATIONS_STARTED: &str = "saga_compensations_started_total";
+    /// From the start of a saga's compensation to `compensated` or `needs_intervention` (label
+    /// `outcome`); see the module docs for where the start is read.
+    pub(crate) const COMPENSATION_DURATION: &str = "saga_compensation_duration_seconds";
     pub(crate) const ESCALATED: &str = "saga_escalated_total";
     pub(crate) const STEP_ATTEMPTS: &str = "saga_step_attempts_total";
     pub(crate) const STEP_RETRIES: &str = "saga_step_retries_total";
@@ -163,6 +190,39 @@ pub(crate) mod names {
     pub(crate) const POLICY_BUDGET_EXHAUSTED: &str = "saga_policy_budget_exhausted_total";
     pub(crate) const POLICY_THROTTLED: &str = "saga_policy_throttled_total";
     pub(crate) const INTEGRATION_DURATION: &str = "saga_integration_duration_seconds";
+}
+
+/// Counts a saga that moved to `compensating` for the first time.
+pub(crate) fn count_compensation_start(saga_type: &str) {
+    metrics::counter!(names::COMPENSATIONS_STARTED, "saga_type" => saga_type.to_owned())
+        .increment(1);
+}
+
+/// When the saga of `snapshot`, compensating, began compensating, as far as its rows tell: when
+/// an action failed for good (the write that records it, or the next one, moves the saga to
+/// `compensating`), else when its earliest compensation attempt still recorded started (the
+/// first compensation begins in the write that moves the saga), else its last write (a saga an
+/// operator moved, with nothing compensated yet). `None` when it is not compensating.
+pub(crate) fn compensation_began(snapshot: &SagaSnapshot) -> Option<Timestamp> {
+    if snapshot.record.status != SagaStatus::Compensating {
+        return None;
+    }
+    let failed = snapshot
+        .steps
+        .iter()
+        .filter(|step| step.phase == Phase::Action && step.status == StepStatus::Failed)
+        .filter_map(|step| step.finished_at);
+    let compensations = snapshot
+        .steps
+        .iter()
+        .filter(|step| step.phase == Phase::Compensation)
+        .filter_map(|step| step.started_at);
+    Some(
+        failed
+            .chain(compensations)
+            .min()
+            .unwrap_or(snapshot.record.updated_at),
+    )
 }
 
 #[cfg(feature = "opentelemetry")]
@@ -233,6 +293,102 @@ mod tests {
         }
         let fresh = TraceContext::generate();
         assert_eq!(TraceContext::parse(&fresh.to_string()), Some(fresh));
+    }
+
+    /// A compensating saga last written at `updated_at`, with step rows (index, phase, status,
+    /// started, finished).
+    fn compensating(
+        updated_at: Timestamp,
+        rows: &[(u32, Phase, StepStatus, Timestamp, Option<Timestamp>)],
+    ) -> SagaSnapshot {
+        use crate::id::{Attempt, FencingToken, SagaId, SagaType, StepIndex, StepName};
+        let id = SagaId::new();
+        let steps = rows
+            .iter()
+            .map(|&(index, phase, status, started, finished)| {
+                let name = StepName::new(format!("step{index}"));
+                crate::store::StepRecord {
+                    index: StepIndex(index),
+                    phase,
+                    idempotency_key: crate::IdempotencyKey::for_step(id, &name, phase),
+                    name,
+                    status,
+                    attempt: Attempt::FIRST,
+                    output: None,
+                    last_error: None,
+                    next_attempt_at: None,
+                    started_at: Some(started),
+                    finished_at: finished,
+                }
+            })
+            .collect();
+        SagaSnapshot {
+            record: crate::store::SagaRecord {
+                id,
+                saga_type: SagaType::new("checkout"),
+                version: 1,
+                fingerprint: "f".into(),
+                status: SagaStatus::Compensating,
+                status_reason: None,
+                input: serde_json::json!(1),
+                input_hash: "h".into(),
+                idempotency_key: None,
+                next_run_at: None,
+                lease_owner: None,
+                lease_expires_at: None,
+                fencing_token: FencingToken(1),
+                trace_context: None,
+                cancel_requested: None,
+                created_at: updated_at,
+                updated_at,
+                waiting_for: None,
+                deadline: None,
+                signals_received: 0,
+            },
+            steps,
+            signals: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn compensation_begins_at_the_failure_else_the_first_compensation_else_the_last_write() {
+        use Phase::{Action, Compensation};
+        use StepStatus::{Completed, Failed, InProgress};
+        let at = |ms: i64| crate::clock::now() + chrono::Duration::milliseconds(ms);
+        let (t0, t1, t2, t3, t4) = (at(0), at(10), at(20), at(30), at(40));
+
+        // A step failed for good at t1; compensations started at t2 and t3; last write at t4.
+        let failed = compensating(
+            t4,
+            &[
+                (0, Action, Completed, t0, Some(t0)),
+                (1, Action, Completed, t0, Some(t0)),
+                (2, Action, Failed, t0, Some(t1)),
+                (1, Compensation, Completed, t2, Some(t2)),
+                (0, Compensation, InProgress, t3, None),
+            ],
+        );
+        assert_eq!(compensation_began(&failed), Some(t1));
+
+        // Cancelled: no failure; the earliest compensation attempt.
+        let cancelled = compensating(
+            t4,
+            &[
+                (0, Action, Completed, t0, Some(t0)),
+                (1, Action, Completed, t0, Some(t0)),
+                (0, Compensation, Completed, t3, Some(t3)),
+                (1, Compensation, Completed, t2, Some(t2)),
+            ],
+        );
+        assert_eq!(compensation_began(&cancelled), Some(t2));
+
+        // Moved by an operator, nothing compensated yet: its last write.
+        let mut moved = compensating(t4, &[(0, Action, Completed, t0, Some(t0))]);
+        assert_eq!(compensation_began(&moved), Some(t4));
+
+        // Not compensating: no start.
+        moved.record.status = SagaStatus::Running;
+        assert_eq!(compensation_began(&moved), None);
     }
 
     #[test]

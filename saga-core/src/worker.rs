@@ -469,6 +469,7 @@ async fn resume(
         lease_clock,
         definition,
         input,
+        compensating_since: crate::telemetry::compensation_began(&snapshot),
         snapshot,
         pending: Vec::new(),
     }
@@ -484,7 +485,9 @@ async fn park(
 ) -> Result<()> {
     tracing::warn!(saga.id = %lease.saga, reason = %reason, "saga parked for an operator");
     let saga_type = snapshot.map_or("unknown", |snapshot| snapshot.record.saga_type.as_str());
-    write(inner, lease, saga_type, &plan::park(snapshot, reason)).await
+    let compensating_since = snapshot.and_then(crate::telemetry::compensation_began);
+    let changes = plan::park(snapshot, reason);
+    write(inner, lease, saga_type, &changes, compensating_since).await
 }
 
 /// The state of one drive: the local copy of the saga and the changes not yet written.
@@ -501,6 +504,8 @@ struct Driver<'a> {
     /// Changes recorded locally but not yet written: folded into the next write, which always
     /// comes before the next step runs.
     pending: Vec<Change>,
+    /// When the saga began compensating, once it is (for the compensation's duration).
+    compensating_since: Option<clock::Timestamp>,
 }
 
 impl Driver<'_> {
@@ -1283,9 +1288,27 @@ impl Driver<'_> {
 
     /// Applies changes to the local copy and queues them for the next write.
     fn record(&mut self, changes: Vec<Change>) -> Result<()> {
-        self.snapshot.apply_all(&changes, self.inner.now())?;
+        let now = self.inner.now();
+        self.snapshot.apply_all(&changes, now)?;
+        self.note_compensation(&changes, now);
         self.pending.extend(changes);
         Ok(())
+    }
+
+    /// Remembers when the saga began compensating, if `changes` (applied at `now`) move it there.
+    fn note_compensation(&mut self, changes: &[Change], now: clock::Timestamp) {
+        let compensates = changes.iter().any(|change| {
+            matches!(
+                change,
+                Change::SetStatus {
+                    status: crate::status::SagaStatus::Compensating,
+                    ..
+                }
+            )
+        });
+        if compensates && self.compensating_since.is_none() {
+            self.compensating_since = Some(now);
+        }
     }
 
     /// Records the outcome of one attempt on its span and in the metrics.
@@ -1357,15 +1380,18 @@ impl Driver<'_> {
             .load(self.lease.saga)
             .await?
             .ok_or(Error::SagaNotFound(self.lease.saga))?;
-        snapshot.apply_all(&changes, self.inner.now())?;
+        let now = self.inner.now();
+        snapshot.apply_all(&changes, now)?;
         write(
             self.inner,
             self.lease,
             self.definition.saga_type().as_str(),
             &changes,
+            self.compensating_since,
         )
         .await?;
         self.snapshot = snapshot;
+        self.note_compensation(&changes, now);
         Ok(())
     }
 
@@ -1379,6 +1405,8 @@ impl Driver<'_> {
             .load(self.lease.saga)
             .await?
             .ok_or(Error::SagaNotFound(self.lease.saga))?;
+        // What was noted of the dropped changes goes with them.
+        self.compensating_since = crate::telemetry::compensation_began(&self.snapshot);
         Ok(())
     }
 
@@ -1392,6 +1420,7 @@ impl Driver<'_> {
             self.lease,
             self.definition.saga_type().as_str(),
             &self.pending,
+            self.compensating_since,
         )
         .await?;
         self.pending.clear();
@@ -1414,8 +1443,15 @@ impl Driver<'_> {
 }
 
 /// One fenced write, retried while the store is unavailable: every write is keyed and fenced,
-/// so repeating one that did commit changes nothing a second time.
-async fn write(inner: &Inner, lease: &Lease, saga_type: &str, changes: &[Change]) -> Result<()> {
+/// so repeating one that did commit changes nothing a second time. `compensating_since` (when
+/// the saga began compensating, if it has) times a compensation that `changes` end.
+async fn write(
+    inner: &Inner,
+    lease: &Lease,
+    saga_type: &str,
+    changes: &[Change],
+    compensating_since: Option<clock::Timestamp>,
+) -> Result<()> {
     let mut pause = Duration::from_millis(50);
     let mut tries = 0;
     loop {
@@ -1430,13 +1466,13 @@ async fn write(inner: &Inner, lease: &Lease, saga_type: &str, changes: &[Change]
                 // like a lost lease).
                 if let Ok(Some(stored)) = inner.store.load(lease.saga).await {
                     if stored.reflects(lease, changes) {
-                        inner.notify_lifecycle(lease.saga, saga_type, changes);
+                        inner.notify_lifecycle(lease.saga, saga_type, changes, compensating_since);
                         return Ok(());
                     }
                 }
             }
             Ok(()) => {
-                inner.notify_lifecycle(lease.saga, saga_type, changes);
+                inner.notify_lifecycle(lease.saga, saga_type, changes, compensating_since);
                 return Ok(());
             }
             other => return other,
