@@ -1,7 +1,8 @@
 //! Metrics in Prometheus format: runs a known checkout workload and serves what the library
-//! measured at `GET /metrics` (sagas started, finished, escalated; step attempts, retries and
-//! durations; lease takeovers; dedup hits on start; the intervention queue's depth; claim
-//! latency; policies: steps skipped by a cap, the payment integration's latency).
+//! measured at `GET /metrics` (sagas started, finished, escalated; compensations started and
+//! their durations; step attempts, retries and durations; lease takeovers; dedup hits on start;
+//! the intervention queue's depth; claim latency; policies: steps skipped by a cap, the payment
+//! integration's latency).
 //!
 //! ```text
 //! cargo run --example metrics -- --sagas 40 --listen 127.0.0.1:9464

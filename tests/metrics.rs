@@ -120,6 +120,14 @@ async fn prometheus_counters_match_a_known_workload() {
             10.0,
         ),
         (
+            r#"saga_compensations_started_total{saga_type="checkout"}"#,
+            10.0,
+        ),
+        (
+            r#"saga_compensation_duration_seconds_count{saga_type="checkout",outcome="compensated"}"#,
+            10.0,
+        ),
+        (
             r#"saga_step_retries_total{saga_type="checkout",step="pay",phase="action"}"#,
             10.0,
         ),
@@ -163,6 +171,14 @@ async fn prometheus_counters_match_a_known_workload() {
         sample(&metrics, "saga_interventions_open"),
         Some(0.0),
         "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"saga_compensation_duration_seconds_count{saga_type="checkout",outcome="needs_intervention"}"#
+        ),
+        None,
+        "no compensation failed: {metrics}"
     );
     assert!(
         metrics.contains("saga_step_duration_seconds"),
