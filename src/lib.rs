@@ -67,6 +67,11 @@ pub use otlp::{init_otlp, OtlpGuard};
 pub use saga_core::__private;
 pub use saga_core::{after, before, bounded_text, now, parse_age};
 pub use saga_core::{plan, policy, store, telemetry, wait};
+
+/// The operator console (feature `console`): an HTTP admin API and a web dashboard to mount in
+/// your service; see [`console::router`].
+#[cfg(feature = "console")]
+pub use saga_console as console;
 pub use saga_core::{
     Admin, Approval, ApprovalPolicy, Approvers, Attempt, BatchResult, BoxError, CancelOutcome,
     Change, Config, Created, Delivered, Error, Event, EventKind, FailureKind, FencingToken,

@@ -121,6 +121,30 @@ pub(crate) enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Serve the operator console (web dashboard and JSON API) until interrupted.
+    ///
+    /// Every request needs a token from SAGA_CONSOLE_TOKENS (`name:role:token` entries, role
+    /// `viewer` or `operator`, comma-separated), unless --anonymous-loopback lets requests from
+    /// this machine in without one. Approvals are decided per SAGA_APPROVERS, as in `saga
+    /// approvals`.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Access tokens: `name:role:token,...` (role: viewer or operator).
+        #[arg(long, env = "SAGA_CONSOLE_TOKENS", hide_env_values = true)]
+        tokens: Option<String>,
+        /// For development: serve requests without a token that come from the loopback
+        /// interface, as this role (viewer or operator). Refused unless --listen is loopback.
+        #[arg(long)]
+        anonymous_loopback: Option<String>,
+        /// Field names hidden in inputs and outputs, comma-separated (e.g. card_number,email).
+        #[arg(long, env = "SAGA_CONSOLE_REDACT")]
+        redact: Option<String>,
+        /// Mark the session cookie Secure: set it when the console is reached over HTTPS.
+        #[arg(long)]
+        secure_cookies: bool,
+    },
     /// Bring the store's schema to this version: lists the migrations not applied yet, then
     /// applies them. No other command migrates.
     Migrate {

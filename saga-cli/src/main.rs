@@ -18,6 +18,7 @@ mod migrate;
 mod output;
 mod pauses;
 mod prune;
+mod serve;
 mod store;
 
 use std::process::ExitCode;
@@ -173,6 +174,26 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             return prune::prune(&admin, &out, request).await;
         }
         // Handled before the store is opened for the other commands.
+        Command::Serve {
+            listen,
+            tokens,
+            anonymous_loopback,
+            redact,
+            secure_cookies,
+        } => {
+            let admin = approvals::optional_policy(admin)?;
+            return serve::run(
+                admin,
+                serve::Settings {
+                    listen,
+                    tokens,
+                    anonymous_loopback,
+                    redact,
+                    secure_cookies,
+                },
+            )
+            .await;
+        }
         Command::Migrate { .. } => {}
     }
     Ok(0)

@@ -150,10 +150,12 @@ impl Tokens {
             let role = match role.trim() {
                 "viewer" => Role::Viewer,
                 "operator" => Role::Operator,
-                other => return Err(ConsoleError::BadInput(format!(
+                other => {
+                    return Err(ConsoleError::BadInput(format!(
                     "console token entry {} gives the role `{other}`; use `viewer` or `operator`",
                     number + 1
-                ))),
+                )))
+                }
             };
             tokens = tokens.with(name, role, token.trim())?;
         }

@@ -233,6 +233,25 @@ pub fn router(admin: Admin, options: ConsoleOptions) -> Router {
         .with_state(console)
 }
 
+/// Serves `app` (a console router, or your service with one nested) on `listener` until
+/// `shutdown` completes, passing each connection's peer address on (which anonymous loopback
+/// access needs).
+///
+/// # Errors
+/// The listener's I/O errors.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
 async fn authenticate(
     State(console): State<Arc<Console>>,
     mut request: Request,
