@@ -38,6 +38,32 @@ pub fn after(at: Timestamp, duration: std::time::Duration) -> Timestamp {
         .trunc_subsecs(3)
 }
 
+/// Reads an age written as a whole number and a unit: `90s`, `15m`, `12h`, `30d`, `0s` (what the
+/// CLI and the console accept for "older than" and windows).
+///
+/// # Errors
+/// What is wrong with `text` and how to write it, when it is not such an age.
+pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let invalid =
+        || format!("`{text}` is not an age; write a number and a unit: 90s, 15m, 12h, 30d");
+    let unit_at = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(unit_at);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(seconds)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(invalid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,29 +84,4 @@ mod tests {
         assert!(instant_after(Duration::MAX) > tokio::time::Instant::now());
         assert_eq!(before(now, Duration::ZERO), now);
     }
-}
-
-/// Reads an age written as a whole number and a unit: `90s`, `15m`, `12h`, `30d`, `0s` (what the
-/// CLI and the console accept for "older than" and windows).
-///
-/// # Errors
-/// What is wrong with `text` and how to write it, when it is not such an age.
-pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
-    let invalid = || format!("`{text}` is not an age; write a number and a unit: 90s, 15m, 12h, 30d");
-    let unit_at = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(invalid)?;
-    let (number, unit) = text.split_at(unit_at);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        _ => return Err(invalid()),
-    };
-    number
-        .checked_mul(seconds)
-        .map(std::time::Duration::from_secs)
-        .ok_or_else(invalid)
 }

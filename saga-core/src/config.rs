@@ -25,8 +25,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// What may be logged (inputs and outputs only when asked, redacted).
     pub telemetry: Telemetry,
-    /// How often gauges (the open intervention count) are sampled.
+    /// How often gauges (the intervention queue, stuck steps) are sampled.
     pub metrics_interval: Duration,
+    /// A step phase begun longer ago than this is counted as stuck (gauge `saga_stuck_sagas`).
+    pub stuck_after: Duration,
     /// Most sagas claimed in one store call.
     pub claim_batch: usize,
     /// How far this process's clock is off, simulated (tests of clock skew only; zero).
@@ -45,6 +47,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             telemetry: Telemetry::default(),
             metrics_interval: Duration::from_secs(10),
+            stuck_after: Duration::from_secs(15 * 60),
             claim_batch: 64,
             simulated_clock_skew: chrono::Duration::zero(),
         }
@@ -97,6 +100,12 @@ impl Config {
     /// Sets how often gauges are sampled.
     pub fn metrics_interval(mut self, interval: Duration) -> Self {
         self.metrics_interval = interval;
+        self
+    }
+
+    /// Sets the age past which a running step phase counts as stuck (default 15 minutes).
+    pub fn stuck_after(mut self, age: Duration) -> Self {
+        self.stuck_after = age;
         self
     }
 

@@ -24,11 +24,19 @@
 //! | `saga_claim_duration_seconds` | histogram | |
 //! | `saga_claimed_total` | counter | |
 //! | `saga_interventions_open` | gauge | |
+//! | `saga_intervention_oldest_age_seconds` | gauge | |
+//! | `saga_stuck_sagas` | gauge | `saga_type`, `step`, `phase` |
 //! | `saga_policy_held_total` | counter | `saga_type`, `step`, `policy` (paused, rate_limit, concurrency) |
 //! | `saga_policy_skips_total` | counter | `saga_type`, `step`, `policy` (the cap's name) |
 //! | `saga_policy_budget_exhausted_total` | counter | `saga_type`, `step`, `policy` (the budget's name) |
 //! | `saga_policy_throttled_total` | counter | `integration` |
 //! | `saga_integration_duration_seconds` | histogram | `integration` (a step's rate limit name) |
+//!
+//! The gauges are sampled by every orchestrator every `Config::metrics_interval` with one
+//! [`Store::overview`](crate::Store::overview) read of the queue and the stuck steps (no count
+//! of all sagas): `saga_stuck_sagas` counts running or compensating sagas whose current step
+//! phase (in progress, or pending a retry) began longer than `Config::stuck_after` ago, and
+//! falls back to 0 for a step that is no longer stuck.
 //!
 //! `saga_compensations_started_total` counts each saga once, when it first moves to
 //! `compensating`: in the worker that writes the move (a step failed for good, the deadline
@@ -185,6 +193,10 @@ pub(crate) mod names {
     pub(crate) const CLAIM_DURATION: &str = "saga_claim_duration_seconds";
     pub(crate) const CLAIMED: &str = "saga_claimed_total";
     pub(crate) const INTERVENTIONS_OPEN: &str = "saga_interventions_open";
+    /// How long the oldest open intervention item has waited (0 when none is open).
+    pub(crate) const INTERVENTION_OLDEST_AGE: &str = "saga_intervention_oldest_age_seconds";
+    /// Sagas whose current step phase began longer than `Config::stuck_after` ago.
+    pub(crate) const STUCK_SAGAS: &str = "saga_stuck_sagas";
     pub(crate) const POLICY_HELD: &str = "saga_policy_held_total";
     pub(crate) const POLICY_SKIPS: &str = "saga_policy_skips_total";
     pub(crate) const POLICY_BUDGET_EXHAUSTED: &str = "saga_policy_budget_exhausted_total";

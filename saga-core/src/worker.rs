@@ -52,6 +52,7 @@ pub(crate) async fn dispatch(
     let mut shutdown = inner.shutdown.subscribe();
     let mut drives = JoinSet::new();
     let mut failures: u32 = 0;
+    let mut stuck_reported = std::collections::HashSet::new();
     let mut last_sample = std::time::Instant::now()
         .checked_sub(inner.config.metrics_interval)
         .unwrap_or_else(std::time::Instant::now);
@@ -146,9 +147,7 @@ pub(crate) async fn dispatch(
             }
             if last_sample.elapsed() >= inner.config.metrics_interval {
                 last_sample = std::time::Instant::now();
-                if let Ok(open) = inner.store.count_open_interventions().await {
-                    metrics::gauge!(names::INTERVENTIONS_OPEN).set(open as f64);
-                }
+                sample_queues(&inner, &mut stuck_reported).await;
             }
             match claimed {
                 Ok(leases) => {
@@ -208,6 +207,44 @@ pub(crate) async fn dispatch(
 /// restarted under the same id): they resume now, not when their leases expire. As many as
 /// there are free slots; returns whether more may be left (then it is called again as slots
 /// free up).
+/// Sets the queue's and the stuck steps' gauges from one store read; a step reported stuck
+/// before and no longer stuck falls back to 0.
+async fn sample_queues(
+    inner: &Inner,
+    reported: &mut std::collections::HashSet<(String, String, &'static str)>,
+) {
+    use crate::store::OverviewQuery;
+    let now = inner.now();
+    let Ok(parts) = inner
+        .store
+        .overview(&OverviewQuery::queues(now, inner.config.stuck_after))
+        .await
+    else {
+        return;
+    };
+    metrics::gauge!(names::INTERVENTIONS_OPEN).set(parts.open_interventions as f64);
+    let oldest = parts.oldest_open_intervention.map_or(0.0, |at| {
+        (now - at).num_milliseconds().max(0) as f64 / 1_000.0
+    });
+    metrics::gauge!(names::INTERVENTION_OLDEST_AGE).set(oldest);
+    let mut current = std::collections::HashSet::new();
+    for stuck in parts.stuck {
+        let key = (
+            stuck.saga_type.as_str().to_owned(),
+            stuck.step.as_str().to_owned(),
+            stuck.phase.as_str(),
+        );
+        metrics::gauge!(names::STUCK_SAGAS, "saga_type" => key.0.clone(), "step" => key.1.clone(), "phase" => key.2)
+            .set(stuck.sagas as f64);
+        current.insert(key);
+    }
+    for (saga_type, step, phase) in reported.difference(&current) {
+        metrics::gauge!(names::STUCK_SAGAS, "saga_type" => saga_type.clone(), "step" => step.clone(), "phase" => *phase)
+            .set(0.0);
+    }
+    *reported = current;
+}
+
 async fn reclaim(
     inner: &Arc<Inner>,
     drives: &mut JoinSet<()>,
