@@ -89,6 +89,11 @@ async fn overview_body(console: &Console) -> Result<String, ConsoleError> {
     let oldest = overview
         .oldest_open_intervention
         .map_or_else(|| "—".to_owned(), |at| ago(overview.now, at));
+    // How long a step phase runs before it counts as stuck, as "15 min".
+    let stuck_after = ago(
+        overview.now,
+        overview.now - chrono::Duration::from_std(options.stuck_after).unwrap_or_default(),
+    );
     let _ = write!(
         out,
         "<section class=\"cards\">\
@@ -100,7 +105,7 @@ async fn overview_body(console: &Console) -> Result<String, ConsoleError> {
         running = overview.total(SagaStatus::Running),
         compensating = overview.total(SagaStatus::Compensating),
         stuck = overview.stuck.iter().map(|s| s.sagas).sum::<u64>(),
-        after = ago(overview.now - chrono::Duration::from_std(options.stuck_after).unwrap_or_default(), overview.now),
+        after = stuck_after,
     );
     out.push_str("<h2>Over time</h2>");
     out.push_str(&chart(&overview));
@@ -110,11 +115,7 @@ async fn overview_body(console: &Console) -> Result<String, ConsoleError> {
     if overview.stuck.is_empty() {
         let _ = write!(
             out,
-            "<p class=\"muted\">No step has been running longer than {}.</p>",
-            ago(
-                overview.now - chrono::Duration::from_std(options.stuck_after).unwrap_or_default(),
-                overview.now
-            )
+            "<p class=\"muted\">No step has been running longer than {stuck_after}.</p>"
         );
     } else {
         out.push_str("<table><thead><tr><th>Type</th><th>Step</th><th>Phase</th><th>Sagas</th><th>Longest</th></tr></thead><tbody>");
