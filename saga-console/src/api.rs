@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,6 +18,7 @@ use saga_core::policy::PauseScope;
 use saga_core::{
     IdempotencyKey, InterventionId, SagaFilter, SagaId, SagaStatus, SagaType, StepName,
 };
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -55,6 +57,25 @@ pub(crate) fn error_response(err: &ConsoleError) -> Response {
         })),
     )
         .into_response()
+}
+
+/// Query parameters, or a JSON `bad_input` error saying what is wrong with them (axum's own
+/// rejection is plain text).
+pub(crate) struct ApiQuery<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(value)| Self(value))
+            .map_err(|rejection| {
+                ApiError(ConsoleError::BadInput(format!(
+                    "the query string is not what this endpoint takes: {}",
+                    rejection.body_text()
+                )))
+            })
+    }
 }
 
 pub(crate) fn routes() -> Router<Arc<Console>> {
@@ -165,6 +186,18 @@ struct Reason {
     reason: String,
 }
 
+/// Refuses a blank reason as malformed input, as the pages and the CLI do (the store would
+/// refuse it too, but as an action not applicable now).
+fn required(reason: &str) -> Result<&str, ConsoleError> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(ConsoleError::BadInput(
+            "give a reason; it is recorded with your name in the saga's history".to_owned(),
+        ));
+    }
+    Ok(reason)
+}
+
 #[derive(Debug, Deserialize)]
 struct OverviewQuery {
     window: Option<String>,
@@ -172,7 +205,7 @@ struct OverviewQuery {
     stuck_after: Option<String>,
 }
 
-async fn overview(State(console): Shared, Query(query): Query<OverviewQuery>) -> ApiResult {
+async fn overview(State(console): Shared, ApiQuery(query): ApiQuery<OverviewQuery>) -> ApiResult {
     let options = &console.options;
     let window = non_empty(&query.window)
         .map(parse_age)
@@ -192,7 +225,7 @@ async fn overview(State(console): Shared, Query(query): Query<OverviewQuery>) ->
     })?))
 }
 
-async fn sagas(State(console): Shared, Query(query): Query<ListQuery>) -> ApiResult {
+async fn sagas(State(console): Shared, ApiQuery(query): ApiQuery<ListQuery>) -> ApiResult {
     let (filter, older_than) = query.filter()?;
     let records = match older_than {
         Some(age) => console.admin.list_older_than(age, &filter).await?,
@@ -234,7 +267,10 @@ async fn cancel_saga(
     let by = acting(&session, &method, &headers)?;
     let id: SagaId = parse_id("saga", &id)?;
     let Reason { reason } = body(&bytes)?;
-    let outcome = console.admin.cancel_saga(id, by, &reason).await?;
+    let outcome = console
+        .admin
+        .cancel_saga(id, by, required(&reason)?)
+        .await?;
     Ok(Json(
         json!({ "saga_id": id.to_string(), "outcome": format!("{outcome:?}").to_lowercase() }),
     ))
@@ -252,10 +288,11 @@ async fn decide(
     let by = acting(session, method, headers)?;
     let id: SagaId = parse_id("saga", id)?;
     let Reason { reason } = body(bytes)?;
+    let reason = required(&reason)?;
     let delivered = if approve {
-        console.admin.approve(id, by, &reason).await?
+        console.admin.approve(id, by, reason).await?
     } else {
-        console.admin.reject(id, by, &reason).await?
+        console.admin.reject(id, by, reason).await?
     };
     Ok(Json(json!({
         "saga_id": id.to_string(),
@@ -293,7 +330,7 @@ struct InterventionsQuery {
 
 async fn interventions(
     State(console): Shared,
-    Query(query): Query<InterventionsQuery>,
+    ApiQuery(query): ApiQuery<InterventionsQuery>,
 ) -> ApiResult {
     let items = console
         .admin
@@ -355,7 +392,7 @@ async fn settle(
     let by = acting(&session, &method, &headers)?;
     let id: InterventionId = parse_id("intervention", &id)?;
     let Reason { reason } = body(&bytes)?;
-    let status = settle_item(&console, id, &action, by, &reason).await?;
+    let status = settle_item(&console, id, &action, by, required(&reason)?).await?;
     Ok(Json(json!({
         "intervention_id": id.to_string(),
         "action": action,
@@ -389,9 +426,10 @@ async fn retry_batch(
 ) -> ApiResult {
     let by = acting(&session, &method, &headers)?;
     let Batch { max, reason } = body(&bytes)?;
+    let reason = required(&reason)?;
     let results = console
         .admin
-        .retry_batch(batch_bound(&console, max)?, by, &reason)
+        .retry_batch(batch_bound(&console, max)?, by, reason)
         .await?;
     let items: Vec<Value> = results
         .iter()
@@ -417,7 +455,7 @@ struct ApprovalsQuery {
     saga_type: Option<String>,
 }
 
-async fn approvals(State(console): Shared, Query(query): Query<ApprovalsQuery>) -> ApiResult {
+async fn approvals(State(console): Shared, ApiQuery(query): ApiQuery<ApprovalsQuery>) -> ApiResult {
     let filter = SagaFilter {
         saga_type: non_empty(&query.saga_type).map(SagaType::new),
         ..SagaFilter::default()
@@ -435,7 +473,7 @@ struct PausesQuery {
     all: Option<bool>,
 }
 
-async fn pauses(State(console): Shared, Query(query): Query<PausesQuery>) -> ApiResult {
+async fn pauses(State(console): Shared, ApiQuery(query): ApiQuery<PausesQuery>) -> ApiResult {
     let pauses = console.admin.pauses(query.all.unwrap_or(false)).await?;
     let views: Vec<PauseView> = pauses.iter().map(PauseView::new).collect();
     Ok(Json(json!({ "pauses": views })))
@@ -473,7 +511,7 @@ async fn pause(
     let request: PauseBody = body(&bytes)?;
     let (pause, new) = console
         .admin
-        .pause(request.scope()?, by, &request.reason)
+        .pause(request.scope()?, by, required(&request.reason)?)
         .await?;
     Ok(Json(
         json!({ "pause": PauseView::new(&pause), "already_paused": !new }),
@@ -491,7 +529,7 @@ async fn resume(
     let request: PauseBody = body(&bytes)?;
     let (pause, woken) = console
         .admin
-        .resume(request.scope()?, by, &request.reason)
+        .resume(request.scope()?, by, required(&request.reason)?)
         .await?;
     Ok(Json(
         json!({ "pause": PauseView::new(&pause), "woken": woken }),
@@ -514,12 +552,7 @@ async fn prune(
 ) -> ApiResult {
     let by = acting(&session, &method, &headers)?.to_owned();
     let request: PruneBody = body(&bytes)?;
-    if request.reason.trim().is_empty() {
-        return Err(ConsoleError::BadInput(
-            "give a reason for the prune; it is logged with who asked".to_owned(),
-        )
-        .into());
-    }
+    required(&request.reason)?;
     if request.limit == 0 || request.limit > 100_000 {
         return Err(ConsoleError::BadInput(format!(
             "a prune of {} sagas is out of bounds; give a limit from 1 to 100000",

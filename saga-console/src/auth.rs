@@ -299,6 +299,35 @@ pub fn is_loopback(peer: Option<SocketAddr>) -> bool {
     peer.is_some_and(|peer| peer.ip().is_loopback())
 }
 
+/// Whether the host a request was sent to (`Host`, else the request target's authority) names
+/// this machine's loopback interface: `localhost` (or a name under it), `127.0.0.1` and the rest
+/// of 127/8, `[::1]`; a request that names no host passes. A page of another site whose name
+/// it made resolve to 127.0.0.1 (DNS rebinding) sends that name, so it is no local user even
+/// though it comes from the loopback interface.
+pub fn names_loopback(headers: &HeaderMap, authority: Option<&str>) -> bool {
+    let host = match headers.get(header::HOST) {
+        Some(value) => match value.to_str() {
+            Ok(host) => host,
+            Err(_) => return false,
+        },
+        None => match authority {
+            Some(authority) => authority,
+            None => return true,
+        },
+    };
+    let host = host.trim();
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,9 +109,11 @@ impl ConsoleOptions {
     }
 
     /// For development on your own machine: requests without credentials that come from the
-    /// loopback interface are served as `anonymous` with `role` (and recorded as such). Requests
-    /// from anywhere else still need credentials; so do requests whose peer address the server
-    /// does not pass on (serve with `into_make_service_with_connect_info::<SocketAddr>()`).
+    /// loopback interface, sent to a loopback host name (`localhost`, `127.0.0.1`, `[::1]`), are
+    /// served as `anonymous` with `role` (and recorded as such). Requests from anywhere else
+    /// still need credentials; so do requests whose peer address the server does not pass on
+    /// (serve with `into_make_service_with_connect_info::<SocketAddr>()`), and requests sent to
+    /// another name (a page of another site whose name resolves to 127.0.0.1).
     pub fn anonymous_on_loopback(mut self, role: Role) -> Self {
         self.anonymous_on_loopback = Some(role);
         self
@@ -267,7 +269,13 @@ async fn authenticate(
         (None, _) => console
             .options
             .anonymous_on_loopback
-            .filter(|_| auth::is_loopback(peer))
+            .filter(|_| {
+                auth::is_loopback(peer)
+                    && auth::names_loopback(
+                        request.headers(),
+                        request.uri().authority().map(|a| a.as_str()),
+                    )
+            })
             .map(|role| Principal {
                 name: "anonymous (loopback)".to_owned(),
                 role,
