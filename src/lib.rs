@@ -68,6 +68,16 @@ pub use saga_core::__private;
 pub use saga_core::{after, before, bounded_text, now, parse_age};
 pub use saga_core::{plan, policy, store, telemetry, wait};
 
+/// The test kit for your own tests (feature `testing`): see [`testing::TestKit`].
+#[cfg(feature = "testing")]
+pub use saga_core::testing;
+
+/// The README's test-kit example (`docs/test_kit_example.md`, which `tests/readme.rs` checks
+/// the README shows verbatim), compiled as a doc test.
+#[cfg(all(feature = "testing", doctest))]
+#[doc = include_str!("../docs/test_kit_example.md")]
+pub struct TestKitReadmeExample;
+
 /// The operator console (feature `console`): an HTTP admin API and a web dashboard to mount in
 /// your service; see [`console::router`].
 #[cfg(feature = "console")]

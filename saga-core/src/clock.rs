@@ -6,8 +6,22 @@ use chrono::{DateTime, SubsecRound, Utc};
 pub type Timestamp = DateTime<Utc>;
 
 /// The current time, truncated to milliseconds so that every backend round-trips it exactly.
+///
+/// Under a tokio runtime whose clock is paused (`#[tokio::test(start_paused = true)]`, tokio's
+/// `test-util`), time also moves when tokio advances its clock: the wall time plus however far
+/// tokio's clock has run ahead of the real one. Retries, timeouts, timers, leases and deadlines
+/// then elapse at once in a test (see [`crate::testing`]). Elsewhere tokio's clock is the real
+/// one, and this is the wall time.
 pub fn now() -> Timestamp {
-    Utc::now().trunc_subsecs(3)
+    let ahead = tokio::time::Instant::now()
+        .into_std()
+        .checked_duration_since(std::time::Instant::now())
+        .and_then(|ahead| chrono::Duration::from_std(ahead).ok())
+        .unwrap_or_else(chrono::Duration::zero);
+    let wall = Utc::now();
+    wall.checked_add_signed(ahead)
+        .unwrap_or(wall)
+        .trunc_subsecs(3)
 }
 
 /// `at - duration`, saturating at the Unix epoch (before which no saga exists) instead of

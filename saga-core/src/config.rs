@@ -6,7 +6,7 @@ use crate::id::WorkerId;
 use crate::telemetry::Telemetry;
 
 /// How an [`Orchestrator`](crate::Orchestrator) runs its workers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// The name recorded as the owner of this orchestrator's leases.
     pub worker_id: WorkerId,
@@ -31,9 +31,30 @@ pub struct Config {
     pub stuck_after: Duration,
     /// Most sagas claimed in one store call.
     pub claim_batch: usize,
+    /// A hook around every step call (the test kit's faults); `None` in production.
+    pub intercept: Option<std::sync::Arc<dyn crate::intercept::Intercept>>,
     /// How far this process's clock is off, simulated (tests of clock skew only; zero).
     #[doc(hidden)]
     pub simulated_clock_skew: chrono::Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("worker_id", &self.worker_id)
+            .field("concurrency", &self.concurrency)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("poll_interval", &self.poll_interval)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("telemetry", &self.telemetry)
+            .field("metrics_interval", &self.metrics_interval)
+            .field("stuck_after", &self.stuck_after)
+            .field("claim_batch", &self.claim_batch)
+            .field("intercept", &self.intercept.is_some())
+            .field("simulated_clock_skew", &self.simulated_clock_skew)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -50,6 +71,7 @@ impl Default for Config {
             stuck_after: Duration::from_secs(15 * 60),
             claim_batch: 64,
             simulated_clock_skew: chrono::Duration::zero(),
+            intercept: None,
         }
     }
 }
@@ -106,6 +128,12 @@ impl Config {
     /// Sets the age past which a running step phase counts as stuck (default 15 minutes).
     pub fn stuck_after(mut self, age: Duration) -> Self {
         self.stuck_after = age;
+        self
+    }
+
+    /// Runs every step call through `hook` (what [`crate::testing`] injects faults with).
+    pub fn intercept(mut self, hook: std::sync::Arc<dyn crate::intercept::Intercept>) -> Self {
+        self.intercept = Some(hook);
         self
     }
 

@@ -102,6 +102,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// An interceptor (the test kit) simulated a crash between a step's effect and its record.
+    #[error("saga {0}: a step's outcome was abandoned unrecorded (a crash simulated by a test); the saga resumes when its lease expires")]
+    Abandoned(SagaId),
+
     /// The store could not be reached or did not answer in time.
     #[error("store unavailable ({0}); safe to retry, since every write is keyed and fenced")]
     StoreUnavailable(#[source] BoxError),

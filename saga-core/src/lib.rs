@@ -86,6 +86,7 @@ mod error;
 pub mod faults;
 mod history;
 mod id;
+pub mod intercept;
 mod orchestrator;
 mod persisted;
 pub mod plan;
@@ -97,6 +98,8 @@ mod status;
 mod step;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wait;
 mod worker;
 

@@ -31,6 +31,7 @@ pub trait Saga: Send + Sync + Sized + 'static {
 }
 
 /// What the worker passes to a step, before the input is decoded into its type.
+#[derive(Clone)]
 pub(crate) struct RawContext {
     pub(crate) saga_id: SagaId,
     pub(crate) step: StepName,

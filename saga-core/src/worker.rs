@@ -1098,18 +1098,24 @@ impl Driver<'_> {
                 spec.name
             )))
         } else {
-            self.execute(
-                &spec,
-                plan::Attempted {
-                    index,
-                    phase,
-                    attempt,
-                },
-                key,
-                transaction.clone(),
-            )
-            .instrument(span.clone())
-            .await
+            let executed = self
+                .execute(
+                    &spec,
+                    plan::Attempted {
+                        index,
+                        phase,
+                        attempt,
+                    },
+                    key,
+                    transaction.clone(),
+                )
+                .instrument(span.clone())
+                .await;
+            match executed {
+                Ok(output) => Ok(output),
+                Err(Intercepted::Outcome(error)) => Err(error),
+                Err(Intercepted::Abandoned) => return Err(Error::Abandoned(self.lease.saga)),
+            }
         };
         crate::faults::hit(match phase {
             Phase::Action => crate::faults::FaultPoint::AfterAction,
@@ -1172,7 +1178,7 @@ impl Driver<'_> {
         attempted: plan::Attempted,
         key: IdempotencyKey,
         transaction: Option<crate::context::TransactionSlot>,
-    ) -> std::result::Result<Option<Value>, StepError> {
+    ) -> std::result::Result<Option<Value>, Intercepted> {
         let plan::Attempted {
             index,
             phase,
@@ -1208,19 +1214,56 @@ impl Driver<'_> {
                 .step(index, Phase::Action)
                 .and_then(|step| step.output.clone()),
         };
-        // The request may have gone out: a timeout is an unknown outcome, never "not done".
-        let value = guarded(
-            "step",
-            "attempt timed out",
-            "; it may have taken effect",
-            timeout,
-            || self.definition.run(position, ctx, action_output),
-        )
-        .await?;
-        Ok(match phase {
-            Phase::Action => Some(value),
-            Phase::Compensation => None,
-        })
+        let call = self.inner.config.intercept.as_ref().map(|hook| {
+            let call = crate::intercept::Call {
+                saga: self.lease.saga,
+                saga_type: self.definition.saga_type().clone(),
+                step: name.clone(),
+                phase,
+                attempt,
+                key: ctx.key.clone(),
+            };
+            (hook, call)
+        });
+        if let Some((hook, call)) = &call {
+            if let crate::intercept::Before::Fail(error) = hook.before(call) {
+                return Err(Intercepted::Outcome(error));
+            }
+        }
+        let run = |ctx: RawContext, action_output: Option<Value>| async move {
+            // The request may have gone out: a timeout is an unknown outcome, never "not done".
+            let value = guarded(
+                "step",
+                "attempt timed out",
+                "; it may have taken effect",
+                timeout,
+                || self.definition.run(position, ctx, action_output),
+            )
+            .await?;
+            Ok(match phase {
+                Phase::Action => Some(value),
+                Phase::Compensation => None,
+            })
+        };
+        let outcome = run(ctx.clone(), action_output.clone()).await;
+        let Some((hook, call)) = &call else {
+            return outcome.map_err(Intercepted::Outcome);
+        };
+        let (outcome, decision) = match hook.after(call, &outcome) {
+            crate::intercept::After::CallAgain => {
+                let again = run(ctx, action_output).await;
+                let decision = hook.after(call, &again);
+                (again, decision)
+            }
+            decision => (outcome, decision),
+        };
+        match decision {
+            crate::intercept::After::Keep | crate::intercept::After::CallAgain => {
+                outcome.map_err(Intercepted::Outcome)
+            }
+            crate::intercept::After::Replace(error) => Err(Intercepted::Outcome(error)),
+            crate::intercept::After::Abandon => Err(Intercepted::Abandoned),
+        }
     }
 
     /// Refuses an output that no store can keep (over the payload limit, or holding a NUL
@@ -1515,6 +1558,12 @@ async fn write(
             other => return other,
         }
     }
+}
+
+/// A step call's outcome, or an interceptor's simulated crash.
+enum Intercepted {
+    Outcome(StepError),
+    Abandoned,
 }
 
 /// Calls user code (a step or a probe) under `timeout`, catching a panic whether it comes while
