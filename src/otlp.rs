@@ -10,6 +10,13 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::Error;
 
 /// Keeps the exporter running; flushes and shuts it down when dropped.
+///
+/// The flush goes through the exporter's gRPC connection, which runs on the tokio runtime that
+/// [`init_otlp`] was called in: drop the guard while that runtime still runs (the end of an
+/// `async fn main` under `#[tokio::main]` is fine). On a current-thread runtime, drop it off the
+/// runtime's thread (`tokio::task::spawn_blocking(move || drop(guard))`): dropped on that thread,
+/// the flush waits for a connection that cannot make progress, times out after 5 s, and the
+/// spans not yet sent are lost.
 #[derive(Debug)]
 pub struct OtlpGuard {
     provider: SdkTracerProvider,
@@ -26,7 +33,11 @@ impl Drop for OtlpGuard {
 /// Installs a global `tracing` subscriber that exports spans to the OTLP/gRPC collector at
 /// `endpoint` (for example `http://localhost:4317`) as service `service_name`, and logs to
 /// stderr per `RUST_LOG`. Every saga's spans join the trace the saga started in, whichever
-/// process runs them. Keep the guard alive for as long as the process runs.
+/// process runs them. Keep the guard alive for as long as the process runs (see [`OtlpGuard`]
+/// for where to drop it).
+///
+/// `RUST_LOG` filters the exported spans too: a filter that leaves out `saga_core=info` exports
+/// none of the library's spans.
 ///
 /// # Errors
 /// [`Error::Configuration`] when the exporter cannot be built or a global subscriber is
