@@ -162,8 +162,8 @@ fn duplicates<'a>(names: impl Iterator<Item = &'a str>) -> usize {
 struct Services {
     started: Instant,
     discounts: Mutex<DiscountApi>,
-    /// Emails sent, by idempotency key: (customer, code).
-    emails: Mutex<HashMap<String, (String, String)>>,
+    /// Emails sent, by idempotency key: (customer, cart, code).
+    emails: Mutex<HashMap<String, (String, String, String)>>,
 }
 
 impl Services {
@@ -173,7 +173,7 @@ impl Services {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn emails(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, String)>> {
+    fn emails(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, String, String)>> {
         self.emails.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -230,11 +230,11 @@ async fn send_email(
     ctx: StepContext<AbandonedCart>,
 ) -> Result<(), StepError> {
     let code: DiscountCode = ctx.output(CartRecovery::CREATE_DISCOUNT_CODE)?;
-    let customer = ctx.input().customer.clone();
+    let AbandonedCart { customer, cart, .. } = ctx.input().clone();
     saga.services
         .emails()
         .entry(ctx.key().as_str().to_owned())
-        .or_insert((customer, code.code));
+        .or_insert((customer, cart, code.code));
     Ok(())
 }
 
@@ -303,6 +303,7 @@ struct Figures {
     duplicate_codes: usize,
     emails: usize,
     duplicate_emails: usize,
+    duplicate_cart_emails: usize,
     customers_emailed_once: usize,
     skipped_by_cap: usize,
     partner_calls: usize,
@@ -337,6 +338,7 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
 
     let clean = saga.duplicate_codes == 0
         && saga.duplicate_emails == 0
+        && saga.duplicate_cart_emails == 0
         && saga.runs == carts.len()
         && saga.completed == carts.len();
     Ok(if clean {
@@ -489,9 +491,10 @@ async fn recover(
     figures.answers_lost = api.answers_lost;
     figures.busiest_second = api.busiest_second();
     let emails = services.emails();
-    let recipients = || emails.values().map(|(customer, _)| customer.as_str());
+    let recipients = || emails.values().map(|(customer, _, _)| customer.as_str());
     figures.emails = emails.len();
     figures.duplicate_emails = duplicates(recipients());
+    figures.duplicate_cart_emails = duplicates(emails.values().map(|(_, cart, _)| cart.as_str()));
     figures.customers_emailed_once = emailed_once(carts, recipients());
     Ok(figures)
 }
@@ -583,6 +586,7 @@ fn naive_loop(deliveries: &[Delivery], carts: &[AbandonedCart]) -> Figures {
     const TIMEOUT: Duration = Duration::from_secs(2);
     let mut api = DiscountApi::default();
     let mut recipients: Vec<&str> = Vec::new();
+    let mut emailed_carts: Vec<&str> = Vec::new();
     let mut dropped = 0;
     let mut due: BinaryHeap<Reverse<(Duration, usize, u32)>> = deliveries
         .iter()
@@ -596,6 +600,7 @@ fn naive_loop(deliveries: &[Delivery], carts: &[AbandonedCart]) -> Figures {
         let retry_in = match api.create(at, None, &delivery.cart.cart) {
             Answer::Code(_) => {
                 recipients.push(&delivery.cart.customer);
+                emailed_carts.push(&delivery.cart.cart);
                 continue;
             }
             Answer::Throttled(_) => BACKOFF,
@@ -615,6 +620,7 @@ fn naive_loop(deliveries: &[Delivery], carts: &[AbandonedCart]) -> Figures {
         duplicate_codes: api.duplicate_codes(),
         emails: recipients.len(),
         duplicate_emails: duplicates(recipients.iter().copied()),
+        duplicate_cart_emails: duplicates(emailed_carts.iter().copied()),
         customers_emailed_once: emailed_once(carts, recipients.iter().copied()),
         partner_calls: api.calls.len(),
         throttled: api.throttled,
@@ -627,7 +633,7 @@ fn naive_loop(deliveries: &[Delivery], carts: &[AbandonedCart]) -> Figures {
 
 /// Each figure: its `name=value` name, its label in the table, and whether the naive loop has
 /// such a thing.
-const FIGURES: [(&str, &str, bool); 17] = [
+const FIGURES: [(&str, &str, bool); 18] = [
     ("deliveries", "webhook deliveries", true),
     ("sagas_started", "sagas started / handler runs", true),
     ("deduped_deliveries", "repeated deliveries deduped", true),
@@ -637,6 +643,7 @@ const FIGURES: [(&str, &str, bool); 17] = [
     ("duplicate_codes", "  duplicates", true),
     ("emails_sent", "emails sent", true),
     ("duplicate_emails", "  duplicates", true),
+    ("duplicate_cart_emails", "  again to the same cart", true),
     ("customers_emailed_once", "customers emailed once", true),
     ("skipped_emails", "emails skipped by the cap", false),
     ("partner_calls", "calls to the discount API", true),
@@ -649,7 +656,7 @@ const FIGURES: [(&str, &str, bool); 17] = [
 
 impl Figures {
     /// The values, in the order of [`FIGURES`].
-    fn values(&self) -> [usize; 17] {
+    fn values(&self) -> [usize; 18] {
         [
             self.deliveries,
             self.runs,
@@ -660,6 +667,7 @@ impl Figures {
             self.duplicate_codes,
             self.emails,
             self.duplicate_emails,
+            self.duplicate_cart_emails,
             self.customers_emailed_once,
             self.skipped_by_cap,
             self.partner_calls,

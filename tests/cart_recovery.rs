@@ -68,6 +68,11 @@ fn duplicate_webhooks_and_throttling_create_no_duplicate_code_or_email() {
     assert_eq!(figure("duplicate_codes"), 0, "{stdout}");
     assert_eq!(figure("duplicate_emails"), 0, "{stdout}");
     assert_eq!(
+        figure("duplicate_cart_emails"),
+        0,
+        "no cart was emailed twice: {stdout}"
+    );
+    assert_eq!(
         figure("codes_created"),
         carts,
         "one code per cart: {stdout}"
@@ -92,7 +97,9 @@ fn duplicate_webhooks_and_throttling_create_no_duplicate_code_or_email() {
     assert!(figure("held_by_pause") > 0, "{stdout}");
 
     assert!(
-        figure("naive_duplicate_codes") > 0 && figure("naive_duplicate_emails") > 0,
+        figure("naive_duplicate_codes") > 0
+            && figure("naive_duplicate_emails") > 0
+            && figure("naive_duplicate_cart_emails") > 0,
         "the naive loop shows the failure: {stdout}"
     );
 }
