@@ -1,3 +1,4 @@
 //! Support shared by the console's integration tests.
 
+pub mod browser;
 pub mod fixture;
