@@ -605,3 +605,104 @@ fn print_summary(ours: &Figures, naive: &Figures) {
         println!("saga_{name}={saga}\nnaive_{name}={naive}");
     }
 }
+
+/// The example's sagas under the test kit (`saga::testing`): the same guarantees, with the
+/// partner's slowness and the missing crew as the only faults, and every call re-delivered.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use saga::testing::{Fault, TestKit};
+    use saga::{Phase, SagaStatus};
+
+    fn request() -> QuoteRequest {
+        QuoteRequest {
+            request: "req-1".to_owned(),
+            customer: "ada@example.com".to_owned(),
+            cents: 120_000,
+        }
+    }
+
+    fn job(postcode: &str) -> Job {
+        Job {
+            request: "req-1".to_owned(),
+            customer: "ada@example.com".to_owned(),
+            postcode: postcode.to_owned(),
+            deposit_cents: 20_000,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quote_whose_answer_comes_late_is_found_by_its_probe_and_sent_once() {
+        let services = Arc::new(Services::default());
+        let kit = TestKit::new();
+        kit.register(QuoteTask {
+            services: Arc::clone(&services),
+        })
+        .unwrap();
+        let run = kit.run::<QuoteTask>(&request()).await.unwrap();
+        run.assert_status(SagaStatus::Completed)
+            .assert_completed(&["send_quote", "file_quote"])
+            .assert_one_key_per_step();
+        assert_eq!(
+            run.runs_of("send_quote", Phase::Action),
+            1,
+            "the late answer was an unknown outcome, and the probe found the quote"
+        );
+        assert_eq!(services.partner().sent.len(), 1, "one quote sent");
+        assert_eq!(services.filed().len(), 1, "and filed once");
+        kit.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_call_made_twice_with_its_key_still_sends_and_files_one_quote() {
+        let services = Arc::new(Services::default());
+        let kit = TestKit::new();
+        kit.register(QuoteTask {
+            services: Arc::clone(&services),
+        })
+        .unwrap();
+        kit.redeliver_everything();
+        // The partner answers in time from the third call on: let the slow ones go by.
+        services.partner().calls = SLOW_CALLS;
+        let run = kit.run::<QuoteTask>(&request()).await.unwrap();
+        run.assert_status(SagaStatus::Completed)
+            .assert_one_key_per_step();
+        assert_eq!(run.runs_of("send_quote", Phase::Action), 2);
+        assert_eq!(run.runs_of("file_quote", Phase::Action), 2);
+        assert_eq!(services.partner().sent.len(), 1, "the partner kept its key");
+        assert_eq!(
+            services.filed().len(),
+            1,
+            "filing is idempotent per request"
+        );
+        kit.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_booking_without_a_crew_is_undone_in_reverse_even_when_the_refund_stumbles() {
+        let services = Arc::new(Services::default());
+        let kit = TestKit::new();
+        kit.register(BookingTask {
+            services: Arc::clone(&services),
+        })
+        .unwrap();
+        kit.inject(
+            Fault::on("take_deposit")
+                .compensation()
+                .attempt(1)
+                .transient("payments API busy"),
+        );
+        let run = kit.run::<BookingTask>(&job("99001")).await.unwrap();
+        run.assert_status(SagaStatus::Compensated)
+            .assert_completed(&["hold_materials", "take_deposit"])
+            .assert_compensated_in_reverse()
+            .assert_one_key_per_step()
+            .assert_no_intervention();
+        assert_eq!(
+            services.ledger().undos(),
+            vec!["refund_deposit", "release_materials"]
+        );
+        assert_eq!(services.ledger().confirmations, 0);
+        kit.shutdown().await;
+    }
+}

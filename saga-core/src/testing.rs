@@ -297,7 +297,11 @@ impl Intercept for Recorder {
             ran: true,
             outcome: seen,
         });
-        if shared.redeliver && matches!(after, After::Keep) && !shared.again.contains(call) {
+        if shared.redeliver
+            && matches!(after, After::Keep)
+            && outcome.is_ok()
+            && !shared.again.contains(call)
+        {
             shared.again.push(call.clone());
             return After::CallAgain;
         }

@@ -100,10 +100,11 @@ impl OverviewQuery {
         i64::try_from(self.bucket.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// How many buckets the window has.
+    /// How many buckets the window has: the last one ends at `now` (and holds `now` itself).
     pub fn bucket_count(&self) -> usize {
-        let span = (self.now.timestamp_millis() - self.since_millis()).max(0);
-        usize::try_from((span / self.bucket_millis().max(1)) + 1).unwrap_or(1)
+        let span = (self.now.timestamp_millis() - self.since_millis()).max(1);
+        let width = self.bucket_millis().max(1);
+        usize::try_from((span + width - 1) / width).unwrap_or(1)
     }
 
     /// The bucket `at` falls in (`(at - since) / bucket`, rounded down), or `None` outside the
@@ -250,6 +251,12 @@ impl Overview {
             })
             .collect();
         for (kind, index, count) in parts.series {
+            // `now` itself falls one past the last bucket, which it ends.
+            let index = if index == points && points > 0 {
+                points - 1
+            } else {
+                index
+            };
             if let Some(point) = series.get_mut(index) {
                 let slot = match kind {
                     SeriesKind::Started => &mut point.started,
@@ -314,7 +321,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(query.since, at(40_000));
-        assert_eq!(query.bucket_count(), 7);
+        assert_eq!(query.bucket_count(), 6, "the last bucket ends at now");
         assert_eq!(query.bucket_of(at(39_999)), None);
         assert_eq!(query.bucket_of(at(40_000)), Some(0));
         assert_eq!(query.bucket_of(at(49_999)), Some(0));
@@ -331,11 +338,14 @@ mod tests {
                 ..OverviewParts::default()
             },
         );
-        assert_eq!(overview.series.len(), 7);
+        assert_eq!(overview.series.len(), 6);
         assert_eq!(overview.series[0].start, at(40_000));
         assert_eq!(overview.series[0].started, 2);
-        assert_eq!(overview.series[6].start, at(100_000));
-        assert_eq!(overview.series[6].escalated, 1);
+        assert_eq!(overview.series[5].start, at(90_000));
+        assert_eq!(
+            overview.series[5].escalated, 1,
+            "now itself is counted in the last bucket"
+        );
         assert_eq!(
             overview.series.iter().map(|p| p.completed).sum::<u64>(),
             0,

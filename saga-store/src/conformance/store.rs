@@ -1852,8 +1852,8 @@ pub async fn the_overview_counts_by_type_series_stuck_steps_and_the_queue<S: Sto
     );
     assert_eq!(
         empty.series.len(),
-        3,
-        "two hours in hourly buckets, now's included"
+        2,
+        "two hours in hourly buckets, the last ending now"
     );
     assert!(empty.stuck.is_empty() && empty.open_interventions == 0);
     assert_eq!(empty.oldest_open_intervention, None);
