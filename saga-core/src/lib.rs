@@ -100,6 +100,7 @@ pub mod store;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod upgrade;
 pub mod wait;
 mod worker;
 

@@ -408,6 +408,23 @@ impl Orchestrator {
         Ok(())
     }
 
+    /// The definitions registered here (every version of every type), for the upgrade check:
+    /// [`upgrade::check`](crate::upgrade::check) tells which sagas in flight they could not
+    /// resume.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the registry's lock is poisoned (a registration panicked).
+    pub fn definitions(&self) -> Result<crate::upgrade::Definitions> {
+        let registry = self
+            .inner
+            .registry
+            .read()
+            .map_err(|_| Error::Store("saga registry lock poisoned".into()))?;
+        Ok(crate::upgrade::Definitions::of_registered(
+            registry.by_version.values(),
+        ))
+    }
+
     fn registered<S: Saga>(&self) -> Result<Arc<dyn ErasedSaga>> {
         let registry = self
             .inner
