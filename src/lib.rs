@@ -57,6 +57,7 @@ use std::sync::Arc;
 
 #[cfg(feature = "opentelemetry")]
 mod otlp;
+pub mod upgrade;
 
 #[cfg(feature = "opentelemetry")]
 pub use otlp::{init_otlp, OtlpGuard};
