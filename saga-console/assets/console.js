@@ -8,6 +8,8 @@
     function tick() {
       fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
         .then(function (response) {
+          // The session ended: the refresh was sent to the login page. Go there, whole.
+          if (response.redirected) { window.location.assign(response.url); throw new Error("signed out"); }
           if (response.ok) { return response.text(); }
           throw new Error("refresh refused: " + response.status);
         })

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::check_forgery;
+use crate::auth::{check_anonymous_origin, check_forgery};
 use crate::error::ConsoleError;
 use crate::views::{ApprovalView, EventView, InterventionView, PauseView, SagaDetail, SagaView};
 use crate::{Console, Session};
@@ -95,6 +95,24 @@ pub(crate) fn routes() -> Router<Arc<Console>> {
         .route("/api/pauses", get(pauses).post(pause))
         .route("/api/pauses/resume", post(resume))
         .route("/api/prune", post(prune))
+        .route("/api/{*rest}", axum::routing::any(unknown))
+}
+
+async fn unknown(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(ConsoleError::NotFound(format!(
+        "the API has no `{method} {}`; see the README's list of endpoints",
+        uri.path()
+    )))
+}
+
+/// The JSON error of a method the path does not take.
+pub(crate) fn method_not_allowed() -> Response {
+    let err = ConsoleError::BadInput(
+        "this path does not take that method: reads are GETs, actions are POSTs".to_owned(),
+    );
+    let mut response = error_response(&err);
+    *response.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    response
 }
 
 pub(crate) fn parse_id<T: FromStr>(what: &str, text: &str) -> Result<T, ConsoleError> {
@@ -178,6 +196,18 @@ fn acting<'s>(
         .get("x-csrf-token")
         .and_then(|value| value.to_str().ok());
     check_forgery(method, headers, &session.credentials, csrf)?;
+    check_anonymous_origin(headers, &session.credentials)?;
+    // A page of another site can post a form as `text/plain` without asking first; JSON it
+    // cannot.
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/json"));
+    if !json {
+        return Err(ConsoleError::BadInput(
+            "send the action's body as JSON, with `Content-Type: application/json`: for example {\"reason\": \"why\"}".to_owned(),
+        ));
+    }
     Ok(&session.operator()?.name)
 }
 
@@ -272,7 +302,11 @@ async fn cancel_saga(
         .cancel_saga(id, by, required(&reason)?)
         .await?;
     Ok(Json(
-        json!({ "saga_id": id.to_string(), "outcome": format!("{outcome:?}").to_lowercase() }),
+        json!({ "saga_id": id.to_string(), "outcome": match outcome {
+            saga_core::CancelOutcome::Compensating => "compensating",
+            saga_core::CancelOutcome::Requested => "requested",
+            saga_core::CancelOutcome::AlreadyCompensating => "already_compensating",
+        } }),
     ))
 }
 
@@ -297,7 +331,10 @@ async fn decide(
     Ok(Json(json!({
         "saga_id": id.to_string(),
         "decision": if approve { "approved" } else { "rejected" },
-        "delivered": format!("{delivered:?}").to_lowercase(),
+        "delivered": match delivered {
+            saga_core::wait::Delivered::New(_) => "new",
+            saga_core::wait::Delivered::Duplicate(_) => "duplicate",
+        },
     })))
 }
 

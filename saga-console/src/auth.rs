@@ -105,6 +105,14 @@ impl Tokens {
                 "a console token needs the name of whom it belongs to".to_owned(),
             ));
         }
+        if !token
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, ';' | ',' | '"' | '\\'))
+        {
+            return Err(ConsoleError::BadInput(format!(
+                "the console token of `{name}` holds a character a cookie cannot carry (a space, `;`, `,`, `\"`, `\\` or a non-ASCII one); use letters, digits and `-_.~`, as `openssl rand -hex 24` gives"
+            )));
+        }
         if token.chars().count() < MIN_TOKEN_LEN {
             return Err(ConsoleError::BadInput(format!(
                 "the console token of `{name}` is shorter than {MIN_TOKEN_LEN} characters; use a long random one (for example `openssl rand -hex 24`)"
@@ -290,6 +298,42 @@ pub fn check_forgery(
                     .to_owned(),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Whether a proxy says it forwarded the request (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`,
+/// `Via`): a request relayed by a proxy on this machine comes from a loopback peer whoever sent
+/// it, so anonymous loopback access never serves it.
+pub fn proxied(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str();
+        name == "forwarded"
+            || name.starts_with("x-forwarded-")
+            || name == "x-real-ip"
+            || name == "via"
+    })
+}
+
+/// Refuses an action taken without credentials (anonymous loopback access) that does not say
+/// where it comes from: with no token to derive an anti-forgery token from, `Origin` or
+/// `Sec-Fetch-Site` (which browsers send, and [`check_forgery`] checks) is what proves the
+/// request came from the console's own pages.
+///
+/// # Errors
+/// [`ConsoleError::Forbidden`] saying what to do.
+pub fn check_anonymous_origin(
+    headers: &HeaderMap,
+    credentials: &Credentials,
+) -> std::result::Result<(), ConsoleError> {
+    if *credentials == Credentials::None
+        && headers.get("sec-fetch-site").is_none()
+        && headers.get(header::ORIGIN).is_none()
+    {
+        return Err(ConsoleError::Forbidden(
+            "an action without credentials must say where it comes from (a browser sends Origin); act from the console's own pages or send a token"
+                .to_owned(),
+        ));
     }
     Ok(())
 }

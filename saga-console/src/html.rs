@@ -55,8 +55,9 @@ pub(crate) fn page(console: &Console, session: &Session, title: &str, body: &str
         });
     let logout = match session.credentials {
         crate::auth::Credentials::Cookie(_) => format!(
-            "<form method=\"post\" action=\"{}\" class=\"inline\"><button type=\"submit\" class=\"link\">Sign out</button></form>",
-            escape(&console.path("/logout"))
+            "<form method=\"post\" action=\"{}\" class=\"inline\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\" class=\"link\">Sign out</button></form>",
+            escape(&console.path("/logout")),
+            escape(&session.csrf())
         ),
         _ => String::new(),
     };

@@ -113,7 +113,10 @@ impl ConsoleOptions {
     /// served as `anonymous` with `role` (and recorded as such). Requests from anywhere else
     /// still need credentials; so do requests whose peer address the server does not pass on
     /// (serve with `into_make_service_with_connect_info::<SocketAddr>()`), and requests sent to
-    /// another name (a page of another site whose name resolves to 127.0.0.1).
+    /// another name (a page of another site whose name resolves to 127.0.0.1), and requests a
+    /// proxy says it relayed (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `Via`). An action
+    /// without credentials must also carry `Origin` or `Sec-Fetch-Site` of this console, as a
+    /// browser's do.
     pub fn anonymous_on_loopback(mut self, role: Role) -> Self {
         self.anonymous_on_loopback = Some(role);
         self
@@ -160,7 +163,7 @@ impl ConsoleOptions {
 
     /// The largest bound a bulk retry may be given (default 100).
     pub fn max_batch(mut self, max: usize) -> Self {
-        self.max_batch = max;
+        self.max_batch = max.max(1);
         self
     }
 }
@@ -231,6 +234,7 @@ pub fn router(admin: Admin, options: ConsoleOptions) -> Router {
         .route("/logout", post(pages::logout))
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(security_headers))
         .with_state(console)
 }
@@ -271,6 +275,7 @@ async fn authenticate(
             .anonymous_on_loopback
             .filter(|_| {
                 auth::is_loopback(peer)
+                    && !auth::proxied(request.headers())
                     && auth::names_loopback(
                         request.headers(),
                         request.uri().authority().map(|a| a.as_str()),
@@ -320,6 +325,18 @@ async fn security_headers(request: Request, next: Next) -> Response {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+async fn method_not_allowed(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        api::method_not_allowed()
+    } else {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this page does not take that method; use the console's links and forms",
+        )
+            .into_response()
+    }
 }
 
 async fn css() -> impl IntoResponse {

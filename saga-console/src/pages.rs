@@ -48,7 +48,12 @@ fn render(
 }
 
 fn ago(now: Timestamp, at: Timestamp) -> String {
-    let seconds = (now - at).num_seconds().max(0);
+    span((now - at).to_std().unwrap_or_default())
+}
+
+/// A duration as a person reads it: `45 s`, `15 min`, `3 h`, `2 d`.
+fn span(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs();
     match seconds {
         s if s < 120 => format!("{s} s"),
         s if s < 7_200 => format!("{} min", s / 60),
@@ -90,10 +95,7 @@ async fn overview_body(console: &Console) -> Result<String, ConsoleError> {
         .oldest_open_intervention
         .map_or_else(|| "—".to_owned(), |at| ago(overview.now, at));
     // How long a step phase runs before it counts as stuck, as "15 min".
-    let stuck_after = ago(
-        overview.now,
-        overview.now - chrono::Duration::from_std(options.stuck_after).unwrap_or_default(),
-    );
+    let stuck_after = span(options.stuck_after);
     let _ = write!(
         out,
         "<section class=\"cards\">\
@@ -251,6 +253,9 @@ async fn inbox_live(State(console): Shared, Extension(session): Extension<Sessio
     }
 }
 
+/// The inbox shows the oldest items up to this many (each row reads its saga).
+const INBOX_ROWS: usize = 200;
+
 async fn inbox_rows(console: &Console, session: &Session) -> Result<String, ConsoleError> {
     let items = console.admin.interventions(true).await?;
     if items.is_empty() {
@@ -258,7 +263,7 @@ async fn inbox_rows(console: &Console, session: &Session) -> Result<String, Cons
     }
     let now = saga_core::now();
     let mut out = String::new();
-    for item in &items {
+    for item in items.iter().take(INBOX_ROWS) {
         let saga = console.admin.show(item.saga_id).await.ok();
         let view = InterventionView::new(item, saga.as_ref(), console.redactor());
         let link = console.path(&format!("/inbox/{}", view.id));
@@ -292,6 +297,13 @@ async fn inbox_rows(console: &Console, session: &Session) -> Result<String, Cons
             attempts = view.attempts.map_or_else(|| "—".to_owned(), |a| a.to_string()),
             error = escape(&view.error),
             link = escape(&link),
+        );
+    }
+    if items.len() > INBOX_ROWS {
+        let _ = write!(
+            out,
+            "<tr><td colspan=\"8\" class=\"muted\">{} more items wait; settle these first (oldest first), or use the API (`GET /api/interventions`).</td></tr>",
+            items.len() - INBOX_ROWS
         );
     }
     Ok(out)
@@ -390,6 +402,13 @@ async fn settle_form(
         let explanation = explain(&action)?;
         let id: InterventionId = parse_id("intervention", &id)?;
         let item = console.admin.intervention(id).await?;
+        if item.status != saga_core::InterventionStatus::Open {
+            return Err(ConsoleError::Refused(format!(
+                "item {id} is already settled ({} by {}); nothing to do",
+                item.resolution.as_deref().unwrap_or("settled"),
+                item.resolved_by.as_deref().unwrap_or("someone")
+            )));
+        }
         let saga = console.admin.show(item.saga_id).await.ok();
         let view = InterventionView::new(&item, saga.as_ref(), console.redactor());
         let body = format!(
@@ -426,6 +445,7 @@ fn posted<'s>(
         &session.credentials,
         fields.get(CSRF_FIELD).map(String::as_str),
     )?;
+    crate::auth::check_anonymous_origin(headers, &session.credentials)?;
     let principal = session.operator()?;
     let reason = fields.get("reason").map(|r| r.trim()).unwrap_or_default();
     if reason.is_empty() {
@@ -533,8 +553,60 @@ async fn retry_all(
 #[derive(Debug, Default, serde::Deserialize)]
 struct SagasQuery {
     q: Option<String>,
-    #[serde(flatten)]
-    list: ListQuery,
+    status: Option<String>,
+    #[serde(rename = "type")]
+    saga_type: Option<String>,
+    key: Option<String>,
+    older_than: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+    waiting_for: Option<String>,
+}
+
+impl SagasQuery {
+    /// The list's filters (a query string's numbers arrive as text).
+    fn list(&self) -> Result<ListQuery, ConsoleError> {
+        let limit = match self
+            .limit
+            .as_deref()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            Some(text) => Some(text.parse::<u32>().map_err(|_| {
+                ConsoleError::BadInput(format!(
+                    "`{text}` is not a page size; ask for 1 to 500 sagas"
+                ))
+            })?),
+            None => None,
+        };
+        Ok(ListQuery {
+            status: self.status.clone(),
+            saga_type: self.saga_type.clone(),
+            key: self.key.clone(),
+            older_than: self.older_than.clone(),
+            after: self.after.clone(),
+            limit,
+            waiting_for: self.waiting_for.clone(),
+        })
+    }
+
+    /// The link to the page after `last`, with every filter kept.
+    fn next_page(&self, console: &Console, last: SagaId) -> String {
+        let mut link = format!("{}?after={last}", console.path("/sagas"));
+        for (name, value) in [
+            ("status", &self.status),
+            ("type", &self.saga_type),
+            ("key", &self.key),
+            ("older_than", &self.older_than),
+            ("limit", &self.limit),
+            ("waiting_for", &self.waiting_for),
+        ] {
+            if let Some(value) = value {
+                let _ = write!(link, "&{name}={}", encode(value));
+            }
+        }
+        link
+    }
 }
 
 async fn sagas(
@@ -567,7 +639,7 @@ async fn sagas(
             );
             return Ok(page(&console, &session, "Not found", &body));
         }
-        let (filter, older_than) = query.list.filter()?;
+        let (filter, older_than) = query.list()?.filter()?;
         let records = match older_than {
             Some(age) => console.admin.list_older_than(age, &filter).await?,
             None => console.admin.list(&filter).await?,
@@ -593,11 +665,8 @@ async fn sagas(
             if let Some(last) = records.last() {
                 let _ = write!(
                     body,
-                    "<p><a href=\"{}?after={}&amp;status={}&amp;type={}\">Next page</a></p>",
-                    escape(&console.path("/sagas")),
-                    last.id,
-                    filter.status.map(|s| s.as_str()).unwrap_or_default(),
-                    escape(&encode(filter.saga_type.as_ref().map(|t| t.as_str()).unwrap_or_default())),
+                    "<p><a id=\"next-page\" href=\"{}\">Next page</a></p>",
+                    escape(&query.next_page(&console, last.id)),
                 );
             }
         }
@@ -644,11 +713,23 @@ fn saga_body(
          <dt>Updated</dt><dd>{updated}</dd><dt>Trace</dt><dd><code>{trace}</code></dd></dl><h2>Input</h2>{input}",
         id = record.id,
         status = badge(record.status.as_str()),
-        reason = or_dash(record.status_reason.as_deref()),
+        reason = or_dash(
+            record
+                .status_reason
+                .as_deref()
+                .map(|r| crate::redact::redact_text(redactor, r))
+                .as_deref()
+        ),
         key = or_dash(record.idempotency_key.as_ref().map(|k| k.as_str())),
         version = record.version,
         waiting = or_dash(record.waiting_for.as_deref()),
-        cancel = or_dash(record.cancel_requested.as_deref()),
+        cancel = or_dash(
+            record
+                .cancel_requested
+                .as_deref()
+                .map(|r| crate::redact::redact_text(redactor, r))
+                .as_deref()
+        ),
         created = time(record.created_at),
         updated = time(record.updated_at),
         trace = or_dash(trace_id(record.trace_context.as_deref()).as_deref()),
@@ -849,7 +930,22 @@ pub(crate) async fn login(
     response
 }
 
-pub(crate) async fn logout(State(console): Shared) -> Response {
+pub(crate) async fn logout(
+    State(console): Shared,
+    method: Method,
+    headers: HeaderMap,
+    Form(fields): Fields,
+) -> Response {
+    // Signing someone out from another site is a nuisance, refused like any forged action.
+    let credentials = Credentials::from_headers(&headers);
+    if let Err(err) = check_forgery(
+        &method,
+        &headers,
+        &credentials,
+        fields.get(CSRF_FIELD).map(String::as_str),
+    ) {
+        return error_page(&console, None, &err);
+    }
     let mut response = see_other(&console.path("/login"));
     let cookie = format!(
         "{COOKIE}=; Path={}; HttpOnly; SameSite=Strict; Max-Age=0",

@@ -64,20 +64,31 @@ impl Redactor for RedactFields {
     }
 }
 
-/// Redacts `text` if it is a JSON object or array (a history detail may be), else returns it
-/// as it is.
+/// Redacts every JSON object or array written inside `text` (an error that quotes a payload,
+/// a history detail), leaving the words around them as they are.
 pub fn redact_text(redactor: &dyn Redactor, text: &str) -> String {
-    let trimmed = text.trim_start();
-    if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
-        return text.to_owned();
-    }
-    match serde_json::from_str::<Value>(text) {
-        Ok(mut value) => {
-            redactor.redact(&mut value);
-            value.to_string()
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(['{', '[']) {
+        out.push_str(&rest[..start]);
+        let candidate = &rest[start..];
+        let mut values = serde_json::Deserializer::from_str(candidate).into_iter::<Value>();
+        match values.next() {
+            Some(Ok(mut value)) if value.is_object() || value.is_array() => {
+                let consumed = values.byte_offset();
+                redactor.redact(&mut value);
+                out.push_str(&value.to_string());
+                rest = candidate.get(consumed..).unwrap_or_default();
+            }
+            _ => {
+                // Not JSON here: keep the bracket and look further.
+                out.push_str(&candidate[..1]);
+                rest = &candidate[1..];
+            }
         }
-        Err(_) => text.to_owned(),
     }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -109,5 +120,13 @@ mod tests {
             r#"{"email":"[redacted]"}"#
         );
         assert_eq!(redact_text(&redactor, "plain words"), "plain words");
+        assert_eq!(
+            redact_text(
+                &redactor,
+                r#"permanent: gateway said {"card_number": "4242424242424242", "code": 51} [x] {oops"#
+            ),
+            r#"permanent: gateway said {"card_number":"[redacted]","code":51} [x] {oops"#,
+            "JSON inside words is redacted; what is not JSON is kept"
+        );
     }
 }

@@ -56,14 +56,20 @@ impl SagaView {
             saga_type: record.saga_type.as_str().to_owned(),
             version: record.version,
             status: record.status.as_str(),
-            status_reason: record.status_reason.clone(),
+            status_reason: record
+                .status_reason
+                .as_deref()
+                .map(|r| redact_text(redactor, r)),
             input: redacted(redactor, &record.input),
             start_key: record
                 .idempotency_key
                 .as_ref()
                 .map(|k| k.as_str().to_owned()),
             waiting_for: record.waiting_for.clone(),
-            cancel_requested: record.cancel_requested.clone(),
+            cancel_requested: record
+                .cancel_requested
+                .as_deref()
+                .map(|r| redact_text(redactor, r)),
             created_at: time(record.created_at),
             updated_at: time(record.updated_at),
             next_run_at: opt_time(record.next_run_at),

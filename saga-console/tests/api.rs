@@ -154,6 +154,9 @@ on_every_backend!(
     anonymous_access_is_refused_by_default,
     anonymous_access_is_served_to_loopback_peers_only,
     malformed_query_strings_are_json_errors,
+    unknown_paths_wrong_methods_and_non_json_actions_are_json_errors,
+    a_proxied_request_is_never_anonymous,
+    the_sagas_page_keeps_its_filters_on_the_next_page,
 );
 
 // ------------------------------------------------------------------------------------------
@@ -1833,10 +1836,27 @@ async fn anonymous_access_is_served_to_loopback_peers_only(backend: Backend) {
         fixture::options().anonymous_on_loopback(Role::Operator),
     )
     .await;
+    let bare = with_peer(
+        Request::post(format!("/api/interventions/{}/resolve", env.fx.item))
+            .header(header::HOST, "127.0.0.1:8080")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({ "reason": "fixed locally" }).to_string()))
+            .unwrap(),
+        "127.0.0.1:50000",
+    );
+    env.send(bare)
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "forbidden", 4);
+    assert_eq!(
+        env.item().await["status"],
+        "open",
+        "an anonymous action must say where it comes from (Origin)"
+    );
     let act = |peer: &str| {
         with_peer(
             Request::post(format!("/api/interventions/{}/resolve", env.fx.item))
                 .header(header::HOST, "127.0.0.1:8080")
+                .header(header::ORIGIN, "http://127.0.0.1:8080")
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Body::from(json!({ "reason": "fixed locally" }).to_string()))
                 .unwrap(),
@@ -1870,5 +1890,104 @@ async fn malformed_query_strings_are_json_errors(backend: Backend) {
             .expect_error(StatusCode::BAD_REQUEST, "bad_input", 2);
         assert!(!message.is_empty(), "{path}");
     }
+    env.finish().await;
+}
+
+async fn unknown_paths_wrong_methods_and_non_json_actions_are_json_errors(backend: Backend) {
+    let env = env(backend).await;
+    let message =
+        env.get("/api/no-such-thing")
+            .await
+            .expect_error(StatusCode::NOT_FOUND, "not_found", 3);
+    assert!(message.contains("/api/no-such-thing"), "{message}");
+    let wrong = env
+        .send(
+            request(Method::DELETE, "/api/sagas", Auth::Bearer(OPERATOR_TOKEN))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    wrong.expect_error(StatusCode::METHOD_NOT_ALLOWED, "bad_input", 2);
+    // A form another site could post as text/plain carries JSON: refused, nothing changes.
+    let plain = env
+        .send(
+            request(
+                Method::POST,
+                &format!("/api/interventions/{}/resolve", env.fx.item),
+                Auth::Bearer(OPERATOR_TOKEN),
+            )
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from(
+                json!({ "reason": "looks like JSON" }).to_string(),
+            ))
+            .unwrap(),
+        )
+        .await;
+    let message = plain.expect_error(StatusCode::BAD_REQUEST, "bad_input", 2);
+    assert!(message.contains("application/json"), "{message}");
+    assert_eq!(env.item().await["status"], "open");
+    env.finish().await;
+}
+
+async fn a_proxied_request_is_never_anonymous(backend: Backend) {
+    let env = env_with(
+        backend,
+        fixture::options().anonymous_on_loopback(Role::Operator),
+    )
+    .await;
+    for (name, value) in [
+        ("x-forwarded-for", "198.51.100.4"),
+        ("forwarded", "for=198.51.100.4"),
+        ("via", "1.1 proxy"),
+        ("x-real-ip", "198.51.100.4"),
+    ] {
+        let proxied = with_peer(
+            Request::get("/api/sagas")
+                .header(header::HOST, "localhost:8080")
+                .header(name, value)
+                .body(Body::empty())
+                .unwrap(),
+            "127.0.0.1:50000",
+        );
+        env.send(proxied)
+            .await
+            .expect_error(StatusCode::UNAUTHORIZED, "unauthenticated", 4);
+    }
+    let direct = with_peer(
+        Request::get("/api/sagas")
+            .header(header::HOST, "localhost:8080")
+            .body(Body::empty())
+            .unwrap(),
+        "127.0.0.1:50000",
+    );
+    env.send(direct).await.expect(StatusCode::OK);
+    env.finish().await;
+}
+
+async fn the_sagas_page_keeps_its_filters_on_the_next_page(backend: Backend) {
+    let env = env(backend).await;
+    let page = env
+        .get_as(
+            "/sagas?status=completed&limit=1&older_than=0s",
+            Auth::Bearer(OPERATOR_TOKEN),
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let link = page
+        .body
+        .split("id=\"next-page\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("a full page links to the next: {}", page.body))
+        .replace("&amp;", "&");
+    for kept in ["status=completed", "limit=1", "older_than=0s", "after="] {
+        assert!(link.contains(kept), "{link} keeps {kept}");
+    }
+    let next = env.get_as(&link, Auth::Bearer(OPERATOR_TOKEN)).await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.body);
+    assert!(
+        next.body.contains("completed") && !next.body.contains(">compensated<"),
+        "the next page is filtered too"
+    );
     env.finish().await;
 }
