@@ -666,7 +666,8 @@ mod tests {
         services.partner().calls = SLOW_CALLS;
         let run = kit.run::<QuoteTask>(&request()).await.unwrap();
         run.assert_status(SagaStatus::Completed)
-            .assert_one_key_per_step();
+            .assert_one_key_per_step()
+            .assert_idempotent();
         assert_eq!(run.runs_of("send_quote", Phase::Action), 2);
         assert_eq!(run.runs_of("file_quote", Phase::Action), 2);
         assert_eq!(services.partner().sent.len(), 1, "the partner kept its key");

@@ -212,7 +212,8 @@ async fn redelivering_everything_shows_the_steps_are_idempotent() {
     let run = kit.run::<Checkout>(&ORDER).await.unwrap();
     run.assert_status(SagaStatus::Compensated)
         .assert_compensated_in_reverse()
-        .assert_one_key_per_step();
+        .assert_one_key_per_step()
+        .assert_idempotent();
     assert_eq!(run.runs_of("charge_card", Phase::Action), 2);
     assert_eq!(run.runs_of("charge_card", Phase::Compensation), 2);
     assert_eq!(payments.charged(), 1, "two calls with one key charge once");
@@ -343,4 +344,81 @@ fn a_compensation_out_of_order_fails_the_assertion() {
         run.history.events[second].step = moved;
         run.assert_compensated_in_reverse();
     });
+}
+
+#[test]
+#[should_panic(expected = "expected the reverse of the completed actions")]
+fn a_missing_compensation_fails_the_assertion() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let payments = Arc::new(Payments::default());
+        let kit = kit(&payments);
+        kit.inject(Fault::on("send_receipt").permanent("mailbox refused"));
+        let mut run = kit.run::<Checkout>(&ORDER).await.unwrap();
+        // Forget that reserve_stock was compensated, as a library that skipped it would.
+        run.history.events.retain(|event| {
+            !(event.phase == Some(Phase::Compensation)
+                && event.step.as_ref().map(|s| s.as_str()) == Some("reserve_stock"))
+        });
+        run.snapshot.steps.retain(|step| {
+            !(step.phase == Phase::Compensation && step.name.as_str() == "reserve_stock")
+        });
+        run.assert_compensated_in_reverse();
+    });
+}
+
+/// Charges anew on every call, whatever the key: not idempotent.
+#[derive(Saga)]
+#[saga(name = "careless_checkout", version = 1, input = Order)]
+#[step(charge_every_time, irreversible)]
+struct Careless {
+    payments: Arc<Payments>,
+}
+
+async fn charge_every_time(
+    saga: Arc<Careless>,
+    ctx: StepContext<Order>,
+) -> Result<String, StepError> {
+    let fresh = format!("{}-{}", ctx.key(), saga.payments.charged());
+    saga.payments
+        .charge(ctx.input().cents, &fresh)
+        .await
+        .transient()
+}
+
+#[tokio::test(start_paused = true)]
+async fn redelivery_catches_a_step_that_ignores_its_key_and_never_records_it_clean() {
+    let payments = Arc::new(Payments::default());
+    let kit = TestKit::new();
+    kit.register(Careless {
+        payments: Arc::clone(&payments),
+    })
+    .unwrap();
+    kit.redeliver_everything();
+    let run = kit.run::<Careless>(&ORDER).await.unwrap();
+    assert_ne!(
+        run.status(),
+        SagaStatus::Completed,
+        "an attempt whose second call answered differently is an unknown outcome, not a result"
+    );
+    assert!(matches!(
+        run.calls_of("charge_every_time", Phase::Action)
+            .iter()
+            .find(|call| matches!(call.outcome, CallOutcome::NotIdempotent(_)))
+            .map(|call| &call.outcome),
+        Some(CallOutcome::NotIdempotent(_))
+    ));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run.assert_idempotent();
+    }));
+    assert!(caught.is_err(), "assert_idempotent fails the test");
+    assert!(
+        payments.charged() >= 2,
+        "the careless step did charge twice"
+    );
+    kit.shutdown().await;
 }

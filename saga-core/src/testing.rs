@@ -210,6 +210,9 @@ pub enum CallOutcome {
     AnswerLost,
     /// Made; the worker crashed (by injection) before recording it.
     Crashed,
+    /// The second call of a re-delivered step answered differently from the first (it says
+    /// how): the step is not idempotent, and the attempt was recorded as an unknown outcome.
+    NotIdempotent(String),
 }
 
 /// One call of a step phase, as the kit recorded it.
@@ -228,8 +231,10 @@ struct Shared {
     faults: Vec<Fault>,
     redeliver: bool,
     calls: Vec<RecordedCall>,
-    /// Calls made a second time in re-delivery mode, by (saga, step, phase, attempt).
-    again: Vec<Call>,
+    /// Calls made a second time in re-delivery mode, with the first call's output.
+    again: Vec<(Call, Option<Value>)>,
+    /// Per registered saga type, its steps and whether each has a compensation.
+    steps: BTreeMap<String, Vec<(StepName, bool)>>,
 }
 
 /// The kit's interceptor: applies faults and records every call.
@@ -292,18 +297,43 @@ impl Intercept for Recorder {
                 Err(error) => (After::Keep, CallOutcome::Failed(error.to_string())),
             },
         };
+        let first = shared
+            .again
+            .iter()
+            .find(|(again, _)| again == call)
+            .map(|(_, output)| output.clone());
+        if let (Some(first), After::Keep) = (first, &after) {
+            // The second call of a re-delivered step must answer as the first did. If it does
+            // not, its effect may have happened twice, or the first one's effect would be
+            // misreported: never record that as a clean outcome.
+            let same = matches!(outcome, Ok(output) if *output == first);
+            if !same {
+                let answered = match outcome {
+                    Ok(output) => format!("returned {output:?}"),
+                    Err(error) => format!("failed: {error}"),
+                };
+                shared.calls.push(RecordedCall {
+                    call: call.clone(),
+                    ran: true,
+                    outcome: CallOutcome::NotIdempotent(answered.clone()),
+                });
+                return After::Replace(StepError::unknown(format!(
+                    "not idempotent: called again with key `{}`, the step {answered} after returning {first:?}",
+                    call.key
+                )));
+            }
+        }
         shared.calls.push(RecordedCall {
             call: call.clone(),
             ran: true,
             outcome: seen,
         });
-        if shared.redeliver
-            && matches!(after, After::Keep)
-            && outcome.is_ok()
-            && !shared.again.contains(call)
-        {
-            shared.again.push(call.clone());
-            return After::CallAgain;
+        let again = shared.again.iter().any(|(again, _)| again == call);
+        if shared.redeliver && matches!(after, After::Keep) && !again {
+            if let Ok(output) = outcome {
+                shared.again.push((call.clone(), output.clone()));
+                return After::CallAgain;
+            }
         }
         after
     }
@@ -337,8 +367,10 @@ impl TestKit {
     }
 
     /// A kit on `store` with `config` (its intercept is replaced by the kit's), its orchestrator
-    /// running. Virtual time needs a store that reads [`crate::clock::now`] (memory, SQLite);
-    /// Postgres keeps its own clock.
+    /// running. Virtual time is for the memory store only: a paused tokio clock jumps ahead
+    /// while the runtime waits on a database driver's thread (SQLite) or socket (Postgres,
+    /// which also keeps its own clock), so timeouts would fire that never would; on those,
+    /// run in real time with a short poll interval.
     pub fn on(store: Arc<dyn Store>, config: Config) -> Self {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let config = config.intercept(Arc::new(Recorder {
@@ -359,7 +391,17 @@ impl TestKit {
     /// # Errors
     /// As [`Orchestrator::register`].
     pub fn register<S: Saga>(&self, saga: S) -> Result<()> {
-        self.orchestrator.register(saga)
+        let definition = S::definition();
+        let steps = definition
+            .specs()
+            .into_iter()
+            .map(|spec| (spec.name, spec.compensable))
+            .collect();
+        self.orchestrator.register(saga)?;
+        lock(&self.shared)
+            .steps
+            .insert(definition.name().as_str().to_owned(), steps);
+        Ok(())
     }
 
     /// Adds a fault; the first fault matching a call applies.
@@ -435,11 +477,17 @@ impl TestKit {
             .filter(|call| call.call.saga == id)
             .cloned()
             .collect();
+        let steps = lock(&self.shared)
+            .steps
+            .get(snapshot.record.saga_type.as_str())
+            .cloned()
+            .unwrap_or_default();
         Ok(Run {
             snapshot,
             history,
             interventions,
             calls,
+            steps,
         })
     }
 
@@ -490,6 +538,9 @@ pub struct Run {
     pub interventions: Vec<Intervention>,
     /// Every call of its steps, in the order they were made.
     pub calls: Vec<RecordedCall>,
+    /// Its type's steps, in order, and whether each has a compensation (from the registered
+    /// definition).
+    pub steps: Vec<(StepName, bool)>,
 }
 
 impl Run {
@@ -517,16 +568,27 @@ impl Run {
             .collect()
     }
 
-    /// The compensations that completed, in the order they completed.
+    /// The compensations that completed, in the order they completed (one an operator marked
+    /// done by hand, which has no completion event of its own, comes last).
     pub fn compensated(&self) -> Vec<&str> {
-        self.history
+        let mut done: Vec<&str> = self
+            .history
             .events
             .iter()
             .filter(|event| {
                 event.kind == EventKind::StepCompleted && event.phase == Some(Phase::Compensation)
             })
             .filter_map(|event| event.step.as_ref().map(StepName::as_str))
-            .collect()
+            .collect();
+        for step in &self.snapshot.steps {
+            if step.phase == Phase::Compensation
+                && step.status == StepStatus::Completed
+                && !done.contains(&step.name.as_str())
+            {
+                done.push(step.name.as_str());
+            }
+        }
+        done
     }
 
     /// The calls of one step phase.
@@ -568,8 +630,8 @@ impl Run {
         self
     }
 
-    /// Fails unless every completed action that has a compensation was compensated, and in the
-    /// reverse of the order the actions ran.
+    /// Fails unless every completed action whose step has a compensation (by the registered
+    /// definition) was compensated, and in the reverse of the order the actions ran.
     pub fn assert_compensated_in_reverse(&self) -> &Self {
         let compensable: Vec<&str> = self
             .snapshot
@@ -577,13 +639,9 @@ impl Run {
             .iter()
             .filter(|step| step.phase == Phase::Action && step.status == StepStatus::Completed)
             .filter(|step| {
-                self.calls_of(step.name.as_str(), Phase::Compensation)
+                self.steps
                     .iter()
-                    .any(|call| call.ran)
-                    || self
-                        .snapshot
-                        .step(step.index, Phase::Compensation)
-                        .is_some()
+                    .any(|(name, compensable)| *name == step.name && *compensable)
             })
             .map(|step| step.name.as_str())
             .rev()
@@ -597,8 +655,10 @@ impl Run {
         self
     }
 
-    /// Fails unless every call of a step phase carried one key, across attempts, re-deliveries
-    /// and takeovers, and no two step phases shared one.
+    /// Fails unless the library called every step phase with one key, across attempts,
+    /// re-deliveries and takeovers, and no two step phases shared one. Whether your code passes
+    /// `ctx.key()` on to the downstream is yours to check (re-delivery shows whether the
+    /// downstream honours it).
     pub fn assert_one_key_per_step(&self) -> &Self {
         let mut keys: BTreeMap<(String, &'static str), IdempotencyKey> = BTreeMap::new();
         for call in &self.calls {
@@ -623,6 +683,28 @@ impl Run {
         assert!(
             distinct.len() == keys.len(),
             "saga {}: two step phases shared a key: {keys:?}",
+            self.id()
+        );
+        self
+    }
+
+    /// Fails if a re-delivered call answered differently from the first (see
+    /// [`TestKit::redeliver_everything`]).
+    pub fn assert_idempotent(&self) -> &Self {
+        let broken: Vec<String> = self
+            .calls
+            .iter()
+            .filter_map(|call| match &call.outcome {
+                CallOutcome::NotIdempotent(answered) => Some(format!(
+                    "`{}` ({}) {answered}",
+                    call.call.step, call.call.phase
+                )),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            broken.is_empty(),
+            "saga {}: called again with the same key, steps answered differently: {broken:?}",
             self.id()
         );
         self
