@@ -144,6 +144,10 @@ pub(crate) enum Command {
         /// Mark the session cookie Secure: set it when the console is reached over HTTPS.
         #[arg(long)]
         secure_cookies: bool,
+        /// The origin browsers reach the console at (https://ops.example.com), when a proxy in
+        /// front of it rewrites Host.
+        #[arg(long)]
+        public_origin: Option<String>,
     },
     /// Bring the store's schema to this version: lists the migrations not applied yet, then
     /// applies them. No other command migrates.

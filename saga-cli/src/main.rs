@@ -180,6 +180,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             anonymous_loopback,
             redact,
             secure_cookies,
+            public_origin,
         } => {
             let admin = approvals::optional_policy(admin)?;
             return serve::run(
@@ -190,6 +191,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     anonymous_loopback,
                     redact,
                     secure_cookies,
+                    public_origin,
                 },
             )
             .await;

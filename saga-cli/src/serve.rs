@@ -15,6 +15,7 @@ pub(crate) struct Settings {
     pub(crate) anonymous_loopback: Option<String>,
     pub(crate) redact: Option<String>,
     pub(crate) secure_cookies: bool,
+    pub(crate) public_origin: Option<String>,
 }
 
 /// The console's options from the settings; refuses a console nobody could use, and anonymous
@@ -46,6 +47,9 @@ fn options(settings: &Settings, listen: SocketAddr) -> Result<ConsoleOptions, Fa
     let mut options = ConsoleOptions::new(Arc::new(tokens)).secure_cookies(settings.secure_cookies);
     if let Some(role) = anonymous {
         options = options.anonymous_on_loopback(role);
+    }
+    if let Some(origin) = settings.public_origin.as_deref() {
+        options = options.public_origin(origin);
     }
     if let Some(fields) = settings.redact.as_deref() {
         options = options.redact(Arc::new(RedactFields::parse(fields)));

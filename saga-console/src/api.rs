@@ -195,7 +195,13 @@ fn acting<'s>(
     let csrf = headers
         .get("x-csrf-token")
         .and_then(|value| value.to_str().ok());
-    check_forgery(method, headers, &session.credentials, csrf)?;
+    check_forgery(
+        method,
+        headers,
+        &session.credentials,
+        csrf,
+        session.public_origin.as_deref(),
+    )?;
     check_anonymous_origin(headers, &session.credentials)?;
     // A page of another site can post a form as `text/plain` without asking first; JSON it
     // cannot.

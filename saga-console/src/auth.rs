@@ -266,6 +266,7 @@ pub fn check_forgery(
     headers: &HeaderMap,
     credentials: &Credentials,
     presented_csrf: Option<&str>,
+    public_origin: Option<&str>,
 ) -> std::result::Result<(), ConsoleError> {
     if method == Method::GET || method == Method::HEAD {
         return Ok(());
@@ -277,16 +278,27 @@ pub fn check_forgery(
             )));
         }
     }
-    if let (Some(origin), Some(host)) = (
-        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
-        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
-    ) {
-        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        if origin_host != host {
-            return Err(ConsoleError::Forbidden(format!(
-                "this request came from {origin}, not from this console ({host}); act from the console's own pages"
-            )));
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    match (origin, public_origin) {
+        // Behind a proxy that rewrites Host, the console's address is configured.
+        (Some(origin), Some(public)) => {
+            if !origin.eq_ignore_ascii_case(public.trim_end_matches('/')) {
+                return Err(ConsoleError::Forbidden(format!(
+                    "this request came from {origin}, not from this console ({public}); act from the console's own pages"
+                )));
+            }
         }
+        (Some(origin), None) => {
+            if let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
+                let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+                if origin_host != host {
+                    return Err(ConsoleError::Forbidden(format!(
+                        "this request came from {origin}, not from this console ({host}); act from the console's own pages (behind a proxy that rewrites Host, set the console's public origin)"
+                    )));
+                }
+            }
+        }
+        (None, _) => {}
     }
     if let Credentials::Cookie(session) = credentials {
         let expected = csrf_token(session);
@@ -421,16 +433,33 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
         let good = csrf_token(&"s".repeat(20));
-        assert!(check_forgery(&Method::POST, &headers, &session, Some(&good)).is_ok());
-        assert!(check_forgery(&Method::POST, &headers, &session, None).is_err());
-        assert!(check_forgery(&Method::POST, &headers, &session, Some("00")).is_err());
-        assert!(check_forgery(&Method::GET, &headers, &session, None).is_ok());
+        assert!(check_forgery(&Method::POST, &headers, &session, Some(&good), None).is_ok());
+        assert!(check_forgery(&Method::POST, &headers, &session, None, None).is_err());
+        assert!(check_forgery(&Method::POST, &headers, &session, Some("00"), None).is_err());
+        assert!(check_forgery(&Method::GET, &headers, &session, None, None).is_ok());
         headers.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
-        assert!(check_forgery(&Method::POST, &headers, &session, Some(&good)).is_err());
+        assert!(check_forgery(&Method::POST, &headers, &session, Some(&good), None).is_err());
         let bearer = Credentials::Bearer("t".repeat(20));
         assert!(
-            check_forgery(&Method::POST, &HeaderMap::new(), &bearer, None).is_ok(),
+            check_forgery(&Method::POST, &HeaderMap::new(), &bearer, None, None).is_ok(),
             "a bearer header is no ambient authority"
         );
+    }
+
+    #[test]
+    fn a_configured_public_origin_is_the_only_one_accepted() {
+        let session = Credentials::Cookie("s".repeat(20));
+        let good = csrf_token(&"s".repeat(20));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "10.0.0.7:8080".parse().unwrap());
+        headers.insert(header::ORIGIN, "https://ops.example.com".parse().unwrap());
+        let public = Some("https://ops.example.com/");
+        assert!(check_forgery(&Method::POST, &headers, &session, Some(&good), public).is_ok());
+        assert!(
+            check_forgery(&Method::POST, &headers, &session, Some(&good), None).is_err(),
+            "without it, the Origin must match the Host"
+        );
+        headers.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert!(check_forgery(&Method::POST, &headers, &session, Some(&good), public).is_err());
     }
 }

@@ -67,6 +67,7 @@ pub struct ConsoleOptions {
     bucket: Duration,
     refresh: Duration,
     max_batch: usize,
+    public_origin: Option<std::sync::Arc<str>>,
 }
 
 impl std::fmt::Debug for ConsoleOptions {
@@ -105,6 +106,7 @@ impl ConsoleOptions {
             bucket: Duration::from_secs(60 * 60),
             refresh: Duration::from_secs(5),
             max_batch: 100,
+            public_origin: None,
         }
     }
 
@@ -139,6 +141,14 @@ impl ConsoleOptions {
     /// console is reached over HTTPS, as it should be beyond a developer's machine.
     pub fn secure_cookies(mut self, secure: bool) -> Self {
         self.secure_cookies = secure;
+        self
+    }
+
+    /// The origin browsers reach the console at (`https://ops.example.com`), when a proxy in
+    /// front of it rewrites `Host`: a form post's `Origin` must then be exactly this. Without
+    /// it, `Origin` must match the request's `Host`.
+    pub fn public_origin(mut self, origin: &str) -> Self {
+        self.public_origin = Some(origin.trim_end_matches('/').into());
         self
     }
 
@@ -193,6 +203,8 @@ impl Console {
 pub(crate) struct Session {
     pub(crate) principal: Principal,
     pub(crate) credentials: auth::Credentials,
+    /// The console's configured public origin, if any (see [`ConsoleOptions::public_origin`]).
+    pub(crate) public_origin: Option<std::sync::Arc<str>>,
 }
 
 impl Session {
@@ -298,6 +310,7 @@ async fn authenticate(
     request.extensions_mut().insert(Session {
         principal,
         credentials,
+        public_origin: console.options.public_origin.clone(),
     });
     next.run(request).await
 }

@@ -444,6 +444,7 @@ fn posted<'s>(
         headers,
         &session.credentials,
         fields.get(CSRF_FIELD).map(String::as_str),
+        session.public_origin.as_deref(),
     )?;
     crate::auth::check_anonymous_origin(headers, &session.credentials)?;
     let principal = session.operator()?;
@@ -893,7 +894,13 @@ pub(crate) async fn login(
     Form(fields): Fields,
 ) -> Response {
     // No session yet: only the origin checks apply (a login forged from another site).
-    if let Err(err) = check_forgery(&method, &headers, &Credentials::None, None) {
+    if let Err(err) = check_forgery(
+        &method,
+        &headers,
+        &Credentials::None,
+        None,
+        console.options.public_origin.as_deref(),
+    ) {
         return error_page(&console, None, &err);
     }
     let token = fields.get("token").map(|t| t.trim()).unwrap_or_default();
@@ -943,6 +950,7 @@ pub(crate) async fn logout(
         &headers,
         &credentials,
         fields.get(CSRF_FIELD).map(String::as_str),
+        console.options.public_origin.as_deref(),
     ) {
         return error_page(&console, None, &err);
     }
