@@ -8,6 +8,7 @@ mod report;
 mod run;
 mod sagas;
 mod signal;
+mod sqlite_limit;
 mod track;
 mod w3;
 mod waiting;
@@ -25,8 +26,10 @@ struct Cli {
 enum Cmd {
     /// W1 or W2, closed loop, on Postgres or SQLite.
     Run(run::RunArgs),
-    /// The pgbench limit for one step transition.
+    /// The pgbench limit for one step transition (--per-tx 16: the ceiling for grouped writes).
     Pgbench(pgbench::PgbenchArgs),
+    /// SQLite's limit: one connection committing --per-commit step transitions per commit.
+    SqliteLimit(sqlite_limit::SqliteLimitArgs),
     /// W3: kill the worker mid-run, time the recovery.
     W3(w3::W3Args),
     /// A worker process (used by w3 and rss).
@@ -63,6 +66,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Cmd::Run(args) => run::run(args).await.map(Some),
             Cmd::Pgbench(args) => pgbench::run(args).await.map(Some),
+            Cmd::SqliteLimit(args) => sqlite_limit::run(args).await.map(Some),
             Cmd::W3(args) => w3::w3(args).await.map(Some),
             Cmd::W3Worker(args) => w3::worker(args).await.map(|()| None),
             Cmd::Rss(args) => w3::rss(args).await.map(Some),

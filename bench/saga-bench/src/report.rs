@@ -246,9 +246,79 @@ pub fn report(args: ReportArgs) -> Res<()> {
             ));
         }
     }
+    // The ceiling for grouped writes: pgbench, 16 step transitions per transaction, 16 clients.
+    let grouped = rows
+        .iter()
+        .rev()
+        .find(|r| text(r, "engine") == "pgbench" && text(r, "workload") == "step_grouped");
+    if let Some(r) = grouped {
+        let n = r.get("inflight").and_then(Value::as_u64).unwrap_or(0);
+        let per = r.get("per_tx").and_then(Value::as_u64).unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{:<9} {:<7} {:<5} {:>4} {:>9} {:>10} {:>8} {:>8} {:>9} {:>8} {:>10} {:>7}",
+            "pgbench",
+            "pg",
+            format!("{per}/tx"),
+            n,
+            "-",
+            fmt(num(r, "transitions_per_s"), 1),
+            fmt(num(r, "latency_avg_ms"), 2),
+            "-",
+            "-",
+            fmt(num(r, "commits_per_tx"), 2),
+            fmt(num(r, "wal_bytes_per_tx"), 0),
+            "-",
+        );
+        kvs.push((format!("pgbench_grouped_c{n}_tps"), kv(num(r, "tps"), 1)));
+        kvs.push((
+            format!("pgbench_grouped_c{n}_transitions_per_s"),
+            kv(num(r, "transitions_per_s"), 1),
+        ));
+        kvs.push((
+            format!("pgbench_grouped_c{n}_latency_avg_ms"),
+            kv(num(r, "latency_avg_ms"), 3),
+        ));
+    }
+    // SQLite's limit: one connection, 1 or 16 step transitions per commit.
+    let sqlite_limit = |per: u64| {
+        rows.iter().rev().find(|r| {
+            text(r, "workload") == "sqlite_limit"
+                && r.get("per_commit").and_then(Value::as_u64) == Some(per)
+        })
+    };
+    for per in [1, 16] {
+        if let Some(r) = sqlite_limit(per) {
+            let _ = writeln!(
+                out,
+                "{:<9} {:<7} {:<5} {:>4} {:>9} {:>10} {:>8} {:>8} {:>9} {:>8} {:>10} {:>7}",
+                "sqlite",
+                "sqlite",
+                format!("{per}/tx"),
+                1,
+                "-",
+                fmt(num(r, "transitions_per_s"), 1),
+                fmt(num(r, "commit_p50_ms"), 2),
+                fmt(num(r, "commit_p99_ms"), 2),
+                "-",
+                "-",
+                "-",
+                "-",
+            );
+            let prefix = format!("sqlite_limit_per_commit_{per}");
+            for (key, name, d) in [
+                ("transitions_per_s", "transitions_per_s", 1),
+                ("commits_per_s", "commits_per_s", 1),
+                ("commit_p50_ms", "commit_p50_ms", 3),
+                ("commit_p99_ms", "commit_p99_ms", 3),
+            ] {
+                kvs.push((format!("{prefix}_{name}"), kv(num(r, key), d)));
+            }
+        }
+    }
     let _ = writeln!(
         out,
-        "  steps/s: step functions run per second (W1: 5 per saga; W2: 4 actions + 3 compensations); pgbench: one transaction = one step transition (insert a unique key + update a status)\n  p50/p99: saga latency, start -> settled (pgbench: average transaction latency); step+: p50 time from one step's entry to the next one's (what the orchestrator adds per step)\n  commits: pg_stat_database.xact_commit delta per saga, in a database used only by that run; WAL B: pg_current_wal_lsn() delta per saga; RSS: peak RSS (VmHWM) of the worker process"
+        "  steps/s: step functions run per second (W1: 5 per saga; W2: 4 actions + 3 compensations); pgbench: one transaction = one step transition (insert a unique key + update a status)\n  pgbench 16/tx: the ceiling for grouped writes, 16 step transitions per transaction (one INSERT of 16 keys, one UPDATE of 16 statuses, one commit), 16 clients: steps/s = 16 x tps; p50: average transaction latency\n  sqlite 1/tx, 16/tx: SQLite's limit, one connection on the store's pragmas (WAL, synchronous=FULL), 1 or 16 step transitions (an INSERT and an UPDATE each) per commit: steps/s = transitions/s; p50/p99: per transaction\n  p50/p99: saga latency, start -> settled (pgbench: average transaction latency); step+: p50 time from one step's entry to the next one's (what the orchestrator adds per step)\n  commits: pg_stat_database.xact_commit delta per saga, in a database used only by that run; WAL B: pg_current_wal_lsn() delta per saga; RSS: peak RSS (VmHWM) of the worker process"
     );
     let max_rounds = rows.iter().map(round_of).max().unwrap_or(1);
     if max_rounds > 1 {
@@ -477,6 +547,35 @@ pub fn report(args: ReportArgs) -> Res<()> {
         out,
         "  (pgbench: W1 step transitions/s / pgbench tps; peers: sagas/s / peer's sagas/s; all at 16 in flight)"
     );
+    // Issue 19's limits: targets not yet worked on, shown here and not counted below.
+    let sqlite_w1 = find("saga", "w1", "sqlite", 16).and_then(|r| num(&r, "transitions_per_s"));
+    let over = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let limit_of = |per: u64| sqlite_limit(per).and_then(|r| num(r, "transitions_per_s"));
+    let grouped_ceiling = grouped.and_then(|r| num(r, "transitions_per_s"));
+    let w1_64 = saga("w1", 64, "transitions_per_s");
+    let limits = [
+        (
+            "ratio_sqlite_vs_limit",
+            over(sqlite_w1, limit_of(16)),
+            "W1 SQLite steps/s at 16 in flight / SQLite limit at 16 per commit; target >= 0.25 (issue 19, not yet worked on)",
+        ),
+        (
+            "ratio_sqlite_vs_limit_1",
+            over(sqlite_w1, limit_of(1)),
+            "W1 SQLite steps/s at 16 in flight / SQLite limit at 1 per commit; target >= 1 (issue 19, not yet worked on)",
+        ),
+        (
+            "ratio_vs_grouped_limit",
+            over(w1_64, grouped_ceiling),
+            "W1 Postgres steps/s at 64 in flight / pgbench 16 per transaction x 16 clients; target >= 0.5 (issue 19, not yet worked on)",
+        ),
+    ];
+    for (name, value, what) in &limits {
+        let _ = writeln!(out, "  {name:<22} {:>6}  {what}", fmt(*value, 3));
+    }
     if !round_lines.is_empty() {
         let _ = writeln!(
             out,
@@ -606,6 +705,9 @@ pub fn report(args: ReportArgs) -> Res<()> {
         println!("{k}={}", kv(*v, 3));
     }
     for (k, v) in &headline {
+        println!("{k}={}", kv(*v, 3));
+    }
+    for (k, v, _) in &limits {
         println!("{k}={}", kv(*v, 3));
     }
     println!("targets_met={met}");
