@@ -666,6 +666,10 @@ fn raced(wanted: &PolicyUse, now: Timestamp) -> Permit {
 impl Store for PgStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
         let plan = CreationPlan::compile(&saga)?;
+        if let Some((owner, _)) = &saga.lease {
+            // A saga created leased to its starter: the starter is present before it holds it.
+            self.presence.ensure(owner).await;
+        }
         let (id, key, input_hash) = (
             saga.id,
             saga.idempotency_key.clone(),

@@ -58,6 +58,30 @@ impl Presence {
         &self.schema
     }
 
+    /// Makes sure `owner`'s presence is held (without checking that its session still lives:
+    /// [`Presence::check_due`] does, once a second).
+    pub(crate) async fn ensure(&self, owner: &WorkerId) {
+        let mut state = self.state.lock().await;
+        if state.closed || state.held.contains_key(owner.as_str()) {
+            return;
+        }
+        self.take(&mut state, owner).await;
+    }
+
+    async fn take(&self, state: &mut State, owner: &WorkerId) {
+        match self.acquire(owner).await {
+            Ok(Some(connection)) => {
+                state.held.insert(owner.as_str().to_owned(), connection);
+            }
+            Ok(None) => {
+                tracing::warn!(worker = %owner, "another session holds this worker id's presence (two processes under one worker id?); its sagas are taken over only once their leases expire");
+            }
+            Err(err) => {
+                tracing::warn!(worker = %owner, error = %err, "could not take this worker's presence lock; if this process dies, its sagas wait for their leases to expire");
+            }
+        }
+    }
+
     /// Whether to look for orphaned sagas now (at most once per [`CHECK_EVERY`]); first makes
     /// sure `owner`'s presence is held, reconnecting if its session ended.
     pub(crate) async fn check_due(&self, owner: &WorkerId) -> bool {
@@ -76,17 +100,7 @@ impl Presence {
         };
         if !alive {
             state.held.remove(owner.as_str());
-            match self.acquire(owner).await {
-                Ok(Some(connection)) => {
-                    state.held.insert(owner.as_str().to_owned(), connection);
-                }
-                Ok(None) => {
-                    tracing::warn!(worker = %owner, "another session holds this worker id's presence (two processes under one worker id?); its sagas are taken over only once their leases expire");
-                }
-                Err(err) => {
-                    tracing::warn!(worker = %owner, error = %err, "could not take this worker's presence lock; if this process dies, its sagas wait for their leases to expire");
-                }
-            }
+            self.take(&mut state, owner).await;
         }
         true
     }
