@@ -318,7 +318,7 @@ pub fn report(args: ReportArgs) -> Res<()> {
     }
     let _ = writeln!(
         out,
-        "  steps/s: step functions run per second (W1: 5 per saga; W2: 4 actions + 3 compensations); pgbench: one transaction = one step transition (insert a unique key + update a status)\n  pgbench 16/tx: the ceiling for grouped writes, 16 step transitions per transaction (one INSERT of 16 keys, one UPDATE of 16 statuses, one commit), 16 clients: steps/s = 16 x tps; p50: average transaction latency\n  sqlite 1/tx, 16/tx: SQLite's limit, one connection on the store's pragmas (WAL, synchronous=FULL), 1 or 16 step transitions (an INSERT and an UPDATE each) per commit: steps/s = transitions/s; p50/p99: per transaction\n  p50/p99: saga latency, start -> settled (pgbench: average transaction latency); step+: p50 time from one step's entry to the next one's (what the orchestrator adds per step)\n  commits: pg_stat_database.xact_commit delta per saga, in a database used only by that run; WAL B: pg_current_wal_lsn() delta per saga; RSS: peak RSS (VmHWM) of the worker process"
+        "  steps/s: step functions run per second (W1: 5 per saga; W2: 4 actions + 3 compensations); pgbench: one transaction = one step transition (insert a unique key + update a status)\n  pgbench 16/tx: the ceiling for grouped writes, 16 step transitions per transaction (one INSERT of 16 keys, one UPDATE of 16 statuses, one commit), 16 clients: steps/s = 16 x tps; p50: average transaction latency\n  sqlite 1/tx, 16/tx: SQLite's limit, one connection on the store's pragmas (WAL, synchronous=FULL), 1 or 16 step transitions per commit (one INSERT of the keys, one UPDATE of the sagas): steps/s = transitions/s; p50/p99: per transaction\n  p50/p99: saga latency, start -> settled (pgbench: average transaction latency); step+: p50 time from one step's entry to the next one's (what the orchestrator adds per step)\n  commits: pg_stat_database.xact_commit delta per saga, in a database used only by that run; WAL B: pg_current_wal_lsn() delta per saga; RSS: peak RSS (VmHWM) of the worker process"
     );
     let max_rounds = rows.iter().map(round_of).max().unwrap_or(1);
     if max_rounds > 1 {
@@ -574,7 +574,7 @@ pub fn report(args: ReportArgs) -> Res<()> {
         ),
     ];
     for (name, value, what) in &limits {
-        let _ = writeln!(out, "  {name:<22} {:>6}  {what}", fmt(*value, 3));
+        let _ = writeln!(out, "  {name:<24} {:>6}  {what}", fmt(*value, 3));
     }
     if !round_lines.is_empty() {
         let _ = writeln!(
