@@ -3,7 +3,6 @@
 //! wakes idle workers when a saga is started or released.
 
 mod notify;
-mod presence;
 mod rows;
 mod statement;
 mod writers;
@@ -153,8 +152,6 @@ pub struct PgStore {
     channel: String,
     wakeup: Arc<Wakeup>,
     writers: Arc<writers::Writers>,
-    /// The presence locks of the workers claiming through this store.
-    presence: Arc<presence::Presence>,
 }
 
 /// Checks a schema name against `[a-z_][a-z0-9_]{0,62}`: it is spliced into SQL (names cannot
@@ -273,7 +270,6 @@ impl PgStore {
             channel,
             wakeup,
             writers,
-            presence: Arc::new(presence::Presence::new(connect, schema)),
         })
     }
 
@@ -288,7 +284,6 @@ impl PgStore {
     /// listening for wake-ups (that connection closes in the background). The store and its
     /// clones cannot be used afterwards.
     pub async fn close(&self) {
-        self.presence.close().await;
         self.write_pool.close().await;
         self.permit_pool.close().await;
         self.pool.close().await;
@@ -666,10 +661,6 @@ fn raced(wanted: &PolicyUse, now: Timestamp) -> Permit {
 impl Store for PgStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
         let plan = CreationPlan::compile(&saga)?;
-        if let Some((owner, _)) = &saga.lease {
-            // A saga created leased to its starter: the starter is present before it holds it.
-            self.presence.ensure(owner).await;
-        }
         let (id, key, input_hash) = (
             saga.id,
             saga.idempotency_key.clone(),
@@ -778,31 +769,10 @@ impl Store for PgStore {
     ) -> Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>> {
         let expires_at = saga_core::after(now, lease_for);
         let mut tx = begin(&self.write_pool).await?;
-        let mut sagas = claim_query(owner, expires_at, now, limit)
+        let sagas = claim_query(owner, expires_at, now, limit)
             .fetch_all(&mut *tx)
             .await
             .map_err(classify)?;
-        // Sagas whose holder's session ended (its process died) are taken over at once.
-        // (Presence is kept up at every check, whether or not there is room for more.)
-        let room = usize::try_from(limit)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(sagas.len());
-        if self.presence.check_due(owner).await && room > 0 {
-            let orphans = claim_where(
-                &CLAIM_ORPHANED,
-                owner,
-                None,
-                expires_at,
-                now,
-                u32::try_from(room).unwrap_or(u32::MAX),
-            )
-            .bind(presence::LOCK_CLASS)
-            .bind(self.presence.schema().to_owned())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(classify)?;
-            sagas.extend(orphans);
-        }
         let ids: Vec<Uuid> = sagas
             .iter()
             .map(|row| row.try_get::<Uuid, _>("id").map_err(classify))
@@ -1392,18 +1362,6 @@ fn claim_query(
 /// Claims sagas nobody holds, or whose lease expired.
 static CLAIM_DUE: LazyLock<String> =
     LazyLock::new(|| claim_sql("(lease_expires_at IS NULL OR lease_expires_at < $3)"));
-/// Takes over sagas whose lease is live but whose holder holds no presence lock (its session
-/// ended: see `presence`): $6 the lock's class, $7 the schema.
-static CLAIM_ORPHANED: LazyLock<String> = LazyLock::new(|| {
-    claim_sql(
-        "(lease_expires_at >= $3 AND lease_owner <> $1
-          AND hashtext($7 || '/' || lease_owner)::oid NOT IN (
-              SELECT objid FROM pg_locks
-               WHERE locktype = 'advisory' AND granted AND objsubid = 2
-                 AND classid = hashtext($6)::oid
-                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())))",
-    )
-});
 /// Takes back sagas an earlier run of this worker id holds (leases expiring before $5).
 static CLAIM_OWN: LazyLock<String> =
     LazyLock::new(|| claim_sql("(lease_owner = $1 AND lease_expires_at < $5::timestamptz)"));
