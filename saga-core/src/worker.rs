@@ -1245,10 +1245,12 @@ impl Driver<'_> {
                 Phase::Compensation => None,
             })
         };
-        let outcome = run(ctx.clone(), action_output.clone()).await;
+        // Without a hook (production), the call takes the context and the action's output as
+        // they are: no copy on the step path.
         let Some((hook, call)) = &call else {
-            return outcome.map_err(Intercepted::Outcome);
+            return run(ctx, action_output).await.map_err(Intercepted::Outcome);
         };
+        let outcome = run(ctx.clone(), action_output.clone()).await;
         let (outcome, decision) = match hook.after(call, &outcome) {
             crate::intercept::After::CallAgain => {
                 let again = run(ctx, action_output).await;
