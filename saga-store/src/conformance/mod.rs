@@ -51,7 +51,8 @@ macro_rules! conformance_suite {
                 one_batch_that_fails_and_begins_a_phase_writes_its_net_effect,
                 a_refused_batch_reports_its_first_refusal_alike,
                 a_signal_delivered_meanwhile_refuses_a_timeout_and_wakes_a_wait,
-                the_overview_counts_by_type_series_stuck_steps_and_the_queue;
+                the_overview_counts_by_type_series_stuck_steps_and_the_queue,
+                writes_of_many_sagas_at_once_each_get_their_own_outcome;
                 // Orchestrator scenarios
                 saga_completes_with_full_history,
                 permanent_failure_compensates_in_reverse_order,

@@ -2021,3 +2021,177 @@ pub async fn the_overview_counts_by_type_series_stuck_steps_and_the_queue<S: Sto
     );
     assert_eq!((queues.stuck.len(), queues.open_interventions), (3, 1));
 }
+
+/// Writes of many sagas at the same time (which a backend may group into one transaction or
+/// statement) each get their own outcome: a stale lease among them is refused alone, and the
+/// others land whole, in order; creations racing with one start key make one saga.
+pub async fn writes_of_many_sagas_at_once_each_get_their_own_outcome<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    // Creations at once, four of them with one key (three with its input, one with another).
+    let fresh: Vec<NewSaga> = (0..24)
+        .map(|i| new_saga("order", None, json!({ "n": i })))
+        .collect();
+    let ids: Vec<SagaId> = fresh.iter().map(|saga| saga.id).collect();
+    let keyed: Vec<NewSaga> = (0..4)
+        .map(|i| {
+            let input = if i == 3 {
+                json!({ "other": true })
+            } else {
+                json!({ "same": true })
+            };
+            new_saga("checkout", Some("one-key-for-four"), input)
+        })
+        .collect();
+    let creations = fresh.into_iter().chain(keyed).map(|saga| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.create(saga).await })
+    });
+    let created = all(creations.collect()).await;
+    for (id, outcome) in ids.iter().zip(&created) {
+        assert_eq!(
+            outcome.as_ref().ok(),
+            Some(&Created::New(*id)),
+            "a creation among many at once must be stored, got {outcome:?}"
+        );
+    }
+    let keyed_outcomes = &created[ids.len()..];
+    let winners: Vec<SagaId> = keyed_outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            Ok(Created::New(id)) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "creations racing with one key must make exactly one saga, got {keyed_outcomes:?}"
+    );
+    for outcome in &keyed_outcomes[..3] {
+        match outcome {
+            Ok(Created::New(id) | Created::Existing(id)) => assert_eq!(
+                *id, winners[0],
+                "a racing creation with the same input must be told of the one saga"
+            ),
+            other => panic!("a racing creation with the same input must succeed, got {other:?}"),
+        }
+    }
+    match &keyed_outcomes[3] {
+        Err(Error::Conflict { existing, .. }) => assert_eq!(*existing, winners[0]),
+        other => panic!("a racing creation with another input must conflict, got {other:?}"),
+    }
+
+    // The leases: three of them stale (a fencing token one behind).
+    let leases = claim_all(&*store, &[ids.clone(), winners].concat(), now()).await;
+    let stale: HashSet<SagaId> = ids.iter().step_by(8).copied().collect();
+    let writes = ids.iter().map(|id| {
+        let mut lease = leases[id].clone();
+        if stale.contains(id) {
+            lease.token = saga_core::FencingToken(lease.token.0 - 1);
+        }
+        let store = Arc::clone(&store);
+        let id = *id;
+        tokio::spawn(async move {
+            (
+                id,
+                store.apply(&lease, &[begin(id, 0, Phase::Action, 1)]).await,
+            )
+        })
+    });
+    for (id, outcome) in all(writes.collect()).await {
+        if stale.contains(&id) {
+            match outcome {
+                Err(Error::LeaseLost(saga)) => assert_eq!(saga, id),
+                other => panic!("a stale write among many must be fenced off, got {other:?}"),
+            }
+            let snap = snapshot(&*store, id).await;
+            assert!(
+                snap.steps.is_empty(),
+                "a fenced write wrote {:?}",
+                snap.steps
+            );
+            let history = store.history(id).await.expect("history failed");
+            assert!(
+                history
+                    .iter()
+                    .all(|event| event.kind != EventKind::StepStarted),
+                "a fenced write must append no event, got {history:?}"
+            );
+        } else {
+            assert!(
+                outcome.is_ok(),
+                "a write among many must land, got {outcome:?}"
+            );
+        }
+    }
+
+    // The next transition of the others, at once: each saga's steps and events in order.
+    let admitted: Vec<SagaId> = ids
+        .iter()
+        .filter(|id| !stale.contains(id))
+        .copied()
+        .collect();
+    let writes = admitted.iter().map(|id| {
+        let store = Arc::clone(&store);
+        let lease = leases[id].clone();
+        let id = *id;
+        tokio::spawn(async move {
+            let changes = [
+                complete(0, Phase::Action, 1, Some(json!({ "saga": id.to_string() }))),
+                begin(id, 1, Phase::Action, 1),
+            ];
+            store.apply(&lease, &changes).await
+        })
+    });
+    for outcome in all(writes.collect()).await {
+        assert!(
+            outcome.is_ok(),
+            "a write among many must land, got {outcome:?}"
+        );
+    }
+    for id in &admitted {
+        let snap = snapshot(&*store, *id).await;
+        let statuses: Vec<(u32, StepStatus)> = snap
+            .steps
+            .iter()
+            .map(|step| (step.index.0, step.status))
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![(0, StepStatus::Completed), (1, StepStatus::InProgress)],
+            "saga {id}: each write of a group lands whole"
+        );
+        assert_eq!(
+            snap.steps[0].output,
+            Some(json!({ "saga": id.to_string() })),
+            "saga {id}: each write lands on its own saga"
+        );
+        let kinds: Vec<EventKind> = store
+            .history(*id)
+            .await
+            .expect("history failed")
+            .into_iter()
+            .map(|event| event.kind)
+            .filter(|kind| matches!(kind, EventKind::StepStarted | EventKind::StepCompleted))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                EventKind::StepStarted,
+                EventKind::StepCompleted,
+                EventKind::StepStarted
+            ],
+            "saga {id}: its events in the order written"
+        );
+    }
+}
+
+/// The outcomes of tasks started at once, in the order they were started.
+async fn all<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outcomes.push(task.await.expect("a task of the scenario panicked"));
+    }
+    outcomes
+}

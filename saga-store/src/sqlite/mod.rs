@@ -2,8 +2,10 @@
 //! it (WAL mode, write transactions taken with `BEGIN IMMEDIATE`, a busy timeout).
 
 mod rows;
+mod writes;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,7 +34,7 @@ use rows::millis;
 
 /// The transaction a transactional step runs in, on SQLite (a write transaction: other writers
 /// wait for it, so keep transactional steps short).
-struct SqliteStepTransaction(Transaction<'static, Sqlite>);
+struct SqliteStepTransaction(Transaction<'static, Sqlite>, writes::Gate);
 
 impl StepTransaction for SqliteStepTransaction {
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
@@ -103,6 +105,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Whether commits wait for the disk (`SqliteOptions::durable`).
     durable: bool,
+    /// This process's turn to write, and the step writes waiting for it.
+    writes: Arc<writes::Writes>,
 }
 
 impl SqliteStore {
@@ -165,6 +169,7 @@ impl SqliteStore {
                 .map_err(migration)?;
         }
         Ok(Self {
+            writes: Arc::new(writes::Writes::start(pool.clone())),
             pool,
             durable: options.durable && !in_memory,
         })
@@ -175,20 +180,24 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// Opens a write transaction (`BEGIN IMMEDIATE`: the file's one write lock) in a task of its
-    /// own, so that it is cancel-safe.
+    /// Opens a write transaction (`BEGIN IMMEDIATE`: the file's one write lock) once this
+    /// process's turn to write comes (see [`writes`]), in a task of its own, so that it is
+    /// cancel-safe. The turn is held until the returned gate is dropped: keep it to the commit.
     ///
-    /// sqlx 0.8's `begin_with` is not, for a custom BEGIN on SQLite: a caller dropped after the
-    /// BEGIN was answered but before the transaction was made (a worker killed, a drive whose
-    /// lease was lost) leaves the pooled connection holding the write lock with nothing to end
-    /// it, and every other writer waits out its busy timeout. Run to completion in a task, the
-    /// transaction is always made; one nobody takes any more is dropped there and rolled back.
-    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+    /// sqlx 0.8's `begin_with` is not cancel-safe for a custom BEGIN on SQLite: a caller
+    /// dropped after the BEGIN was answered but before the transaction was made (a worker
+    /// killed, a drive whose lease was lost) leaves the pooled connection holding the write
+    /// lock with nothing to end it, and every other writer waits out its busy timeout. Run to
+    /// completion in a task, the transaction is always made; one nobody takes any more is
+    /// dropped there and rolled back.
+    async fn write_tx(&self) -> Result<(Transaction<'static, Sqlite>, writes::Gate)> {
+        let gate = self.writes.gate().await;
         let pool = self.pool.clone();
-        tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await })
+        let tx = tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await })
             .await
             .map_err(|err| Error::Store(Box::new(err)))?
-            .map_err(classify)
+            .map_err(classify)?;
+        Ok((tx, gate))
     }
 
     /// Claims up to `limit` active, due sagas: unleased or expired ones, or (with
@@ -204,7 +213,7 @@ impl SqliteStore {
         load: bool,
     ) -> Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>> {
         let expires_at = saga_core::after(now, lease_for);
-        let mut tx = self.write_tx().await?;
+        let (mut tx, _gate) = self.write_tx().await?;
         let eligible = match granted_before {
             None => "(lease_expires_at IS NULL OR lease_expires_at < ?3)",
             Some(_) => "(lease_owner = ?1 AND lease_expires_at < ?5)",
@@ -416,21 +425,133 @@ async fn insert_event(
     at: Timestamp,
     event: &saga_core::store::EventData,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(saga.to_string())
-    .bind(millis(at))
-    .bind(event.kind.as_str())
-    .bind(event.step.as_ref().map(|step| step.as_str().to_owned()))
-    .bind(event.phase.map(|phase| phase.as_str()))
-    .bind(event.attempt.map(|attempt| i64::from(attempt.0)))
-    .bind(event.detail.as_deref())
-    .execute(&mut **tx)
-    .await
-    .map_err(classify)?;
+    insert_events(tx, &[(saga, event)], at).await
+}
+
+/// Most events in one `INSERT` (7 values each, well under SQLite's 32,766 bound values).
+const EVENTS_PER_INSERT: usize = 1_000;
+
+/// Appends `events` to the sagas' histories, in their order, in as few statements as fit.
+async fn insert_events(
+    tx: &mut Transaction<'static, Sqlite>,
+    events: &[(SagaId, &saga_core::store::EventData)],
+    at: Timestamp,
+) -> Result<()> {
+    for chunk in events.chunks(EVENTS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO saga_events (saga_id, at, kind, step, phase, attempt, detail) ",
+        );
+        insert.push_values(chunk, |mut row, (saga, event)| {
+            row.push_bind(saga.to_string())
+                .push_bind(millis(at))
+                .push_bind(event.kind.as_str())
+                .push_bind(event.step.as_ref().map(|step| step.as_str().to_owned()))
+                .push_bind(event.phase.map(|phase| phase.as_str()))
+                .push_bind(event.attempt.map(|attempt| i64::from(attempt.0)))
+                .push_bind(event.detail.clone());
+        });
+        insert.build().execute(&mut **tx).await.map_err(classify)?;
+    }
     Ok(())
+}
+
+/// Creates `saga` in `tx` at `now` (not committed). `Existing` and a conflict write nothing.
+async fn create_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    saga: &NewSaga,
+    plan: &CreationPlan,
+    now: Timestamp,
+) -> Result<Created> {
+    if let (Some(key), Some(window)) = (&saga.idempotency_key, saga.dedup_window) {
+        // A saga holding the key since before the window gives it up.
+        sqlx::query(
+            "UPDATE saga_instances SET idempotency_key = idempotency_key || '#' || id
+              WHERE idempotency_key = ? AND created_at <= ?",
+        )
+        .bind(key.as_str())
+        .bind(millis(saga_core::before(now, window)))
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
+    if let Some(key) = &saga.idempotency_key {
+        let existing =
+            sqlx::query("SELECT id, input_hash FROM saga_instances WHERE idempotency_key = ?")
+                .bind(key.as_str())
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(classify)?;
+        if let Some(row) = existing {
+            let id = rows::saga_id(&row, "id")?;
+            let hash: String = row.try_get("input_hash").map_err(classify)?;
+            return if hash == saga.input_hash {
+                Ok(Created::Existing(id))
+            } else {
+                Err(Error::Conflict {
+                    key: key.clone(),
+                    existing: id,
+                })
+            };
+        }
+    }
+    if let Some(window) = saga.dedup_window.filter(|_| saga.idempotency_key.is_some()) {
+        sqlx::query("INSERT INTO saga_start_windows (saga_id, until) VALUES (?, ?)")
+            .bind(saga.id.to_string())
+            .bind(millis(saga_core::after(now, window)))
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input,
+             input_hash, idempotency_key, next_run_at, fencing_token, trace_context,
+             created_at, updated_at, lease_owner, lease_expires_at, deadline_at)
+         VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(saga.id.to_string())
+    .bind(saga.saga_type.as_str())
+    .bind(i64::from(saga.version))
+    .bind(&saga.fingerprint)
+    .bind(json_text(&saga.input))
+    .bind(&saga.input_hash)
+    .bind(
+        saga.idempotency_key
+            .as_ref()
+            .map(|key| key.as_str().to_owned()),
+    )
+    .bind(millis(now))
+    .bind(plan.token.0)
+    .bind(&saga.trace_context)
+    .bind(millis(now))
+    .bind(millis(now))
+    .bind(
+        saga.lease
+            .as_ref()
+            .map(|(owner, _)| owner.as_str().to_owned()),
+    )
+    .bind(saga.lease.as_ref().map(|(_, until)| millis(*until)))
+    .bind(saga.deadline.map(millis))
+    .execute(&mut **tx)
+    .await;
+    if let Err(err) = inserted {
+        if is_unique_violation(&err) {
+            return Err(Error::Store(
+                format!(
+                    "saga id {} already exists; start again with a fresh id",
+                    saga.id
+                )
+                .into(),
+            ));
+        }
+        return Err(classify(err));
+    }
+    let id = saga.id.to_string();
+    for step in &plan.steps {
+        write_step(tx, &id, step, now).await?;
+    }
+    let events: Vec<_> = plan.events.iter().map(|event| (saga.id, event)).collect();
+    insert_events(tx, &events, now).await?;
+    Ok(Created::New(saga.id))
 }
 
 fn json_text(value: &serde_json::Value) -> String {
@@ -441,101 +562,8 @@ fn json_text(value: &serde_json::Value) -> String {
 impl Store for SqliteStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
         let plan = CreationPlan::compile(&saga)?;
-        let mut tx = self.write_tx().await?;
-        let now = saga_core::now();
-        if let (Some(key), Some(window)) = (&saga.idempotency_key, saga.dedup_window) {
-            // A saga holding the key since before the window gives it up.
-            sqlx::query(
-                "UPDATE saga_instances SET idempotency_key = idempotency_key || '#' || id
-                  WHERE idempotency_key = ? AND created_at <= ?",
-            )
-            .bind(key.as_str())
-            .bind(millis(saga_core::before(now, window)))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-        if let Some(key) = &saga.idempotency_key {
-            let existing =
-                sqlx::query("SELECT id, input_hash FROM saga_instances WHERE idempotency_key = ?")
-                    .bind(key.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-            if let Some(row) = existing {
-                let id = rows::saga_id(&row, "id")?;
-                let hash: String = row.try_get("input_hash").map_err(classify)?;
-                tx.rollback().await.map_err(classify)?;
-                return if hash == saga.input_hash {
-                    Ok(Created::Existing(id))
-                } else {
-                    Err(Error::Conflict {
-                        key: key.clone(),
-                        existing: id,
-                    })
-                };
-            }
-        }
-        if let Some(window) = saga.dedup_window.filter(|_| saga.idempotency_key.is_some()) {
-            sqlx::query("INSERT INTO saga_start_windows (saga_id, until) VALUES (?, ?)")
-                .bind(saga.id.to_string())
-                .bind(millis(saga_core::after(now, window)))
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input,
-                 input_hash, idempotency_key, next_run_at, fencing_token, trace_context,
-                 created_at, updated_at, lease_owner, lease_expires_at, deadline_at)
-             VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(saga.id.to_string())
-        .bind(saga.saga_type.as_str())
-        .bind(i64::from(saga.version))
-        .bind(&saga.fingerprint)
-        .bind(json_text(&saga.input))
-        .bind(&saga.input_hash)
-        .bind(
-            saga.idempotency_key
-                .as_ref()
-                .map(|key| key.as_str().to_owned()),
-        )
-        .bind(millis(now))
-        .bind(plan.token.0)
-        .bind(&saga.trace_context)
-        .bind(millis(now))
-        .bind(millis(now))
-        .bind(
-            saga.lease
-                .as_ref()
-                .map(|(owner, _)| owner.as_str().to_owned()),
-        )
-        .bind(saga.lease.as_ref().map(|(_, until)| millis(*until)))
-        .bind(saga.deadline.map(millis))
-        .execute(&mut *tx)
-        .await;
-        if let Err(err) = inserted {
-            if is_unique_violation(&err) {
-                return Err(Error::Store(
-                    format!(
-                        "saga id {} already exists; start again with a fresh id",
-                        saga.id
-                    )
-                    .into(),
-                ));
-            }
-            return Err(classify(err));
-        }
-        let id = saga.id.to_string();
-        for step in &plan.steps {
-            write_step(&mut tx, &id, step, now).await?;
-        }
-        for event in &plan.events {
-            insert_event(&mut tx, saga.id, now, event).await?;
-        }
-        tx.commit().await.map_err(classify)?;
-        Ok(Created::New(saga.id))
+        // In one transaction with the other creations and step writes waiting at the same time.
+        self.writes.create(saga, plan).await
     }
 
     async fn claim(
@@ -577,6 +605,7 @@ impl Store for SqliteStore {
     }
 
     async fn heartbeat(&self, lease: &Lease, expires_at: Timestamp) -> Result<Lease> {
+        let gate = self.writes.gate().await;
         let updated = sqlx::query(
             "UPDATE saga_instances SET lease_expires_at = ?
               WHERE id = ? AND lease_owner = ? AND fencing_token = ?",
@@ -588,6 +617,7 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(classify)?;
+        drop(gate);
         if updated.rows_affected() == 0 {
             return Err(Error::LeaseLost(lease.saga));
         }
@@ -598,16 +628,23 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
-        let tx = self.write_tx().await?;
-        self.apply_in(tx, lease, changes).await
+        let Ok(plan) = WritePlan::compile(changes) else {
+            return Box::pin(self.not_written(lease, changes)).await;
+        };
+        // In one transaction with the step writes of other sagas waiting at the same time.
+        match self.writes.write(lease, plan).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Box::pin(self.not_written(lease, changes)).await,
+            Err(err) => Err(err),
+        }
     }
 
     async fn begin_step_transaction(
         &self,
         _lease: &Lease,
     ) -> Result<Option<Box<dyn StepTransaction>>> {
-        let tx = self.write_tx().await?;
-        Ok(Some(Box::new(SqliteStepTransaction(tx))))
+        let (tx, gate) = self.write_tx().await?;
+        Ok(Some(Box::new(SqliteStepTransaction(tx, gate))))
     }
 
     fn step_transaction_holds_the_write_lock(&self) -> bool {
@@ -621,7 +658,12 @@ impl Store for SqliteStore {
         changes: &[Change],
     ) -> Result<()> {
         match transaction.into_any().downcast::<SqliteStepTransaction>() {
-            Ok(tx) => self.apply_in(tx.0, lease, changes).await,
+            Ok(tx) => {
+                let SqliteStepTransaction(tx, gate) = *tx;
+                let applied = self.apply_in(tx, lease, changes).await;
+                drop(gate);
+                applied
+            }
             Err(_) => Err(Error::Store(
                 "a step transaction from another store was handed to SqliteStore".into(),
             )),
@@ -657,7 +699,7 @@ impl Store for SqliteStore {
 
     async fn settle(&self, settlement: &Settlement) -> Result<SagaStatus> {
         let now = saga_core::now();
-        let mut tx = self.write_tx().await?;
+        let (mut tx, _gate) = self.write_tx().await?;
         let item = sqlx::query("SELECT * FROM saga_interventions WHERE id = ?")
             .bind(settlement.intervention.to_string())
             .fetch_optional(&mut *tx)
@@ -699,7 +741,7 @@ impl Store for SqliteStore {
         reason: &str,
         now: Timestamp,
     ) -> Result<CancelOutcome> {
-        let mut tx = self.write_tx().await?;
+        let (mut tx, _gate) = self.write_tx().await?;
         let snapshot = load_with(&mut tx, id)
             .await?
             .ok_or(Error::SagaNotFound(id))?;
@@ -713,7 +755,7 @@ impl Store for SqliteStore {
 
     async fn deliver_signal(&self, delivery: &SignalDelivery) -> Result<Delivered> {
         let id = delivery.saga;
-        let mut tx = self.write_tx().await?;
+        let (mut tx, _gate) = self.write_tx().await?;
         let stored = load_with(&mut tx, id)
             .await?
             .ok_or(Error::SagaNotFound(id))?;
@@ -754,7 +796,9 @@ impl Store for SqliteStore {
         // Run to completion in a task of its own, so that the connection's durability setting
         // is always put back (see write_tx for why a transaction is begun in a task).
         let (pool, request, durable) = (self.pool.clone(), request.clone(), self.durable);
+        let gate = self.writes.gate().await;
         tokio::spawn(async move {
+            let _gate = gate;
             let mut conn = pool.acquire().await.map_err(classify)?;
             // A permit stands only once the attempt's `in_progress` is written by a synchronous
             // commit to the same log, which makes it durable too (a crash before loses both):
@@ -792,7 +836,7 @@ impl Store for SqliteStore {
     }
 
     async fn throttle(&self, name: &str, until: Timestamp) -> Result<()> {
-        let mut tx = self.write_tx().await?;
+        let (mut tx, _gate) = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO saga_rate_limits (name, backoff_until) VALUES (?1, ?2)
              ON CONFLICT (name) DO UPDATE
@@ -807,7 +851,7 @@ impl Store for SqliteStore {
     }
 
     async fn pause(&self, request: &PauseRequest, now: Timestamp) -> Result<(Pause, bool)> {
-        let mut tx = self.write_tx().await?;
+        let (mut tx, _gate) = self.write_tx().await?;
         let step = request.scope.step.as_ref().map_or("", |step| step.as_str());
         let inserted = sqlx::query(
             "INSERT INTO saga_pauses (saga_type, step, paused_by, reason, paused_at)
@@ -838,7 +882,7 @@ impl Store for SqliteStore {
     }
 
     async fn resume(&self, request: &PauseRequest, now: Timestamp) -> Result<Option<(Pause, u64)>> {
-        let mut tx = self.write_tx().await?;
+        let (mut tx, _gate) = self.write_tx().await?;
         let step = request.scope.step.as_ref().map_or("", |step| step.as_str());
         let Some(row) = sqlx::query(
             "UPDATE saga_pauses SET resumed_at = ?3, resumed_by = ?4, resume_reason = ?5
@@ -884,7 +928,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {
-        let mut tx = self.write_tx().await?;
+        let (mut tx, _gate) = self.write_tx().await?;
         let now = millis(saga_core::now());
         // A saga whose start key's dedup window is open is kept: a repeat start finds it.
         sqlx::query("DELETE FROM saga_start_windows WHERE until <= ?")
@@ -1113,15 +1157,23 @@ impl SqliteStore {
         lease: &Lease,
         changes: &[Change],
     ) -> Result<()> {
-        let compiled = WritePlan::compile(changes);
-        if let Ok(plan) = &compiled {
+        if let Ok(plan) = &WritePlan::compile(changes) {
             if write_plan(&mut tx, lease.saga, Some(lease), plan, saga_core::now()).await? {
                 return tx.commit().await.map_err(classify);
             }
         }
         tx.rollback().await.map_err(classify)?;
+        self.not_written(lease, changes).await
+    }
+
+    /// Why `changes` were not admitted, from the stored saga, as every backend says it.
+    async fn not_written(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
         let stored = self.load(lease.saga).await?;
-        Err(write::not_admitted(stored.as_ref(), lease, &compiled))
+        Err(write::not_admitted(
+            stored.as_ref(),
+            lease,
+            &WritePlan::compile(changes),
+        ))
     }
 }
 
@@ -1150,6 +1202,22 @@ async fn write_decided(
 /// write has none): the saga row, the step phases, the interventions and the events.
 /// `Ok(false)`: the fence did not hold or a step phase refused the plan; roll `tx` back.
 async fn write_plan(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: SagaId,
+    lease: Option<&Lease>,
+    plan: &WritePlan,
+    now: Timestamp,
+) -> Result<bool> {
+    if !write_rows(tx, id, lease, plan, now).await? {
+        return Ok(false);
+    }
+    let events: Vec<_> = plan.events.iter().map(|event| (id, event)).collect();
+    insert_events(tx, &events, now).await?;
+    Ok(true)
+}
+
+/// [`write_plan`] but the events, which the caller appends (with other sagas' events).
+async fn write_rows(
     tx: &mut Transaction<'static, Sqlite>,
     id: SagaId,
     lease: Option<&Lease>,
@@ -1248,9 +1316,6 @@ async fn write_plan(
         .execute(&mut **tx)
         .await
         .map_err(classify)?;
-    }
-    for event in &plan.events {
-        insert_event(tx, id, now, event).await?;
     }
     Ok(true)
 }
