@@ -1,0 +1,263 @@
+//! Three worker processes (separate OS processes, each embedding an orchestrator and its own
+//! pool) drive 300 five-step sagas on one SQLite file, while each step also writes its effect to
+//! a table of its own in the same file. Each process groups its writes behind its own gate, so
+//! the processes meet at the file's write lock. Checks: every saga completes; each step's
+//! effect, keyed by its idempotency key, happened exactly once; no saga was run by two
+//! processes at once; every process did work.
+//!
+//! A test without the libtest harness: the binary re-runs itself with `--saga-worker` to become
+//! a worker process.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use saga::{
+    Config, IdempotencyKey, Orchestrator, Saga, SagaDefinition, SagaStatus, Step, StepContext,
+    StepError, Store, WorkerId,
+};
+use saga_store::SqliteStore;
+use sqlx::{Row, SqlitePool};
+
+const SAGAS: u64 = 300;
+const STEPS: usize = 5;
+const WORKERS: usize = 3;
+
+/// Five steps; each records its effect in `effects` (unique key) and its run in `ownership`.
+struct FiveSteps {
+    pool: SqlitePool,
+    worker: String,
+}
+
+fn micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+async fn step(saga: Arc<FiveSteps>, ctx: StepContext<u64>) -> Result<(), StepError> {
+    let started = micros();
+    sqlx::query(
+        "INSERT INTO effects (idempotency_key, saga_id, worker, calls) VALUES (?, ?, ?, 1)
+         ON CONFLICT (idempotency_key) DO UPDATE SET calls = calls + 1",
+    )
+    .bind(ctx.key().as_str())
+    .bind(ctx.saga_id().to_string())
+    .bind(&saga.worker)
+    .execute(&saga.pool)
+    .await
+    .map_err(|err| StepError::transient(err.to_string()))?;
+    sqlx::query(
+        "INSERT INTO ownership (saga_id, step, worker, started_at, finished_at)
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(ctx.saga_id().to_string())
+    .bind(ctx.step().as_str())
+    .bind(&saga.worker)
+    .bind(started)
+    .bind(micros())
+    .execute(&saga.pool)
+    .await
+    .map_err(|err| StepError::transient(err.to_string()))?;
+    Ok(())
+}
+
+impl Saga for FiveSteps {
+    type Input = u64;
+
+    fn definition() -> SagaDefinition<Self> {
+        (1..=STEPS).fold(SagaDefinition::new("five_steps", 1), |definition, n| {
+            definition.step(Step::new(&format!("step_{n}"), step).irreversible())
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|arg| arg == "--list") {
+        println!("sqlite_processes: test");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Some(at) = args.iter().position(|arg| arg == "--saga-worker") {
+        let url = args.get(at + 1).expect("database URL").clone();
+        let name = args.get(at + 2).expect("worker name").clone();
+        return runtime.block_on(worker(url, name));
+    }
+    runtime.block_on(parent());
+    println!("sqlite_processes: 1 passed, 0 failed");
+    ExitCode::SUCCESS
+}
+
+async fn worker(url: String, name: String) -> ExitCode {
+    let store = Arc::new(SqliteStore::connect(&url).await.expect("connect"));
+    let pool = store.pool().clone();
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let orchestrator = Orchestrator::new(
+        dyn_store,
+        Config::default()
+            .worker_id(WorkerId::new(name.clone()))
+            .concurrency(16)
+            .lease_ttl(Duration::from_secs(30))
+            .poll_interval(Duration::from_millis(50)),
+    );
+    orchestrator
+        .register(FiveSteps { pool, worker: name })
+        .expect("register");
+    orchestrator.run();
+    let deadline = Instant::now() + Duration::from_secs(170);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let counts = store.count_by_status().await.expect("count");
+        let active: u64 = counts
+            .iter()
+            .filter(|(status, _)| status.is_active())
+            .map(|(_, n)| n)
+            .sum();
+        if active == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("worker gave up with {active} sagas still active");
+            return ExitCode::FAILURE;
+        }
+    }
+    orchestrator.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn scalar(pool: &SqlitePool, sql: &str) -> i64 {
+    sqlx::query(sql)
+        .fetch_one(pool)
+        .await
+        .and_then(|row| row.try_get::<i64, _>(0))
+        .unwrap_or_else(|err| panic!("{sql}: {err}"))
+}
+
+async fn parent() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let store = Arc::new(SqliteStore::connect(&url).await.expect("connect"));
+    let pool = store.pool().clone();
+    for table in [
+        "CREATE TABLE effects (idempotency_key TEXT PRIMARY KEY, saga_id TEXT NOT NULL,
+             worker TEXT NOT NULL, calls INTEGER NOT NULL)",
+        "CREATE TABLE ownership (id INTEGER PRIMARY KEY, saga_id TEXT NOT NULL,
+             step TEXT NOT NULL, worker TEXT NOT NULL, started_at INTEGER NOT NULL,
+             finished_at INTEGER NOT NULL)",
+    ] {
+        sqlx::query(table)
+            .execute(&pool)
+            .await
+            .expect("create table");
+    }
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let starter = Orchestrator::new(dyn_store, Config::default());
+    starter
+        .register(FiveSteps {
+            pool: pool.clone(),
+            worker: "starter".into(),
+        })
+        .expect("register");
+    for order in 1..=SAGAS {
+        starter
+            .start_with_key::<FiveSteps>(IdempotencyKey::new(format!("order-{order}")), &order)
+            .await
+            .expect("start");
+    }
+
+    let exe = std::env::current_exe().expect("own path");
+    let started = Instant::now();
+    let mut children: Vec<Child> = (1..=WORKERS)
+        .map(|n| {
+            Command::new(&exe)
+                .args(["--saga-worker", &url, &format!("worker-{n}")])
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn a worker process")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(200);
+    let mut statuses = [None; WORKERS];
+    while statuses.iter().any(Option::is_none) {
+        for (child, status) in children.iter_mut().zip(statuses.iter_mut()) {
+            if status.is_none() {
+                *status = child.try_wait().expect("poll a worker");
+            }
+        }
+        if Instant::now() > deadline {
+            for child in &mut children {
+                let _ = child.kill();
+            }
+            panic!("workers did not finish within 200 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    for (n, status) in statuses.iter().enumerate() {
+        assert!(
+            status.is_some_and(|status| status.success()),
+            "worker-{} failed: {status:?}",
+            n + 1
+        );
+    }
+
+    // Every saga completed.
+    let counts = store.count_by_status().await.expect("count");
+    assert_eq!(counts, vec![(SagaStatus::Completed, SAGAS)], "{counts:?}");
+    // Each step's effect happened exactly once: one row per key, called once.
+    let steps = i64::try_from(SAGAS).unwrap() * i64::try_from(STEPS).unwrap();
+    assert_eq!(scalar(&pool, "SELECT COUNT(*) FROM effects").await, steps);
+    assert_eq!(
+        scalar(&pool, "SELECT COUNT(*) FROM effects WHERE calls <> 1").await,
+        0,
+        "a step ran more than once"
+    );
+    // No saga was run by two processes at once, and no lease was taken over.
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT COUNT(*) FROM ownership a JOIN ownership b
+               ON a.saga_id = b.saga_id AND a.worker <> b.worker
+              AND a.started_at < b.finished_at AND b.started_at < a.finished_at"
+        )
+        .await,
+        0,
+        "two processes ran one saga at the same time"
+    );
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT COUNT(*) FROM saga_events WHERE kind = 'lease_taken_over'"
+        )
+        .await,
+        0
+    );
+    // The work was shared between the processes.
+    let shares = sqlx::query(
+        "SELECT worker, COUNT(*) AS steps FROM effects GROUP BY worker ORDER BY worker",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("shares");
+    let shares: Vec<(String, i64)> = shares
+        .iter()
+        .map(|row| (row.get("worker"), row.get("steps")))
+        .collect();
+    assert_eq!(
+        shares.len(),
+        WORKERS,
+        "every one of the {WORKERS} worker processes did work: {shares:?}"
+    );
+    println!(
+        "sqlite_processes: {SAGAS} sagas x {STEPS} steps on {WORKERS} processes sharing one file in {:.1}s; steps per process {shares:?}",
+        elapsed.as_secs_f64(),
+    );
+}
