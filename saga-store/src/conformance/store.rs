@@ -2126,30 +2126,108 @@ pub async fn writes_of_many_sagas_at_once_each_get_their_own_outcome<S: Store + 
         }
     }
 
-    // The next transition of the others, at once: each saga's steps and events in order.
+    // The next transition of the others, at once, but for two refused by a step phase (one
+    // completes a step never begun, one begins a step again): each saga's steps and events in
+    // order, and nothing of the refused ones.
     let admitted: Vec<SagaId> = ids
         .iter()
         .filter(|id| !stale.contains(id))
         .copied()
         .collect();
+    let not_begun = admitted[3];
+    let begun_again = admitted[10];
+    let events_before = history_len(&*store, not_begun).await;
     let writes = admitted.iter().map(|id| {
         let store = Arc::clone(&store);
         let lease = leases[id].clone();
         let id = *id;
         tokio::spawn(async move {
-            let changes = [
-                complete(0, Phase::Action, 1, Some(json!({ "saga": id.to_string() }))),
-                begin(id, 1, Phase::Action, 1),
-            ];
-            store.apply(&lease, &changes).await
+            let changes = if id == not_begun {
+                vec![complete(4, Phase::Action, 1, None)]
+            } else {
+                vec![
+                    complete(0, Phase::Action, 1, Some(json!({ "saga": id.to_string() }))),
+                    begin(id, 1, Phase::Action, 1),
+                ]
+            };
+            (id, store.apply(&lease, &changes).await)
         })
     });
-    for outcome in all(writes.collect()).await {
+    for (id, outcome) in all(writes.collect()).await {
+        if id == not_begun {
+            match outcome {
+                Err(Error::Refused {
+                    saga,
+                    refusal: Refusal::StepNotBegun { step, .. },
+                }) => {
+                    assert_eq!((saga, step), (id, name(4)));
+                }
+                other => panic!("completing a step never begun must be refused, got {other:?}"),
+            }
+        } else {
+            assert!(
+                outcome.is_ok(),
+                "a write among many must land, got {outcome:?}"
+            );
+        }
+    }
+    let snap = snapshot(&*store, not_begun).await;
+    assert_eq!(
+        snap.steps.len(),
+        1,
+        "a refused write among many writes no step, got {:?}",
+        snap.steps
+    );
+    assert_eq!(
+        history_len(&*store, not_begun).await,
+        events_before,
+        "a refused write among many appends no event"
+    );
+    // Step 0 of `begun_again` is completed now: beginning it again, among other writes (which
+    // release their sagas), is refused alone.
+    let again = {
+        let (store, lease) = (Arc::clone(&store), leases[&begun_again].clone());
+        tokio::spawn(async move {
+            store
+                .apply(&lease, &[begin(begun_again, 0, Phase::Action, 2)])
+                .await
+        })
+    };
+    let released: Vec<SagaId> = admitted
+        .iter()
+        .filter(|id| **id != not_begun && **id != begun_again)
+        .copied()
+        .collect();
+    let releases = released.iter().map(|id| {
+        let (store, lease) = (Arc::clone(&store), leases[id].clone());
+        tokio::spawn(async move {
+            store
+                .apply(&lease, &[release(Some(after(now(), DAY)))])
+                .await
+        })
+    });
+    let releases = all(releases.collect()).await;
+    match again.await.expect("a task of the scenario panicked") {
+        Err(Error::Refused {
+            refusal: Refusal::StepCompleted { step, .. },
+            ..
+        }) => {
+            assert_eq!(step, name(0));
+        }
+        other => panic!("beginning a completed step again must be refused, got {other:?}"),
+    }
+    for (id, outcome) in released.iter().zip(releases) {
         assert!(
             outcome.is_ok(),
-            "a write among many must land, got {outcome:?}"
+            "a release among many must land, got {outcome:?}"
+        );
+        assert_eq!(
+            snapshot(&*store, *id).await.record.lease_owner,
+            None,
+            "saga {id}: a release among many lands"
         );
     }
+    let admitted: Vec<SagaId> = admitted.into_iter().filter(|id| *id != not_begun).collect();
     for id in &admitted {
         let snap = snapshot(&*store, *id).await;
         let statuses: Vec<(u32, StepStatus)> = snap

@@ -1,6 +1,7 @@
 //! SqliteStore: the embedded default backend. One file, no server; several processes may share
 //! it (WAL mode, write transactions taken with `BEGIN IMMEDIATE`, a busy timeout).
 
+mod many;
 mod rows;
 mod writes;
 
@@ -1291,33 +1292,44 @@ async fn write_rows(
         }
     }
     for item in &plan.interventions {
-        sqlx::query(
-            "INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
-                 idempotency_key, input, output, error, status, opened_at, parked_from)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(item.id.to_string())
-        .bind(&saga)
-        .bind(item.kind.as_str())
-        .bind(item.step.as_ref().map(|(index, _)| i64::from(index.0)))
-        .bind(item.step.as_ref().map(|(_, name)| name.as_str().to_owned()))
-        .bind(item.phase.map(|phase| phase.as_str()))
-        .bind(
-            item.idempotency_key
-                .as_ref()
-                .map(|key| key.as_str().to_owned()),
-        )
-        .bind(item.input.as_ref().map(json_text))
-        .bind(item.output.as_ref().map(json_text))
-        .bind(&item.error)
-        .bind(millis(now))
-        .bind(item.parked_from.map(|status| status.as_str()))
-        .execute(&mut **tx)
-        .await
-        .map_err(classify)?;
+        insert_intervention(tx, id, item, now).await?;
     }
     Ok(true)
+}
+
+/// Opens intervention `item` on saga `saga` (once: its id is its key).
+async fn insert_intervention(
+    conn: &mut SqliteConnection,
+    saga: SagaId,
+    item: &saga_core::NewIntervention,
+    now: Timestamp,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO saga_interventions (id, saga_id, kind, step_index, step_name, phase,
+             idempotency_key, input, output, error, status, opened_at, parked_from)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(item.id.to_string())
+    .bind(saga.to_string())
+    .bind(item.kind.as_str())
+    .bind(item.step.as_ref().map(|(index, _)| i64::from(index.0)))
+    .bind(item.step.as_ref().map(|(_, name)| name.as_str().to_owned()))
+    .bind(item.phase.map(|phase| phase.as_str()))
+    .bind(
+        item.idempotency_key
+            .as_ref()
+            .map(|key| key.as_str().to_owned()),
+    )
+    .bind(item.input.as_ref().map(json_text))
+    .bind(item.output.as_ref().map(json_text))
+    .bind(&item.error)
+    .bind(millis(now))
+    .bind(item.parked_from.map(|status| status.as_str()))
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
 }
 
 /// Writes one step phase: inserted when absent and the write may insert it, else updated if

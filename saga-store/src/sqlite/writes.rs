@@ -210,33 +210,56 @@ async fn together(
     now: Timestamp,
 ) -> Result<Option<Vec<Outcome>>> {
     let mut tx = begin(pool).await?;
-    let mut outcomes = Vec::with_capacity(group.len());
+    // Creations first, one by one (a write never concerns a saga created in its group: its
+    // creator is answered first).
+    let mut created = Vec::new();
     for queued in group {
-        let outcome = match &queued.job {
-            Job::Write { write, .. } => {
-                let (lease, plan) = &**write;
-                super::write_rows(&mut tx, lease.saga, Some(lease), plan, now)
-                    .await?
-                    .then_some(Outcome::Written(true))
-            }
-            Job::Create { creation, .. } => {
-                let (saga, plan) = &**creation;
-                match super::create_in(&mut tx, saga, plan, now).await {
-                    // A key taken already (with this input or another) writes nothing.
-                    created @ (Ok(_) | Err(Error::Conflict { .. })) => {
-                        Some(Outcome::Created(created))
-                    }
-                    Err(_) => None,
+        if let Job::Create { creation, .. } = &queued.job {
+            let (saga, plan) = &**creation;
+            match super::create_in(&mut tx, saga, plan, now).await {
+                // A key taken already (with this input or another) writes nothing.
+                outcome @ (Ok(_) | Err(Error::Conflict { .. })) => created.push(outcome),
+                Err(_) => {
+                    tx.rollback().await.map_err(classify)?;
+                    return Ok(None);
                 }
             }
-        };
-        match outcome {
-            Some(outcome) => outcomes.push(outcome),
-            None => {
-                tx.rollback().await.map_err(classify)?;
-                return Ok(None);
+        }
+    }
+    let writes: Vec<(&Lease, &WritePlan)> = group
+        .iter()
+        .filter_map(|queued| match &queued.job {
+            Job::Write { write, .. } => Some((&write.0, &write.1)),
+            Job::Create { .. } => None,
+        })
+        .collect();
+    let written = if writes.len() > 1 && distinct(&writes) {
+        super::many::write_rows(&mut tx, &writes, now).await?
+    } else {
+        let mut written = true;
+        for (lease, plan) in &writes {
+            if !super::write_rows(&mut tx, lease.saga, Some(lease), plan, now).await? {
+                written = false;
+                break;
             }
         }
+        written
+    };
+    if !written {
+        tx.rollback().await.map_err(classify)?;
+        return Ok(None);
+    }
+    let mut created = created.into_iter();
+    let mut outcomes = Vec::with_capacity(group.len());
+    for queued in group {
+        outcomes.push(match &queued.job {
+            Job::Write { .. } => Outcome::Written(true),
+            Job::Create { .. } => Outcome::Created(created.next().unwrap_or_else(|| {
+                Err(Error::Store(
+                    "the store lost a creation's outcome in a group of writes; start again".into(),
+                ))
+            })),
+        });
     }
     let events: Vec<_> = group
         .iter()
@@ -252,6 +275,20 @@ async fn together(
     super::insert_events(&mut tx, &events, now).await?;
     tx.commit().await.map_err(classify)?;
     Ok(Some(outcomes))
+}
+
+/// Whether `writes` concern distinct sagas and each writes a step phase at most once, as
+/// [`many::write_rows`](super::many::write_rows) needs (else they are written one by one).
+fn distinct(writes: &[(&Lease, &WritePlan)]) -> bool {
+    let mut sagas = std::collections::HashSet::with_capacity(writes.len());
+    writes.iter().all(|(lease, plan)| {
+        let mut phases = std::collections::HashSet::with_capacity(plan.steps.len());
+        sagas.insert(lease.saga)
+            && plan
+                .steps
+                .iter()
+                .all(|step| phases.insert((step.index, step.phase)))
+    })
 }
 
 /// Writes one job in a transaction of its own, and answers it.
