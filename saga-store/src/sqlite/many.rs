@@ -6,8 +6,10 @@
 
 use std::collections::HashSet;
 
-use saga_core::store::write::{CancelRequest, LeaseChange, Precondition, StepWrite, WritePlan};
-use saga_core::{Lease, Result, Timestamp};
+use saga_core::store::write::{
+    CancelRequest, CreationPlan, LeaseChange, Precondition, StepWrite, WritePlan,
+};
+use saga_core::{Lease, NewSaga, Result, Timestamp};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::json_text;
@@ -234,4 +236,51 @@ async fn update_steps(
         .await
         .map_err(classify)?;
     Ok(updated.len() == steps.len())
+}
+
+/// Stores the rows of `creations` (sagas without a start key, so none can exist already) in
+/// two statements: one `INSERT` of the saga rows, one of the step phases they begin; the
+/// events aside. `Ok(false)`: a step phase was not inserted (nothing to keep; roll back).
+pub(super) async fn create_rows(
+    conn: &mut SqliteConnection,
+    creations: &[(&NewSaga, &CreationPlan)],
+    now: Timestamp,
+) -> Result<bool> {
+    let mut insert = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input,
+             input_hash, idempotency_key, next_run_at, fencing_token, trace_context,
+             created_at, updated_at, lease_owner, lease_expires_at, deadline_at) ",
+    );
+    insert.push_values(creations, |mut row, (saga, plan)| {
+        row.push_bind(saga.id.to_string())
+            .push_bind(saga.saga_type.as_str().to_owned())
+            .push_bind(i64::from(saga.version))
+            .push_bind(saga.fingerprint.clone())
+            .push_bind("running")
+            .push_bind(json_text(&saga.input))
+            .push_bind(saga.input_hash.clone())
+            .push_bind(None::<String>)
+            .push_bind(millis(now))
+            .push_bind(plan.token.0)
+            .push_bind(saga.trace_context.clone())
+            .push_bind(millis(now))
+            .push_bind(millis(now))
+            .push_bind(
+                saga.lease
+                    .as_ref()
+                    .map(|(owner, _)| owner.as_str().to_owned()),
+            )
+            .push_bind(saga.lease.as_ref().map(|(_, until)| millis(*until)))
+            .push_bind(saga.deadline.map(millis));
+    });
+    insert.build().execute(&mut *conn).await.map_err(classify)?;
+    let steps: Vec<(String, &StepWrite)> = creations
+        .iter()
+        .flat_map(|(saga, plan)| {
+            let id = saga.id.to_string();
+            plan.steps.iter().map(move |step| (id.clone(), step))
+        })
+        .collect();
+    let inserted = insert_steps(conn, &steps, now).await?;
+    Ok(inserted.len() == steps.len())
 }

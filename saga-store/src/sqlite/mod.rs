@@ -463,6 +463,21 @@ async fn create_in(
     plan: &CreationPlan,
     now: Timestamp,
 ) -> Result<Created> {
+    let created = create_rows(tx, saga, plan, now).await?;
+    if let Created::New(id) = created {
+        let events: Vec<_> = plan.events.iter().map(|event| (id, event)).collect();
+        insert_events(tx, &events, now).await?;
+    }
+    Ok(created)
+}
+
+/// [`create_in`] but the events, which the caller appends (with other sagas' events).
+async fn create_rows(
+    tx: &mut Transaction<'static, Sqlite>,
+    saga: &NewSaga,
+    plan: &CreationPlan,
+    now: Timestamp,
+) -> Result<Created> {
     if let (Some(key), Some(window)) = (&saga.idempotency_key, saga.dedup_window) {
         // A saga holding the key since before the window gives it up.
         sqlx::query(
@@ -550,8 +565,6 @@ async fn create_in(
     for step in &plan.steps {
         write_step(tx, &id, step, now).await?;
     }
-    let events: Vec<_> = plan.events.iter().map(|event| (saga.id, event)).collect();
-    insert_events(tx, &events, now).await?;
     Ok(Created::New(saga.id))
 }
 

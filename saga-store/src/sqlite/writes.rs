@@ -210,21 +210,38 @@ async fn together(
     now: Timestamp,
 ) -> Result<Option<Vec<Outcome>>> {
     let mut tx = begin(pool).await?;
-    // Creations first, one by one (a write never concerns a saga created in its group: its
-    // creator is answered first).
+    // Creations first (a write never concerns a saga created in its group: its creator is
+    // answered first): those with a start key one by one, the others all at once.
     let mut created = Vec::new();
+    let mut keyless = Vec::new();
     for queued in group {
-        if let Job::Create { creation, .. } = &queued.job {
-            let (saga, plan) = &**creation;
-            match super::create_in(&mut tx, saga, plan, now).await {
-                // A key taken already (with this input or another) writes nothing.
-                outcome @ (Ok(_) | Err(Error::Conflict { .. })) => created.push(outcome),
-                Err(_) => {
-                    tx.rollback().await.map_err(classify)?;
-                    return Ok(None);
-                }
+        let Job::Create { creation, .. } = &queued.job else {
+            continue;
+        };
+        let (saga, plan) = &**creation;
+        if saga.idempotency_key.is_none() {
+            keyless.push((saga, plan));
+            created.push(Ok(Created::New(saga.id)));
+            continue;
+        }
+        match super::create_rows(&mut tx, saga, plan, now).await {
+            // A key taken already (with this input or another) writes nothing.
+            outcome @ (Ok(_) | Err(Error::Conflict { .. })) => created.push(outcome),
+            Err(_) => {
+                tx.rollback().await.map_err(classify)?;
+                return Ok(None);
             }
         }
+    }
+    // A saga id stored already fails the statement: each creation then goes alone and is
+    // told which.
+    if !keyless.is_empty()
+        && !super::many::create_rows(&mut tx, &keyless, now)
+            .await
+            .unwrap_or(false)
+    {
+        tx.rollback().await.map_err(classify)?;
+        return Ok(None);
     }
     let writes: Vec<(&Lease, &WritePlan)> = group
         .iter()
@@ -249,6 +266,27 @@ async fn together(
         tx.rollback().await.map_err(classify)?;
         return Ok(None);
     }
+    // The events of all, in one statement: those of each saga in its order.
+    let mut created_now = created.iter();
+    let events: Vec<_> = group
+        .iter()
+        .flat_map(|queued| match &queued.job {
+            Job::Write { write, .. } => {
+                let (lease, plan) = &**write;
+                let saga = lease.saga;
+                plan.events.iter().map(move |event| (saga, event)).collect()
+            }
+            Job::Create { creation, .. } => match created_now.next() {
+                Some(Ok(Created::New(_))) => {
+                    let (saga, plan) = &**creation;
+                    plan.events.iter().map(|event| (saga.id, event)).collect()
+                }
+                _ => Vec::new(),
+            },
+        })
+        .collect();
+    super::insert_events(&mut tx, &events, now).await?;
+    tx.commit().await.map_err(classify)?;
     let mut created = created.into_iter();
     let mut outcomes = Vec::with_capacity(group.len());
     for queued in group {
@@ -261,19 +299,6 @@ async fn together(
             })),
         });
     }
-    let events: Vec<_> = group
-        .iter()
-        .flat_map(|queued| match &queued.job {
-            Job::Write { write, .. } => {
-                let (lease, plan) = &**write;
-                let saga = lease.saga;
-                plan.events.iter().map(move |event| (saga, event)).collect()
-            }
-            Job::Create { .. } => Vec::new(),
-        })
-        .collect();
-    super::insert_events(&mut tx, &events, now).await?;
-    tx.commit().await.map_err(classify)?;
     Ok(Some(outcomes))
 }
 
