@@ -2,6 +2,7 @@
 //! of its own (so that peak RSS is that workload's), and once at the end to print the report.
 //! Every run prints one JSON line on stdout.
 
+mod history;
 mod pgbench;
 mod pgutil;
 mod report;

@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// (`bench_order`, whose sagas may be waiting there) is registered too.
     #[arg(long)]
     pub url: Option<String>,
+    /// Finished sagas (completed W1 sagas with their steps and events) to keep in the tables
+    /// before the run, to measure the write path against a long history.
+    #[arg(long, default_value_t = 0)]
+    pub history: u64,
 }
 
 struct Sample {
@@ -65,6 +69,7 @@ pub async fn run(args: RunArgs) -> Res<Value> {
         "bench_saga_{}_{}_c{}",
         args.workload, args.backend, args.inflight
     );
+    let mut history_load_s = None;
     let (store, meter, pool): (Arc<dyn Store>, Option<Meter>, Option<PgStore>) =
         match args.backend.as_str() {
             "pg" => {
@@ -89,6 +94,9 @@ pub async fn run(args: RunArgs) -> Res<Value> {
                     .map_err(err("connecting (migrations)"))?;
                 migrate.close().await;
                 drop(migrate);
+                if args.history > 0 {
+                    history_load_s = Some(crate::history::preload_pg(&url, args.history).await?);
+                }
                 let meter = Meter::start(&url).await?;
                 let pg = PgStore::connect_with(&url, options)
                     .await
@@ -104,6 +112,11 @@ pub async fn run(args: RunArgs) -> Res<Value> {
                 let sqlite = SqliteStore::connect(&format!("sqlite://{path}"))
                     .await
                     .map_err(err("opening SQLite"))?;
+                if args.history > 0 {
+                    history_load_s = Some(
+                        crate::history::preload_sqlite(sqlite.pool(), args.history).await?,
+                    );
+                }
                 (Arc::new(sqlite), None, None)
             }
             other => return Err(format!("unknown backend {other}")),
@@ -299,6 +312,8 @@ pub async fn run(args: RunArgs) -> Res<Value> {
         "engine": "saga",
         "backend": args.backend,
         "workload": args.label.clone().unwrap_or_else(|| args.workload.clone()),
+        "history": args.history,
+        "history_load_s": history_load_s,
         "inflight": args.inflight,
         "sagas": in_window,
         "total_sagas": total,
