@@ -8,7 +8,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,25 +71,21 @@ impl Saga for FiveSteps {
     }
 }
 
+mod processes;
+
+use processes::{Role, Workers};
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|arg| arg == "--list") {
-        println!("multi_worker: test");
-        return ExitCode::SUCCESS;
+    let runtime = processes::runtime();
+    match processes::role("multi_worker") {
+        Role::List => ExitCode::SUCCESS,
+        Role::Worker { url, name } => runtime.block_on(worker(url, name)),
+        Role::Parent => {
+            runtime.block_on(parent());
+            println!("multi_worker: 1 passed, 0 failed");
+            ExitCode::SUCCESS
+        }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Some(at) = args.iter().position(|arg| arg == "--saga-worker") {
-        let url = args.get(at + 1).expect("database URL").clone();
-        let name = args.get(at + 2).expect("worker name").clone();
-        return runtime.block_on(worker(url, name));
-    }
-    runtime.block_on(parent());
-    println!("multi_worker: 1 passed, 0 failed");
-    ExitCode::SUCCESS
 }
 
 async fn worker(url: String, name: String) -> ExitCode {
@@ -105,28 +101,15 @@ async fn worker(url: String, name: String) -> ExitCode {
             .poll_interval(Duration::from_millis(100)),
     );
     orchestrator
-        .register(FiveSteps { pool, worker: name })
+        .register(FiveSteps {
+            pool,
+            worker: name.clone(),
+        })
         .expect("register");
     orchestrator.run();
-    let deadline = Instant::now() + Duration::from_secs(170);
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let counts = store.count_by_status().await.expect("count");
-        let active: u64 = counts
-            .iter()
-            .filter(|(status, _)| status.is_active())
-            .map(|(_, n)| n)
-            .sum();
-        if active == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            eprintln!("worker gave up with {active} sagas still active");
-            return ExitCode::FAILURE;
-        }
-    }
+    let idle = processes::until_idle(&*store, &name, Duration::from_secs(170)).await;
     orchestrator.shutdown().await;
-    ExitCode::SUCCESS
+    idle
 }
 
 async fn scalar(pool: &PgPool, sql: &str) -> i64 {
@@ -173,41 +156,11 @@ async fn parent() {
     )
     .await;
 
-    let exe = std::env::current_exe().expect("own path");
     let started = Instant::now();
-    let mut children: Vec<Child> = (1..=WORKERS)
-        .map(|n| {
-            Command::new(&exe)
-                .args(["--saga-worker", &url, &format!("worker-{n}")])
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("spawn a worker process")
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(200);
-    let mut statuses = [None; WORKERS];
-    while statuses.iter().any(Option::is_none) {
-        for (child, status) in children.iter_mut().zip(statuses.iter_mut()) {
-            if status.is_none() {
-                *status = child.try_wait().expect("poll a worker");
-            }
-        }
-        if Instant::now() > deadline {
-            for child in &mut children {
-                let _ = child.kill();
-            }
-            panic!("workers did not finish within 200 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Workers::spawn(&url, WORKERS)
+        .wait(Duration::from_secs(200))
+        .await;
     let elapsed = started.elapsed();
-    for (n, status) in statuses.iter().enumerate() {
-        assert!(
-            status.is_some_and(|status| status.success()),
-            "worker-{} failed: {status:?}",
-            n + 1
-        );
-    }
     // pg_stat_database is updated when backends report; give the collector a moment.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let commits = scalar(

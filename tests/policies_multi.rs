@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -202,23 +202,17 @@ fn register(orchestrator: &Orchestrator, pool: &PgPool, worker: &str) {
     orchestrator.register(Flaky(recorder())).expect("register");
 }
 
+mod processes;
+
+use processes::{Role, Workers};
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|arg| arg == "--list") {
-        println!("policies_multi: test");
-        return ExitCode::SUCCESS;
+    let runtime = processes::runtime();
+    match processes::role("policies_multi") {
+        Role::List => ExitCode::SUCCESS,
+        Role::Worker { url, name } => runtime.block_on(worker(url, name)),
+        Role::Parent => runtime.block_on(parent()),
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Some(at) = args.iter().position(|arg| arg == "--saga-worker") {
-        let url = args.get(at + 1).expect("database URL").clone();
-        let name = args.get(at + 2).expect("worker name").clone();
-        return runtime.block_on(worker(url, name));
-    }
-    runtime.block_on(parent())
 }
 
 /// A worker process: drives whatever is due until the parent inserts into `public.stop`.
@@ -255,65 +249,13 @@ async fn worker(url: String, name: String) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The worker processes; killed should the parent stop early (a failed check), so that none
-/// outlives the test.
-struct Workers(Vec<Child>);
-
-impl Workers {
-    fn spawn(url: &str) -> Self {
-        let exe = std::env::current_exe().expect("own path");
-        Self(
-            (1..=WORKERS)
-                .map(|n| {
-                    Command::new(&exe)
-                        .args(["--saga-worker", url, &format!("worker-{n}")])
-                        .stdin(Stdio::null())
-                        .spawn()
-                        .expect("spawn a worker process")
-                })
-                .collect(),
-        )
-    }
-
-    /// Tells the workers to stop and checks that each exits cleanly.
-    async fn stop(&mut self, pool: &PgPool) {
-        sqlx::query("INSERT INTO public.stop VALUES (true)")
-            .execute(pool)
-            .await
-            .expect("tell the workers to stop");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut statuses = vec![None; self.0.len()];
-        while statuses.iter().any(Option::is_none) {
-            for (child, status) in self.0.iter_mut().zip(statuses.iter_mut()) {
-                if status.is_none() {
-                    *status = child.try_wait().expect("poll a worker");
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "workers did not stop within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        for (n, status) in statuses.iter().enumerate() {
-            assert!(
-                status.is_some_and(|status| status.success()),
-                "worker-{} failed: {status:?}",
-                n + 1
-            );
-        }
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
+/// Tells the workers to stop and checks that each exits cleanly.
+async fn stop(workers: &mut Workers, pool: &PgPool) {
+    sqlx::query("INSERT INTO public.stop VALUES (true)")
+        .execute(pool)
+        .await
+        .expect("tell the workers to stop");
+    workers.wait(Duration::from_secs(30)).await;
 }
 
 async fn parent() -> ExitCode {
@@ -341,7 +283,7 @@ async fn parent() -> ExitCode {
     );
     register(&starter, &pool, "parent");
     let started = Instant::now();
-    let mut workers = Workers::spawn(&url);
+    let mut workers = Workers::spawn(&url, WORKERS);
 
     // Each check runs as a task of its own, so that one failing (its panic message says what
     // broke) does not hide the figures of the others.
@@ -373,7 +315,7 @@ async fn parent() -> ExitCode {
         }
     }
 
-    workers.stop(&pool).await;
+    stop(&mut workers, &pool).await;
     let shares = sqlx::query("SELECT worker, COUNT(*) AS n FROM public.calls GROUP BY worker")
         .fetch_all(&pool)
         .await
