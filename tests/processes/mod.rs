@@ -72,18 +72,31 @@ pub(crate) struct Workers(Vec<Child>);
 impl Workers {
     /// Starts `count` worker processes on the database at `url`.
     pub(crate) fn spawn(url: &str, count: usize) -> Self {
+        Self::spawn_with(url, count, &[])
+    }
+
+    /// As [`Workers::spawn`], with environment variables set for the workers.
+    pub(crate) fn spawn_with(url: &str, count: usize, env: &[(&str, &str)]) -> Self {
         let exe = std::env::current_exe().expect("own path");
         Self(
             (1..=count)
                 .map(|n| {
                     Command::new(&exe)
                         .args(["--saga-worker", url, &format!("worker-{n}")])
+                        .envs(env.iter().copied())
                         .stdin(Stdio::null())
                         .spawn()
                         .expect("spawn a worker process")
                 })
                 .collect(),
         )
+    }
+
+    /// Kills `worker-{n}` with SIGKILL and reaps it; [`Workers::wait`] then waits for the others.
+    pub(crate) fn kill(&mut self, n: usize) {
+        let mut child = self.0.remove(n - 1);
+        child.kill().expect("kill a worker");
+        let _ = child.wait();
     }
 
     /// Waits for every worker to exit, at most `limit`, and checks that each exited cleanly.
