@@ -5,6 +5,7 @@
 mod history;
 mod pgbench;
 mod pgutil;
+mod processes;
 mod report;
 mod run;
 mod sagas;
@@ -45,6 +46,8 @@ enum Cmd {
     /// Starts orders and returns once each waits for its signal (used by waiting).
     #[command(hide = true)]
     WaitingFill(waiting::FillArgs),
+    /// W1 spread over several worker processes on one Postgres database.
+    Processes(processes::ProcessesArgs),
     /// Prints a free TCP port on 127.0.0.1.
     FreePort,
     /// Prints the table and the name=value lines.
@@ -73,6 +76,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Rss(args) => w3::rss(args).await.map(Some),
             Cmd::Signal(args) => signal::signal(args).await.map(Some),
             Cmd::Waiting(args) => waiting::waiting(args).await.map(Some),
+            Cmd::Processes(args) => processes::processes(args).await.map(Some),
             Cmd::WaitingFill(args) => waiting::fill(args).await.map(Some),
             Cmd::FreePort => std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())

@@ -709,6 +709,41 @@ pub fn report(args: ReportArgs) -> Res<()> {
             ratio.map(|r| r >= 0.9),
         ));
     }
+    let processes = |p: u64, key: &str| {
+        find("saga", &format!("w1_processes_{p}"), "pg", 16).and_then(|r| num(&r, key))
+    };
+    let one = processes(1, "transitions_per_s");
+    for p in [2, 4] {
+        let rate = processes(p, "transitions_per_s");
+        let ratio = over(rate, one);
+        let (least, most) = (
+            processes(p, "share_min_over_mean"),
+            processes(p, "share_max_over_mean"),
+        );
+        let name = format!("ratio_processes_{p}");
+        kvs.push((format!("saga_w1_pg_processes_{p}_transitions_per_s"), fmt(rate, 1)));
+        kvs.push((format!("{name}_share_min_over_mean"), fmt(least, 3)));
+        kvs.push((format!("{name}_share_max_over_mean"), fmt(most, 3)));
+        kvs.push((name.clone(), kv(ratio, 3)));
+        let _ = writeln!(
+            out,
+            "  {name:<24} {:>6}  W1 Postgres steps/s, 16 in flight in all: {} in {p} processes / {} in one; shares {}-{} x the mean (issue 19: none below 0.5 or above 2)",
+            fmt(ratio, 3),
+            fmt(rate, 1),
+            fmt(one, 1),
+            fmt(least, 2),
+            fmt(most, 2),
+        );
+        targets.push((
+            if p == 2 {
+                "no process starves: shares within 2x of the mean (2 processes)"
+            } else {
+                "no process starves: shares within 2x of the mean (4 processes)"
+            },
+            format!("{}-{}", fmt(least, 2), fmt(most, 2)),
+            least.zip(most).map(|(least, most)| least >= 0.5 && most <= 2.0),
+        ));
+    }
     let rss_mb = rss.and_then(|r| num(r, "rss_mb"));
     targets.push((
         "peak RSS < 100 MB with 10,000 in flight",
