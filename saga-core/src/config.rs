@@ -31,6 +31,11 @@ pub struct Config {
     pub stuck_after: Duration,
     /// Most sagas claimed in one store call.
     pub claim_batch: usize,
+    /// Most starts in progress at once in this process (writing their saga). Further calls to
+    /// [`Orchestrator::start`](crate::Orchestrator::start) and its kin wait their turn, in the
+    /// order they came, holding little memory meanwhile: a burst of starts queues in the
+    /// callers, not in the store's writers.
+    pub max_starts_in_progress: usize,
     /// A hook around every step call (the test kit's faults); `None` in production.
     pub intercept: Option<std::sync::Arc<dyn crate::intercept::Intercept>>,
     /// How far this process's clock is off, simulated (tests of clock skew only; zero).
@@ -51,6 +56,7 @@ impl std::fmt::Debug for Config {
             .field("metrics_interval", &self.metrics_interval)
             .field("stuck_after", &self.stuck_after)
             .field("claim_batch", &self.claim_batch)
+            .field("max_starts_in_progress", &self.max_starts_in_progress)
             .field("intercept", &self.intercept.is_some())
             .field("simulated_clock_skew", &self.simulated_clock_skew)
             .finish()
@@ -70,6 +76,7 @@ impl Default for Config {
             metrics_interval: Duration::from_secs(10),
             stuck_after: Duration::from_secs(15 * 60),
             claim_batch: 64,
+            max_starts_in_progress: 1024,
             simulated_clock_skew: chrono::Duration::zero(),
             intercept: None,
         }
@@ -116,6 +123,12 @@ impl Config {
     /// Sets the most sagas claimed in one store call (at least 1).
     pub fn claim_batch(mut self, batch: usize) -> Self {
         self.claim_batch = batch.max(1);
+        self
+    }
+
+    /// Sets the most starts in progress at once (at least 1; default 1,024).
+    pub fn max_starts_in_progress(mut self, starts: usize) -> Self {
+        self.max_starts_in_progress = starts.max(1);
         self
     }
 

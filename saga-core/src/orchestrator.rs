@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     pauses: Mutex<Option<(tokio::time::Instant, Arc<Vec<crate::policy::Pause>>)>>,
     /// Held by the step of this process that reads the pauses again.
     pauses_reading: tokio::sync::Mutex<()>,
+    /// One per start in progress (`Config::max_starts_in_progress`).
+    starts: tokio::sync::Semaphore,
 }
 
 /// A subscriber to lifecycle events.
@@ -380,6 +382,11 @@ impl Orchestrator {
                 clock_synced: std::sync::atomic::AtomicBool::new(false),
                 pauses: Mutex::new(None),
                 pauses_reading: tokio::sync::Mutex::new(()),
+                starts: tokio::sync::Semaphore::new(
+                    config
+                        .max_starts_in_progress
+                        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+                ),
             }),
         }
     }
@@ -574,7 +581,22 @@ impl Orchestrator {
         self.create::<S>(input, key, trace, None, None).await
     }
 
+    /// Creates a saga once a start may be in progress (`Config::max_starts_in_progress`):
+    /// until then the caller holds only this small future, not the creation's.
     async fn create<S: Saga>(
+        &self,
+        input: &S::Input,
+        key: Option<IdempotencyKey>,
+        trace: TraceContext,
+        deadline: Option<Timestamp>,
+        dedup_window: Option<Duration>,
+    ) -> Result<Created> {
+        // The semaphore is never closed; were it, the start would go on without a turn.
+        let _turn = self.inner.starts.acquire().await.ok();
+        Box::pin(self.create_now::<S>(input, key, trace, deadline, dedup_window)).await
+    }
+
+    async fn create_now<S: Saga>(
         &self,
         input: &S::Input,
         key: Option<IdempotencyKey>,

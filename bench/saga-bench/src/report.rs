@@ -744,6 +744,18 @@ pub fn report(args: ReportArgs) -> Res<()> {
             least.zip(most).map(|(least, most)| least >= 0.5 && most <= 2.0),
         ));
     }
+    let starts = find("saga", "starts_at_once_100000", "pg", 64);
+    let starts_mb = starts.as_ref().and_then(|r| num(r, "rss_mb"));
+    kvs.push(("starts_at_once_100000_rss_mb".to_owned(), fmt(starts_mb, 1)));
+    kvs.push((
+        "starts_at_once_100000_run_s".to_owned(),
+        fmt(starts.as_ref().and_then(|r| num(r, "run_s")), 1),
+    ));
+    targets.push((
+        "peak RSS < 200 MB with 100,000 starts issued at once",
+        fmt(starts_mb, 1),
+        starts_mb.map(|m| m < 200.0),
+    ));
     let rss_mb = rss.and_then(|r| num(r, "rss_mb"));
     targets.push((
         "peak RSS < 100 MB with 10,000 in flight",

@@ -67,6 +67,9 @@ pub struct WorkerArgs {
     /// Stop (without waiting for the sagas) after this many seconds of running; 0: no limit.
     #[arg(long, default_value_t = 0)]
     pub max_run_s: u64,
+    /// Start calls issued at once (tasks each starting sagas until `create` are started).
+    #[arg(long, default_value_t = 32)]
+    pub creators: u64,
 }
 
 fn config(inflight: usize, lease_ttl_ms: Option<u64>, worker_id: Option<&str>) -> Config {
@@ -98,10 +101,10 @@ async fn active(store: &PgStore) -> Res<(u64, u64)> {
     Ok((active, settled))
 }
 
-async fn create_sagas(orchestrator: &Orchestrator, n: u64) -> Res<()> {
+async fn create_sagas(orchestrator: &Orchestrator, n: u64, creators_at_once: u64) -> Res<()> {
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut creators = tokio::task::JoinSet::new();
-    for _ in 0..32 {
+    for _ in 0..creators_at_once.max(1) {
         let orchestrator = orchestrator.clone();
         let next = Arc::clone(&next);
         creators.spawn(async move {
@@ -141,13 +144,13 @@ pub async fn worker(args: WorkerArgs) -> Res<()> {
     orchestrator.register(W1(None)).map_err(err("register"))?;
     let rss_before = pgutil::peak_rss_mb();
     if args.create_first && args.create > 0 {
-        create_sagas(&orchestrator, args.create).await?;
+        create_sagas(&orchestrator, args.create, args.creators).await?;
         println!("created {:.3}", process_start.elapsed().as_secs_f64());
     }
     let run_start = Instant::now();
     orchestrator.run();
     if !args.create_first && args.create > 0 {
-        create_sagas(&orchestrator, args.create).await?;
+        create_sagas(&orchestrator, args.create, args.creators).await?;
         println!("created {:.3}", process_start.elapsed().as_secs_f64());
     }
     // Progress is watched through connections of its own, so that it never waits behind the
@@ -404,6 +407,13 @@ pub struct RssArgs {
     /// Observe for this many seconds only (quick runs); 0: until every saga is settled.
     #[arg(long, default_value_t = 0)]
     pub max_run_s: u64,
+    /// Start calls issued at once, all while the workers run (default: the sagas are started
+    /// before the workers run, 32 calls at a time, with every one in flight at once).
+    #[arg(long)]
+    pub starts_at_once: Option<u64>,
+    /// The workers' concurrency with --starts-at-once.
+    #[arg(long, default_value_t = 64)]
+    pub inflight: usize,
 }
 
 /// Peak RSS of a worker process driving `sagas` sagas at once (concurrency = sagas).
@@ -414,12 +424,18 @@ pub async fn rss(args: RssArgs) -> Res<Value> {
     store.close().await;
     drop(store);
     let t0 = Instant::now();
-    let worker_args = vec![
+    let (first, inflight, creators) = match args.starts_at_once {
+        None => (vec!["--create-first".to_owned()], args.sagas, 32),
+        Some(at_once) => (Vec::new(), args.inflight as u64, at_once),
+    };
+    let mut worker_args = first;
+    worker_args.extend([
         "--create".to_owned(),
         args.sagas.to_string(),
-        "--create-first".to_owned(),
+        "--creators".to_owned(),
+        creators.to_string(),
         "--inflight".to_owned(),
-        args.sagas.to_string(),
+        inflight.to_string(),
         "--pool".to_owned(),
         args.pool.to_string(),
         "--exit-when-done".to_owned(),
@@ -427,7 +443,7 @@ pub async fn rss(args: RssArgs) -> Res<Value> {
         args.timeout.to_string(),
         "--max-run-s".to_owned(),
         args.max_run_s.to_string(),
-    ];
+    ]);
     let mut child = spawn_worker(&url, &worker_args)?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let timeout = Duration::from_secs(args.timeout + 10);
@@ -457,8 +473,11 @@ pub async fn rss(args: RssArgs) -> Res<Value> {
     Ok(json!({
         "engine": "saga",
         "backend": "pg",
-        "workload": "rss10k",
-        "inflight": args.sagas,
+        "workload": match args.starts_at_once {
+            None => "rss10k".to_owned(),
+            Some(at_once) => format!("starts_at_once_{at_once}"),
+        },
+        "inflight": if args.starts_at_once.is_some() { args.inflight as u64 } else { args.sagas },
         "sagas": args.sagas,
         "pool": args.pool,
         "rss_mb": report.get("rss_mb").cloned().unwrap_or(Value::Null),
