@@ -1,5 +1,6 @@
 //! SqliteStore: the embedded default backend. One file, no server; several processes may share
-//! it (WAL mode, write transactions taken with `BEGIN IMMEDIATE`, a busy timeout).
+//! it (WAL mode, write transactions taken with `BEGIN IMMEDIATE`, a busy timeout). In a process,
+//! writes take turns and are grouped by a writer task ([`writes`]).
 
 mod many;
 mod rows;
@@ -101,6 +102,11 @@ impl Default for SqliteOptions {
 }
 
 /// A [`Store`] on a SQLite database file (or `sqlite::memory:`).
+///
+/// Writes of one process take turns (one writer at a time, as SQLite allows), and the step
+/// writes and creations of the sagas in flight at the same time share one transaction and one
+/// commit: throughput rises with the sagas in flight. Several processes may share the file;
+/// they meet at its write lock (WAL mode, `BEGIN IMMEDIATE`, the busy timeout).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
