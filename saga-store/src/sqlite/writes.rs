@@ -64,10 +64,17 @@ enum Job {
     },
 }
 
-/// A job's outcome in a group, before it is sent.
-enum Outcome {
-    Written(bool),
-    Created(Result<Created>),
+/// How writing a group together ended.
+enum Together {
+    /// Committed: every step write is written, and the creations' outcomes, in the group's
+    /// order.
+    Committed(Vec<Result<Created>>),
+    /// Nothing was written (a refusal, a failed statement, no transaction): each job can go
+    /// alone and get its own outcome.
+    NotWritten,
+    /// The commit failed: it may have been made, so no job is written again; each caller
+    /// reads the saga back before writing again, as after any lost answer.
+    CommitFailed(String),
 }
 
 impl Writes {
@@ -158,8 +165,8 @@ impl Writes {
     }
 }
 
-/// Writes `group` in one transaction and answers each job; if that fails (a refusal, an
-/// error, the commit), writes each job alone.
+/// Writes `group` in one transaction and answers each job; if nothing of it was written (a
+/// refusal, a failed statement), writes each job alone.
 async fn write_group(pool: &SqlitePool, group: Vec<Queued>) {
     let sagas = group.len();
     if sagas > 1 {
@@ -169,11 +176,48 @@ async fn write_group(pool: &SqlitePool, group: Vec<Queued>) {
             .collect();
         let written = together(pool, &group, saga_core::now()).await;
         drop(spans);
-        if let Ok(Some(outcomes)) = written {
-            for (queued, outcome) in group.into_iter().zip(outcomes) {
-                answer(queued.job, outcome);
+        match written {
+            Together::Committed(created) => {
+                let mut created = created.into_iter();
+                for queued in group {
+                    match queued.job {
+                        Job::Write { done, .. } => {
+                            let _ = done.send(Ok(true));
+                        }
+                        Job::Create { done, .. } => {
+                            // One outcome per creation, in order (`together`).
+                            let _ = done.send(created.next().unwrap_or_else(|| {
+                                Err(Error::StoreUnavailable(
+                                    "the store lost a creation's answer; look the saga up by its start key before starting it again".into(),
+                                ))
+                            }));
+                        }
+                    }
+                }
+                return;
             }
-            return;
+            Together::CommitFailed(err) => {
+                let unknown = || {
+                    Error::StoreUnavailable(
+                        format!(
+                            "the commit of a group of writes failed and may have been made: {err}"
+                        )
+                        .into(),
+                    )
+                };
+                for queued in group {
+                    match queued.job {
+                        Job::Write { done, .. } => {
+                            let _ = done.send(Err(unknown()));
+                        }
+                        Job::Create { done, .. } => {
+                            let _ = done.send(Err(unknown()));
+                        }
+                    }
+                }
+                return;
+            }
+            Together::NotWritten => {}
         }
     }
     for queued in group {
@@ -182,33 +226,25 @@ async fn write_group(pool: &SqlitePool, group: Vec<Queued>) {
     }
 }
 
-fn answer(job: Job, outcome: Outcome) {
-    let mismatch =
-        || Error::Store("the store mixed up the outcomes of a group of writes; write again".into());
-    // Each outcome is made from its own job (in `together`): the last arms are not taken.
-    match (job, outcome) {
-        (Job::Write { done, .. }, Outcome::Written(written)) => {
-            let _ = done.send(Ok(written));
-        }
-        (Job::Create { done, .. }, Outcome::Created(created)) => {
-            let _ = done.send(created);
-        }
-        (Job::Write { done, .. }, Outcome::Created(_)) => {
-            let _ = done.send(Err(mismatch()));
-        }
-        (Job::Create { done, .. }, Outcome::Written(_)) => {
-            let _ = done.send(Err(mismatch()));
-        }
+/// Writes all of `group` in one transaction, the step writes' events in one statement.
+async fn together(pool: &SqlitePool, group: &[Queued], now: Timestamp) -> Together {
+    match written_together(pool, group, now).await {
+        Ok(Some((tx, created))) => match tx.commit().await {
+            Ok(()) => Together::Committed(created),
+            Err(err) => Together::CommitFailed(err.to_string()),
+        },
+        // Not committed: the transaction, if any, is rolled back as it is dropped.
+        Ok(None) | Err(_) => Together::NotWritten,
     }
 }
 
-/// Writes all of `group` in one transaction, the step writes' events in one statement.
+/// The transaction with all of `group` written, not committed, and the creations' outcomes.
 /// `Ok(None)`: a step write was refused or a creation failed, and nothing was written.
-async fn together(
+async fn written_together(
     pool: &SqlitePool,
     group: &[Queued],
     now: Timestamp,
-) -> Result<Option<Vec<Outcome>>> {
+) -> Result<Option<(Transaction<'static, Sqlite>, Vec<Result<Created>>)>> {
     let mut tx = begin(pool).await?;
     // Creations first (a write never concerns a saga created in its group: its creator is
     // answered first): those with a start key one by one, the others all at once.
@@ -286,20 +322,7 @@ async fn together(
         })
         .collect();
     super::insert_events(&mut tx, &events, now).await?;
-    tx.commit().await.map_err(classify)?;
-    let mut created = created.into_iter();
-    let mut outcomes = Vec::with_capacity(group.len());
-    for queued in group {
-        outcomes.push(match &queued.job {
-            Job::Write { .. } => Outcome::Written(true),
-            Job::Create { .. } => Outcome::Created(created.next().unwrap_or_else(|| {
-                Err(Error::Store(
-                    "the store lost a creation's outcome in a group of writes; start again".into(),
-                ))
-            })),
-        });
-    }
-    Ok(Some(outcomes))
+    Ok(Some((tx, created)))
 }
 
 /// Whether `writes` concern distinct sagas and each writes a step phase at most once, as
