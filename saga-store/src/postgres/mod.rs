@@ -3,6 +3,7 @@
 //! wakes idle workers when a saga is started or released.
 
 mod notify;
+mod presence;
 mod rows;
 mod statement;
 mod writers;
@@ -152,6 +153,8 @@ pub struct PgStore {
     channel: String,
     wakeup: Arc<Wakeup>,
     writers: Arc<writers::Writers>,
+    /// The presence locks of the workers claiming through this store.
+    presence: Arc<presence::Presence>,
 }
 
 /// Checks a schema name against `[a-z_][a-z0-9_]{0,62}`: it is spliced into SQL (names cannot
@@ -270,6 +273,7 @@ impl PgStore {
             channel,
             wakeup,
             writers,
+            presence: Arc::new(presence::Presence::new(connect, schema)),
         })
     }
 
@@ -284,6 +288,7 @@ impl PgStore {
     /// listening for wake-ups (that connection closes in the background). The store and its
     /// clones cannot be used afterwards.
     pub async fn close(&self) {
+        self.presence.close().await;
         self.write_pool.close().await;
         self.permit_pool.close().await;
         self.pool.close().await;
@@ -661,6 +666,10 @@ fn raced(wanted: &PolicyUse, now: Timestamp) -> Permit {
 impl Store for PgStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
         let plan = CreationPlan::compile(&saga)?;
+        if let Some((owner, _)) = &saga.lease {
+            // A saga created leased to its starter: the starter is present before it holds it.
+            self.presence.keep(owner).await.map_err(classify)?;
+        }
         let (id, key, input_hash) = (
             saga.id,
             saga.idempotency_key.clone(),
@@ -726,10 +735,22 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<Lease>> {
         let expires_at = saga_core::after(now, lease_for);
-        let rows = claim_query(owner, expires_at, now, limit)
+        let scan = self.presence.keep(owner).await.map_err(classify)?;
+        let mut rows = claim_query(owner, expires_at, now, limit)
             .fetch_all(&self.write_pool)
             .await
             .map_err(classify)?;
+        if scan {
+            let room = room_left(limit, rows.len());
+            if room > 0 {
+                rows.extend(
+                    self.orphans(owner, expires_at, now, room)
+                        .fetch_all(&self.write_pool)
+                        .await
+                        .map_err(classify)?,
+                );
+            }
+        }
         rows.iter()
             .map(|row| claimed_lease(row, owner, expires_at))
             .collect()
@@ -744,6 +765,7 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<Lease>> {
         let expires_at = saga_core::after(now, lease_for);
+        self.presence.keep(owner).await.map_err(classify)?;
         let rows = claim_where(
             &CLAIM_OWN,
             owner,
@@ -768,11 +790,23 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>> {
         let expires_at = saga_core::after(now, lease_for);
+        let scan = self.presence.keep(owner).await.map_err(classify)?;
         let mut tx = begin(&self.write_pool).await?;
-        let sagas = claim_query(owner, expires_at, now, limit)
+        let mut sagas = claim_query(owner, expires_at, now, limit)
             .fetch_all(&mut *tx)
             .await
             .map_err(classify)?;
+        if scan {
+            let room = room_left(limit, sagas.len());
+            if room > 0 {
+                sagas.extend(
+                    self.orphans(owner, expires_at, now, room)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(classify)?,
+                );
+            }
+        }
         let ids: Vec<Uuid> = sagas
             .iter()
             .map(|row| row.try_get::<Uuid, _>("id").map_err(classify))
@@ -1359,9 +1393,43 @@ fn claim_query(
     claim_where(&CLAIM_DUE, owner, None, expires_at, now, limit)
 }
 
+/// How many more sagas a claim of `limit` may take after `taken`.
+fn room_left(limit: u32, taken: usize) -> u32 {
+    let taken = u32::try_from(taken).unwrap_or(u32::MAX);
+    limit.saturating_sub(taken)
+}
+
+impl PgStore {
+    /// Takes over, for `owner`, up to `limit` sagas whose lease is live but whose holder is no
+    /// longer present (its session ended: its process died). See `presence`.
+    fn orphans(
+        &self,
+        owner: &WorkerId,
+        expires_at: Timestamp,
+        now: Timestamp,
+        limit: u32,
+    ) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
+        claim_where(&CLAIM_ORPHANED, owner, None, expires_at, now, limit)
+            .bind(presence::LOCK_CLASS)
+            .bind(self.presence.schema().to_owned())
+    }
+}
+
 /// Claims sagas nobody holds, or whose lease expired.
 static CLAIM_DUE: LazyLock<String> =
     LazyLock::new(|| claim_sql("(lease_expires_at IS NULL OR lease_expires_at < $3)"));
+/// Takes over sagas whose lease is live but whose holder holds no presence lock (its session
+/// ended: see `presence`): $6 the lock's class, $7 the schema.
+static CLAIM_ORPHANED: LazyLock<String> = LazyLock::new(|| {
+    claim_sql(
+        "(lease_expires_at >= $3 AND lease_owner <> $1
+          AND hashtext($7 || '/' || lease_owner)::oid NOT IN (
+              SELECT objid FROM pg_locks
+               WHERE locktype = 'advisory' AND granted AND objsubid = 2
+                 AND classid = hashtext($6)::oid
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())))",
+    )
+});
 /// Takes back sagas an earlier run of this worker id holds (leases expiring before $5).
 static CLAIM_OWN: LazyLock<String> =
     LazyLock::new(|| claim_sql("(lease_owner = $1 AND lease_expires_at < $5::timestamptz)"));
