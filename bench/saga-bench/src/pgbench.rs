@@ -95,6 +95,7 @@ pub async fn run(args: PgbenchArgs) -> Res<Value> {
     std::fs::write(&script, &script_text).map_err(err("writing the pgbench script"))?;
 
     let meter = Meter::start(&url).await?;
+    let cpu_before = pgutil::cpu();
     let threads = args.inflight.clamp(1, 2);
     let output = tokio::task::spawn_blocking({
         let pgbench = args.pgbench.clone();
@@ -130,6 +131,8 @@ pub async fn run(args: PgbenchArgs) -> Res<Value> {
         ));
     }
     let (commits, wal) = meter.finish().await?;
+    // pgbench's CPU (a child, waited for) and the server's, over its run.
+    let cpu = cpu_before.zip(pgutil::cpu()).map(|(a, b)| a.until(b));
     let field = |prefix: &str| -> Option<f64> {
         stdout.lines().find_map(|line| {
             line.trim()
@@ -154,6 +157,8 @@ pub async fn run(args: PgbenchArgs) -> Res<Value> {
         "latency_avg_ms": field("latency average ="),
         "commits_per_tx": commits as f64 / processed,
         "wal_bytes_per_tx": wal as f64 / processed,
+        "client_cpu_ms_per_tx": cpu.map(|(_, pgbench, _)| pgbench * 1e3 / processed),
+        "server_cpu_ms_per_tx": cpu.map(|(_, _, server)| server * 1e3 / processed),
         "script": script_text,
     }))
 }

@@ -146,3 +146,68 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     let rank = (q * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
+
+/// CPU seconds spent so far (Linux, from `/proc`): by this process (`own`), by the children it
+/// waited for (`children`: pgbench), and by the server (`server`: every process named
+/// `postgres`, with the ended backends its postmaster reaped). Differences of two readings
+/// split a run's CPU between the client and the server. `None` where `/proc` is unreadable.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu {
+    pub own: f64,
+    pub children: f64,
+    pub server: f64,
+}
+
+/// The kernel's clock ticks in `/proc/*/stat` (USER_HZ, 100 on Linux).
+const TICKS_PER_S: f64 = 100.0;
+
+/// (utime + stime, cutime + cstime) of one `/proc/<pid>/stat`, in seconds, with its name.
+fn stat_times(text: &str) -> Option<(String, f64, f64)> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let name = text.get(open + 1..close)?.to_owned();
+    let fields: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) .. cstime (17) are at 11..=14.
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    let own = tick(11)? + tick(12)?;
+    let reaped = tick(13)? + tick(14)?;
+    Some((name, own / TICKS_PER_S, reaped / TICKS_PER_S))
+}
+
+pub fn cpu() -> Option<Cpu> {
+    let (_, own, children) = stat_times(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    let mut server = 0.0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let is_pid = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()));
+        if !is_pid {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some((name, used, reaped)) = stat_times(&text) {
+            if name == "postgres" {
+                server += used + reaped;
+            }
+        }
+    }
+    Some(Cpu {
+        own,
+        children,
+        server,
+    })
+}
+
+impl Cpu {
+    /// CPU seconds from `self` to `later`: (this process, its children, the server).
+    pub fn until(self, later: Cpu) -> (f64, f64, f64) {
+        (
+            later.own - self.own,
+            later.children - self.children,
+            later.server - self.server,
+        )
+    }
+}

@@ -423,7 +423,7 @@ pub fn report(args: ReportArgs) -> Res<()> {
         }
         let _ = writeln!(
             out,
-            "  restart: the new process runs under the killed one's worker id (same id: it takes the killed process's leases back at once) or another (new id: those leases must expire first)\n  drain: until every saga not held by the killed process's leases is settled; recovery: until all are settled"
+            "  restart: the new process runs under the killed one's worker id (same id: it takes the killed process's leases back at once) or another (new id: on Postgres it takes them over as soon as it sees that the killed process's session, and with it its presence lock, is gone; without presence they would wait for the lease)\n  drain: until every saga not held by the killed process's leases is settled; recovery: until all are settled"
         );
     }
     let rss = rows.iter().rev().find(|r| text(r, "workload") == "rss10k");
@@ -547,8 +547,7 @@ pub fn report(args: ReportArgs) -> Res<()> {
         out,
         "  (pgbench: W1 step transitions/s / pgbench tps; peers: sagas/s / peer's sagas/s; all at 16 in flight)"
     );
-    // Issue 19's limits. The SQLite ones are targets, counted below; the grouped ceiling on
-    // Postgres is shown, not yet worked on.
+    // Issue 19's limits, counted among the targets below.
     let sqlite_w1 = find("saga", "w1", "sqlite", 16).and_then(|r| num(&r, "transitions_per_s"));
     let over = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
@@ -571,11 +570,60 @@ pub fn report(args: ReportArgs) -> Res<()> {
         (
             "ratio_vs_grouped_limit",
             over(w1_64, grouped_ceiling),
-            "W1 Postgres steps/s at 64 in flight / pgbench 16 per transaction x 16 clients; target >= 0.5 (issue 19, not yet worked on)",
+            "W1 Postgres steps/s at 64 in flight / pgbench 16 per transaction x 16 clients; target >= 0.5 (issue 19)",
         ),
     ];
     for (name, value, what) in &limits {
         let _ = writeln!(out, "  {name:<24} {:>6}  {what}", fmt(*value, 3));
+    }
+    // What bounds grouped writes: CPU per step transition, client and server, against the
+    // ceiling's; the machine's cores over their sum is the rate that CPU alone allows.
+    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    let w1_64_row = find("saga", "w1", "pg", 64);
+    let per_step = |key: &str| {
+        w1_64_row
+            .as_ref()
+            .and_then(|r| num(r, key))
+            .map(|ms| ms / crate::sagas::transitions_per_saga("w1") as f64)
+    };
+    let per_grouped = |key: &str| grouped.and_then(|r| num(r, key)).map(|ms| ms / 16.0);
+    for (label, client, server, wal, rate) in [
+        (
+            "W1, 64 in flight",
+            per_step("client_cpu_ms_per_saga"),
+            per_step("server_cpu_ms_per_saga"),
+            per_step("wal_bytes_per_saga"),
+            w1_64,
+        ),
+        (
+            "pgbench 16/tx",
+            per_grouped("client_cpu_ms_per_tx"),
+            per_grouped("server_cpu_ms_per_tx"),
+            per_grouped("wal_bytes_per_tx"),
+            grouped_ceiling,
+        ),
+    ] {
+        let key = if label.starts_with("W1") {
+            "profile_w1_c64"
+        } else {
+            "profile_pgbench_grouped"
+        };
+        let cpu_bound = match (client, server) {
+            (Some(c), Some(s)) if c + s > 0.0 => Some(cores * 1e3 / (c + s)),
+            _ => None,
+        };
+        let _ = writeln!(
+            out,
+            "  profile {label:<17} per step transition: client CPU {} ms, server CPU {} ms, WAL {} B; {cores:.0} cores allow {} steps/s, measured {}",
+            fmt(client, 3),
+            fmt(server, 3),
+            fmt(wal, 0),
+            fmt(cpu_bound, 0),
+            fmt(rate, 0),
+        );
+        kvs.push((format!("{key}_client_cpu_ms_per_step"), kv(client, 4)));
+        kvs.push((format!("{key}_server_cpu_ms_per_step"), kv(server, 4)));
+        kvs.push((format!("{key}_wal_bytes_per_step"), kv(wal, 0)));
     }
     if !round_lines.is_empty() {
         let _ = writeln!(
@@ -652,6 +700,20 @@ pub fn report(args: ReportArgs) -> Res<()> {
             w3_64.map(|s| s <= 10.0)
         },
     ));
+    let new_id = w3
+        .iter()
+        .filter(|r| num(r, "lease_ttl_s").is_some_and(|l| (l - 30.0).abs() < 1e-9))
+        .filter(|r| num(r, "sagas") == Some(10_000.0))
+        .filter(|r| text(r, "restart") == "new_id")
+        .filter_map(|r| num(r, "recovery_s"))
+        .reduce(f64::max);
+    if w3.iter().any(|r| text(r, "restart") == "new_id") {
+        targets.push((
+            "W3 new id: 10,000 all settled <= 5 s after the kill (30 s lease; issue 19)",
+            fmt(new_id, 2),
+            new_id.map(|s| s <= 5.0),
+        ));
+    }
     let limit = |name: &str| {
         limits
             .iter()
@@ -669,6 +731,12 @@ pub fn report(args: ReportArgs) -> Res<()> {
         "SQLite W1 steps/s (16) >= 0.25 x its limit at 16 per commit",
         fmt(r, 3),
         r.map(|r| r >= 0.25),
+    ));
+    let r = limit("ratio_vs_grouped_limit");
+    targets.push((
+        "Postgres W1 steps/s (64) >= 0.5 x the grouped-write ceiling",
+        fmt(r, 3),
+        r.map(|r| r >= 0.5),
     ));
     let p99 = find("saga", "w1", "sqlite", 16).and_then(|r| num(&r, "p99_ms"));
     targets.push((

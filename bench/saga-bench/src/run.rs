@@ -121,6 +121,7 @@ pub async fn run(args: RunArgs) -> Res<Value> {
             }
             other => return Err(format!("unknown backend {other}")),
         };
+    let cpu_before = pgutil::cpu();
     let store: Arc<dyn Store> = Arc::new(TrackingStore::new(store, Arc::clone(&tracker)));
     let orchestrator = Orchestrator::new(store, Config::default().concurrency(args.inflight));
     match args.workload.as_str() {
@@ -235,6 +236,8 @@ pub async fn run(args: RunArgs) -> Res<Value> {
         }
         None => (None, None),
     };
+    // Client (this process) and server CPU over the whole run, warm-up included, per saga.
+    let cpu = cpu_before.zip(pgutil::cpu()).map(|(a, b)| a.until(b));
 
     let expected = match args.workload.as_str() {
         "w2" => SagaStatus::Compensated,
@@ -328,6 +331,10 @@ pub async fn run(args: RunArgs) -> Res<Value> {
         "last_step_to_settled_p50_ms": percentile(&last_to_settled, 0.50),
         "commits_per_saga": commits.map(|c| c as f64 / total),
         "wal_bytes_per_saga": wal.map(|w| w as f64 / total),
+        "client_cpu_ms_per_saga": cpu.map(|(own, _, _)| own * 1e3 / total),
+        "server_cpu_ms_per_saga": cpu
+            .filter(|_| args.backend == "pg")
+            .map(|(_, _, server)| server * 1e3 / total),
         "rss_mb": pgutil::peak_rss_mb(),
         "claims": claims.len(),
         "claims_nonempty": claims.iter().filter(|c| c.claimed > 0).count(),

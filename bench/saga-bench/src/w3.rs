@@ -32,8 +32,9 @@ pub struct W3Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 240)]
     pub timeout: u64,
-    /// Start the new process under a new worker id (a different machine taking over): it must
-    /// wait for the killed process's leases to expire. By default it restarts under the
+    /// Start the new process under a new worker id (a different machine taking over): it takes
+    /// the killed process's leases over once it sees that process's presence lock gone (its
+    /// session ended), without waiting for them to expire. By default it restarts under the
     /// killed process's id and takes those leases back at once.
     #[arg(long)]
     pub new_id: bool,
