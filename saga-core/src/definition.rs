@@ -115,6 +115,22 @@ pub struct StepSpec {
     /// ([`StepBuilder::cap`], [`StepBuilder::rate_limit`], [`StepBuilder::concurrency`],
     /// [`StepBuilder::retry_budget`]).
     pub policies: Vec<Policy>,
+    /// The parallel group the step belongs to, if any ([`SagaDefinition::parallel`]): the
+    /// consecutive steps of one group run concurrently.
+    pub group: Option<ParallelGroup>,
+}
+
+/// A parallel group: consecutive steps that run concurrently within one saga, at most `limit`
+/// at a time, each with its own key, retries and timeout. The group completes when all its
+/// steps complete; when one fails for good, none begins anew, the attempts in flight finish
+/// (or time out), and every step of the group whose action took effect (or may have) is
+/// compensated, concurrently, before the steps before the group are compensated in reverse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParallelGroup {
+    /// The group's name, unique in the saga.
+    pub name: String,
+    /// At most this many of its steps run at once.
+    pub limit: u32,
 }
 
 /// One step of a typed saga definition: built by [`Step::new`], finished by
@@ -203,6 +219,7 @@ impl<S: Saga> Step<S> {
                     kind: StepKind::Call,
                     pivot: false,
                     policies: Vec::new(),
+                    group: None,
                 },
                 irreversible: false,
                 action,
@@ -453,6 +470,17 @@ where
         self
     }
 
+    /// Puts the step in the parallel group `name` (at most `limit` of its steps at once): what
+    /// [`SagaDefinition::parallel`] does to each of its steps, and what `#[derive(Saga)]` writes
+    /// for `group = name`. The group's steps must be consecutive and give the same limit.
+    pub fn group(mut self, name: &str, limit: u32) -> Self {
+        self.step.spec.group = Some(ParallelGroup {
+            name: name.to_owned(),
+            limit,
+        });
+        self
+    }
+
     fn with_policy(
         mut self,
         kind: PolicyKind,
@@ -622,6 +650,46 @@ impl<S: Saga> SagaDefinition<S> {
         self
     }
 
+    /// Appends a parallel group named `name`: `steps` run concurrently, at most `limit` at once
+    /// (see [`ParallelGroup`]), after the steps added before and before the steps added after.
+    /// A group's steps call actions (no waits), are not transactional, not the pivot, and
+    /// declare no policies; [`SagaDefinition::validate`] says which rule a group breaks.
+    ///
+    /// ```
+    /// # use saga_core::{SagaDefinition, Saga, Step, StepContext, StepError};
+    /// # use std::sync::Arc;
+    /// # struct Trip;
+    /// # async fn book(_: Arc<Trip>, _: StepContext<String>) -> Result<String, StepError> { Ok("ref".into()) }
+    /// # async fn cancel(_: Arc<Trip>, _: StepContext<String>, _: String) -> Result<(), StepError> { Ok(()) }
+    /// # impl Saga for Trip { type Input = String;
+    /// fn definition() -> SagaDefinition<Self> {
+    ///     SagaDefinition::new("trip", 1)
+    ///         .parallel("book", 3, [
+    ///             Step::new("flight", book).compensate(cancel).into(),
+    ///             Step::new("hotel", book).compensate(cancel).into(),
+    ///             Step::new("car", book).compensate(cancel).into(),
+    ///         ])
+    ///         .step(Step::new("charge", book).compensate(cancel))
+    /// }
+    /// # }
+    /// # assert!(Trip::definition().validate().is_ok());
+    /// ```
+    pub fn parallel(
+        mut self,
+        name: &str,
+        limit: u32,
+        steps: impl IntoIterator<Item = Step<S>>,
+    ) -> Self {
+        for mut step in steps {
+            step.spec.group = Some(ParallelGroup {
+                name: name.to_owned(),
+                limit,
+            });
+            self.steps.push(step);
+        }
+        self
+    }
+
     /// Adds text to the fingerprint (the derive adds input and output type names).
     pub fn fingerprint_part(mut self, part: impl Into<String>) -> Self {
         self.fingerprint_extra.push(part.into());
@@ -668,6 +736,10 @@ impl<S: Saga> SagaDefinition<S> {
             }
             if step.spec.pivot {
                 hasher.update(b"+pivot");
+            }
+            if let Some(group) = &step.spec.group {
+                hasher.update(b"+group:");
+                hasher.update(group.name.as_bytes());
             }
         }
         for part in &self.fingerprint_extra {
@@ -749,12 +821,16 @@ impl<S: Saga> SagaDefinition<S> {
             for policy in &step.spec.policies {
                 check_policy(name, &step.spec.kind, policy).map_err(invalid)?;
             }
+            if let Some(group) = &step.spec.group {
+                check_member(name, group, &step.spec).map_err(invalid)?;
+            }
             if step.spec.retry.max_attempts == 0 || step.spec.compensation_retry.max_attempts == 0 {
                 return Err(invalid(format!(
                     "step `{name}` allows zero attempts; max_attempts counts the first attempt and must be at least 1"
                 )));
             }
         }
+        check_groups(&self.steps).map_err(invalid)?;
         Ok(())
     }
 
@@ -790,6 +866,87 @@ impl<S: Saga> SagaDefinition<S> {
             .get(index)
             .and_then(|step| step.compensation.as_ref())
     }
+}
+
+/// What a step may not be inside a parallel group, and why.
+fn check_member(
+    name: &str,
+    group: &ParallelGroup,
+    spec: &StepSpec,
+) -> std::result::Result<(), String> {
+    let in_group = format!("step `{name}` is in the parallel group `{}`", group.name);
+    if group.name.trim().is_empty() {
+        return Err(format!(
+            "step `{name}` is in a parallel group with an empty name; name the group"
+        ));
+    }
+    if group.limit == 0 {
+        return Err(format!(
+            "the parallel group `{}` runs at most 0 steps at once; give it a limit of at least 1",
+            group.name
+        ));
+    }
+    if spec.kind.waits() {
+        return Err(format!(
+            "{in_group} and waits (a timer, a signal, an approval); a group's steps call actions, so put the wait before or after the group"
+        ));
+    }
+    if spec.transactional {
+        return Err(format!(
+            "{in_group} and is transactional; a saga has one step transaction at a time, so move it out of the group or drop `transactional`"
+        ));
+    }
+    if spec.pivot {
+        return Err(format!(
+            "{in_group} and is the pivot; the point of no return must be one step, so move it out of the group"
+        ));
+    }
+    if !spec.policies.is_empty() {
+        return Err(format!(
+            "{in_group} and declares policies; policies are not yet supported in groups, so move the step out of the group or drop its policies"
+        ));
+    }
+    Ok(())
+}
+
+/// A group's steps are consecutive and at least two.
+fn check_groups<S: Saga>(steps: &[Step<S>]) -> std::result::Result<(), String> {
+    let mut closed: HashSet<&str> = HashSet::new();
+    let mut position = 0;
+    while let Some(step) = steps.get(position) {
+        let Some(group) = &step.spec.group else {
+            position += 1;
+            continue;
+        };
+        if closed.contains(group.name.as_str()) {
+            return Err(format!(
+                "the steps of the parallel group `{}` are not consecutive (step `{}` comes after another step); put a group's steps next to each other",
+                group.name, step.spec.name
+            ));
+        }
+        let members = steps[position..]
+            .iter()
+            .take_while(|next| next.spec.group.as_ref().map(|g| &g.name) == Some(&group.name))
+            .count();
+        if members < 2 {
+            return Err(format!(
+                "the parallel group `{}` has one step (`{}`); a group needs at least two, or make it a plain step",
+                group.name, step.spec.name
+            ));
+        }
+        if let Some(other) = steps[position..position + members]
+            .iter()
+            .find(|member| member.spec.group.as_ref().map(|g| g.limit) != Some(group.limit))
+        {
+            return Err(format!(
+                "the steps of the parallel group `{}` give different limits (step `{}`); give the group one limit",
+                group.name, other.spec.name
+            ));
+        }
+        closed.insert(group.name.as_str());
+        position += members;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -835,5 +992,122 @@ mod tests {
             definition.validate(),
             Err(Error::InvalidDefinition { .. })
         ));
+    }
+
+    async fn booked(_: Arc<Twice>, _: crate::StepContext<u32>) -> Result<u32, crate::StepError> {
+        Ok(1)
+    }
+
+    async fn cancelled(
+        _: Arc<Twice>,
+        _: crate::StepContext<u32>,
+        _: u32,
+    ) -> Result<(), crate::StepError> {
+        Ok(())
+    }
+
+    fn booking(name: &str) -> Step<Twice> {
+        Step::new(name, booked).compensate(cancelled).into()
+    }
+
+    fn reason_of(definition: &SagaDefinition<Twice>) -> String {
+        match definition.validate() {
+            Err(Error::InvalidDefinition { reason, .. }) => reason,
+            other => format!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_parallel_group_marks_its_steps_and_validates() {
+        let definition = SagaDefinition::<Twice>::new("trip", 1)
+            .step(booking("budget"))
+            .parallel("book", 2, ["flight", "hotel", "car"].map(booking))
+            .step(booking("charge"));
+        assert!(definition.validate().is_ok());
+        let groups: Vec<_> = definition
+            .specs()
+            .iter()
+            .map(|spec| spec.group.as_ref().map(|g| (g.name.clone(), g.limit)))
+            .collect();
+        let book = Some(("book".to_owned(), 2));
+        assert_eq!(groups, [None, book.clone(), book.clone(), book, None]);
+        let plain = SagaDefinition::<Twice>::new("trip", 1)
+            .step(booking("budget"))
+            .step(booking("flight"))
+            .step(booking("hotel"))
+            .step(booking("car"))
+            .step(booking("charge"));
+        assert_ne!(
+            definition.fingerprint(),
+            plain.fingerprint(),
+            "grouping steps changes what the saga does"
+        );
+    }
+
+    #[test]
+    fn groups_that_break_a_rule_are_refused_with_the_rule() {
+        let one = SagaDefinition::<Twice>::new("trip", 1).parallel("book", 2, [booking("flight")]);
+        assert!(
+            reason_of(&one).contains("has one step"),
+            "{}",
+            reason_of(&one)
+        );
+        let split = SagaDefinition::<Twice>::new("trip", 1)
+            .parallel("book", 2, [booking("flight"), booking("hotel")])
+            .step(booking("charge"))
+            .parallel("book", 2, [booking("car"), booking("train")]);
+        assert!(
+            reason_of(&split).contains("not consecutive"),
+            "{}",
+            reason_of(&split)
+        );
+        let zero = SagaDefinition::<Twice>::new("trip", 1).parallel(
+            "book",
+            0,
+            [booking("flight"), booking("hotel")],
+        );
+        assert!(
+            reason_of(&zero).contains("at least 1"),
+            "{}",
+            reason_of(&zero)
+        );
+        let transactional = SagaDefinition::<Twice>::new("trip", 1).parallel(
+            "book",
+            2,
+            [
+                Step::new("flight", booked)
+                    .compensate(cancelled)
+                    .transactional()
+                    .into(),
+                booking("hotel"),
+            ],
+        );
+        assert!(
+            reason_of(&transactional).contains("transactional"),
+            "{}",
+            reason_of(&transactional)
+        );
+        let waits = SagaDefinition::<Twice>::new("trip", 1).parallel(
+            "book",
+            2,
+            [booking("flight"), Step::signal::<Paid>("paid").into()],
+        );
+        assert!(reason_of(&waits).contains("waits"), "{}", reason_of(&waits));
+        let limits = SagaDefinition::<Twice>::new("trip", 1)
+            .step(
+                Step::new("flight", booked)
+                    .compensate(cancelled)
+                    .group("book", 2),
+            )
+            .step(
+                Step::new("hotel", booked)
+                    .compensate(cancelled)
+                    .group("book", 3),
+            );
+        assert!(
+            reason_of(&limits).contains("different limits"),
+            "{}",
+            reason_of(&limits)
+        );
     }
 }

@@ -108,7 +108,7 @@ pub use admin::{Admin, BatchResult, PendingApproval};
 pub use clock::{after, before, now, parse_age, Timestamp};
 pub use config::Config;
 pub use context::{StepContext, TransactionSlot};
-pub use definition::{SagaDefinition, Step, StepBuilder, StepSpec, DEFAULT_TIMEOUT};
+pub use definition::{ParallelGroup, SagaDefinition, Step, StepBuilder, StepSpec, DEFAULT_TIMEOUT};
 pub use error::{BoxError, Error, Result};
 pub use history::History;
 pub use id::{

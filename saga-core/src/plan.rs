@@ -32,6 +32,15 @@ pub enum Action {
     Wait(Waiting),
     /// Record these changes (no step runs), then plan again.
     Record(Vec<Change>),
+    /// Run the steps of the parallel group that begins at `first` concurrently, in `phase`:
+    /// ask [`group_round`] which may begin, record them `in_progress` together, run them, record
+    /// each outcome as it comes, and ask again, until none may begin and none runs.
+    RunGroup {
+        /// The group's first step.
+        first: StepIndex,
+        /// Action (the group runs) or compensation (it is undone).
+        phase: Phase,
+    },
     /// Nothing is due before this time: release the lease until then.
     WaitUntil(Timestamp),
     /// The saga reached this final status.
@@ -98,8 +107,63 @@ fn next_forward(
             no_signal_since(snapshot),
         ])
     };
+    // A step failed for good: the saga compensates, unless it passed its point of no return.
+    let failed = |index: StepIndex, spec: &StepSpec, error: String| {
+        if let Some(pivot) = &pivot {
+            return Action::Record(vec![escalate_past_pivot(
+                snapshot,
+                Some((index, &spec.name)),
+                format!(
+                    "step `{}` failed for good after the pivot step `{pivot}` completed, so the saga cannot be compensated: {error}",
+                    spec.name
+                ),
+            )]);
+        }
+        Action::Record(vec![start_compensating(&spec.name, &error)])
+    };
     for (position, spec) in steps.iter().enumerate() {
         let index = step_index(position);
+        if let Some(members) = group_range(steps, position) {
+            // A group is planned as one, at its first step.
+            if position != members.start {
+                continue;
+            }
+            let round = group_round(snapshot, steps, members, Phase::Action, now, &[]);
+            if round.done {
+                continue;
+            }
+            if let Some((spec, record)) = round
+                .unsettled
+                .and_then(|i| member(snapshot, steps, i, Phase::Action))
+            {
+                return settle_begun(snapshot, spec, record, now);
+            }
+            if let Some((spec, record)) = round
+                .failed
+                .and_then(|i| member(snapshot, steps, i, Phase::Action))
+            {
+                return failed(
+                    record.index,
+                    spec,
+                    record.last_error.clone().unwrap_or_default(),
+                );
+            }
+            if let Some(at) = overdue {
+                return stop_for_deadline(at);
+            }
+            if !round.due.is_empty() {
+                return Action::RunGroup {
+                    first: index,
+                    phase: Phase::Action,
+                };
+            }
+            if let Some(at) = round.next_due {
+                return Action::WaitUntil(
+                    bounded(Some(at), deadline, pivot.is_none()).unwrap_or(at),
+                );
+            }
+            continue;
+        }
         let Some(record) = snapshot.step(index, Phase::Action) else {
             if spec.kind.waits() {
                 // A signal that came before the saga got here is consumed at once.
@@ -183,22 +247,123 @@ fn next_forward(
             }
             StepStatus::InProgress => return settle_begun(snapshot, spec, record, now),
             StepStatus::Failed => {
-                let error = record.last_error.clone().unwrap_or_default();
-                if let Some(pivot) = &pivot {
-                    return Action::Record(vec![escalate_past_pivot(
-                        snapshot,
-                        Some((index, &spec.name)),
-                        format!(
-                            "step `{}` failed for good after the pivot step `{pivot}` completed, so the saga cannot be compensated: {error}",
-                            spec.name
-                        ),
-                    )]);
-                }
-                return Action::Record(vec![start_compensating(&spec.name, &error)]);
+                return failed(index, spec, record.last_error.clone().unwrap_or_default());
             }
         }
     }
     Action::Finish(SagaStatus::Completed)
+}
+
+/// The positions of the parallel group that the step at `position` belongs to (`None`: it
+/// belongs to none).
+pub fn group_range(steps: &[StepSpec], position: usize) -> Option<std::ops::Range<usize>> {
+    let name = &steps.get(position)?.group.as_ref()?.name;
+    let same = |spec: &StepSpec| spec.group.as_ref().is_some_and(|g| &g.name == name);
+    let start = steps
+        .get(..position)?
+        .iter()
+        .rposition(|spec| !same(spec))
+        .map_or(0, |before| before + 1);
+    let end = steps
+        .get(position..)?
+        .iter()
+        .position(|spec| !same(spec))
+        .map_or(steps.len(), |after| position + after);
+    Some(start..end)
+}
+
+/// Where the steps of a parallel group stand in one phase, for the worker running them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Round {
+    /// The steps that may begin now (not running), in their order.
+    pub due: Vec<Attempted>,
+    /// When the earliest retry not yet due is.
+    pub next_due: Option<Timestamp>,
+    /// A step begun and not running here: its outcome is unknown until it is settled (alone,
+    /// like any begun step).
+    pub unsettled: Option<StepIndex>,
+    /// A step that failed for good: no step of the group begins anew.
+    pub failed: Option<StepIndex>,
+    /// Every step of the group is through this phase (completed, skipped, or, compensating,
+    /// with nothing to undo).
+    pub done: bool,
+}
+
+/// Where the steps at `members` (a parallel group) stand in `phase` at `now`; `running` lists
+/// those whose attempts run now. In compensation, only the steps whose action completed and
+/// that are compensable take part.
+pub fn group_round(
+    snapshot: &SagaSnapshot,
+    steps: &[StepSpec],
+    members: std::ops::Range<usize>,
+    phase: Phase,
+    now: Timestamp,
+    running: &[StepIndex],
+) -> Round {
+    let mut round = Round {
+        done: true,
+        ..Round::default()
+    };
+    for position in members {
+        let Some(spec) = steps.get(position) else {
+            continue;
+        };
+        let index = step_index(position);
+        if phase == Phase::Compensation {
+            let action_done = snapshot
+                .step(index, Phase::Action)
+                .is_some_and(|step| step.status == StepStatus::Completed);
+            if !action_done || !spec.compensable {
+                continue;
+            }
+        }
+        let Some(record) = snapshot.step(index, phase) else {
+            round.done = false;
+            round.due.push(Attempted {
+                index,
+                phase,
+                attempt: Attempt::FIRST,
+            });
+            continue;
+        };
+        match record.status {
+            StepStatus::Completed | StepStatus::Skipped => {}
+            StepStatus::InProgress if running.contains(&index) => round.done = false,
+            StepStatus::InProgress => {
+                round.done = false;
+                round.unsettled = round.unsettled.or(Some(index));
+            }
+            StepStatus::Failed => {
+                round.done = false;
+                round.failed = round.failed.or(Some(index));
+            }
+            StepStatus::Pending => {
+                round.done = false;
+                match record.next_attempt_at {
+                    Some(at) if at > now => {
+                        round.next_due = Some(round.next_due.map_or(at, |next| next.min(at)));
+                    }
+                    _ => round.due.push(Attempted {
+                        index,
+                        phase,
+                        attempt: record.attempt.next(),
+                    }),
+                }
+            }
+        }
+    }
+    round
+}
+
+/// The spec and the record of phase `phase` of the step at `index`, when both exist.
+fn member<'s>(
+    snapshot: &'s SagaSnapshot,
+    steps: &'s [StepSpec],
+    index: StepIndex,
+    phase: Phase,
+) -> Option<(&'s StepSpec, &'s StepRecord)> {
+    let spec = steps.get(usize::try_from(index.0).ok()?)?;
+    Some((spec, snapshot.step(index, phase)?))
 }
 
 /// The earlier of a wait's end and the saga's deadline (when the deadline still applies).
@@ -466,6 +631,40 @@ fn next_compensation(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp
     }
     for (position, spec) in steps.iter().enumerate().rev() {
         let index = step_index(position);
+        if let Some(members) = group_range(steps, position) {
+            // A group is undone as one, met at its last step going back.
+            if position + 1 != members.end {
+                continue;
+            }
+            let first = step_index(members.start);
+            let round = group_round(snapshot, steps, members, Phase::Compensation, now, &[]);
+            if round.done {
+                continue;
+            }
+            if let Some((spec, record)) = round
+                .unsettled
+                .and_then(|i| member(snapshot, steps, i, Phase::Compensation))
+            {
+                return settle_begun(snapshot, spec, record, now);
+            }
+            if let Some((spec, record)) = round
+                .failed
+                .and_then(|i| member(snapshot, steps, i, Phase::Compensation))
+            {
+                let error = record.last_error.clone().unwrap_or_default();
+                return Action::Record(vec![escalate(snapshot, spec, record.index, error)]);
+            }
+            if !round.due.is_empty() {
+                return Action::RunGroup {
+                    first,
+                    phase: Phase::Compensation,
+                };
+            }
+            if let Some(at) = round.next_due {
+                return Action::WaitUntil(at);
+            }
+            continue;
+        }
         let action_done = snapshot
             .step(index, Phase::Action)
             .is_some_and(|step| step.status == StepStatus::Completed);
@@ -1017,6 +1216,7 @@ mod tests {
             kind: StepKind::Call,
             pivot: false,
             policies: Vec::new(),
+            group: None,
         }
     }
 
@@ -1732,6 +1932,119 @@ mod tests {
             changes.len(),
             1,
             "with a probe, the probe settles it: {changes:?}"
+        );
+    }
+
+    /// `reserve_stock`, then `send_receipt`, `charge_card` and `ship` as one group.
+    fn grouped() -> Vec<StepSpec> {
+        let mut specs = steps();
+        for spec in specs.iter_mut().skip(1) {
+            spec.group = Some(crate::definition::ParallelGroup {
+                name: "rest".into(),
+                limit: 3,
+            });
+        }
+        specs
+    }
+
+    #[test]
+    fn a_group_is_found_from_any_of_its_steps() {
+        let specs = grouped();
+        assert_eq!(group_range(&specs, 0), None);
+        for position in 1..4 {
+            assert_eq!(group_range(&specs, position), Some(1..4));
+        }
+    }
+
+    #[test]
+    fn a_group_runs_as_one_once_the_step_before_it_completed() {
+        let specs = grouped();
+        let now = clock::now();
+        let snap = snapshot(SagaStatus::Running);
+        assert_eq!(next_action(&snap, &specs, now), run(0, Phase::Action, 1));
+        let snap = with_step(snap, 0, Phase::Action, StepStatus::Completed, 1);
+        let group = Action::RunGroup {
+            first: StepIndex(1),
+            phase: Phase::Action,
+        };
+        assert_eq!(next_action(&snap, &specs, now), group);
+        let round = group_round(&snap, &specs, 1..4, Phase::Action, now, &[]);
+        assert_eq!(round.due.len(), 3, "every step may begin");
+        // Two run here, one completed: nothing more may begin, and the group is not through.
+        let snap = with_step(snap, 1, Phase::Action, StepStatus::InProgress, 1);
+        let snap = with_step(snap, 2, Phase::Action, StepStatus::InProgress, 1);
+        let snap = with_step(snap, 3, Phase::Action, StepStatus::Completed, 1);
+        let running = [StepIndex(1), StepIndex(2)];
+        let round = group_round(&snap, &specs, 1..4, Phase::Action, now, &running);
+        assert!(round.due.is_empty() && !round.done && round.unsettled.is_none());
+        // Read by another worker, the same steps are begun and unsettled: settled one by one.
+        let round = group_round(&snap, &specs, 1..4, Phase::Action, now, &[]);
+        assert_eq!(round.unsettled, Some(StepIndex(1)));
+        assert!(
+            matches!(
+                next_action(&snap, &specs, now),
+                Action::Record(changes)
+                    if matches!(changes.as_slice(), [Change::FailStep { index: StepIndex(1), .. }])
+            ),
+            "the first begun step of the group is recorded unknown first"
+        );
+    }
+
+    #[test]
+    fn a_failed_group_step_compensates_the_group_at_once_then_the_steps_before() {
+        let specs = grouped();
+        let now = clock::now();
+        let snap = with_step(
+            snapshot(SagaStatus::Running),
+            0,
+            Phase::Action,
+            StepStatus::Completed,
+            1,
+        );
+        let snap = with_step(snap, 1, Phase::Action, StepStatus::Completed, 1);
+        let snap = with_step(snap, 2, Phase::Action, StepStatus::Failed, 1);
+        let snap = with_step(snap, 3, Phase::Action, StepStatus::Completed, 1);
+        assert!(matches!(
+            next_action(&snap, &specs, now),
+            Action::Record(changes) if matches!(changes.as_slice(), [Change::SetStatus { status: SagaStatus::Compensating, .. }])
+        ));
+        let mut snap = snap;
+        snap.record.status = SagaStatus::Compensating;
+        let group = Action::RunGroup {
+            first: StepIndex(1),
+            phase: Phase::Compensation,
+        };
+        assert_eq!(next_action(&snap, &specs, now), group);
+        // Only `ship` is compensable and completed in the group (`send_receipt` is
+        // irreversible, `charge_card` failed): it alone takes part.
+        let round = group_round(&snap, &specs, 1..4, Phase::Compensation, now, &[]);
+        assert_eq!(
+            round.due.iter().map(|a| a.index).collect::<Vec<_>>(),
+            vec![StepIndex(3)]
+        );
+        let undone = with_step(
+            snap.clone(),
+            3,
+            Phase::Compensation,
+            StepStatus::Completed,
+            1,
+        );
+        assert_eq!(
+            next_action(&undone, &specs, now),
+            run(0, Phase::Compensation, 1),
+            "the step before the group, once the group is undone"
+        );
+        // A compensation that failed for good escalates, as outside a group.
+        let failed = with_step(snap, 3, Phase::Compensation, StepStatus::Failed, 2);
+        assert!(
+            matches!(
+                next_action(&failed, &specs, now),
+                Action::Record(changes) if matches!(
+                    changes.as_slice(),
+                    [Change::Escalate(item)] if item.step.as_ref().map(|(index, _)| *index) == Some(StepIndex(3))
+                )
+            ),
+            "escalated"
         );
     }
 }

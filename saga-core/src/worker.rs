@@ -571,6 +571,17 @@ impl Driver<'_> {
                         return Ok(());
                     }
                 }
+                Action::RunGroup { first, phase } => {
+                    if *self.inner.shutdown.borrow() {
+                        self.record(vec![Change::Release {
+                            next_run_at: Some(now),
+                        }])?;
+                        return self.flush().await;
+                    }
+                    if !self.run_group(first, phase).await? {
+                        return Ok(());
+                    }
+                }
                 Action::Probe(probing) => {
                     if *self.inner.shutdown.borrow() {
                         self.record(vec![Change::Release {
@@ -1077,17 +1088,7 @@ impl Driver<'_> {
         let key = IdempotencyKey::for_step(self.lease.saga, &spec.name, phase);
         crate::faults::hit(crate::faults::FaultPoint::AfterBeginStep);
 
-        let span = tracing::info_span!(
-            "step",
-            step.name = %spec.name,
-            step.phase = %phase,
-            attempt = attempt.0,
-            idempotency_key = %key,
-            trace_id = self.trace_id.as_str(),
-            outcome = tracing::field::Empty,
-            error = tracing::field::Empty,
-            output = tracing::field::Empty,
-        );
+        let span = self.step_span(&spec, phase, attempt, &key);
         let started = std::time::Instant::now();
         let transaction = transaction
             .filter(|_| spec.transactional)
@@ -1136,30 +1137,19 @@ impl Driver<'_> {
             },
             _ => None,
         };
-        self.observe(&span, &spec, phase, &outcome, started.elapsed());
-        if let (Err(error), Some(limit)) = (&outcome, rate_limit(&spec)) {
-            if let Some(wait) = error.retry_after() {
-                // The partner asked everyone to slow down: the whole integration backs off.
-                metrics::counter!(names::POLICY_THROTTLED, "integration" => limit.to_owned())
-                    .increment(1);
-                let until = clock::after(self.inner.now(), wait);
-                if let Err(err) = self.inner.store.throttle(limit, until).await {
-                    tracing::warn!(integration = limit, error = %err, "the integration's back-off could not be recorded; this saga still waits it out");
-                }
-            }
-        }
-        let changes = plan::on_outcome(
-            &self.snapshot,
-            &spec,
-            plan::Attempted {
-                index,
-                phase,
-                attempt,
-            },
-            outcome,
-            self.inner.now(),
-            rand::random::<f64>(),
-        );
+        let changes = self
+            .conclude(
+                &spec,
+                plan::Attempted {
+                    index,
+                    phase,
+                    attempt,
+                },
+                outcome,
+                &span,
+                started.elapsed(),
+            )
+            .await;
         match transaction {
             Some(transaction) => {
                 self.snapshot.apply_all(&changes, self.inner.now())?;
@@ -1172,6 +1162,258 @@ impl Driver<'_> {
         }
     }
 
+    /// The span of one step attempt.
+    fn step_span(
+        &self,
+        spec: &StepSpec,
+        phase: Phase,
+        attempt: Attempt,
+        key: &IdempotencyKey,
+    ) -> tracing::Span {
+        tracing::info_span!(
+            "step",
+            step.name = %spec.name,
+            step.phase = %phase,
+            attempt = attempt.0,
+            idempotency_key = %key,
+            trace_id = self.trace_id.as_str(),
+            outcome = tracing::field::Empty,
+            error = tracing::field::Empty,
+            output = tracing::field::Empty,
+        )
+    }
+
+    /// Runs the steps of the parallel group that begins at `first`, in `phase`, side by side (at
+    /// most the group's limit at once): the steps that may begin are recorded `in_progress`
+    /// together, in one write, before any of them runs; the outcomes of attempts that end
+    /// together are written together. A retry comes due beside the attempts still running.
+    /// Once a step fails for good (or a cancel is asked for, or the worker shuts down), none
+    /// begins anew: the attempts in flight end (or time out) and are recorded, then planning
+    /// goes on (compensating the group, or handing the saga back). Returns `false` when the
+    /// saga was handed back (a pause holds a step of the group).
+    async fn run_group(&mut self, first: StepIndex, phase: Phase) -> Result<bool> {
+        let definition = Arc::clone(&self.definition);
+        let specs = definition.specs();
+        let position = usize::try_from(first.0).unwrap_or(usize::MAX);
+        let Some(members) = plan::group_range(specs, position) else {
+            return Err(Error::CorruptRecord {
+                saga: self.lease.saga,
+                reason: format!("plan chose the group at step {first}, which the definition lacks"),
+            });
+        };
+        let limit = specs
+            .get(position)
+            .and_then(|spec| spec.group.as_ref())
+            .map_or(1, |group| {
+                usize::try_from(group.limit.max(1)).unwrap_or(usize::MAX)
+            });
+        let inner = self.inner;
+        let mut flight = futures::stream::FuturesUnordered::new();
+        let mut running: Vec<StepIndex> = Vec::new();
+        let mut cancel: Option<String> = None;
+        let mut stop = false;
+        loop {
+            let mut next_due = None;
+            if !stop {
+                if phase == Phase::Action && cancel.is_none() {
+                    cancel.clone_from(&self.snapshot.record.cancel_requested);
+                }
+                let round = plan::group_round(
+                    &self.snapshot,
+                    specs,
+                    members.clone(),
+                    phase,
+                    inner.now(),
+                    &running,
+                );
+                // Past the saga's deadline no step begins: planning then compensates.
+                let overdue = phase == Phase::Action
+                    && plan::applicable_deadline(&self.snapshot, specs, definition.deadline())
+                        .is_some_and(|deadline| deadline <= inner.now());
+                stop = round.failed.is_some()
+                    || cancel.is_some()
+                    || overdue
+                    || *inner.shutdown.borrow();
+                next_due = round.next_due;
+                let pauses = if stop || round.due.is_empty() {
+                    Arc::default()
+                } else {
+                    inner.pauses().await?
+                };
+                let (held, due): (Vec<_>, Vec<_>) = round.due.into_iter().partition(|attempted| {
+                    specs
+                        .get(usize::try_from(attempted.index.0).unwrap_or(usize::MAX))
+                        .is_some_and(|spec| {
+                            crate::policy::pause_covering(
+                                &pauses,
+                                definition.saga_type(),
+                                &spec.name,
+                            )
+                            .is_some()
+                        })
+                });
+                let launch: Vec<plan::Attempted> = if stop {
+                    Vec::new()
+                } else {
+                    due.into_iter()
+                        .take(limit.saturating_sub(running.len()))
+                        .collect()
+                };
+                if launch.is_empty() && running.is_empty() && !stop {
+                    if let Some(attempted) = held.first() {
+                        // Nothing runs and a pause holds a step: the saga is held (`gate`).
+                        let spec = specs
+                            .get(usize::try_from(attempted.index.0).unwrap_or(usize::MAX))
+                            .cloned();
+                        if let Some(spec) = spec {
+                            let planned = self
+                                .gate(&spec, attempted.index, phase, attempted.attempt)
+                                .await?;
+                            return Ok(planned.unwrap_or(true));
+                        }
+                    }
+                    // Nothing runs and nothing may begin now: planning goes on (a retry's wait,
+                    // an unknown outcome to settle alone, or the group is through).
+                    return Ok(true);
+                }
+                if !launch.is_empty() {
+                    self.check_lease_left()?;
+                    let mut begun = Vec::with_capacity(launch.len());
+                    for attempted in &launch {
+                        let Some(spec) =
+                            specs.get(usize::try_from(attempted.index.0).unwrap_or(usize::MAX))
+                        else {
+                            continue;
+                        };
+                        let key = IdempotencyKey::for_step(self.lease.saga, &spec.name, phase);
+                        begun.push(Change::BeginStep {
+                            index: attempted.index,
+                            name: spec.name.clone(),
+                            phase,
+                            attempt: attempted.attempt,
+                            key,
+                        });
+                    }
+                    self.record(begun)?;
+                    // Durable before acting: every `in_progress` of the batch, in one write.
+                    match self.flush().await {
+                        Ok(()) => {
+                            crate::faults::hit(crate::faults::FaultPoint::AfterBeginStep);
+                            for attempted in launch {
+                                let Some(spec) = specs
+                                    .get(usize::try_from(attempted.index.0).unwrap_or(usize::MAX))
+                                else {
+                                    continue;
+                                };
+                                let key =
+                                    IdempotencyKey::for_step(self.lease.saga, &spec.name, phase);
+                                let span = self.step_span(spec, phase, attempted.attempt, &key);
+                                let prepared = self.prepare(spec, attempted, key, None);
+                                let started = std::time::Instant::now();
+                                let attempt = call(inner, Arc::clone(&definition), prepared)
+                                    .instrument(span.clone());
+                                running.push(attempted.index);
+                                flight.push(async move {
+                                    let outcome = attempt.await;
+                                    (attempted, outcome, span, started.elapsed())
+                                });
+                            }
+                        }
+                        Err(Error::CancelRequested { reason, .. }) if phase == Phase::Action => {
+                            // The batch was refused whole, so none of it began: read the saga
+                            // again (what runs still runs), and begin nothing more.
+                            self.pending.clear();
+                            self.snapshot = inner
+                                .store
+                                .load(self.lease.saga)
+                                .await?
+                                .ok_or(Error::SagaNotFound(self.lease.saga))?;
+                            cancel = Some(reason);
+                            stop = true;
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+            }
+            if flight.is_empty() {
+                break;
+            }
+            // The next attempt to end, or the next retry to come due (to begin it beside them).
+            let first_ended = match next_due.filter(|_| !stop) {
+                Some(at) => {
+                    let wait = (at - inner.now()).to_std().unwrap_or(Duration::ZERO);
+                    tokio::select! {
+                        ended = futures::StreamExt::next(&mut flight) => ended,
+                        () = tokio::time::sleep(wait) => None,
+                    }
+                }
+                None => futures::StreamExt::next(&mut flight).await,
+            };
+            let mut ended: Vec<_> = first_ended.into_iter().collect();
+            while let Some(Some(more)) = futures::StreamExt::next(&mut flight).now_or_never() {
+                ended.push(more);
+            }
+            for (attempted, outcome, span, took) in ended {
+                running.retain(|index| *index != attempted.index);
+                let Some(spec) = specs
+                    .get(usize::try_from(attempted.index.0).unwrap_or(usize::MAX))
+                    .cloned()
+                else {
+                    continue;
+                };
+                let outcome = match outcome {
+                    Ok(output) => Ok(output),
+                    Err(Intercepted::Outcome(error)) => Err(error),
+                    Err(Intercepted::Abandoned) => return Err(Error::Abandoned(self.lease.saga)),
+                };
+                crate::faults::hit(match phase {
+                    Phase::Action => crate::faults::FaultPoint::AfterAction,
+                    Phase::Compensation => crate::faults::FaultPoint::MidCompensation,
+                });
+                let outcome = self.check_output(&spec.name, outcome);
+                let changes = self.conclude(&spec, attempted, outcome, &span, took).await;
+                self.record(changes)?;
+            }
+            self.flush().await?;
+        }
+        if let Some(reason) = cancel {
+            self.honour_cancel(reason).await?;
+        }
+        Ok(true)
+    }
+
+    /// What an attempt's outcome changes (see [`plan::on_outcome`]), once observed on its span
+    /// and in the metrics; a partner's request to slow down backs its whole integration off.
+    async fn conclude(
+        &self,
+        spec: &StepSpec,
+        attempted: plan::Attempted,
+        outcome: std::result::Result<Option<Value>, StepError>,
+        span: &tracing::Span,
+        took: Duration,
+    ) -> Vec<Change> {
+        self.observe(span, spec, attempted.phase, &outcome, took);
+        if let (Err(error), Some(limit)) = (&outcome, rate_limit(spec)) {
+            if let Some(wait) = error.retry_after() {
+                // The partner asked everyone to slow down: the whole integration backs off.
+                metrics::counter!(names::POLICY_THROTTLED, "integration" => limit.to_owned())
+                    .increment(1);
+                let until = clock::after(self.inner.now(), wait);
+                if let Err(err) = self.inner.store.throttle(limit, until).await {
+                    tracing::warn!(integration = limit, error = %err, "the integration's back-off could not be recorded; this saga still waits it out");
+                }
+            }
+        }
+        plan::on_outcome(
+            &self.snapshot,
+            spec,
+            attempted,
+            outcome,
+            self.inner.now(),
+            rand::random::<f64>(),
+        )
+    }
+
     async fn execute(
         &self,
         spec: &StepSpec,
@@ -1179,13 +1421,25 @@ impl Driver<'_> {
         key: IdempotencyKey,
         transaction: Option<crate::context::TransactionSlot>,
     ) -> std::result::Result<Option<Value>, Intercepted> {
+        let prepared = self.prepare(spec, attempted, key, transaction);
+        call(self.inner, Arc::clone(&self.definition), prepared).await
+    }
+
+    /// What an attempt of `spec` needs, taken from this drive's copy of the saga, so that it can
+    /// run while the driver records other steps' outcomes (see [`call`]).
+    fn prepare(
+        &self,
+        spec: &StepSpec,
+        attempted: plan::Attempted,
+        key: IdempotencyKey,
+        transaction: Option<crate::context::TransactionSlot>,
+    ) -> Prepared {
         let plan::Attempted {
             index,
             phase,
             attempt,
         } = attempted;
         let name = &spec.name;
-        let position = usize::try_from(index.0).unwrap_or(usize::MAX);
         let timeout = plan::timeout_for(spec, phase);
         let ctx = RawContext {
             saga_id: self.lease.saga,
@@ -1214,57 +1468,26 @@ impl Driver<'_> {
                 .step(index, Phase::Action)
                 .and_then(|step| step.output.clone()),
         };
-        let call = self.inner.config.intercept.as_ref().map(|hook| {
-            let call = crate::intercept::Call {
+        let call = self
+            .inner
+            .config
+            .intercept
+            .as_ref()
+            .map(|_| crate::intercept::Call {
                 saga: self.lease.saga,
                 saga_type: self.definition.saga_type().clone(),
                 step: name.clone(),
                 phase,
                 attempt,
                 key: ctx.key.clone(),
-            };
-            (hook, call)
-        });
-        if let Some((hook, call)) = &call {
-            if let crate::intercept::Before::Fail(error) = hook.before(call) {
-                return Err(Intercepted::Outcome(error));
-            }
-        }
-        let run = |ctx: RawContext, action_output: Option<Value>| async move {
-            // The request may have gone out: a timeout is an unknown outcome, never "not done".
-            let value = guarded(
-                "step",
-                "attempt timed out",
-                "; it may have taken effect",
-                timeout,
-                || self.definition.run(position, ctx, action_output),
-            )
-            .await?;
-            Ok(match phase {
-                Phase::Action => Some(value),
-                Phase::Compensation => None,
-            })
-        };
-        // Without a hook (production), the call takes the context and the action's output as
-        // they are: no copy on the step path.
-        let Some((hook, call)) = &call else {
-            return run(ctx, action_output).await.map_err(Intercepted::Outcome);
-        };
-        let outcome = run(ctx.clone(), action_output.clone()).await;
-        let (outcome, decision) = match hook.after(call, &outcome) {
-            crate::intercept::After::CallAgain => {
-                let again = run(ctx, action_output).await;
-                let decision = hook.after(call, &again);
-                (again, decision)
-            }
-            decision => (outcome, decision),
-        };
-        match decision {
-            crate::intercept::After::Keep | crate::intercept::After::CallAgain => {
-                outcome.map_err(Intercepted::Outcome)
-            }
-            crate::intercept::After::Replace(error) => Err(Intercepted::Outcome(error)),
-            crate::intercept::After::Abandon => Err(Intercepted::Abandoned),
+            });
+        Prepared {
+            position: usize::try_from(index.0).unwrap_or(usize::MAX),
+            phase,
+            timeout,
+            ctx,
+            action_output,
+            call,
         }
     }
 
@@ -1563,6 +1786,78 @@ async fn write(
 }
 
 /// A step call's outcome, or an interceptor's simulated crash.
+/// One attempt ready to run (see `Driver::prepare`).
+struct Prepared {
+    position: usize,
+    phase: Phase,
+    timeout: Duration,
+    ctx: RawContext,
+    action_output: Option<Value>,
+    /// What the interception hook is told of the call, when one is set.
+    call: Option<crate::intercept::Call>,
+}
+
+/// Runs one prepared attempt under its timeout (and the interception hook, when one is set). It
+/// borrows nothing of the driver, so attempts of a parallel group run side by side while the
+/// driver records the outcomes of those that ended.
+async fn call(
+    inner: &Inner,
+    definition: Arc<dyn ErasedSaga>,
+    prepared: Prepared,
+) -> std::result::Result<Option<Value>, Intercepted> {
+    let Prepared {
+        position,
+        phase,
+        timeout,
+        ctx,
+        action_output,
+        call,
+    } = prepared;
+    let run = |ctx: RawContext, action_output: Option<Value>| {
+        let definition = Arc::clone(&definition);
+        async move {
+            // The request may have gone out: a timeout is an unknown outcome, never "not done".
+            let value = guarded(
+                "step",
+                "attempt timed out",
+                "; it may have taken effect",
+                timeout,
+                || definition.run(position, ctx, action_output),
+            )
+            .await?;
+            Ok(match phase {
+                Phase::Action => Some(value),
+                Phase::Compensation => None,
+            })
+        }
+    };
+    let hooked = inner.config.intercept.as_ref().zip(call);
+    // Without a hook (production), the call takes the context and the action's output as they
+    // are: no copy on the step path.
+    let Some((hook, call)) = hooked else {
+        return run(ctx, action_output).await.map_err(Intercepted::Outcome);
+    };
+    if let crate::intercept::Before::Fail(error) = hook.before(&call) {
+        return Err(Intercepted::Outcome(error));
+    }
+    let outcome = run(ctx.clone(), action_output.clone()).await;
+    let (outcome, decision) = match hook.after(&call, &outcome) {
+        crate::intercept::After::CallAgain => {
+            let again = run(ctx, action_output).await;
+            let decision = hook.after(&call, &again);
+            (again, decision)
+        }
+        decision => (outcome, decision),
+    };
+    match decision {
+        crate::intercept::After::Keep | crate::intercept::After::CallAgain => {
+            outcome.map_err(Intercepted::Outcome)
+        }
+        crate::intercept::After::Replace(error) => Err(Intercepted::Outcome(error)),
+        crate::intercept::After::Abandon => Err(Intercepted::Abandoned),
+    }
+}
+
 enum Intercepted {
     Outcome(StepError),
     Abandoned,

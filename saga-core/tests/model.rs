@@ -1180,6 +1180,13 @@ impl Model {
                 }
                 // Explored above, by `probe_moves`, while the lease lasts.
                 Action::Probe(_) => {}
+                // The model's sagas have no parallel group: the conformance suite's `groups`
+                // and the crash suite's group scenario cover them.
+                Action::RunGroup { .. } => {
+                    return Err(format!(
+                        "w{w} planned a parallel group, which the model's sagas lack"
+                    ));
+                }
                 Action::Wait(waiting) => {
                     // worker.rs's wait_step: the wait's end, recorded with the release.
                     let spec = &self.specs[waiting.index.0 as usize];

@@ -266,6 +266,11 @@ fn expand_step(step: &StepModel, krate: &Path, input: &Type) -> TokenStream {
     if step.pivot {
         call(span, "pivot", None);
     }
+    if let Some(group) = &step.group {
+        let name = LitStr::new(&group.name, group.span);
+        let limit = Literal::u32_unsuffixed(group.limit);
+        call(group.span, "group", Some(quote!(#name, #limit)));
+    }
     // There is always a last call: the constructor, if nothing follows it.
     let last = calls.pop().map(|(_, call)| call);
     let statements = calls

@@ -49,6 +49,9 @@ pub(crate) fn fingerprint(saga: &SagaModel) -> String {
         if step.pivot {
             hash.field("+pivot");
         }
+        if let Some(group) = &step.group {
+            hash.field(&format!("+group:{}", group.name));
+        }
     }
     format!("{:016x}", hash.0)
 }

@@ -308,7 +308,7 @@ use proc_macro::TokenStream;
 /// found `fn(Arc<Other>, ...)`), and an action whose output does not implement `Serialize` or
 /// `DeserializeOwned`. Likewise a `sleep_until` or `default` function with the wrong signature,
 /// and an `await_signal` type that does not implement `Signal`, are reported on the token.
-#[proc_macro_derive(Saga, attributes(saga, step))]
+#[proc_macro_derive(Saga, attributes(saga, step, group))]
 pub fn derive_saga(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     expand::derive(&input).into()

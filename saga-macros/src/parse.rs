@@ -18,7 +18,7 @@ use crate::policy::{self, PolicyInput, PolicyKind};
 pub(crate) const SAGA_OPTIONS: &str = "name, version, input, crate, deadline, dedup_window";
 /// The options of `#[step(...)]`, for error messages.
 pub(crate) const STEP_OPTIONS: &str =
-    "action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, pivot, cap, rate_limit, concurrency, retry_budget";
+    "action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, pivot, group, cap, rate_limit, concurrency, retry_budget";
 /// The options of `retry(...)` and `compensation_retry(...)`, for error messages.
 pub(crate) const RETRY_OPTIONS: &str = "max_attempts, base, max_delay";
 
@@ -78,6 +78,16 @@ pub(crate) struct SagaInput {
     pub(crate) steps: Vec<StepInput>,
     /// How many `#[step(...)]` attributes there are, including unreadable ones.
     pub(crate) step_attrs: usize,
+    /// The `#[group(name, limit = N)]` attributes, in order.
+    pub(crate) groups: Vec<GroupInput>,
+}
+
+/// One `#[group(name, limit = N)]` attribute: the limit of a parallel group.
+pub(crate) struct GroupInput {
+    /// The group's name.
+    pub(crate) name: Ident,
+    /// `limit = N`: at most this many of its steps run at once.
+    pub(crate) limit: Option<u32>,
 }
 
 /// One `#[step(...)]` attribute as written.
@@ -109,6 +119,8 @@ pub(crate) struct StepInput {
     pub(crate) default: Option<ExprPath>,
     /// The `pivot` flag.
     pub(crate) pivot: Option<Span>,
+    /// `group = name`: the parallel group the step belongs to.
+    pub(crate) group: Option<Ident>,
     /// `cap(...)`, `rate_limit(...)`, `concurrency(...)` and `retry_budget(...)`, in the order
     /// written.
     pub(crate) policies: Vec<PolicyInput>,
@@ -211,6 +223,7 @@ pub(crate) fn saga_input(input: &DeriveInput, errors: &mut Errors) -> SagaInput 
         dedup_window: None,
         steps: Vec::new(),
         step_attrs: 0,
+        groups: Vec::new(),
     };
     for attr in &input.attrs {
         if attr.path().is_ident("saga") {
@@ -223,6 +236,10 @@ pub(crate) fn saga_input(input: &DeriveInput, errors: &mut Errors) -> SagaInput 
             saga.step_attrs += 1;
             if let Some(step) = step_input(attr, errors) {
                 saga.steps.push(step);
+            }
+        } else if attr.path().is_ident("group") {
+            if let Some(group) = group_input(attr, errors) {
+                saga.groups.push(group);
             }
         }
     }
@@ -316,6 +333,60 @@ fn step_input(attr: &Attribute, errors: &mut Errors) -> Option<StepInput> {
     step
 }
 
+/// One `#[group(name, limit = N)]` attribute; `None` when its name cannot be read.
+fn group_input(attr: &Attribute, errors: &mut Errors) -> Option<GroupInput> {
+    let mut group: Option<GroupInput> = None;
+    let result = attr.parse_nested_meta(|meta| {
+        let Some(group) = &mut group else {
+            let bare = meta.input.is_empty() || meta.input.peek(Token![,]);
+            return match meta.path.get_ident() {
+                Some(ident) if bare => {
+                    group = Some(GroupInput {
+                        name: ident.clone(),
+                        limit: None,
+                    });
+                    Ok(())
+                }
+                _ => Err(syn::Error::new_spanned(
+                    &meta.path,
+                    "`#[group(...)]` starts with the group's name, an identifier: write e.g. `#[group(booking, limit = 2)]`",
+                )),
+            };
+        };
+        let place = format!("group `{}`", group.name);
+        if meta.path.is_ident("limit") {
+            if let Some(limit) = integer_value::<u32>(&meta, "limit", "limit = 2", errors)? {
+                if limit == 0 {
+                    errors.push(syn::Error::new_spanned(
+                        &meta.path,
+                        "`limit` is how many steps of the group run at once; give at least 1",
+                    ));
+                }
+                set_once(&mut group.limit, limit, &meta.path, &place, errors);
+            }
+        } else {
+            errors.push(syn::Error::new_spanned(
+                &meta.path,
+                format!(
+                    "unknown group option `{}`; expected `limit`, e.g. `#[group(booking, limit = 2)]`",
+                    path_text(&meta.path)
+                ),
+            ));
+            skip_value(&meta)?;
+        }
+        Ok(())
+    });
+    if let Err(err) = result {
+        errors.push(err);
+    } else if group.is_none() {
+        errors.push(syn::Error::new_spanned(
+            attr,
+            "a group needs a name: write `#[group(booking, limit = 2)]`, and `group = booking` on its steps",
+        ));
+    }
+    group
+}
+
 /// The first item of `#[step(...)]`: the step name.
 fn step_name(meta: &ParseNestedMeta<'_>) -> syn::Result<StepInput> {
     let bare = meta.input.is_empty() || meta.input.peek(Token![,]);
@@ -342,6 +413,7 @@ fn step_name(meta: &ParseNestedMeta<'_>) -> syn::Result<StepInput> {
         wait: None,
         default: None,
         pivot: None,
+        group: None,
         policies: Vec::new(),
         broken: false,
     })
@@ -379,6 +451,19 @@ fn step_option(
     } else if path.is_ident("pivot") {
         flag(meta, "pivot", errors)?;
         set_once(&mut step.pivot, path.span(), path, &place, errors);
+    } else if path.is_ident("group") {
+        let value = meta.value()?;
+        match value.parse::<Ident>() {
+            Ok(name) => set_once(&mut step.group, name, path, &place, errors),
+            Err(_) => {
+                errors.push(syn::Error::new(
+                    value.span(),
+                    "`group` takes the group's name, an identifier: write e.g. `group = booking`",
+                ));
+                value.parse::<Expr>()?;
+                step.broken = true;
+            }
+        }
     } else if path.is_ident("sleep") {
         let duration = duration_value(meta, "sleep", errors)?;
         step.broken |= duration.is_none();
@@ -815,7 +900,7 @@ mod tests {
             errors,
             [
                 "unknown saga option `versio`; expected one of: name, version, input, crate, deadline, dedup_window",
-                "unknown step option `retries`; expected one of: action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, pivot, cap, rate_limit, concurrency, retry_budget",
+                "unknown step option `retries`; expected one of: action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, pivot, group, cap, rate_limit, concurrency, retry_budget",
                 "unknown option `attempts` in `retry(...)`; expected one of: max_attempts, base, max_delay",
             ]
         );

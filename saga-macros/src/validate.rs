@@ -12,7 +12,7 @@ use syn::{ExprPath, Generics, Ident, LitStr, Path, Type, Visibility};
 
 use crate::constants::constant_ident;
 use crate::parse::{
-    DurationInput, Errors, RetryInput, SagaInput, StepInput, WaitInput, WaitKindInput,
+    DurationInput, Errors, GroupInput, RetryInput, SagaInput, StepInput, WaitInput, WaitKindInput,
 };
 use crate::policy::PolicyModel;
 use crate::wait;
@@ -67,8 +67,21 @@ pub(crate) struct StepModel {
     pub(crate) pivot: bool,
     /// Its policies, in the order written; only a step that calls an action has any.
     pub(crate) policies: Vec<PolicyModel>,
+    /// The parallel group it belongs to, if any.
+    pub(crate) group: Option<GroupModel>,
     /// The step name as the orchestrator sees it.
     pub(crate) name_text: String,
+}
+
+/// A step's parallel group, checked: its steps are consecutive, at least two, and each calls
+/// an action, outside any transaction, not as the pivot, under no policy.
+pub(crate) struct GroupModel {
+    /// The group's name.
+    pub(crate) name: String,
+    /// At most this many of its steps run at once (`#[group(name, limit = N)]`, or all).
+    pub(crate) limit: u32,
+    /// Where `group = name` was written on the step.
+    pub(crate) span: Span,
 }
 
 /// What a step does.
@@ -132,7 +145,9 @@ pub(crate) fn validate(input: SagaInput, mut errors: Errors) -> syn::Result<Saga
         dedup_window,
         steps,
         step_attrs,
+        groups,
     } = input;
+    let group_limits = check_groups(&steps, &groups, &mut errors);
 
     match &saga_attr {
         None => errors.at(
@@ -203,7 +218,13 @@ pub(crate) fn validate(input: SagaInput, mut errors: Errors) -> syn::Result<Saga
                 constants.insert(constant.to_string(), name_text.clone());
             }
         }
-        if let Some(model) = step_model(step, name_text, constant, &mut errors) {
+        let group = step.group.as_ref().map(|name| GroupModel {
+            name: name.to_string(),
+            limit: group_limits.get(&name.to_string()).copied().unwrap_or(1),
+            span: name.span(),
+        });
+        if let Some(mut model) = step_model(step, name_text, constant, &mut errors) {
+            model.group = group;
             checked.push(model);
         }
     }
@@ -289,8 +310,112 @@ fn step_model(
             .into_iter()
             .filter_map(|policy| policy.readable)
             .collect(),
+        group: None,
         name_text,
     })
+}
+
+/// Checks the parallel groups: each group's steps are consecutive and at least two, call an
+/// action, and are neither transactional, nor the pivot, nor under a policy; each
+/// `#[group(name, limit = N)]` names a group of steps, once. Returns each group's limit (the
+/// one given, or its number of steps).
+fn check_groups(
+    steps: &[StepInput],
+    groups: &[GroupInput],
+    errors: &mut Errors,
+) -> HashMap<String, u32> {
+    let mut members: Vec<(String, usize, &Ident)> = Vec::new();
+    let mut closed: HashSet<String> = HashSet::new();
+    let mut previous: Option<String> = None;
+    for step in steps {
+        let current = step.group.as_ref().map(ToString::to_string);
+        if let (Some(name), Some(ident)) = (&current, &step.group) {
+            if previous.as_ref() != Some(name) {
+                if closed.contains(name) {
+                    errors.at(
+                        ident.span(),
+                        format!(
+                            "the steps of group `{name}` are not consecutive: step `{}` comes after other steps; put a group's steps next to each other",
+                            step.name_text()
+                        ),
+                    );
+                } else {
+                    members.push((name.clone(), 0, ident));
+                }
+            }
+            if let Some(last) = members.last_mut().filter(|last| &last.0 == name) {
+                last.1 += 1;
+            }
+            let in_group = format!("step `{}` is in group `{name}`", step.name_text());
+            let refusals = [
+                (
+                    step.wait.as_ref().map(|wait| wait.span),
+                    "and waits; a group's steps call actions, so put the wait before or after the group",
+                ),
+                (
+                    step.transactional,
+                    "and is transactional; a saga has one step transaction at a time, so move it out of the group or drop `transactional`",
+                ),
+                (
+                    step.pivot,
+                    "and is the pivot; the point of no return must be one step, so move it out of the group",
+                ),
+                (
+                    step.policies.first().map(|policy| policy.written.span()),
+                    "and declares a policy; policies are not yet supported in groups, so move the step out of the group or drop its policies",
+                ),
+            ];
+            for (span, why) in refusals {
+                if let Some(span) = span {
+                    errors.at(span, format!("{in_group} {why}"));
+                }
+            }
+        }
+        if let Some(name) = previous.take() {
+            if current.as_ref() != Some(&name) {
+                closed.insert(name);
+            }
+        }
+        previous = current;
+    }
+    // A step whose options could not be read may be one of a group's: no count is sure then.
+    let counts_sure = steps.iter().all(|step| !step.broken);
+    let mut limits: HashMap<String, u32> = HashMap::new();
+    for (name, count, ident) in &members {
+        if *count < 2 && counts_sure {
+            errors.at(
+                ident.span(),
+                format!(
+                    "group `{name}` has one step; a group needs at least two, or remove `group = {name}` to make it a plain step"
+                ),
+            );
+        }
+        limits.insert(name.clone(), u32::try_from(*count).unwrap_or(u32::MAX));
+    }
+    let mut declared: HashSet<String> = HashSet::new();
+    for group in groups {
+        let name = group.name.to_string();
+        if !declared.insert(name.clone()) {
+            errors.at(
+                group.name.span(),
+                format!("`#[group({name}, ...)]` is given twice; keep one"),
+            );
+            continue;
+        }
+        if !limits.contains_key(&name) {
+            errors.at(
+                group.name.span(),
+                format!(
+                    "no step is in group `{name}`; add `group = {name}` to its steps, or remove `#[group({name}, ...)]`"
+                ),
+            );
+            continue;
+        }
+        if let Some(limit) = group.limit {
+            limits.insert(name, limit.max(1));
+        }
+    }
+    limits
 }
 
 /// The kind and compensation of a step that calls an action; `None` when they are unclear.

@@ -8,9 +8,12 @@
 //! - [`waiting`]: sagas that wait (timers, signals, approvals, deadlines, pivot steps).
 //! - [`policies`]: policies before side effects (caps, rate limits, throttling, per-key
 //!   concurrency, retry budgets, pauses).
+//! - [`groups`]: parallel groups (steps that run at once, stop together, and are undone
+//!   together).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod groups;
 pub mod policies;
 pub mod scenarios;
 pub mod store;
@@ -115,7 +118,12 @@ macro_rules! conformance_suite {
                 a_spent_retry_budget_fails_the_step_and_the_saga_compensates,
                 a_pause_holds_new_attempts_until_resumed,
                 a_dedup_window_returns_the_saga_inside_it_and_starts_anew_after,
-                a_spent_retry_budget_after_an_unknown_outcome_escalates_it,
+                a_spent_retry_budget_after_an_unknown_outcome_escalates_it;
+                // Parallel groups
+                a_group_runs_its_steps_at_once_within_its_limit_and_completes_when_all_do,
+                a_failed_group_step_stops_the_group_and_its_completed_steps_are_undone_at_once_before_the_earlier_ones,
+                a_group_step_whose_outcome_is_unknown_is_settled_then_compensated_with_the_others,
+                a_cancel_while_a_group_runs_begins_none_of_its_waiting_steps,
             );
         }
     };
@@ -124,7 +132,7 @@ macro_rules! conformance_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_tests {
-    ($make:expr; $($store_test:ident),* ; $($scenario:ident),* ; $($waiting:ident),* ; $($policy:ident),* $(,)?) => {
+    ($make:expr; $($store_test:ident),* ; $($scenario:ident),* ; $($waiting:ident),* ; $($policy:ident),* ; $($group:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $store_test() {
@@ -151,6 +159,13 @@ macro_rules! __conformance_tests {
             async fn $policy() {
                 let store = $make.await;
                 $crate::conformance::policies::$policy(::std::sync::Arc::new(store)).await;
+            }
+        )*
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $group() {
+                let store = $make.await;
+                $crate::conformance::groups::$group(::std::sync::Arc::new(store)).await;
             }
         )*
     };

@@ -149,7 +149,7 @@ impl Script {
 
     /// What the downstream says about `key`: its output when the effect applied, `None` when it
     /// did not, or an error while it cannot be asked.
-    fn probe<I>(&self, ctx: &StepContext<I>) -> Result<Option<String>, StepError> {
+    pub(crate) fn probe<I>(&self, ctx: &StepContext<I>) -> Result<Option<String>, StepError> {
         self.land();
         self.probes
             .lock()
@@ -165,7 +165,10 @@ impl Script {
         Ok((self.effect(ctx.key()).applied > 0).then(|| format!("{}-done", ctx.step())))
     }
 
-    async fn perform<I>(&self, ctx: &StepContext<I>) -> Result<Option<&'static str>, StepError> {
+    pub(crate) async fn perform<I>(
+        &self,
+        ctx: &StepContext<I>,
+    ) -> Result<Option<&'static str>, StepError> {
         let outcome = self
             .plan
             .lock()
@@ -438,7 +441,7 @@ pub fn orchestrator<S: Store>(store: &Arc<S>, lease_ttl: Duration) -> Orchestrat
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !condition() {
         assert!(
@@ -449,7 +452,7 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-fn key(id: SagaId, step: &str, phase: Phase) -> IdempotencyKey {
+pub(crate) fn key(id: SagaId, step: &str, phase: Phase) -> IdempotencyKey {
     IdempotencyKey::for_step(id, &saga_core::StepName::new(step), phase)
 }
 
