@@ -989,6 +989,23 @@ pub fn on_outcome(
     give_up(snapshot, spec, index, phase, attempt, error)
 }
 
+/// As [`on_outcome`], for a step of a parallel group: a compensation that gives up is recorded
+/// failed but not yet escalated. The planner escalates it once no other step of the group runs
+/// and none is unsettled (see `next_compensation`), so that the person called finds every other
+/// effect of the group settled, each compensation completed or known not to have happened.
+pub fn on_group_outcome(
+    snapshot: &SagaSnapshot,
+    spec: &StepSpec,
+    attempted: Attempted,
+    outcome: Result<Option<serde_json::Value>, StepError>,
+    now: Timestamp,
+    unit: f64,
+) -> Vec<Change> {
+    let mut changes = on_outcome(snapshot, spec, attempted, outcome, now, unit);
+    changes.retain(|change| !matches!(change, Change::Escalate(_)));
+    changes
+}
+
 /// The changes that record a probe's answer on an attempt whose outcome was unknown:
 /// `Some(output)` completes the action (so it is compensated like any other); `None` records
 /// the attempt as not applied, then retries it (when `retry`) or gives up, as a known failure;

@@ -1392,6 +1392,11 @@ impl Driver<'_> {
         span: &tracing::Span,
         took: Duration,
     ) -> Vec<Change> {
+        let decide = if spec.group.is_some() {
+            plan::on_group_outcome
+        } else {
+            plan::on_outcome
+        };
         self.observe(span, spec, attempted.phase, &outcome, took);
         if let (Err(error), Some(limit)) = (&outcome, rate_limit(spec)) {
             if let Some(wait) = error.retry_after() {
@@ -1404,7 +1409,7 @@ impl Driver<'_> {
                 }
             }
         }
-        plan::on_outcome(
+        decide(
             &self.snapshot,
             spec,
             attempted,

@@ -31,7 +31,7 @@ use scenarios::Report;
 
 type Run = fn(u64) -> Pin<Box<dyn Future<Output = Report> + Send>>;
 
-const SCENARIOS: [(&str, Run); 10] = [
+const SCENARIOS: [(&str, Run); 11] = [
     ("kill_random_workers", |seed| {
         Box::pin(scenarios::kill_random::run(seed))
     }),
@@ -61,6 +61,9 @@ const SCENARIOS: [(&str, Run); 10] = [
     }),
     ("policies_under_kills", |seed| {
         Box::pin(scenarios::policies_under_kills::run(seed))
+    }),
+    ("groups_under_kills", |seed| {
+        Box::pin(scenarios::groups_under_kills::run(seed))
     }),
 ];
 

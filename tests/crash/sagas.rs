@@ -101,7 +101,7 @@ pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(4);
 pub(crate) struct Crash(pub Ledger);
 
 async fn crash_action(
-    saga: Arc<Crash>,
+    ledger: &Ledger,
     ctx: StepContext<Plan>,
     step: u32,
 ) -> Result<Receipt, StepError> {
@@ -118,7 +118,7 @@ async fn crash_action(
             "503 from the downstream, before any effect",
         ));
     }
-    let receipt = saga.0.call(&ctx, step, None).await?;
+    let receipt = ledger.call(&ctx, step, None).await?;
     if Plan::first_attempt_fails(plan.lost, step, &ctx) {
         // The effect happened: the honest answer is "unknown", never "did not happen".
         return Err(StepError::unknown(
@@ -132,7 +132,7 @@ async fn crash_action(
 }
 
 async fn crash_compensation(
-    saga: Arc<Crash>,
+    ledger: &Ledger,
     ctx: StepContext<Plan>,
     step: u32,
     receipt: Receipt,
@@ -150,7 +150,7 @@ async fn crash_compensation(
             "503 from the downstream, before any effect",
         ));
     }
-    saga.0.call(&ctx, step, Some(&receipt.receipt)).await?;
+    ledger.call(&ctx, step, Some(&receipt.receipt)).await?;
     if Plan::first_attempt_fails(plan.lost, step, &ctx) {
         return Err(StepError::unknown(
             "response lost after the downstream applied the refund",
@@ -159,29 +159,66 @@ async fn crash_compensation(
     Ok(())
 }
 
+/// Step `step` (1-based) of `crash_five` or `crash_grouped`, for saga type `S` whose value is
+/// its ledger: `s1`..`s4` compensable, `s5` irreversible.
+fn crash_step<S>(step: u32) -> Step<S>
+where
+    S: Saga<Input = Plan> + AsRef<Ledger>,
+{
+    let builder = Step::new(&format!("s{step}"), move |saga: Arc<S>, ctx| async move {
+        crash_action(AsRef::<Ledger>::as_ref(&*saga), ctx, step).await
+    })
+    .retry(retry())
+    .timeout(STEP_TIMEOUT);
+    if step < STEPS {
+        builder
+            .compensate(move |saga: Arc<S>, ctx, receipt| async move {
+                crash_compensation(AsRef::<Ledger>::as_ref(&*saga), ctx, step, receipt).await
+            })
+            .compensation_retry(retry())
+            .compensation_timeout(STEP_TIMEOUT)
+            .into()
+    } else {
+        builder.irreversible().into()
+    }
+}
+
+impl AsRef<Ledger> for Crash {
+    fn as_ref(&self) -> &Ledger {
+        &self.0
+    }
+}
+
 impl Saga for Crash {
     type Input = Plan;
 
     fn definition() -> SagaDefinition<Self> {
         (1..=STEPS).fold(SagaDefinition::new("crash_five", 1), |definition, step| {
-            let builder = Step::new(&format!("s{step}"), move |saga, ctx| {
-                crash_action(saga, ctx, step)
-            })
-            .retry(retry())
-            .timeout(STEP_TIMEOUT);
-            if step < STEPS {
-                definition.step(
-                    builder
-                        .compensate(move |saga, ctx, receipt| {
-                            crash_compensation(saga, ctx, step, receipt)
-                        })
-                        .compensation_retry(retry())
-                        .compensation_timeout(STEP_TIMEOUT),
-                )
-            } else {
-                definition.step(builder.irreversible())
-            }
+            definition.step(crash_step(step))
         })
+    }
+}
+
+/// The steps of `crash_grouped` that run as one parallel group.
+pub(crate) const GROUPED: [u32; 3] = [2, 3, 4];
+
+/// `crash_five`'s steps with `s2`, `s3` and `s4` as one parallel group (all three at once).
+pub(crate) struct CrashGrouped(pub Ledger);
+
+impl AsRef<Ledger> for CrashGrouped {
+    fn as_ref(&self) -> &Ledger {
+        &self.0
+    }
+}
+
+impl Saga for CrashGrouped {
+    type Input = Plan;
+
+    fn definition() -> SagaDefinition<Self> {
+        SagaDefinition::new("crash_grouped", 1)
+            .step(crash_step(1))
+            .parallel("middle", 3, GROUPED.map(crash_step))
+            .step(crash_step(STEPS))
     }
 }
 
@@ -437,6 +474,7 @@ pub(crate) fn register(
     ledger: &Ledger,
 ) -> saga::Result<()> {
     orchestrator.register(Crash(ledger.clone()))?;
+    orchestrator.register(CrashGrouped(ledger.clone()))?;
     orchestrator.register(CrashSignal(ledger.clone()))?;
     orchestrator.register(Capped(ledger.clone()))?;
     match registry {

@@ -434,3 +434,56 @@ pub async fn a_cancel_while_a_group_runs_begins_none_of_its_waiting_steps<S: Sto
     );
     orchestrator.shutdown().await;
 }
+
+pub async fn a_group_compensation_that_fails_is_escalated_once_the_others_are_settled<S: Store>(
+    store: Arc<S>,
+) {
+    let (script, gauge) = (Script::new(), Gauge::new());
+    script.plan("flight", Phase::Action, &[slow(100)]);
+    script.plan("hotel", Phase::Action, &[Outcome::Permanent]);
+    script.plan("car", Phase::Action, &[slow(100)]);
+    // The flight's refund went through but its answer was lost; the car's is refused for good.
+    script.plan("flight", Phase::Compensation, &[Outcome::ApplyThenUnknown]);
+    script.plan("car", Phase::Compensation, &[Outcome::Permanent]);
+    let orchestrator = orchestrator(&store, Duration::from_secs(10));
+    orchestrator
+        .register(Trip(script.clone(), gauge.clone()))
+        .unwrap();
+    orchestrator.run();
+    let id = orchestrator.start::<Trip>(&input(340)).await.unwrap();
+    let record = orchestrator.wait(id, WAIT).await.unwrap();
+    let history = orchestrator.history(id).await.unwrap().render();
+    assert_eq!(record.status, SagaStatus::NeedsIntervention, "{history}");
+    let open = orchestrator.admin().interventions(true).await.unwrap();
+    assert_eq!(open.len(), 1, "one item: {open:?}");
+    assert_eq!(
+        open[0].item.step.as_ref().map(|(_, name)| name.as_str()),
+        Some("car"),
+        "the item names the refused compensation"
+    );
+    let snapshot = store.load(id).await.unwrap().unwrap();
+    let flight_undo = snapshot
+        .steps
+        .iter()
+        .find(|step| step.name.as_str() == "flight" && step.phase == Phase::Compensation)
+        .unwrap();
+    assert_eq!(
+        flight_undo.status,
+        saga_core::StepStatus::Completed,
+        "the refund whose answer was lost was settled (again, with its key) before the person was called: {history}"
+    );
+    assert_eq!(
+        script
+            .effect(&key(id, "flight", Phase::Compensation))
+            .applied,
+        1,
+        "refunded once"
+    );
+    assert!(
+        script
+            .calls_of("check_budget", Phase::Compensation)
+            .is_empty(),
+        "nothing before the group is undone while its compensation waits for a person"
+    );
+    orchestrator.shutdown().await;
+}

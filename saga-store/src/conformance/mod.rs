@@ -124,6 +124,7 @@ macro_rules! conformance_suite {
                 a_failed_group_step_stops_the_group_and_its_completed_steps_are_undone_at_once_before_the_earlier_ones,
                 a_group_step_whose_outcome_is_unknown_is_settled_then_compensated_with_the_others,
                 a_cancel_while_a_group_runs_begins_none_of_its_waiting_steps,
+                a_group_compensation_that_fails_is_escalated_once_the_others_are_settled,
             );
         }
     };

@@ -5,6 +5,7 @@ pub(crate) mod ambiguous_commits;
 pub(crate) mod cancel_under_kills;
 pub(crate) mod concurrent_start;
 pub(crate) mod fault_points;
+pub(crate) mod groups_under_kills;
 pub(crate) mod kill_random;
 pub(crate) mod pg_restart;
 pub(crate) mod poison;
@@ -96,6 +97,15 @@ impl Db {
 
     /// Starts `crash_five` sagas with these plans (keys `saga-<n>`), 8 at a time.
     pub(crate) async fn start(&self, plans: Vec<Plan>) -> i64 {
+        self.start_as::<Crash>(plans).await
+    }
+
+    /// Starts sagas of type `S` (`crash_five` or `crash_grouped`) with these plans (keys
+    /// `saga-<n>`), 8 at a time.
+    pub(crate) async fn start_as<S>(&self, plans: Vec<Plan>) -> i64
+    where
+        S: saga::Saga<Input = Plan>,
+    {
         let store = Arc::new(
             PgStore::connect(&self.url)
                 .await
@@ -116,10 +126,7 @@ impl Db {
             tasks.spawn(async move {
                 for plan in chunk {
                     orchestrator
-                        .start_with_key::<Crash>(
-                            IdempotencyKey::new(format!("saga-{}", plan.n)),
-                            &plan,
-                        )
+                        .start_with_key::<S>(IdempotencyKey::new(format!("saga-{}", plan.n)), &plan)
                         .await
                         .expect("start a saga");
                 }
