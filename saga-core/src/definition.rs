@@ -123,7 +123,8 @@ pub struct StepSpec {
 /// A parallel group: consecutive steps that run concurrently within one saga, at most `limit`
 /// at a time, each with its own key, retries and timeout. The group completes when all its
 /// steps complete; when one fails for good, none begins anew, the attempts in flight finish
-/// (or time out), and every step of the group whose action took effect (or may have) is
+/// (or time out), a step whose outcome is unknown is settled (its probe, or its next attempt
+/// with the same key, or a person), and every step of the group whose action completed is
 /// compensated, concurrently, before the steps before the group are compensated in reverse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParallelGroup {

@@ -329,6 +329,24 @@ pub fn group_round(
         match record.status {
             StepStatus::Completed | StepStatus::Skipped => {}
             StepStatus::InProgress if running.contains(&index) => round.done = false,
+            // An attempt whose outcome is unknown, with its next attempt scheduled and no probe
+            // to ask first: that attempt (same key) begins beside the others when due, as
+            // `settle_begun` would begin it alone.
+            StepStatus::InProgress
+                if record.next_attempt_at.is_some() && !(phase == Phase::Action && spec.probe) =>
+            {
+                round.done = false;
+                match record.next_attempt_at {
+                    Some(at) if at > now => {
+                        round.next_due = Some(round.next_due.map_or(at, |next| next.min(at)));
+                    }
+                    _ => round.due.push(Attempted {
+                        index,
+                        phase,
+                        attempt: record.attempt.next(),
+                    }),
+                }
+            }
             StepStatus::InProgress => {
                 round.done = false;
                 round.unsettled = round.unsettled.or(Some(index));
@@ -647,13 +665,8 @@ fn next_compensation(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp
             {
                 return settle_begun(snapshot, spec, record, now);
             }
-            if let Some((spec, record)) = round
-                .failed
-                .and_then(|i| member(snapshot, steps, i, Phase::Compensation))
-            {
-                let error = record.last_error.clone().unwrap_or_default();
-                return Action::Record(vec![escalate(snapshot, spec, record.index, error)]);
-            }
+            // Every compensation of the group that can still run runs (one that failed for good
+            // does not stop the others); the person is called once none is left to run.
             if !round.due.is_empty() {
                 return Action::RunGroup {
                     first,
@@ -662,6 +675,13 @@ fn next_compensation(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp
             }
             if let Some(at) = round.next_due {
                 return Action::WaitUntil(at);
+            }
+            if let Some((spec, record)) = round
+                .failed
+                .and_then(|i| member(snapshot, steps, i, Phase::Compensation))
+            {
+                let error = record.last_error.clone().unwrap_or_default();
+                return Action::Record(vec![escalate(snapshot, spec, record.index, error)]);
             }
             continue;
         }

@@ -724,24 +724,8 @@ impl Driver<'_> {
                 "{} paused by {}: {}",
                 pause.scope, pause.paused_by, pause.reason
             );
-            // Not run says nothing of an earlier attempt whose outcome is unknown: it stays so.
-            let earlier_unknown = plan::earlier_attempt_unknown(&self.snapshot, index, phase);
-            let not_run = format!("not run: {reason}");
-            self.record(vec![Change::FailStep {
-                index,
-                name: spec.name.clone(),
-                phase,
-                attempt,
-                error: if earlier_unknown {
-                    StepError::unknown(format!(
-                        "{not_run} (an earlier attempt's outcome is unknown)"
-                    ))
-                } else {
-                    StepError::transient(not_run)
-                },
-                // Due as soon as the saga is: a resume makes it due at once.
-                retry_at: Some(self.inner.now()),
-            }])?;
+            let not_run = self.not_run(&spec, index, phase, attempt, &reason);
+            self.record(vec![not_run])?;
             let waiting_for = pause.scope.waiting_for();
             self.hold(&spec, "paused", waiting_for, reason, until)
                 .await?;
@@ -760,6 +744,36 @@ impl Driver<'_> {
         )
         .await
         .map(|()| true)
+    }
+
+    /// Records an attempt whose `in_progress` was written as not run (a pause came meanwhile),
+    /// due again as soon as the saga is. Not run says nothing of an earlier attempt whose
+    /// outcome is unknown: it stays so.
+    fn not_run(
+        &self,
+        spec: &StepSpec,
+        index: StepIndex,
+        phase: Phase,
+        attempt: Attempt,
+        reason: &str,
+    ) -> Change {
+        let earlier_unknown = plan::earlier_attempt_unknown(&self.snapshot, index, phase);
+        let not_run = format!("not run: {reason}");
+        Change::FailStep {
+            index,
+            name: spec.name.clone(),
+            phase,
+            attempt,
+            error: if earlier_unknown {
+                StepError::unknown(format!(
+                    "{not_run} (an earlier attempt's outcome is unknown)"
+                ))
+            } else {
+                StepError::transient(not_run)
+            },
+            // Due as soon as the saga is: a resume makes it due at once.
+            retry_at: Some(self.inner.now()),
+        }
     }
 
     /// The policies before an attempt begins: a pause of the saga type or the step holds the
@@ -1230,7 +1244,8 @@ impl Driver<'_> {
                 let overdue = phase == Phase::Action
                     && plan::applicable_deadline(&self.snapshot, specs, definition.deadline())
                         .is_some_and(|deadline| deadline <= inner.now());
-                stop = round.failed.is_some()
+                // A failed compensation stops nothing: the group's other compensations run.
+                stop = (phase == Phase::Action && round.failed.is_some())
                     || cancel.is_some()
                     || overdue
                     || *inner.shutdown.borrow();
@@ -1299,12 +1314,33 @@ impl Driver<'_> {
                     match self.flush().await {
                         Ok(()) => {
                             crate::faults::hit(crate::faults::FaultPoint::AfterBeginStep);
+                            // Paused while `in_progress` was being written: not called.
+                            let pauses = inner.pauses().await?;
                             for attempted in launch {
                                 let Some(spec) = specs
                                     .get(usize::try_from(attempted.index.0).unwrap_or(usize::MAX))
                                 else {
                                     continue;
                                 };
+                                if let Some(pause) = crate::policy::pause_covering(
+                                    &pauses,
+                                    definition.saga_type(),
+                                    &spec.name,
+                                ) {
+                                    let reason = format!(
+                                        "{} paused by {}: {}",
+                                        pause.scope, pause.paused_by, pause.reason
+                                    );
+                                    let not_run = self.not_run(
+                                        spec,
+                                        attempted.index,
+                                        phase,
+                                        attempted.attempt,
+                                        &reason,
+                                    );
+                                    self.record(vec![not_run])?;
+                                    continue;
+                                }
                                 let key =
                                     IdempotencyKey::for_step(self.lease.saga, &spec.name, phase);
                                 let span = self.step_span(spec, phase, attempted.attempt, &key);
@@ -1320,9 +1356,23 @@ impl Driver<'_> {
                             }
                         }
                         Err(Error::CancelRequested { reason, .. }) if phase == Phase::Action => {
-                            // The batch was refused whole, so none of it began: read the saga
-                            // again (what runs still runs), and begin nothing more.
-                            self.pending.clear();
+                            // The write was refused whole, so none of the batch began. What was
+                            // queued with it (the outcome of the step before, of steps that
+                            // ended) is written without the batch; then the saga is read again
+                            // (what runs still runs), and nothing more begins.
+                            self.pending.retain(|change| {
+                                !matches!(
+                                    change,
+                                    Change::BeginStep {
+                                        phase: Phase::Action,
+                                        ..
+                                    }
+                                )
+                            });
+                            if let Err(err) = self.flush().await {
+                                drain(&mut flight, &err).await;
+                                return Err(err);
+                            }
                             self.snapshot = inner
                                 .store
                                 .load(self.lease.saga)
@@ -1331,7 +1381,10 @@ impl Driver<'_> {
                             cancel = Some(reason);
                             stop = true;
                         }
-                        Err(err) => return Err(err),
+                        Err(err) => {
+                            drain(&mut flight, &err).await;
+                            return Err(err);
+                        }
                     }
                 }
             }
@@ -1374,7 +1427,13 @@ impl Driver<'_> {
                 let changes = self.conclude(&spec, attempted, outcome, &span, took).await;
                 self.record(changes)?;
             }
-            self.flush().await?;
+            if let Err(err) = self.flush().await {
+                // The store refuses or cannot take the outcomes: the others' calls are let
+                // finish (each within its timeout) rather than cut off mid-call; their
+                // outcomes stay unknown for whoever settles the saga.
+                drain(&mut flight, &err).await;
+                return Err(err);
+            }
         }
         if let Some(reason) = cancel {
             self.honour_cancel(reason).await?;
@@ -1791,6 +1850,19 @@ async fn write(
 }
 
 /// A step call's outcome, or an interceptor's simulated crash.
+/// Lets the attempts still running end (each within its timeout), dropping their outcomes,
+/// before a write's error is returned; a lost lease returns at once (another worker may be
+/// taking the saga over: nothing more is done for it here).
+async fn drain<F: std::future::Future>(
+    flight: &mut futures::stream::FuturesUnordered<F>,
+    error: &Error,
+) {
+    if matches!(error, Error::LeaseLost(_)) {
+        return;
+    }
+    while futures::StreamExt::next(flight).await.is_some() {}
+}
+
 /// One attempt ready to run (see `Driver::prepare`).
 struct Prepared {
     position: usize,

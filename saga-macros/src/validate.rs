@@ -147,7 +147,10 @@ pub(crate) fn validate(input: SagaInput, mut errors: Errors) -> syn::Result<Saga
         step_attrs,
         groups,
     } = input;
-    let group_limits = check_groups(&steps, &groups, &mut errors);
+    // A step whose attribute or options could not be read may be one of a group's, so no
+    // count or order of a group's steps is sure then.
+    let all_read = steps.len() == step_attrs && steps.iter().all(|step| !step.broken);
+    let group_limits = check_groups(&steps, &groups, all_read, &mut errors);
 
     match &saga_attr {
         None => errors.at(
@@ -315,13 +318,14 @@ fn step_model(
     })
 }
 
-/// Checks the parallel groups: each group's steps are consecutive and at least two, call an
-/// action, and are neither transactional, nor the pivot, nor under a policy; each
-/// `#[group(name, limit = N)]` names a group of steps, once. Returns each group's limit (the
-/// one given, or its number of steps).
+/// Checks the parallel groups: each group's steps are consecutive and at least two (checked
+/// only when every step was read: `all_read`), call an action, and are neither transactional,
+/// nor the pivot, nor under a policy; each `#[group(name, limit = N)]` names a group of steps,
+/// once. Returns each group's limit (the one given, or its number of steps).
 fn check_groups(
     steps: &[StepInput],
     groups: &[GroupInput],
+    all_read: bool,
     errors: &mut Errors,
 ) -> HashMap<String, u32> {
     let mut members: Vec<(String, usize, &Ident)> = Vec::new();
@@ -331,7 +335,7 @@ fn check_groups(
         let current = step.group.as_ref().map(ToString::to_string);
         if let (Some(name), Some(ident)) = (&current, &step.group) {
             if previous.as_ref() != Some(name) {
-                if closed.contains(name) {
+                if closed.contains(name) && all_read {
                     errors.at(
                         ident.span(),
                         format!(
@@ -378,11 +382,9 @@ fn check_groups(
         }
         previous = current;
     }
-    // A step whose options could not be read may be one of a group's: no count is sure then.
-    let counts_sure = steps.iter().all(|step| !step.broken);
     let mut limits: HashMap<String, u32> = HashMap::new();
     for (name, count, ident) in &members {
-        if *count < 2 && counts_sure {
+        if *count < 2 && all_read {
             errors.at(
                 ident.span(),
                 format!(

@@ -487,3 +487,91 @@ pub async fn a_group_compensation_that_fails_is_escalated_once_the_others_are_se
     );
     orchestrator.shutdown().await;
 }
+
+pub async fn a_cancel_refusing_the_group_keeps_the_outcome_of_the_step_before_it<S: Store>(
+    store: Arc<S>,
+) {
+    let (script, gauge) = (Script::new(), Gauge::new());
+    // The cancel comes while the step before the group runs; its completion is written with the
+    // group's `in_progress` records, which the cancel refuses.
+    script.plan("check_budget", Phase::Action, &[slow(400)]);
+    let orchestrator = orchestrator(&store, Duration::from_secs(10));
+    orchestrator
+        .register(TwoAtATime(script.clone(), gauge.clone()))
+        .unwrap();
+    orchestrator.run();
+    let admin = orchestrator.admin();
+    let id = orchestrator.start::<TwoAtATime>(&input(350)).await.unwrap();
+    wait_until("check_budget runs", || {
+        !script.calls_of("check_budget", Phase::Action).is_empty()
+    })
+    .await;
+    admin
+        .cancel_saga(id, "erin", "the traveller changed plans")
+        .await
+        .unwrap();
+    let record = orchestrator.wait(id, WAIT).await.unwrap();
+    let history = orchestrator.history(id).await.unwrap().render();
+    assert_eq!(record.status, SagaStatus::Compensated, "{history}");
+    assert!(
+        GROUP
+            .iter()
+            .all(|step| script.calls_of(step, Phase::Action).is_empty()),
+        "no booking began after the cancel"
+    );
+    assert_eq!(
+        script.calls_of("check_budget", Phase::Action).len(),
+        1,
+        "its completion was kept, so it was not run again: {history}"
+    );
+    assert!(
+        !history.contains("interrupted"),
+        "a completion the worker knew is not recorded unknown: {history}"
+    );
+    assert_eq!(
+        script.calls_of("check_budget", Phase::Compensation).len(),
+        1,
+        "and it was undone"
+    );
+    orchestrator.shutdown().await;
+}
+
+pub async fn a_failed_group_compensation_lets_the_others_run_before_a_person_is_called<S: Store>(
+    store: Arc<S>,
+) {
+    let (script, gauge) = (Script::new(), Gauge::new());
+    // Two refunds at a time: the flight's is refused for good while the hotel's runs, and the
+    // car's still has to begin.
+    script.plan("charge", Phase::Action, &[Outcome::Permanent]);
+    script.plan("flight", Phase::Compensation, &[Outcome::Permanent]);
+    script.plan("hotel", Phase::Compensation, &[slow(150)]);
+    let orchestrator = orchestrator(&store, Duration::from_secs(10));
+    orchestrator
+        .register(TwoAtATime(script.clone(), gauge.clone()))
+        .unwrap();
+    orchestrator.run();
+    let id = orchestrator.start::<TwoAtATime>(&input(360)).await.unwrap();
+    let record = orchestrator.wait(id, WAIT).await.unwrap();
+    let history = orchestrator.history(id).await.unwrap().render();
+    assert_eq!(record.status, SagaStatus::NeedsIntervention, "{history}");
+    for step in ["hotel", "car"] {
+        assert_eq!(
+            script.effect(&key(id, step, Phase::Compensation)).applied,
+            1,
+            "{step}: undone although the flight's refund failed: {history}"
+        );
+    }
+    let open = orchestrator.admin().interventions(true).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(
+        open[0].item.step.as_ref().map(|(_, name)| name.as_str()),
+        Some("flight")
+    );
+    assert!(
+        script
+            .calls_of("check_budget", Phase::Compensation)
+            .is_empty(),
+        "nothing before the group is undone while a person decides"
+    );
+    orchestrator.shutdown().await;
+}

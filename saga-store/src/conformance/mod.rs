@@ -125,6 +125,8 @@ macro_rules! conformance_suite {
                 a_group_step_whose_outcome_is_unknown_is_settled_then_compensated_with_the_others,
                 a_cancel_while_a_group_runs_begins_none_of_its_waiting_steps,
                 a_group_compensation_that_fails_is_escalated_once_the_others_are_settled,
+                a_cancel_refusing_the_group_keeps_the_outcome_of_the_step_before_it,
+                a_failed_group_compensation_lets_the_others_run_before_a_person_is_called,
             );
         }
     };
