@@ -578,7 +578,7 @@ impl Driver<'_> {
                         }])?;
                         return self.flush().await;
                     }
-                    if !self.run_group(first, phase).await? {
+                    if !Box::pin(self.run_group(first, phase)).await? {
                         return Ok(());
                     }
                 }
@@ -589,10 +589,10 @@ impl Driver<'_> {
                         }])?;
                         return self.flush().await;
                     }
-                    self.probe_step(probing).await?;
+                    Box::pin(self.probe_step(probing)).await?;
                 }
                 Action::Wait(waiting) => {
-                    if !self.wait_step(waiting, deadline).await? {
+                    if !Box::pin(self.wait_step(waiting, deadline)).await? {
                         return Ok(());
                     }
                 }
@@ -667,7 +667,7 @@ impl Driver<'_> {
                 reason: format!("plan chose step {index}, which the definition lacks"),
             });
         };
-        if let Some(planned) = self.gate(&spec, index, phase, attempt).await? {
+        if let Some(planned) = Box::pin(self.gate(&spec, index, phase, attempt)).await? {
             return Ok(planned);
         }
         // A transactional step's transaction is opened before `in_progress` is written: when
@@ -709,7 +709,7 @@ impl Driver<'_> {
         match self.flush().await {
             Ok(()) => {}
             Err(Error::CancelRequested { reason, .. }) if phase == Phase::Action => {
-                return self.honour_cancel(reason).await.map(|()| true);
+                return Box::pin(self.honour_cancel(reason)).await.map(|()| true);
             }
             Err(err) => return Err(err),
         }
@@ -727,8 +727,7 @@ impl Driver<'_> {
             let not_run = self.not_run(&spec, index, phase, attempt, &reason);
             self.record(vec![not_run])?;
             let waiting_for = pause.scope.waiting_for();
-            self.hold(&spec, "paused", waiting_for, reason, until)
-                .await?;
+            Box::pin(self.hold(&spec, "paused", waiting_for, reason, until)).await?;
             return Ok(false);
         }
         if spec.transactional && !open_first {
@@ -1486,7 +1485,9 @@ impl Driver<'_> {
         transaction: Option<crate::context::TransactionSlot>,
     ) -> std::result::Result<Option<Value>, Intercepted> {
         let prepared = self.prepare(spec, attempted, key, transaction);
-        call(self.inner, Arc::clone(&self.definition), prepared).await
+        // Boxed: a drive's future keeps room for its largest state, and a call is short-lived
+        // next to the writes a drive mostly waits for (see `Driver::run`).
+        Box::pin(call(self.inner, Arc::clone(&self.definition), prepared)).await
     }
 
     /// What an attempt of `spec` needs, taken from this drive's copy of the saga, so that it can
