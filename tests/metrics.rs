@@ -3,33 +3,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::path::Path;
+mod example;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn example_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf();
-    let mut args = vec!["build", "--example", name];
-    if profile_dir.ends_with("release") {
-        args.push("--release");
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .args(&args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::null())
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "building the {name} example failed");
-    profile_dir.join("examples").join(name)
-}
 
 async fn scrape(port: u16) -> Option<String> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -63,7 +42,7 @@ async fn prometheus_counters_match_a_known_workload() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(example_binary("metrics"))
+    let mut child = Command::new(example::binary("metrics"))
         .args([
             "--db",
             &db,

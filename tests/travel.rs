@@ -5,32 +5,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-/// The example binary, (re)built by cargo so that it matches the sources under test.
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf();
-    let mut args = vec!["build", "--example", "travel"];
-    if profile_dir.ends_with("release") {
-        args.push("--release");
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .args(&args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::null())
-        .status()
-        .expect("run cargo build --example travel");
-    assert!(status.success(), "building the travel example failed");
-    profile_dir.join("examples").join("travel")
-}
+mod example;
 
 /// The lines of one trip's report (its status line and what follows, up to the next trip).
 fn trip(stdout: &str, n: u64) -> Vec<&str> {
@@ -59,30 +34,11 @@ fn span(lines: &[&str], what: &str) -> (u64, u64) {
 
 #[test]
 fn bookings_run_at_once_and_a_partial_booking_is_undone() {
-    let binary = example_binary();
     let dir = tempfile::tempdir().expect("temp dir");
     let db = format!("sqlite://{}", dir.path().join("travel.db").display());
-    let output = Command::new(&binary)
-        .args(["--db", &db, "--trips", "6"])
-        .output()
-        .expect("run the travel example");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the example failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
-    let figures: HashMap<&str, u64> = stdout
-        .lines()
-        .filter_map(|line| line.split_once('='))
-        .filter_map(|(name, value)| Some((name, value.trim().parse().ok()?)))
-        .collect();
-    let figure = |name: &str| {
-        *figures
-            .get(name)
-            .unwrap_or_else(|| panic!("no `{name}=` line in the output:\n{stdout}"))
-    };
+    let stdout = example::run("travel", &["--db", &db, "--trips", "6"]);
+    let figures = example::Figures::of(&stdout);
+    let figure = |name: &str| figures.get(name);
     assert_eq!(figure("trips"), 6, "{stdout}");
     assert_eq!(figure("completed"), 4, "{stdout}");
     assert_eq!(figure("compensated"), 2, "{stdout}");

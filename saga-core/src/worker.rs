@@ -1107,35 +1107,25 @@ impl Driver<'_> {
             .filter(|_| spec.transactional)
             .map(|tx| Arc::new(tokio::sync::Mutex::new(tx)));
         let outcome = if spec.transactional && transaction.is_none() {
-            Err(StepError::permanent(format!(
+            Err(Intercepted::Outcome(StepError::permanent(format!(
                 "step `{}` is transactional, but this store lends no transactions; run it on Postgres or drop `.transactional()`",
                 spec.name
-            )))
+            ))))
         } else {
-            let executed = self
-                .execute(
-                    &spec,
-                    plan::Attempted {
-                        index,
-                        phase,
-                        attempt,
-                    },
-                    key,
-                    transaction.clone(),
-                )
-                .instrument(span.clone())
-                .await;
-            match executed {
-                Ok(output) => Ok(output),
-                Err(Intercepted::Outcome(error)) => Err(error),
-                Err(Intercepted::Abandoned) => return Err(Error::Abandoned(self.lease.saga)),
-            }
+            self.execute(
+                &spec,
+                plan::Attempted {
+                    index,
+                    phase,
+                    attempt,
+                },
+                key,
+                transaction.clone(),
+            )
+            .instrument(span.clone())
+            .await
         };
-        crate::faults::hit(match phase {
-            Phase::Action => crate::faults::FaultPoint::AfterAction,
-            Phase::Compensation => crate::faults::FaultPoint::MidCompensation,
-        });
-        let mut outcome = self.check_output(&spec.name, outcome);
+        let mut outcome = self.ended(&spec.name, phase, outcome)?;
         // The step's own writes commit with its outcome, or are rolled back with it.
         let transaction = match (transaction, outcome.is_ok()) {
             (Some(slot), true) => match Arc::try_unwrap(slot) {
@@ -1413,16 +1403,7 @@ impl Driver<'_> {
                 else {
                     continue;
                 };
-                let outcome = match outcome {
-                    Ok(output) => Ok(output),
-                    Err(Intercepted::Outcome(error)) => Err(error),
-                    Err(Intercepted::Abandoned) => return Err(Error::Abandoned(self.lease.saga)),
-                };
-                crate::faults::hit(match phase {
-                    Phase::Action => crate::faults::FaultPoint::AfterAction,
-                    Phase::Compensation => crate::faults::FaultPoint::MidCompensation,
-                });
-                let outcome = self.check_output(&spec.name, outcome);
+                let outcome = self.ended(&spec.name, phase, outcome)?;
                 let changes = self.conclude(&spec, attempted, outcome, &span, took).await;
                 self.record(changes)?;
             }
@@ -1554,6 +1535,27 @@ impl Driver<'_> {
             action_output,
             call,
         }
+    }
+
+    /// The outcome of an attempt that ended, as the planner takes it: the interception hook's
+    /// abandon (a simulated crash) ends the drive; the fault point after an action or a
+    /// compensation fires; an output no store can keep becomes an unknown outcome.
+    fn ended(
+        &self,
+        name: &StepName,
+        phase: Phase,
+        executed: std::result::Result<Option<Value>, Intercepted>,
+    ) -> Result<std::result::Result<Option<Value>, StepError>> {
+        let outcome = match executed {
+            Ok(output) => Ok(output),
+            Err(Intercepted::Outcome(error)) => Err(error),
+            Err(Intercepted::Abandoned) => return Err(Error::Abandoned(self.lease.saga)),
+        };
+        crate::faults::hit(match phase {
+            Phase::Action => crate::faults::FaultPoint::AfterAction,
+            Phase::Compensation => crate::faults::FaultPoint::MidCompensation,
+        });
+        Ok(self.check_output(name, outcome))
     }
 
     /// Refuses an output that no store can keep (over the payload limit, or holding a NUL

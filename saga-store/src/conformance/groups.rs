@@ -191,6 +191,23 @@ impl Saga for TwoAtATime {
     }
 }
 
+/// A running orchestrator for the scenarios, with both trips registered on one script and log.
+fn running<S: Store>(
+    store: &Arc<S>,
+    script: &Arc<Script>,
+    gauge: &Arc<Gauge>,
+) -> saga_core::Orchestrator {
+    let orchestrator = orchestrator(store, Duration::from_secs(10));
+    orchestrator
+        .register(Trip(script.clone(), gauge.clone()))
+        .unwrap();
+    orchestrator
+        .register(TwoAtATime(script.clone(), gauge.clone()))
+        .unwrap();
+    orchestrator.run();
+    orchestrator
+}
+
 fn slow(ms: u64) -> Outcome {
     Outcome::Slow(Duration::from_millis(ms))
 }
@@ -202,14 +219,7 @@ pub async fn a_group_runs_its_steps_at_once_within_its_limit_and_completes_when_
     for step in GROUP {
         script.plan(step, Phase::Action, &[slow(150)]);
     }
-    let orchestrator = orchestrator(&store, Duration::from_secs(10));
-    orchestrator
-        .register(Trip(script.clone(), gauge.clone()))
-        .unwrap();
-    orchestrator
-        .register(TwoAtATime(script.clone(), gauge.clone()))
-        .unwrap();
-    orchestrator.run();
+    let orchestrator = running(&store, &script, &gauge);
     let id = orchestrator.start::<Trip>(&input(300)).await.unwrap();
     let record = orchestrator.wait(id, WAIT).await.unwrap();
     assert_eq!(record.status, SagaStatus::Completed);
@@ -250,15 +260,8 @@ pub async fn a_group_runs_its_steps_at_once_within_its_limit_and_completes_when_
 
     // With a limit of two, never three at once; all still complete.
     let limited = Gauge::new();
-    let orchestrator_two = super::scenarios::orchestrator(&store, Duration::from_secs(10));
-    orchestrator_two
-        .register(TwoAtATime(script.clone(), limited.clone()))
-        .unwrap();
-    orchestrator_two
-        .register(Trip(script.clone(), limited.clone()))
-        .unwrap();
     orchestrator.shutdown().await;
-    orchestrator_two.run();
+    let orchestrator_two = running(&store, &script, &limited);
     for step in GROUP {
         script.plan(step, Phase::Action, &[slow(150)]);
     }
@@ -291,11 +294,7 @@ pub async fn a_failed_group_step_stops_the_group_and_its_completed_steps_are_und
     // The compensations take a while, so that running them one after the other would show.
     script.plan("flight", Phase::Compensation, &[slow(200)]);
     script.plan("car", Phase::Compensation, &[slow(200)]);
-    let orchestrator = orchestrator(&store, Duration::from_secs(10));
-    orchestrator
-        .register(Trip(script.clone(), gauge.clone()))
-        .unwrap();
-    orchestrator.run();
+    let orchestrator = running(&store, &script, &gauge);
     let id = orchestrator.start::<Trip>(&input(310)).await.unwrap();
     let record = orchestrator.wait(id, WAIT).await.unwrap();
     assert_eq!(record.status, SagaStatus::Compensated);
@@ -353,11 +352,7 @@ pub async fn a_group_step_whose_outcome_is_unknown_is_settled_then_compensated_w
     // The car was booked, but its answer was lost; the hotel fails for good meanwhile.
     script.plan("car", Phase::Action, &[Outcome::ApplyThenUnknown]);
     script.plan("hotel", Phase::Action, &[Outcome::Permanent]);
-    let orchestrator = orchestrator(&store, Duration::from_secs(10));
-    orchestrator
-        .register(Trip(script.clone(), gauge.clone()))
-        .unwrap();
-    orchestrator.run();
+    let orchestrator = running(&store, &script, &gauge);
     let id = orchestrator.start::<Trip>(&input(320)).await.unwrap();
     let record = orchestrator.wait(id, WAIT).await.unwrap();
     assert_eq!(
@@ -395,11 +390,7 @@ pub async fn a_cancel_while_a_group_runs_begins_none_of_its_waiting_steps<S: Sto
     let (script, gauge) = (Script::new(), Gauge::new());
     script.plan("flight", Phase::Action, &[slow(400)]);
     script.plan("hotel", Phase::Action, &[slow(400)]);
-    let orchestrator = orchestrator(&store, Duration::from_secs(10));
-    orchestrator
-        .register(TwoAtATime(script.clone(), gauge.clone()))
-        .unwrap();
-    orchestrator.run();
+    let orchestrator = running(&store, &script, &gauge);
     let admin = orchestrator.admin();
     let id = orchestrator.start::<TwoAtATime>(&input(330)).await.unwrap();
     wait_until("two bookings run", || {
@@ -445,11 +436,7 @@ pub async fn a_group_compensation_that_fails_is_escalated_once_the_others_are_se
     // The flight's refund went through but its answer was lost; the car's is refused for good.
     script.plan("flight", Phase::Compensation, &[Outcome::ApplyThenUnknown]);
     script.plan("car", Phase::Compensation, &[Outcome::Permanent]);
-    let orchestrator = orchestrator(&store, Duration::from_secs(10));
-    orchestrator
-        .register(Trip(script.clone(), gauge.clone()))
-        .unwrap();
-    orchestrator.run();
+    let orchestrator = running(&store, &script, &gauge);
     let id = orchestrator.start::<Trip>(&input(340)).await.unwrap();
     let record = orchestrator.wait(id, WAIT).await.unwrap();
     let history = orchestrator.history(id).await.unwrap().render();
@@ -495,11 +482,7 @@ pub async fn a_cancel_refusing_the_group_keeps_the_outcome_of_the_step_before_it
     // The cancel comes while the step before the group runs; its completion is written with the
     // group's `in_progress` records, which the cancel refuses.
     script.plan("check_budget", Phase::Action, &[slow(400)]);
-    let orchestrator = orchestrator(&store, Duration::from_secs(10));
-    orchestrator
-        .register(TwoAtATime(script.clone(), gauge.clone()))
-        .unwrap();
-    orchestrator.run();
+    let orchestrator = running(&store, &script, &gauge);
     let admin = orchestrator.admin();
     let id = orchestrator.start::<TwoAtATime>(&input(350)).await.unwrap();
     wait_until("check_budget runs", || {
@@ -545,11 +528,7 @@ pub async fn a_failed_group_compensation_lets_the_others_run_before_a_person_is_
     script.plan("charge", Phase::Action, &[Outcome::Permanent]);
     script.plan("flight", Phase::Compensation, &[Outcome::Permanent]);
     script.plan("hotel", Phase::Compensation, &[slow(150)]);
-    let orchestrator = orchestrator(&store, Duration::from_secs(10));
-    orchestrator
-        .register(TwoAtATime(script.clone(), gauge.clone()))
-        .unwrap();
-    orchestrator.run();
+    let orchestrator = running(&store, &script, &gauge);
     let id = orchestrator.start::<TwoAtATime>(&input(360)).await.unwrap();
     let record = orchestrator.wait(id, WAIT).await.unwrap();
     let history = orchestrator.history(id).await.unwrap().render();
