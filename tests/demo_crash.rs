@@ -3,7 +3,9 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+mod example;
+
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,29 +17,7 @@ const SAGAS: i64 = 400;
 /// The quickstart binary, (re)built by cargo so that it matches the sources under test.
 fn quickstart() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("test executable path");
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("target/<profile>/deps/<test>")
-                .to_path_buf();
-            let mut args = vec!["build", "--example", "quickstart"];
-            if profile_dir.ends_with("release") {
-                args.push("--release");
-            }
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let status = Command::new(cargo)
-                .args(&args)
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .stdout(Stdio::null())
-                .status()
-                .expect("run cargo build --example quickstart");
-            assert!(status.success(), "building the quickstart example failed");
-            profile_dir.join("examples").join("quickstart")
-        })
-        .clone()
+    BUILT.get_or_init(|| example::binary("quickstart")).clone()
 }
 
 fn demo(db: &str) -> Command {

@@ -3,7 +3,9 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+mod example;
+
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,25 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The service binary, (re)built by cargo so that it matches the sources under test.
 fn service_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf();
-    let mut args = vec!["build", "--example", "service"];
-    if profile_dir.ends_with("release") {
-        args.push("--release");
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .args(&args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::null())
-        .status()
-        .expect("run cargo build --example service");
-    assert!(status.success(), "building the service example failed");
-    profile_dir.join("examples").join("service")
+    example::binary("service")
 }
 
 fn free_port() -> u16 {

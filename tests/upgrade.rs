@@ -5,8 +5,10 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+mod example;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -574,34 +576,7 @@ on_both_backends!(
 /// The example binary, (re)built by cargo so that it matches the sources under test, with the
 /// facade's `postgres` feature (as a service on Postgres builds it).
 fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf();
-    let mut args = vec![
-        "build",
-        "--example",
-        "upgrade_check",
-        "--features",
-        "postgres",
-    ];
-    if profile_dir.ends_with("release") {
-        args.push("--release");
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .args(&args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::null())
-        .status()
-        .expect("run cargo build --example upgrade_check");
-    assert!(
-        status.success(),
-        "building the upgrade_check example failed"
-    );
-    profile_dir.join("examples").join("upgrade_check")
+    example::binary_with("upgrade_check", &["postgres"])
 }
 
 /// Runs the example; returns (exit code, stdout, stderr).

@@ -10,13 +10,22 @@ use std::process::{Command, Stdio};
 
 /// The binary of example `name`, (re)built in the test's own profile.
 pub(crate) fn binary(name: &str) -> PathBuf {
+    binary_with(name, &[])
+}
+
+/// The binary of example `name` built with the facade's `features` too (e.g. `postgres`).
+pub(crate) fn binary_with(name: &str, features: &[&str]) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>/deps/<test>")
         .to_path_buf();
+    let joined = features.join(",");
     let mut args = vec!["build", "--example", name];
+    if !features.is_empty() {
+        args.extend(["--features", joined.as_str()]);
+    }
     if profile_dir.ends_with("release") {
         args.push("--release");
     }
