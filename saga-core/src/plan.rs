@@ -136,7 +136,12 @@ fn next_forward(
                 .unsettled
                 .and_then(|i| member(snapshot, steps, i, Phase::Action))
             {
-                return settle_begun(snapshot, spec, record, now);
+                // Settled now, unless that calls a person while other steps of the group can
+                // still run: they run first, so that the person finds nothing else unsettled.
+                let settle = settle_begun(snapshot, spec, record, now);
+                if !escalates(&settle) || !round.can_run() {
+                    return settle;
+                }
             }
             if let Some((spec, record)) = round
                 .failed
@@ -371,6 +376,18 @@ pub fn group_round(
         }
     }
     round
+}
+
+impl Round {
+    /// Whether a step of the group may still begin, now or at a retry's time.
+    pub fn can_run(&self) -> bool {
+        !self.due.is_empty() || self.next_due.is_some()
+    }
+}
+
+/// Whether `action` calls a person (opens an intervention item).
+fn escalates(action: &Action) -> bool {
+    matches!(action, Action::Record(changes) if changes.iter().any(|change| matches!(change, Change::Escalate(_))))
 }
 
 /// The spec and the record of phase `phase` of the step at `index`, when both exist.
@@ -663,7 +680,10 @@ fn next_compensation(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp
                 .unsettled
                 .and_then(|i| member(snapshot, steps, i, Phase::Compensation))
             {
-                return settle_begun(snapshot, spec, record, now);
+                let settle = settle_begun(snapshot, spec, record, now);
+                if !escalates(&settle) || !round.can_run() {
+                    return settle;
+                }
             }
             // Every compensation of the group that can still run runs (one that failed for good
             // does not stop the others); the person is called once none is left to run.
@@ -2083,5 +2103,41 @@ mod tests {
             ),
             "escalated"
         );
+    }
+
+    #[test]
+    fn a_group_step_that_would_call_a_person_waits_for_the_others_that_can_still_run() {
+        let specs = grouped();
+        let now = clock::now();
+        let mut snap = snapshot(SagaStatus::Compensating);
+        for index in 0..4 {
+            snap = with_step(snap, index, Phase::Action, StepStatus::Completed, 1);
+        }
+        // `charge_card`'s refund timed out on its last attempt: unknown, none left.
+        snap = with_step(snap, 2, Phase::Compensation, StepStatus::InProgress, 2);
+        if let Some(step) = snap.steps.last_mut() {
+            step.finished_at = Some(now);
+            step.last_error = Some("unknown: attempt timed out".into());
+        }
+        // `ship`'s refund has a retry coming.
+        let retry_at = clock::after(now, Duration::from_secs(10));
+        snap = with_step(snap, 3, Phase::Compensation, StepStatus::Pending, 1);
+        if let Some(step) = snap.steps.last_mut() {
+            step.next_attempt_at = Some(retry_at);
+        }
+        assert_eq!(
+            next_action(&snap, &specs, now),
+            Action::WaitUntil(retry_at),
+            "the other refund's retry comes before the person"
+        );
+        // Once it is through, the person is called.
+        let done = with_step(snap, 3, Phase::Compensation, StepStatus::Completed, 2);
+        let mut done = done;
+        done.steps
+            .retain(|step| !(step.index == StepIndex(3) && step.status == StepStatus::Pending));
+        assert!(matches!(
+            next_action(&done, &specs, now),
+            Action::Record(changes) if matches!(changes.as_slice(), [Change::Escalate(_)])
+        ));
     }
 }

@@ -1242,7 +1242,13 @@ impl Driver<'_> {
                 let pauses = if stop || round.due.is_empty() {
                     Arc::default()
                 } else {
-                    inner.pauses().await?
+                    match inner.pauses().await {
+                        Ok(pauses) => pauses,
+                        Err(err) => {
+                            drain(&mut flight, &err).await;
+                            return Err(err);
+                        }
+                    }
                 };
                 let (held, due): (Vec<_>, Vec<_>) = round.due.into_iter().partition(|attempted| {
                     specs
@@ -1304,7 +1310,13 @@ impl Driver<'_> {
                         Ok(()) => {
                             crate::faults::hit(crate::faults::FaultPoint::AfterBeginStep);
                             // Paused while `in_progress` was being written: not called.
-                            let pauses = inner.pauses().await?;
+                            let pauses = match inner.pauses().await {
+                                Ok(pauses) => pauses,
+                                Err(err) => {
+                                    drain(&mut flight, &err).await;
+                                    return Err(err);
+                                }
+                            };
                             for attempted in launch {
                                 let Some(spec) = specs
                                     .get(usize::try_from(attempted.index.0).unwrap_or(usize::MAX))
@@ -1362,11 +1374,14 @@ impl Driver<'_> {
                                 drain(&mut flight, &err).await;
                                 return Err(err);
                             }
-                            self.snapshot = inner
-                                .store
-                                .load(self.lease.saga)
-                                .await?
-                                .ok_or(Error::SagaNotFound(self.lease.saga))?;
+                            match inner.store.load(self.lease.saga).await {
+                                Ok(Some(snapshot)) => self.snapshot = snapshot,
+                                Ok(None) => return Err(Error::SagaNotFound(self.lease.saga)),
+                                Err(err) => {
+                                    drain(&mut flight, &err).await;
+                                    return Err(err);
+                                }
+                            }
                             cancel = Some(reason);
                             stop = true;
                         }

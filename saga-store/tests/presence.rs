@@ -80,6 +80,7 @@ async fn a_worker_whose_session_ended_is_taken_over_at_once_and_a_live_one_is_no
         "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
           WHERE locktype = 'advisory' AND granted AND objsubid = 2
             AND classid = hashtext('saga-worker')::oid
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND objid = hashtext('saga/worker-a')::oid",
     )
     .fetch_one(&mut admin)
@@ -129,6 +130,64 @@ async fn a_worker_whose_session_ended_is_taken_over_at_once_and_a_live_one_is_no
         matches!(late, Err(Error::LeaseLost(_))),
         "the old holder's write is refused: {late:?}"
     );
+    first.close().await;
+    second.close().await;
+}
+
+/// When the server ends every session at once (a restart, a failover, a proxy resetting its
+/// connections), every live worker's lock is gone for a moment: a store that finds its own
+/// session ended takes no saga over for a lease's length, so a live worker's sagas stay its
+/// own until it takes its lock again at its next claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_every_session_ended_at_once_no_live_lease_is_taken_over() {
+    use saga_core::WorkerId;
+    let url = TestPg::fresh_database().await.unwrap();
+    let first = PgStore::connect(&url).await.unwrap();
+    let second = PgStore::connect(&url).await.unwrap();
+    for n in 1..=3 {
+        first.create(new_saga("restart", n)).await.unwrap();
+    }
+    let (a, b) = (WorkerId::new("worker-a"), WorkerId::new("worker-b"));
+    let lease = Duration::from_secs(30);
+    let held = first
+        .claim_loaded(&a, saga_core::now(), lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 3);
+    // worker-b is present too (it claimed, finding nothing).
+    let none = second
+        .claim_loaded(&b, saga_core::now(), lease, 10)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+
+    // Every presence session ends at once, as in a restart.
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+          WHERE locktype = 'advisory' AND granted AND objsubid = 2
+            AND classid = hashtext('saga-worker')::oid
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(ended, 2, "both workers held their presence");
+
+    // worker-b claims again (after its once-a-second check): it finds its own session ended,
+    // takes its lock again, and takes none of worker-a's sagas, though worker-a holds no lock
+    // until its own next claim.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let taken = second
+            .claim_loaded(&b, saga_core::now(), lease, 10)
+            .await
+            .unwrap();
+        assert!(
+            taken.is_empty(),
+            "a live worker's sagas were taken after a restart: {taken:?}"
+        );
+    }
     first.close().await;
     second.close().await;
 }

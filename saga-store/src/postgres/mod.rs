@@ -668,7 +668,7 @@ impl Store for PgStore {
         let plan = CreationPlan::compile(&saga)?;
         if let Some((owner, _)) = &saga.lease {
             // A saga created leased to its starter: the starter is present before it holds it.
-            self.presence.keep(owner).await.map_err(classify)?;
+            self.presence.keep(owner, None).await.map_err(classify)?;
         }
         let (id, key, input_hash) = (
             saga.id,
@@ -735,7 +735,11 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<Lease>> {
         let expires_at = saga_core::after(now, lease_for);
-        let scan = self.presence.keep(owner).await.map_err(classify)?;
+        let scan = self
+            .presence
+            .keep(owner, Some(lease_for))
+            .await
+            .map_err(classify)?;
         let mut rows = claim_query(owner, expires_at, now, limit)
             .fetch_all(&self.write_pool)
             .await
@@ -765,7 +769,7 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<Lease>> {
         let expires_at = saga_core::after(now, lease_for);
-        self.presence.keep(owner).await.map_err(classify)?;
+        self.presence.keep(owner, None).await.map_err(classify)?;
         let rows = claim_where(
             &CLAIM_OWN,
             owner,
@@ -790,7 +794,11 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<(Lease, Option<Result<SagaSnapshot>>)>> {
         let expires_at = saga_core::after(now, lease_for);
-        let scan = self.presence.keep(owner).await.map_err(classify)?;
+        let scan = self
+            .presence
+            .keep(owner, Some(lease_for))
+            .await
+            .map_err(classify)?;
         let mut tx = begin(&self.write_pool).await?;
         let mut sagas = claim_query(owner, expires_at, now, limit)
             .fetch_all(&mut *tx)

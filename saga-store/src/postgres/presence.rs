@@ -23,6 +23,13 @@ pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// The advisory lock's first key (the second is the worker's).
 pub(crate) const LOCK_CLASS: &str = "saga-worker";
 
+/// How long opening a presence session, or checking one, may take.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long no takeover is made after one of this store's own sessions was found ended, when
+/// the claim does not say how long its leases are.
+const QUIET_DEFAULT: Duration = Duration::from_secs(30);
+
 /// The presence locks this store holds, one per worker id that claimed through it.
 pub(crate) struct Presence {
     connect: PgConnectOptions,
@@ -54,6 +61,10 @@ enum Held {
 struct State {
     held: HashMap<String, Held>,
     last_scan: Option<Instant>,
+    /// No takeover before this: one of this store's own sessions was found ended, so the
+    /// server may have restarted (or reset connections), ending every process's session at
+    /// once; live processes take their locks again only at their next claim.
+    quiet_until: Option<Instant>,
     closed: bool,
 }
 
@@ -73,14 +84,21 @@ impl Presence {
 
     /// Makes sure `owner` is present before it holds a lease: takes its lock if this store does
     /// not hold it, and at most once per [`CHECK_EVERY`] checks that the session holding it
-    /// still lives (taking it again if not). Returns whether it is time for this store to look
-    /// for sagas whose holder's session ended.
+    /// still lives (taking it again if not). With `scan` (a claim, whose leases last that
+    /// long), returns whether it is time for this store to look for sagas whose holder's
+    /// session ended: once per [`CHECK_EVERY`], and not within `scan` of finding one of this
+    /// store's own sessions ended (the server may have restarted: every process's lock is gone
+    /// for a moment, the live ones' too).
     ///
     /// # Errors
-    /// The lock could not be taken (the server refused a connection): the worker must not take
-    /// leases it could not be seen to hold, since they would look orphaned to every other
-    /// process.
-    pub(crate) async fn keep(&self, owner: &WorkerId) -> Result<bool, sqlx::Error> {
+    /// The lock could not be taken (the server refused a connection, or did not answer in
+    /// time): the worker must not take leases it could not be seen to hold, since they would
+    /// look orphaned to every other process.
+    pub(crate) async fn keep(
+        &self,
+        owner: &WorkerId,
+        scan: Option<Duration>,
+    ) -> Result<bool, sqlx::Error> {
         let mut state = self.state.lock().await;
         if state.closed {
             return Ok(false);
@@ -91,11 +109,19 @@ impl Presence {
             Some(Held::Lock { session, checked }) => {
                 if checked.elapsed() < CHECK_EVERY {
                     false
-                } else if sqlx::query("SELECT 1").execute(&mut *session).await.is_ok() {
+                } else if matches!(
+                    tokio::time::timeout(
+                        IO_TIMEOUT,
+                        sqlx::query("SELECT 1").execute(&mut *session)
+                    )
+                    .await,
+                    Ok(Ok(_))
+                ) {
                     *checked = Instant::now();
                     false
                 } else {
-                    tracing::warn!(worker = %owner, "this worker's presence session ended; taking its lock again (meanwhile other processes may have taken its sagas over, and fencing refuses its late writes)");
+                    tracing::warn!(worker = %owner, "this worker's presence session ended; taking its lock again, and taking no saga over for a lease's length (the server may have restarted); meanwhile other processes may have taken this worker's sagas over, and fencing refuses its late writes");
+                    state.quiet_until = Some(Instant::now() + scan.unwrap_or(QUIET_DEFAULT));
                     true
                 }
             }
@@ -105,6 +131,13 @@ impl Presence {
             let held = self.acquire(owner).await?;
             state.held.insert(owner.as_str().to_owned(), held);
         }
+        if scan.is_none()
+            || state
+                .quiet_until
+                .is_some_and(|until| Instant::now() < until)
+        {
+            return Ok(false);
+        }
         let due = state.last_scan.is_none_or(|at| at.elapsed() >= CHECK_EVERY);
         if due {
             state.last_scan = Some(Instant::now());
@@ -113,15 +146,23 @@ impl Presence {
     }
 
     async fn acquire(&self, owner: &WorkerId) -> Result<Held, sqlx::Error> {
-        let mut session = PgConnection::connect_with(&self.connect).await?;
-        let locked: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2 || '/' || $3))",
+        let late = || sqlx::Error::PoolTimedOut;
+        let mut session =
+            tokio::time::timeout(IO_TIMEOUT, PgConnection::connect_with(&self.connect))
+                .await
+                .map_err(|_| late())??;
+        let locked: bool = tokio::time::timeout(
+            IO_TIMEOUT,
+            sqlx::query_scalar(
+                "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2 || '/' || $3))",
+            )
+            .bind(LOCK_CLASS)
+            .bind(&self.schema)
+            .bind(owner.as_str())
+            .fetch_one(&mut session),
         )
-        .bind(LOCK_CLASS)
-        .bind(&self.schema)
-        .bind(owner.as_str())
-        .fetch_one(&mut session)
-        .await?;
+        .await
+        .map_err(|_| late())??;
         if locked {
             return Ok(Held::Lock {
                 session,
