@@ -925,18 +925,19 @@ fn check_groups<S: Saga>(steps: &[Step<S>]) -> std::result::Result<(), String> {
                 group.name, step.spec.name
             ));
         }
-        let members = steps[position..]
-            .iter()
-            .take_while(|next| next.spec.group.as_ref().map(|g| &g.name) == Some(&group.name))
-            .count();
+        let in_group =
+            |next: &&Step<S>| next.spec.group.as_ref().map(|g| &g.name) == Some(&group.name);
+        let members = steps.iter().skip(position).take_while(in_group).count();
         if members < 2 {
             return Err(format!(
                 "the parallel group `{}` has one step (`{}`); a group needs at least two, or make it a plain step",
                 group.name, step.spec.name
             ));
         }
-        if let Some(other) = steps[position..position + members]
+        if let Some(other) = steps
             .iter()
+            .skip(position)
+            .take(members)
             .find(|member| member.spec.group.as_ref().map(|g| g.limit) != Some(group.limit))
         {
             return Err(format!(

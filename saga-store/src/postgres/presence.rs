@@ -30,6 +30,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// the claim does not say how long its leases are.
 const QUIET_DEFAULT: Duration = Duration::from_secs(30);
 
+/// The longest quiet period, whatever the leases' length.
+const QUIET_LONGEST: Duration = Duration::from_secs(3_600);
+
 /// The presence locks this store holds, one per worker id that claimed through it.
 pub(crate) struct Presence {
     connect: PgConnectOptions,
@@ -121,7 +124,9 @@ impl Presence {
                     false
                 } else {
                     tracing::warn!(worker = %owner, "this worker's presence session ended; taking its lock again, and taking no saga over for a lease's length (the server may have restarted); meanwhile other processes may have taken this worker's sagas over, and fencing refuses its late writes");
-                    state.quiet_until = Some(Instant::now() + scan.unwrap_or(QUIET_DEFAULT));
+                    // Bounded: a lease of years would otherwise overflow the instant.
+                    let quiet = scan.unwrap_or(QUIET_DEFAULT).min(QUIET_LONGEST);
+                    state.quiet_until = Some(Instant::now() + quiet);
                     true
                 }
             }
