@@ -73,6 +73,13 @@ pub(crate) type WakeFn<S> = Arc<
         + Sync,
 >;
 
+/// The input of a child step's child saga, from the parent's input and earlier outputs.
+pub(crate) type ChildInputFn<S> = Arc<
+    dyn Fn(&S, &StepContext<<S as Saga>::Input>) -> std::result::Result<Value, StepError>
+        + Send
+        + Sync,
+>;
+
 /// Whether a signal payload decodes as a step's signal type (why not, when it does not).
 pub(crate) type DecodeFn = fn(&Value) -> std::result::Result<(), String>;
 
@@ -146,6 +153,8 @@ pub struct Step<S: Saga> {
     wake: Option<WakeFn<S>>,
     /// Whether a signal payload decodes as the step's signal type.
     decodes: Option<DecodeFn>,
+    /// A child step's child type and input (`Step::child`).
+    child: Option<(std::any::TypeId, ChildInputFn<S>)>,
     /// Why the declaration cannot be used (reported by `validate`), e.g. a default output
     /// that does not serialize.
     unusable: Option<String>,
@@ -228,6 +237,7 @@ impl<S: Saga> Step<S> {
                 probe: None,
                 wake: None,
                 decodes: None,
+                child: None,
                 unusable: None,
                 policy_keys: Vec::new(),
             },
@@ -317,6 +327,68 @@ impl<S: Saga> Step<S> {
     /// [`StepBuilder::timeout`], it fails permanently and the saga compensates.
     pub fn approval(name: &str) -> StepBuilder<S, Approval> {
         Self::waiting(name, StepKind::Approval { timeout: None })
+    }
+
+    /// A step that starts a child saga of type `C` — with the input `input` computes from the
+    /// saga's input and earlier outputs (`Err` fails the step permanently, with no child
+    /// started) — and waits for its end, holding no worker. The child is started in the same
+    /// write that records the step `in_progress`, with a start key derived from the step's own
+    /// key ([`child_key`](crate::child::child_key)), so a step run again never starts a second
+    /// child. `C` must be registered with the orchestrator that runs this saga.
+    ///
+    /// The child's end decides the step: completed, the step completes with a
+    /// [`ChildOutput`](crate::ChildOutput) (the child's step outputs); compensated or cancelled,
+    /// the step fails for good and this saga compensates. While the child runs, compensates or
+    /// waits for a person, this saga waits. Compensating the step compensates the child (a
+    /// completed child undoes its steps in reverse); a cancel or a deadline while the child runs
+    /// cancels it, and this saga compensates once the child ended. The step needs no
+    /// compensation of its own; declared `.irreversible()`, its child is never sent back.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use saga_core::{ChildOutput, Saga, SagaDefinition, Step, StepContext, StepError};
+    /// struct Shipment;
+    /// impl Saga for Shipment {
+    ///     type Input = String;
+    ///     fn definition() -> SagaDefinition<Self> {
+    ///         SagaDefinition::new("shipment", 1).step(
+    ///             Step::new("label", |_: Arc<Shipment>, ctx: StepContext<String>| async move {
+    ///                 Ok::<_, StepError>(format!("label for {}", ctx.input()))
+    ///             })
+    ///             .irreversible(),
+    ///         )
+    ///     }
+    /// }
+    /// struct Order;
+    /// impl Saga for Order {
+    ///     type Input = String;
+    ///     fn definition() -> SagaDefinition<Self> {
+    ///         SagaDefinition::new("order", 1)
+    ///             .step(Step::child::<Shipment, _>("ship", |_, ctx| Ok(ctx.input().clone())))
+    ///     }
+    /// }
+    /// ```
+    pub fn child<C, F>(name: &str, input: F) -> StepBuilder<S, crate::ChildOutput>
+    where
+        C: Saga,
+        F: Fn(&S, &StepContext<S::Input>) -> std::result::Result<C::Input, StepError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let saga_type = C::definition().name().clone();
+        let mut builder = Self::waiting(name, StepKind::Child { saga_type });
+        builder.step.spec.compensable = true;
+        let input: ChildInputFn<S> = Arc::new(move |saga, ctx| {
+            let input = input(saga, ctx)?;
+            serde_json::to_value(&input).map_err(|err| {
+                StepError::permanent(format!(
+                    "the child's input does not serialize ({err}); no child was started"
+                ))
+            })
+        });
+        builder.step.child = Some((std::any::TypeId::of::<C>(), input));
+        builder
     }
 
     /// The static description of this step.
@@ -437,7 +509,9 @@ where
             StepKind::Signal { timeout: limit, .. } | StepKind::Approval { timeout: limit } => {
                 *limit = Some(timeout);
             }
-            StepKind::Call | StepKind::Sleep { .. } => self.step.spec.timeout = timeout,
+            StepKind::Call | StepKind::Sleep { .. } | StepKind::Child { .. } => {
+                self.step.spec.timeout = timeout;
+            }
         }
         self
     }
@@ -825,6 +899,15 @@ impl<S: Saga> SagaDefinition<S> {
             if let Some(group) = &step.spec.group {
                 check_member(name, group, &step.spec).map_err(invalid)?;
             }
+            if step.child.is_some()
+                && (step.compensation.is_some()
+                    || step.probe.is_some()
+                    || step.spec.transactional)
+            {
+                return Err(invalid(format!(
+                    "step `{name}` starts a child saga and also has a compensation, a probe or `.transactional()`; a child step is undone by compensating its child and settled by reading it, so drop those"
+                )));
+            }
             if step.spec.retry.max_attempts == 0 || step.spec.compensation_retry.max_attempts == 0 {
                 return Err(invalid(format!(
                     "step `{name}` allows zero attempts; max_attempts counts the first attempt and must be at least 1"
@@ -852,6 +935,10 @@ impl<S: Saga> SagaDefinition<S> {
 
     pub(crate) fn wake(&self, index: usize) -> Option<&WakeFn<S>> {
         self.steps.get(index).and_then(|step| step.wake.as_ref())
+    }
+
+    pub(crate) fn child(&self, index: usize) -> Option<&(std::any::TypeId, ChildInputFn<S>)> {
+        self.steps.get(index).and_then(|step| step.child.as_ref())
     }
 
     pub(crate) fn decodes(&self, index: usize) -> Option<DecodeFn> {

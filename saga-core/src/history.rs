@@ -50,6 +50,7 @@ impl History {
                 EventKind::SignalReceived => format!("signal received  {detail}"),
                 EventKind::StepSkipped => format!("{step}  {phase}  skipped  {detail}"),
                 EventKind::Held => format!("held  {step}  {detail}"),
+                EventKind::ChildStarted => format!("{step}  child started  {detail}"),
             };
             let _ = writeln!(out, "{}", line.trim_end());
         }

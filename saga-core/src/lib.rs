@@ -78,6 +78,7 @@
 //! ```
 
 mod admin;
+pub mod child;
 mod clock;
 mod config;
 mod context;
@@ -105,6 +106,7 @@ pub mod wait;
 mod worker;
 
 pub use admin::{Admin, BatchResult, PendingApproval};
+pub use child::ChildOutput;
 pub use clock::{after, before, now, parse_age, Timestamp};
 pub use config::Config;
 pub use context::{StepContext, TransactionSlot};
@@ -125,7 +127,7 @@ pub use step::{bounded_text, FailureKind, ResultExt, StepError, MAX_MESSAGE_BYTE
 pub use store::memory::MemoryStore;
 pub use store::{
     CancelOutcome, Change, Created, Event, EventKind, Intervention, InterventionKind,
-    InterventionStatus, Lease, NewIntervention, NewSaga, Refusal, SagaFilter, SagaRecord,
+    InterventionStatus, Lease, NewIntervention, NewSaga, ParentLink, Refusal, SagaFilter, SagaRecord,
     SagaSnapshot, SettleAction, Settlement, StepRecord, StepTransaction, Store,
 };
 pub use wait::{

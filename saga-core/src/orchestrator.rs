@@ -356,6 +356,13 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// The definition registered here for the saga type with this Rust type id.
+    pub(crate) fn definition_of(&self, type_id: TypeId) -> Option<Arc<dyn ErasedSaga>> {
+        self.registry.read().ok()?.by_type.get(&type_id).cloned()
+    }
+}
+
 pub(crate) enum Lookup {
     Found(Arc<dyn ErasedSaga>),
     /// Not registered; the versions of that type that are.
@@ -649,6 +656,7 @@ impl Orchestrator {
             changes: Vec::new(),
             deadline,
             dedup_window: dedup_window.or_else(|| definition.dedup_window()),
+            parent: None,
         };
         // A saga driven by its starter begins its first step in the same write that creates
         // it: one commit less, and the step runs as soon as the creation returns.
@@ -1186,7 +1194,7 @@ fn first_step(
 
 /// Hash of (saga type, input) that tells a repeated start from a conflicting one. serde_json
 /// maps keep their keys sorted, so equal inputs hash equally.
-fn input_hash(saga_type: &SagaType, input: &serde_json::Value) -> String {
+pub(crate) fn input_hash(saga_type: &SagaType, input: &serde_json::Value) -> String {
     let mut hasher = Sha256::new();
     hasher.update(saga_type.as_str().as_bytes());
     hasher.update(b"\x1f");

@@ -9,7 +9,9 @@ use crate::id::{Attempt, IdempotencyKey, InterventionId, StepIndex, StepName};
 use crate::retry::RetryPolicy;
 use crate::status::{Phase, SagaStatus, StepStatus};
 use crate::step::{FailureKind, StepError};
-use crate::store::{Change, InterventionKind, NewIntervention, SagaSnapshot, StepRecord};
+use crate::store::{
+    Change, InterventionKind, NewIntervention, ParentLink, SagaSnapshot, StepRecord,
+};
 use crate::wait::{Approval, StepKind};
 
 /// What a worker holding a saga's lease does next.
@@ -41,6 +43,9 @@ pub enum Action {
         /// Action (the group runs) or compensation (it is undone).
         phase: Phase,
     },
+    /// A child step ([`StepKind::Child`]): start its child (`begins`: the phase begins now),
+    /// or read the child and act on what it became ([`crate::child::decide`]).
+    Child(ChildStep),
     /// Nothing is due before this time: release the lease until then.
     WaitUntil(Timestamp),
     /// The saga reached this final status.
@@ -59,6 +64,18 @@ pub struct Waiting {
     pub begins: bool,
     /// When the wait ends, if it began already (`None`: when its signal comes).
     pub until: Option<Timestamp>,
+}
+
+/// A child step to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildStep {
+    /// The step.
+    pub index: StepIndex,
+    /// The action (start the child, or wait for its end) or the compensation (send the child
+    /// back to compensate, and wait for that).
+    pub phase: Phase,
+    /// Whether the phase begins now, with this attempt; otherwise it began already.
+    pub begins: Option<Attempt>,
 }
 
 /// The next action for `snapshot`, whose definition has `steps` and no deadline, at `now`.
@@ -169,7 +186,18 @@ fn next_forward(
             }
             continue;
         }
+        let child = matches!(spec.kind, StepKind::Child { .. });
         let Some(record) = snapshot.step(index, Phase::Action) else {
+            if child {
+                if let Some(at) = overdue {
+                    return stop_for_deadline(at);
+                }
+                return Action::Child(ChildStep {
+                    index,
+                    phase: Phase::Action,
+                    begins: Some(Attempt::FIRST),
+                });
+            }
             if spec.kind.waits() {
                 // A signal that came before the saga got here is consumed at once.
                 if let Some(settled) = received(snapshot, spec, index, Attempt::FIRST) {
@@ -208,6 +236,18 @@ fn next_forward(
         match record.status {
             // A skipped step (a cap reached) is a recorded no-op: the saga goes on past it.
             StepStatus::Completed | StepStatus::Skipped => continue,
+            StepStatus::Pending | StepStatus::InProgress if child => {
+                if let Some(at) = overdue {
+                    return stop_for_deadline(at);
+                }
+                return Action::Child(ChildStep {
+                    index,
+                    phase: Phase::Action,
+                    // Sent forward again by a person: the step begins anew, and finds the child
+                    // its key started.
+                    begins: (record.status == StepStatus::Pending).then(|| record.attempt.next()),
+                });
+            }
             StepStatus::Pending if spec.kind.waits() => {
                 // Sent forward again by a person (a `retry` past the pivot): wait anew.
                 if let Some(at) = overdue {
@@ -445,7 +485,7 @@ fn settle_wait(
     }
     let until = record.next_attempt_at.unwrap_or(now);
     let ended = match &spec.kind {
-        StepKind::Call => return None,
+        StepKind::Call | StepKind::Child { .. } => return None,
         StepKind::Sleep { .. } => complete(
             spec,
             index,
@@ -635,6 +675,14 @@ fn next_compensation(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp
                 if pivot.is_some() {
                     continue;
                 }
+                if matches!(spec.kind, StepKind::Child { .. }) {
+                    // The child is stopped (or, having completed, recorded so and compensated).
+                    return Action::Child(ChildStep {
+                        index: record.index,
+                        phase: Phase::Action,
+                        begins: None,
+                    });
+                }
                 // A signal that came is taken (its step is then compensated like any other);
                 // otherwise the wait ends, known to have had no effect — written only if no
                 // signal came since this snapshot was read.
@@ -710,6 +758,32 @@ fn next_compensation(snapshot: &SagaSnapshot, steps: &[StepSpec], now: Timestamp
             .is_some_and(|step| step.status == StepStatus::Completed);
         if !action_done || !spec.compensable {
             continue;
+        }
+        if matches!(spec.kind, StepKind::Child { .. }) {
+            let record = snapshot.step(index, Phase::Compensation);
+            match record.map(|record| record.status) {
+                Some(StepStatus::Completed | StepStatus::Skipped) => continue,
+                Some(StepStatus::Failed) => {
+                    let error = record
+                        .and_then(|record| record.last_error.clone())
+                        .unwrap_or_default();
+                    return Action::Record(vec![escalate(snapshot, spec, index, error)]);
+                }
+                Some(StepStatus::InProgress) => {
+                    return Action::Child(ChildStep {
+                        index,
+                        phase: Phase::Compensation,
+                        begins: None,
+                    })
+                }
+                Some(StepStatus::Pending) | None => {
+                    return Action::Child(ChildStep {
+                        index,
+                        phase: Phase::Compensation,
+                        begins: Some(record.map_or(Attempt::FIRST, |record| record.attempt.next())),
+                    })
+                }
+            }
         }
         let Some(record) = snapshot.step(index, Phase::Compensation) else {
             return Action::Run {
@@ -1140,7 +1214,7 @@ fn direction(snapshot: &SagaSnapshot) -> Option<SagaStatus> {
     }
 }
 
-fn escalate(snapshot: &SagaSnapshot, spec: &StepSpec, index: StepIndex, error: String) -> Change {
+pub(crate) fn escalate(snapshot: &SagaSnapshot, spec: &StepSpec, index: StepIndex, error: String) -> Change {
     Change::Escalate(NewIntervention {
         id: InterventionId::new(),
         kind: InterventionKind::CompensationFailed,
@@ -1160,7 +1234,7 @@ fn escalate(snapshot: &SagaSnapshot, spec: &StepSpec, index: StepIndex, error: S
     })
 }
 
-fn escalate_unknown(
+pub(crate) fn escalate_unknown(
     snapshot: &SagaSnapshot,
     spec: &StepSpec,
     index: StepIndex,
@@ -1217,7 +1291,7 @@ fn escalate_past_pivot(
 /// The changes that park a saga that cannot be resumed (unknown type, changed definition,
 /// unreadable data), with a readable reason.
 pub fn park(snapshot: Option<&SagaSnapshot>, reason: String) -> Vec<Change> {
-    vec![
+    let mut changes = vec![
         Change::Escalate(NewIntervention {
             id: InterventionId::new(),
             kind: InterventionKind::Unresumable,
@@ -1230,7 +1304,28 @@ pub fn park(snapshot: Option<&SagaSnapshot>, reason: String) -> Vec<Change> {
             parked_from: snapshot.and_then(direction),
         }),
         Change::Release { next_run_at: None },
-    ]
+    ];
+    // A child waiting for a person: its parent, waiting for it, records that.
+    if let Some(parent) = snapshot.and_then(|snapshot| snapshot.record.parent.clone()) {
+        changes.push(Change::NotifyParent(parent));
+    }
+    changes
+}
+
+/// The parent to wake with `changes` of a saga whose parent is `parent`: when they end the
+/// saga or call a person for it.
+pub fn notify_parent(parent: Option<&ParentLink>, changes: &[Change]) -> Option<Change> {
+    let ends = changes.iter().any(|change| match change {
+        Change::SetStatus { status, .. } => status.is_terminal(),
+        Change::Escalate(_) => true,
+        _ => false,
+    });
+    let noted = changes
+        .iter()
+        .any(|change| matches!(change, Change::NotifyParent(_)));
+    parent
+        .filter(|_| ends && !noted)
+        .map(|parent| Change::NotifyParent(parent.clone()))
 }
 
 /// The retry policy of one phase of a step.

@@ -60,6 +60,12 @@ pub(crate) trait ErasedSaga: Send + Sync {
     fn dedup_window(&self) -> Option<std::time::Duration>;
     /// The computed end of sleep step `index` (`None`: its end is not computed).
     fn wake_at(&self, index: usize, ctx: RawContext) -> Option<Result<Timestamp, StepError>>;
+    /// A child step's child type and input (`None`: the step starts no child).
+    fn child_input(
+        &self,
+        index: usize,
+        ctx: RawContext,
+    ) -> Option<(std::any::TypeId, Result<Value, StepError>)>;
     /// The keys the policies of step `index` count this saga under (see
     /// [`StepSpec::policies`](crate::StepSpec::policies)); an error when the input has another
     /// type or a key function panicked.
@@ -157,6 +163,28 @@ impl<S: Saga> ErasedSaga for Registered<S> {
                     ))
                 }),
         )
+    }
+
+    fn child_input(
+        &self,
+        index: usize,
+        raw: RawContext,
+    ) -> Option<(std::any::TypeId, Result<Value, StepError>)> {
+        let (type_id, input) = self.definition.child(index)?;
+        let Some(ctx) = typed_context::<S>(raw) else {
+            return Some((
+                *type_id,
+                Err(StepError::permanent(
+                    "saga input has another type than this definition expects",
+                )),
+            ));
+        };
+        let saga = Arc::clone(&self.saga);
+        Some((
+            *type_id,
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| input(&saga, &ctx)))
+                .unwrap_or_else(|_| Err(StepError::permanent("the child's input function panicked"))),
+        ))
     }
 
     fn check_signal(&self, index: usize, payload: &Value) -> Result<(), String> {

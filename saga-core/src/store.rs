@@ -68,6 +68,28 @@ pub struct NewSaga {
     /// saga is not pruned before its window ends. `None`: the key dedups for as long as the
     /// saga is kept.
     pub dedup_window: Option<std::time::Duration>,
+    /// The parent saga and step that start it, for a child saga (see
+    /// [`Step::child`](crate::Step::child)); `None` for a saga started by a caller.
+    pub parent: Option<ParentLink>,
+}
+
+/// Where a child saga comes from: the saga, and the step of it, that started it. The parent
+/// waits at that step for the child's end; the store wakes it when the child ends or needs a
+/// person.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ParentLink {
+    /// The parent saga.
+    pub saga: SagaId,
+    /// The parent's step that started the child.
+    pub step: StepName,
+}
+
+impl ParentLink {
+    /// What the parent waits for while the child runs (its
+    /// [`SagaRecord::waiting_for`]): `child:<step>`.
+    pub fn waiting_for(&self) -> String {
+        crate::wait::waiting_for_child(&self.step)
+    }
 }
 
 /// The key a saga whose start key passed on to a later saga (its dedup window ended) keeps:
@@ -137,8 +159,11 @@ pub struct SagaRecord {
     pub deadline: Option<Timestamp>,
     /// How many signals were delivered to it: a worker that gives the saga back to wait asks the
     /// store to make it due at once should this have grown since it read the saga, so that a
-    /// signal arriving meanwhile is not left waiting.
+    /// signal arriving meanwhile is not left waiting. A child saga's end (or its need of a
+    /// person) counts as one too.
     pub signals_received: u64,
+    /// The saga and step that started it, for a child saga.
+    pub parent: Option<ParentLink>,
 }
 
 /// One phase (action or compensation) of one step of one saga, as stored.
@@ -286,6 +311,34 @@ pub enum Change {
         /// Why, for the history.
         reason: Option<String>,
     },
+    /// Start a child saga (a [`Step::child`](crate::Step::child) step), in the same write as its
+    /// step's `in_progress`: the child exists exactly when its step began, and a stale worker
+    /// (its lease lost) starts none. A child whose start key exists already is not started
+    /// again.
+    StartChild(Box<NewSaga>),
+    /// The saga waits for its child saga `child`, started by step `index` (in `phase`: the
+    /// action waits for the child's end; the compensation for the child's compensation or
+    /// cancel), and records what it waits for (`child:<step>`). With the lease given back in the
+    /// same batch, the saga is due at once instead should the child have ended since the worker
+    /// read `signals_seen` (see [`SagaRecord::signals_received`]).
+    AwaitChild {
+        /// The step.
+        index: StepIndex,
+        /// Its name.
+        name: StepName,
+        /// Action or compensation.
+        phase: Phase,
+        /// The child saga.
+        child: SagaId,
+        /// The child's status as the worker read it, for the history.
+        child_status: SagaStatus,
+        /// [`SagaRecord::signals_received`] as the worker read it.
+        signals_seen: u64,
+    },
+    /// Wake the parent of this child saga: the child ended or needs a person. The parent is due
+    /// at once when nobody holds it, and a worker holding it finds out at its next wait (its
+    /// [`SagaRecord::signals_received`] grows).
+    NotifyParent(ParentLink),
     /// Give the lease back; the saga is due again at `next_run_at` (`None`: not until an operator acts).
     Release {
         /// When a worker should look at the saga again.
@@ -418,6 +471,8 @@ pub enum EventKind {
     StepSkipped,
     /// The saga was held back before a step: a pause, a rate limit, a concurrency limit.
     Held,
+    /// A step started a child saga (the detail names its type and id).
+    ChildStarted,
 }
 
 persisted!(
@@ -438,6 +493,7 @@ persisted!(
         SignalReceived => "signal_received",
         StepSkipped => "step_skipped",
         Held => "held",
+        ChildStarted => "child_started",
     ]
 );
 
@@ -502,6 +558,9 @@ impl Change {
             | Change::Escalate(_)
             | Change::Release { .. }
             | Change::Hold { .. }
+            | Change::StartChild(_)
+            | Change::AwaitChild { .. }
+            | Change::NotifyParent(_)
             | Change::NoSignalSince { .. } => None,
         }
     }
@@ -617,7 +676,32 @@ impl Change {
                 attempt: None,
                 detail: Some(reason.clone()),
             }),
-            Change::Release { .. } | Change::NoSignalSince { .. } => None,
+            Change::StartChild(child) => Some(EventData {
+                kind: EventKind::ChildStarted,
+                step: child.parent.as_ref().map(|parent| parent.step.clone()),
+                phase: Some(Phase::Action),
+                attempt: None,
+                detail: Some(format!("{} saga {}", child.saga_type, child.id)),
+            }),
+            Change::AwaitChild {
+                name,
+                phase,
+                child,
+                child_status,
+                ..
+            } => Some(EventData {
+                kind: EventKind::Waiting,
+                step: Some(name.clone()),
+                phase: Some(*phase),
+                attempt: None,
+                detail: Some(format!(
+                    "{}: child saga {child} is {child_status}",
+                    crate::wait::waiting_for_child(name)
+                )),
+            }),
+            Change::Release { .. } | Change::NoSignalSince { .. } | Change::NotifyParent(_) => {
+                None
+            }
         }
     }
 }
@@ -693,6 +777,8 @@ pub struct SagaFilter {
     /// Only sagas waiting for something that starts with this (`""`: any wait; `"signal:"`:
     /// any signal; [`WAITING_FOR_APPROVAL`](crate::wait::WAITING_FOR_APPROVAL): approvals).
     pub waiting_for: Option<String>,
+    /// Only the child sagas of this saga (started by its steps).
+    pub parent: Option<SagaId>,
 }
 
 impl SagaFilter {
@@ -716,6 +802,9 @@ impl SagaFilter {
                 .created_before
                 .is_none_or(|before| record.created_at < before)
             && self.after.is_none_or(|after| record.id > after)
+            && self
+                .parent
+                .is_none_or(|parent| record.parent.as_ref().is_some_and(|p| p.saga == parent))
             && self.waiting_for.as_ref().is_none_or(|prefix| {
                 record
                     .waiting_for
@@ -1081,9 +1170,27 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<CancelOutcome>;
 
+    /// Asks child saga `child` of `parent` to stop, as
+    /// [`write::decide_stop_child`] decides on the stored child: a running child is cancelled, a
+    /// completed one goes back to compensating its steps. Appends an `operator_action` event
+    /// naming the parent.
+    ///
+    /// # Errors
+    /// [`Error::SagaNotFound`](crate::Error::SagaNotFound);
+    /// [`Error::InvalidAction`](crate::Error::InvalidAction) when it is not that parent's
+    /// child; store errors.
+    async fn stop_child(
+        &self,
+        child: SagaId,
+        parent: &ParentLink,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<()>;
+
     /// Deletes up to `limit` finished sagas (completed, compensated, cancelled) last changed
     /// before `before`, with their steps, events and (settled) intervention items. Running
-    /// sagas and sagas waiting for an operator are never pruned. Returns how many were deleted.
+    /// sagas and sagas waiting for an operator are never pruned, nor is a child saga whose
+    /// parent is not finished (the parent reads it to know how its step ended). Returns how many were deleted.
     ///
     /// # Errors
     /// Store errors.

@@ -49,6 +49,14 @@ pub enum StepKind {
         /// How long to wait at most.
         timeout: Option<Duration>,
     },
+    /// Start a child saga of type `saga_type` and wait for its end, holding no worker: its
+    /// completion completes the step (with a [`ChildOutput`](crate::ChildOutput)); its
+    /// compensation or cancel fails it for good. Compensating the step compensates the child
+    /// (or cancels it while it runs).
+    Child {
+        /// The child's registered type.
+        saga_type: SagaType,
+    },
 }
 
 impl StepKind {
@@ -63,7 +71,7 @@ impl StepKind {
         match self {
             StepKind::Signal { name, .. } => Some(name.clone()),
             StepKind::Approval { .. } => Some(approval_signal(step)),
-            StepKind::Call | StepKind::Sleep { .. } => None,
+            StepKind::Call | StepKind::Sleep { .. } | StepKind::Child { .. } => None,
         }
     }
 
@@ -73,6 +81,7 @@ impl StepKind {
         match self {
             StepKind::Call => None,
             StepKind::Sleep { .. } => Some(TIMER.to_owned()),
+            StepKind::Child { .. } => Some(waiting_for_child(step)),
             StepKind::Signal { .. } | StepKind::Approval { .. } => {
                 self.signal_name(step).map(|name| waiting_for_signal(&name))
             }
@@ -82,7 +91,7 @@ impl StepKind {
     /// How long the wait lasts at most, when fixed.
     pub fn limit(&self) -> Option<Duration> {
         match self {
-            StepKind::Call => None,
+            StepKind::Call | StepKind::Child { .. } => None,
             StepKind::Sleep { duration } => *duration,
             StepKind::Signal { timeout, .. } | StepKind::Approval { timeout } => *timeout,
         }
@@ -91,6 +100,16 @@ impl StepKind {
 
 /// [`SagaRecord::waiting_for`](crate::SagaRecord::waiting_for) of a sleeping saga.
 pub const TIMER: &str = "timer";
+
+/// [`SagaRecord::waiting_for`](crate::SagaRecord::waiting_for) of a saga waiting at step `step`
+/// for the child saga it started.
+pub fn waiting_for_child(step: &StepName) -> String {
+    format!("{WAITING_FOR_CHILD}{step}")
+}
+
+/// The prefix of [`SagaRecord::waiting_for`](crate::SagaRecord::waiting_for) for sagas waiting
+/// for a child saga.
+pub const WAITING_FOR_CHILD: &str = "child:";
 
 /// [`SagaRecord::waiting_for`](crate::SagaRecord::waiting_for) of a saga waiting for the signal
 /// `name`.

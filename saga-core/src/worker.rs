@@ -22,7 +22,7 @@ use crate::saga::{DecodedInput, ErasedSaga, RawContext};
 use crate::slots::Slot;
 use crate::status::{Phase, StepStatus};
 use crate::step::StepError;
-use crate::store::{Change, Lease, Refusal, SagaSnapshot};
+use crate::store::{Change, Lease, ParentLink, Refusal, SagaSnapshot};
 use crate::telemetry::{names, TraceContext};
 
 /// The claim loop: keeps up to `concurrency` sagas in flight until shutdown.
@@ -596,6 +596,17 @@ impl Driver<'_> {
                         return Ok(());
                     }
                 }
+                Action::Child(step) => {
+                    if *self.inner.shutdown.borrow() {
+                        self.record(vec![Change::Release {
+                            next_run_at: Some(now),
+                        }])?;
+                        return self.flush().await;
+                    }
+                    if !Box::pin(self.child_step(step, deadline)).await? {
+                        return Ok(());
+                    }
+                }
                 Action::Record(changes) => {
                     // A decision made for want of a signal is written at once: should a signal
                     // have come since the saga was read, it is refused, and the saga is read
@@ -1073,6 +1084,293 @@ impl Driver<'_> {
             Err(err) => return Err(err),
         }
         if let Some(at) = wake {
+            self.wake_at(at);
+        }
+        Ok(false)
+    }
+
+    /// Acts on a child step ([`plan::Action::Child`]): starts its child with the step's
+    /// `in_progress` (forward), or reads the child and does what it decides
+    /// ([`crate::child::decide`]): record the step's outcome, ask the child to stop, or wait for
+    /// it holding nothing. Returns `true` when planning goes on here, `false` when the saga was
+    /// given back to wait.
+    async fn child_step(
+        &mut self,
+        step: plan::ChildStep,
+        deadline: Option<clock::Timestamp>,
+    ) -> Result<bool> {
+        self.check_lease_left()?;
+        let position = usize::try_from(step.index.0).unwrap_or(usize::MAX);
+        let Some(spec) = self.definition.specs().get(position).cloned() else {
+            return Err(Error::CorruptRecord {
+                saga: self.lease.saga,
+                reason: format!("plan chose step {}, which the definition lacks", step.index),
+            });
+        };
+        let parent = ParentLink {
+            saga: self.lease.saga,
+            step: spec.name.clone(),
+        };
+        let key = crate::child::child_key(self.lease.saga, &spec.name);
+        let mut child = self.find_child(&key).await?;
+        if let Some(attempt) = step.begins {
+            let begin = Change::BeginStep {
+                index: step.index,
+                name: spec.name.clone(),
+                phase: step.phase,
+                attempt,
+                key: IdempotencyKey::for_step(self.lease.saga, &spec.name, step.phase),
+            };
+            if step.phase == Phase::Action && child.is_none() {
+                // The child is started with the step's `in_progress`, in one fenced write.
+                return Box::pin(self.start_child(&spec, step, attempt, begin, parent, key, deadline))
+                    .await;
+            }
+            self.record(vec![begin])?;
+            // Durable before acting: the child is asked to stop only once this is written.
+            match self.flush().await {
+                Ok(()) => {}
+                Err(Error::CancelRequested { reason, .. }) if step.phase == Phase::Action => {
+                    Box::pin(self.honour_cancel(reason)).await?;
+                    return Ok(true);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        let Some(record) = self.snapshot.step(step.index, step.phase).cloned() else {
+            return Err(Error::CorruptRecord {
+                saga: self.lease.saga,
+                reason: format!("child step {} was not begun", spec.name),
+            });
+        };
+        // Asked to stop, the child is read again once: what the request did decides.
+        for asked in [false, true] {
+            match crate::child::decide(&self.snapshot, &spec, &record, child.as_ref()) {
+                crate::child::ChildDecision::Record(changes) => {
+                    self.record(changes)?;
+                    return Ok(true);
+                }
+                crate::child::ChildDecision::Stop(id) if !asked => {
+                    let reason = match step.phase {
+                        Phase::Action => format!(
+                            "the parent is compensating: {}",
+                            self.snapshot
+                                .record
+                                .status_reason
+                                .as_deref()
+                                .unwrap_or("no reason recorded")
+                        ),
+                        Phase::Compensation => {
+                            format!("the parent compensates its step `{}`", spec.name)
+                        }
+                    };
+                    self.check_lease_left()?;
+                    let now = self.inner.now();
+                    self.inner
+                        .store
+                        .stop_child(id, &parent, &reason, now)
+                        .await?;
+                    self.inner.wake.notify_one();
+                    child = self.find_child(&key).await?;
+                }
+                crate::child::ChildDecision::Stop(id) => {
+                    return self.await_child(&spec, &record, id, None, deadline).await;
+                }
+                crate::child::ChildDecision::Await(id, status) => {
+                    return self
+                        .await_child(&spec, &record, id, Some(status), deadline)
+                        .await;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The child that holds `key`, read whole.
+    async fn find_child(&self, key: &IdempotencyKey) -> Result<Option<SagaSnapshot>> {
+        let filter = crate::store::SagaFilter {
+            idempotency_key: Some(key.clone()),
+            limit: Some(1),
+            ..crate::store::SagaFilter::default()
+        };
+        let Some(found) = self.inner.store.list(&filter).await?.into_iter().next() else {
+            return Ok(None);
+        };
+        self.inner.store.load(found.id).await
+    }
+
+    /// Begins child step `spec` with `begin` and starts its child in the same write, then gives
+    /// the saga back to wait for it. An input that cannot be computed, or a child type this
+    /// process does not know, fails the step for good with nothing started.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_child(
+        &mut self,
+        spec: &StepSpec,
+        step: plan::ChildStep,
+        attempt: Attempt,
+        begin: Change,
+        parent: ParentLink,
+        key: IdempotencyKey,
+        deadline: Option<clock::Timestamp>,
+    ) -> Result<bool> {
+        let position = usize::try_from(step.index.0).unwrap_or(usize::MAX);
+        let now = self.inner.now();
+        let ctx = RawContext {
+            saga_id: self.lease.saga,
+            step: spec.name.clone(),
+            phase: Phase::Action,
+            attempt,
+            key: IdempotencyKey::for_step(self.lease.saga, &spec.name, Phase::Action),
+            input: self.input.clone(),
+            outputs: Arc::new(self.completed_outputs()),
+            deadline: now,
+            transaction: None,
+        };
+        let new = match self.definition.child_input(position, ctx) {
+            Some((type_id, Ok(input))) => self.new_child(spec, type_id, input, parent, key),
+            Some((_, Err(error))) => Err(error),
+            None => Err(StepError::permanent(format!(
+                "step `{}` declares no child; it cannot start one",
+                spec.name
+            ))),
+        };
+        let child = match new {
+            Ok(child) => child,
+            Err(error) => {
+                // Known: no child was started.
+                self.record(vec![
+                    begin,
+                    Change::FailStep {
+                        index: step.index,
+                        name: spec.name.clone(),
+                        phase: Phase::Action,
+                        attempt,
+                        error: StepError::permanent(format!(
+                            "no child saga was started: {}",
+                            error.message()
+                        )),
+                        retry_at: None,
+                    },
+                ])?;
+                return Ok(true);
+            }
+        };
+        let id = child.id;
+        self.record(vec![
+            begin,
+            Change::StartChild(Box::new(child)),
+            Change::AwaitChild {
+                index: step.index,
+                name: spec.name.clone(),
+                phase: Phase::Action,
+                child: id,
+                child_status: crate::status::SagaStatus::Running,
+                signals_seen: self.snapshot.record.signals_received,
+            },
+            Change::Release {
+                next_run_at: deadline,
+            },
+        ])?;
+        match self.flush().await {
+            Ok(()) => {}
+            Err(Error::CancelRequested { reason, .. }) => {
+                // Asked to stop first: no child was started; plan again, compensating.
+                Box::pin(self.honour_cancel(reason)).await?;
+                return Ok(true);
+            }
+            Err(err) => return Err(err),
+        }
+        // The child is due now: this process's workers may take it at once.
+        self.inner.wake.notify_one();
+        if let Some(at) = deadline {
+            self.wake_at(at);
+        }
+        Ok(false)
+    }
+
+    /// The child saga step `spec` starts: of the registered type `type_id`, with `input`.
+    fn new_child(
+        &self,
+        spec: &StepSpec,
+        type_id: std::any::TypeId,
+        input: Value,
+        parent: ParentLink,
+        key: IdempotencyKey,
+    ) -> std::result::Result<crate::store::NewSaga, StepError> {
+        let Some(definition) = self.inner.definition_of(type_id) else {
+            let saga_type = match &spec.kind {
+                crate::wait::StepKind::Child { saga_type } => saga_type.as_str().to_owned(),
+                _ => String::new(),
+            };
+            return Err(StepError::permanent(format!(
+                "saga type `{saga_type}` is not registered in this process; register it with the orchestrator that runs `{}`",
+                self.definition.saga_type()
+            )));
+        };
+        let size = input.to_string().len();
+        let limit = self.inner.config.max_payload_bytes;
+        if size > limit {
+            return Err(StepError::permanent(format!(
+                "the child's input is {size} bytes, over the limit of {limit} (Config::max_payload_bytes)"
+            )));
+        }
+        if crate::step::holds_nul(&input) {
+            return Err(StepError::permanent(
+                "the child's input contains a NUL character (\\u0000), which stores cannot keep",
+            ));
+        }
+        Ok(crate::store::NewSaga {
+            id: crate::id::SagaId::new(),
+            saga_type: definition.saga_type().clone(),
+            version: definition.version(),
+            fingerprint: definition.fingerprint().to_owned(),
+            input_hash: crate::orchestrator::input_hash(definition.saga_type(), &input),
+            input,
+            idempotency_key: Some(key),
+            // The child continues the parent's trace.
+            trace_context: self.snapshot.record.trace_context.clone(),
+            lease: None,
+            changes: Vec::new(),
+            deadline: None,
+            dedup_window: None,
+            parent: Some(parent),
+        })
+    }
+
+    /// Records the saga waiting for its child `id` (seen in `status`; `None`: asked to stop,
+    /// and still running) and gives it back: the child's end wakes it. Forward, the saga's
+    /// deadline wakes it too.
+    async fn await_child(
+        &mut self,
+        spec: &StepSpec,
+        record: &crate::store::StepRecord,
+        id: crate::id::SagaId,
+        status: Option<crate::status::SagaStatus>,
+        deadline: Option<clock::Timestamp>,
+    ) -> Result<bool> {
+        let forward = record.phase == Phase::Action
+            && self.snapshot.record.status == crate::status::SagaStatus::Running;
+        let until = deadline.filter(|_| forward);
+        self.record(vec![
+            Change::AwaitChild {
+                index: record.index,
+                name: spec.name.clone(),
+                phase: record.phase,
+                child: id,
+                child_status: status.unwrap_or(crate::status::SagaStatus::Running),
+                signals_seen: self.snapshot.record.signals_received,
+            },
+            Change::Release { next_run_at: until },
+        ])?;
+        match self.flush().await {
+            Ok(()) => {}
+            Err(Error::CancelRequested { reason, .. }) => {
+                Box::pin(self.honour_cancel(reason)).await?;
+                return Ok(true);
+            }
+            Err(err) => return Err(err),
+        }
+        if let Some(at) = until {
             self.wake_at(at);
         }
         Ok(false)
@@ -1674,8 +1972,13 @@ impl Driver<'_> {
     }
 
     /// Applies changes to the local copy and queues them for the next write.
-    fn record(&mut self, changes: Vec<Change>) -> Result<()> {
+    fn record(&mut self, mut changes: Vec<Change>) -> Result<()> {
         let now = self.inner.now();
+        // A child that ends (or calls a person) wakes its parent in the same write.
+        if let Some(notify) = plan::notify_parent(self.snapshot.record.parent.as_ref(), &changes)
+        {
+            changes.push(notify);
+        }
         self.snapshot.apply_all(&changes, now)?;
         self.note_compensation(&changes, now);
         self.pending.extend(changes);

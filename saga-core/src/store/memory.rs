@@ -18,10 +18,12 @@ use crate::policy::{
 use crate::status::{SagaStatus, StepStatus};
 
 use super::overview::{OverviewParts, OverviewQuery, SeriesKind, StuckStep};
-use super::write::{admit, decide_cancel, decide_settle, decide_signal, CreationPlan, WritePlan};
+use super::write::{
+    admit, decide_cancel, decide_settle, decide_signal, decide_stop_child, CreationPlan, WritePlan,
+};
 use super::{
     CancelOutcome, Change, Created, Event, EventData, EventKind, Intervention, InterventionStatus,
-    Lease, NewSaga, SagaFilter, SagaRecord, SagaSnapshot, Settlement, Store,
+    Lease, NewSaga, ParentLink, SagaFilter, SagaRecord, SagaSnapshot, Settlement, Store,
 };
 use crate::wait::{Delivered, SignalDelivery};
 
@@ -94,7 +96,72 @@ impl State {
         for event in &plan.events {
             self.push_event(id, now, event.clone());
         }
+        for child in &plan.children {
+            // A child whose key is stored already (this step began before) is that child.
+            let plan = CreationPlan::compile(child)?;
+            match self.create(child, plan, now) {
+                Ok(_) | Err(Error::Conflict { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        if let Some(parent) = &plan.wake_parent {
+            if let Some(snap) = self.sagas.get_mut(&parent.saga) {
+                let record = &mut snap.record;
+                record.signals_received += 1;
+                if matches!(
+                    record.status,
+                    SagaStatus::Running | SagaStatus::Compensating
+                ) && record.waiting_for.as_deref() == Some(parent.waiting_for().as_str())
+                {
+                    record.next_run_at = Some(now);
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Stores a new saga as `plan` compiled it, unless its start key is held (then the saga that
+    /// holds it, or a conflict when its input differs).
+    fn create(&mut self, saga: &NewSaga, plan: CreationPlan, now: Timestamp) -> Result<Created> {
+        if let (Some(key), Some(window)) = (&saga.idempotency_key, saga.dedup_window) {
+            // A saga holding the key since before the window gives it up.
+            let expired = self.keys.get(key).copied().filter(|existing| {
+                self.sagas
+                    .get(existing)
+                    .is_some_and(|found| clock::after(found.record.created_at, window) <= now)
+            });
+            if let Some(existing) = expired {
+                self.keys.remove(key);
+                if let Some(found) = self.sagas.get_mut(&existing) {
+                    found.record.idempotency_key = Some(super::retired_key(key, existing));
+                }
+            }
+        }
+        if let Some(key) = &saga.idempotency_key {
+            if let Some(existing) = self.keys.get(key).copied() {
+                let same = self
+                    .sagas
+                    .get(&existing)
+                    .is_some_and(|found| found.record.input_hash == saga.input_hash);
+                return if same {
+                    Ok(Created::Existing(existing))
+                } else {
+                    Err(Error::Conflict {
+                        key: key.clone(),
+                        existing,
+                    })
+                };
+            }
+            self.keys.insert(key.clone(), saga.id);
+        }
+        if let Some(window) = saga.dedup_window.filter(|_| saga.idempotency_key.is_some()) {
+            self.windows.insert(saga.id, clock::after(now, window));
+        }
+        self.sagas.insert(saga.id, plan.snapshot(saga, now));
+        for event in plan.events {
+            self.push_event(saga.id, now, event);
+        }
+        Ok(Created::New(saga.id))
     }
 }
 
@@ -173,49 +240,7 @@ impl Store for MemoryStore {
     async fn create(&self, saga: NewSaga) -> Result<Created> {
         let plan = CreationPlan::compile(&saga)?;
         let mut state = self.state()?;
-        let now = clock::now();
-        if let (Some(key), Some(window)) = (&saga.idempotency_key, saga.dedup_window) {
-            // A saga holding the key since before the window gives it up.
-            let expired = state.keys.get(key).copied().filter(|existing| {
-                state
-                    .sagas
-                    .get(existing)
-                    .is_some_and(|found| clock::after(found.record.created_at, window) <= now)
-            });
-            if let Some(existing) = expired {
-                state.keys.remove(key);
-                if let Some(found) = state.sagas.get_mut(&existing) {
-                    found.record.idempotency_key = Some(super::retired_key(key, existing));
-                }
-            }
-        }
-        if let Some(key) = &saga.idempotency_key {
-            if let Some(existing) = state.keys.get(key).copied() {
-                let same = state
-                    .sagas
-                    .get(&existing)
-                    .is_some_and(|found| found.record.input_hash == saga.input_hash);
-                return if same {
-                    Ok(Created::Existing(existing))
-                } else {
-                    Err(Error::Conflict {
-                        key: key.clone(),
-                        existing,
-                    })
-                };
-            }
-        }
-        if let Some(key) = &saga.idempotency_key {
-            state.keys.insert(key.clone(), saga.id);
-        }
-        if let Some(window) = saga.dedup_window.filter(|_| saga.idempotency_key.is_some()) {
-            state.windows.insert(saga.id, clock::after(now, window));
-        }
-        state.sagas.insert(saga.id, plan.snapshot(&saga, now));
-        for event in plan.events {
-            state.push_event(saga.id, now, event);
-        }
-        Ok(Created::New(saga.id))
+        state.create(&saga, plan, clock::now())
     }
 
     async fn claim(
@@ -463,6 +488,21 @@ impl Store for MemoryStore {
         Ok(outcome)
     }
 
+    async fn stop_child(
+        &self,
+        child: SagaId,
+        parent: &ParentLink,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut state = self.state()?;
+        let snap = state.sagas.get(&child).ok_or(Error::SagaNotFound(child))?;
+        if let Some(plan) = decide_stop_child(snap, parent, reason, now)? {
+            state.write(child, &plan, now)?;
+        }
+        Ok(())
+    }
+
     async fn deliver_signal(&self, delivery: &SignalDelivery) -> Result<Delivered> {
         let mut state = self.state()?;
         let now = clock::now();
@@ -482,6 +522,15 @@ impl Store for MemoryStore {
             .sagas
             .values()
             .filter(|snap| snap.record.status.is_terminal() && snap.record.updated_at < before)
+            // A child is kept while its parent may still read it.
+            .filter(|snap| {
+                snap.record.parent.as_ref().is_none_or(|parent| {
+                    state
+                        .sagas
+                        .get(&parent.saga)
+                        .is_none_or(|parent| parent.record.status.is_terminal())
+                })
+            })
             .filter(|snap| {
                 state
                     .windows

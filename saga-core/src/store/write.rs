@@ -28,7 +28,7 @@ use crate::wait::{SignalDelivery, SignalRecord, SignalRefusal};
 
 use super::{
     CancelOutcome, Change, EventData, EventKind, Intervention, InterventionKind, Lease,
-    NewIntervention, NewSaga, SagaRecord, SagaSnapshot, SettleAction, Settlement, StepRecord,
+    NewIntervention, NewSaga, ParentLink, SagaRecord, SagaSnapshot, SettleAction, Settlement, StepRecord,
 };
 
 /// Why a store refused a write for what it asks of a step phase, the same on every backend.
@@ -222,7 +222,10 @@ impl StepWrite {
             | Change::Escalate(_)
             | Change::Release { .. }
             | Change::Hold { .. }
-            | Change::NoSignalSince { .. } => {}
+            | Change::NoSignalSince { .. }
+            | Change::StartChild(_)
+            | Change::AwaitChild { .. }
+            | Change::NotifyParent(_) => {}
         }
         if let Some(status) = change.step_status() {
             self.status = status;
@@ -244,7 +247,10 @@ impl StepWrite {
             | Change::Escalate(_)
             | Change::Release { .. }
             | Change::Hold { .. }
-            | Change::NoSignalSince { .. } => (StepName::new(""), None),
+            | Change::NoSignalSince { .. }
+            | Change::StartChild(_)
+            | Change::AwaitChild { .. }
+            | Change::NotifyParent(_) => (StepName::new(""), None),
         };
         StepWrite {
             index,
@@ -368,6 +374,11 @@ pub struct WritePlan {
     /// Written only if the saga received at most this many signals (see
     /// [`Change::NoSignalSince`]).
     pub signals_at_most: Option<u64>,
+    /// Child sagas to create with the write (see [`Change::StartChild`]): only if the write is
+    /// admitted, and only those whose start key is not stored yet.
+    pub children: Vec<NewSaga>,
+    /// The parent to wake with the write (see [`Change::NotifyParent`]).
+    pub wake_parent: Option<ParentLink>,
 }
 
 /// A batch that contradicts itself (it begins a step phase it completed): refused whatever is
@@ -409,6 +420,10 @@ impl WritePlan {
                         phase: Phase::Action,
                         ..
                     } | Change::Wait { .. }
+                        | Change::AwaitChild {
+                            phase: Phase::Action,
+                            ..
+                        }
                 )
             }),
             ..WritePlan::default()
@@ -469,6 +484,14 @@ impl WritePlan {
                 self.saga.lease = LeaseChange::Release;
                 self.saga.next_run_at = Some(*next_run_at);
             }
+            Change::StartChild(child) => self.children.push((**child).clone()),
+            Change::AwaitChild {
+                name, signals_seen, ..
+            } => {
+                self.saga.waiting = Some(Some(crate::wait::waiting_for_child(name)));
+                self.saga.wake_if_signalled = Some(*signals_seen);
+            }
+            Change::NotifyParent(parent) => self.wake_parent = Some(parent.clone()),
             Change::NoSignalSince { signals_seen } => {
                 self.signals_at_most = Some(
                     self.signals_at_most
@@ -682,7 +705,13 @@ impl CreationPlan {
             step: None,
             phase: None,
             attempt: None,
-            detail: Some(format!("{} v{}", saga.saga_type, saga.version)),
+            detail: Some(match &saga.parent {
+                Some(parent) => format!(
+                    "{} v{}, child of saga {} (step {})",
+                    saga.saga_type, saga.version, parent.saga, parent.step
+                ),
+                None => format!("{} v{}", saga.saga_type, saga.version),
+            }),
         }];
         events.extend(plan.events);
         Ok(CreationPlan {
@@ -717,6 +746,7 @@ impl CreationPlan {
                 waiting_for: None,
                 deadline: saga.deadline,
                 signals_received: 0,
+                parent: saga.parent.clone(),
             },
             steps: Vec::new(),
             signals: Vec::new(),
@@ -772,6 +802,12 @@ pub fn decide_settle(
             wake_if_signalled: None,
         },
         events: vec![operator_event(detail)],
+        // A child stopped where it is by a person: its parent decides what that means for it.
+        wake_parent: stored
+            .record
+            .parent
+            .clone()
+            .filter(|_| status.is_terminal()),
         ..WritePlan::default()
     };
     if let Some(step) = settled_step(item, stored, settlement, now) {
@@ -845,6 +881,58 @@ pub fn decide_cancel(
         ..WritePlan::default()
     };
     Ok((outcome, Some(plan)))
+}
+
+/// A parent's request that its child saga stop, decided on the stored child at `now` (the
+/// store's clock): the plan to write (unfenced), if any.
+///
+/// - running: as a cancel ([`decide_cancel`]): recorded while a worker holds the child, or the
+///   child moves to `compensating` at once;
+/// - completed: the child moves back to `compensating`, due now, to undo its steps in reverse
+///   (only its parent may ask this: the parent's step that started it is being compensated);
+/// - waiting for a person: the request is recorded, and the child compensates once a person
+///   sends it on;
+/// - compensating, compensated or cancelled: nothing to write.
+///
+/// # Errors
+/// [`Error::InvalidAction`] when the saga is not a child of `parent`.
+pub fn decide_stop_child(
+    stored: &SagaSnapshot,
+    parent: &ParentLink,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Option<WritePlan>> {
+    let record = &stored.record;
+    if record.parent.as_ref() != Some(parent) {
+        return Err(Error::InvalidAction(format!(
+            "saga {} is not the child of step `{}` of saga {}; only its parent step can stop it",
+            record.id, parent.step, parent.saga
+        )));
+    }
+    let by = format!("parent saga {} (step {})", parent.saga, parent.step);
+    let request = cancel_detail(&by, reason);
+    let saga = match record.status {
+        SagaStatus::Running => return decide_cancel(stored, &by, reason, now).map(|(_, plan)| plan),
+        SagaStatus::Completed => SagaUpdate {
+            status: Some((SagaStatus::Compensating, Some(request.clone()))),
+            next_run_at: Some(Some(now)),
+            waiting: Some(None),
+            ..SagaUpdate::default()
+        },
+        SagaStatus::NeedsIntervention if record.cancel_requested.is_none() => SagaUpdate {
+            cancel: CancelRequest::Set(request.clone()),
+            ..SagaUpdate::default()
+        },
+        SagaStatus::NeedsIntervention
+        | SagaStatus::Compensating
+        | SagaStatus::Compensated
+        | SagaStatus::Cancelled => return Ok(None),
+    };
+    Ok(Some(WritePlan {
+        saga,
+        events: vec![operator_event(request)],
+        ..WritePlan::default()
+    }))
 }
 
 /// A signal's delivery, decided on the stored saga: `None` when a signal of this name and key
