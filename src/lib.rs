@@ -67,7 +67,7 @@ pub use otlp::{init_otlp, OtlpGuard};
 #[doc(hidden)]
 pub use saga_core::__private;
 pub use saga_core::{after, before, bounded_text, now, parse_age};
-pub use saga_core::{plan, policy, store, telemetry, wait};
+pub use saga_core::{child, plan, policy, store, telemetry, wait};
 
 /// The test kit for your own tests (feature `testing`): see [`testing::TestKit`].
 #[cfg(feature = "testing")]
@@ -85,15 +85,15 @@ pub struct TestKitReadmeExample;
 pub use saga_console as console;
 pub use saga_core::{
     Admin, Approval, ApprovalPolicy, Approvers, Attempt, BatchResult, BoxError, CancelOutcome,
-    Change, Config, Created, Delivered, Error, Event, EventKind, FailureKind, FencingToken,
-    History, IdempotencyKey, Intervention, InterventionId, InterventionKind, InterventionStatus,
-    Lease, LifecycleEvent, MemoryStore, NewIntervention, NewSaga, Orchestrator, Pause, PauseScope,
-    PendingApproval, Phase, Policy, PolicyKind, Refusal, Result, ResultExt, RetryPolicy, Saga,
-    SagaDefinition, SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus, SagaType,
-    SettleAction, Settlement, Signal, SignalKey, SignalRecord, SignalRefusal, SignalTarget, Step,
-    StepBuilder, StepContext, StepError, StepIndex, StepKind, StepName, StepRecord, StepSpec,
-    StepStatus, StepTransaction, Store, Timestamp, TransactionSlot, UnknownValue, WorkerId,
-    DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES,
+    Change, ChildOutput, Config, Created, Delivered, Error, Event, EventKind, FailureKind,
+    FencingToken, History, IdempotencyKey, Intervention, InterventionId, InterventionKind,
+    InterventionStatus, Lease, LifecycleEvent, MemoryStore, NewIntervention, NewSaga, Orchestrator,
+    ParentLink, Pause, PauseScope, PendingApproval, Phase, Policy, PolicyKind, Refusal, Result,
+    ResultExt, RetryPolicy, Saga, SagaDefinition, SagaFilter, SagaId, SagaRecord, SagaSnapshot,
+    SagaStatus, SagaType, SettleAction, Settlement, Signal, SignalKey, SignalRecord, SignalRefusal,
+    SignalTarget, Step, StepBuilder, StepContext, StepError, StepIndex, StepKind, StepName,
+    StepRecord, StepSpec, StepStatus, StepTransaction, Store, Timestamp, TransactionSlot,
+    UnknownValue, WorkerId, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES,
 };
 /// `#[derive(Saga)]`: implements the [`Saga`](trait@Saga) trait from `#[saga(...)]` and
 /// `#[step(...)]` attributes.

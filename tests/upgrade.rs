@@ -631,6 +631,7 @@ async fn stored_saga(
             changes: Vec::new(),
             deadline: None,
             dedup_window: None,
+            parent: None,
         })
         .await
         .unwrap();

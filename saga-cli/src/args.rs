@@ -184,6 +184,9 @@ pub(crate) enum SagasCommand {
         /// before a step (a pause, a rate limit, a concurrency limit).
         #[arg(long)]
         waiting: bool,
+        /// Only the child sagas of this saga (started by its steps).
+        #[arg(long)]
+        parent: Option<String>,
     },
     /// Cancel a running saga: no further step begins, completed steps are compensated.
     Cancel {

@@ -108,6 +108,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             limit,
             after,
             waiting,
+            parent,
         }) => {
             let filter = SagaFilter {
                 status: status.as_deref().map(parse_status).transpose()?,
@@ -118,6 +119,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 created_before: None,
                 // The empty prefix: waiting for anything.
                 waiting_for: waiting.then(String::new),
+                parent: parent.as_deref().map(parse_saga_id).transpose()?,
             };
             let sagas = match older_than {
                 Some(age) => admin.list_older_than(parse_age(&age)?, &filter).await?,
@@ -132,7 +134,18 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .await?;
             out.cancelled(id, outcome);
         }
-        Command::Show { id } => out.saga(&admin.show(parse_saga_id(&id)?).await?),
+        Command::Show { id } => {
+            let id = parse_saga_id(&id)?;
+            let snapshot = admin.show(id).await?;
+            let children = admin
+                .list(&SagaFilter {
+                    parent: Some(id),
+                    limit: Some(1000),
+                    ..SagaFilter::default()
+                })
+                .await?;
+            out.saga(&snapshot, &children);
+        }
         Command::History { id } => {
             let id = parse_saga_id(&id)?;
             out.history(id, &admin.history(id).await?);

@@ -900,9 +900,7 @@ impl<S: Saga> SagaDefinition<S> {
                 check_member(name, group, &step.spec).map_err(invalid)?;
             }
             if step.child.is_some()
-                && (step.compensation.is_some()
-                    || step.probe.is_some()
-                    || step.spec.transactional)
+                && (step.compensation.is_some() || step.probe.is_some() || step.spec.transactional)
             {
                 return Err(invalid(format!(
                     "step `{name}` starts a child saga and also has a compensation, a probe or `.transactional()`; a child step is undone by compensating its child and settled by reading it, so drop those"

@@ -127,8 +127,8 @@ pub use step::{bounded_text, FailureKind, ResultExt, StepError, MAX_MESSAGE_BYTE
 pub use store::memory::MemoryStore;
 pub use store::{
     CancelOutcome, Change, Created, Event, EventKind, Intervention, InterventionKind,
-    InterventionStatus, Lease, NewIntervention, NewSaga, ParentLink, Refusal, SagaFilter, SagaRecord,
-    SagaSnapshot, SettleAction, Settlement, StepRecord, StepTransaction, Store,
+    InterventionStatus, Lease, NewIntervention, NewSaga, ParentLink, Refusal, SagaFilter,
+    SagaRecord, SagaSnapshot, SettleAction, Settlement, StepRecord, StepTransaction, Store,
 };
 pub use wait::{
     Approval, ApprovalPolicy, Approvers, Delivered, Signal, SignalKey, SignalRecord, SignalRefusal,

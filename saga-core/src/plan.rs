@@ -1214,7 +1214,12 @@ fn direction(snapshot: &SagaSnapshot) -> Option<SagaStatus> {
     }
 }
 
-pub(crate) fn escalate(snapshot: &SagaSnapshot, spec: &StepSpec, index: StepIndex, error: String) -> Change {
+pub(crate) fn escalate(
+    snapshot: &SagaSnapshot,
+    spec: &StepSpec,
+    index: StepIndex,
+    error: String,
+) -> Change {
     Change::Escalate(NewIntervention {
         id: InterventionId::new(),
         kind: InterventionKind::CompensationFailed,
@@ -1405,6 +1410,7 @@ mod tests {
                 waiting_for: None,
                 deadline: None,
                 signals_received: 0,
+                parent: None,
             },
             steps: Vec::new(),
             signals: Vec::new(),

@@ -183,7 +183,9 @@ impl<S: Saga> ErasedSaga for Registered<S> {
         Some((
             *type_id,
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| input(&saga, &ctx)))
-                .unwrap_or_else(|_| Err(StepError::permanent("the child's input function panicked"))),
+                .unwrap_or_else(|_| {
+                    Err(StepError::permanent("the child's input function panicked"))
+                }),
         ))
     }
 

@@ -699,9 +699,7 @@ impl Change {
                     crate::wait::waiting_for_child(name)
                 )),
             }),
-            Change::Release { .. } | Change::NoSignalSince { .. } | Change::NotifyParent(_) => {
-                None
-            }
+            Change::Release { .. } | Change::NoSignalSince { .. } | Change::NotifyParent(_) => None,
         }
     }
 }

@@ -356,6 +356,7 @@ mod tests {
                 waiting_for: None,
                 deadline: None,
                 signals_received: 0,
+                parent: None,
             },
             steps,
             signals: Vec::new(),

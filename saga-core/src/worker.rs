@@ -1123,8 +1123,10 @@ impl Driver<'_> {
             };
             if step.phase == Phase::Action && child.is_none() {
                 // The child is started with the step's `in_progress`, in one fenced write.
-                return Box::pin(self.start_child(&spec, step, attempt, begin, parent, key, deadline))
-                    .await;
+                return Box::pin(
+                    self.start_child(&spec, step, attempt, begin, parent, key, deadline),
+                )
+                .await;
             }
             self.record(vec![begin])?;
             // Durable before acting: the child is asked to stop only once this is written.
@@ -1975,8 +1977,7 @@ impl Driver<'_> {
     fn record(&mut self, mut changes: Vec<Change>) -> Result<()> {
         let now = self.inner.now();
         // A child that ends (or calls a person) wakes its parent in the same write.
-        if let Some(notify) = plan::notify_parent(self.snapshot.record.parent.as_ref(), &changes)
-        {
+        if let Some(notify) = plan::notify_parent(self.snapshot.record.parent.as_ref(), &changes) {
             changes.push(notify);
         }
         self.snapshot.apply_all(&changes, now)?;

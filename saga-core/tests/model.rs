@@ -322,6 +322,7 @@ impl Stored {
                     .then(|| saga_core::wait::waiting_for_signal(Paid::NAME)),
                 signals_received: u64::from(self.signals),
                 deadline: None,
+                parent: None,
             },
             steps,
             signals: if self.signal {
@@ -393,6 +394,9 @@ enum Queued {
     Skip(u32, u32),
     /// A saga held back before a step (a pause, a limit: not modelled, never queued).
     Hold,
+    /// A child saga started, awaited or woken (not modelled, never queued: the model's sagas
+    /// have no child step).
+    Family,
 }
 
 impl Queued {
@@ -448,6 +452,9 @@ impl Queued {
             }
             Change::SkipStep { index, attempt, .. } => Queued::Skip(index.0, attempt.0),
             Change::Hold { .. } => Queued::Hold,
+            Change::StartChild(_) | Change::AwaitChild { .. } | Change::NotifyParent(_) => {
+                Queued::Family
+            }
         }
     }
 
@@ -516,6 +523,10 @@ impl Queued {
                 step: None,
                 reason: None,
             },
+            Queued::Family => Change::NotifyParent(saga_core::ParentLink {
+                saga: saga_id(),
+                step: saga_core::StepName::new("model"),
+            }),
         }
     }
 }
@@ -1185,6 +1196,13 @@ impl Model {
                 Action::RunGroup { .. } => {
                     return Err(format!(
                         "w{w} planned a parallel group, which the model's sagas lack"
+                    ));
+                }
+                // Nor a child step: the conformance suite's `children` and the crash suite's
+                // child scenario cover them.
+                Action::Child(_) => {
+                    return Err(format!(
+                        "w{w} planned a child step, which the model's sagas lack"
                     ));
                 }
                 Action::Wait(waiting) => {

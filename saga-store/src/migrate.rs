@@ -36,6 +36,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "policies",
         include_str!("../migrations/sqlite/0005_policies.sql"),
     ),
+    (
+        6,
+        "children",
+        include_str!("../migrations/sqlite/0006_children.sql"),
+    ),
 ];
 
 fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
@@ -94,6 +99,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         7,
         "policies",
         include_str!("../migrations/postgres/0007_policies.sql"),
+    ),
+    (
+        8,
+        "children",
+        include_str!("../migrations/postgres/0008_children.sql"),
     ),
 ];
 

@@ -14,6 +14,8 @@ use serde_json::Value;
 pub(crate) trait Columns {
     /// A saga id (the row's own saga, or the saga it belongs to).
     fn saga_id(&self, column: &str) -> Result<SagaId, String>;
+    /// A saga id that may be NULL (a child's parent).
+    fn opt_saga_id(&self, column: &str) -> Result<Option<SagaId>, String>;
     /// An intervention id.
     fn intervention_id(&self, column: &str) -> Result<InterventionId, String>;
     /// A text.
@@ -141,6 +143,16 @@ pub(crate) fn saga_record(row: &(impl Columns + ?Sized)) -> Result<SagaRecord, E
         waiting_for: r.opt_text("waiting_for")?,
         deadline: r.opt_time("deadline_at")?,
         signals_received: u64::try_from(r.i64("signals_received")?).unwrap_or(0),
+        parent: match (
+            r.read("parent_id", row.opt_saga_id("parent_id"))?,
+            r.opt_text("parent_step")?,
+        ) {
+            (Some(saga), Some(step)) => Some(saga_core::ParentLink {
+                saga,
+                step: StepName::new(step),
+            }),
+            _ => None,
+        },
     })
 }
 

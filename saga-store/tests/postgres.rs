@@ -30,6 +30,7 @@ fn new_saga(saga_type: &str, n: u32) -> saga_core::NewSaga {
         changes: Vec::new(),
         deadline: None,
         dedup_window: None,
+        parent: None,
     }
 }
 

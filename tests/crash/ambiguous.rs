@@ -302,6 +302,22 @@ impl Store for AmbiguousStore {
         self.inner.request_cancel(id, by, reason, now)
     }
 
+    fn stop_child<'s, 'p, 'r, 'a>(
+        &'s self,
+        child: SagaId,
+        parent: &'p saga::ParentLink,
+        reason: &'r str,
+        now: Timestamp,
+    ) -> Boxed<'a, Result<()>>
+    where
+        's: 'a,
+        'p: 'a,
+        'r: 'a,
+        Self: 'a,
+    {
+        self.inner.stop_child(child, parent, reason, now)
+    }
+
     fn prune<'s, 'a>(&'s self, before: Timestamp, limit: u32) -> Boxed<'a, Result<u64>>
     where
         's: 'a,

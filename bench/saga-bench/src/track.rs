@@ -312,6 +312,17 @@ impl Store for TrackingStore {
         self.inner.request_cancel(id, by, reason, now).await
     }
 
+    async fn stop_child(
+        &self,
+        child: SagaId,
+        parent: &saga_core::ParentLink,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        Self::count(&self.tracker.calls.other);
+        self.inner.stop_child(child, parent, reason, now).await
+    }
+
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {
         Self::count(&self.tracker.calls.other);
         self.inner.prune(before, limit).await

@@ -50,6 +50,10 @@ fn saga_json(record: &SagaRecord) -> Value {
         "updated_at": json_time(record.updated_at),
         "waiting_for": record.waiting_for,
         "signals_received": record.signals_received,
+        "parent": record.parent.as_ref().map(|parent| json!({
+            "saga": parent.saga,
+            "step": parent.step.as_str(),
+        })),
     })
 }
 
@@ -174,10 +178,24 @@ impl Output {
         );
     }
 
-    pub(crate) fn saga(&self, snapshot: &SagaSnapshot) {
+    /// One saga whole: its fields, its parent and children, its steps and signals.
+    pub(crate) fn saga(&self, snapshot: &SagaSnapshot, children: &[SagaRecord]) {
         let record = &snapshot.record;
         if self.json {
             let mut value = saga_json(record);
+            value["children"] = Value::Array(
+                children
+                    .iter()
+                    .map(|child| {
+                        json!({
+                            "id": child.id,
+                            "type": child.saga_type.as_str(),
+                            "status": child.status,
+                            "step": child.parent.as_ref().map(|parent| parent.step.as_str()),
+                        })
+                    })
+                    .collect(),
+            );
             value["steps"] = Value::Array(
                 snapshot
                     .steps
@@ -247,6 +265,14 @@ impl Output {
         if let Some(request) = &record.cancel_requested {
             emit!("{:<9} {request}", "cancel");
         }
+        if let Some(parent) = &record.parent {
+            emit!(
+                "{:<9} saga {} (its step {})",
+                "parent",
+                parent.saga,
+                parent.step
+            );
+        }
         match record.waiting_for.as_deref() {
             Some(held) if is_held(held) => emit!("{:<9} {}", "held", held_text(held, record)),
             Some(waiting) => emit!("{:<9} {}", "waiting", waiting_text(waiting, record)),
@@ -276,6 +302,24 @@ impl Output {
                 &rows
             )
         );
+        if !children.is_empty() {
+            let rows: Vec<Vec<String>> = children
+                .iter()
+                .map(|child| {
+                    vec![
+                        child
+                            .parent
+                            .as_ref()
+                            .map_or("-".to_owned(), |parent| parent.step.to_string()),
+                        child.id.to_string(),
+                        child.saga_type.to_string(),
+                        child.status.to_string(),
+                    ]
+                })
+                .collect();
+            emit!();
+            emit!("{}", table(&["STEP", "CHILD", "TYPE", "STATUS"], &rows));
+        }
         let skipped: Vec<Vec<String>> = snapshot
             .steps
             .iter()

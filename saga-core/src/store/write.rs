@@ -28,7 +28,8 @@ use crate::wait::{SignalDelivery, SignalRecord, SignalRefusal};
 
 use super::{
     CancelOutcome, Change, EventData, EventKind, Intervention, InterventionKind, Lease,
-    NewIntervention, NewSaga, ParentLink, SagaRecord, SagaSnapshot, SettleAction, Settlement, StepRecord,
+    NewIntervention, NewSaga, ParentLink, SagaRecord, SagaSnapshot, SettleAction, Settlement,
+    StepRecord,
 };
 
 /// Why a store refused a write for what it asks of a step phase, the same on every backend.
@@ -912,7 +913,9 @@ pub fn decide_stop_child(
     let by = format!("parent saga {} (step {})", parent.saga, parent.step);
     let request = cancel_detail(&by, reason);
     let saga = match record.status {
-        SagaStatus::Running => return decide_cancel(stored, &by, reason, now).map(|(_, plan)| plan),
+        SagaStatus::Running => {
+            return decide_cancel(stored, &by, reason, now).map(|(_, plan)| plan)
+        }
         SagaStatus::Completed => SagaUpdate {
             status: Some((SagaStatus::Compensating, Some(request.clone()))),
             next_run_at: Some(Some(now)),
@@ -1410,6 +1413,14 @@ mod tests {
                 }
                 // A condition, checked above.
                 Change::NoSignalSince { .. } => {}
+                // Writes to other sagas: nothing of this one.
+                Change::StartChild(_) | Change::NotifyParent(_) => {}
+                Change::AwaitChild {
+                    name, signals_seen, ..
+                } => {
+                    snap.record.waiting_for = Some(crate::wait::waiting_for_child(name));
+                    seen = Some(*signals_seen);
+                }
             }
             if !matches!(
                 change,
@@ -1417,6 +1428,9 @@ mod tests {
                     | Change::Hold { .. }
                     | Change::Release { .. }
                     | Change::NoSignalSince { .. }
+                    | Change::StartChild(_)
+                    | Change::AwaitChild { .. }
+                    | Change::NotifyParent(_)
             ) {
                 snap.record.waiting_for = None;
             }
@@ -1534,6 +1548,7 @@ mod tests {
                 waiting_for: draw.flip().then(|| "signal:paid".to_owned()),
                 deadline: None,
                 signals_received: draw.below(3),
+                parent: None,
             },
             steps,
             signals: Vec::new(),
@@ -1730,6 +1745,7 @@ mod tests {
         };
         let saga = |changes: Vec<Change>| NewSaga {
             dedup_window: None,
+            parent: None,
             id,
             saga_type: SagaType::new("order"),
             version: 1,

@@ -103,6 +103,15 @@ impl<A: Around> Store for Hooked<A> {
     ) -> Result<CancelOutcome> {
         self.inner.request_cancel(id, by, reason, now).await
     }
+    async fn stop_child(
+        &self,
+        child: SagaId,
+        parent: &saga_core::ParentLink,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.inner.stop_child(child, parent, reason, now).await
+    }
     async fn prune(&self, before: Timestamp, limit: u32) -> Result<u64> {
         self.inner.prune(before, limit).await
     }

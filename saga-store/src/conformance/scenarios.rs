@@ -1540,6 +1540,15 @@ impl<S: Store> Store for LosesFirstAnswers<S> {
     ) -> saga_core::Result<saga_core::CancelOutcome> {
         self.inner.request_cancel(id, by, reason, now).await
     }
+    async fn stop_child(
+        &self,
+        child: SagaId,
+        parent: &saga_core::ParentLink,
+        reason: &str,
+        now: saga_core::Timestamp,
+    ) -> saga_core::Result<()> {
+        self.inner.stop_child(child, parent, reason, now).await
+    }
     async fn prune(&self, before: saga_core::Timestamp, limit: u32) -> saga_core::Result<u64> {
         self.inner.prune(before, limit).await
     }
@@ -1763,6 +1772,7 @@ async fn begun_charge<S: Store>(
             changes: vec![begin(0, "reserve_stock")],
             deadline: None,
             dedup_window: None,
+            parent: None,
         })
         .await
         .unwrap();

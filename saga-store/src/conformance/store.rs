@@ -31,6 +31,7 @@ fn new_saga(saga_type: &str, key: Option<&str>, input: Value) -> NewSaga {
         changes: Vec::new(),
         deadline: None,
         dedup_window: None,
+        parent: None,
     }
 }
 

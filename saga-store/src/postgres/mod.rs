@@ -22,8 +22,8 @@ use saga_core::store::{OverviewParts, OverviewQuery};
 use saga_core::wait::{Delivered, SignalDelivery};
 use saga_core::{
     CancelOutcome, Change, Created, Error, Event, FencingToken, Intervention, InterventionId,
-    Lease, NewSaga, Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus, Settlement,
-    StepContext, StepError, StepTransaction, Store, Timestamp, WorkerId,
+    Lease, NewSaga, ParentLink, Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus,
+    Settlement, StepContext, StepError, StepTransaction, Store, Timestamp, WorkerId,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, Postgres, Row, Transaction};
@@ -905,6 +905,12 @@ impl Store for PgStore {
         let Ok(plan) = WritePlan::compile(changes) else {
             return Box::pin(self.not_written(lease, changes, None)).await;
         };
+        if !plan.children.is_empty() || plan.wake_parent.is_some() {
+            // A write that starts children or wakes a parent (rare) is written alone, in one
+            // transaction with them.
+            let tx = begin(&self.write_pool).await?;
+            return Box::pin(self.apply_in(tx, lease, changes)).await;
+        }
         // One statement, committed on its own (no BEGIN, no COMMIT round trip), together with
         // the writes of other sagas waiting at the same time.
         let write = statement::Write {
@@ -1031,6 +1037,27 @@ impl Store for PgStore {
             tx.commit().await.map_err(classify)?;
         }
         Ok(outcome)
+    }
+
+    async fn stop_child(
+        &self,
+        child: SagaId,
+        parent: &ParentLink,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut tx = begin_operator(&self.pool).await?;
+        let snapshot = load_with(&mut tx, child, true)
+            .await?
+            .ok_or(Error::SagaNotFound(child))?;
+        // Whether the child's lease is live is judged by the database's clock.
+        let _ = now;
+        let now = db_now(&mut tx).await?;
+        if let Some(plan) = write::decide_stop_child(&snapshot, parent, reason, now)? {
+            self.write_decided(&mut tx, &snapshot, plan, now).await?;
+            tx.commit().await.map_err(classify)?;
+        }
+        Ok(())
     }
 
     async fn deliver_signal(&self, delivery: &SignalDelivery) -> Result<Delivered> {
@@ -1210,6 +1237,10 @@ impl Store for PgStore {
                  SELECT id FROM saga_instances
                   WHERE status IN ('completed', 'compensated', 'cancelled') AND updated_at < $1
                     AND id NOT IN (SELECT saga_id FROM saga_start_windows)
+                    AND (parent_id IS NULL OR NOT EXISTS (
+                         SELECT 1 FROM saga_instances p
+                          WHERE p.id = saga_instances.parent_id
+                            AND p.status NOT IN ('completed', 'compensated', 'cancelled')))
                   LIMIT $2
                   FOR UPDATE SKIP LOCKED),
              steps AS (DELETE FROM saga_steps WHERE saga_id IN (SELECT id FROM doomed)),
@@ -1237,6 +1268,7 @@ impl Store for PgStore {
                 AND ($4::timestamptz IS NULL OR created_at < $4)
                 AND ($5::uuid IS NULL OR id > $5)
                 AND ($7::text IS NULL OR starts_with(waiting_for, $7))
+                AND ($8::uuid IS NULL OR parent_id = $8)
               ORDER BY id
               LIMIT $6",
         )
@@ -1247,6 +1279,7 @@ impl Store for PgStore {
         .bind(filter.after.map(|id| id.as_uuid()))
         .bind(i64::from(filter.limit_or_default()))
         .bind(filter.waiting_for.as_deref())
+        .bind(filter.parent.map(|id| id.as_uuid()))
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?
@@ -1601,13 +1634,52 @@ impl PgStore {
         };
         let now = saga_core::now();
         match statement::execute_one(&mut *tx, &write, now, &self.channel).await {
-            Ok(true) => tx.commit().await.map_err(classify),
+            Ok(true) => {
+                self.write_family(&mut tx, &write.plan, now).await?;
+                tx.commit().await.map_err(classify)
+            }
             outcome => {
                 // Roll back the step's own writes before finding out why.
                 drop(tx);
                 self.not_written(lease, changes, outcome.err()).await
             }
         }
+    }
+
+    /// Writes what `plan` (written in `tx`) does to other sagas: creates its children (a child
+    /// whose start key is stored already is that child) and wakes its parent.
+    async fn write_family(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        plan: &WritePlan,
+        now: Timestamp,
+    ) -> Result<()> {
+        for child in &plan.children {
+            let creation = CreationPlan::compile(child)?;
+            statement::create(&mut **tx, child, &creation, now, &self.channel).await?;
+        }
+        if let Some(parent) = &plan.wake_parent {
+            sqlx::query(
+                "UPDATE saga_instances
+                    SET signals_received = signals_received + 1,
+                        next_run_at = CASE WHEN status IN ('running', 'compensating')
+                                            AND waiting_for = $2
+                                           THEN date_trunc('milliseconds', now())
+                                           ELSE next_run_at END
+                  WHERE id = $1",
+            )
+            .bind(parent.saga.as_uuid())
+            .bind(parent.waiting_for())
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(&self.channel)
+                .execute(&mut **tx)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(())
     }
 
     /// Writes a plan an operator's action decided on `stored` (read in `tx` with its row
@@ -1625,7 +1697,7 @@ impl PgStore {
             plan,
         };
         if statement::execute_one(&mut **tx, &write, now, &self.channel).await? {
-            Ok(())
+            self.write_family(tx, &write.plan, now).await
         } else {
             Err(Error::Store(
                 format!(

@@ -24,6 +24,10 @@ impl crate::rows::Columns for PgRow {
         ))
     }
 
+    fn opt_saga_id(&self, column: &str) -> Result<Option<SagaId>, String> {
+        Ok(get::<Uuid>(self, column)?.map(SagaId::from_uuid))
+    }
+
     fn intervention_id(&self, column: &str) -> Result<InterventionId, String> {
         Ok(InterventionId::from_uuid(
             get::<Uuid>(self, column)?.ok_or("is NULL")?,

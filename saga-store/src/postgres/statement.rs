@@ -179,8 +179,9 @@ events AS (
     };
 }
 
-/// Sagas created: $52..$63 the sagas, $64..$69 the steps begun with them, $70..$75 their
-/// events (no trailing comma: it also ends [`CREATE_SQL`]'s `WITH`). A start key that exists
+/// Sagas created: $52..$63 the sagas (and $76, $77 their parents, for children), $64..$69 the
+/// steps begun with them, $70..$75 their events (no trailing comma: it also ends
+/// [`CREATE_SQL`]'s `WITH`). A start key that exists
 /// already creates nothing (the caller reads the saga it started); rows of the same creation
 /// join it by saga id.
 macro_rules! creations {
@@ -189,15 +190,15 @@ macro_rules! creations {
 new AS (
     INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input, input_hash,
         idempotency_key, next_run_at, fencing_token, trace_context, created_at, updated_at,
-        lease_owner, lease_expires_at, deadline_at)
+        lease_owner, lease_expires_at, deadline_at, parent_id, parent_step)
     SELECT k.id, k.saga_type, k.version, k.fingerprint, 'running', k.input, k.input_hash,
            k.key, date_trunc('milliseconds', now()), k.token, k.trace, date_trunc('milliseconds', now()), date_trunc('milliseconds', now()), k.owner, k.until,
-           k.deadline
+           k.deadline, k.parent, k.parent_step
       FROM UNNEST($52::uuid[], $53::text[], $54::int4[], $55::text[], $56::jsonb[], $57::text[],
                   $58::text[], $59::text[], $60::text[], $61::timestamptz[], $62::int8[],
-                  $63::timestamptz[])
+                  $63::timestamptz[], $76::uuid[], $77::text[])
            AS k(id, saga_type, version, fingerprint, input, input_hash, key, trace, owner,
-                until, token, deadline)
+                until, token, deadline, parent, parent_step)
      -- One order for every statement, so that two of them inserting the same start keys wait
      -- for each other in turn instead of deadlocking.
      ORDER BY k.key, k.id
@@ -289,7 +290,7 @@ const ESCALATE_WITH_CREATIONS_SQL: &str = statement!(writes and creations, escal
 
 /// The statement for creations alone (a lone creation: the same parts as a group's, without the
 /// writes' parts, which the server would set up for nothing). Parameters other than $17,
-/// $18 and $52..$75 are bound (empty) but not read.
+/// $18 and $52..$77 are bound (empty) but not read.
 const CREATE_SQL: &str = concat!(
     "\nWITH",
     creations!(),
@@ -572,6 +573,9 @@ struct CreationColumns {
     b_name: Vec<String>,
     b_attempt: Vec<i32>,
     b_key: Vec<String>,
+    /// Bound last ($76, $77).
+    parent: Vec<Option<Uuid>>,
+    parent_step: Vec<Option<String>>,
 }
 
 impl CreationColumns {
@@ -598,6 +602,13 @@ impl CreationColumns {
             .push(saga.lease.as_ref().map(|(_, until)| *until));
         self.token.push(plan.token.0);
         self.deadline.push(saga.deadline);
+        self.parent
+            .push(saga.parent.as_ref().map(|parent| parent.saga.as_uuid()));
+        self.parent_step.push(
+            saga.parent
+                .as_ref()
+                .map(|parent| parent.step.as_str().to_owned()),
+        );
         // A creation's step phases are all begun, new (`CreationPlan` accepts nothing else).
         for step in &plan.steps {
             self.b_saga.push(id);
@@ -614,8 +625,9 @@ impl CreationColumns {
         }
     }
 
-    fn bind(self, query: Query<'_>) -> Query<'_> {
-        query
+    /// Binds $52..$69; the parents ($76, $77) are bound by [`Columns::bind`], last.
+    fn bind(self, query: Query<'_>) -> (Query<'_>, Vec<Option<Uuid>>, Vec<Option<String>>) {
+        let query = query
             .bind(self.id)
             .bind(self.saga_type)
             .bind(self.version)
@@ -633,7 +645,8 @@ impl CreationColumns {
             .bind(self.b_phase)
             .bind(self.b_name)
             .bind(self.b_attempt)
-            .bind(self.b_key)
+            .bind(self.b_key);
+        (query, self.parent, self.parent_step)
     }
 }
 
@@ -681,8 +694,11 @@ impl Columns {
         let query = self.steps.bind(query);
         let query = self.interventions.bind(query);
         let query = self.events.bind(query, true);
-        let query = self.creations.bind(query);
-        self.creation_events.bind(query, false)
+        let (query, parent, parent_step) = self.creations.bind(query);
+        self.creation_events
+            .bind(query, false)
+            .bind(parent)
+            .bind(parent_step)
     }
 }
 
@@ -820,6 +836,6 @@ mod tests {
         assert_eq!(numbers(steps!()), (19..=32).collect::<Vec<_>>());
         assert_eq!(numbers(escalate!()), (33..=44).collect::<Vec<_>>());
         assert_eq!(numbers(history!()), (45..=51).collect::<Vec<_>>());
-        assert_eq!(numbers(creations!()), (52..=75).collect::<Vec<_>>());
+        assert_eq!(numbers(creations!()), (52..=77).collect::<Vec<_>>());
     }
 }

@@ -249,7 +249,8 @@ pub(super) async fn create_rows(
     let mut insert = QueryBuilder::<Sqlite>::new(
         "INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input,
              input_hash, idempotency_key, next_run_at, fencing_token, trace_context,
-             created_at, updated_at, lease_owner, lease_expires_at, deadline_at) ",
+             created_at, updated_at, lease_owner, lease_expires_at, deadline_at, parent_id,
+             parent_step) ",
     );
     insert.push_values(creations, |mut row, (saga, plan)| {
         row.push_bind(saga.id.to_string())
@@ -271,7 +272,13 @@ pub(super) async fn create_rows(
                     .map(|(owner, _)| owner.as_str().to_owned()),
             )
             .push_bind(saga.lease.as_ref().map(|(_, until)| millis(*until)))
-            .push_bind(saga.deadline.map(millis));
+            .push_bind(saga.deadline.map(millis))
+            .push_bind(saga.parent.as_ref().map(|parent| parent.saga.to_string()))
+            .push_bind(
+                saga.parent
+                    .as_ref()
+                    .map(|parent| parent.step.as_str().to_owned()),
+            );
     });
     insert.build().execute(&mut *conn).await.map_err(classify)?;
     let steps: Vec<(String, &StepWrite)> = creations

@@ -23,8 +23,8 @@ use saga_core::store::{OverviewParts, OverviewQuery};
 use saga_core::wait::{Delivered, SignalDelivery};
 use saga_core::{
     CancelOutcome, Change, Created, Error, Event, Intervention, InterventionId, InterventionStatus,
-    Lease, NewSaga, Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus, Settlement,
-    StepContext, StepError, StepTransaction, Store, Timestamp, WorkerId,
+    Lease, NewSaga, ParentLink, Result, SagaFilter, SagaId, SagaRecord, SagaSnapshot, SagaStatus,
+    Settlement, StepContext, StepError, StepTransaction, Store, Timestamp, WorkerId,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -527,8 +527,9 @@ async fn create_rows(
     let inserted = sqlx::query(
         "INSERT INTO saga_instances (id, saga_type, version, fingerprint, status, input,
              input_hash, idempotency_key, next_run_at, fencing_token, trace_context,
-             created_at, updated_at, lease_owner, lease_expires_at, deadline_at)
-         VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             created_at, updated_at, lease_owner, lease_expires_at, deadline_at, parent_id,
+             parent_step)
+         VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(saga.id.to_string())
     .bind(saga.saga_type.as_str())
@@ -553,6 +554,12 @@ async fn create_rows(
     )
     .bind(saga.lease.as_ref().map(|(_, until)| millis(*until)))
     .bind(saga.deadline.map(millis))
+    .bind(saga.parent.as_ref().map(|parent| parent.saga.to_string()))
+    .bind(
+        saga.parent
+            .as_ref()
+            .map(|parent| parent.step.as_str().to_owned()),
+    )
     .execute(&mut **tx)
     .await;
     if let Err(err) = inserted {
@@ -651,6 +658,14 @@ impl Store for SqliteStore {
         let Ok(plan) = WritePlan::compile(changes) else {
             return Box::pin(self.not_written(lease, changes)).await;
         };
+        if !plan.children.is_empty() || plan.wake_parent.is_some() {
+            // A write that starts children or wakes a parent (rare) is written alone, in one
+            // transaction with them.
+            let (tx, gate) = self.write_tx().await?;
+            let applied = Box::pin(self.apply_in(tx, lease, changes)).await;
+            drop(gate);
+            return applied;
+        }
         // In one transaction with the step writes of other sagas waiting at the same time.
         match self.writes.write(lease, plan).await {
             Ok(true) => Ok(()),
@@ -771,6 +786,24 @@ impl Store for SqliteStore {
             tx.commit().await.map_err(classify)?;
         }
         Ok(outcome)
+    }
+
+    async fn stop_child(
+        &self,
+        child: SagaId,
+        parent: &ParentLink,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        let (mut tx, _gate) = self.write_tx().await?;
+        let snapshot = load_with(&mut tx, child)
+            .await?
+            .ok_or(Error::SagaNotFound(child))?;
+        if let Some(plan) = write::decide_stop_child(&snapshot, parent, reason, now)? {
+            write_decided(&mut tx, &snapshot, &plan, now).await?;
+            tx.commit().await.map_err(classify)?;
+        }
+        Ok(())
     }
 
     async fn deliver_signal(&self, delivery: &SignalDelivery) -> Result<Delivered> {
@@ -965,6 +998,10 @@ impl Store for SqliteStore {
         let doomed = "SELECT id FROM saga_instances
                        WHERE status IN ('completed', 'compensated', 'cancelled') AND updated_at < ?1
                          AND id NOT IN (SELECT saga_id FROM saga_start_windows)
+                         AND (parent_id IS NULL OR NOT EXISTS (
+                              SELECT 1 FROM saga_instances p
+                               WHERE p.id = saga_instances.parent_id
+                                 AND p.status NOT IN ('completed', 'compensated', 'cancelled')))
                        ORDER BY updated_at LIMIT ?2";
         for table in ["saga_events", "saga_interventions", "saga_signals"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE saga_id IN ({doomed})"))
@@ -996,6 +1033,7 @@ impl Store for SqliteStore {
                 AND (?4 IS NULL OR created_at < ?4)
                 AND (?5 IS NULL OR id > ?5)
                 AND (?7 IS NULL OR substr(waiting_for, 1, length(?7)) = ?7)
+                AND (?8 IS NULL OR parent_id = ?8)
               ORDER BY id
               LIMIT ?6",
         )
@@ -1011,6 +1049,7 @@ impl Store for SqliteStore {
         .bind(filter.after.map(|id| id.to_string()))
         .bind(i64::from(filter.limit_or_default()))
         .bind(filter.waiting_for.clone())
+        .bind(filter.parent.map(|id| id.to_string()))
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?
@@ -1233,6 +1272,29 @@ async fn write_plan(
     }
     let events: Vec<_> = plan.events.iter().map(|event| (id, event)).collect();
     insert_events(tx, &events, now).await?;
+    for child in &plan.children {
+        // A child whose key is stored already (its step began before) is that child.
+        match create_in(tx, child, &CreationPlan::compile(child)?, now).await {
+            Ok(_) | Err(Error::Conflict { .. }) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    if let Some(parent) = &plan.wake_parent {
+        sqlx::query(
+            "UPDATE saga_instances
+                SET signals_received = signals_received + 1,
+                    next_run_at = CASE WHEN status IN ('running', 'compensating')
+                                        AND waiting_for = ?2 THEN ?3
+                                       ELSE next_run_at END
+              WHERE id = ?1",
+        )
+        .bind(parent.saga.to_string())
+        .bind(parent.waiting_for())
+        .bind(millis(now))
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
     Ok(true)
 }
 

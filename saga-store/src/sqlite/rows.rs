@@ -37,6 +37,12 @@ impl crate::rows::Columns for SqliteRow {
             .map_err(|err| format!("{err}"))
     }
 
+    fn opt_saga_id(&self, column: &str) -> Result<Option<SagaId>, String> {
+        let text: Option<String> = get(self, column)?;
+        text.map(|text| text.parse().map_err(|err| format!("{err}")))
+            .transpose()
+    }
+
     fn intervention_id(&self, column: &str) -> Result<InterventionId, String> {
         let text: Option<String> = get(self, column)?;
         text.ok_or("is NULL")?
