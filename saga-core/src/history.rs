@@ -26,7 +26,7 @@ impl History {
             let step = event.step.as_ref().map_or("", |step| step.as_str());
             let phase = event.phase.map_or("", |phase| phase.as_str());
             let attempt = event.attempt.map_or(0, |attempt| attempt.0);
-            let detail = event.detail.as_deref().unwrap_or("");
+            let detail = &without_ids(event.detail.as_deref().unwrap_or(""));
             let line = match event.kind {
                 EventKind::SagaStarted => format!("saga started  {detail}"),
                 EventKind::StepStarted => format!("{step}  {phase}  started  attempt={attempt}"),
@@ -56,4 +56,20 @@ impl History {
         }
         out
     }
+}
+
+/// `detail` with every saga id (a child's, a parent's) written `<id>`.
+fn without_ids(detail: &str) -> String {
+    detail
+        .split(' ')
+        .map(|word| {
+            let bare = word.trim_end_matches([',', ')', ':', '.']);
+            if bare.len() == 36 && bare.parse::<uuid::Uuid>().is_ok() {
+                word.replacen(bare, "<id>", 1)
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -10,9 +10,12 @@
 //!   concurrency, retry budgets, pauses).
 //! - [`groups`]: parallel groups (steps that run at once, stop together, and are undone
 //!   together).
+//! - [`children`]: child sagas (started by a step, awaited without a worker, compensated or
+//!   cancelled with their parent).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod children;
 pub mod groups;
 pub mod policies;
 pub mod scenarios;
@@ -126,7 +129,14 @@ macro_rules! conformance_suite {
                 a_cancel_while_a_group_runs_begins_none_of_its_waiting_steps,
                 a_group_compensation_that_fails_is_escalated_once_the_others_are_settled,
                 a_cancel_refusing_the_group_keeps_the_outcome_of_the_step_before_it,
-                a_failed_group_compensation_lets_the_others_run_before_a_person_is_called,
+                a_failed_group_compensation_lets_the_others_run_before_a_person_is_called;
+                // Child sagas
+                a_child_that_completes_completes_its_step_with_its_outputs,
+                a_child_that_compensates_fails_its_step_and_the_parent_compensates,
+                a_parent_compensated_after_its_child_completed_compensates_the_child_first,
+                a_parent_cancelled_while_its_child_runs_cancels_the_child,
+                a_parent_and_its_child_started_twice_with_one_key_run_once,
+                a_child_waiting_for_a_person_keeps_its_parent_waiting_until_it_is_settled,
             );
         }
     };
@@ -135,7 +145,7 @@ macro_rules! conformance_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_tests {
-    ($make:expr; $($store_test:ident),* ; $($scenario:ident),* ; $($waiting:ident),* ; $($policy:ident),* ; $($group:ident),* $(,)?) => {
+    ($make:expr; $($store_test:ident),* ; $($scenario:ident),* ; $($waiting:ident),* ; $($policy:ident),* ; $($group:ident),* ; $($child:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $store_test() {
@@ -169,6 +179,13 @@ macro_rules! __conformance_tests {
             async fn $group() {
                 let store = $make.await;
                 $crate::conformance::groups::$group(::std::sync::Arc::new(store)).await;
+            }
+        )*
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $child() {
+                let store = $make.await;
+                $crate::conformance::children::$child(::std::sync::Arc::new(store)).await;
             }
         )*
     };
