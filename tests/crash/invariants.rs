@@ -10,8 +10,14 @@ const COMPENSABLE: &str =
     "(VALUES ('crash_five', 's1'), ('crash_five', 's2'), ('crash_five', 's3'),
     ('crash_five', 's4'), ('crash_grouped', 's1'), ('crash_grouped', 's2'),
     ('crash_grouped', 's3'), ('crash_grouped', 's4'), ('big_output', 's1'), ('panicky', 's1'), ('hangs', 's1'),
-    ('crash_policy', 'reserve'), ('crash_policy', 'issue_code'), ('crash_policy', 'partner'))
+    ('crash_policy', 'reserve'), ('crash_policy', 'issue_code'), ('crash_policy', 'partner'),
+    ('crash_parent', 's1'), ('crash_parent', 'ship'), ('crash_parent', 's3'),
+    ('crash_child', 's1'), ('crash_child', 's2'))
     AS compensable(saga_type, step)";
+
+/// Steps that start a child saga: (saga type, step). They complete with no effect of their own
+/// in the ledger: their child's end decides them (see the checks of children).
+const CHILD_STEPS: &str = "(VALUES ('crash_parent', 'ship')) AS child_steps(saga_type, step)";
 
 /// Steps under a frequency cap: (saga type, step, cap, max per entity and window, the input
 /// field the cap counts under). Every window is longer than a run, so every effect counts.
@@ -74,11 +80,15 @@ const CHECKS: &[(&str, &str)] = &[
           WHERE st.status = 'completed' AND c.attempt > st.attempt",
     ),
     (
-        "every completed step phase has its effect in the ledger (a waiting step, its signal)",
+        "every completed step phase has its effect in the ledger (a waiting step, its signal; a \
+         child step, its child's end)",
         "SELECT st.saga_id::text FROM saga.saga_steps st
            JOIN saga.saga_instances s ON s.id = st.saga_id
           WHERE st.status = 'completed'
             AND NOT EXISTS (SELECT 1 FROM public.ledger_effects e WHERE e.key = st.idempotency_key)
+            AND NOT EXISTS (SELECT 1 FROM CHILD_STEPS
+                             WHERE child_steps.saga_type = s.saga_type
+                               AND child_steps.step = st.name)
             AND NOT EXISTS (SELECT 1 FROM WAITING
                               JOIN saga.saga_signals g ON g.name = waiting.signal
                              WHERE waiting.saga_type = s.saga_type AND waiting.step = st.name
@@ -95,11 +105,20 @@ const CHECKS: &[(&str, &str)] = &[
                                                AND g.name = waiting.signal)",
     ),
     (
-        "each signal stored is counted on its saga and recorded once in its history",
+        "each signal stored is counted on its saga and recorded once in its history; each \
+         end of a child counts on its parent too (at least once: a completed child sent back \
+         to compensate ends twice)",
         "SELECT s.id::text FROM saga.saga_instances s
-          WHERE s.signals_received <> (SELECT COUNT(*) FROM saga.saga_signals g WHERE g.saga_id = s.id)
-             OR s.signals_received <> (SELECT COUNT(*) FROM saga.saga_events e
-                                        WHERE e.saga_id = s.id AND e.kind = 'signal_received')",
+          WHERE (NOT EXISTS (SELECT 1 FROM saga.saga_instances c WHERE c.parent_id = s.id)
+                 AND s.signals_received <> (SELECT COUNT(*) FROM saga.saga_signals g
+                                             WHERE g.saga_id = s.id))
+             OR s.signals_received < (SELECT COUNT(*) FROM saga.saga_signals g WHERE g.saga_id = s.id)
+                                   + (SELECT COUNT(*) FROM saga.saga_instances c
+                                       WHERE c.parent_id = s.id
+                                         AND c.status IN ('completed', 'compensated', 'cancelled'))
+             OR (SELECT COUNT(*) FROM saga.saga_signals g WHERE g.saga_id = s.id)
+                <> (SELECT COUNT(*) FROM saga.saga_events e
+                     WHERE e.saga_id = s.id AND e.kind = 'signal_received')",
     ),
     (
         "no settled saga still records a wait",
@@ -259,6 +278,95 @@ const CHECKS: &[(&str, &str)] = &[
                      WHEN (input->>'comp_fail_at')::int = 1 OR (input->>'fail_at')::int = 5
                           THEN status <> 'needs_intervention'
                      ELSE status NOT IN ('compensated', 'needs_intervention') END",
+    ),
+    (
+        "each child saga was started by its parent's step, with a key derived from that \
+         step's, and that step started no other",
+        "SELECT c.id::text FROM saga.saga_instances c
+          WHERE c.parent_id IS NOT NULL
+            AND (c.idempotency_key IS DISTINCT FROM
+                     'child:' || c.parent_id::text || ':' || c.parent_step || ':action'
+                 OR NOT EXISTS (SELECT 1 FROM saga.saga_steps st
+                                 WHERE st.saga_id = c.parent_id AND st.name = c.parent_step
+                                   AND st.phase = 'action')
+                 OR NOT EXISTS (SELECT 1 FROM saga.saga_events e
+                                 WHERE e.saga_id = c.parent_id AND e.kind = 'child_started'
+                                   AND e.step = c.parent_step
+                                   AND e.detail LIKE '%saga ' || c.id::text)
+                 OR EXISTS (SELECT 1 FROM saga.saga_events e
+                             WHERE e.saga_id = c.parent_id AND e.kind = 'child_started'
+                               AND e.step = c.parent_step
+                               AND e.detail NOT LIKE '%saga ' || c.id::text)
+                 OR EXISTS (SELECT 1 FROM saga.saga_instances twin
+                             WHERE twin.parent_id = c.parent_id
+                               AND twin.parent_step = c.parent_step AND twin.id <> c.id))",
+    ),
+    (
+        "every child step that began has its child (none forgotten)",
+        "SELECT st.saga_id::text FROM saga.saga_steps st
+           JOIN saga.saga_instances s ON s.id = st.saga_id
+           JOIN CHILD_STEPS ON child_steps.saga_type = s.saga_type AND child_steps.step = st.name
+          WHERE st.phase = 'action'
+            AND NOT EXISTS (SELECT 1 FROM saga.saga_instances c
+                             WHERE c.parent_id = st.saga_id AND c.parent_step = st.name)",
+    ),
+    (
+        "a child step's outcome is its child's end: completed with the child's output while the \
+         child stays completed; undone once the child compensated; failed only when the child \
+         compensated (or was cancelled) on its own",
+        "SELECT c.id::text FROM saga.saga_instances c
+           JOIN saga.saga_steps a ON a.saga_id = c.parent_id AND a.name = c.parent_step
+                                 AND a.phase = 'action'
+           LEFT JOIN saga.saga_steps u ON u.saga_id = c.parent_id AND u.name = c.parent_step
+                                      AND u.phase = 'compensation'
+          WHERE c.parent_id IS NOT NULL
+            AND NOT ((a.status = 'completed' AND u.status IS NULL AND c.status = 'completed'
+                      AND a.output->>'saga' = c.id::text)
+                  OR (a.status = 'completed' AND u.status = 'completed'
+                      AND c.status IN ('compensated', 'cancelled'))
+                  OR (a.status = 'failed' AND u.status IS NULL
+                      AND c.status IN ('compensated', 'cancelled')))",
+    ),
+    (
+        "a child ends as its parent: completed with a completed parent, compensated with a \
+         compensated one",
+        "SELECT c.id::text FROM saga.saga_instances c
+           JOIN saga.saga_instances p ON p.id = c.parent_id
+          WHERE (p.status = 'completed' AND c.status <> 'completed')
+             OR (p.status = 'compensated' AND c.status NOT IN ('compensated', 'cancelled'))",
+    ),
+    (
+        "a child's actions took effect after its parent's steps before the child step and \
+         before those after it; its compensations before the parent undid the steps before it \
+         (ledger)",
+        "SELECT ce.saga_id FROM public.ledger_effects ce
+           JOIN saga.saga_instances c ON c.id::text = ce.saga_id AND c.parent_id IS NOT NULL
+           JOIN saga.saga_steps ps ON ps.saga_id = c.parent_id AND ps.name = c.parent_step
+                                  AND ps.phase = 'action'
+           JOIN public.ledger_effects pe ON pe.saga_id = c.parent_id::text
+          WHERE (ce.phase = 'action' AND pe.phase = 'action'
+                 AND pe.step_index <= ps.step_index AND pe.seq > ce.seq)
+             OR (ce.phase = 'action' AND pe.phase = 'action'
+                 AND pe.step_index > ps.step_index + 1 AND pe.seq < ce.seq)
+             OR (ce.phase = 'compensation' AND pe.phase = 'compensation'
+                 AND pe.step_index <= ps.step_index AND pe.seq < ce.seq)",
+    ),
+    (
+        "each crash_parent saga ended as its plan says: compensated when a step up to the \
+         third is declined, else completed; a cancelled one compensated (or completed, when \
+         the cancel came after its last step began), unless an unknown_outcome item waits",
+        "SELECT id::text FROM saga.saga_instances
+          WHERE saga_type = 'crash_parent'
+            AND NOT EXISTS (SELECT 1 FROM saga.saga_interventions i
+                             WHERE i.saga_id = saga_instances.id AND i.kind = 'unknown_outcome')
+            AND CASE WHEN EXISTS (SELECT 1 FROM saga.saga_events e
+                                   WHERE e.saga_id = saga_instances.id
+                                     AND e.kind = 'operator_action'
+                                     AND e.detail LIKE 'cancel requested%')
+                          THEN status NOT IN ('compensated', 'completed')
+                     WHEN input->'fail_at' <> 'null'::jsonb AND (input->>'fail_at')::int <= 3
+                          THEN status <> 'compensated'
+                     ELSE status <> 'completed' END",
     ),
     (
         "each crash_policy saga ended as its plan says: compensated if declined, else completed \
@@ -449,6 +557,7 @@ pub(crate) async fn check(pool: &PgPool, started: i64, kills: u64) -> Summary {
             .replace("COMPENSABLE", COMPENSABLE)
             .replace("WAITING", WAITING)
             .replace("GROUPED", GROUPED)
+            .replace("CHILD_STEPS", CHILD_STEPS)
             .replace("CAPPED", CAPPED);
         let count = scalar(pool, &format!("SELECT COUNT(*) FROM ({sql}) violations")).await;
         if count != 0 {

@@ -31,7 +31,7 @@ use scenarios::Report;
 
 type Run = fn(u64) -> Pin<Box<dyn Future<Output = Report> + Send>>;
 
-const SCENARIOS: [(&str, Run); 11] = [
+const SCENARIOS: [(&str, Run); 12] = [
     ("kill_random_workers", |seed| {
         Box::pin(scenarios::kill_random::run(seed))
     }),
@@ -64,6 +64,9 @@ const SCENARIOS: [(&str, Run); 11] = [
     }),
     ("groups_under_kills", |seed| {
         Box::pin(scenarios::groups_under_kills::run(seed))
+    }),
+    ("children_under_kills", |seed| {
+        Box::pin(scenarios::children_under_kills::run(seed))
     }),
 ];
 

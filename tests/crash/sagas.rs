@@ -222,6 +222,60 @@ impl Saga for CrashGrouped {
     }
 }
 
+/// `crash_parent`: `s1`, then `ship`, which starts a `crash_child` saga and waits for it, then
+/// `s3`. A plan declining step 2 has the child decline its `s2` (the child compensates, so the
+/// parent's step fails); declining step 3 has the parent undo a completed child.
+pub(crate) struct CrashParent(pub Ledger);
+
+impl AsRef<Ledger> for CrashParent {
+    fn as_ref(&self) -> &Ledger {
+        &self.0
+    }
+}
+
+/// The plan of the child `crash_parent`'s step starts: its parent's, with only a declined step
+/// 2 kept (as the child's own `s2`).
+pub(crate) fn child_plan(plan: &Plan) -> Plan {
+    Plan {
+        fail_at: plan.fail_at.filter(|at| *at == 2),
+        comp_fail_at: None,
+        ..plan.clone()
+    }
+}
+
+impl Saga for CrashParent {
+    type Input = Plan;
+
+    fn definition() -> SagaDefinition<Self> {
+        SagaDefinition::new("crash_parent", 1)
+            .step(crash_step(1))
+            .step(Step::child::<CrashChild, _>(
+                "ship",
+                |_: &CrashParent, ctx: &StepContext<Plan>| Ok(child_plan(ctx.input())),
+            ))
+            .step(crash_step(3))
+    }
+}
+
+/// `crash_child`: `s1` and `s2`, both compensable.
+pub(crate) struct CrashChild(pub Ledger);
+
+impl AsRef<Ledger> for CrashChild {
+    fn as_ref(&self) -> &Ledger {
+        &self.0
+    }
+}
+
+impl Saga for CrashChild {
+    type Input = Plan;
+
+    fn definition() -> SagaDefinition<Self> {
+        SagaDefinition::new("crash_child", 1)
+            .step(crash_step(1))
+            .step(crash_step(2))
+    }
+}
+
 /// One irreversible step; registered only by the process that starts it, so workers meet an
 /// unknown saga type.
 pub(crate) struct Ghost(pub Ledger);
@@ -475,6 +529,8 @@ pub(crate) fn register(
 ) -> saga::Result<()> {
     orchestrator.register(Crash(ledger.clone()))?;
     orchestrator.register(CrashGrouped(ledger.clone()))?;
+    orchestrator.register(CrashParent(ledger.clone()))?;
+    orchestrator.register(CrashChild(ledger.clone()))?;
     orchestrator.register(CrashSignal(ledger.clone()))?;
     orchestrator.register(Capped(ledger.clone()))?;
     match registry {

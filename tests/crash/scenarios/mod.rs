@@ -3,6 +3,7 @@
 
 pub(crate) mod ambiguous_commits;
 pub(crate) mod cancel_under_kills;
+pub(crate) mod children_under_kills;
 pub(crate) mod concurrent_start;
 pub(crate) mod fault_points;
 pub(crate) mod groups_under_kills;

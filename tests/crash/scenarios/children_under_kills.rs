@@ -1,0 +1,153 @@
+//! Scenario 12: `crash_parent` sagas, each starting one `crash_child` saga at its step `ship`,
+//! under SIGKILLs of random workers, workers dying at the fault points, and an operator
+//! cancelling parents at random (often while their child runs). Plans decline the parent's first
+//! step (no child starts), the child's second step (the child compensates, so its parent's step
+//! fails and the parent compensates), or the parent's step after the child (the completed child
+//! is sent back to compensate before the parent's first step is undone). Every killed or
+//! aborted worker is restarted.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga::{Admin, CancelOutcome, Error, SagaId};
+use saga_store::PgStore;
+
+use super::{deaths, plans, reported, settle, specs, Db, Report};
+use crate::harness::Workers;
+use crate::invariants;
+use crate::rng::Rng;
+use crate::sagas::CrashParent;
+
+const SAGAS: u64 = 300;
+const WORKERS: usize = 4;
+const FAULTS: &str = "after_begin_step=0.005,after_action=0.005,mid_compensation=0.02";
+
+pub(crate) async fn run(seed: u64) -> Report {
+    let db = Db::fresh().await;
+    let mut rng = Rng::new(seed);
+    let mut planned = plans(&mut rng, SAGAS, 0.5, (5, 30));
+    for plan in &mut planned {
+        // No compensation fails here: every parent and child settles without a person.
+        plan.comp_fail_at = None;
+    }
+    let started = db.start_as::<CrashParent>(planned).await;
+    let mut workers = Workers::start(
+        specs(&db, "child", WORKERS, 2_000, seed),
+        vec![("SAGA_FAULTS".to_owned(), FAULTS.to_owned())],
+    );
+    workers.wait_ready(Duration::from_secs(30)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let cancelled = Arc::new(AtomicU64::new(0));
+    let operator = tokio::spawn(cancel_parents(
+        db.url.clone(),
+        seed,
+        stop.clone(),
+        cancelled.clone(),
+    ));
+    settle(&db, &mut workers, Duration::from_secs(180), |workers| {
+        workers.restart_exited();
+        let slot =
+            usize::try_from(rng.between(0, u64::try_from(WORKERS - 1).unwrap_or(0))).unwrap_or(0);
+        workers.kill(slot);
+        workers.restart(slot);
+        Duration::from_millis(rng.between(150, 600))
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    operator.await.expect("the operator task");
+    workers.stop_all();
+    // One child per parent step `ship` that began (the invariants check which child is whose).
+    let children = db
+        .scalar(
+            "SELECT COUNT(*) FROM saga.saga_steps
+              WHERE name = 'ship' AND phase = 'action'",
+        )
+        .await;
+    let summary = invariants::check(&db.pool, started + children, deaths(&workers)).await;
+    let count = |sql: &'static str| db.scalar(sql);
+    let sent_back = count(
+        "SELECT COUNT(*) FROM saga.saga_instances c
+          WHERE c.parent_id IS NOT NULL AND c.status = 'compensated'
+            AND EXISTS (SELECT 1 FROM saga.saga_steps st
+                         WHERE st.saga_id = c.id AND st.phase = 'action' AND st.name = 's2'
+                           AND st.status = 'completed')",
+    )
+    .await;
+    let stopped_running = count(
+        "SELECT COUNT(*) FROM saga.saga_instances c
+          WHERE c.parent_id IS NOT NULL AND c.status = 'compensated'
+            AND EXISTS (SELECT 1 FROM saga.saga_events e
+                         WHERE e.saga_id = c.id AND e.kind = 'operator_action'
+                           AND e.detail LIKE 'cancel requested by parent saga%the parent is compensating%')",
+    )
+    .await;
+    let declined = count(
+        "SELECT COUNT(*) FROM saga.saga_instances c
+          WHERE c.parent_id IS NOT NULL AND c.status = 'compensated'
+            AND c.input->>'fail_at' = '2'",
+    )
+    .await;
+    let cancels = cancelled.load(Ordering::SeqCst);
+    assert!(workers.kills > 0, "no worker was killed");
+    assert!(summary.takeovers > 0, "no lease was taken over");
+    assert!(children > 0, "no child saga was started");
+    assert!(
+        sent_back > 0,
+        "no completed child was sent back to compensate"
+    );
+    assert!(declined > 0, "no child compensated on its own");
+    assert!(cancels > 0, "no parent was cancelled while it ran");
+    assert!(
+        stopped_running > 0,
+        "no running child was stopped by its parent's cancel"
+    );
+    let mut notes = reported(&workers);
+    notes.push(format!(
+        "children: {children} started; {declined} compensated on their own (their parent's step failed); {sent_back} completed and were sent back by their parent; {stopped_running} were stopped mid-run by their parent's cancel ({cancels} parents cancelled)"
+    ));
+    Report { summary, notes }
+}
+
+/// Every 20–60 ms, cancels a running parent (about one try in four; every other look, one
+/// waiting for its child) until `stop`.
+async fn cancel_parents(url: String, seed: u64, stop: Arc<AtomicBool>, cancelled: Arc<AtomicU64>) {
+    let store = Arc::new(PgStore::connect(&url).await.expect("connect the operator"));
+    let admin = Admin::new(store.clone());
+    let pool = store.pool().clone();
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(rng.between(20, 60))).await;
+        let offset = i64::try_from(rng.between(0, 30)).unwrap_or(0);
+        // Every other look, a parent that waits for its running child.
+        let waiting = rng.chance(0.5);
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT id::text FROM saga.saga_instances
+              WHERE status = 'running' AND parent_id IS NULL AND cancel_requested IS NULL
+                AND (NOT $2 OR waiting_for = 'child:ship')
+              ORDER BY id OFFSET $1 LIMIT 1",
+        )
+        .bind(offset)
+        .bind(waiting)
+        .fetch_optional(&pool)
+        .await
+        .ok()
+        .flatten();
+        let Some(id) = id.and_then(|id| id.parse::<SagaId>().ok()) else {
+            continue;
+        };
+        if !rng.chance(0.25) {
+            continue;
+        }
+        match admin
+            .cancel_saga(id, "crash-operator", "the order was cancelled")
+            .await
+        {
+            Ok(CancelOutcome::Requested | CancelOutcome::Compensating) => {
+                cancelled.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(CancelOutcome::AlreadyCompensating) | Err(Error::InvalidAction(_)) => {}
+            Err(err) => panic!("cancel of {id} failed: {err}"),
+        }
+    }
+}
