@@ -341,8 +341,8 @@ impl<S: Saga> Step<S> {
     /// the step fails for good and this saga compensates. While the child runs, compensates or
     /// waits for a person, this saga waits. Compensating the step compensates the child (a
     /// completed child undoes its steps in reverse); a cancel or a deadline while the child runs
-    /// cancels it, and this saga compensates once the child ended. The step needs no
-    /// compensation of its own; declared `.irreversible()`, its child is never sent back.
+    /// cancels it, and this saga compensates once the child ended. The step takes no
+    /// compensation, probe, `.irreversible()` or `.pivot()` of its own.
     ///
     /// ```
     /// # use std::sync::Arc;
@@ -900,10 +900,14 @@ impl<S: Saga> SagaDefinition<S> {
                 check_member(name, group, &step.spec).map_err(invalid)?;
             }
             if step.child.is_some()
-                && (step.compensation.is_some() || step.probe.is_some() || step.spec.transactional)
+                && (step.compensation.is_some()
+                    || step.probe.is_some()
+                    || step.spec.transactional
+                    || step.irreversible
+                    || step.spec.pivot)
             {
                 return Err(invalid(format!(
-                    "step `{name}` starts a child saga and also has a compensation, a probe or `.transactional()`; a child step is undone by compensating its child and settled by reading it, so drop those"
+                    "step `{name}` starts a child saga and also has a compensation, a probe, `.transactional()`, `.irreversible()` or `.pivot()`; a child step is undone by compensating its child and settled by reading it, so drop those (make a step of the child the pivot instead)"
                 )));
             }
             if step.spec.retry.max_attempts == 0 || step.spec.compensation_retry.max_attempts == 0 {
@@ -1055,6 +1059,42 @@ mod tests {
             SagaDefinition::new("twice", 1)
                 .step(Step::signal::<Paid>("first"))
                 .step(Step::signal::<Paid>("second"))
+        }
+    }
+
+    #[test]
+    fn a_child_step_starts_its_type_compensably_and_takes_no_options_of_its_own() {
+        let child = || {
+            Step::<Twice>::child::<Twice, _>("spawn", |_: &Twice, ctx: &StepContext<u32>| {
+                Ok(*ctx.input())
+            })
+        };
+        let valid = SagaDefinition::<Twice>::new("parent", 1).step(child());
+        assert!(valid.validate().is_ok());
+        let spec = &valid.specs()[0];
+        assert!(spec.compensable, "a child step is undone by its child");
+        assert_eq!(
+            spec.kind,
+            StepKind::Child {
+                saga_type: SagaType::new("twice")
+            }
+        );
+        let refused: [(&str, Step<Twice>); 3] = [
+            ("irreversible", child().irreversible().into()),
+            ("pivot", child().pivot().into()),
+            (
+                "compensate",
+                child()
+                    .compensate(|_: Arc<Twice>, _: StepContext<u32>, _| async { Ok(()) })
+                    .into(),
+            ),
+        ];
+        for (what, step) in refused {
+            let definition = SagaDefinition::<Twice>::new("parent", 1).step(step);
+            let Err(Error::InvalidDefinition { reason, .. }) = definition.validate() else {
+                panic!("a child step with `{what}` must be refused");
+            };
+            assert!(reason.contains("starts a child saga"), "{what}: {reason}");
         }
     }
 

@@ -190,6 +190,12 @@ fn expand_step(step: &StepModel, krate: &Path, input: &Type) -> TokenStream {
         StepKind::Approval(_) => quote_spanned! {span=>
             #private_here::Step::<Self>::approval(Self::#constant)
         },
+        StepKind::Child { ty, input } => {
+            let input = referenced(input, &functions);
+            quote_spanned! {span=>
+                #private_here::Step::<Self>::child::<#ty, _>(Self::#constant, #input)
+            }
+        }
     };
     let mut calls = vec![(span, first)];
     let mut call = |span: Span, method: &str, argument: Option<TokenStream>| {

@@ -85,6 +85,10 @@ fn wait_fields(hash: &mut Fnv1a, step: &StepModel) {
             hash.field("wait:approval");
             timeout(hash);
         }
+        StepKind::Child { ty, .. } => {
+            hash.field("wait:child");
+            hash.field(&canonical(ty.to_token_stream()));
+        }
     }
 }
 

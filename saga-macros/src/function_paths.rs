@@ -15,7 +15,9 @@ impl StepModel {
     /// probe and signal default if any, then its policies' key functions.
     fn paths(&self) -> impl Iterator<Item = &ExprPath> {
         let (own, default) = match &self.kind {
-            StepKind::Call(path) | StepKind::SleepUntil(path) => (Some(path), None),
+            StepKind::Call(path)
+            | StepKind::SleepUntil(path)
+            | StepKind::Child { input: path, .. } => (Some(path), None),
             StepKind::Signal { default, .. } => (None, default.as_ref()),
             StepKind::Sleep(_) | StepKind::Approval(_) => (None, None),
         };

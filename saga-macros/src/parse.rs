@@ -18,7 +18,7 @@ use crate::policy::{self, PolicyInput, PolicyKind};
 pub(crate) const SAGA_OPTIONS: &str = "name, version, input, crate, deadline, dedup_window";
 /// The options of `#[step(...)]`, for error messages.
 pub(crate) const STEP_OPTIONS: &str =
-    "action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, pivot, group, cap, rate_limit, concurrency, retry_budget";
+    "action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, child, child_input, pivot, group, cap, rate_limit, concurrency, retry_budget";
 /// The options of `retry(...)` and `compensation_retry(...)`, for error messages.
 pub(crate) const RETRY_OPTIONS: &str = "max_attempts, base, max_delay";
 
@@ -117,6 +117,8 @@ pub(crate) struct StepInput {
     pub(crate) wait: Option<WaitInput>,
     /// `default = path`: the output of a signal step whose wait times out.
     pub(crate) default: Option<ExprPath>,
+    /// `child_input = path`: the input of the child saga a `child` step starts.
+    pub(crate) child_input: Option<ExprPath>,
     /// The `pivot` flag.
     pub(crate) pivot: Option<Span>,
     /// `group = name`: the parallel group the step belongs to.
@@ -147,6 +149,8 @@ pub(crate) enum WaitKindInput {
     Signal(Box<Type>),
     /// The `approval` flag.
     Approval,
+    /// `child = Type`: starts a child saga of this type and waits for its end.
+    Child(Box<Type>),
 }
 
 impl WaitKindInput {
@@ -157,6 +161,7 @@ impl WaitKindInput {
             WaitKindInput::SleepUntil(_) => "sleep_until",
             WaitKindInput::Signal(_) => "await_signal",
             WaitKindInput::Approval => "approval",
+            WaitKindInput::Child(_) => "child",
         }
     }
 }
@@ -412,6 +417,7 @@ fn step_name(meta: &ParseNestedMeta<'_>) -> syn::Result<StepInput> {
         compensation_timeout: None,
         wait: None,
         default: None,
+        child_input: None,
         pivot: None,
         group: None,
         policies: Vec::new(),
@@ -484,6 +490,20 @@ fn step_option(
     } else if path.is_ident("approval") {
         flag(meta, "approval", errors)?;
         set_wait(step, WaitKindInput::Approval, path, errors);
+    } else if path.is_ident("child") {
+        let ty: Type = meta.value()?.parse()?;
+        set_wait(step, WaitKindInput::Child(Box::new(ty)), path, errors);
+    } else if path.is_ident("child_input") {
+        match function_path(
+            meta,
+            "child_input",
+            PLAIN_FN,
+            "child_input = shipment_for",
+            errors,
+        )? {
+            Some(value) => set_once(&mut step.child_input, value, path, &place, errors),
+            None => step.broken = true,
+        }
     } else if path.is_ident("default") {
         match function_path(meta, "default", PLAIN_FN, "default = no_payment", errors)? {
             Some(value) => set_once(&mut step.default, value, path, &place, errors),
@@ -900,7 +920,7 @@ mod tests {
             errors,
             [
                 "unknown saga option `versio`; expected one of: name, version, input, crate, deadline, dedup_window",
-                "unknown step option `retries`; expected one of: action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, pivot, group, cap, rate_limit, concurrency, retry_budget",
+                "unknown step option `retries`; expected one of: action, compensate, probe, irreversible, transactional, retry, timeout, compensation_retry, compensation_timeout, sleep, sleep_until, await_signal, approval, default, child, child_input, pivot, group, cap, rate_limit, concurrency, retry_budget",
                 "unknown option `attempts` in `retry(...)`; expected one of: max_attempts, base, max_delay",
             ]
         );

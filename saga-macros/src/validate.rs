@@ -101,6 +101,14 @@ pub(crate) enum StepKind {
     },
     /// `approval`: waits for a person's decision; the span is the flag's.
     Approval(Span),
+    /// `child = Type, child_input = path`: starts a child saga of this type, with the input
+    /// this function computes, and waits for its end.
+    Child {
+        /// The child saga type, as written.
+        ty: Box<Type>,
+        /// Computes the child's input.
+        input: ExprPath,
+    },
 }
 
 impl StepKind {
@@ -111,6 +119,7 @@ impl StepKind {
             StepKind::Sleep(duration) => duration.span,
             StepKind::Signal { ty, .. } => ty.span(),
             StepKind::Approval(span) => *span,
+            StepKind::Child { ty, .. } => ty.span(),
         }
     }
 }
@@ -275,6 +284,21 @@ fn step_model(
             path.span(),
             format!(
                 "`default` is the output an `await_signal` step records when its wait times out, and step `{name_text}` waits for no signal; remove `default`, or make the step wait with `await_signal = SignalType`"
+            ),
+        );
+    }
+    let starts_child = matches!(
+        step.wait,
+        Some(WaitInput {
+            kind: WaitKindInput::Child(_),
+            ..
+        })
+    );
+    if let (Some(path), false) = (&step.child_input, starts_child) {
+        errors.at(
+            path.span(),
+            format!(
+                "`child_input` computes the input of the child saga a `child` step starts, and step `{name_text}` starts none; remove `child_input`, or make the step start one with `child = SagaType`"
             ),
         );
     }

@@ -63,6 +63,9 @@ pub(crate) fn checked(
         WaitKindInput::SleepUntil(_) => {
             Some("sleeps until the time its function returns".to_owned())
         }
+        WaitKindInput::Child(_) => {
+            Some("waits for its child saga, whose own steps have their timeouts".to_owned())
+        }
         WaitKindInput::Signal(_) | WaitKindInput::Approval => None,
     };
     if let (Some(timeout), Some(why)) = (step.timeout, sleeps) {
@@ -76,6 +79,15 @@ pub(crate) fn checked(
 
     let compensation = match (step.compensate.take(), &wait.kind) {
         (Some(path), WaitKindInput::Signal(_)) => Compensation::Compensate(path),
+        (Some(path), WaitKindInput::Child(_)) => {
+            errors.at(
+                path.span(),
+                format!(
+                    "step `{name_text}` starts a child saga, which is undone by compensating the child's own steps; remove `compensate`"
+                ),
+            );
+            Compensation::NothingToUndo
+        }
         (Some(path), _) => {
             errors.at(
                 path.span(),
@@ -104,6 +116,18 @@ pub(crate) fn checked(
             default: step.default.take(),
         },
         WaitKindInput::Approval => StepKind::Approval(wait.span),
+        WaitKindInput::Child(ty) => match step.child_input.take() {
+            Some(input) => StepKind::Child { ty, input },
+            None => {
+                errors.at(
+                    wait.span,
+                    format!(
+                        "step `{name_text}` starts a child saga and needs its input: add `child_input = fn_name`, a fn (not async) taking `&Self` and `&StepContext<Input>` and returning `Result<ChildInput, StepError>`"
+                    ),
+                );
+                return None;
+            }
+        },
     };
     Some((kind, compensation))
 }

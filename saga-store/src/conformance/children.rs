@@ -73,8 +73,20 @@ impl Saga for Shipment {
     }
 }
 
-/// The parent: reserves, ships (a child saga), charges.
+/// The parent: reserves, ships (a child saga), charges; declared with `#[derive(Saga)]`.
+#[derive(saga_macros::Saga)]
+#[saga(name = "order", version = 1, input = ProbeInput, crate = ::saga_core)]
+#[step(reserve, action = order_act, compensate = order_undo,
+       retry(max_attempts = 3, base = "20ms", max_delay = "100ms"), timeout = "2s")]
+#[step(ship, child = Shipment, child_input = shipment_for)]
+#[step(charge, action = order_act, compensate = order_undo,
+       retry(max_attempts = 3, base = "20ms", max_delay = "100ms"), timeout = "2s")]
 pub struct Order(pub Arc<Script>);
+
+/// The child's input: the parent's, for parcel `order * 10`.
+fn shipment_for(_: &Order, ctx: &StepContext<ProbeInput>) -> Result<ProbeInput, StepError> {
+    Ok(input(ctx.input().order * 10))
+}
 
 async fn order_act(order: Arc<Order>, ctx: StepContext<ProbeInput>) -> Result<String, StepError> {
     if ctx.step().as_str() == "charge" {
@@ -96,26 +108,6 @@ async fn order_undo(
     output: String,
 ) -> Result<(), StepError> {
     undo(&order.0, ctx, output).await
-}
-
-impl Saga for Order {
-    type Input = ProbeInput;
-
-    fn definition() -> SagaDefinition<Self> {
-        let step = |name: &str| {
-            Step::new(name, order_act)
-                .retry(retry())
-                .timeout(Duration::from_secs(2))
-                .compensate(order_undo)
-        };
-        SagaDefinition::new("order", 1)
-            .step(step("reserve"))
-            .step(Step::child::<Shipment, _>(
-                "ship",
-                |_: &Order, ctx: &StepContext<ProbeInput>| Ok(input(ctx.input().order * 10)),
-            ))
-            .step(step("charge"))
-    }
 }
 
 /// A running orchestrator with both sagas registered on one script.
