@@ -138,6 +138,8 @@ pub(crate) struct ListQuery {
     pub(crate) after: Option<String>,
     pub(crate) limit: Option<u32>,
     pub(crate) waiting_for: Option<String>,
+    /// Only the child sagas of this saga.
+    pub(crate) parent: Option<String>,
 }
 
 fn non_empty(text: &Option<String>) -> Option<&str> {
@@ -170,6 +172,9 @@ impl ListQuery {
                 .transpose()?,
             limit: Some(limit),
             waiting_for: self.waiting_for.clone(),
+            parent: non_empty(&self.parent)
+                .map(|text| parse_id::<SagaId>("parent saga", text))
+                .transpose()?,
             ..SagaFilter::default()
         };
         let older_than = non_empty(&self.older_than).map(parse_age).transpose()?;

@@ -588,6 +588,7 @@ impl SagasQuery {
             after: self.after.clone(),
             limit,
             waiting_for: self.waiting_for.clone(),
+            parent: None,
         })
     }
 
@@ -686,15 +687,64 @@ async fn saga(
         let id: SagaId = parse_id("saga", &id)?;
         let snapshot = console.admin.show(id).await?;
         let history = console.admin.history(id).await?;
+        let children = console
+            .admin
+            .list(&SagaFilter {
+                parent: Some(id),
+                limit: Some(1000),
+                ..SagaFilter::default()
+            })
+            .await?;
+        let mut body = saga_body(&console, &session, &snapshot, &history.events);
+        // After the saga's facts, before its input.
+        let at = body.find("<h2>Input</h2>").unwrap_or(0);
+        body.insert_str(at, &family(&console, &snapshot, &children));
         Ok(page(
             &console,
             &session,
             &format!("Saga {}", snapshot.record.saga_type),
-            &saga_body(&console, &session, &snapshot, &history.events),
+            &body,
         ))
     }
     .await;
     render(&console, &session, result)
+}
+
+/// A saga's place in its tree: the parent saga (and step) that started it, and the child sagas
+/// its steps started, each linked to its own page.
+fn family(
+    console: &Console,
+    snapshot: &SagaSnapshot,
+    children: &[saga_core::SagaRecord],
+) -> String {
+    let mut out = String::new();
+    if let Some(parent) = &snapshot.record.parent {
+        let _ = write!(
+            out,
+            "<p id=\"saga-parent\">Child of <a href=\"{href}\">saga <code>{id}</code></a>, started by its step <code>{step}</code></p>",
+            href = escape(&console.path(&format!("/sagas/{}", parent.saga))),
+            id = parent.saga,
+            step = escape(parent.step.as_str()),
+        );
+    }
+    if !children.is_empty() {
+        out.push_str(
+            "<h2>Children</h2><table id=\"children\"><thead><tr><th>Step</th><th>Child</th><th>Type</th><th>Status</th></tr></thead><tbody>",
+        );
+        for child in children {
+            let _ = write!(
+                out,
+                "<tr><td>{step}</td><td><a href=\"{href}\"><code>{id}</code></a></td><td>{kind}</td><td>{status}</td></tr>",
+                step = or_dash(child.parent.as_ref().map(|parent| parent.step.as_str())),
+                href = escape(&console.path(&format!("/sagas/{}", child.id))),
+                id = child.id,
+                kind = escape(child.saga_type.as_str()),
+                status = badge(child.status.as_str()),
+            );
+        }
+        out.push_str("</tbody></table>");
+    }
+    out
 }
 
 fn saga_body(

@@ -47,6 +47,10 @@ pub(crate) struct SagaView {
     pub(crate) lease_owner: Option<String>,
     pub(crate) deadline: Option<String>,
     pub(crate) trace_id: Option<String>,
+    /// For a child saga: the saga whose step started it.
+    pub(crate) parent_id: Option<String>,
+    /// For a child saga: that step.
+    pub(crate) parent_step: Option<String>,
 }
 
 impl SagaView {
@@ -76,6 +80,11 @@ impl SagaView {
             lease_owner: record.lease_owner.as_ref().map(|w| w.as_str().to_owned()),
             deadline: opt_time(record.deadline),
             trace_id: trace_id(record.trace_context.as_deref()),
+            parent_id: record.parent.as_ref().map(|parent| parent.saga.to_string()),
+            parent_step: record
+                .parent
+                .as_ref()
+                .map(|parent| parent.step.as_str().to_owned()),
         }
     }
 }

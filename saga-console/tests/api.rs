@@ -124,6 +124,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    a_saga_page_links_its_parent_and_children,
     overview_counts_sagas_by_status_and_the_open_item,
     saga_list_filters_by_status_type_key_and_age,
     saga_list_pages_with_next_after,
@@ -1554,6 +1555,73 @@ async fn a_forged_cross_site_form_post_is_refused(backend: Backend) {
     let item = env.item().await;
     assert_eq!(item["resolved_by"], OPERATOR);
     assert_eq!(item["resolution_reason"], reason);
+    env.finish().await;
+}
+
+async fn a_saga_page_links_its_parent_and_children(backend: Backend) {
+    let env = env(backend).await;
+    let parent = env.fx.script;
+    let stored = env.store.load(parent).await.unwrap().unwrap().record;
+    // A child of the fixture's saga, started by a step whose name holds markup.
+    let child = SagaId::new();
+    env.store
+        .create(saga_core::NewSaga {
+            id: child,
+            saga_type: stored.saga_type.clone(),
+            version: stored.version,
+            fingerprint: stored.fingerprint.clone(),
+            input: json!({ "parcel": 1 }),
+            input_hash: "child".into(),
+            idempotency_key: None,
+            trace_context: None,
+            lease: None,
+            changes: Vec::new(),
+            deadline: None,
+            dedup_window: None,
+            parent: Some(saga_core::ParentLink {
+                saga: parent,
+                step: saga_core::StepName::new("ship<b>"),
+            }),
+        })
+        .await
+        .unwrap();
+    let listed = env
+        .get(&format!("/api/sagas?parent={parent}"))
+        .await
+        .expect(StatusCode::OK);
+    let sagas = listed["sagas"].as_array().unwrap();
+    assert_eq!(sagas.len(), 1, "{listed}");
+    assert_eq!(sagas[0]["id"], child.to_string());
+    assert_eq!(sagas[0]["parent_id"], parent.to_string());
+    assert_eq!(sagas[0]["parent_step"], "ship<b>");
+    let page = env
+        .get_as(&format!("/sagas/{child}"), Auth::Cookie(OPERATOR_TOKEN))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("id=\"saga-parent\""), "{}", page.body);
+    assert!(
+        page.body.contains(&format!("/sagas/{parent}\"")),
+        "the parent is linked: {}",
+        page.body
+    );
+    assert!(page.body.contains("ship&lt;b&gt;"), "{}", page.body);
+    assert!(!page.body.contains("ship<b>"), "{}", page.body);
+    let page = env
+        .get_as(&format!("/sagas/{parent}"), Auth::Cookie(OPERATOR_TOKEN))
+        .await;
+    assert!(page.body.contains("id=\"children\""), "{}", page.body);
+    assert!(
+        page.body.contains(&format!("/sagas/{child}\"")),
+        "the child is linked: {}",
+        page.body
+    );
+    let malformed = env.get("/api/sagas?parent=nope").await;
+    assert_eq!(
+        malformed.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        malformed.body
+    );
     env.finish().await;
 }
 
