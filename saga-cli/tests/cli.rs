@@ -580,7 +580,7 @@ async fn sqlite_reads_and_actions_never_migrate_and_saga_migrate_does() {
             every_command_refuses(
                 &db,
                 &[],
-                &["schema version: none", "needs version 5", "`saga migrate`"],
+                &["schema version: none", "needs version 6", "`saga migrate`"],
             )
         }
     })
@@ -609,8 +609,8 @@ async fn sqlite_reads_and_actions_never_migrate_and_saga_migrate_does() {
                 &[],
                 &[
                     "schema is at version 1",
-                    "needs version 5",
-                    "not applied: 2 operator, 3 parked_from, 4 waiting, 5 policies",
+                    "needs version 6",
+                    "not applied: 2 operator, 3 parked_from, 4 waiting, 5 policies, 6 children",
                     "run `saga migrate`",
                 ],
             );
@@ -622,7 +622,7 @@ async fn sqlite_reads_and_actions_never_migrate_and_saga_migrate_does() {
     assert_eq!(migrated.code, 0, "{}", migrated.stderr);
     assert_eq!(
         migrated.stdout,
-        "the schema is at version 1; 4 migrations to apply:\n    2  operator\n    3  parked_from\n    4  waiting\n    5  policies\napplied 4 migrations; the schema is at version 5\n"
+        "the schema is at version 1; 5 migrations to apply:\n    2  operator\n    3  parked_from\n    4  waiting\n    5  policies\n    6  children\napplied 5 migrations; the schema is at version 6\n"
     );
     assert_eq!(listed.code, 0, "{}", listed.stderr);
 
@@ -698,7 +698,7 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
                 &[
                     "Postgres schema `saga` holds no saga tables",
                     "schema version: none",
-                    "needs version 7",
+                    "needs version 8",
                     "--schema",
                     "`saga migrate`",
                 ],
@@ -727,7 +727,7 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
                 &[],
                 &[
                     "schema is at version 2",
-                    "not applied: 3 one_statement_writes, 4 steps_without_foreign_key, 5 parked_from, 6 waiting, 7 policies",
+                    "not applied: 3 one_statement_writes, 4 steps_without_foreign_key, 5 parked_from, 6 waiting, 7 policies, 8 children",
                     "run `saga migrate`",
                 ],
             );
@@ -739,7 +739,7 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
     assert_eq!(refused.code, 2, "{}{}", refused.stdout, refused.stderr);
     assert_eq!(
         refused.stdout,
-        "the schema is at version 2; 5 migrations to apply:\n    3  one_statement_writes  (heavy)\n    4  steps_without_foreign_key\n    5  parked_from\n    6  waiting\n    7  policies\n"
+        "the schema is at version 2; 6 migrations to apply:\n    3  one_statement_writes  (heavy)\n    4  steps_without_foreign_key\n    5  parked_from\n    6  waiting\n    7  policies\n    8  children\n"
     );
     assert!(
         refused
@@ -764,10 +764,10 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
     assert_eq!(migrated.code, 0, "{}", migrated.stderr);
     let migrated: serde_json::Value = serde_json::from_str(&migrated.stdout).unwrap();
     assert_eq!(migrated["from"], 2);
-    assert_eq!(migrated["to"], 7);
+    assert_eq!(migrated["to"], 8);
     assert_eq!(migrated["applied"][0]["name"], "one_statement_writes");
     assert_eq!(listed.code, 0, "{}", listed.stderr);
-    assert_eq!(pg_versions(&url).await, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(pg_versions(&url).await, [1, 2, 3, 4, 5, 6, 7, 8]);
 
     // A database without saga tables has nothing for a heavy migration to rebuild.
     let fresh = saga_store::testing::TestPg::fresh_database().await.unwrap();
@@ -780,11 +780,11 @@ async fn postgres_reads_and_actions_never_migrate_and_heavy_migrations_need_yes(
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stdout
-            .ends_with("applied 7 migrations; the schema is at version 7\n"),
+            .ends_with("applied 8 migrations; the schema is at version 8\n"),
         "{}",
         run.stdout
     );
-    assert_eq!(pg_versions(&fresh).await, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(pg_versions(&fresh).await, [1, 2, 3, 4, 5, 6, 7, 8]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -992,4 +992,76 @@ async fn pruning_more_than_a_thousand_sagas_needs_yes_on_postgres() {
     tokio::task::spawn_blocking(move || large_prune_needs_yes(&url))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_and_history_link_a_parent_and_its_child() {
+    use saga_store::conformance::children::{Order, Shipment};
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("tree.db").display());
+    let store = Arc::new(saga_store::SqliteStore::connect(&db).await.unwrap());
+    let orchestrator = Orchestrator::new(store.clone(), Config::default());
+    let script = Script::new();
+    orchestrator.register(Order(script.clone())).unwrap();
+    orchestrator.register(Shipment(script)).unwrap();
+    orchestrator.run();
+    let parent = orchestrator.start::<Order>(&input(3)).await.unwrap();
+    let record = orchestrator
+        .wait(parent, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(record.status, SagaStatus::Completed);
+    orchestrator.shutdown().await;
+    let child = store
+        .list(&saga_core::SagaFilter {
+            parent: Some(parent),
+            ..saga_core::SagaFilter::default()
+        })
+        .await
+        .unwrap()[0]
+        .id;
+    let (parent_shown, child_shown, listed, history) = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || {
+            (
+                saga(&db, &["show", &parent.to_string()]),
+                saga(&db, &["--json", "show", &child.to_string()]),
+                saga(&db, &["sagas", "list", "--parent", &parent.to_string()]),
+                saga(&db, &["history", &parent.to_string()]),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(parent_shown.code, 0, "{}", parent_shown.stderr);
+    let children_table = parent_shown
+        .stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("STEP") || !line.contains("CHILD"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        children_table.contains(&format!("ship  {child}  shipment  completed")),
+        "{}",
+        parent_shown.stdout
+    );
+    let child_json: serde_json::Value = serde_json::from_str(&child_shown.stdout).unwrap();
+    assert_eq!(child_json["parent"]["saga"], parent.to_string());
+    assert_eq!(child_json["parent"]["step"], "ship");
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert!(
+        listed.stdout.contains(&child.to_string()),
+        "{}",
+        listed.stdout
+    );
+    assert!(
+        listed.stdout.contains("(1 saga)"),
+        "only the children: {}",
+        listed.stdout
+    );
+    assert!(
+        history.stdout.contains("child_started") && history.stdout.contains(&child.to_string()),
+        "{}",
+        history.stdout
+    );
 }
