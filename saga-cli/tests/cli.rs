@@ -1060,7 +1060,9 @@ async fn show_and_history_link_a_parent_and_its_child() {
         listed.stdout
     );
     assert!(
-        history.stdout.contains("child_started") && history.stdout.contains(&child.to_string()),
+        history
+            .stdout
+            .contains(&format!("ship  child started  shipment saga {child}")),
         "{}",
         history.stdout
     );

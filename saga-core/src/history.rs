@@ -21,12 +21,27 @@ impl History {
     /// reserve_stock  action  completed  attempt=1
     /// ```
     pub fn render(&self) -> String {
+        self.lines(false)
+    }
+
+    /// [`render`](Self::render), but with the ids of related sagas kept (a child a step
+    /// started, the parent that started this saga), so that an operator can follow them.
+    pub fn render_with_ids(&self) -> String {
+        self.lines(true)
+    }
+
+    fn lines(&self, ids: bool) -> String {
         let mut out = String::new();
         for event in &self.events {
             let step = event.step.as_ref().map_or("", |step| step.as_str());
             let phase = event.phase.map_or("", |phase| phase.as_str());
             let attempt = event.attempt.map_or(0, |attempt| attempt.0);
-            let detail = &without_ids(event.detail.as_deref().unwrap_or(""));
+            let detail = event.detail.as_deref().unwrap_or("");
+            let detail = &if ids {
+                detail.to_owned()
+            } else {
+                without_ids(detail)
+            };
             let line = match event.kind {
                 EventKind::SagaStarted => format!("saga started  {detail}"),
                 EventKind::StepStarted => format!("{step}  {phase}  started  attempt={attempt}"),

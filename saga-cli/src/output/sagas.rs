@@ -371,7 +371,7 @@ impl Output {
                 .collect();
             return self.print_json(&json!({ "saga": id, "events": events }));
         }
-        let rendered = history.render();
+        let rendered = history.render_with_ids();
         for (event, line) in history.events.iter().zip(rendered.lines()) {
             emit!("{}  {line}", time(event.at));
         }
