@@ -241,7 +241,7 @@ fn order(order_no: u64) -> Order {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let store: Arc<dyn Store> = Arc::from(saga::connect(&args.db).await?);
+    let store: Arc<dyn Store> = saga::connect(&args.db).await?;
     let orchestrator = Orchestrator::new(store.clone(), Config::default());
     let world = Arc::new(World::default());
     orchestrator.register(OrderSaga {
