@@ -222,9 +222,10 @@ impl Saga for CrashGrouped {
     }
 }
 
-/// `crash_parent`: `s1`, then `ship`, which starts a `crash_child` saga and waits for it, then
-/// `s3`. A plan declining step 2 has the child decline its `s2` (the child compensates, so the
-/// parent's step fails); declining step 3 has the parent undo a completed child.
+/// `crash_parent`: `s1`, then `s2` and `s3` as one parallel group, then `ship`, which starts a
+/// `crash_child` saga and waits for it, then `s5` (irreversible). A plan declining step 4 has
+/// the child decline its `s2` (the child compensates, so the parent's step fails); declining
+/// step 5 has the parent undo a completed child, then its group, then `s1`.
 pub(crate) struct CrashParent(pub Ledger);
 
 impl AsRef<Ledger> for CrashParent {
@@ -234,10 +235,10 @@ impl AsRef<Ledger> for CrashParent {
 }
 
 /// The plan of the child `crash_parent`'s step starts: its parent's, with only a declined step
-/// 2 kept (as the child's own `s2`).
+/// 4 kept (as the child's own `s2`).
 pub(crate) fn child_plan(plan: &Plan) -> Plan {
     Plan {
-        fail_at: plan.fail_at.filter(|at| *at == 2),
+        fail_at: plan.fail_at.filter(|at| *at == 4).map(|_| 2),
         comp_fail_at: None,
         ..plan.clone()
     }
@@ -249,11 +250,12 @@ impl Saga for CrashParent {
     fn definition() -> SagaDefinition<Self> {
         SagaDefinition::new("crash_parent", 1)
             .step(crash_step(1))
+            .parallel("pair", 2, [crash_step(2), crash_step(3)])
             .step(Step::child::<CrashChild, _>(
                 "ship",
                 |_: &CrashParent, ctx: &StepContext<Plan>| Ok(child_plan(ctx.input())),
             ))
-            .step(crash_step(3))
+            .step(crash_step(STEPS))
     }
 }
 

@@ -1,10 +1,11 @@
-//! Scenario 12: `crash_parent` sagas, each starting one `crash_child` saga at its step `ship`,
-//! under SIGKILLs of random workers, workers dying at the fault points, and an operator
-//! cancelling parents at random (often while their child runs). Plans decline the parent's first
-//! step (no child starts), the child's second step (the child compensates, so its parent's step
-//! fails and the parent compensates), or the parent's step after the child (the completed child
-//! is sent back to compensate before the parent's first step is undone). Every killed or
-//! aborted worker is restarted.
+//! Scenario 12: `crash_parent` sagas — a step, a parallel group of two, a child step starting one
+//! `crash_child` saga, a last step — under SIGKILLs of random workers, workers dying at the fault
+//! points, and an operator cancelling parents at random (often while their child runs). Plans
+//! decline the parent's first step or a step of its group (no child starts), the child's second
+//! step (the child compensates, so its parent's step fails and the parent undoes its group and
+//! first step), or the parent's step after the child (the completed child is sent back to
+//! compensate before the group and the first step are undone). Every killed or aborted worker is
+//! restarted.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -88,6 +89,18 @@ pub(crate) async fn run(seed: u64) -> Report {
             AND c.input->>'fail_at' = '2'",
     )
     .await;
+    // Parents whose grouped steps ran at once: both begun before either completed.
+    let together = count(
+        "SELECT COUNT(*) FROM (
+             SELECT e.saga_id FROM saga.saga_events e
+               JOIN saga.saga_instances s ON s.id = e.saga_id AND s.saga_type = 'crash_parent'
+              WHERE e.step IN ('s2', 's3') AND e.phase = 'action'
+              GROUP BY e.saga_id
+             HAVING MAX(e.seq) FILTER (WHERE e.kind = 'step_started' AND e.attempt = 1)
+                  < MIN(e.seq) FILTER (WHERE e.kind = 'step_completed')
+                AND COUNT(DISTINCT e.step) FILTER (WHERE e.kind = 'step_started') = 2) g",
+    )
+    .await;
     let cancels = cancelled.load(Ordering::SeqCst);
     assert!(workers.kills > 0, "no worker was killed");
     assert!(summary.takeovers > 0, "no lease was taken over");
@@ -97,6 +110,7 @@ pub(crate) async fn run(seed: u64) -> Report {
         "no completed child was sent back to compensate"
     );
     assert!(declined > 0, "no child compensated on its own");
+    assert!(together > 0, "no parent ran its two grouped steps at once");
     assert!(cancels > 0, "no parent was cancelled while it ran");
     assert!(
         stopped_running > 0,
@@ -104,7 +118,7 @@ pub(crate) async fn run(seed: u64) -> Report {
     );
     let mut notes = reported(&workers);
     notes.push(format!(
-        "children: {children} started; {declined} compensated on their own (their parent's step failed); {sent_back} completed and were sent back by their parent; {stopped_running} were stopped mid-run by their parent's cancel ({cancels} parents cancelled)"
+        "children: {children} started; {declined} compensated on their own (their parent's step failed); {sent_back} completed and were sent back by their parent; {stopped_running} were stopped mid-run by their parent's cancel ({cancels} parents cancelled); {together} parents ran their grouped steps at once"
     ));
     Report { summary, notes }
 }
