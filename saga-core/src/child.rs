@@ -5,10 +5,10 @@
 //! step's own key ([`child_key`]), so that a step run again never starts a second child. The
 //! parent then waits at the step holding no worker (`waiting_for` = `child:<step>`); the
 //! child's last write wakes it ([`Change::NotifyParent`]). What the child became decides the
-//! step ([`decide`]): completed completes it with a [`ChildOutput`]; compensated or cancelled
-//! fails it for good (the parent compensates what came before); running, compensating or
-//! waiting for a person keeps the parent waiting (the child's own intervention item is where a
-//! person acts).
+//! step ([`decide`]): completed completes it with a [`ChildOutput`]; compensated fails it for
+//! good (the parent compensates what came before); running, compensating or waiting for a
+//! person keeps the parent waiting (the child's own intervention item is where a person acts);
+//! cancelled by a person (stopped where it was) leaves the step unknown, for a person.
 //!
 //! Compensating the step compensates the child: a completed child is sent back to compensate
 //! its steps ([`Store::stop_child`](crate::Store::stop_child)), a running one is cancelled, and
@@ -92,9 +92,9 @@ pub fn child_key(parent: SagaId, step: &StepName) -> IdempotencyKey {
 pub enum ChildDecision {
     /// Record these changes on the parent, then plan again.
     Record(Vec<Change>),
-    /// Ask the child to stop (a cancel while it runs; a compensation once it completed), then
-    /// look again.
-    Stop(SagaId),
+    /// Ask the child (in this status) to stop — a cancel while it runs or waits for a person, a
+    /// compensation once it completed — then look again.
+    Stop(SagaId, SagaStatus),
     /// Wait for the child: record [`Change::AwaitChild`] and give the parent back.
     Await(SagaId, SagaStatus),
 }
@@ -103,13 +103,16 @@ pub enum ChildDecision {
 /// now, given its child as read now (`None`: no child holds its key).
 ///
 /// Action phase, the parent running: a completed child completes the step with its
-/// [`ChildOutput`]; a compensated or cancelled one fails it for good; otherwise the parent
-/// waits. Action phase, the parent compensating (a cancel, a deadline, while the child runs): a
-/// running child is stopped; one that completed first is recorded so, and then compensated like
-/// any completed step; one compensated or cancelled fails the step (it left nothing to undo).
-/// Compensation phase: a completed child is sent back to compensate; a compensated or
-/// cancelled one completes the step's compensation. A child that cannot be found calls a
-/// person: nothing is known of what it did.
+/// [`ChildOutput`]; a compensated one fails it for good; otherwise the parent waits. Action
+/// phase, the parent compensating (a cancel, a deadline, while the child runs): a running child,
+/// or one waiting for a person, is asked to stop; one that completed first is recorded so, and
+/// then compensated like any completed step; one compensated fails the step (it left nothing to
+/// undo). Compensation phase: a completed child is sent back to compensate; a compensated one
+/// completes the step's compensation.
+///
+/// A child a person cancelled (stopped where it was) may have left effects: its step's outcome
+/// is unknown, and a person decides (an `unknown_outcome` item for the action, a
+/// `compensation_failed` one for the compensation). So does a child that cannot be found.
 pub fn decide(
     parent: &SagaSnapshot,
     spec: &StepSpec,
@@ -117,17 +120,19 @@ pub fn decide(
     child: Option<&SagaSnapshot>,
 ) -> ChildDecision {
     let (index, phase, attempt, name) = (record.index, record.phase, record.attempt, &spec.name);
+    let unknown = |error: String| {
+        ChildDecision::Record(vec![match phase {
+            Phase::Action => crate::plan::escalate_unknown(parent, spec, index, attempt, error),
+            Phase::Compensation => crate::plan::escalate(parent, spec, index, error),
+        }])
+    };
     let Some(child) = child else {
         // Begun, yet no child holds its key: the child's start is written with the step's
         // `in_progress`, so this is a child removed by hand.
-        let error = format!(
+        return unknown(format!(
             "no child saga holds the key {}; it was removed from the store, and what it did is unknown",
             child_key(parent.record.id, name)
-        );
-        return ChildDecision::Record(vec![match phase {
-            Phase::Action => crate::plan::escalate_unknown(parent, spec, index, attempt, error),
-            Phase::Compensation => crate::plan::escalate(parent, spec, index, error),
-        }]);
+        ));
     };
     let child_record = &child.record;
     let reason = child_record
@@ -145,7 +150,11 @@ pub fn decide(
                 output: Some(output),
             }])
         }
-        (Phase::Action, SagaStatus::Compensated | SagaStatus::Cancelled) => {
+        (_, SagaStatus::Cancelled) => unknown(format!(
+            "child saga {} ({}) was cancelled by a person where it was ({reason}); what it did may still be in effect: undo what is left by hand, then resolve",
+            child_record.id, child_record.saga_type
+        )),
+        (Phase::Action, SagaStatus::Compensated) => {
             ChildDecision::Record(vec![Change::FailStep {
                 index,
                 name: name.clone(),
@@ -158,11 +167,15 @@ pub fn decide(
                 retry_at: None,
             }])
         }
-        (Phase::Action, SagaStatus::Running) if parent.record.status != SagaStatus::Running => {
-            ChildDecision::Stop(child_record.id)
+        (Phase::Action, SagaStatus::Running | SagaStatus::NeedsIntervention)
+            if parent.record.status != SagaStatus::Running =>
+        {
+            ChildDecision::Stop(child_record.id, child_record.status)
         }
-        (Phase::Compensation, SagaStatus::Completed) => ChildDecision::Stop(child_record.id),
-        (Phase::Compensation, SagaStatus::Compensated | SagaStatus::Cancelled) => {
+        (Phase::Compensation, SagaStatus::Completed) => {
+            ChildDecision::Stop(child_record.id, child_record.status)
+        }
+        (Phase::Compensation, SagaStatus::Compensated) => {
             ChildDecision::Record(vec![Change::CompleteStep {
                 index,
                 name: name.clone(),
@@ -286,14 +299,29 @@ mod tests {
     }
 
     #[test]
-    fn a_compensated_or_cancelled_child_fails_the_step_for_good() {
-        for status in [SagaStatus::Compensated, SagaStatus::Cancelled] {
-            let decision = decide_for(SagaStatus::Running, Phase::Action, status);
+    fn a_compensated_child_fails_the_step_for_good() {
+        let decision = decide_for(SagaStatus::Running, Phase::Action, SagaStatus::Compensated);
+        assert!(
+            matches!(&decision, ChildDecision::Record(changes)
+                if matches!(changes.as_slice(), [Change::FailStep { error, retry_at: None, .. }]
+                    if error.is_permanent())),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn a_child_a_person_cancelled_calls_a_person_for_its_step() {
+        for (parent, phase) in [
+            (SagaStatus::Running, Phase::Action),
+            (SagaStatus::Compensating, Phase::Action),
+            (SagaStatus::Compensating, Phase::Compensation),
+        ] {
+            let decision = decide_for(parent, phase, SagaStatus::Cancelled);
             assert!(
                 matches!(&decision, ChildDecision::Record(changes)
-                    if matches!(changes.as_slice(), [Change::FailStep { error, retry_at: None, .. }]
-                        if error.is_permanent())),
-                "{status}: {decision:?}"
+                    if matches!(changes.as_slice(), [Change::Escalate(item)]
+                        if item.phase == Some(phase) && item.error.contains("cancelled by a person"))),
+                "{phase}: {decision:?}"
             );
         }
     }
@@ -310,15 +338,17 @@ mod tests {
                 ChildDecision::Await(_, seen) if seen == status
             ));
         }
-        assert!(matches!(
-            decide_for(SagaStatus::Compensating, Phase::Action, SagaStatus::Running),
-            ChildDecision::Stop(_)
-        ));
+        for status in [SagaStatus::Running, SagaStatus::NeedsIntervention] {
+            assert!(matches!(
+                decide_for(SagaStatus::Compensating, Phase::Action, status),
+                ChildDecision::Stop(_, seen) if seen == status
+            ));
+        }
         assert!(matches!(
             decide_for(
                 SagaStatus::Compensating,
                 Phase::Action,
-                SagaStatus::NeedsIntervention
+                SagaStatus::Compensating
             ),
             ChildDecision::Await(..)
         ));
@@ -332,7 +362,7 @@ mod tests {
                 Phase::Compensation,
                 SagaStatus::Completed
             ),
-            ChildDecision::Stop(_)
+            ChildDecision::Stop(_, SagaStatus::Completed)
         ));
         assert!(matches!(
             decide_for(

@@ -80,6 +80,29 @@ pub(crate) type ChildInputFn<S> = Arc<
         + Sync,
 >;
 
+thread_local! {
+    /// The child saga types whose definition is being read for their name, innermost last.
+    static NAMING: std::cell::RefCell<Vec<std::any::TypeId>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The registered name of child saga type `C`, read from its definition. A definition that
+/// starts a child of its own type (directly, or through other types) is not read again while
+/// its name is being read: the step inside gets the Rust type's name, and that definition is
+/// only read for its name, which does not depend on it.
+fn child_type_name<C: Saga>() -> SagaType {
+    let id = std::any::TypeId::of::<C>();
+    let reading = NAMING.with(|naming| naming.borrow().contains(&id));
+    if reading {
+        return SagaType::new(std::any::type_name::<C>());
+    }
+    NAMING.with(|naming| naming.borrow_mut().push(id));
+    let name = C::definition().name().clone();
+    NAMING.with(|naming| {
+        naming.borrow_mut().pop();
+    });
+    name
+}
+
 /// Whether a signal payload decodes as a step's signal type (why not, when it does not).
 pub(crate) type DecodeFn = fn(&Value) -> std::result::Result<(), String>;
 
@@ -376,7 +399,7 @@ impl<S: Saga> Step<S> {
             + Sync
             + 'static,
     {
-        let saga_type = C::definition().name().clone();
+        let saga_type = child_type_name::<C>();
         let mut builder = Self::waiting(name, StepKind::Child { saga_type });
         builder.step.spec.compensable = true;
         let input: ChildInputFn<S> = Arc::new(move |saga, ctx| {
@@ -910,6 +933,16 @@ impl<S: Saga> SagaDefinition<S> {
                     "step `{name}` starts a child saga and also has a compensation, a probe, `.transactional()`, `.irreversible()` or `.pivot()`; a child step is undone by compensating its child and settled by reading it, so drop those (make a step of the child the pivot instead)"
                 )));
             }
+            if step.child.is_some()
+                && (step.spec.retry != RetryPolicy::default()
+                    || step.spec.compensation_retry != RetryPolicy::default()
+                    || step.spec.timeout != DEFAULT_TIMEOUT
+                    || step.spec.compensation_timeout != DEFAULT_TIMEOUT)
+            {
+                return Err(invalid(format!(
+                    "step `{name}` starts a child saga and sets a retry policy or a timeout, which it never uses: it calls nothing and waits for its child; set them on the child's steps, and bound the wait with the saga's deadline"
+                )));
+            }
             if step.spec.retry.max_attempts == 0 || step.spec.compensation_retry.max_attempts == 0 {
                 return Err(invalid(format!(
                     "step `{name}` allows zero attempts; max_attempts counts the first attempt and must be at least 1"
@@ -1095,6 +1128,50 @@ mod tests {
                 panic!("a child step with `{what}` must be refused");
             };
             assert!(reason.contains("starts a child saga"), "{what}: {reason}");
+        }
+    }
+
+    /// A saga whose step starts a child of its own type (a tree, split at each level).
+    struct Splits;
+
+    impl Saga for Splits {
+        type Input = u32;
+        fn definition() -> SagaDefinition<Self> {
+            SagaDefinition::new("splits", 1).step(Step::child::<Splits, _>(
+                "split",
+                |_: &Splits, ctx: &StepContext<u32>| Ok(ctx.input() / 2),
+            ))
+        }
+    }
+
+    #[test]
+    fn a_saga_that_starts_a_child_of_its_own_type_is_defined_without_recursing_forever() {
+        let definition = Splits::definition();
+        assert!(definition.validate().is_ok());
+        assert_eq!(
+            definition.specs()[0].kind,
+            StepKind::Child {
+                saga_type: SagaType::new("splits")
+            }
+        );
+    }
+
+    #[test]
+    fn a_child_step_with_a_retry_or_a_timeout_is_refused() {
+        let child = || {
+            Step::<Twice>::child::<Twice, _>("spawn", |_: &Twice, ctx: &StepContext<u32>| {
+                Ok(*ctx.input())
+            })
+        };
+        for step in [
+            child().timeout(Duration::from_secs(1)),
+            child().retry(RetryPolicy::exponential(5, Duration::from_millis(10))),
+        ] {
+            let definition = SagaDefinition::<Twice>::new("parent", 1).step(step);
+            let Err(Error::InvalidDefinition { reason, .. }) = definition.validate() else {
+                panic!("a child step with a retry or a timeout must be refused");
+            };
+            assert!(reason.contains("never uses"), "{reason}");
         }
     }
 

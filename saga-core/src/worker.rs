@@ -1111,6 +1111,15 @@ impl Driver<'_> {
             saga: self.lease.saga,
             step: spec.name.clone(),
         };
+        if let (Some(_), Phase::Action, Some(request)) = (
+            step.begins,
+            step.phase,
+            self.snapshot.record.cancel_requested.clone(),
+        ) {
+            // Asked to stop before the child step began: it starts nothing.
+            Box::pin(self.honour_cancel(request)).await?;
+            return Ok(true);
+        }
         let key = crate::child::child_key(self.lease.saga, &spec.name);
         let mut child = self.find_child(&key).await?;
         if let Some(attempt) = step.begins {
@@ -1152,7 +1161,7 @@ impl Driver<'_> {
                     self.record(changes)?;
                     return Ok(true);
                 }
-                crate::child::ChildDecision::Stop(id) if !asked => {
+                crate::child::ChildDecision::Stop(id, _) if !asked => {
                     let reason = match step.phase {
                         Phase::Action => format!(
                             "the parent is compensating: {}",
@@ -1175,13 +1184,9 @@ impl Driver<'_> {
                     self.inner.wake.notify_one();
                     child = self.find_child(&key).await?;
                 }
-                crate::child::ChildDecision::Stop(id) => {
-                    return self.await_child(&spec, &record, id, None, deadline).await;
-                }
-                crate::child::ChildDecision::Await(id, status) => {
-                    return self
-                        .await_child(&spec, &record, id, Some(status), deadline)
-                        .await;
+                crate::child::ChildDecision::Stop(id, status)
+                | crate::child::ChildDecision::Await(id, status) => {
+                    return self.await_child(&spec, &record, id, status, deadline).await;
                 }
             }
         }
@@ -1339,15 +1344,14 @@ impl Driver<'_> {
         })
     }
 
-    /// Records the saga waiting for its child `id` (seen in `status`; `None`: asked to stop,
-    /// and still running) and gives it back: the child's end wakes it. Forward, the saga's
-    /// deadline wakes it too.
+    /// Records the saga waiting for its child `id` (seen in `status`) and gives it back: the
+    /// child's end wakes it. Forward, the saga's deadline wakes it too.
     async fn await_child(
         &mut self,
         spec: &StepSpec,
         record: &crate::store::StepRecord,
         id: crate::id::SagaId,
-        status: Option<crate::status::SagaStatus>,
+        status: crate::status::SagaStatus,
         deadline: Option<clock::Timestamp>,
     ) -> Result<bool> {
         let forward = record.phase == Phase::Action
@@ -1359,7 +1363,7 @@ impl Driver<'_> {
                 name: spec.name.clone(),
                 phase: record.phase,
                 child: id,
-                child_status: status.unwrap_or(crate::status::SagaStatus::Running),
+                child_status: status,
                 signals_seen: self.snapshot.record.signals_received,
             },
             Change::Release { next_run_at: until },
@@ -2050,17 +2054,39 @@ impl Driver<'_> {
     /// An operator asked to cancel: the step about to begin never runs; what was queued before
     /// it is written with the move to `compensating`, and planning continues from there.
     async fn honour_cancel(&mut self, reason: String) -> Result<()> {
-        let mut changes = std::mem::take(&mut self.pending);
-        changes.retain(|change| {
-            !matches!(
-                change,
+        // Nothing forward is written: no action begins, no wait, no child starts or is
+        // awaited; and an outcome queued after an action's dropped begin goes with it.
+        let mut dropped = std::collections::HashSet::new();
+        let changes: Vec<Change> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter(|change| match change {
                 Change::BeginStep {
+                    index,
                     phase: Phase::Action,
                     ..
-                } | Change::Wait { .. }
-                    | Change::Release { .. }
-            )
-        });
+                } => {
+                    dropped.insert(*index);
+                    false
+                }
+                Change::CompleteStep {
+                    index,
+                    phase: Phase::Action,
+                    ..
+                }
+                | Change::FailStep {
+                    index,
+                    phase: Phase::Action,
+                    ..
+                }
+                | Change::SkipStep { index, .. } => !dropped.contains(index),
+                Change::Wait { .. }
+                | Change::Release { .. }
+                | Change::StartChild(_)
+                | Change::AwaitChild { .. } => false,
+                _ => true,
+            })
+            .collect();
+        let mut changes = changes;
         changes.push(Change::SetStatus {
             status: crate::status::SagaStatus::Compensating,
             reason: Some(reason),

@@ -314,7 +314,7 @@ const CHECKS: &[(&str, &str)] = &[
     (
         "a child step's outcome is its child's end: completed with the child's output while the \
          child stays completed; undone once the child compensated; failed only when the child \
-         compensated (or was cancelled) on its own",
+         compensated on its own (a child a person cancelled is no clean failure)",
         "SELECT c.id::text FROM saga.saga_instances c
            JOIN saga.saga_steps a ON a.saga_id = c.parent_id AND a.name = c.parent_step
                                  AND a.phase = 'action'
@@ -324,9 +324,8 @@ const CHECKS: &[(&str, &str)] = &[
             AND NOT ((a.status = 'completed' AND u.status IS NULL AND c.status = 'completed'
                       AND a.output->>'saga' = c.id::text)
                   OR (a.status = 'completed' AND u.status = 'completed'
-                      AND c.status IN ('compensated', 'cancelled'))
-                  OR (a.status = 'failed' AND u.status IS NULL
-                      AND c.status IN ('compensated', 'cancelled')))",
+                      AND c.status = 'compensated')
+                  OR (a.status = 'failed' AND u.status IS NULL AND c.status = 'compensated'))",
     ),
     (
         "a child ends as its parent: completed with a completed parent, compensated with a \
@@ -334,7 +333,7 @@ const CHECKS: &[(&str, &str)] = &[
         "SELECT c.id::text FROM saga.saga_instances c
            JOIN saga.saga_instances p ON p.id = c.parent_id
           WHERE (p.status = 'completed' AND c.status <> 'completed')
-             OR (p.status = 'compensated' AND c.status NOT IN ('compensated', 'cancelled'))",
+             OR (p.status = 'compensated' AND c.status <> 'compensated')",
     ),
     (
         "a child's actions took effect after its parent's steps before the child step and \

@@ -1223,6 +1223,10 @@ mod tests {
                     phase: Phase::Action,
                     ..
                 } | Change::Wait { .. }
+                    | Change::AwaitChild {
+                        phase: Phase::Action,
+                        ..
+                    }
             )
         });
         if let (Some(reason), true) = (&record.cancel_requested, forward) {
@@ -1628,6 +1632,14 @@ mod tests {
                     waiting_for: "signal:paid".into(),
                     signals_seen: draw.below(3),
                 },
+            },
+            9 if draw.flip() => Change::AwaitChild {
+                index,
+                name: step,
+                phase,
+                child: SagaId::new(),
+                child_status: status(draw),
+                signals_seen: draw.below(3),
             },
             _ => Change::Release {
                 next_run_at: draw.flip().then(|| draw.time(now)),

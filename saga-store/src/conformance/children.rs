@@ -452,6 +452,117 @@ pub async fn a_child_waiting_for_a_person_keeps_its_parent_waiting_until_it_is_s
     orchestrator.shutdown().await;
 }
 
+pub async fn a_cancel_requested_while_the_parent_runs_starts_no_child<S: Store>(store: Arc<S>) {
+    let script = Script::new();
+    script.plan(
+        "reserve",
+        Phase::Action,
+        &[Outcome::Slow(Duration::from_millis(300))],
+    );
+    let orchestrator = running(&store, &script);
+    let admin = orchestrator.admin();
+    let id = orchestrator.start::<Order>(&input(13)).await.unwrap();
+    wait_until("reserve runs", || {
+        !script.calls_of("reserve", Phase::Action).is_empty()
+    })
+    .await;
+    // A worker holds the parent: the request is recorded, and its next forward write, the one
+    // that would begin `ship` and start the child, is refused.
+    assert_eq!(
+        admin
+            .cancel_saga(id, "erin", "changed their mind")
+            .await
+            .unwrap(),
+        saga_core::CancelOutcome::Requested
+    );
+    let record = orchestrator.wait(id, WAIT).await.unwrap();
+    assert_eq!(record.status, SagaStatus::Compensated, "{record:?}");
+    assert!(
+        children(&store, id).await.is_empty(),
+        "no child was started after the cancel"
+    );
+    assert_eq!(
+        effect(&script, id, "reserve", Phase::Action),
+        (1, 1),
+        "reserve ran once: its completion was written with what survived the refused batch"
+    );
+    assert_eq!(effect(&script, id, "reserve", Phase::Compensation), (1, 1));
+    let rendered = admin.history(id).await.unwrap().render();
+    assert!(
+        !rendered.contains("lease taken over"),
+        "the worker that was asked compensated at once: {rendered}"
+    );
+    orchestrator.shutdown().await;
+}
+
+pub async fn a_child_a_person_cancelled_leaves_its_parents_step_to_a_person<S: Store>(
+    store: Arc<S>,
+) {
+    let script = Script::new();
+    script.plan("label", Phase::Action, &[Outcome::Permanent]);
+    script.plan(
+        "pack",
+        Phase::Compensation,
+        &[Outcome::Permanent, Outcome::Permanent],
+    );
+    let orchestrator = running(&store, &script);
+    let admin = orchestrator.admin();
+    let id = orchestrator.start::<Order>(&input(14)).await.unwrap();
+    wait_until("the child waits for a person", || {
+        futures_now(children(&store, id))
+            .first()
+            .is_some_and(|child| child.status == SagaStatus::NeedsIntervention)
+    })
+    .await;
+    let child = child(&store, id).await;
+    let item = admin.interventions(true).await.unwrap()[0].item.id;
+    // Stopped where it is: its packed parcel may still be there.
+    admin
+        .cancel(item, "erin", "the warehouse will sort it out")
+        .await
+        .unwrap();
+    let record = orchestrator.wait(id, WAIT).await.unwrap();
+    assert_eq!(
+        record.status,
+        SagaStatus::NeedsIntervention,
+        "a cancelled child is no clean failure: {record:?}"
+    );
+    let items = admin.interventions(true).await.unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    let parent_item = &items[0];
+    assert_eq!(parent_item.saga_id, id);
+    assert_eq!(
+        parent_item.item.kind,
+        saga_core::InterventionKind::UnknownOutcome
+    );
+    assert_eq!(
+        parent_item
+            .item
+            .step
+            .as_ref()
+            .map(|(_, name)| name.as_str()),
+        Some("ship")
+    );
+    assert!(
+        parent_item.item.error.contains(&child.id.to_string()),
+        "{}",
+        parent_item.item.error
+    );
+    assert!(
+        script.calls_of("reserve", Phase::Compensation).is_empty(),
+        "nothing is undone before a person decides"
+    );
+    // The person finds the shipment had no effect: the order compensates.
+    admin
+        .resolve(parent_item.item.id, "erin", "the parcel was unpacked")
+        .await
+        .unwrap();
+    let record = orchestrator.wait(id, WAIT).await.unwrap();
+    assert_eq!(record.status, SagaStatus::Compensated, "{record:?}");
+    assert_eq!(effect(&script, id, "reserve", Phase::Compensation).0, 1);
+    orchestrator.shutdown().await;
+}
+
 /// Runs a store call to its end from a synchronous check (the stores answer at once).
 fn futures_now<F: std::future::Future>(future: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))

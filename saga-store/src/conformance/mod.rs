@@ -137,6 +137,8 @@ macro_rules! conformance_suite {
                 a_parent_cancelled_while_its_child_runs_cancels_the_child,
                 a_parent_and_its_child_started_twice_with_one_key_run_once,
                 a_child_waiting_for_a_person_keeps_its_parent_waiting_until_it_is_settled,
+                a_cancel_requested_while_the_parent_runs_starts_no_child,
+                a_child_a_person_cancelled_leaves_its_parents_step_to_a_person,
             );
         }
     };
