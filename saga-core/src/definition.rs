@@ -387,7 +387,9 @@ impl<S: Saga> Step<S> {
     ///     type Input = String;
     ///     fn definition() -> SagaDefinition<Self> {
     ///         SagaDefinition::new("order", 1)
-    ///             .step(Step::child::<Shipment, _>("ship", |_, ctx| Ok(ctx.input().clone())))
+    ///             .step(Step::<Order>::child::<Shipment, _>("ship", |_, ctx| {
+    ///                 Ok(ctx.input().clone())
+    ///             }))
     ///     }
     /// }
     /// ```

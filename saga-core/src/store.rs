@@ -846,6 +846,7 @@ impl SagaFilter {
 ///     changes: Vec::new(),
 ///     deadline: None,
 ///     dedup_window: None,
+///     parent: None,
 /// };
 ///
 /// // create: a new saga, running and due now; the same start key and input finds it again.
