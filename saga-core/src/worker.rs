@@ -1074,14 +1074,9 @@ impl Driver<'_> {
             _ => None,
         });
         self.record(changes)?;
-        match self.flush().await {
-            Ok(()) => {}
-            Err(Error::CancelRequested { reason, .. }) => {
-                // Asked to stop: no wait is recorded; plan again, compensating.
-                self.honour_cancel(reason).await?;
-                return Ok(true);
-            }
-            Err(err) => return Err(err),
+        if !self.flush_unless_cancelled().await? {
+            // Asked to stop: no wait is recorded; plan again, compensating.
+            return Ok(true);
         }
         if let Some(at) = wake {
             self.wake_at(at);
@@ -1139,13 +1134,8 @@ impl Driver<'_> {
             }
             self.record(vec![begin])?;
             // Durable before acting: the child is asked to stop only once this is written.
-            match self.flush().await {
-                Ok(()) => {}
-                Err(Error::CancelRequested { reason, .. }) if step.phase == Phase::Action => {
-                    Box::pin(self.honour_cancel(reason)).await?;
-                    return Ok(true);
-                }
-                Err(err) => return Err(err),
+            if !self.flush_unless_cancelled().await? {
+                return Ok(true);
             }
         }
         let Some(record) = self.snapshot.step(step.index, step.phase).cloned() else {
@@ -1278,14 +1268,9 @@ impl Driver<'_> {
                 next_run_at: deadline,
             },
         ])?;
-        match self.flush().await {
-            Ok(()) => {}
-            Err(Error::CancelRequested { reason, .. }) => {
-                // Asked to stop first: no child was started; plan again, compensating.
-                Box::pin(self.honour_cancel(reason)).await?;
-                return Ok(true);
-            }
-            Err(err) => return Err(err),
+        if !self.flush_unless_cancelled().await? {
+            // Asked to stop first: no child was started; plan again, compensating.
+            return Ok(true);
         }
         // The child is due now: this process's workers may take it at once.
         self.inner.wake.notify_one();
@@ -1368,13 +1353,8 @@ impl Driver<'_> {
             },
             Change::Release { next_run_at: until },
         ])?;
-        match self.flush().await {
-            Ok(()) => {}
-            Err(Error::CancelRequested { reason, .. }) => {
-                Box::pin(self.honour_cancel(reason)).await?;
-                return Ok(true);
-            }
-            Err(err) => return Err(err),
+        if !self.flush_unless_cancelled().await? {
+            return Ok(true);
         }
         if let Some(at) = until {
             self.wake_at(at);
@@ -2125,6 +2105,19 @@ impl Driver<'_> {
         // What was noted of the dropped changes goes with them.
         self.compensating_since = crate::telemetry::compensation_began(&self.snapshot);
         Ok(())
+    }
+
+    /// [`flush`](Self::flush), but a write refused because a cancel was requested (it went
+    /// forward) is replaced by the cancel: the saga moves to compensating. `Ok(false)`: it was.
+    async fn flush_unless_cancelled(&mut self) -> Result<bool> {
+        match self.flush().await {
+            Ok(()) => Ok(true),
+            Err(Error::CancelRequested { reason, .. }) => {
+                Box::pin(self.honour_cancel(reason)).await?;
+                Ok(false)
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Writes the queued changes in one fenced, atomic store call.

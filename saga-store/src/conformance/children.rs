@@ -393,27 +393,8 @@ pub async fn a_parent_and_its_child_started_twice_with_one_key_run_once<S: Store
 pub async fn a_child_waiting_for_a_person_keeps_its_parent_waiting_until_it_is_settled<S: Store>(
     store: Arc<S>,
 ) {
-    let script = Script::new();
-    script.plan("label", Phase::Action, &[Outcome::Permanent]);
-    // Its compensation gives up: the child calls a person.
-    script.plan(
-        "pack",
-        Phase::Compensation,
-        &[Outcome::Permanent, Outcome::Permanent],
-    );
-    let orchestrator = running(&store, &script);
+    let (script, orchestrator, id, child_id) = child_waiting_for_a_person(&store, 12).await;
     let admin = orchestrator.admin();
-    let id = orchestrator.start::<Order>(&input(12)).await.unwrap();
-    let mut child_id = None;
-    wait_until("the child waits for a person", || {
-        let found = futures_now(children(&store, id));
-        child_id = found.first().map(|child| child.id);
-        found
-            .first()
-            .is_some_and(|child| child.status == SagaStatus::NeedsIntervention)
-    })
-    .await;
-    let child_id = child_id.unwrap();
     // The parent is woken, reads its child, and waits on: the child's item is where a person acts.
     wait_until("the parent records its child's state", || {
         futures_now(store.history(id)).unwrap().iter().any(|event| {
@@ -498,22 +479,8 @@ pub async fn a_cancel_requested_while_the_parent_runs_starts_no_child<S: Store>(
 pub async fn a_child_a_person_cancelled_leaves_its_parents_step_to_a_person<S: Store>(
     store: Arc<S>,
 ) {
-    let script = Script::new();
-    script.plan("label", Phase::Action, &[Outcome::Permanent]);
-    script.plan(
-        "pack",
-        Phase::Compensation,
-        &[Outcome::Permanent, Outcome::Permanent],
-    );
-    let orchestrator = running(&store, &script);
+    let (script, orchestrator, id, _) = child_waiting_for_a_person(&store, 14).await;
     let admin = orchestrator.admin();
-    let id = orchestrator.start::<Order>(&input(14)).await.unwrap();
-    wait_until("the child waits for a person", || {
-        futures_now(children(&store, id))
-            .first()
-            .is_some_and(|child| child.status == SagaStatus::NeedsIntervention)
-    })
-    .await;
     let child = child(&store, id).await;
     let item = admin.interventions(true).await.unwrap()[0].item.id;
     // Stopped where it is: its packed parcel may still be there.
@@ -561,6 +528,34 @@ pub async fn a_child_a_person_cancelled_leaves_its_parents_step_to_a_person<S: S
     assert_eq!(record.status, SagaStatus::Compensated, "{record:?}");
     assert_eq!(effect(&script, id, "reserve", Phase::Compensation).0, 1);
     orchestrator.shutdown().await;
+}
+
+/// An order (number `n`) whose shipment's label is refused and whose parcel cannot be unpacked:
+/// the child compensates, its compensation gives up, and it waits for a person. Returns the
+/// script, the running orchestrator, the order and the child.
+async fn child_waiting_for_a_person<S: Store>(
+    store: &Arc<S>,
+    n: u64,
+) -> (Arc<Script>, saga_core::Orchestrator, SagaId, SagaId) {
+    let script = Script::new();
+    script.plan("label", Phase::Action, &[Outcome::Permanent]);
+    script.plan(
+        "pack",
+        Phase::Compensation,
+        &[Outcome::Permanent, Outcome::Permanent],
+    );
+    let orchestrator = running(store, &script);
+    let id = orchestrator.start::<Order>(&input(n)).await.unwrap();
+    let mut child_id = None;
+    wait_until("the child waits for a person", || {
+        let found = futures_now(children(store, id));
+        child_id = found.first().map(|child| child.id);
+        found
+            .first()
+            .is_some_and(|child| child.status == SagaStatus::NeedsIntervention)
+    })
+    .await;
+    (script, orchestrator, id, child_id.unwrap())
 }
 
 /// Runs a store call to its end from a synchronous check (the stores answer at once).

@@ -5,14 +5,11 @@
 //! "compensated". The ledger invariant is strict here as everywhere: every effect belongs to a
 //! completed step phase or to the open item that escalated it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga::{Admin, CancelOutcome, Error, SagaId};
-use saga_store::PgStore;
-
-use super::{deaths, reported, settle, specs, Db, Report};
+use super::{cancel_at_random, deaths, reported, settle, specs, Cancels, Db, Picking, Report};
 use crate::harness::Workers;
 use crate::invariants;
 use crate::rng::Rng;
@@ -20,14 +17,6 @@ use crate::sagas::{Plan, STEPS};
 
 const SAGAS: u64 = 400;
 const WORKERS: usize = 3;
-
-/// What the operators' cancels did.
-#[derive(Default)]
-struct Cancels {
-    requested: AtomicU64,
-    immediate: AtomicU64,
-    refused: AtomicU64,
-}
 
 pub(crate) async fn run(seed: u64) -> Report {
     let db = Db::fresh().await;
@@ -52,11 +41,23 @@ pub(crate) async fn run(seed: u64) -> Report {
 
     let stop = Arc::new(AtomicBool::new(false));
     let cancels = Arc::new(Cancels::default());
-    let operator = tokio::spawn(cancel_randomly(
+    // Every 10–40 ms, a running saga not yet asked to cancel, among the oldest fifty, is
+    // cancelled about one try in three.
+    let operator = tokio::spawn(cancel_at_random(
         db.url.clone(),
         seed ^ 0x0ca7_ce11,
         Arc::clone(&stop),
         Arc::clone(&cancels),
+        Picking {
+            sql: "SELECT id::text FROM saga.saga_instances
+                   WHERE status = 'running' AND cancel_requested IS NULL
+                   ORDER BY id OFFSET $1 LIMIT 1",
+            sometimes: None,
+            window: 50,
+            pause_ms: (10, 40),
+            odds: 0.35,
+            reason: "cancelled while workers die",
+        },
     ));
     settle(&db, &mut workers, Duration::from_secs(240), |workers| {
         let slot =
@@ -112,44 +113,4 @@ pub(crate) async fn run(seed: u64) -> Report {
         "steps that took effect and then hung: {stalled} ({timed_out} attempts ended by their timeout, the rest by a kill); each settled with its key"
     ));
     Report { summary, notes }
-}
-
-/// Every 10–40 ms, cancels a random running saga (about one try in three) until `stop`.
-async fn cancel_randomly(url: String, seed: u64, stop: Arc<AtomicBool>, cancels: Arc<Cancels>) {
-    let store = Arc::new(PgStore::connect(&url).await.expect("connect the operator"));
-    let admin = Admin::new(store.clone());
-    let pool = store.pool().clone();
-    let mut rng = Rng::new(seed);
-    while !stop.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(rng.between(10, 40))).await;
-        // A running saga not yet asked to cancel, among the oldest fifty.
-        let offset = i64::try_from(rng.between(0, 50)).unwrap_or(0);
-        let id: Option<String> = sqlx::query_scalar(
-            "SELECT id::text FROM saga.saga_instances
-              WHERE status = 'running' AND cancel_requested IS NULL
-              ORDER BY id OFFSET $1 LIMIT 1",
-        )
-        .bind(offset)
-        .fetch_optional(&pool)
-        .await
-        .ok()
-        .flatten();
-        let Some(id) = id.and_then(|id| id.parse::<SagaId>().ok()) else {
-            continue;
-        };
-        if !rng.chance(0.35) {
-            continue;
-        }
-        match admin
-            .cancel_saga(id, "crash-operator", "cancelled while workers die")
-            .await
-        {
-            Ok(CancelOutcome::Requested) => cancels.requested.fetch_add(1, Ordering::SeqCst),
-            Ok(CancelOutcome::Compensating) => cancels.immediate.fetch_add(1, Ordering::SeqCst),
-            Ok(CancelOutcome::AlreadyCompensating) | Err(Error::InvalidAction(_)) => {
-                cancels.refused.fetch_add(1, Ordering::SeqCst)
-            }
-            Err(err) => panic!("cancel of {id} failed: {err}"),
-        };
-    }
 }

@@ -7,14 +7,13 @@
 //! compensate before the group and the first step are undone). Every killed or aborted worker is
 //! restarted.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga::{Admin, CancelOutcome, Error, SagaId};
-use saga_store::PgStore;
-
-use super::{deaths, plans, reported, settle, specs, Db, Report};
+use super::{
+    cancel_at_random, deaths, plans, reported, settle, specs, Cancels, Db, Picking, Report,
+};
 use crate::harness::Workers;
 use crate::invariants;
 use crate::rng::Rng;
@@ -39,12 +38,30 @@ pub(crate) async fn run(seed: u64) -> Report {
     );
     workers.wait_ready(Duration::from_secs(30)).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let cancelled = Arc::new(AtomicU64::new(0));
-    let operator = tokio::spawn(cancel_parents(
+    let cancels = Arc::new(Cancels::default());
+    // Every 20–60 ms, a running parent (every other look, one waiting for its child) is
+    // cancelled about one try in four.
+    let running_parent = "SELECT id::text FROM saga.saga_instances
+                           WHERE status = 'running' AND parent_id IS NULL
+                             AND cancel_requested IS NULL
+                           ORDER BY id OFFSET $1 LIMIT 1";
+    let waiting_parent = "SELECT id::text FROM saga.saga_instances
+                           WHERE status = 'running' AND parent_id IS NULL
+                             AND cancel_requested IS NULL AND waiting_for = 'child:ship'
+                           ORDER BY id OFFSET $1 LIMIT 1";
+    let operator = tokio::spawn(cancel_at_random(
         db.url.clone(),
-        seed,
+        seed ^ 0x5eed,
         stop.clone(),
-        cancelled.clone(),
+        cancels.clone(),
+        Picking {
+            sql: running_parent,
+            sometimes: Some((waiting_parent, 0.5)),
+            window: 30,
+            pause_ms: (20, 60),
+            odds: 0.25,
+            reason: "the order was cancelled",
+        },
     ));
     settle(&db, &mut workers, Duration::from_secs(180), |workers| {
         workers.restart_exited();
@@ -101,7 +118,8 @@ pub(crate) async fn run(seed: u64) -> Report {
                 AND COUNT(DISTINCT e.step) FILTER (WHERE e.kind = 'step_started') = 2) g",
     )
     .await;
-    let cancels = cancelled.load(Ordering::SeqCst);
+    let cancels =
+        cancels.requested.load(Ordering::SeqCst) + cancels.immediate.load(Ordering::SeqCst);
     assert!(workers.kills > 0, "no worker was killed");
     assert!(summary.takeovers > 0, "no lease was taken over");
     assert!(children > 0, "no child saga was started");
@@ -121,47 +139,4 @@ pub(crate) async fn run(seed: u64) -> Report {
         "children: {children} started; {declined} compensated on their own (their parent's step failed); {sent_back} completed and were sent back by their parent; {stopped_running} were stopped mid-run by their parent's cancel ({cancels} parents cancelled); {together} parents ran their grouped steps at once"
     ));
     Report { summary, notes }
-}
-
-/// Every 20–60 ms, cancels a running parent (about one try in four; every other look, one
-/// waiting for its child) until `stop`.
-async fn cancel_parents(url: String, seed: u64, stop: Arc<AtomicBool>, cancelled: Arc<AtomicU64>) {
-    let store = Arc::new(PgStore::connect(&url).await.expect("connect the operator"));
-    let admin = Admin::new(store.clone());
-    let pool = store.pool().clone();
-    let mut rng = Rng::new(seed ^ 0x5eed);
-    while !stop.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(rng.between(20, 60))).await;
-        let offset = i64::try_from(rng.between(0, 30)).unwrap_or(0);
-        // Every other look, a parent that waits for its running child.
-        let waiting = rng.chance(0.5);
-        let id: Option<String> = sqlx::query_scalar(
-            "SELECT id::text FROM saga.saga_instances
-              WHERE status = 'running' AND parent_id IS NULL AND cancel_requested IS NULL
-                AND (NOT $2 OR waiting_for = 'child:ship')
-              ORDER BY id OFFSET $1 LIMIT 1",
-        )
-        .bind(offset)
-        .bind(waiting)
-        .fetch_optional(&pool)
-        .await
-        .ok()
-        .flatten();
-        let Some(id) = id.and_then(|id| id.parse::<SagaId>().ok()) else {
-            continue;
-        };
-        if !rng.chance(0.25) {
-            continue;
-        }
-        match admin
-            .cancel_saga(id, "crash-operator", "the order was cancelled")
-            .await
-        {
-            Ok(CancelOutcome::Requested | CancelOutcome::Compensating) => {
-                cancelled.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok(CancelOutcome::AlreadyCompensating) | Err(Error::InvalidAction(_)) => {}
-            Err(err) => panic!("cancel of {id} failed: {err}"),
-        }
-    }
 }

@@ -14,6 +14,7 @@ pub(crate) mod policies_under_kills;
 pub(crate) mod signals_under_kills;
 pub(crate) mod zombie;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -236,4 +237,82 @@ pub(crate) fn reported(workers: &Workers) -> Vec<String> {
         workers.kills
     ));
     notes
+}
+
+/// What an operator's random cancels did.
+#[derive(Default)]
+pub(crate) struct Cancels {
+    /// Recorded for a worker holding the saga.
+    pub(crate) requested: AtomicU64,
+    /// The saga moved to compensating at once (no live lease).
+    pub(crate) immediate: AtomicU64,
+    /// Refused: the saga was settled or compensating already.
+    pub(crate) refused: AtomicU64,
+}
+
+/// How an operator picks the sagas it cancels.
+pub(crate) struct Picking {
+    /// Selects one saga's id as text; `$1` is an offset drawn below `window`.
+    pub(crate) sql: &'static str,
+    /// Another query, and the odds of using it instead on a look.
+    pub(crate) sometimes: Option<(&'static str, f64)>,
+    /// The offsets drawn: `0..window`.
+    pub(crate) window: u64,
+    /// The pause between looks, in ms.
+    pub(crate) pause_ms: (u64, u64),
+    /// The odds that a saga found is cancelled.
+    pub(crate) odds: f64,
+    /// The reason recorded.
+    pub(crate) reason: &'static str,
+}
+
+/// An operator cancelling sagas at random, as `picking` says, until `stop`; counts each
+/// outcome in `cancels`.
+pub(crate) async fn cancel_at_random(
+    url: String,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    cancels: Arc<Cancels>,
+    picking: Picking,
+) {
+    let store = Arc::new(PgStore::connect(&url).await.expect("connect the operator"));
+    let admin = saga::Admin::new(store.clone());
+    let pool = store.pool().clone();
+    let mut rng = Rng::new(seed);
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(
+            rng.between(picking.pause_ms.0, picking.pause_ms.1),
+        ))
+        .await;
+        let offset = i64::try_from(rng.between(0, picking.window)).unwrap_or(0);
+        let sql = match picking.sometimes {
+            Some((other, odds)) if rng.chance(odds) => other,
+            _ => picking.sql,
+        };
+        let id: Option<String> = sqlx::query_scalar(sql)
+            .bind(offset)
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten();
+        let Some(id) = id.and_then(|id| id.parse::<saga::SagaId>().ok()) else {
+            continue;
+        };
+        if !rng.chance(picking.odds) {
+            continue;
+        }
+        match admin
+            .cancel_saga(id, "crash-operator", picking.reason)
+            .await
+        {
+            Ok(saga::CancelOutcome::Requested) => cancels.requested.fetch_add(1, Ordering::SeqCst),
+            Ok(saga::CancelOutcome::Compensating) => {
+                cancels.immediate.fetch_add(1, Ordering::SeqCst)
+            }
+            Ok(saga::CancelOutcome::AlreadyCompensating) | Err(saga::Error::InvalidAction(_)) => {
+                cancels.refused.fetch_add(1, Ordering::SeqCst)
+            }
+            Err(err) => panic!("cancel of {id} failed: {err}"),
+        };
+    }
 }
