@@ -315,7 +315,7 @@ impl Store for TrackingStore {
     async fn stop_child(
         &self,
         child: SagaId,
-        parent: &saga_core::ParentLink,
+        parent: &saga::ParentLink,
         reason: &str,
         now: Timestamp,
     ) -> Result<()> {
