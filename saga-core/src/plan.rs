@@ -1312,7 +1312,7 @@ pub fn park(snapshot: Option<&SagaSnapshot>, reason: String) -> Vec<Change> {
     ];
     // A child waiting for a person: its parent, waiting for it, records that.
     if let Some(parent) = snapshot.and_then(|snapshot| snapshot.record.parent.clone()) {
-        changes.push(Change::NotifyParent(parent));
+        changes.push(Change::NotifyParent(*parent));
     }
     changes
 }

@@ -162,8 +162,9 @@ pub struct SagaRecord {
     /// signal arriving meanwhile is not left waiting. A child saga's end (or its need of a
     /// person) counts as one too.
     pub signals_received: u64,
-    /// The saga and step that started it, for a child saga.
-    pub parent: Option<ParentLink>,
+    /// The saga and step that started it, for a child saga (boxed: every saga in flight carries
+    /// the record, most of them without a parent).
+    pub parent: Option<Box<ParentLink>>,
 }
 
 /// One phase (action or compensation) of one step of one saga, as stored.

@@ -1961,7 +1961,8 @@ impl Driver<'_> {
     fn record(&mut self, mut changes: Vec<Change>) -> Result<()> {
         let now = self.inner.now();
         // A child that ends (or calls a person) wakes its parent in the same write.
-        if let Some(notify) = plan::notify_parent(self.snapshot.record.parent.as_ref(), &changes) {
+        if let Some(notify) = plan::notify_parent(self.snapshot.record.parent.as_deref(), &changes)
+        {
             changes.push(notify);
         }
         self.snapshot.apply_all(&changes, now)?;

@@ -147,10 +147,10 @@ pub(crate) fn saga_record(row: &(impl Columns + ?Sized)) -> Result<SagaRecord, E
             r.read("parent_id", row.opt_saga_id("parent_id"))?,
             r.opt_text("parent_step")?,
         ) {
-            (Some(saga), Some(step)) => Some(saga_core::ParentLink {
+            (Some(saga), Some(step)) => Some(Box::new(saga_core::ParentLink {
                 saga,
                 step: StepName::new(step),
-            }),
+            })),
             _ => None,
         },
     })

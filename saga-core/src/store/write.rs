@@ -747,7 +747,7 @@ impl CreationPlan {
                 waiting_for: None,
                 deadline: saga.deadline,
                 signals_received: 0,
-                parent: saga.parent.clone(),
+                parent: saga.parent.clone().map(Box::new),
             },
             steps: Vec::new(),
             signals: Vec::new(),
@@ -807,7 +807,8 @@ pub fn decide_settle(
         wake_parent: stored
             .record
             .parent
-            .clone()
+            .as_deref()
+            .cloned()
             .filter(|_| status.is_terminal()),
         ..WritePlan::default()
     };
@@ -904,7 +905,7 @@ pub fn decide_stop_child(
     now: Timestamp,
 ) -> Result<Option<WritePlan>> {
     let record = &stored.record;
-    if record.parent.as_ref() != Some(parent) {
+    if record.parent.as_deref() != Some(parent) {
         return Err(Error::InvalidAction(format!(
             "saga {} is not the child of step `{}` of saga {}; only its parent step can stop it",
             record.id, parent.step, parent.saga

@@ -371,7 +371,7 @@ pub async fn a_parent_and_its_child_started_twice_with_one_key_run_once<S: Store
             changes: Vec::new(),
             deadline: None,
             dedup_window: None,
-            parent: started.parent.clone(),
+            parent: started.parent.as_deref().cloned(),
         })
         .await
         .unwrap();

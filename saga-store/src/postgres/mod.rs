@@ -907,9 +907,8 @@ impl Store for PgStore {
         };
         if !plan.children.is_empty() || plan.wake_parent.is_some() {
             // A write that starts children or wakes a parent (rare) is written alone, in one
-            // transaction with them.
-            let tx = begin(&self.write_pool).await?;
-            return Box::pin(self.apply_in(tx, lease, changes)).await;
+            // transaction with them; boxed, so that the common write's future stays small.
+            return Box::pin(self.apply_alone(lease, changes)).await;
         }
         // One statement, committed on its own (no BEGIN, no COMMIT round trip), together with
         // the writes of other sagas waiting at the same time.
@@ -1614,6 +1613,12 @@ impl PgStore {
                 ))
             }
         }
+    }
+
+    /// Writes `changes` in a transaction of their own, fenced by `lease`, and commits.
+    async fn apply_alone(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
+        let tx = begin(&self.write_pool).await?;
+        self.apply_in(tx, lease, changes).await
     }
 
     /// Writes `changes` in `tx` (a step's transaction), fenced by `lease`, and commits.

@@ -660,11 +660,8 @@ impl Store for SqliteStore {
         };
         if !plan.children.is_empty() || plan.wake_parent.is_some() {
             // A write that starts children or wakes a parent (rare) is written alone, in one
-            // transaction with them.
-            let (tx, gate) = self.write_tx().await?;
-            let applied = Box::pin(self.apply_in(tx, lease, changes)).await;
-            drop(gate);
-            return applied;
+            // transaction with them; boxed, so that the common write's future stays small.
+            return Box::pin(self.apply_alone(lease, changes)).await;
         }
         // In one transaction with the step writes of other sagas waiting at the same time.
         match self.writes.write(lease, plan).await {
@@ -1208,6 +1205,15 @@ async fn load_with(conn: &mut SqliteConnection, id: SagaId) -> Result<Option<Sag
 }
 
 impl SqliteStore {
+    /// Writes `changes` in a transaction of their own (holding the write gate), fenced by
+    /// `lease`, and commits.
+    async fn apply_alone(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
+        let (tx, gate) = self.write_tx().await?;
+        let applied = self.apply_in(tx, lease, changes).await;
+        drop(gate);
+        applied
+    }
+
     /// Writes `changes` in `tx`, fenced by `lease`, and commits; when the write is not
     /// admitted, rolls back and says why, as every backend does.
     async fn apply_in(
