@@ -285,19 +285,8 @@ pub async fn a_parent_compensated_after_its_child_completed_compensates_the_chil
 }
 
 pub async fn a_parent_cancelled_while_its_child_runs_cancels_the_child<S: Store>(store: Arc<S>) {
-    let script = Script::new();
-    script.plan(
-        "pack",
-        Phase::Action,
-        &[Outcome::Slow(Duration::from_millis(400))],
-    );
-    let orchestrator = running(&store, &script);
+    let (script, orchestrator, id) = order_while_it_runs(&store, "pack", 400, 10).await;
     let admin = orchestrator.admin();
-    let id = orchestrator.start::<Order>(&input(10)).await.unwrap();
-    wait_until("the child packs", || {
-        !script.calls_of("pack", Phase::Action).is_empty()
-    })
-    .await;
     let parent = store.load(id).await.unwrap().unwrap().record;
     assert_eq!(
         parent.waiting_for.as_deref(),
@@ -434,19 +423,8 @@ pub async fn a_child_waiting_for_a_person_keeps_its_parent_waiting_until_it_is_s
 }
 
 pub async fn a_cancel_requested_while_the_parent_runs_starts_no_child<S: Store>(store: Arc<S>) {
-    let script = Script::new();
-    script.plan(
-        "reserve",
-        Phase::Action,
-        &[Outcome::Slow(Duration::from_millis(300))],
-    );
-    let orchestrator = running(&store, &script);
+    let (script, orchestrator, id) = order_while_it_runs(&store, "reserve", 300, 13).await;
     let admin = orchestrator.admin();
-    let id = orchestrator.start::<Order>(&input(13)).await.unwrap();
-    wait_until("reserve runs", || {
-        !script.calls_of("reserve", Phase::Action).is_empty()
-    })
-    .await;
     // A worker holds the parent: the request is recorded, and its next forward write, the one
     // that would begin `ship` and start the child, is refused.
     assert_eq!(
@@ -528,6 +506,29 @@ pub async fn a_child_a_person_cancelled_leaves_its_parents_step_to_a_person<S: S
     assert_eq!(record.status, SagaStatus::Compensated, "{record:?}");
     assert_eq!(effect(&script, id, "reserve", Phase::Compensation).0, 1);
     orchestrator.shutdown().await;
+}
+
+/// An order (number `n`) whose step `slow` (its own or its shipment's) takes `ms`, started and
+/// running that step. Returns the script, the running orchestrator and the order.
+async fn order_while_it_runs<S: Store>(
+    store: &Arc<S>,
+    slow: &str,
+    ms: u64,
+    n: u64,
+) -> (Arc<Script>, saga_core::Orchestrator, SagaId) {
+    let script = Script::new();
+    script.plan(
+        slow,
+        Phase::Action,
+        &[Outcome::Slow(Duration::from_millis(ms))],
+    );
+    let orchestrator = running(store, &script);
+    let id = orchestrator.start::<Order>(&input(n)).await.unwrap();
+    wait_until(&format!("{slow} runs"), || {
+        !script.calls_of(slow, Phase::Action).is_empty()
+    })
+    .await;
+    (script, orchestrator, id)
 }
 
 /// An order (number `n`) whose shipment's label is refused and whose parcel cannot be unpacked:
