@@ -177,6 +177,23 @@ impl MemoryStore {
         })
     }
 
+    /// Lets `decide` judge saga `id` as stored, and writes the plan decided at `now`, if any:
+    /// an operator's cancel, a parent's request that its child stop.
+    fn decide_and_write<T>(
+        &self,
+        id: SagaId,
+        now: Timestamp,
+        decide: impl FnOnce(&SagaSnapshot) -> Result<(T, Option<WritePlan>)>,
+    ) -> Result<T> {
+        let mut state = self.state()?;
+        let stored = state.sagas.get(&id).ok_or(Error::SagaNotFound(id))?;
+        let (outcome, plan) = decide(stored)?;
+        if let Some(plan) = plan {
+            state.write(id, &plan, now)?;
+        }
+        Ok(outcome)
+    }
+
     /// Claims up to `limit` active, due sagas that pass `eligible`, oldest due first.
     fn claim_where(
         &self,
@@ -479,13 +496,7 @@ impl Store for MemoryStore {
         reason: &str,
         now: Timestamp,
     ) -> Result<CancelOutcome> {
-        let mut state = self.state()?;
-        let snap = state.sagas.get(&id).ok_or(Error::SagaNotFound(id))?;
-        let (outcome, plan) = decide_cancel(snap, by, reason, now)?;
-        if let Some(plan) = plan {
-            state.write(id, &plan, now)?;
-        }
-        Ok(outcome)
+        self.decide_and_write(id, now, |stored| decide_cancel(stored, by, reason, now))
     }
 
     async fn stop_child(
@@ -495,12 +506,9 @@ impl Store for MemoryStore {
         reason: &str,
         now: Timestamp,
     ) -> Result<()> {
-        let mut state = self.state()?;
-        let snap = state.sagas.get(&child).ok_or(Error::SagaNotFound(child))?;
-        if let Some(plan) = decide_stop_child(snap, parent, reason, now)? {
-            state.write(child, &plan, now)?;
-        }
-        Ok(())
+        self.decide_and_write(child, now, |stored| {
+            decide_stop_child(stored, parent, reason, now).map(|plan| ((), plan))
+        })
     }
 
     async fn deliver_signal(&self, delivery: &SignalDelivery) -> Result<Delivered> {

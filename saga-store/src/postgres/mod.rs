@@ -1020,22 +1020,10 @@ impl Store for PgStore {
         id: SagaId,
         by: &str,
         reason: &str,
-        now: Timestamp,
+        _now: Timestamp,
     ) -> Result<CancelOutcome> {
-        let mut tx = begin_operator(&self.pool).await?;
-        let snapshot = load_with(&mut tx, id, true)
-            .await?
-            .ok_or(Error::SagaNotFound(id))?;
-        // Whether the lease is live is judged by the database's clock, which every worker's
-        // lease expiry was measured against, not by the caller's.
-        let _ = now;
-        let now = db_now(&mut tx).await?;
-        let (outcome, plan) = decide_cancel(&snapshot, by, reason, now)?;
-        if let Some(plan) = plan {
-            self.write_decided(&mut tx, &snapshot, plan, now).await?;
-            tx.commit().await.map_err(classify)?;
-        }
-        Ok(outcome)
+        self.decide_and_write(id, |stored, now| decide_cancel(stored, by, reason, now))
+            .await
     }
 
     async fn stop_child(
@@ -1043,20 +1031,12 @@ impl Store for PgStore {
         child: SagaId,
         parent: &ParentLink,
         reason: &str,
-        now: Timestamp,
+        _now: Timestamp,
     ) -> Result<()> {
-        let mut tx = begin_operator(&self.pool).await?;
-        let snapshot = load_with(&mut tx, child, true)
-            .await?
-            .ok_or(Error::SagaNotFound(child))?;
-        // Whether the child's lease is live is judged by the database's clock.
-        let _ = now;
-        let now = db_now(&mut tx).await?;
-        if let Some(plan) = write::decide_stop_child(&snapshot, parent, reason, now)? {
-            self.write_decided(&mut tx, &snapshot, plan, now).await?;
-            tx.commit().await.map_err(classify)?;
-        }
-        Ok(())
+        self.decide_and_write(child, |stored, now| {
+            write::decide_stop_child(stored, parent, reason, now).map(|plan| ((), plan))
+        })
+        .await
     }
 
     async fn deliver_signal(&self, delivery: &SignalDelivery) -> Result<Delivered> {
@@ -1651,6 +1631,27 @@ impl PgStore {
         }
     }
 
+    /// Reads saga `id` with its row locked, lets `decide` judge it at the database's time (every
+    /// worker's lease expiry was measured against that clock, not the caller's), and writes the
+    /// plan decided, if any: an operator's cancel, a parent's request that its child stop.
+    async fn decide_and_write<T>(
+        &self,
+        id: SagaId,
+        decide: impl FnOnce(&SagaSnapshot, Timestamp) -> Result<(T, Option<WritePlan>)>,
+    ) -> Result<T> {
+        let mut tx = begin_operator(&self.pool).await?;
+        let snapshot = load_with(&mut tx, id, true)
+            .await?
+            .ok_or(Error::SagaNotFound(id))?;
+        let now = db_now(&mut tx).await?;
+        let (outcome, plan) = decide(&snapshot, now)?;
+        if let Some(plan) = plan {
+            self.write_decided(&mut tx, &snapshot, plan, now).await?;
+            tx.commit().await.map_err(classify)?;
+        }
+        Ok(outcome)
+    }
+
     /// Writes what `plan` (written in `tx`) does to other sagas: creates its children (a child
     /// whose start key is stored already is that child) and wakes its parent.
     async fn write_family(
@@ -1664,25 +1665,25 @@ impl PgStore {
             statement::create(&mut **tx, child, &creation, now, &self.channel).await?;
         }
         if let Some(parent) = &plan.wake_parent {
+            // In one round trip: the parent woken, and idle workers told when it became due.
             sqlx::query(
-                "UPDATE saga_instances
-                    SET signals_received = signals_received + 1,
-                        next_run_at = CASE WHEN status IN ('running', 'compensating')
-                                            AND waiting_for = $2
-                                           THEN date_trunc('milliseconds', now())
-                                           ELSE next_run_at END
-                  WHERE id = $1",
+                "WITH woken AS (
+                     UPDATE saga_instances
+                        SET signals_received = signals_received + 1,
+                            next_run_at = CASE WHEN status IN ('running', 'compensating')
+                                                AND waiting_for = $2
+                                               THEN date_trunc('milliseconds', now())
+                                               ELSE next_run_at END
+                      WHERE id = $1
+                  RETURNING status IN ('running', 'compensating') AND waiting_for = $2 AS due)
+                 SELECT pg_notify($3, '') FROM woken WHERE due",
             )
             .bind(parent.saga.as_uuid())
             .bind(parent.waiting_for())
+            .bind(&self.channel)
             .execute(&mut **tx)
             .await
             .map_err(classify)?;
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(&self.channel)
-                .execute(&mut **tx)
-                .await
-                .map_err(classify)?;
         }
         Ok(())
     }

@@ -773,16 +773,8 @@ impl Store for SqliteStore {
         reason: &str,
         now: Timestamp,
     ) -> Result<CancelOutcome> {
-        let (mut tx, _gate) = self.write_tx().await?;
-        let snapshot = load_with(&mut tx, id)
-            .await?
-            .ok_or(Error::SagaNotFound(id))?;
-        let (outcome, plan) = decide_cancel(&snapshot, by, reason, now)?;
-        if let Some(plan) = plan {
-            write_decided(&mut tx, &snapshot, &plan, now).await?;
-            tx.commit().await.map_err(classify)?;
-        }
-        Ok(outcome)
+        self.decide_and_write(id, |stored| decide_cancel(stored, by, reason, now), now)
+            .await
     }
 
     async fn stop_child(
@@ -792,15 +784,12 @@ impl Store for SqliteStore {
         reason: &str,
         now: Timestamp,
     ) -> Result<()> {
-        let (mut tx, _gate) = self.write_tx().await?;
-        let snapshot = load_with(&mut tx, child)
-            .await?
-            .ok_or(Error::SagaNotFound(child))?;
-        if let Some(plan) = write::decide_stop_child(&snapshot, parent, reason, now)? {
-            write_decided(&mut tx, &snapshot, &plan, now).await?;
-            tx.commit().await.map_err(classify)?;
-        }
-        Ok(())
+        self.decide_and_write(
+            child,
+            |stored| write::decide_stop_child(stored, parent, reason, now).map(|plan| ((), plan)),
+            now,
+        )
+        .await
     }
 
     async fn deliver_signal(&self, delivery: &SignalDelivery) -> Result<Delivered> {
@@ -1205,6 +1194,26 @@ async fn load_with(conn: &mut SqliteConnection, id: SagaId) -> Result<Option<Sag
 }
 
 impl SqliteStore {
+    /// Reads saga `id` holding the write lock, lets `decide` judge it, and writes the plan
+    /// decided at `now`, if any: an operator's cancel, a parent's request that its child stop.
+    async fn decide_and_write<T>(
+        &self,
+        id: SagaId,
+        decide: impl FnOnce(&SagaSnapshot) -> Result<(T, Option<WritePlan>)>,
+        now: Timestamp,
+    ) -> Result<T> {
+        let (mut tx, _gate) = self.write_tx().await?;
+        let snapshot = load_with(&mut tx, id)
+            .await?
+            .ok_or(Error::SagaNotFound(id))?;
+        let (outcome, plan) = decide(&snapshot)?;
+        if let Some(plan) = plan {
+            write_decided(&mut tx, &snapshot, &plan, now).await?;
+            tx.commit().await.map_err(classify)?;
+        }
+        Ok(outcome)
+    }
+
     /// Writes `changes` in a transaction of their own (holding the write gate), fenced by
     /// `lease`, and commits.
     async fn apply_alone(&self, lease: &Lease, changes: &[Change]) -> Result<()> {
