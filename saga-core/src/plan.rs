@@ -1311,9 +1311,10 @@ pub fn park(snapshot: Option<&SagaSnapshot>, reason: String) -> Vec<Change> {
         Change::Release { next_run_at: None },
     ];
     // A child waiting for a person: its parent, waiting for it, records that.
-    if let Some(parent) = snapshot.and_then(|snapshot| snapshot.record.parent.clone()) {
-        changes.push(Change::NotifyParent(*parent));
-    }
+    changes.extend(notify_parent(
+        snapshot.and_then(|snapshot| snapshot.record.parent.as_deref()),
+        &changes,
+    ));
     changes
 }
 

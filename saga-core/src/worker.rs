@@ -1127,10 +1127,7 @@ impl Driver<'_> {
             };
             if step.phase == Phase::Action && child.is_none() {
                 // The child is started with the step's `in_progress`, in one fenced write.
-                return Box::pin(
-                    self.start_child(&spec, step, attempt, begin, parent, key, deadline),
-                )
-                .await;
+                return Box::pin(self.start_child(&spec, step, attempt, begin, deadline)).await;
             }
             self.record(vec![begin])?;
             // Durable before acting: the child is asked to stop only once this is written.
@@ -1199,15 +1196,12 @@ impl Driver<'_> {
     /// Begins child step `spec` with `begin` and starts its child in the same write, then gives
     /// the saga back to wait for it. An input that cannot be computed, or a child type this
     /// process does not know, fails the step for good with nothing started.
-    #[allow(clippy::too_many_arguments)]
     async fn start_child(
         &mut self,
         spec: &StepSpec,
         step: plan::ChildStep,
         attempt: Attempt,
         begin: Change,
-        parent: ParentLink,
-        key: IdempotencyKey,
         deadline: Option<clock::Timestamp>,
     ) -> Result<bool> {
         let position = usize::try_from(step.index.0).unwrap_or(usize::MAX);
@@ -1224,7 +1218,7 @@ impl Driver<'_> {
             transaction: None,
         };
         let new = match self.definition.child_input(position, ctx) {
-            Some((type_id, Ok(input))) => self.new_child(spec, type_id, input, parent, key),
+            Some((type_id, Ok(input))) => self.new_child(spec, type_id, input),
             Some((_, Err(error))) => Err(error),
             None => Err(StepError::permanent(format!(
                 "step `{}` declares no child; it cannot start one",
@@ -1280,14 +1274,13 @@ impl Driver<'_> {
         Ok(false)
     }
 
-    /// The child saga step `spec` starts: of the registered type `type_id`, with `input`.
+    /// The child saga step `spec` starts: of the registered type `type_id`, with `input`, its
+    /// start key derived from the step's.
     fn new_child(
         &self,
         spec: &StepSpec,
         type_id: std::any::TypeId,
         input: Value,
-        parent: ParentLink,
-        key: IdempotencyKey,
     ) -> std::result::Result<crate::store::NewSaga, StepError> {
         let Some(definition) = self.inner.definition_of(type_id) else {
             let saga_type = match &spec.kind {
@@ -1318,14 +1311,17 @@ impl Driver<'_> {
             fingerprint: definition.fingerprint().to_owned(),
             input_hash: crate::orchestrator::input_hash(definition.saga_type(), &input),
             input,
-            idempotency_key: Some(key),
+            idempotency_key: Some(crate::child::child_key(self.lease.saga, &spec.name)),
             // The child continues the parent's trace.
             trace_context: self.snapshot.record.trace_context.clone(),
             lease: None,
             changes: Vec::new(),
             deadline: None,
             dedup_window: None,
-            parent: Some(parent),
+            parent: Some(ParentLink {
+                saga: self.lease.saga,
+                step: spec.name.clone(),
+            }),
         })
     }
 
