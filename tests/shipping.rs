@@ -9,14 +9,7 @@ mod example;
 
 /// The lines of one order's report (its status line and what follows, up to the next order).
 fn order(stdout: &str, n: u64) -> Vec<&str> {
-    let head = format!("order {n}: ");
-    stdout
-        .lines()
-        .skip_while(|line| !line.starts_with(&head))
-        .enumerate()
-        .take_while(|(i, line)| *i == 0 || line.starts_with("  "))
-        .map(|(_, line)| line)
-        .collect()
+    example::report(stdout, &format!("order {n}: "))
 }
 
 #[test]

@@ -9,14 +9,7 @@ mod example;
 
 /// The lines of one trip's report (its status line and what follows, up to the next trip).
 fn trip(stdout: &str, n: u64) -> Vec<&str> {
-    let head = format!("trip {n}: ");
-    stdout
-        .lines()
-        .skip_while(|line| !line.starts_with(&head))
-        .enumerate()
-        .take_while(|(i, line)| *i == 0 || line.starts_with("  "))
-        .map(|(_, line)| line)
-        .collect()
+    example::report(stdout, &format!("trip {n}: "))
 }
 
 /// (start, end) in ms of `what`'s first partner call in a trip's lines.

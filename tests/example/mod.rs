@@ -81,3 +81,15 @@ impl<'o> Figures<'o> {
             .unwrap_or_else(|| panic!("no `{name}=` line in the output:\n{}", self.stdout))
     }
 }
+
+/// The lines of one report in an example's output: the line starting with `head` and the
+/// indented lines after it, up to the next report.
+pub(crate) fn report<'a>(stdout: &'a str, head: &str) -> Vec<&'a str> {
+    stdout
+        .lines()
+        .skip_while(|line| !line.starts_with(head))
+        .enumerate()
+        .take_while(|(i, line)| *i == 0 || line.starts_with("  "))
+        .map(|(_, line)| line)
+        .collect()
+}
